@@ -1,0 +1,84 @@
+//! The configuration file as the operator writes it: serde types that mirror the TOML text.
+//!
+//! Every table denies unknown keys so a typo is an error, not a silently ignored setting.
+//! Nothing here is validated beyond its TOML type; `runtime.rs` turns these into checked
+//! runtime types and reports every problem with its key path.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// `[server]`: the listener, process and pingora settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: Option<Vec<String>>,
+    pub threads: Option<i64>,
+    pub default_upstream: Option<String>,
+    pub max_in_flight: Option<i64>,
+    pub grace_period: Option<String>,
+    pub graceful_shutdown_timeout: Option<String>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+}
+
+/// `[admin]`: the separate listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// `[upstreams.NAME]`: one upstream API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub addresses: Vec<String>,
+    pub host: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub pool_size: Option<i64>,
+}
+
+/// `[[routes]]`: one batch endpoint. Dialect-specific keys are checked against `dialect`
+/// during validation, so each route stays one flat table that is easy to read and to locate
+/// errors in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: Option<String>,
+    pub path: String,
+    pub dialect: String,
+    pub upstream: Option<String>,
+    pub max_items: Option<i64>,
+    pub concurrency: Option<i64>,
+    pub item_timeout: Option<String>,
+    pub batch_timeout: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub max_item_response_bytes: Option<i64>,
+    pub max_reply_bytes: Option<i64>,
+    pub forward_headers: Option<Vec<String>>,
+    // envelope
+    pub base_path: Option<String>,
+    pub allowed_methods: Option<Vec<String>>,
+    pub allowed_resources: Option<Vec<String>>,
+    pub allowed_url_prefixes: Option<Vec<String>>,
+}

@@ -1,0 +1,233 @@
+//! Loading and checking the configuration file.
+//!
+//! `Config::from_str` parses strictly (unknown keys are errors), validates into runtime types,
+//! and reports every problem as `FILE:LINE:COL: key: message`, the way `nginx -t` does.
+//! `from_path` only adds reading the file, so tests need no files.
+
+pub mod file;
+pub mod runtime;
+
+pub use runtime::{
+    Config, DialectConfig, EnvelopeConfig, LogFormat, Problem, RouteConfig, RouteLimits,
+    ServerSettings, UpstreamConfig,
+};
+
+use std::fmt;
+use std::path::Path;
+
+/// A problem located in the file text.
+#[derive(Debug, Clone)]
+pub struct LocatedProblem {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path such as `routes[1].max_items`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(file, problems))]
+    Invalid {
+        file: String,
+        problems: Vec<LocatedProblem>,
+    },
+}
+
+fn render(file: &str, problems: &[LocatedProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| {
+            if p.key.is_empty() {
+                format!("{file}:{}:{}: {}", p.line, p.column, p.message)
+            } else {
+                format!("{file}:{}:{}: {}: {}", p.line, p.column, p.key, p.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let file = path.as_ref().display().to_string();
+        let text = std::fs::read_to_string(path.as_ref()).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates configuration text; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            file: file.to_string(),
+            problems,
+        };
+        let parsed: file::FileConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((1, 1));
+            invalid(vec![LocatedProblem {
+                line,
+                column,
+                key: String::new(),
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        runtime::validate(parsed).map_err(|problems| {
+            let document = toml_edit::ImDocument::parse(text).ok();
+            invalid(
+                problems
+                    .into_iter()
+                    .map(|p| {
+                        let offset = document
+                            .as_ref()
+                            .and_then(|doc| locate(doc.as_item(), &p.path))
+                            .unwrap_or(0);
+                        let (line, column) = line_column(text, offset);
+                        LocatedProblem {
+                            line,
+                            column,
+                            key: p.dotted_path(),
+                            message: p.message,
+                        }
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
+impl std::str::FromStr for Config {
+    type Err = ConfigError;
+    fn from_str(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "<config>")
+    }
+}
+
+/// Byte offset of the deepest item of `path` that exists in the document.
+fn locate(item: &toml_edit::Item, path: &[String]) -> Option<usize> {
+    use toml_edit::Item;
+    let here = item.span().map(|s| s.start);
+    let Some((segment, rest)) = path.split_first() else {
+        return here;
+    };
+    let deeper = match item {
+        Item::ArrayOfTables(tables) => segment
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| tables.get(i))
+            .and_then(|table| locate_in_table(table, rest)),
+        Item::Table(table) => table.get(segment).and_then(|child| locate(child, rest)),
+        Item::Value(value) => locate_value(value, path),
+        Item::None => None,
+    };
+    deeper.or(here)
+}
+
+fn locate_in_table(table: &toml_edit::Table, path: &[String]) -> Option<usize> {
+    let here = table.span().map(|s| s.start);
+    let deeper = path
+        .split_first()
+        .and_then(|(key, rest)| table.get(key).and_then(|child| locate(child, rest)));
+    deeper.or(here)
+}
+
+fn locate_value(value: &toml_edit::Value, path: &[String]) -> Option<usize> {
+    let here = value.span().map(|s| s.start);
+    let Some((segment, rest)) = path.split_first() else {
+        return here;
+    };
+    let child = match value {
+        toml_edit::Value::Array(array) => segment.parse::<usize>().ok().and_then(|i| array.get(i)),
+        toml_edit::Value::InlineTable(table) => table.get(segment),
+        _ => None,
+    };
+    child.and_then(|c| locate_value(c, rest)).or(here)
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+impl fmt::Display for LocatedProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.line, self.column, self.key, self.message
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[upstreams.api]
+addresses = ["127.0.0.1:9000"]
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+"#;
+
+    #[test]
+    fn minimal_config_gets_pds_defaults() {
+        let config: Config = MINIMAL.parse().expect("valid");
+        let route = &config.routes[0];
+        assert_eq!(route.limits.max_items, 100);
+        let DialectConfig::Envelope(envelope) = &route.dialect;
+        assert_eq!(envelope.base_path, "/v2");
+        assert_eq!(config.default_upstream, Some(0));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = format!("{MINIMAL}max_itemz = 5\n");
+        let err = Config::parse(&text, "x.toml").expect_err("unknown key");
+        let message = err.to_string();
+        assert!(message.starts_with("x.toml:9:1: "), "{message}");
+        assert!(message.contains("max_itemz"), "{message}");
+    }
+
+    #[test]
+    fn invalid_value_names_line_and_key_path() {
+        let text = format!("{MINIMAL}max_items = 0\nconcurrency = -1\n");
+        let err = Config::parse(&text, "x.toml").expect_err("invalid");
+        let message = err.to_string();
+        assert!(
+            message.contains("x.toml:9:13: routes[0].max_items: 0 is not allowed (1..=10000)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("x.toml:10:15: routes[0].concurrency"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unresolvable_upstream_is_reported_not_panicked() {
+        let text = MINIMAL.replace("127.0.0.1:9000", "no port here");
+        let err = Config::parse(&text, "x.toml").expect_err("invalid");
+        assert!(
+            err.to_string().contains("upstreams.api.addresses[0]"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The built-in demo upstream used by `batchgate demo`: a tiny PDS-like API on loopback.
+//!
+//! It answers `POST /v2/file/get` and `POST /v2/file/list` with JSON built from the request
+//! body, and `GET /v2/hello` for pass-through, so a newcomer can see a batch answered without
+//! any real API. It is a pingora `ServeHttp` app running as one more service of the server.
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+
+/// The demo API.
+pub struct DemoUpstream;
+
+#[async_trait]
+impl ServeHttp for DemoUpstream {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            if body.len() + chunk.len() > 1024 * 1024 {
+                return json_response(
+                    413,
+                    &json!({"code": "TooLarge", "message": "demo bodies are capped at 1 MiB"}),
+                );
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let header = session.req_header();
+        let field = |name: &str| request.get(name).cloned().unwrap_or(Value::Null);
+        match (header.method.as_str(), header.uri.path()) {
+            ("POST", "/v2/file/get") => json_response(
+                200,
+                &json!({
+                    "domain_id": field("domain_id"),
+                    "drive_id": field("drive_id"),
+                    "file_id": request.get("file_id").cloned().unwrap_or(json!("9520943DC264")),
+                    "name": "demo.txt",
+                    "size": 1024
+                }),
+            ),
+            ("POST", "/v2/file/list") => json_response(
+                200,
+                &json!({
+                    "items": [
+                        {"file_id": "9520943DC264", "name": "demo.txt", "type": "file"},
+                        {"file_id": "9520943DC265", "name": "photos", "type": "folder"}
+                    ],
+                    "drive_id": field("drive_id"),
+                    "next_marker": ""
+                }),
+            ),
+            ("GET", "/v2/hello") => json_response(200, &json!({"hello": "from the demo upstream"})),
+            _ => json_response(
+                404,
+                &json!({"code": "NotFound", "message": format!("the demo upstream has no {} {}", header.method, header.uri.path())}),
+            ),
+        }
+    }
+}
+
+fn json_response(status: u16, value: &Value) -> Response<Vec<u8>> {
+    let body = value.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}

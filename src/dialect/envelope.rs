@@ -1,0 +1,438 @@
+//! The envelope dialect: Alibaba Cloud PDS `POST /v2/batch` (the Microsoft Graph `$batch` family).
+//!
+//! Request `{"resource":"file","requests":[{"id","method","url","body","headers"}]}`, reply
+//! `{"responses":[{"id","status","headers","body"}]}` in request order. Child bodies are
+//! forwarded as the exact JSON text the client sent (sliced out of the request body, never
+//! re-encoded) and upstream JSON bodies are embedded as they came. See README "Envelope
+//! dialect" for the body embedding rule.
+
+use super::{
+    is_json_content_type, BatchRequest, Dialect, ItemError, Outcome, Plan, Rejection,
+    RejectionKind, Reply, SubRequest,
+};
+use crate::config::EnvelopeConfig;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Method};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// An envelope route: its settings plus its item limit.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub config: Arc<EnvelopeConfig>,
+    pub max_items: usize,
+}
+
+/// What the encoder needs per item: the id exactly as the client wrote it (JSON text).
+#[derive(Debug, Clone)]
+pub struct EnvelopeMeta {
+    pub id: Bytes,
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    resource: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    requests: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ItemFields<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    url: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    body: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    headers: Option<&'a RawValue>,
+}
+
+const CODE_BODY: &str = "InvalidParameter.Body";
+const CODE_REQUESTS: &str = "InvalidParameter.Requests";
+const CODE_ID: &str = "InvalidParameter.Id";
+const CODE_RESOURCE: &str = "InvalidParameter.Resource";
+
+impl Dialect for Envelope {
+    type Meta = EnvelopeMeta;
+
+    fn decode(&self, request: &BatchRequest<'_>) -> Result<Plan<EnvelopeMeta>, Rejection> {
+        let invalid = |kind, code, message: String| Rejection::new(kind, code, message);
+        let body: Body<'_> = serde_json::from_slice(request.body).map_err(|e| {
+            invalid(
+                RejectionKind::ParseError,
+                CODE_BODY,
+                format!("the body is not a JSON object: {e}"),
+            )
+        })?;
+        self.check_resource(body.resource)?;
+        let requests = body.requests.ok_or_else(|| {
+            invalid(
+                RejectionKind::Empty,
+                CODE_REQUESTS,
+                "requests is missing".to_string(),
+            )
+        })?;
+        let items: Vec<&RawValue> = serde_json::from_str(requests.get()).map_err(|_| {
+            invalid(
+                RejectionKind::InvalidParameter,
+                CODE_REQUESTS,
+                "requests must be an array of objects".to_string(),
+            )
+        })?;
+        if items.is_empty() {
+            return Err(invalid(
+                RejectionKind::Empty,
+                CODE_REQUESTS,
+                "requests is empty; send 1 to {max} child requests"
+                    .replace("{max}", &self.max_items.to_string()),
+            ));
+        }
+        if items.len() > self.max_items {
+            return Err(invalid(
+                RejectionKind::TooManyItems,
+                CODE_REQUESTS,
+                format!(
+                    "requests has {} child requests; at most {} are allowed",
+                    items.len(),
+                    self.max_items
+                ),
+            ));
+        }
+        let mut plan = Plan {
+            meta: Vec::with_capacity(items.len()),
+            items: Vec::with_capacity(items.len()),
+        };
+        let mut seen_ids = HashSet::with_capacity(items.len());
+        for (index, raw) in items.into_iter().enumerate() {
+            let fields: ItemFields<'_> = serde_json::from_str(raw.get()).map_err(|_| {
+                invalid(
+                    RejectionKind::InvalidItem,
+                    CODE_REQUESTS,
+                    format!("requests[{index}] must be an object"),
+                )
+            })?;
+            let id_raw = check_id(index, fields.id, &mut seen_ids)?;
+            plan.meta.push(EnvelopeMeta {
+                id: request.body.slice_ref(id_raw.get().as_bytes()),
+            });
+            plan.items.push(
+                self.sub_request(request.body, &fields)
+                    .map_err(Outcome::Refused),
+            );
+        }
+        Ok(plan)
+    }
+
+    fn encode(&self, meta: Vec<EnvelopeMeta>, outcomes: Vec<Outcome>) -> Reply {
+        let size: usize = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Response(r) => r.body.len() + 64,
+                _ => 128,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(size + 16);
+        out.extend_from_slice(b"{\"responses\":[");
+        for (i, (meta, outcome)) in meta.iter().zip(outcomes.iter()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"id\":");
+            out.extend_from_slice(&meta.id);
+            write_outcome(&mut out, outcome);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        Reply {
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(out),
+            headers: Vec::new(),
+        }
+    }
+
+    fn reject(&self, rejection: &Rejection) -> Reply {
+        error_reply(rejection)
+    }
+}
+
+/// The PDS-style whole-batch error reply `{"code":"...","message":"..."}`.
+pub fn error_reply(rejection: &Rejection) -> Reply {
+    let body = serde_json::json!({"code": rejection.code, "message": rejection.message});
+    let headers = if rejection.kind == RejectionKind::MethodNotAllowed {
+        vec![("allow", "POST".to_string())]
+    } else {
+        Vec::new()
+    };
+    Reply {
+        status: rejection.kind.status(),
+        content_type: "application/json",
+        body: Bytes::from(body.to_string()),
+        headers,
+    }
+}
+
+impl Envelope {
+    fn check_resource(&self, resource: Option<&RawValue>) -> Result<(), Rejection> {
+        let Some(allowed) = &self.config.allowed_resources else {
+            return Ok(());
+        };
+        let refuse = |message: String| {
+            Rejection::new(RejectionKind::InvalidParameter, CODE_RESOURCE, message)
+        };
+        let Some(raw) = resource else {
+            return Err(refuse(format!("resource is required (one of {allowed:?})")));
+        };
+        let name: String = serde_json::from_str(raw.get())
+            .map_err(|_| refuse("resource must be a string".to_string()))?;
+        if allowed.iter().any(|a| *a == name) {
+            Ok(())
+        } else {
+            Err(refuse(format!(
+                "resource {name:?} is not allowed (one of {allowed:?})"
+            )))
+        }
+    }
+
+    fn sub_request(&self, body: &Bytes, fields: &ItemFields<'_>) -> Result<SubRequest, ItemError> {
+        let method = self.method(fields.method)?;
+        let url = string_field(fields.url, "url", "InvalidParameter.Url")?;
+        let path = self.config.url_guard.check(&url).map_err(|e| ItemError {
+            status: e.status(),
+            code: e.code(),
+            message: e.to_string(),
+        })?;
+        let headers = self.headers(fields.headers)?;
+        let child_body = match fields.body {
+            Some(raw) if raw.get() != "null" => Some(body.slice_ref(raw.get().as_bytes())),
+            _ => None,
+        };
+        let mut headers = headers;
+        if child_body.is_some() && !headers.iter().any(|(name, _)| name == CONTENT_TYPE) {
+            headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        }
+        Ok(SubRequest {
+            method,
+            path,
+            headers,
+            body: child_body,
+        })
+    }
+
+    fn method(&self, raw: Option<&RawValue>) -> Result<Method, ItemError> {
+        let name = string_field(raw, "method", "InvalidParameter.Method")?;
+        let upper = name.to_ascii_uppercase();
+        match self
+            .config
+            .allowed_methods
+            .iter()
+            .find(|m| m.as_str() == upper)
+        {
+            Some(m) => Ok(m.clone()),
+            None => Err(ItemError {
+                status: 405,
+                code: "MethodNotAllowed",
+                message: format!(
+                    "method {name:?} is not allowed here (allowed: {})",
+                    self.config
+                        .allowed_methods
+                        .iter()
+                        .map(Method::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
+    fn headers(
+        &self,
+        raw: Option<&RawValue>,
+    ) -> Result<Vec<(http::HeaderName, HeaderValue)>, ItemError> {
+        let bad = |message: String| ItemError {
+            status: 400,
+            code: "InvalidParameter.Headers",
+            message,
+        };
+        let Some(raw) = raw.filter(|r| r.get() != "null") else {
+            return Ok(Vec::new());
+        };
+        let map: Vec<(String, String)> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
+                .map_err(|_| bad("headers must be an object of strings".to_string()))?
+                .into_iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => Ok((k, s)),
+                    _ => Err(bad(format!("header {k:?} must have a string value"))),
+                })
+                .collect::<Result<_, _>>()?;
+        let mut headers = Vec::with_capacity(map.len());
+        for (name, value) in &map {
+            let (name, value) =
+                self.config
+                    .header_guard
+                    .check(name, value)
+                    .map_err(|e| ItemError {
+                        status: e.status(),
+                        code: e.code(),
+                        message: e.to_string(),
+                    })?;
+            if name == CONTENT_TYPE && !is_json_content_type(value.as_bytes()) {
+                return Err(ItemError {
+                    status: 400,
+                    code: "InvalidParameter.ContentType",
+                    message: format!(
+                        "a child Content-Type can only be application/json, not {:?}",
+                        value.to_str().unwrap_or("<binary>")
+                    ),
+                });
+            }
+            headers.push((name, value));
+        }
+        Ok(headers)
+    }
+}
+
+fn check_id<'a>(
+    index: usize,
+    raw: Option<&'a RawValue>,
+    seen: &mut HashSet<String>,
+) -> Result<&'a RawValue, Rejection> {
+    let refuse = |kind, message: String| Rejection::new(kind, CODE_ID, message);
+    let Some(raw) = raw else {
+        return Err(refuse(
+            RejectionKind::InvalidItem,
+            format!("requests[{index}].id is missing"),
+        ));
+    };
+    let id: String = serde_json::from_str(raw.get()).map_err(|_| {
+        refuse(
+            RejectionKind::InvalidItem,
+            format!("requests[{index}].id must be a string"),
+        )
+    })?;
+    if id.is_empty() {
+        return Err(refuse(
+            RejectionKind::InvalidItem,
+            format!("requests[{index}].id is empty"),
+        ));
+    }
+    if !seen.insert(id.clone()) {
+        return Err(refuse(
+            RejectionKind::DuplicateId,
+            format!("requests[{index}].id {id:?} is not unique in this batch"),
+        ));
+    }
+    Ok(raw)
+}
+
+fn string_field(
+    raw: Option<&RawValue>,
+    name: &str,
+    code: &'static str,
+) -> Result<String, ItemError> {
+    let bad = |message: String| ItemError {
+        status: 400,
+        code,
+        message,
+    };
+    let raw = raw.ok_or_else(|| bad(format!("{name} is required")))?;
+    serde_json::from_str(raw.get()).map_err(|_| bad(format!("{name} must be a string")))
+}
+
+/// Writes `,"status":..,"headers":..,"body":..` for one item.
+fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome) {
+    match outcome {
+        Outcome::Response(response) => {
+            out.extend_from_slice(format!(",\"status\":{}", response.status).as_bytes());
+            write_headers(out, &response.headers);
+            write_body(out, &response.headers, &response.body);
+        }
+        other => {
+            // Every non-response outcome has an HTTP-style error; Response is handled above.
+            let error = other.http_error().unwrap_or(ItemError {
+                status: 502,
+                code: "UpstreamFailed",
+                message: String::new(),
+            });
+            out.extend_from_slice(format!(",\"status\":{}", error.status).as_bytes());
+            out.extend_from_slice(b",\"body\":");
+            let body = serde_json::json!({"code": error.code, "message": error.message});
+            out.extend_from_slice(body.to_string().as_bytes());
+        }
+    }
+}
+
+/// Response headers that describe the hop, not the resource; not shown per item.
+const HIDDEN_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
+fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    out.extend_from_slice(b",\"headers\":{");
+    let mut first = true;
+    for name in headers.keys() {
+        if HIDDEN_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_string(out, name.as_str());
+        out.push(b':');
+        write_json_string(out, &joined);
+    }
+    out.push(b'}');
+}
+
+/// The body rule: JSON (by Content-Type, or untyped and parsable) is embedded as is; other
+/// UTF-8 text becomes a JSON string; anything else is base64 with `"body_encoding":"base64"`.
+/// An empty body is left out.
+fn write_body(out: &mut Vec<u8>, headers: &HeaderMap, body: &Bytes) {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return;
+    }
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let json_allowed = content_type.is_none_or(is_json_content_type);
+    if json_allowed && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
+        out.extend_from_slice(b",\"body\":");
+        out.extend_from_slice(trimmed);
+    } else if let Ok(text) = std::str::from_utf8(body) {
+        out.extend_from_slice(b",\"body\":");
+        write_json_string(out, text);
+    } else {
+        out.extend_from_slice(b",\"body_encoding\":\"base64\",\"body\":");
+        write_json_string(out, &base64::engine::general_purpose::STANDARD.encode(body));
+    }
+}
+
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! The vocabulary shared by all dialects, and the `Dialect` seam they plug into.
+//!
+//! A dialect is pure: `decode` turns the batch request's bytes into a `Plan` (one
+//! `SubRequest` or an already-decided `Outcome` per item) or a whole-batch `Rejection`;
+//! `encode` turns the executor's `Outcome`s back into one reply. No I/O, no clock and no
+//! metrics happen here, so dialects are unit-testable and fuzzable on their own.
+
+pub mod envelope;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+
+/// The outer batch request as a dialect sees it.
+#[derive(Debug)]
+pub struct BatchRequest<'a> {
+    pub method: &'a Method,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The whole request body; dialects slice it (`Bytes::slice_ref`) instead of copying.
+    pub body: &'a Bytes,
+}
+
+/// One request to send upstream, already checked by the guards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubRequest {
+    pub method: Method,
+    /// Origin-form path and query, exactly as it goes on the request line.
+    pub path: String,
+    /// Item-specific headers; the batch-wide ones (forwarded, X-Request-Id, ...) are added by
+    /// the upstream client once per batch, not copied into every item.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Option<Bytes>,
+}
+
+/// What the upstream answered.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An item refused before it was sent, with the status and code the dialect should show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// What became of one item. A value, not an error: each dialect maps it to its own format
+/// in one ordered `match`.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The upstream answered (any status).
+    Response(UpstreamResponse),
+    /// Refused by the dialect or a guard; never sent.
+    Refused(ItemError),
+    /// The item's own timeout passed while it was in flight.
+    TimedOut,
+    /// The batch deadline passed before the item finished (or before it could start).
+    DeadlineExceeded,
+    /// No connection to the upstream could be made.
+    ConnectFailed(String),
+    /// The connection failed after the request was sent (reset, protocol error).
+    UpstreamFailed(String),
+    /// The upstream body exceeded `max_item_response_bytes`.
+    ResponseTooLarge { limit: usize },
+    /// The reply as a whole would exceed `max_reply_bytes`; this item's body was dropped.
+    ReplyBudgetExceeded { limit: usize },
+    /// The client went away; the item was not started or was abandoned.
+    Cancelled,
+}
+
+/// Fixed outcome classes: metric labels and log fields.
+impl Outcome {
+    pub fn class(&self) -> &'static str {
+        match self {
+            Outcome::Response(r) => match r.status {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+            Outcome::Refused(_) => "rejected",
+            Outcome::TimedOut | Outcome::DeadlineExceeded => "timeout",
+            Outcome::ConnectFailed(_) => "connect_error",
+            Outcome::UpstreamFailed(_)
+            | Outcome::ResponseTooLarge { .. }
+            | Outcome::ReplyBudgetExceeded { .. } => "upstream_error",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the item counts as a failure in a batch summary.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Outcome::Response(r) if r.status < 400)
+    }
+
+    /// HTTP-style status for dialects that report one per item, with a code and message.
+    pub fn http_error(&self) -> Option<ItemError> {
+        let (status, code, message) = match self {
+            Outcome::Response(_) => return None,
+            Outcome::Refused(e) => return Some(e.clone()),
+            Outcome::TimedOut => (
+                504,
+                "GatewayTimeout",
+                "the upstream did not answer within the item timeout".to_string(),
+            ),
+            Outcome::DeadlineExceeded => (
+                504,
+                "BatchDeadlineExceeded",
+                "the batch deadline passed before this item finished".to_string(),
+            ),
+            Outcome::ConnectFailed(why) => (
+                502,
+                "UpstreamConnectFailed",
+                format!("could not connect to the upstream: {why}"),
+            ),
+            Outcome::UpstreamFailed(why) => (
+                502,
+                "UpstreamFailed",
+                format!("the upstream connection failed: {why}"),
+            ),
+            Outcome::ResponseTooLarge { limit } => (
+                502,
+                "UpstreamResponseTooLarge",
+                format!("the upstream body exceeded {limit} bytes"),
+            ),
+            Outcome::ReplyBudgetExceeded { limit } => (
+                502,
+                "ReplyTooLarge",
+                format!("the batch reply would exceed {limit} bytes"),
+            ),
+            Outcome::Cancelled => (
+                499,
+                "Cancelled",
+                "the client closed the connection".to_string(),
+            ),
+        };
+        Some(ItemError {
+            status,
+            code,
+            message,
+        })
+    }
+}
+
+/// Why a whole batch was refused (nothing was sent upstream). The kinds are fixed metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    ParseError,
+    Empty,
+    TooManyItems,
+    DuplicateId,
+    InvalidItem,
+    InvalidParameter,
+    NotAllowed,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    MethodNotAllowed,
+}
+
+impl RejectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::ParseError => "parse_error",
+            RejectionKind::Empty => "empty",
+            RejectionKind::TooManyItems => "too_many_items",
+            RejectionKind::DuplicateId => "duplicate_id",
+            RejectionKind::InvalidItem => "invalid_item",
+            RejectionKind::InvalidParameter => "invalid_parameter",
+            RejectionKind::NotAllowed => "not_allowed",
+            RejectionKind::BodyTooLarge => "body_too_large",
+            RejectionKind::UnsupportedMediaType => "unsupported_media_type",
+            RejectionKind::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// Default HTTP status of a rejection of this kind.
+    pub fn status(self) -> u16 {
+        match self {
+            RejectionKind::BodyTooLarge => 413,
+            RejectionKind::UnsupportedMediaType => 415,
+            RejectionKind::MethodNotAllowed => 405,
+            RejectionKind::NotAllowed => 403,
+            _ => 400,
+        }
+    }
+}
+
+/// A whole-batch refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    /// Dialect-specific error code (e.g. PDS `InvalidParameter.Requests`).
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(kind: RejectionKind, code: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The decoded batch: per item, dialect data for the reply and what to do.
+#[derive(Debug)]
+pub struct Plan<M> {
+    pub meta: Vec<M>,
+    pub items: Vec<Result<SubRequest, Outcome>>,
+}
+
+/// One reply, ready to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    /// Extra response headers (e.g. `Allow` on 405).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// A batch dialect: pure decode and encode.
+pub trait Dialect: Send + Sync {
+    /// What the encoder needs to remember about each item (its id, ...).
+    type Meta: Send;
+
+    /// Turns the batch request into a plan, or refuses the whole batch.
+    fn decode(&self, request: &BatchRequest<'_>) -> Result<Plan<Self::Meta>, Rejection>;
+
+    /// Builds the reply from each item's outcome, in the plan's order.
+    fn encode(&self, meta: Vec<Self::Meta>, outcomes: Vec<Outcome>) -> Reply;
+
+    /// Builds the reply for a whole-batch refusal.
+    fn reject(&self, rejection: &Rejection) -> Reply;
+
+    /// The outer HTTP methods this dialect answers.
+    fn accepts_method(&self, method: &Method) -> bool {
+        method == Method::POST
+    }
+}
+
+/// Whether an outer Content-Type is JSON (`application/json`, `application/*+json`, with params).
+pub fn is_json_content_type(value: &[u8]) -> bool {
+    let essence = value
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let Ok(essence) = std::str::from_utf8(essence) else {
+        return false;
+    };
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}

@@ -1,0 +1,344 @@
+//! What a sub-request may be: the URL and header rules that stop SSRF, smuggling and recursion.
+//!
+//! Guards are compiled once from the configuration and are pure: they take what a client
+//! wrote for one item and return either the exact bytes to send upstream or a `GuardError`
+//! saying why the item is refused. Nothing a guard refuses is ever sent.
+
+use http::header::{HeaderName, HeaderValue};
+
+/// Why a child URL or header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    #[error("url must be an origin-form path starting with '/' (no scheme, authority or '//')")]
+    NotOriginForm,
+    #[error("url contains a control character, space or a character that must be percent-encoded (byte 0x{0:02x})")]
+    InvalidCharacter(u8),
+    #[error("url contains a malformed percent-encoding")]
+    BadPercentEncoding,
+    #[error("url contains a '.' or '..' segment (also when percent-encoded)")]
+    DotSegment,
+    #[error("url contains an encoded '/', '\\\\' or control character in its path")]
+    EncodedSeparator,
+    #[error("url is too long ({0} bytes, at most {MAX_URL_BYTES})")]
+    TooLong(usize),
+    #[error("url {0:?} is outside the allowed prefixes of this route")]
+    PrefixNotAllowed(String),
+    #[error("url targets a batch route; batches cannot be nested")]
+    BatchRoute,
+    #[error("header name {0:?} is not a valid HTTP header name")]
+    BadHeaderName(String),
+    #[error(
+        "header {0:?} has a value with a control character (CR, LF, NUL, ...) or non-ASCII byte"
+    )]
+    BadHeaderValue(String),
+    #[error("header {0:?} is set by the proxy and may not be sent by an item")]
+    ForbiddenHeader(String),
+}
+
+impl GuardError {
+    /// HTTP status the item gets: 403 for a well-formed URL that policy refuses, 400 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            GuardError::PrefixNotAllowed(_) | GuardError::BatchRoute => 403,
+            _ => 400,
+        }
+    }
+
+    /// Stable error code, PDS style.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GuardError::PrefixNotAllowed(_) | GuardError::BatchRoute => "Forbidden.Url",
+            GuardError::BadHeaderName(_)
+            | GuardError::BadHeaderValue(_)
+            | GuardError::ForbiddenHeader(_) => "InvalidParameter.Headers",
+            _ => "InvalidParameter.Url",
+        }
+    }
+}
+
+/// Longest child URL accepted; longer ones are refused rather than truncated.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+
+/// Rules for child URLs of one route.
+#[derive(Debug, Clone)]
+pub struct UrlGuard {
+    base_path: String,
+    /// Allowed child URL prefixes (as written by the client, before `base_path`).
+    prefixes: Option<Vec<String>>,
+    /// Every batch route path, lower-cased, without a trailing '/'.
+    batch_paths: Vec<String>,
+}
+
+impl UrlGuard {
+    pub fn new(base_path: String, prefixes: Option<Vec<String>>, batch_paths: Vec<String>) -> Self {
+        let batch_paths = batch_paths
+            .iter()
+            .map(|p| normalise_for_compare(p.as_bytes()))
+            .collect();
+        UrlGuard {
+            base_path,
+            prefixes,
+            batch_paths,
+        }
+    }
+
+    /// Checks a child URL and returns the path-and-query to send upstream.
+    pub fn check(&self, url: &str) -> Result<String, GuardError> {
+        let bytes = url.as_bytes();
+        if bytes.len() > MAX_URL_BYTES {
+            return Err(GuardError::TooLong(bytes.len()));
+        }
+        if bytes.first() != Some(&b'/') || bytes.get(1) == Some(&b'/') {
+            // Report a control character first: `\r\nHost:` is an attack, not a typo.
+            if let Some(bad) = bytes.iter().find(|b| !is_uri_byte(**b)) {
+                return Err(GuardError::InvalidCharacter(*bad));
+            }
+            return Err(GuardError::NotOriginForm);
+        }
+        if let Some(bad) = bytes.iter().find(|b| !is_uri_byte(**b)) {
+            return Err(GuardError::InvalidCharacter(*bad));
+        }
+        let path = url.split_once('?').map_or(url, |(path, _)| path);
+        check_path_segments(path.as_bytes())?;
+        let full = format!("{}{}", self.base_path, url);
+        let full_path = full.split_once('?').map_or(full.as_str(), |(path, _)| path);
+        let target = normalise_for_compare(full_path.as_bytes());
+        let child = normalise_for_compare(path.as_bytes());
+        if self
+            .batch_paths
+            .iter()
+            .any(|batch| *batch == target || *batch == child)
+        {
+            return Err(GuardError::BatchRoute);
+        }
+        if let Some(prefixes) = &self.prefixes {
+            if !prefixes.iter().any(|p| has_path_prefix(path, p)) {
+                return Err(GuardError::PrefixNotAllowed(url.to_string()));
+            }
+        }
+        Ok(full)
+    }
+}
+
+/// Bytes allowed unencoded in an origin-form request target (RFC 3986 pchar, '/', '?', '%').
+fn is_uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+/// Refuses dot segments and encoded separators anywhere in the path.
+fn check_path_segments(path: &[u8]) -> Result<(), GuardError> {
+    for segment in path.split(|b| *b == b'/') {
+        let decoded = percent_decode(segment)?;
+        if decoded == b"." || decoded == b".." {
+            return Err(GuardError::DotSegment);
+        }
+        if decoded
+            .iter()
+            .any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control())
+        {
+            return Err(GuardError::EncodedSeparator);
+        }
+    }
+    Ok(())
+}
+
+fn percent_decode(input: &[u8]) -> Result<Vec<u8>, GuardError> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b == b'%' {
+            let hi = input.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+            let lo = input.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+            match (hi, lo) {
+                (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
+                _ => return Err(GuardError::BadPercentEncoding),
+            }
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Decoded, lower-cased, without trailing '/': how a lenient upstream might see a path.
+fn normalise_for_compare(path: &[u8]) -> String {
+    let decoded = percent_decode(path).unwrap_or_else(|_| path.to_vec());
+    let text = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+    let trimmed = text.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// `/file` allows `/file` and `/file/get` but not `/filesystem`; `/file/` allows `/file/...`.
+fn has_path_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Rules for headers an item sets itself.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderGuard;
+
+/// Headers that frame the HTTP message or route it; an item setting them could smuggle.
+const HOP_BY_HOP: &[&str] = &[
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "expect",
+];
+
+/// Headers the proxy owns so an upstream can trust them (CVE-2022-24112 forged X-Real-IP).
+const PROXY_OWNED: &[&str] = &["forwarded", "x-real-ip", "x-request-id", "via"];
+
+impl HeaderGuard {
+    /// Checks one item header and returns it ready to send.
+    pub fn check(&self, name: &str, value: &str) -> Result<(HeaderName, HeaderValue), GuardError> {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| GuardError::BadHeaderName(name.to_string()))?;
+        let lower = header.as_str();
+        if HOP_BY_HOP.contains(&lower)
+            || PROXY_OWNED.contains(&lower)
+            || lower.starts_with("proxy-")
+            || lower.starts_with("x-forwarded-")
+        {
+            return Err(GuardError::ForbiddenHeader(name.to_string()));
+        }
+        // HeaderValue::from_str refuses CR, LF, NUL and other controls except tab.
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| GuardError::BadHeaderValue(name.to_string()))?;
+        Ok((header, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> UrlGuard {
+        UrlGuard::new(
+            "/v2".into(),
+            Some(vec!["/file/".into()]),
+            vec!["/v2/batch".into()],
+        )
+    }
+
+    #[test]
+    fn accepts_origin_form_and_prefixes_base_path() {
+        assert_eq!(
+            guard().check("/file/get?x=1&y=%20").as_deref(),
+            Ok("/v2/file/get?x=1&y=%20")
+        );
+    }
+
+    #[test]
+    fn refuses_every_hostile_url_form() {
+        let g = guard();
+        let cases: &[(&str, GuardError)] = &[
+            ("//evil.example/x", GuardError::NotOriginForm),
+            ("http://evil.example/x", GuardError::NotOriginForm),
+            ("file/get", GuardError::NotOriginForm),
+            ("/file/../admin", GuardError::DotSegment),
+            ("/file/%2e%2e/admin", GuardError::DotSegment),
+            ("/file/%2E/x", GuardError::DotSegment),
+            ("/file/a%2fb", GuardError::EncodedSeparator),
+            ("/file/a%5cb", GuardError::EncodedSeparator),
+            ("/file/a%0d%0aHost:x", GuardError::EncodedSeparator),
+            (
+                "/file/get\r\nHost: evil",
+                GuardError::InvalidCharacter(b'\r'),
+            ),
+            ("/file/get x", GuardError::InvalidCharacter(b' ')),
+            ("/file\\..\\admin", GuardError::InvalidCharacter(b'\\')),
+            ("/file/%zz", GuardError::BadPercentEncoding),
+            ("/file/get#frag", GuardError::InvalidCharacter(b'#')),
+            ("/admin", GuardError::PrefixNotAllowed("/admin".into())),
+            (
+                "/filesystem",
+                GuardError::PrefixNotAllowed("/filesystem".into()),
+            ),
+            ("/batch", GuardError::BatchRoute),
+            ("/BATCH/", GuardError::BatchRoute),
+            ("/%62atch", GuardError::BatchRoute),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(g.check(url).as_ref(), Err(expected), "{url:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_non_ascii_urls() {
+        assert!(matches!(
+            guard().check("/file/é"),
+            Err(GuardError::InvalidCharacter(_))
+        ));
+    }
+
+    #[test]
+    fn header_guard_refuses_framing_and_trust_headers() {
+        let g = HeaderGuard;
+        for name in [
+            "Host",
+            "Content-Length",
+            "Transfer-Encoding",
+            "TE",
+            "Connection",
+            "Upgrade",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "X-Forwarded-For",
+            "X-Forwarded-Host",
+            "Forwarded",
+            "X-Real-IP",
+            "X-Request-Id",
+        ] {
+            assert_eq!(
+                g.check(name, "x").map(|_| ()),
+                Err(GuardError::ForbiddenHeader(name.into())),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            g.check("X-Ok", "a\r\nHost: evil"),
+            Err(GuardError::BadHeaderValue(_))
+        ));
+        assert!(matches!(
+            g.check("Bad Name", "x"),
+            Err(GuardError::BadHeaderName(_))
+        ));
+        assert!(g.check("Authorization", "Bearer t").is_ok());
+    }
+}

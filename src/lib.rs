@@ -1,0 +1,31 @@
+//! batchgate: a pingora reverse proxy that turns one batch request into many ordinary
+//! upstream requests, runs them with bounded concurrency and packs the answers into one reply.
+//!
+//! # Layout
+//! ```text
+//! client bytes ──► proxy (route lookup) ──► dialect.decode ──► [SubRequest] ──► exec ──► upstream
+//!                        │ not a batch                                            │ limits, deadline,
+//!                        └──► pingora pass-through                                │ cancellation
+//! client ◄── reply bytes ◄── dialect.encode ◄── [Outcome] ◄──────────────────────┘
+//! ```
+//! - [`config`]: the TOML file (strict serde types) and its validated runtime form.
+//! - [`dialect`]: pure decode/encode per batch dialect (`envelope`), `SubRequest`, `Outcome`.
+//! - [`guard`]: what a sub-request may be (URL and header rules against SSRF and smuggling).
+//! - [`exec`]: per-batch and global concurrency limits, item timeout, batch deadline.
+//! - [`upstream`]: one sub-request over pingora's pooled connector.
+//! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on the admin listener.
+//! - [`demo`]: the built-in demo upstream behind `batchgate demo`.
+//! - [`server`]: builds the pingora server and its services from a config.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod dialect;
+pub mod exec;
+pub mod guard;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,218 @@
+//! The `batchgate` command line: `run`, `check` and `demo`. Parses arguments, sets up
+//! logging, loads the config and hands over to `server`; nothing else lives here.
+
+use anyhow::Context;
+use batchgate::config::{Config, LogFormat};
+use batchgate::server::{self, StartOptions};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The example config `demo` uses when no `-c` is given.
+const DEMO_CONFIG: &str = "conf/batchgate.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "batchgate",
+    version,
+    about = "A batch-unpacking reverse proxy built on pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Take over the listeners of a running batchgate (zero-downtime upgrade; send the
+        /// old process SIGQUIT).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Validate a config file and print a summary; exit 1 on any problem.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run the proxy plus a built-in demo upstream on the default upstream's address.
+    Demo {
+        #[arg(short, long, default_value = DEMO_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => run(
+            &config,
+            StartOptions {
+                upgrade,
+                daemon,
+                demo_upstream: None,
+            },
+        ),
+        Command::Demo { config } => demo(&config),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::from_path(path) {
+        Ok(config) => {
+            println!("{}: ok", path.display());
+            print!("{}", summary(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn summary(config: &Config) -> String {
+    let mut out = String::new();
+    for addr in &config.server.listen {
+        out.push_str(&format!("listener {addr}\n"));
+    }
+    if let Some(addr) = config.admin_listen {
+        out.push_str(&format!("admin    {addr} (/metrics /healthz /readyz)\n"));
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let default = if config.default_upstream == Some(i) {
+            " (default, pass-through)"
+        } else {
+            ""
+        };
+        let addrs: Vec<String> = upstream.addresses.iter().map(|a| a.to_string()).collect();
+        out.push_str(&format!(
+            "upstream {} -> {}{default}\n",
+            upstream.name,
+            addrs.join(", ")
+        ));
+    }
+    for route in &config.routes {
+        let upstream = config
+            .upstreams
+            .get(route.upstream)
+            .map_or("?", |u| u.name.as_str());
+        out.push_str(&format!(
+            "route    {} {} dialect={} upstream={} max_items={} concurrency={}\n",
+            route.name,
+            route.path,
+            route.dialect.name(),
+            upstream,
+            route.limits.max_items,
+            route.limits.concurrency
+        ));
+    }
+    out
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    let config = Config::from_path(path)?;
+    init_logging(&config).context("setting up logging")?;
+    Ok(config)
+}
+
+fn run(path: &std::path::Path, options: StartOptions) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %path.display(), "batchgate starting");
+    server::build(&config, &options).run_forever()
+}
+
+fn demo(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(upstream) = config
+        .default_upstream
+        .and_then(|i| config.upstreams.get(i))
+    else {
+        eprintln!(
+            "{}: demo needs a default upstream to serve the demo API on",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let Some(addr) = upstream
+        .addresses
+        .first()
+        .copied()
+        .filter(|a| a.ip().is_loopback())
+    else {
+        eprintln!(
+            "{}: demo serves its API only on a loopback address; upstream {} is not one",
+            path.display(),
+            upstream.name
+        );
+        return ExitCode::FAILURE;
+    };
+    let listen = config
+        .server
+        .listen
+        .first()
+        .map_or("127.0.0.1:8080".to_string(), |a| {
+            if a.ip().is_unspecified() {
+                format!("127.0.0.1:{}", a.port())
+            } else {
+                a.to_string()
+            }
+        });
+    let route = config
+        .routes
+        .first()
+        .map_or("/v2/batch", |r| r.path.as_str());
+    println!("batchgate demo: proxy on http://{listen}, demo upstream on http://{addr}");
+    if let Some(admin) = config.admin_listen {
+        println!("metrics on http://{admin}/metrics");
+    }
+    println!("Try a batch:\n  curl -s http://{listen}{route} -H 'Content-Type: application/json' \\\n    -d '{{\"resource\":\"file\",\"requests\":[{{\"id\":\"93433894994ad2e1\",\"method\":\"POST\",\"url\":\"/file/get\",\"headers\":{{\"Content-Type\":\"application/json\"}},\"body\":{{\"domain_id\":\"1\",\"drive_id\":\"1\"}}}},{{\"id\":\"2\",\"method\":\"POST\",\"url\":\"/file/list\",\"body\":{{\"drive_id\":\"1\"}}}}]}}'");
+    println!("and a pass-through call:\n  curl -s http://{listen}/v2/hello");
+    server::build(
+        &config,
+        &StartOptions {
+            demo_upstream: Some(addr),
+            ..StartOptions::default()
+        },
+    )
+    .run_forever()
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
+        _ => EnvFilter::try_new(config.server.log_level.as_deref().unwrap_or("info"))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.server.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!(e))
+}

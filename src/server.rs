@@ -1,0 +1,76 @@
+//! Server wiring: turns a validated `Config` into a pingora `Server` with its services.
+//!
+//! The proxy service listens on `server.listen`, the admin app on `admin.listen`, and in demo
+//! mode the demo upstream on the default upstream's address. pingora owns the runtimes,
+//! signals (SIGTERM graceful stop, SIGQUIT zero-downtime upgrade) and the pid file.
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::demo::DemoUpstream;
+use crate::proxy::BatchGate;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
+
+/// How to start: flags that map onto pingora's own options.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// Take over listeners from a running instance (zero-downtime upgrade).
+    pub upgrade: bool,
+    /// Run in the background.
+    pub daemon: bool,
+    /// Also serve the built-in demo upstream on this address.
+    pub demo_upstream: Option<SocketAddr>,
+}
+
+/// Builds the pingora server with every service; the caller runs it.
+pub fn build(config: &Config, options: &StartOptions) -> Server {
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    if let Some(pid_file) = &config.server.pid_file {
+        conf.pid_file = pid_file.clone();
+    }
+    if let Some(sock) = &config.server.upgrade_sock {
+        conf.upgrade_sock = sock.clone();
+    }
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        BatchGate::new(config),
+        "batchgate proxy",
+    );
+    for addr in &config.server.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = config.admin_listen {
+        let mut admin = Service::new("batchgate admin".to_string(), HttpServer::new_app(AdminApp));
+        admin.add_tcp(&addr.to_string());
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
+    if let Some(addr) = options.demo_upstream {
+        let mut demo = Service::new(
+            "batchgate demo upstream".to_string(),
+            HttpServer::new_app(DemoUpstream),
+        );
+        demo.add_tcp(&addr.to_string());
+        demo.threads = Some(1);
+        server.add_service(demo);
+    }
+    server
+}

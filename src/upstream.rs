@@ -1,0 +1,216 @@
+//! The upstream client: sends one `SubRequest` over pingora's connector and returns an `Outcome`.
+//!
+//! It knows no batch. One `UpstreamClient` per configured upstream holds ready `HttpPeer`s and
+//! one pingora `Connector` whose pool keeps connections alive between items and batches. A
+//! session goes back to the pool only after its response body was read to the end. The only
+//! retry is pingora's own rule: an error on a *reused* pooled connection (the upstream closed
+//! it while idle) may be tried once more on a fresh one.
+
+use crate::config::UpstreamConfig;
+use crate::dialect::{Outcome, SubRequest, UpstreamResponse};
+use crate::exec::Upstream;
+use bytes::BytesMut;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
+use http::Method;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// One upstream: its peers and its connection pool.
+pub struct UpstreamClient {
+    pub config: Arc<UpstreamConfig>,
+    peers: Vec<HttpPeer>,
+    next_peer: AtomicUsize,
+    connector: Connector,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("name", &self.config.name)
+            .finish()
+    }
+}
+
+impl UpstreamClient {
+    pub fn new(config: Arc<UpstreamConfig>) -> Self {
+        let peers = config
+            .addresses
+            .iter()
+            .map(|addr| peer(&config, *addr))
+            .collect();
+        let connector = Connector::new(Some(ConnectorOptions::new(config.pool_size)));
+        UpstreamClient {
+            config,
+            peers,
+            next_peer: AtomicUsize::new(0),
+            connector,
+        }
+    }
+
+    /// The next peer, round robin.
+    pub fn pick_peer(&self) -> Option<&HttpPeer> {
+        let n = self.next_peer.fetch_add(1, Ordering::Relaxed);
+        self.peers.get(n % self.peers.len().max(1))
+    }
+
+    /// Sends one request, retrying once only where pingora says a reused connection was stale.
+    pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
+        let Some(peer) = self.pick_peer() else {
+            return Outcome::ConnectFailed("the upstream has no address".to_string());
+        };
+        match self.exchange(peer, request, batch).await {
+            Ok(response) => Outcome::Response(response),
+            Err(Failure::Pingora { mut error, reused }) => {
+                // pingora's rule: `ReusedOnly` errors are retryable only on a reused pooled
+                // connection, i.e. the upstream closed it while idle and saw nothing.
+                error.retry.decide_reuse(reused);
+                if error.retry() {
+                    match self.exchange(peer, request, batch).await {
+                        Ok(response) => Outcome::Response(response),
+                        Err(second) => second.into_outcome(),
+                    }
+                } else {
+                    Outcome::UpstreamFailed(error.to_string())
+                }
+            }
+            Err(other) => other.into_outcome(),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        peer: &HttpPeer,
+        request: &SubRequest,
+        batch: &BatchHeaders,
+    ) -> Result<UpstreamResponse, Failure> {
+        let (mut session, reused) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|error| Failure::Connect(error.to_string()))?;
+        let fail = |error| Failure::Pingora { error, reused };
+        let header = request_header(request, batch).map_err(|e| fail(e))?;
+        session
+            .write_request_header(Box::new(header))
+            .await
+            .map_err(|e| fail(e))?;
+        if let Some(body) = &request.body {
+            session
+                .write_request_body(body.clone(), true)
+                .await
+                .map_err(|e| fail(e))?;
+        }
+        session.finish_request_body().await.map_err(|e| fail(e))?;
+        session.read_response_header().await.map_err(|e| fail(e))?;
+        let (status, headers) = match session.response_header() {
+            Some(h) => (h.status.as_u16(), h.headers.clone()),
+            None => return Err(Failure::Protocol("no response header".to_string())),
+        };
+        let limit = batch.max_response_bytes;
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            // Not read, so the connection is dropped rather than pooled.
+            return Err(Failure::TooLarge(limit));
+        }
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = session.read_response_body().await.map_err(|e| fail(e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(Failure::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        self.connector
+            .release_http_session(session, peer, peer.options.idle_timeout)
+            .await;
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: body.freeze(),
+        })
+    }
+}
+
+/// Headers every item of one batch carries, built once per batch.
+#[derive(Debug, Clone)]
+pub struct BatchHeaders {
+    pub host: HeaderValue,
+    /// Forwarded outer headers, `X-Forwarded-For`, `X-Request-Id`.
+    pub common: Vec<(HeaderName, HeaderValue)>,
+    pub max_response_bytes: usize,
+}
+
+/// One batch's view of an upstream: what the executor calls.
+pub struct BatchUpstream {
+    pub client: Arc<UpstreamClient>,
+    pub headers: BatchHeaders,
+}
+
+impl Upstream for BatchUpstream {
+    async fn send(&self, request: SubRequest) -> Outcome {
+        self.client.send(&request, &self.headers).await
+    }
+}
+
+enum Failure {
+    Connect(String),
+    Pingora {
+        error: Box<pingora::Error>,
+        reused: bool,
+    },
+    Protocol(String),
+    TooLarge(usize),
+}
+
+impl Failure {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Failure::Connect(why) => Outcome::ConnectFailed(why),
+            Failure::Pingora { error, .. } => Outcome::UpstreamFailed(error.to_string()),
+            Failure::Protocol(why) => Outcome::UpstreamFailed(why),
+            Failure::TooLarge(limit) => Outcome::ResponseTooLarge { limit },
+        }
+    }
+}
+
+fn request_header(request: &SubRequest, batch: &BatchHeaders) -> pingora::Result<RequestHeader> {
+    let mut header = RequestHeader::build(
+        request.method.clone(),
+        request.path.as_bytes(),
+        Some(request.headers.len() + batch.common.len() + 2),
+    )?;
+    header.insert_header(HOST, batch.host.clone())?;
+    for (name, value) in &batch.common {
+        // An item's own header wins over a forwarded one of the same name.
+        if !request.headers.iter().any(|(n, _)| n == name) {
+            header.append_header(name.clone(), value.clone())?;
+        }
+    }
+    for (name, value) in &request.headers {
+        header.insert_header(name.clone(), value.clone())?;
+    }
+    match &request.body {
+        Some(body) => header.insert_header(CONTENT_LENGTH, body.len())?,
+        None if matches!(request.method, Method::POST | Method::PUT | Method::PATCH) => {
+            header.insert_header(CONTENT_LENGTH, 0)?
+        }
+        None => {}
+    }
+    Ok(header)
+}
+
+/// A peer for one address with the upstream's timeouts.
+pub fn peer(config: &UpstreamConfig, addr: std::net::SocketAddr) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(config.connect_timeout);
+    peer.options.read_timeout = Some(config.read_timeout);
+    peer.options.write_timeout = Some(config.write_timeout);
+    peer.options.idle_timeout = Some(config.idle_timeout);
+    peer
+}

@@ -1,0 +1,229 @@
+//! Starting the real `batchgate` binary for integration tests.
+//!
+//! [`start`] writes a config text into a fresh temp dir (filling in the
+//! `{listen}`, `{admin}` and `{tmp}` placeholders), spawns
+//! `batchgate run -c FILE` with stdout/stderr captured to files in that dir,
+//! and waits until the proxy port accepts connections. Dropping the [`Gate`]
+//! kills the process and removes the dir. [`check`] runs `batchgate check`.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::upstream::free_port;
+
+/// How long [`start`] waits for the proxy port to accept connections.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Path of the `batchgate` binary built by cargo for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_batchgate")
+}
+
+/// A fresh, empty temp dir `batchgate-test-{pid}-{counter}`.
+fn fresh_dir() -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("batchgate-test-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create temp dir {}: {e}", dir.display()));
+    dir
+}
+
+/// Fills in the placeholders; returns (config text, listen addr, admin addr).
+fn render(config_toml: &str, dir: &Path) -> (String, SocketAddr, SocketAddr) {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    while admin == listen {
+        admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    }
+    let text = config_toml
+        .replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string())
+        .replace("{tmp}", &dir.display().to_string());
+    (text, listen, admin)
+}
+
+fn read_or_empty(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A running `batchgate run` process. Dropping it kills the process (SIGKILL)
+/// and removes its temp dir; if the test is panicking, stderr is printed first.
+pub struct Gate {
+    /// Proxy listen address (what `{listen}` became).
+    pub addr: SocketAddr,
+    /// Admin listen address (what `{admin}` became).
+    pub admin: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+/// Writes `config_toml` (placeholders `{listen}`, `{admin}`, `{tmp}` filled in)
+/// to a fresh temp dir, spawns `batchgate run -c FILE` (`RUST_LOG=warn` unless
+/// set) and waits up to 20 s for `{listen}` to accept connections. Panics with
+/// the captured stderr if the process exits or the deadline passes.
+pub async fn start(config_toml: &str) -> Gate {
+    start_with_env(config_toml, &[]).await
+}
+
+/// Like [`start`], with extra environment variables for the child.
+pub async fn start_with_env(config_toml: &str, envs: &[(&str, &str)]) -> Gate {
+    let dir = fresh_dir();
+    let (text, addr, admin) = render(config_toml, &dir);
+    let config_path = dir.join("config.toml");
+    fs::write(&config_path, &text).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+    let stdout = fs::File::create(dir.join("stdout.log")).expect("create stdout.log");
+    let stderr = fs::File::create(dir.join("stderr.log")).expect("create stderr.log");
+
+    let mut cmd = Command::new(bin());
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&config_path)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()));
+    let mut gate = Gate { addr, admin, child, dir };
+
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return gate;
+        }
+        if let Ok(Some(status)) = gate.child.try_wait() {
+            panic!(
+                "batchgate exited during startup ({status}).\n--- config ---\n{text}\n--- stderr ---\n{}\n--- stdout ---\n{}",
+                gate.stderr(),
+                gate.stdout()
+            );
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "batchgate did not accept connections on {addr} within {STARTUP_TIMEOUT:?}.\n--- config ---\n{text}\n--- stderr ---\n{}\n--- stdout ---\n{}",
+                gate.stderr(),
+                gate.stdout()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Gate {
+    /// Contents of the child's stderr so far.
+    pub fn stderr(&self) -> String {
+        read_or_empty(&self.dir.join("stderr.log"))
+    }
+
+    /// Contents of the child's stdout so far.
+    pub fn stdout(&self) -> String {
+        read_or_empty(&self.dir.join("stdout.log"))
+    }
+
+    /// The temp dir (what `{tmp}` became).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the written config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// Process id of the child.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin address as `"127.0.0.1:PORT"`.
+    pub fn admin_host_port(&self) -> String {
+        self.admin.to_string()
+    }
+
+    /// Sends a signal by name (e.g. `"TERM"`, `"INT"`, `"QUIT"`) via `kill -s`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("run kill -s {sig}: {e}"));
+        assert!(status.success(), "kill -s {sig} {} failed: {status}", self.child.id());
+    }
+
+    /// Polls (every 20 ms) for the child to exit; `None` if still running after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on batchgate child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits up to 20 s for the admin port to accept connections; panics with stderr otherwise.
+    pub async fn wait_admin(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if tokio::net::TcpStream::connect(self.admin).await.is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("batchgate exited ({status}) before admin {} came up.\n--- stderr ---\n{}", self.admin, self.stderr());
+            }
+            if Instant::now() >= deadline {
+                panic!("admin {} not reachable within {STARTUP_TIMEOUT:?}.\n--- stderr ---\n{}", self.admin, self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- batchgate ({}) stderr ---\n{}\n--- end stderr ---",
+                self.addr,
+                self.stderr()
+            );
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes `config_toml` (same placeholders as [`start`]) to a temp file and runs
+/// `batchgate check -c FILE` synchronously, returning its output.
+pub fn check(config_toml: &str) -> Output {
+    let dir = fresh_dir();
+    let (text, _, _) = render(config_toml, &dir);
+    let config_path = dir.join("config.toml");
+    fs::write(&config_path, &text).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+    let mut cmd = Command::new(bin());
+    cmd.arg("check").arg("-c").arg(&config_path).current_dir(&dir).stdin(Stdio::null());
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "warn");
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {} check: {e}", bin()));
+    let _ = fs::remove_dir_all(&dir);
+    out
+}

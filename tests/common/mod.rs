@@ -1,0 +1,19 @@
+//! Shared integration-test harness for `batchgate`.
+//!
+//! This module owns everything the integration tests need besides the
+//! binary under test itself:
+//!
+//! * [`upstream`] — an instrumented HTTP/1.1 test upstream (request log,
+//!   concurrency peak, connection count, scripted replies with delays,
+//!   hangs and connection closes);
+//! * [`client`] — a tiny raw HTTP/1.1 client giving tests exact control over
+//!   the bytes sent to the gate, including keep-alive connections;
+//! * [`gate`] — starting the real `batchgate` binary from a config text in a
+//!   fresh temp dir, and running `batchgate check`.
+//!
+//! Each test binary uses only a subset of it, hence `dead_code` is allowed.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod gate;
+pub mod upstream;
