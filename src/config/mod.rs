@@ -202,7 +202,7 @@ dialect = "envelope"
         let text = format!("{MINIMAL}max_itemz = 5\n");
         let err = Config::parse(&text, "x.toml").expect_err("unknown key");
         let message = err.to_string();
-        assert!(message.starts_with("x.toml:9:1: "), "{message}");
+        assert!(message.starts_with("x.toml:8:1: "), "{message}");
         assert!(message.contains("max_itemz"), "{message}");
     }
 
@@ -212,11 +212,11 @@ dialect = "envelope"
         let err = Config::parse(&text, "x.toml").expect_err("invalid");
         let message = err.to_string();
         assert!(
-            message.contains("x.toml:9:13: routes[0].max_items: 0 is not allowed (1..=10000)"),
+            message.contains("x.toml:8:13: routes[0].max_items: 0 is not allowed (1..=10000)"),
             "{message}"
         );
         assert!(
-            message.contains("x.toml:10:15: routes[0].concurrency"),
+            message.contains("x.toml:9:15: routes[0].concurrency"),
             "{message}"
         );
     }

@@ -65,13 +65,21 @@ impl Dialect for Envelope {
 
     fn decode(&self, request: &BatchRequest<'_>) -> Result<Plan<EnvelopeMeta>, Rejection> {
         let invalid = |kind, code, message: String| Rejection::new(kind, code, message);
-        let body: Body<'_> = serde_json::from_slice(request.body).map_err(|e| {
+        let not_object = |detail: String| {
             invalid(
                 RejectionKind::ParseError,
                 CODE_BODY,
-                format!("the body is not a JSON object: {e}"),
+                format!("the body is not a JSON object: {detail}"),
             )
-        })?;
+        };
+        let raw: &RawValue =
+            serde_json::from_slice(request.body).map_err(|e| not_object(e.to_string()))?;
+        // serde would also accept a struct written as an array; the contract is an object.
+        if !is_object(raw) {
+            return Err(not_object("found another JSON type".to_string()));
+        }
+        let body: Body<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| not_object(e.to_string()))?;
         self.check_resource(body.resource)?;
         let requests = body.requests.ok_or_else(|| {
             invalid(
@@ -112,13 +120,16 @@ impl Dialect for Envelope {
         };
         let mut seen_ids = HashSet::with_capacity(items.len());
         for (index, raw) in items.into_iter().enumerate() {
-            let fields: ItemFields<'_> = serde_json::from_str(raw.get()).map_err(|_| {
-                invalid(
-                    RejectionKind::InvalidItem,
-                    CODE_REQUESTS,
-                    format!("requests[{index}] must be an object"),
-                )
-            })?;
+            let fields: ItemFields<'_> = serde_json::from_str(raw.get())
+                .ok()
+                .filter(|_| is_object(raw))
+                .ok_or_else(|| {
+                    invalid(
+                        RejectionKind::InvalidItem,
+                        CODE_REQUESTS,
+                        format!("requests[{index}] must be an object"),
+                    )
+                })?;
             let id_raw = check_id(index, fields.id, &mut seen_ids)?;
             plan.meta.push(EnvelopeMeta {
                 id: request.body.slice_ref(id_raw.get().as_bytes()),
@@ -299,6 +310,11 @@ impl Envelope {
         }
         Ok(headers)
     }
+}
+
+/// Whether a JSON value is an object (RawValue text has no leading whitespace).
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().starts_with('{')
 }
 
 fn check_id<'a>(

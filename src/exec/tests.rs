@@ -1,1 +1,220 @@
+//! Executor tests on an in-memory upstream with a paused clock: no sockets, exact timing.
 
+use super::*;
+use crate::dialect::{ItemError, UpstreamResponse};
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// A fake upstream: each request's path is `/<delay ms>`; it answers 200 with the path as body
+/// and records concurrency and which paths started.
+#[derive(Default)]
+struct Fake {
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    started: Mutex<Vec<String>>,
+}
+
+impl Upstream for Fake {
+    async fn send(&self, request: SubRequest) -> Outcome {
+        self.started
+            .lock()
+            .expect("test mutex")
+            .push(request.path.clone());
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let ms: u64 = request.path.trim_start_matches('/').parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Outcome::Response(UpstreamResponse {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: Bytes::from(request.path),
+        })
+    }
+}
+
+fn item(delay_ms: u64) -> Result<SubRequest, Outcome> {
+    Ok(SubRequest {
+        method: Method::GET,
+        path: format!("/{delay_ms}"),
+        headers: Vec::new(),
+        body: None,
+    })
+}
+
+fn limits(concurrency: usize, item_ms: u64, batch_ms: u64) -> Limits {
+    Limits {
+        concurrency,
+        item_timeout: Duration::from_millis(item_ms),
+        deadline: Instant::now() + Duration::from_millis(batch_ms),
+        max_reply_bytes: 1 << 20,
+    }
+}
+
+fn body(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Response(r) => String::from_utf8_lossy(&r.body).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Results come back in input order even when later items finish first.
+#[tokio::test(start_paused = true)]
+async fn keeps_input_order() {
+    let fake = Arc::new(Fake::default());
+    let items = vec![item(30), item(10), item(20)];
+    let out = run(
+        &limits(3, 1000, 1000),
+        &Arc::new(Semaphore::new(10)),
+        items,
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    let bodies: Vec<String> = out.iter().map(body).collect();
+    assert_eq!(bodies, ["/30", "/10", "/20"]);
+}
+
+/// Per-batch concurrency bounds what is in flight, and items still overlap up to it.
+#[tokio::test(start_paused = true)]
+async fn bounds_batch_concurrency() {
+    let fake = Arc::new(Fake::default());
+    let items = (0..10).map(|_| item(10)).collect();
+    let started = Instant::now();
+    run(
+        &limits(3, 1000, 1000),
+        &Arc::new(Semaphore::new(100)),
+        items,
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert_eq!(fake.peak.load(Ordering::SeqCst), 3);
+    // ceil(10 / 3) = 4 waves of 10 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(40));
+}
+
+/// The global semaphore caps items across simultaneous batches, and is full again afterwards.
+#[tokio::test(start_paused = true)]
+async fn bounds_global_in_flight_across_batches() {
+    let fake = Arc::new(Fake::default());
+    let global = Arc::new(Semaphore::new(4));
+    let observer = Arc::new(NoObserver);
+    let l = limits(10, 1000, 1000);
+    let batch = || {
+        run(
+            &l,
+            &global,
+            (0..10).map(|_| item(5)).collect(),
+            &fake,
+            &observer,
+        )
+    };
+    let (a, b, c) = tokio::join!(batch(), batch(), batch());
+    assert!([a, b, c].iter().all(|r| r.len() == 10));
+    assert_eq!(fake.peak.load(Ordering::SeqCst), 4);
+    assert_eq!(global.available_permits(), 4);
+}
+
+/// An item over its timeout becomes `TimedOut`; the others are unaffected.
+#[tokio::test(start_paused = true)]
+async fn item_timeout_is_per_item() {
+    let fake = Arc::new(Fake::default());
+    let out = run(
+        &limits(2, 50, 1000),
+        &Arc::new(Semaphore::new(10)),
+        vec![item(10), item(500)],
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert_eq!(body(&out[0]), "/10");
+    assert!(matches!(out[1], Outcome::TimedOut));
+}
+
+/// At the deadline the reply is built at once: finished items kept, the rest
+/// `DeadlineExceeded`, queued items never started, permits all returned.
+#[tokio::test(start_paused = true)]
+async fn deadline_returns_partial_results() {
+    let fake = Arc::new(Fake::default());
+    let global = Arc::new(Semaphore::new(10));
+    let started = Instant::now();
+    let items = vec![item(10), item(100), item(100), item(100)];
+    let out = run(
+        &limits(1, 1000, 150),
+        &global,
+        items,
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert_eq!(started.elapsed(), Duration::from_millis(150));
+    assert_eq!(body(&out[0]), "/10");
+    assert_eq!(body(&out[1]), "/100");
+    assert!(matches!(out[2], Outcome::DeadlineExceeded));
+    assert!(matches!(out[3], Outcome::DeadlineExceeded));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.started.lock().expect("test mutex").len(),
+        3,
+        "item 4 must never start"
+    );
+    assert_eq!(global.available_permits(), 10);
+}
+
+/// Dropping the batch (client gone) aborts queued items and returns every permit.
+#[tokio::test(start_paused = true)]
+async fn cancellation_stops_unstarted_items_and_frees_permits() {
+    let fake = Arc::new(Fake::default());
+    let global = Arc::new(Semaphore::new(8));
+    let items = (0..10).map(|_| item(100)).collect();
+    let l = limits(2, 1000, 10_000);
+    let observer = Arc::new(NoObserver);
+    let batch = run(&l, &global, items, &fake, &observer);
+    let _ = tokio::time::timeout(Duration::from_millis(150), batch).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(fake.started.lock().expect("test mutex").len(), 4);
+    assert_eq!(global.available_permits(), 8);
+}
+
+/// Refused items pass through untouched and are never sent.
+#[tokio::test(start_paused = true)]
+async fn decided_items_are_not_sent() {
+    let fake = Arc::new(Fake::default());
+    let refused = Outcome::Refused(ItemError {
+        status: 405,
+        code: "MethodNotAllowed",
+        message: String::new(),
+    });
+    let out = run(
+        &limits(2, 1000, 1000),
+        &Arc::new(Semaphore::new(10)),
+        vec![Err(refused), item(1)],
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert!(matches!(&out[0], Outcome::Refused(e) if e.status == 405));
+    assert_eq!(fake.started.lock().expect("test mutex").as_slice(), ["/1"]);
+}
+
+/// The reply budget turns bodies past `max_reply_bytes` into `ReplyBudgetExceeded`.
+#[tokio::test(start_paused = true)]
+async fn reply_budget_caps_total_bytes() {
+    let fake = Arc::new(Fake::default());
+    let mut l = limits(1, 1000, 1000);
+    l.max_reply_bytes = 5; // each body is 2-3 bytes ("/1", "/2", ...)
+    let out = run(
+        &l,
+        &Arc::new(Semaphore::new(10)),
+        vec![item(1), item(2), item(3)],
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert_eq!(body(&out[0]), "/1");
+    assert_eq!(body(&out[1]), "/2");
+    assert!(matches!(out[2], Outcome::ReplyBudgetExceeded { limit: 5 }));
+}

@@ -1,1 +1,210 @@
+//! Envelope decode/encode tests on bytes only, with the PDS page's example as fixture.
 
+use super::*;
+use crate::dialect::UpstreamResponse;
+use crate::guard::{HeaderGuard, UrlGuard};
+
+/// The PDS page's child request, verbatim.
+const PDS_REQUEST: &str = r#"{"resource":"file","requests":[{"id":"93433894994ad2e1","method":"POST","url":"/file/get","body":{"domain_id":"1","drive_id":"1"},"headers":{"Content-Type":"application/json"}}]}"#;
+
+fn envelope() -> Envelope {
+    Envelope {
+        config: Arc::new(EnvelopeConfig {
+            base_path: "/v2".into(),
+            allowed_methods: vec![Method::GET, Method::POST],
+            allowed_resources: Some(vec!["file".into()]),
+            url_guard: UrlGuard::new("/v2".into(), None, vec!["/v2/batch".into()]),
+            header_guard: HeaderGuard,
+        }),
+        max_items: 3,
+    }
+}
+
+fn decode(body: &str) -> Result<Plan<EnvelopeMeta>, Rejection> {
+    let headers = HeaderMap::new();
+    let body = Bytes::copy_from_slice(body.as_bytes());
+    envelope().decode(&BatchRequest {
+        method: &Method::POST,
+        query: None,
+        headers: &headers,
+        body: &body,
+    })
+}
+
+fn rejection(body: &str) -> (RejectionKind, &'static str) {
+    let r = decode(body).expect_err("must be rejected");
+    (r.kind, r.code)
+}
+
+/// The PDS example becomes one POST /v2/file/get carrying the child body byte for byte.
+#[test]
+fn pds_example_decodes_to_one_exact_child() {
+    let plan = decode(PDS_REQUEST).expect("valid");
+    assert_eq!(&plan.meta[0].id[..], br#""93433894994ad2e1""#);
+    let child = plan.items[0].as_ref().expect("sent");
+    assert_eq!(child.method, Method::POST);
+    assert_eq!(child.path, "/v2/file/get");
+    assert_eq!(
+        child.body.as_deref(),
+        Some(&br#"{"domain_id":"1","drive_id":"1"}"#[..])
+    );
+}
+
+/// Child bodies are not re-encoded: spacing, key order and number spelling survive.
+#[test]
+fn child_body_is_forwarded_verbatim() {
+    let plan = decode(r#"{"resource":"file","requests":[{"id":"a","method":"POST","url":"/x","body":{ "z" : 1.0e3, "a":[ ] }}]}"#).expect("valid");
+    let child = plan.items[0].as_ref().expect("sent");
+    assert_eq!(
+        child.body.as_deref(),
+        Some(&br#"{ "z" : 1.0e3, "a":[ ] }"#[..])
+    );
+    assert!(child
+        .headers
+        .iter()
+        .any(|(n, v)| n == CONTENT_TYPE && v == "application/json"));
+}
+
+/// Each whole-batch error has its kind and PDS code.
+#[test]
+fn whole_batch_errors_have_kinds_and_codes() {
+    use RejectionKind::*;
+    let cases = [
+        ("not json", (ParseError, CODE_BODY)),
+        ("[1,2]", (ParseError, CODE_BODY)),
+        (r#"{"resource":"file"}"#, (Empty, CODE_REQUESTS)),
+        (
+            r#"{"resource":"file","requests":[]}"#,
+            (Empty, CODE_REQUESTS),
+        ),
+        (
+            r#"{"resource":"file","requests":{}}"#,
+            (InvalidParameter, CODE_REQUESTS),
+        ),
+        (
+            r#"{"resource":"file","requests":[1]}"#,
+            (InvalidItem, CODE_REQUESTS),
+        ),
+        (
+            r#"{"resource":"file","requests":[{},{},{},{}]}"#,
+            (TooManyItems, CODE_REQUESTS),
+        ),
+        (
+            r#"{"resource":"file","requests":[{"method":"GET","url":"/a"}]}"#,
+            (InvalidItem, CODE_ID),
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"","url":"/a"}]}"#,
+            (InvalidItem, CODE_ID),
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":7,"url":"/a"}]}"#,
+            (InvalidItem, CODE_ID),
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a"},{"id":"a"}]}"#,
+            (DuplicateId, CODE_ID),
+        ),
+        (
+            r#"{"resource":"user","requests":[{"id":"a"}]}"#,
+            (InvalidParameter, CODE_RESOURCE),
+        ),
+        (
+            r#"{"requests":[{"id":"a"}]}"#,
+            (InvalidParameter, CODE_RESOURCE),
+        ),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(rejection(body), expected, "{body}");
+    }
+}
+
+/// Escaped ids are compared decoded: "\u0061" and "a" are duplicates.
+#[test]
+fn duplicate_ids_are_compared_after_unescaping() {
+    let body = r#"{"resource":"file","requests":[{"id":"\u0061"},{"id":"a"}]}"#;
+    assert_eq!(rejection(body).0, RejectionKind::DuplicateId);
+}
+
+/// Per-item problems refuse only that item, with status and code.
+#[test]
+fn per_item_errors_refuse_only_their_item() {
+    let body = r#"{"resource":"file","requests":[
+        {"id":"1","method":"DELETE","url":"/file/x"},
+        {"id":"2","method":"GET","url":"//evil/x"},
+        {"id":"3","method":"GET","url":"/x","headers":{"Host":"evil"}},
+        {"id":"4","method":"GET","url":"/x","headers":{"Content-Type":"text/plain"}}]}"#;
+    let mut e = envelope();
+    e.max_items = 10;
+    let headers = HeaderMap::new();
+    let body = Bytes::from(body);
+    let plan = e
+        .decode(&BatchRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &headers,
+            body: &body,
+        })
+        .expect("valid batch");
+    let refused: Vec<(u16, &str)> = plan
+        .items
+        .iter()
+        .map(|i| match i {
+            Err(Outcome::Refused(e)) => (e.status, e.code),
+            other => panic!("expected a refusal, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (405, "MethodNotAllowed"),
+            (400, "InvalidParameter.Url"),
+            (400, "InvalidParameter.Headers"),
+            (400, "InvalidParameter.ContentType"),
+        ]
+    );
+}
+
+fn response(status: u16, content_type: Option<&str>, body: &[u8]) -> Outcome {
+    let mut headers = HeaderMap::new();
+    if let Some(ct) = content_type {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_str(ct).expect("ascii"));
+    }
+    Outcome::Response(UpstreamResponse {
+        status,
+        headers,
+        body: Bytes::copy_from_slice(body),
+    })
+}
+
+/// Replies embed JSON as is, text as a string, binary as base64 with a marker; errors
+/// carry {code,message}; ids come back as the client wrote them.
+#[test]
+fn encode_follows_the_body_rule() {
+    let meta = ["\"a\"", "\"b\"", "\"c\"", "\"d\""]
+        .iter()
+        .map(|id| EnvelopeMeta {
+            id: Bytes::from(*id),
+        })
+        .collect();
+    let outcomes = vec![
+        response(200, Some("application/json"), b"{\"n\":1.50}\n"),
+        response(404, Some("text/plain"), b"not \"here\""),
+        response(200, Some("application/octet-stream"), &[0xff, 0x00]),
+        Outcome::TimedOut,
+    ];
+    let reply = envelope().encode(meta, outcomes);
+    let text = std::str::from_utf8(&reply.body).expect("utf8");
+    assert!(text.contains(r#"{"id":"a","status":200,"headers":{"content-type":"application/json"},"body":{"n":1.50}}"#), "{text}");
+    assert!(text.contains(r#""body":"not \"here\"""#), "{text}");
+    assert!(
+        text.contains(r#""body_encoding":"base64","body":"/wA=""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"{"id":"d","status":504,"body":{"code":"GatewayTimeout""#),
+        "{text}"
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("valid JSON");
+    assert_eq!(parsed["responses"].as_array().map(Vec::len), Some(4));
+}
