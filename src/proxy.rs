@@ -7,6 +7,7 @@
 
 use crate::config::{Config, DialectConfig, RouteConfig};
 use crate::dialect::envelope::Envelope;
+use crate::dialect::jsonrpc::JsonRpc;
 use crate::dialect::{
     is_json_content_type, BatchRequest, Dialect, Outcome, Rejection, RejectionKind, Reply,
 };
@@ -41,6 +42,7 @@ pub struct Route {
 /// The closed set of dialects: static dispatch, exhaustive matches.
 pub enum RouteDialect {
     Envelope(Envelope),
+    JsonRpc(JsonRpc),
 }
 
 /// The pass-through target.
@@ -92,6 +94,11 @@ impl BatchGate {
                     config: Arc::new(envelope.clone()),
                     max_items: route.limits.max_items,
                 }),
+                DialectConfig::JsonRpc(jsonrpc) => RouteDialect::JsonRpc(JsonRpc {
+                    config: Arc::new(jsonrpc.clone()),
+                    max_items: route.limits.max_items,
+                    upstream: upstream.config.name.clone(),
+                }),
             };
             routes.insert(
                 route.path.clone(),
@@ -130,6 +137,7 @@ impl BatchGate {
     ) -> Result<()> {
         match &route.dialect {
             RouteDialect::Envelope(dialect) => self.serve_batch(session, route, dialect, ctx).await,
+            RouteDialect::JsonRpc(dialect) => self.serve_batch(session, route, dialect, ctx).await,
         }
     }
 
@@ -346,11 +354,15 @@ fn request_id(req: &RequestHeader) -> String {
 
 async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str) -> Result<()> {
     let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
-    header.insert_header(CONTENT_TYPE, reply.content_type)?;
-    header.insert_header(CONTENT_LENGTH, reply.body.len())?;
+    if let Some(content_type) = &reply.content_type {
+        header.insert_header(CONTENT_TYPE, content_type)?;
+    }
+    if reply.status != 204 {
+        header.insert_header(CONTENT_LENGTH, reply.body.len())?;
+    }
     header.insert_header(REQUEST_ID, request_id)?;
     for (name, value) in &reply.headers {
-        header.insert_header(*name, value.as_str())?;
+        header.insert_header(name, value)?;
     }
     let has_body = !reply.body.is_empty();
     session
@@ -379,12 +391,7 @@ impl ProxyHttp for BatchGate {
             return Ok(true);
         }
         if self.passthrough.is_none() {
-            let reply = Reply {
-                status: 404,
-                content_type: "application/json",
-                body: Bytes::from_static(br#"{"code":"NotFound","message":"no batch route matches and no default upstream is configured"}"#),
-                headers: Vec::new(),
-            };
+            let reply = Reply::json(404, Bytes::from_static(br#"{"code":"NotFound","message":"no batch route matches and no default upstream is configured"}"#));
             let id = request_id(session.req_header());
             write_reply(session, &reply, &id).await?;
             return Ok(true);

@@ -81,4 +81,21 @@ pub struct RouteSection {
     pub allowed_methods: Option<Vec<String>>,
     pub allowed_resources: Option<Vec<String>>,
     pub allowed_url_prefixes: Option<Vec<String>>,
+    // jsonrpc (`allowed_methods` above then names JSON-RPC methods)
+    pub upstream_path: Option<String>,
+    pub denied_methods: Option<Vec<String>>,
+    pub profile: Option<JsonRpcProfileSection>,
+}
+
+/// `[routes.profile]` of a jsonrpc route: where a vendor differs from the specification.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonRpcProfileSection {
+    pub too_many_code: Option<i64>,
+    pub too_many_message: Option<String>,
+    pub empty_code: Option<i64>,
+    pub empty_message: Option<String>,
+    /// `"object"` or `"array"`: how batch-level errors are returned.
+    pub batch_errors: Option<String>,
+    pub unique_ids: Option<bool>,
 }

@@ -8,8 +8,8 @@ pub mod file;
 pub mod runtime;
 
 pub use runtime::{
-    Config, DialectConfig, EnvelopeConfig, LogFormat, Problem, RouteConfig, RouteLimits,
-    ServerSettings, UpstreamConfig,
+    Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile, LogFormat, Problem,
+    RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig,
 };
 
 use std::fmt;
@@ -192,7 +192,9 @@ dialect = "envelope"
         let config: Config = MINIMAL.parse().expect("valid");
         let route = &config.routes[0];
         assert_eq!(route.limits.max_items, 100);
-        let DialectConfig::Envelope(envelope) = &route.dialect;
+        let DialectConfig::Envelope(envelope) = &route.dialect else {
+            panic!("envelope route expected");
+        };
         assert_eq!(envelope.base_path, "/v2");
         assert_eq!(config.default_upstream, Some(0));
     }

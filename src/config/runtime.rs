@@ -133,6 +133,7 @@ pub struct RouteConfig {
 #[derive(Debug)]
 pub enum DialectConfig {
     Envelope(EnvelopeConfig),
+    JsonRpc(JsonRpcConfig),
 }
 
 impl DialectConfig {
@@ -140,6 +141,7 @@ impl DialectConfig {
     pub fn name(&self) -> &'static str {
         match self {
             DialectConfig::Envelope(_) => "envelope",
+            DialectConfig::JsonRpc(_) => "jsonrpc",
         }
     }
 }
@@ -155,6 +157,42 @@ pub struct EnvelopeConfig {
     pub url_guard: UrlGuard,
     pub header_guard: HeaderGuard,
 }
+
+/// Settings of a JSON-RPC 2.0 batch route.
+#[derive(Debug, Clone)]
+pub struct JsonRpcConfig {
+    /// Path each element is POSTed to upstream.
+    pub upstream_path: String,
+    /// `None` allows every method not denied.
+    pub allowed_methods: Option<Vec<String>>,
+    pub denied_methods: Vec<String>,
+    pub profile: JsonRpcProfile,
+}
+
+/// A JSON-RPC error code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+/// Where a vendor's JSON-RPC batch handling differs from the specification.
+#[derive(Debug, Clone)]
+pub struct JsonRpcProfile {
+    /// Answer to a batch with more than `max_items` elements.
+    pub too_many: RpcError,
+    /// Answer to an empty array.
+    pub empty: RpcError,
+    /// Wrap batch-level errors in a one-element array (some clients need an array back
+    /// whenever they sent one).
+    pub batch_errors_as_array: bool,
+    /// Refuse an element whose id repeats an earlier one.
+    pub unique_ids: bool,
+}
+
+/// Specification defaults: `-32600 Invalid Request` for an empty batch (section 6) and, as
+/// the specification sets no limit, the same for an oversized one.
+pub const JSONRPC_INVALID_REQUEST: i64 = -32600;
 
 /// One problem found while validating, with the key path it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,14 +571,16 @@ fn route_config(
     );
     let dialect = match section.dialect.as_str() {
         "envelope" => envelope_config(section, ctx, problems).map(DialectConfig::Envelope),
+        "jsonrpc" => jsonrpc_config(section, ctx, problems).map(DialectConfig::JsonRpc),
         other => {
             problems.push(
                 &at("dialect"),
-                format!("{other:?} is not a dialect (\"envelope\")"),
+                format!("{other:?} is not a dialect (\"envelope\" or \"jsonrpc\")"),
             );
             None
         }
     };
+    check_dialect_keys(section, i, problems);
     let name = section
         .name
         .clone()
@@ -630,6 +670,130 @@ fn envelope_config(
     })
 }
 
+/// Keys that only mean something for one dialect are errors on the others, so a key copied
+/// from the wrong example does not silently do nothing.
+fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) {
+    let present: [(&str, bool, &[&str]); 6] = [
+        ("base_path", section.base_path.is_some(), &["envelope"]),
+        (
+            "allowed_resources",
+            section.allowed_resources.is_some(),
+            &["envelope"],
+        ),
+        (
+            "allowed_url_prefixes",
+            section.allowed_url_prefixes.is_some(),
+            &["envelope"],
+        ),
+        (
+            "upstream_path",
+            section.upstream_path.is_some(),
+            &["jsonrpc"],
+        ),
+        (
+            "denied_methods",
+            section.denied_methods.is_some(),
+            &["jsonrpc"],
+        ),
+        ("profile", section.profile.is_some(), &["jsonrpc"]),
+    ];
+    for (key, is_set, dialects) in present {
+        if is_set && !dialects.contains(&section.dialect.as_str()) {
+            problems.push(
+                &["routes", i, key],
+                format!(
+                    "{key} is not a setting of dialect {:?} (only of {})",
+                    section.dialect,
+                    dialects.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn jsonrpc_config(
+    section: &RouteSection,
+    ctx: &RouteContext<'_>,
+    problems: &mut Problems,
+) -> Option<JsonRpcConfig> {
+    let i = ctx.index;
+    let upstream_path = section
+        .upstream_path
+        .clone()
+        .unwrap_or_else(|| section.path.clone());
+    if !is_target(&upstream_path) {
+        problems.push(
+            &["routes", i, "upstream_path"],
+            format!("{upstream_path:?} must be an absolute path such as \"/jsonrpc2\""),
+        );
+    }
+    let method_list = |list: &Option<Vec<String>>, key: &str, problems: &mut Problems| {
+        for (j, name) in list.iter().flatten().enumerate() {
+            if name.is_empty() {
+                problems.push(
+                    &["routes", i, key, &j.to_string()],
+                    "a method name cannot be empty",
+                );
+            }
+        }
+        list.clone()
+    };
+    let allowed_methods = method_list(&section.allowed_methods, "allowed_methods", problems);
+    let denied_methods =
+        method_list(&section.denied_methods, "denied_methods", problems).unwrap_or_default();
+    let profile = section.profile.as_ref();
+    let rpc_error =
+        |code: Option<i64>, message: Option<&String>, key: &str, problems: &mut Problems| {
+            let code = code.unwrap_or(JSONRPC_INVALID_REQUEST);
+            if !(-32768..=-32000).contains(&code) {
+                problems.push(
+                    &["routes", i, "profile", key],
+                    format!("{code} is not a JSON-RPC server error code (-32768..=-32000)"),
+                );
+            }
+            RpcError {
+                code,
+                message: message
+                    .cloned()
+                    .unwrap_or_else(|| "Invalid Request".to_string()),
+            }
+        };
+    let too_many = rpc_error(
+        profile.and_then(|p| p.too_many_code),
+        profile.and_then(|p| p.too_many_message.as_ref()),
+        "too_many_code",
+        problems,
+    );
+    let empty = rpc_error(
+        profile.and_then(|p| p.empty_code),
+        profile.and_then(|p| p.empty_message.as_ref()),
+        "empty_code",
+        problems,
+    );
+    let batch_errors_as_array = match profile.and_then(|p| p.batch_errors.as_deref()) {
+        None | Some("object") => false,
+        Some("array") => true,
+        Some(other) => {
+            problems.push(
+                &["routes", i, "profile", "batch_errors"],
+                format!("{other:?} is not \"object\" or \"array\""),
+            );
+            false
+        }
+    };
+    Some(JsonRpcConfig {
+        upstream_path,
+        allowed_methods,
+        denied_methods,
+        profile: JsonRpcProfile {
+            too_many,
+            empty,
+            batch_errors_as_array,
+            unique_ids: profile.and_then(|p| p.unique_ids).unwrap_or(false),
+        },
+    })
+}
+
 fn lookup_upstream(
     name: &str,
     sections: &BTreeMap<String, UpstreamSection>,
@@ -679,6 +843,12 @@ fn header_names(
         }
     }
     out
+}
+
+/// An absolute path, optionally with a query: visible ASCII, no fragment.
+fn is_target(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    is_route_path(path) && !target.contains('#')
 }
 
 /// An absolute path with only visible ASCII and no query or fragment.

@@ -162,12 +162,7 @@ impl Dialect for Envelope {
             out.push(b'}');
         }
         out.extend_from_slice(b"]}");
-        Reply {
-            status: 200,
-            content_type: "application/json",
-            body: Bytes::from(out),
-            headers: Vec::new(),
-        }
+        Reply::json(200, out)
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {
@@ -178,17 +173,13 @@ impl Dialect for Envelope {
 /// The PDS-style whole-batch error reply `{"code":"...","message":"..."}`.
 pub fn error_reply(rejection: &Rejection) -> Reply {
     let body = serde_json::json!({"code": rejection.code, "message": rejection.message});
-    let headers = if rejection.kind == RejectionKind::MethodNotAllowed {
-        vec![("allow", "POST".to_string())]
-    } else {
-        Vec::new()
-    };
-    Reply {
-        status: rejection.kind.status(),
-        content_type: "application/json",
-        body: Bytes::from(body.to_string()),
-        headers,
+    let mut reply = Reply::json(rejection.kind.status(), body.to_string());
+    if rejection.kind == RejectionKind::MethodNotAllowed {
+        reply
+            .headers
+            .push((http::header::ALLOW, HeaderValue::from_static("POST")));
     }
+    reply
 }
 
 impl Envelope {

@@ -6,6 +6,7 @@
 //! metrics happen here, so dialects are unit-testable and fuzzable on their own.
 
 pub mod envelope;
+pub mod jsonrpc;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -216,14 +217,37 @@ pub struct Plan<M> {
     pub items: Vec<Result<SubRequest, Outcome>>,
 }
 
-/// One reply, ready to write.
+/// One reply, ready to write. `Content-Length` and `X-Request-Id` are added by the proxy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub status: u16,
-    pub content_type: &'static str,
+    /// `None` for a reply without a body (204).
+    pub content_type: Option<HeaderValue>,
     pub body: Bytes,
     /// Extra response headers (e.g. `Allow` on 405).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    /// A JSON reply.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Reply {
+            status,
+            content_type: Some(HeaderValue::from_static("application/json")),
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A reply with no body at all.
+    pub fn empty(status: u16) -> Self {
+        Reply {
+            status,
+            content_type: None,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// A batch dialect: pure decode and encode.

@@ -77,7 +77,10 @@ impl Response {
 // ---------------------------------------------------------------------------
 
 /// Reads more bytes from `s` onto the end of `buf`; returns how many (0 = EOF).
-pub(crate) async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
+pub(crate) async fn read_more<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
     buf.reserve(16 * 1024);
     s.read_buf(buf).await
 }
@@ -101,7 +104,10 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         }
         scanned = buf.len().saturating_sub(3);
         if buf.len() > limit {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("head larger than {limit} bytes")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("head larger than {limit} bytes"),
+            ));
         }
         if read_more(s, buf).await? == 0 {
             return if buf.is_empty() {
@@ -117,7 +123,11 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
 }
 
 /// Removes and returns exactly `n` bytes from the front of `buf`, reading more as needed.
-pub(crate) async fn take_exact<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, n: usize) -> io::Result<Vec<u8>> {
+pub(crate) async fn take_exact<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<Vec<u8>> {
     while buf.len() < n {
         if read_more(s, buf).await? == 0 {
             return Err(io::Error::new(
@@ -130,7 +140,10 @@ pub(crate) async fn take_exact<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8
 }
 
 /// Removes and returns one CRLF-terminated line (without the CRLF) from `buf`.
-pub(crate) async fn take_line<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
+pub(crate) async fn take_line<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> io::Result<Vec<u8>> {
     loop {
         if let Some(pos) = find(buf, b"\r\n") {
             let line = buf[..pos].to_vec();
@@ -138,23 +151,35 @@ pub(crate) async fn take_line<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>
             return Ok(line);
         }
         if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk line too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk line too long",
+            ));
         }
         if read_more(s, buf).await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside chunked body"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "EOF inside chunked body",
+            ));
         }
     }
 }
 
 /// Reads a chunked body (chunk extensions and trailers are skipped) and returns it decoded.
-pub(crate) async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_chunked<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line = take_line(s, buf).await?;
         let text = String::from_utf8_lossy(&line);
         let size_text = text.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size line {text:?}: {e}"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad chunk size line {text:?}: {e}"),
+            )
         })?;
         if size == 0 {
             // Trailer section: lines until an empty one.
@@ -164,7 +189,10 @@ pub(crate) async fn read_chunked<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<
         body.extend_from_slice(&take_exact(s, buf, size).await?);
         let crlf = take_exact(s, buf, 2).await?;
         if crlf != b"\r\n" {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk data not followed by CRLF"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk data not followed by CRLF",
+            ));
         }
     }
 }
@@ -181,13 +209,17 @@ pub(crate) fn is_chunked(headers: &[(String, String)]) -> bool {
 
 /// The parsed `Content-Length`, if any; an unparsable value is an error.
 pub(crate) fn content_length(headers: &[(String, String)]) -> io::Result<Option<usize>> {
-    match headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+    match headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
         None => Ok(None),
-        Some((_, v)) => v
-            .trim()
-            .parse::<usize>()
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad Content-Length {v:?}: {e}"))),
+        Some((_, v)) => v.trim().parse::<usize>().map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad Content-Length {v:?}: {e}"),
+            )
+        }),
     }
 }
 
@@ -199,21 +231,30 @@ pub(crate) async fn read_response<S: AsyncRead + Unpin>(
     head_request: bool,
 ) -> io::Result<Response> {
     loop {
-        let head_end = read_head(s, buf, MAX_HEAD)
-            .await?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"))?;
+        let head_end = read_head(s, buf, MAX_HEAD).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            )
+        })?;
         let (status, headers) = {
             let mut slots = [httparse::EMPTY_HEADER; 256];
             let mut resp = httparse::Response::new(&mut slots);
             match resp.parse(&buf[..head_end]) {
                 Ok(httparse::Status::Complete(_)) => {}
                 Ok(httparse::Status::Partial) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "incomplete response head"))
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "incomplete response head",
+                    ))
                 }
                 Err(e) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("bad response head ({e}): {:?}", String::from_utf8_lossy(&buf[..head_end])),
+                        format!(
+                            "bad response head ({e}): {:?}",
+                            String::from_utf8_lossy(&buf[..head_end])
+                        ),
                     ))
                 }
             }
@@ -221,7 +262,12 @@ pub(crate) async fn read_response<S: AsyncRead + Unpin>(
             let headers: Vec<(String, String)> = resp
                 .headers
                 .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             (status, headers)
         };
@@ -239,12 +285,19 @@ pub(crate) async fn read_response<S: AsyncRead + Unpin>(
             while read_more(s, buf).await? != 0 {}
             std::mem::take(buf)
         };
-        return Ok(Response { status, headers, body });
+        return Ok(Response {
+            status,
+            headers,
+            body,
+        });
     }
 }
 
 fn timed_out(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out after {TIMEOUT:?}"))
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} timed out after {TIMEOUT:?}"),
+    )
 }
 
 fn is_head(raw: &[u8]) -> bool {
@@ -267,7 +320,9 @@ pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
         let mut buf = Vec::new();
         read_response(&mut stream, &mut buf, is_head(raw)).await
     };
-    tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| timed_out("send_raw"))?
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .map_err(|_| timed_out("send_raw"))?
 }
 
 /// Builds the bytes of a request: adds `Host: 127.0.0.1`, `Content-Length`
@@ -277,7 +332,13 @@ pub fn build_request(method: &str, target: &str, headers: &[(&str, &str)], body:
     build(method, target, headers, body, true)
 }
 
-fn build(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], close: bool) -> Vec<u8> {
+fn build(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> Vec<u8> {
     let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
     let mut out = format!("{method} {target} HTTP/1.1\r\n");
     if !has("host") {
@@ -286,7 +347,11 @@ fn build(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], clos
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    let needs_len = !body.is_empty() || matches!(method.to_ascii_uppercase().as_str(), "POST" | "PUT" | "PATCH");
+    let needs_len = !body.is_empty()
+        || matches!(
+            method.to_ascii_uppercase().as_str(),
+            "POST" | "PUT" | "PATCH"
+        );
     if needs_len && !has("content-length") && !has("transfer-encoding") {
         out.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
@@ -300,7 +365,13 @@ fn build(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], clos
 }
 
 /// General request (see [`build_request`] for the headers added); panics on I/O error.
-pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let raw = build_request(method, target, headers, body);
     send_raw(addr, &raw)
         .await
@@ -347,14 +418,20 @@ impl Conn {
             .await
             .map_err(|_| timed_out("connect"))??;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::new() })
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Writes `raw` verbatim and reads one response; panics on I/O error.
     pub async fn send(&mut self, raw: &[u8]) -> Response {
-        self.try_send(raw)
-            .await
-            .unwrap_or_else(|e| panic!("keep-alive exchange failed: {e}; request: {}", String::from_utf8_lossy(raw)))
+        self.try_send(raw).await.unwrap_or_else(|e| {
+            panic!(
+                "keep-alive exchange failed: {e}; request: {}",
+                String::from_utf8_lossy(raw)
+            )
+        })
     }
 
     /// Writes `raw` verbatim and reads one response (30 s timeout).
@@ -365,28 +442,45 @@ impl Conn {
             self.stream.flush().await?;
             read_response(&mut self.stream, &mut self.buf, head).await
         };
-        tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| timed_out("Conn::send"))?
+        tokio::time::timeout(TIMEOUT, fut)
+            .await
+            .map_err(|_| timed_out("Conn::send"))?
     }
 
     /// Like [`request`] but without `Connection: close`, over this connection.
-    pub async fn request(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let raw = build(method, target, headers, body, false);
         self.send(&raw).await
     }
 
     /// Writes bytes without reading anything (e.g. to pipeline or send a partial request).
     pub async fn write(&mut self, raw: &[u8]) {
-        self.stream.write_all(raw).await.expect("write to keep-alive connection");
-        self.stream.flush().await.expect("flush keep-alive connection");
+        self.stream
+            .write_all(raw)
+            .await
+            .expect("write to keep-alive connection");
+        self.stream
+            .flush()
+            .await
+            .expect("flush keep-alive connection");
     }
 
     /// Reads one response without writing anything first; panics on I/O error.
     pub async fn read_response(&mut self) -> Response {
-        tokio::time::timeout(TIMEOUT, read_response(&mut self.stream, &mut self.buf, false))
-            .await
-            .map_err(|_| timed_out("Conn::read_response"))
-            .and_then(|r| r)
-            .unwrap_or_else(|e| panic!("reading response failed: {e}"))
+        tokio::time::timeout(
+            TIMEOUT,
+            read_response(&mut self.stream, &mut self.buf, false),
+        )
+        .await
+        .map_err(|_| timed_out("Conn::read_response"))
+        .and_then(|r| r)
+        .unwrap_or_else(|e| panic!("reading response failed: {e}"))
     }
 
     /// Waits up to `wait` for the peer to close the connection. Returns true on

@@ -76,7 +76,8 @@ pub async fn start_with_env(config_toml: &str, envs: &[(&str, &str)]) -> Gate {
     let dir = fresh_dir();
     let (text, addr, admin) = render(config_toml, &dir);
     let config_path = dir.join("config.toml");
-    fs::write(&config_path, &text).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+    fs::write(&config_path, &text)
+        .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
     let stdout = fs::File::create(dir.join("stdout.log")).expect("create stdout.log");
     let stderr = fs::File::create(dir.join("stderr.log")).expect("create stderr.log");
 
@@ -97,7 +98,12 @@ pub async fn start_with_env(config_toml: &str, envs: &[(&str, &str)]) -> Gate {
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()));
-    let mut gate = Gate { addr, admin, child, dir };
+    let mut gate = Gate {
+        addr,
+        admin,
+        child,
+        dir,
+    };
 
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
@@ -161,7 +167,11 @@ impl Gate {
             .arg(self.child.id().to_string())
             .status()
             .unwrap_or_else(|e| panic!("run kill -s {sig}: {e}"));
-        assert!(status.success(), "kill -s {sig} {} failed: {status}", self.child.id());
+        assert!(
+            status.success(),
+            "kill -s {sig} {} failed: {status}",
+            self.child.id()
+        );
     }
 
     /// Polls (every 20 ms) for the child to exit; `None` if still running after `timeout`.
@@ -186,10 +196,18 @@ impl Gate {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("batchgate exited ({status}) before admin {} came up.\n--- stderr ---\n{}", self.admin, self.stderr());
+                panic!(
+                    "batchgate exited ({status}) before admin {} came up.\n--- stderr ---\n{}",
+                    self.admin,
+                    self.stderr()
+                );
             }
             if Instant::now() >= deadline {
-                panic!("admin {} not reachable within {STARTUP_TIMEOUT:?}.\n--- stderr ---\n{}", self.admin, self.stderr());
+                panic!(
+                    "admin {} not reachable within {STARTUP_TIMEOUT:?}.\n--- stderr ---\n{}",
+                    self.admin,
+                    self.stderr()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -217,13 +235,20 @@ pub fn check(config_toml: &str) -> Output {
     let dir = fresh_dir();
     let (text, _, _) = render(config_toml, &dir);
     let config_path = dir.join("config.toml");
-    fs::write(&config_path, &text).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+    fs::write(&config_path, &text)
+        .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
     let mut cmd = Command::new(bin());
-    cmd.arg("check").arg("-c").arg(&config_path).current_dir(&dir).stdin(Stdio::null());
+    cmd.arg("check")
+        .arg("-c")
+        .arg(&config_path)
+        .current_dir(&dir)
+        .stdin(Stdio::null());
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {} check: {e}", bin()));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run {} check: {e}", bin()));
     let _ = fs::remove_dir_all(&dir);
     out
 }

@@ -9,11 +9,15 @@
 //! * [`client`] — a tiny raw HTTP/1.1 client giving tests exact control over
 //!   the bytes sent to the gate, including keep-alive connections;
 //! * [`gate`] — starting the real `batchgate` binary from a config text in a
-//!   fresh temp dir, and running `batchgate check`.
+//!   fresh temp dir, and running `batchgate check`;
+//! * [`config`] — a small builder for the config texts the tests start the gate with;
+//! * [`batch`] — building envelope batch bodies and reading envelope replies.
 //!
 //! Each test binary uses only a subset of it, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
+pub mod batch;
 pub mod client;
+pub mod config;
 pub mod gate;
 pub mod upstream;

@@ -124,12 +124,17 @@ impl Reply {
 
     /// A reply with the given content type and raw body bytes.
     pub fn bytes(status: u16, content_type: &str, body: &[u8]) -> Reply {
-        Reply::new(status).with_header("Content-Type", content_type).with_body(body)
+        Reply::new(status)
+            .with_header("Content-Type", content_type)
+            .with_body(body)
     }
 
     /// A reply that never comes.
     pub fn hang() -> Reply {
-        Reply { hang: true, ..Reply::new(200) }
+        Reply {
+            hang: true,
+            ..Reply::new(200)
+        }
     }
 
     /// Delays the answer by `ms` milliseconds.
@@ -209,9 +214,15 @@ impl UpstreamBuilder {
 
     /// Binds (backlog 1024) and starts serving; returns once the socket listens.
     pub async fn start(self) -> Upstream {
-        let socket = if self.bind.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-            .expect("create upstream socket");
-        socket.set_reuseaddr(true).expect("set SO_REUSEADDR on upstream socket");
+        let socket = if self.bind.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .expect("create upstream socket");
+        socket
+            .set_reuseaddr(true)
+            .expect("set SO_REUSEADDR on upstream socket");
         socket
             .bind(self.bind)
             .unwrap_or_else(|e| panic!("bind test upstream to {}: {e}", self.bind));
@@ -295,12 +306,20 @@ impl Upstream {
 
     /// A clone of the request log, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.log.lock().expect("upstream log mutex poisoned").clone()
+        self.shared
+            .log
+            .lock()
+            .expect("upstream log mutex poisoned")
+            .clone()
     }
 
     /// Number of requests recorded.
     pub fn count(&self) -> usize {
-        self.shared.log.lock().expect("upstream log mutex poisoned").len()
+        self.shared
+            .log
+            .lock()
+            .expect("upstream log mutex poisoned")
+            .len()
     }
 
     /// Requests currently read but not yet answered.
@@ -320,10 +339,15 @@ impl Upstream {
 
     /// Clears the log and resets the peak to the current in-flight count.
     pub fn reset(&self) {
-        self.shared.log.lock().expect("upstream log mutex poisoned").clear();
         self.shared
-            .peak
-            .store(self.shared.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+            .log
+            .lock()
+            .expect("upstream log mutex poisoned")
+            .clear();
+        self.shared.peak.store(
+            self.shared.in_flight.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
     }
 
     /// Waits (polling every 5 ms) until at least `n` requests have been
@@ -340,7 +364,9 @@ impl Upstream {
                     "upstream {} saw {} requests, expected at least {n} within {timeout:?}: {:?}",
                     self.addr,
                     log.len(),
-                    log.iter().map(|r| format!("{} {}", r.method, r.target)).collect::<Vec<_>>()
+                    log.iter()
+                        .map(|r| format!("{} {}", r.method, r.target))
+                        .collect::<Vec<_>>()
                 );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -388,7 +414,12 @@ fn parse_head(raw: &[u8]) -> std::io::Result<Head> {
             headers: req
                 .headers
                 .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect(),
         }),
         Ok(httparse::Status::Partial) => Err(std::io::Error::new(
@@ -409,7 +440,11 @@ fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
         .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-async fn serve_conn_inner(stream: &mut TcpStream, conn_id: u64, shared: &Shared) -> std::io::Result<()> {
+async fn serve_conn_inner(
+    stream: &mut TcpStream,
+    conn_id: u64,
+    shared: &Shared,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
         let Some(head_end) = read_head(stream, &mut buf, MAX_HEAD).await? else {
@@ -456,7 +491,11 @@ async fn serve_conn_inner(stream: &mut TcpStream, conn_id: u64, shared: &Shared)
             body,
             conn_id,
         };
-        shared.log.lock().expect("upstream log mutex poisoned").push(req.clone());
+        shared
+            .log
+            .lock()
+            .expect("upstream log mutex poisoned")
+            .push(req.clone());
         let guard = InFlight::enter(shared);
 
         let reply = (shared.handler)(&req);
@@ -475,7 +514,9 @@ async fn serve_conn_inner(stream: &mut TcpStream, conn_id: u64, shared: &Shared)
         }
 
         let close = reply.close || client_close;
-        stream.write_all(&encode_reply(&reply, is_head, close)).await?;
+        stream
+            .write_all(&encode_reply(&reply, is_head, close))
+            .await?;
         stream.flush().await?;
         drop(guard);
         if close {
@@ -486,7 +527,12 @@ async fn serve_conn_inner(stream: &mut TcpStream, conn_id: u64, shared: &Shared)
 }
 
 fn encode_reply(reply: &Reply, is_head: bool, close: bool) -> Vec<u8> {
-    let has = |name: &str| reply.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    let has = |name: &str| {
+        reply
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+    };
     let no_body = reply.status == 204 || reply.status == 304 || (100..200).contains(&reply.status);
     let mut out = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
     if !no_body && !has("content-length") && !has("transfer-encoding") {
@@ -550,6 +596,7 @@ pub async fn refused_addr() -> SocketAddr {
 
 /// A currently free port on `127.0.0.1` (bound, then released).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to find a free one");
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to find a free one");
     listener.local_addr().expect("free_port local_addr").port()
 }

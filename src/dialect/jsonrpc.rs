@@ -1,0 +1,479 @@
+//! The JSON-RPC 2.0 dialect: a batch (JSON array) fanned out as one POST per element.
+//!
+//! Follows jsonrpc.org/specification sections 6 and 7: parse errors and empty batches get one
+//! error object, invalid elements get a `-32600` reply each and are never sent, notifications
+//! are sent but get no reply entry (a batch of only notifications answers 204). Each element is
+//! forwarded as its exact bytes and each upstream reply object is relayed as it came. Vendor
+//! differences (Limelight's limit of 3 with `-32099 Batch Error`, ...) live in the route's
+//! profile. Upstream failures become the server errors of `UpstreamError`, one table.
+
+use super::{
+    BatchRequest, Dialect, ItemError, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest,
+};
+use crate::config::{JsonRpcConfig, RpcError};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::Method;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A JSON-RPC route.
+#[derive(Debug, Clone)]
+pub struct JsonRpc {
+    pub config: Arc<JsonRpcConfig>,
+    pub max_items: usize,
+    /// Upstream name, reported in error `data`.
+    pub upstream: String,
+}
+
+/// What the encoder remembers about one element.
+#[derive(Debug, Clone)]
+pub struct JsonRpcMeta {
+    /// The request was one object, not an array.
+    single: bool,
+    kind: Element,
+}
+
+#[derive(Debug, Clone)]
+enum Element {
+    /// A call: its reply must carry this id (the JSON text the client sent).
+    Call { id: Bytes },
+    /// A notification: sent, never answered.
+    Notification,
+    /// Refused before sending; the error object to answer with (`None`: a notification,
+    /// which gets no reply even when refused).
+    Refused(Option<Bytes>),
+}
+
+/// Spec error codes (section 5.1).
+const PARSE_ERROR: (i64, &str) = (-32700, "Parse error");
+const INVALID_REQUEST: (i64, &str) = (-32600, "Invalid Request");
+const METHOD_NOT_FOUND: (i64, &str) = (-32601, "Method not found");
+
+/// How upstream failures appear: one server error code each (documented in README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    ConnectError,
+    Timeout,
+    InvalidReply,
+    HttpStatus,
+    IdMismatch,
+    ConnectionFailed,
+    TooLarge,
+}
+
+impl UpstreamError {
+    pub fn code(self) -> i64 {
+        match self {
+            UpstreamError::ConnectError => -32000,
+            UpstreamError::Timeout => -32001,
+            UpstreamError::InvalidReply => -32002,
+            UpstreamError::HttpStatus => -32003,
+            UpstreamError::IdMismatch => -32004,
+            UpstreamError::ConnectionFailed => -32005,
+            UpstreamError::TooLarge => -32006,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectError => "Upstream unavailable",
+            UpstreamError::Timeout => "Upstream timeout",
+            UpstreamError::InvalidReply => "Invalid upstream reply",
+            UpstreamError::HttpStatus => "Upstream HTTP error",
+            UpstreamError::IdMismatch => "Upstream reply id mismatch",
+            UpstreamError::ConnectionFailed => "Upstream connection failed",
+            UpstreamError::TooLarge => "Upstream reply too large",
+        }
+    }
+}
+
+/// The members of a request object we look at; `id` keeps "absent" apart from `null`.
+#[derive(Deserialize)]
+struct RequestFields<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+/// The members of an upstream reply we check before relaying it.
+#[derive(Deserialize)]
+struct ReplyFields<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+/// A member that is present, even as `null`, becomes `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+impl Dialect for JsonRpc {
+    type Meta = JsonRpcMeta;
+
+    fn decode(&self, request: &BatchRequest<'_>) -> Result<Plan<JsonRpcMeta>, Rejection> {
+        let parse_error =
+            |detail: String| Rejection::new(RejectionKind::ParseError, "parse_error", detail);
+        let raw: &RawValue =
+            serde_json::from_slice(request.body).map_err(|e| parse_error(e.to_string()))?;
+        let text = raw.get();
+        if !text.starts_with('[') {
+            // A single call: checked like an element, then relayed as is.
+            let mut plan = Plan {
+                meta: Vec::new(),
+                items: Vec::new(),
+            };
+            self.push_element(&mut plan, request.body, raw, &mut HashSet::new(), true);
+            return Ok(plan);
+        }
+        let elements: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        if elements.is_empty() {
+            return Err(Rejection::new(
+                RejectionKind::Empty,
+                "empty",
+                "the batch is empty",
+            ));
+        }
+        if elements.len() > self.max_items {
+            return Err(Rejection::new(
+                RejectionKind::TooManyItems,
+                "too_many_items",
+                format!(
+                    "the batch has {} elements; at most {} are allowed",
+                    elements.len(),
+                    self.max_items
+                ),
+            ));
+        }
+        let mut plan = Plan {
+            meta: Vec::with_capacity(elements.len()),
+            items: Vec::with_capacity(elements.len()),
+        };
+        let mut seen_ids = HashSet::new();
+        for element in elements {
+            self.push_element(&mut plan, request.body, element, &mut seen_ids, false);
+        }
+        Ok(plan)
+    }
+
+    fn encode(&self, meta: Vec<JsonRpcMeta>, outcomes: Vec<Outcome>) -> Reply {
+        if let (Some(first), Some(outcome), 1) = (meta.first(), outcomes.first(), meta.len()) {
+            if first.single {
+                return self.encode_single(&first.kind, outcome);
+            }
+        }
+        let mut out = Vec::with_capacity(outcomes.len() * 64 + 2);
+        out.push(b'[');
+        let mut replies = 0;
+        for (meta, outcome) in meta.iter().zip(outcomes.iter()) {
+            let reply = match &meta.kind {
+                Element::Notification | Element::Refused(None) => continue,
+                Element::Refused(Some(error)) => error.clone(),
+                Element::Call { id } => self.element_reply(id, outcome),
+            };
+            if replies > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&reply);
+            replies += 1;
+        }
+        if replies == 0 {
+            return Reply::empty(204);
+        }
+        out.push(b']');
+        Reply::json(200, out)
+    }
+
+    fn reject(&self, rejection: &Rejection) -> Reply {
+        let profile = &self.config.profile;
+        let (error, status, array) = match rejection.kind {
+            RejectionKind::ParseError => (rpc(PARSE_ERROR), 200, false),
+            RejectionKind::Empty => (profile.empty.clone(), 200, profile.batch_errors_as_array),
+            RejectionKind::TooManyItems => {
+                (profile.too_many.clone(), 200, profile.batch_errors_as_array)
+            }
+            kind => (rpc(INVALID_REQUEST), kind.status(), false),
+        };
+        let data = match rejection.kind {
+            RejectionKind::ParseError | RejectionKind::Empty | RejectionKind::TooManyItems => None,
+            kind => Some(json!({"reason": kind.as_str(), "detail": rejection.message})),
+        };
+        let object = error_object(&error, data, b"null");
+        let body = if array {
+            [&b"["[..], &object, b"]"].concat()
+        } else {
+            object.to_vec()
+        };
+        let mut reply = Reply::json(status, body);
+        if rejection.kind == RejectionKind::MethodNotAllowed {
+            reply
+                .headers
+                .push((http::header::ALLOW, HeaderValue::from_static("POST")));
+        }
+        reply
+    }
+}
+
+impl JsonRpc {
+    /// Checks one element and adds it to the plan: sent, or answered right away.
+    fn push_element(
+        &self,
+        plan: &mut Plan<JsonRpcMeta>,
+        body: &Bytes,
+        raw: &RawValue,
+        seen_ids: &mut HashSet<String>,
+        single: bool,
+    ) {
+        let (kind, item) = match self.check_element(raw, seen_ids) {
+            Ok(kind) => {
+                let request = SubRequest {
+                    method: Method::POST,
+                    path: self.config.upstream_path.clone(),
+                    headers: vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                    body: Some(body.slice_ref(raw.get().as_bytes())),
+                };
+                let kind = match kind {
+                    Some(id) => Element::Call {
+                        id: body.slice_ref(id.get().as_bytes()),
+                    },
+                    None => Element::Notification,
+                };
+                (kind, Ok(request))
+            }
+            Err(refusal) => {
+                let refused = Outcome::Refused(ItemError {
+                    status: 400,
+                    code: refusal.reason,
+                    message: refusal.reason.to_string(),
+                });
+                (Element::Refused(refusal.reply), Err(refused))
+            }
+        };
+        plan.meta.push(JsonRpcMeta { single, kind });
+        plan.items.push(item);
+    }
+
+    /// `Ok(Some(id))` for a call, `Ok(None)` for a notification, `Err` when refused.
+    fn check_element<'a>(
+        &self,
+        raw: &'a RawValue,
+        seen_ids: &mut HashSet<String>,
+    ) -> Result<Option<&'a RawValue>, Refusal> {
+        let invalid = |id: Option<&RawValue>, reason: &'static str| Refusal {
+            reason,
+            // No `data`: the specification's examples answer exactly code and message.
+            reply: Some(error_object(
+                &rpc(INVALID_REQUEST),
+                None,
+                id.map_or(&b"null"[..], |id| id.get().as_bytes()),
+            )),
+        };
+        if !raw.get().starts_with('{') {
+            return Err(invalid(None, "not_an_object"));
+        }
+        let fields: RequestFields<'_> =
+            serde_json::from_str(raw.get()).map_err(|_| invalid(None, "invalid_members"))?;
+        let id = fields.id;
+        if let Some(id) = id {
+            let first = id.get().as_bytes().first().copied();
+            let valid = matches!(first, Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null";
+            if !valid {
+                return Err(invalid(None, "invalid_id"));
+            }
+        }
+        if fields.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+            return Err(invalid(id, "jsonrpc_not_2.0"));
+        }
+        let Some(method) = fields
+            .method
+            .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
+        else {
+            return Err(invalid(id, "method_not_a_string"));
+        };
+        if let Some(params) = fields.params {
+            if !(params.get().starts_with('[') || params.get().starts_with('{')) {
+                return Err(invalid(id, "params_not_structured"));
+            }
+        }
+        if !self.method_allowed(&method) {
+            return Err(Refusal {
+                reason: "method_not_allowed",
+                // A refused notification still gets no reply (section 4.1).
+                reply: id.map(|id| error_object(&rpc(METHOD_NOT_FOUND), None, id.get().as_bytes())),
+            });
+        }
+        if let Some(id) = id {
+            if self.config.profile.unique_ids {
+                let canonical = serde_json::from_str::<Value>(id.get())
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|_| id.get().to_string());
+                if !seen_ids.insert(canonical) {
+                    return Err(invalid(Some(id), "duplicate_id"));
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    fn method_allowed(&self, method: &str) -> bool {
+        let config = &self.config;
+        let allowed = config
+            .allowed_methods
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|m| m == method));
+        allowed && !config.denied_methods.iter().any(|m| m == method)
+    }
+
+    /// The reply entry for a sent call: the upstream's object as it came, or a server error.
+    fn element_reply(&self, id: &Bytes, outcome: &Outcome) -> Bytes {
+        let failure = match outcome {
+            Outcome::Response(response) => match check_reply(id, response.status, &response.body) {
+                Ok(object) => return response.body.slice_ref(object),
+                Err(kind) => (kind, Some(response.status), None),
+            },
+            other => {
+                let (kind, detail) = upstream_error(other);
+                (kind, None, detail)
+            }
+        };
+        let (kind, status, detail) = failure;
+        let mut data = json!({"reason": reason(kind, outcome), "upstream": self.upstream});
+        if let Some(status) = status {
+            data["status"] = json!(status);
+        }
+        if let Some(detail) = detail {
+            data["detail"] = json!(detail);
+        }
+        error_object(
+            &RpcError {
+                code: kind.code(),
+                message: kind.message().to_string(),
+            },
+            Some(data),
+            id,
+        )
+    }
+
+    /// A single call: the upstream's answer as it came, or an error object with the id.
+    fn encode_single(&self, kind: &Element, outcome: &Outcome) -> Reply {
+        match (kind, outcome) {
+            (Element::Refused(Some(error)), _) => Reply::json(200, error.clone()),
+            (Element::Refused(None), _) => Reply::empty(204),
+            (_, Outcome::Response(response)) => Reply {
+                status: response.status,
+                content_type: response.headers.get(CONTENT_TYPE).cloned(),
+                body: response.body.clone(),
+                headers: Vec::new(),
+            },
+            (kind, failure) => {
+                let id = match kind {
+                    Element::Call { id } => id.clone(),
+                    _ => Bytes::from_static(b"null"),
+                };
+                let status = failure.http_error().map_or(502, |e| e.status);
+                let mut reply = Reply::json(status, self.element_reply(&id, failure));
+                reply.status = status;
+                reply
+            }
+        }
+    }
+}
+
+struct Refusal {
+    reason: &'static str,
+    reply: Option<Bytes>,
+}
+
+/// Checks an upstream reply for the call with `id`; returns the object's bytes to relay.
+fn check_reply<'b>(id: &[u8], status: u16, body: &'b [u8]) -> Result<&'b [u8], UpstreamError> {
+    let object = body.trim_ascii();
+    let fields = std::str::from_utf8(object)
+        .ok()
+        .filter(|text| text.starts_with('{'))
+        .and_then(|text| serde_json::from_str::<ReplyFields<'_>>(text).ok())
+        .filter(|f| f.result.is_some() != f.error.is_some());
+    let Some(fields) = fields else {
+        return Err(if (200..300).contains(&status) {
+            UpstreamError::InvalidReply
+        } else {
+            UpstreamError::HttpStatus
+        });
+    };
+    let same_id = match (fields.id, serde_json::from_slice::<Value>(id)) {
+        (Some(reply_id), Ok(sent)) => {
+            serde_json::from_str::<Value>(reply_id.get()).is_ok_and(|v| v == sent)
+        }
+        _ => false,
+    };
+    if same_id {
+        Ok(object)
+    } else {
+        Err(UpstreamError::IdMismatch)
+    }
+}
+
+fn upstream_error(outcome: &Outcome) -> (UpstreamError, Option<String>) {
+    match outcome {
+        Outcome::TimedOut | Outcome::DeadlineExceeded => (UpstreamError::Timeout, None),
+        Outcome::ConnectFailed(why) => (UpstreamError::ConnectError, Some(why.clone())),
+        Outcome::ResponseTooLarge { limit } | Outcome::ReplyBudgetExceeded { limit } => (
+            UpstreamError::TooLarge,
+            Some(format!("limit {limit} bytes")),
+        ),
+        Outcome::UpstreamFailed(why) => (UpstreamError::ConnectionFailed, Some(why.clone())),
+        Outcome::Cancelled | Outcome::Refused(_) | Outcome::Response(_) => {
+            (UpstreamError::ConnectionFailed, None)
+        }
+    }
+}
+
+fn reason(kind: UpstreamError, outcome: &Outcome) -> &'static str {
+    match (kind, outcome) {
+        (_, Outcome::DeadlineExceeded) => "batch_deadline",
+        (UpstreamError::Timeout, _) => "timeout",
+        (UpstreamError::ConnectError, _) => "connect_error",
+        (UpstreamError::InvalidReply, _) => "invalid_reply",
+        (UpstreamError::HttpStatus, _) => "http_status",
+        (UpstreamError::IdMismatch, _) => "id_mismatch",
+        (UpstreamError::ConnectionFailed, _) => "connection_failed",
+        (UpstreamError::TooLarge, _) => "too_large",
+    }
+}
+
+fn rpc((code, message): (i64, &str)) -> RpcError {
+    RpcError {
+        code,
+        message: message.to_string(),
+    }
+}
+
+/// `{"jsonrpc":"2.0","error":{"code":..,"message":..[,"data":..]},"id":<id bytes>}`.
+fn error_object(error: &RpcError, data: Option<Value>, id: &[u8]) -> Bytes {
+    let mut inner = json!({"code": error.code, "message": error.message});
+    if let Some(data) = data {
+        inner["data"] = data;
+    }
+    let mut out = Vec::with_capacity(96 + id.len());
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"error\":");
+    out.extend_from_slice(inner.to_string().as_bytes());
+    out.extend_from_slice(b",\"id\":");
+    out.extend_from_slice(id);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests;

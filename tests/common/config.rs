@@ -1,0 +1,89 @@
+//! A small builder for `batchgate` config texts used by the integration tests.
+//!
+//! [`GateConfig::new`] gives one upstream `api` at the given address (the default
+//! upstream, so pass-through goes there), one envelope route `pds` at `/v2/batch` with
+//! base path `/v2`, the listeners on the `{listen}`/`{admin}` placeholders and the pingora
+//! files in `{tmp}`. Extra `key = value` lines can be added to `[server]`, to the route,
+//! and further upstreams can be declared; [`GateConfig::toml`] renders the text for
+//! [`super::gate::start`].
+
+use std::net::SocketAddr;
+
+/// Parameters of one test config.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    upstreams: Vec<(String, String)>,
+    server: Vec<String>,
+    route: Vec<String>,
+    route_upstream: String,
+}
+
+impl GateConfig {
+    /// One upstream `api` at `upstream`, one envelope route `/v2/batch` using it.
+    pub fn new(upstream: SocketAddr) -> GateConfig {
+        GateConfig {
+            upstreams: vec![("api".to_string(), upstream.to_string())],
+            server: Vec::new(),
+            route: Vec::new(),
+            route_upstream: "api".to_string(),
+        }
+    }
+
+    /// Adds a `key = value` line (TOML syntax) to `[server]`.
+    pub fn server(mut self, line: &str) -> GateConfig {
+        self.server.push(line.to_string());
+        self
+    }
+
+    /// Adds a `key = value` line (TOML syntax) to the `/v2/batch` route.
+    pub fn route(mut self, line: &str) -> GateConfig {
+        self.route.push(line.to_string());
+        self
+    }
+
+    /// Declares one more upstream `name` at `addr` (`api` stays the default upstream).
+    pub fn upstream(mut self, name: &str, addr: SocketAddr) -> GateConfig {
+        self.upstreams.push((name.to_string(), addr.to_string()));
+        self
+    }
+
+    /// Makes the route send its children to upstream `name` instead of `api`.
+    pub fn route_upstream(mut self, name: &str) -> GateConfig {
+        self.route_upstream = name.to_string();
+        self
+    }
+
+    /// The config text, with `{listen}`, `{admin}` and `{tmp}` placeholders left in.
+    pub fn toml(&self) -> String {
+        let mut out = String::new();
+        out.push_str("[server]\n");
+        out.push_str("listen = [\"{listen}\"]\n");
+        out.push_str("threads = 2\n");
+        out.push_str("default_upstream = \"api\"\n");
+        out.push_str("pid_file = \"{tmp}/batchgate.pid\"\n");
+        out.push_str("upgrade_sock = \"{tmp}/upgrade.sock\"\n");
+        out.push_str("grace_period = \"1s\"\n");
+        out.push_str("graceful_shutdown_timeout = \"1s\"\n");
+        for line in &self.server {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str("\n[admin]\nlisten = \"{admin}\"\n");
+        for (name, addr) in &self.upstreams {
+            out.push_str(&format!(
+                "\n[upstreams.{name}]\naddresses = [\"{addr}\"]\nconnect_timeout = \"1s\"\n"
+            ));
+        }
+        out.push_str("\n[[routes]]\n");
+        out.push_str("name = \"pds\"\n");
+        out.push_str("path = \"/v2/batch\"\n");
+        out.push_str("dialect = \"envelope\"\n");
+        out.push_str(&format!("upstream = \"{}\"\n", self.route_upstream));
+        out.push_str("base_path = \"/v2\"\n");
+        for line in &self.route {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+}
