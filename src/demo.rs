@@ -1,8 +1,10 @@
 //! The built-in demo upstream used by `batchgate demo`: a tiny PDS-like API on loopback.
 //!
 //! It answers `POST /v2/file/get` and `POST /v2/file/list` with JSON built from the request
-//! body, and `GET /v2/hello` for pass-through, so a newcomer can see a batch answered without
-//! any real API. It is a pingora `ServeHttp` app running as one more service of the server.
+//! body, single JSON-RPC calls on `POST /jsonrpc` (`sum`, `subtract`, `get_data`, `ping`,
+//! `makeDir`, `notify_*`), and `GET /v2/hello` for pass-through, so a newcomer can see each
+//! dialect answered without any real API. It is a pingora `ServeHttp` app running as one more
+//! service of the server.
 
 use async_trait::async_trait;
 use http::Response;
@@ -51,6 +53,7 @@ impl ServeHttp for DemoUpstream {
                     "next_marker": ""
                 }),
             ),
+            ("POST", "/jsonrpc") => jsonrpc(&request),
             ("GET", "/v2/hello") => json_response(200, &json!({"hello": "from the demo upstream"})),
             _ => json_response(
                 404,
@@ -58,6 +61,43 @@ impl ServeHttp for DemoUpstream {
             ),
         }
     }
+}
+
+/// One JSON-RPC call, like a backend that cannot do batches: an array is refused.
+fn jsonrpc(request: &Value) -> Response<Vec<u8>> {
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let params = request.get("params").cloned().unwrap_or(Value::Null);
+    let number = |i: usize| params.get(i).and_then(Value::as_i64).unwrap_or(0);
+    let result = match request.get("method").and_then(Value::as_str) {
+        _ if !request.is_object() => {
+            return json_response(
+                200,
+                &json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request (this demo API answers one call at a time)"}, "id": null}),
+            );
+        }
+        Some(method) if method.starts_with("notify_") => {
+            return Response::builder()
+                .status(204)
+                .body(Vec::new())
+                .unwrap_or_default();
+        }
+        Some("sum") => json!(params
+            .as_array()
+            .map_or(0, |a| a.iter().filter_map(Value::as_i64).sum::<i64>())),
+        Some("subtract") => json!(number(0) - number(1)),
+        Some("get_data") => json!(["hello", 5]),
+        Some("ping") => {
+            json!({"code": 0, "operation": params.get(0).cloned().unwrap_or(Value::Null)})
+        }
+        Some("makeDir") => json!(0),
+        _ => {
+            return json_response(
+                200,
+                &json!({"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": id}),
+            );
+        }
+    };
+    json_response(200, &json!({"jsonrpc": "2.0", "result": result, "id": id}))
 }
 
 fn json_response(status: u16, value: &Value) -> Response<Vec<u8>> {

@@ -71,8 +71,10 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::from_path(path) {
         Ok(config) => {
-            println!("{}: ok", path.display());
-            print!("{}", summary(&config));
+            // write! rather than print!: a closed pipe (`| head`) must not panic.
+            use std::io::Write;
+            let text = format!("{}: ok\n{}", path.display(), summary(&config));
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,0 +1,356 @@
+//! Limits: per-batch and global concurrency, parallelism, item timeout, batch deadline,
+//! upstream failures (refused port, 500, oversized body) and cancellation on disconnect.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::batch::{assert_item_error, batch, by_id, item, responses, BATCH_PATH};
+use common::client::{self, Conn};
+use common::config::GateConfig;
+use common::gate;
+use common::upstream::{refused_addr, Reply, Upstream};
+use serde_json::Value;
+
+/// `n` POST items `/file/get?i=N` with ids `item-N`.
+fn items(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| item(&format!("item-{i}"), "POST", &format!("/file/get?i={i}")))
+        .collect()
+}
+
+/// Asserts every entry of a reply is a 200.
+fn assert_all_ok(replies: &[Value]) {
+    for entry in replies {
+        assert_eq!(entry["status"], 200, "{entry}");
+    }
+}
+
+/// Proves one batch never has more than `concurrency` children in flight upstream, and
+/// does run them in parallel (peak of at least 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_concurrency_is_bounded() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(100)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route("concurrency = 4")
+            .toml(),
+    )
+    .await;
+
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(20))).await;
+
+    let replies = responses(&resp);
+    assert_eq!(replies.len(), 20);
+    assert_all_ok(&replies);
+    assert_eq!(upstream.count(), 20);
+    let peak = upstream.peak();
+    assert!(peak <= 4, "peak {peak} exceeds concurrency = 4");
+    assert!(peak >= 2, "peak {peak}: children were not run in parallel");
+}
+
+/// Proves `[server] max_in_flight` bounds children across simultaneous batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_max_in_flight_bounds_all_batches() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(100)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .server("max_in_flight = 5")
+            .route("concurrency = 10")
+            .toml(),
+    )
+    .await;
+    let body = batch(items(10));
+
+    let (a, b, c) = tokio::join!(
+        client::post_json(gate.addr, BATCH_PATH, &body),
+        client::post_json(gate.addr, BATCH_PATH, &body),
+        client::post_json(gate.addr, BATCH_PATH, &body),
+    );
+
+    for resp in [&a, &b, &c] {
+        let replies = responses(resp);
+        assert_eq!(replies.len(), 10);
+        assert_all_ok(&replies);
+    }
+    assert_eq!(upstream.count(), 30);
+    let peak = upstream.peak();
+    assert!(peak <= 5, "peak {peak} exceeds max_in_flight = 5");
+    assert!(peak >= 2, "peak {peak}: children were not run in parallel");
+}
+
+/// Proves children run in parallel: 8 items of 200 ms with concurrency 8 are answered in
+/// well under the 1.6 s a sequential run would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_items_finish_in_about_one_delay() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(200)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route("concurrency = 8")
+            .toml(),
+    )
+    .await;
+
+    let started = Instant::now();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(8))).await;
+    let elapsed = started.elapsed();
+
+    assert_all_ok(&responses(&resp));
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "8 x 200 ms with concurrency 8 took {elapsed:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(200), "took {elapsed:?}");
+}
+
+/// Proves `item_timeout` turns only the slow item into 504 `GatewayTimeout`; the others
+/// of the batch are answered normally and the reply does not wait for the slow one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_timeout_gives_504_for_that_item_only() {
+    let upstream = Upstream::with_handler(|req| {
+        if req.query.as_deref() == Some("i=2") {
+            Reply::json(200, "{}").with_delay(2000)
+        } else {
+            Reply::json(200, r#"{"fast":true}"#)
+        }
+    })
+    .await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route(r#"item_timeout = "300ms""#)
+            .toml(),
+    )
+    .await;
+
+    let started = Instant::now();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(5))).await;
+    let elapsed = started.elapsed();
+
+    let replies = responses(&resp);
+    assert_eq!(replies.len(), 5);
+    for (i, entry) in replies.iter().enumerate() {
+        if i == 2 {
+            assert_item_error(entry, 504, "GatewayTimeout");
+        } else {
+            assert_eq!(entry["status"], 200, "{entry}");
+            assert_eq!(entry["body"]["fast"], true);
+        }
+    }
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "reply waited for the slow item: {elapsed:?}"
+    );
+}
+
+/// Proves `batch_timeout` sends the reply at the deadline: finished items are 200, the
+/// unfinished and unstarted ones 504 `BatchDeadlineExceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_deadline_answers_with_what_finished() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(300)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route("concurrency = 1")
+            .route(r#"batch_timeout = "500ms""#)
+            .toml(),
+    )
+    .await;
+
+    let started = Instant::now();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(6))).await;
+    let elapsed = started.elapsed();
+
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "deadline 500 ms, reply took {elapsed:?}"
+    );
+    eprintln!(
+        "DEBUG elapsed {elapsed:?} body {} log {:?}",
+        resp.body_str(),
+        upstream
+            .requests()
+            .iter()
+            .map(|r| r.target.clone())
+            .collect::<Vec<_>>()
+    );
+    let replies = responses(&resp);
+    assert_eq!(replies.len(), 6);
+    assert_eq!(replies[0]["id"], "item-0");
+    assert_eq!(
+        replies[0]["status"], 200,
+        "the first item had time to finish"
+    );
+    let finished = replies.iter().take_while(|e| e["status"] == 200).count();
+    assert!(finished < 6, "all items finished despite the deadline");
+    for entry in &replies[finished..] {
+        assert_item_error(entry, 504, "BatchDeadlineExceeded");
+    }
+    assert!(
+        upstream.count() <= 3,
+        "items after the deadline must not be started: {}",
+        upstream.count()
+    );
+}
+
+/// Proves a refused upstream port gives every item 502 `UpstreamConnectFailed` while the
+/// reply itself is a normal 200; and items of another route upstream are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_gives_502_per_item() {
+    let live = Upstream::echo().await;
+    let dead = refused_addr().await;
+    let gate = gate::start(
+        &GateConfig::new(live.addr)
+            .upstream("dead", dead)
+            .route_upstream("dead")
+            .toml(),
+    )
+    .await;
+
+    let started = Instant::now();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(3))).await;
+
+    let replies = responses(&resp);
+    assert_eq!(replies.len(), 3);
+    for entry in &replies {
+        assert_item_error(entry, 502, "UpstreamConnectFailed");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        live.count(),
+        0,
+        "children must not fall back to another upstream"
+    );
+}
+
+/// Proves an upstream error status is relayed as the item's status with the upstream body,
+/// next to successful items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_error_status_is_relayed() {
+    let upstream = Upstream::with_handler(|req| match req.query.as_deref() {
+        Some("i=1") => Reply::json(500, r#"{"code":"InternalError","message":"boom"}"#),
+        Some("i=2") => Reply::text(503, "try later"),
+        Some("i=3") => Reply::json(404, r#"{"code":"NotFound.File"}"#),
+        _ => Reply::json(200, r#"{"ok":1}"#),
+    })
+    .await;
+    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(4))).await;
+
+    let replies = responses(&resp);
+    assert_eq!(replies[0]["status"], 200);
+    assert_eq!(replies[0]["body"]["ok"], 1);
+    assert_eq!(replies[1]["status"], 500);
+    assert_eq!(
+        replies[1]["body"],
+        serde_json::json!({"code":"InternalError","message":"boom"})
+    );
+    assert_eq!(replies[2]["status"], 503);
+    assert_eq!(replies[2]["body"], "try later");
+    assert_eq!(replies[3]["status"], 404);
+    assert_eq!(replies[3]["body"]["code"], "NotFound.File");
+    assert_eq!(upstream.count(), 4, "error statuses are not retried");
+}
+
+/// Proves an upstream body over `max_item_response_bytes` (declared by Content-Length or
+/// chunked) gives that item 502 `UpstreamResponseTooLarge`; a body at the limit is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_upstream_body_is_502() {
+    let upstream = Upstream::with_handler(|req| match req.query.as_deref() {
+        Some("i=0") => Reply::text(200, &"a".repeat(1000)),
+        Some("i=1") => Reply::text(200, &"b".repeat(5000)),
+        Some("i=2") => {
+            let chunk = "c".repeat(700);
+            let body = format!("2bc\r\n{chunk}\r\n2bc\r\n{chunk}\r\n0\r\n\r\n");
+            Reply::bytes(200, "text/plain", body.as_bytes())
+                .with_header("Transfer-Encoding", "chunked")
+        }
+        _ => Reply::json(200, r#"{"small":true}"#),
+    })
+    .await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route("max_item_response_bytes = 1000")
+            .toml(),
+    )
+    .await;
+
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(4))).await;
+
+    let replies = responses(&resp);
+    assert_eq!(replies[0]["status"], 200);
+    assert_eq!(replies[0]["body"].as_str().map(str::len), Some(1000));
+    assert_item_error(&replies[1], 502, "UpstreamResponseTooLarge");
+    assert_item_error(&replies[2], 502, "UpstreamResponseTooLarge");
+    assert_eq!(replies[3]["status"], 200);
+    assert_eq!(replies[3]["body"]["small"], true);
+    assert!(
+        !resp.body_str().contains("bbbbbbbbbb") && !resp.body_str().contains("cccccccccc"),
+        "oversized bodies must not be relayed"
+    );
+}
+
+/// Proves a client that disconnects mid-batch cancels the batch: children not yet started
+/// are never sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_cancels_remaining_items() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(300)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route("concurrency = 1")
+            .toml(),
+    )
+    .await;
+    let body = batch(items(10));
+    let raw = client::build_request(
+        "POST",
+        BATCH_PATH,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+
+    let mut conn = Conn::connect(gate.addr).await;
+    conn.write(&raw).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(upstream.count() >= 1, "the batch had started");
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let seen = upstream.count();
+    assert!(
+        seen <= 2,
+        "the upstream saw {seen} children start after the client left (at most 2 expected)"
+    );
+}
+
+/// Proves the gate stays usable after a disconnect-cancelled batch: a new batch is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_serves_after_cancelled_batch() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(200)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .server("max_in_flight = 1")
+            .route("concurrency = 1")
+            .toml(),
+    )
+    .await;
+    let body = batch(items(10));
+    let raw = client::build_request(
+        "POST",
+        BATCH_PATH,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    let mut conn = Conn::connect(gate.addr).await;
+    conn.write(&raw).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // With max_in_flight = 1 a leaked permit would block this batch until the deadline.
+    let started = Instant::now();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(2))).await;
+    let replies = responses(&resp);
+    assert_all_ok(&replies);
+    assert_eq!(by_id(&replies, "item-1")["status"], 200);
+    assert!(started.elapsed() < Duration::from_millis(2000));
+}
