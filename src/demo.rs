@@ -2,7 +2,9 @@
 //!
 //! It answers `POST /v2/file/get` and `POST /v2/file/list` with JSON built from the request
 //! body, single JSON-RPC calls on `POST /jsonrpc` (`sum`, `subtract`, `get_data`, `ping`,
-//! `makeDir`, `notify_*`), and `GET /v2/hello` for pass-through, so a newcomer can see each
+//! `makeDir`, `notify_*`), one accessory at a time on
+//! `GET /v2/servicerequest/accessorys/{id}/access-url` (id `404` is missing), and
+//! `GET /v2/hello` for pass-through, so a newcomer can see each
 //! dialect answered without any real API. It is a pingora `ServeHttp` app running as one more
 //! service of the server.
 
@@ -31,7 +33,28 @@ impl ServeHttp for DemoUpstream {
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let header = session.req_header();
         let field = |name: &str| request.get(name).cloned().unwrap_or(Value::Null);
-        match (header.method.as_str(), header.uri.path()) {
+        let path = header.uri.path();
+        if let Some(id) = path
+            .strip_prefix("/v2/servicerequest/accessorys/")
+            .and_then(|rest| rest.strip_suffix("/access-url"))
+        {
+            let group = header
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("group_id="))
+                .unwrap_or("");
+            return match id {
+                "404" => json_response(
+                    404,
+                    &json!({"error_code": "NotFound", "error_msg": "no such accessory"}),
+                ),
+                _ => json_response(
+                    200,
+                    &json!({"url": format!("https://files.demo.invalid/{group}/{id}")}),
+                ),
+            };
+        }
+        match (header.method.as_str(), path) {
             ("POST", "/v2/file/get") => json_response(
                 200,
                 &json!({

@@ -192,6 +192,8 @@ fn demo(path: &std::path::Path) -> ExitCode {
         println!("metrics on http://{admin}/metrics");
     }
     println!("Try a batch:\n  curl -s http://{listen}{route} -H 'Content-Type: application/json' \\\n    -d '{{\"resource\":\"file\",\"requests\":[{{\"id\":\"93433894994ad2e1\",\"method\":\"POST\",\"url\":\"/file/get\",\"headers\":{{\"Content-Type\":\"application/json\"}},\"body\":{{\"domain_id\":\"1\",\"drive_id\":\"1\"}}}},{{\"id\":\"2\",\"method\":\"POST\",\"url\":\"/file/list\",\"body\":{{\"drive_id\":\"1\"}}}}]}}'");
+    println!("a JSON-RPC batch:\n  curl -s http://{listen}/jsonrpc -H 'Content-Type: application/json' \\\n    -d '[{{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2,4],\"id\":\"1\"}},{{\"jsonrpc\":\"2.0\",\"method\":\"subtract\",\"params\":[42,23],\"id\":2}}]'");
+    println!("an id-list fan-out:\n  curl -s 'http://{listen}/v2/servicerequest/accessorys/access-urls?group_id=1&accessory_ids=1,2' -H 'X-Auth-Token: demo'");
     println!("and a pass-through call:\n  curl -s http://{listen}/v2/hello");
     server::build(
         &config,

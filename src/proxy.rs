@@ -7,6 +7,7 @@
 
 use crate::config::{Config, DialectConfig, RouteConfig};
 use crate::dialect::envelope::Envelope;
+use crate::dialect::fanout::Fanout;
 use crate::dialect::jsonrpc::JsonRpc;
 use crate::dialect::{
     is_json_content_type, BatchRequest, Dialect, Outcome, Rejection, RejectionKind, Reply,
@@ -15,7 +16,9 @@ use crate::exec::{self, Limits, NoObserver};
 use crate::upstream::{peer, BatchHeaders, BatchUpstream, UpstreamClient};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST};
+use http::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TRANSFER_ENCODING,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -43,6 +46,7 @@ pub struct Route {
 pub enum RouteDialect {
     Envelope(Envelope),
     JsonRpc(JsonRpc),
+    Fanout(Fanout),
 }
 
 /// The pass-through target.
@@ -99,6 +103,10 @@ impl BatchGate {
                     max_items: route.limits.max_items,
                     upstream: upstream.config.name.clone(),
                 }),
+                DialectConfig::Fanout(fanout) => RouteDialect::Fanout(Fanout {
+                    config: Arc::new(fanout.clone()),
+                    max_items: route.limits.max_items,
+                }),
             };
             routes.insert(
                 route.path.clone(),
@@ -138,6 +146,7 @@ impl BatchGate {
         match &route.dialect {
             RouteDialect::Envelope(dialect) => self.serve_batch(session, route, dialect, ctx).await,
             RouteDialect::JsonRpc(dialect) => self.serve_batch(session, route, dialect, ctx).await,
+            RouteDialect::Fanout(dialect) => self.serve_batch(session, route, dialect, ctx).await,
         }
     }
 
@@ -219,7 +228,13 @@ impl BatchGate {
             )));
         }
         let content_type = header.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-        if !content_type.is_some_and(is_json_content_type) {
+        // A request without a body (a fanout GET with a query string) needs no media type.
+        let has_body = header.headers.contains_key(TRANSFER_ENCODING)
+            || header
+                .headers
+                .get(CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body && !content_type.is_some_and(is_json_content_type) {
             session.set_keepalive(None);
             return Ok(Err(Rejection::new(
                 RejectionKind::UnsupportedMediaType,

@@ -85,6 +85,55 @@ pub struct RouteSection {
     pub upstream_path: Option<String>,
     pub denied_methods: Option<Vec<String>>,
     pub profile: Option<JsonRpcProfileSection>,
+    // fanout
+    pub methods: Option<Vec<String>>,
+    pub ids: Option<FanoutIdsSection>,
+    pub params: Option<Vec<FieldRuleSection>>,
+    pub headers: Option<Vec<FieldRuleSection>>,
+    pub request: Option<FanoutRequestSection>,
+    pub reply: Option<FanoutReplySection>,
+    pub on_item_error: Option<String>,
+    // envelope and fanout
+    pub error_format: Option<String>,
+}
+
+/// `[routes.ids]` of a fanout route: where the id list comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutIdsSection {
+    pub param: String,
+    pub collapse_duplicates: Option<bool>,
+    pub max_length: Option<i64>,
+}
+
+/// `[[routes.params]]` / `[[routes.headers]]`: one validated parameter or header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRuleSection {
+    pub name: String,
+    pub required: Option<bool>,
+    pub min_length: Option<i64>,
+    pub max_length: Option<i64>,
+    /// Headers only: copy into every per-id request (default true).
+    pub forward: Option<bool>,
+}
+
+/// `[routes.request]` of a fanout route: the per-id upstream request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutRequestSection {
+    pub method: Option<String>,
+    pub path: String,
+}
+
+/// `[routes.reply]` of a fanout route: how the merged reply is built.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutReplySection {
+    pub list_field: String,
+    /// Element fields in order: `"$id"`, or a JSON pointer into the per-id reply (`""` is
+    /// the whole reply). Without `fields`, each element is the per-id reply as it came.
+    pub fields: Option<toml::Table>,
 }
 
 /// `[routes.profile]` of a jsonrpc route: where a vendor differs from the specification.

@@ -4,9 +4,11 @@
 //! and reports every problem as `FILE:LINE:COL: key: message`, the way `nginx -t` does.
 //! `from_path` only adds reading the file, so tests need no files.
 
+pub mod fanout;
 pub mod file;
 pub mod runtime;
 
+pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use runtime::{
     Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile, LogFormat, Problem,
     RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig,

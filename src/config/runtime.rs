@@ -5,6 +5,7 @@
 //! the first. Nothing here is re-checked per request.
 
 use super::file::{FileConfig, RouteSection, ServerSection, UpstreamSection};
+use crate::dialect::ErrorFormat;
 use crate::guard::{HeaderGuard, UrlGuard};
 use http::header::HeaderName;
 use http::Method;
@@ -134,6 +135,7 @@ pub struct RouteConfig {
 pub enum DialectConfig {
     Envelope(EnvelopeConfig),
     JsonRpc(JsonRpcConfig),
+    Fanout(super::fanout::FanoutConfig),
 }
 
 impl DialectConfig {
@@ -142,6 +144,7 @@ impl DialectConfig {
         match self {
             DialectConfig::Envelope(_) => "envelope",
             DialectConfig::JsonRpc(_) => "jsonrpc",
+            DialectConfig::Fanout(_) => "fanout",
         }
     }
 }
@@ -156,6 +159,7 @@ pub struct EnvelopeConfig {
     pub allowed_resources: Option<Vec<String>>,
     pub url_guard: UrlGuard,
     pub header_guard: HeaderGuard,
+    pub error_format: ErrorFormat,
 }
 
 /// Settings of a JSON-RPC 2.0 batch route.
@@ -222,10 +226,10 @@ impl Problem {
 
 /// Collects problems under a key path prefix.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(pub(super) Vec<Problem>);
 
 impl Problems {
-    fn push(&mut self, path: &[&str], message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: &[&str], message: impl Into<String>) {
         self.0.push(Problem {
             path: path.iter().map(|s| s.to_string()).collect(),
             message: message.into(),
@@ -466,8 +470,8 @@ fn upstream_config(
 }
 
 /// What a route needs to know about the rest of the file.
-struct RouteContext<'a> {
-    index: &'a str,
+pub(super) struct RouteContext<'a> {
+    pub(super) index: &'a str,
     file: &'a FileConfig,
     upstream_index: &'a BTreeMap<String, usize>,
     default_upstream: Option<usize>,
@@ -572,10 +576,13 @@ fn route_config(
     let dialect = match section.dialect.as_str() {
         "envelope" => envelope_config(section, ctx, problems).map(DialectConfig::Envelope),
         "jsonrpc" => jsonrpc_config(section, ctx, problems).map(DialectConfig::JsonRpc),
+        "fanout" => {
+            super::fanout::fanout_config(section, ctx.index, problems).map(DialectConfig::Fanout)
+        }
         other => {
             problems.push(
                 &at("dialect"),
-                format!("{other:?} is not a dialect (\"envelope\" or \"jsonrpc\")"),
+                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\" or \"fanout\")"),
             );
             None
         }
@@ -661,7 +668,9 @@ fn envelope_config(
             "an empty list would refuse every batch; leave the key out to allow any",
         );
     }
+    let error_format = error_format(section, i, crate::dialect::PDS_ERROR_FORMAT, problems);
     Some(EnvelopeConfig {
+        error_format,
         url_guard: UrlGuard::new(base_path.clone(), prefixes, ctx.batch_paths.to_vec()),
         base_path,
         allowed_methods,
@@ -670,10 +679,29 @@ fn envelope_config(
     })
 }
 
+/// The route's `error_format`, or `default`.
+pub(super) fn error_format(
+    section: &RouteSection,
+    i: &str,
+    default: &str,
+    problems: &mut Problems,
+) -> ErrorFormat {
+    let template = section.error_format.as_deref().unwrap_or(default);
+    ErrorFormat::new(template).unwrap_or_else(|why| {
+        problems.push(&["routes", i, "error_format"], why);
+        ErrorFormat::default()
+    })
+}
+
 /// Keys that only mean something for one dialect are errors on the others, so a key copied
 /// from the wrong example does not silently do nothing.
 fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) {
-    let present: [(&str, bool, &[&str]); 6] = [
+    let present: [(&str, bool, &[&str]); 15] = [
+        (
+            "error_format",
+            section.error_format.is_some(),
+            &["envelope", "fanout"],
+        ),
         ("base_path", section.base_path.is_some(), &["envelope"]),
         (
             "allowed_resources",
@@ -686,6 +714,11 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
             &["envelope"],
         ),
         (
+            "allowed_methods",
+            section.allowed_methods.is_some(),
+            &["envelope", "jsonrpc"],
+        ),
+        (
             "upstream_path",
             section.upstream_path.is_some(),
             &["jsonrpc"],
@@ -696,6 +729,17 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
             &["jsonrpc"],
         ),
         ("profile", section.profile.is_some(), &["jsonrpc"]),
+        ("methods", section.methods.is_some(), &["fanout"]),
+        ("ids", section.ids.is_some(), &["fanout"]),
+        ("params", section.params.is_some(), &["fanout"]),
+        ("headers", section.headers.is_some(), &["fanout"]),
+        ("request", section.request.is_some(), &["fanout"]),
+        ("reply", section.reply.is_some(), &["fanout"]),
+        (
+            "on_item_error",
+            section.on_item_error.is_some(),
+            &["fanout"],
+        ),
     ];
     for (key, is_set, dialects) in present {
         if is_set && !dialects.contains(&section.dialect.as_str()) {
@@ -852,7 +896,7 @@ fn is_target(target: &str) -> bool {
 }
 
 /// An absolute path with only visible ASCII and no query or fragment.
-fn is_route_path(path: &str) -> bool {
+pub(super) fn is_route_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.starts_with("//")
         && path
@@ -860,7 +904,7 @@ fn is_route_path(path: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#' && b != b'\\')
 }
 
-fn bounded(
+pub(super) fn bounded(
     value: Option<i64>,
     default: usize,
     min: i64,
@@ -883,7 +927,7 @@ fn bounded(
     }
 }
 
-fn duration(
+pub(super) fn duration(
     value: &Option<String>,
     default: Duration,
     path: &[&str],

@@ -166,20 +166,18 @@ impl Dialect for Envelope {
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {
-        error_reply(rejection)
-    }
-}
-
-/// The PDS-style whole-batch error reply `{"code":"...","message":"..."}`.
-pub fn error_reply(rejection: &Rejection) -> Reply {
-    let body = serde_json::json!({"code": rejection.code, "message": rejection.message});
-    let mut reply = Reply::json(rejection.kind.status(), body.to_string());
-    if rejection.kind == RejectionKind::MethodNotAllowed {
+        let body = self
+            .config
+            .error_format
+            .render(rejection.code, &rejection.message);
+        let mut reply = Reply::json(rejection.kind.status(), body);
+        if rejection.kind == RejectionKind::MethodNotAllowed {
+            reply
+                .headers
+                .push((http::header::ALLOW, HeaderValue::from_static("POST")));
+        }
         reply
-            .headers
-            .push((http::header::ALLOW, HeaderValue::from_static("POST")));
     }
-    reply
 }
 
 impl Envelope {

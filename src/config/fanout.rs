@@ -1,0 +1,266 @@
+//! Validation of fanout routes: the id list, parameter and header rules, the per-id request
+//! template and the reply mapping, all declared in the config file.
+
+use super::file::{FieldRuleSection, RouteSection};
+use super::runtime::{error_format, Problems};
+use crate::dialect::{ErrorFormat, HUAWEI_ERROR_FORMAT};
+use crate::guard::PathTemplate;
+use http::header::HeaderName;
+use http::Method;
+
+/// Longest id accepted unless the route says otherwise.
+pub const DEFAULT_MAX_ID_LENGTH: usize = 256;
+/// Outer methods a fanout route accepts by default (Huawei sends a GET with a JSON body).
+pub const DEFAULT_FANOUT_METHODS: &[Method] = &[Method::GET, Method::POST];
+
+/// A validated fanout route.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    pub methods: Vec<Method>,
+    pub ids_param: String,
+    pub collapse_duplicates: bool,
+    pub max_id_length: usize,
+    pub params: Vec<FieldRule>,
+    pub headers: Vec<HeaderRule>,
+    pub request_method: Method,
+    pub target: PathTemplate,
+    pub list_field: String,
+    /// `None`: each element is the per-id reply as it came.
+    pub fields: Option<Vec<(String, FieldSource)>>,
+    pub on_item_error: OnItemError,
+    pub error_format: ErrorFormat,
+}
+
+/// Length rules for one parameter or header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRule {
+    pub name: String,
+    pub required: bool,
+    pub min_length: usize,
+    pub max_length: usize,
+}
+
+/// A validated header with whether it travels to every part.
+#[derive(Debug, Clone)]
+pub struct HeaderRule {
+    pub rule: FieldRule,
+    pub header: HeaderName,
+    pub forward: bool,
+}
+
+/// Where an element field comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldSource {
+    /// The id as the client sent it.
+    Id,
+    /// A JSON pointer into the per-id reply (`""` is the whole reply).
+    Pointer(String),
+}
+
+/// What a failed part does to the merged reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnItemError {
+    /// The whole reply is an error.
+    Fail,
+    /// The element is left out; the reply is flagged partial.
+    Omit,
+    /// The element carries the id and an `error` object; the reply is flagged partial.
+    Include,
+}
+
+pub(super) fn fanout_config(
+    section: &RouteSection,
+    i: &str,
+    problems: &mut Problems,
+) -> Option<FanoutConfig> {
+    let before = problems.0.len();
+    let methods = methods(section.methods.as_deref(), i, problems);
+    let Some(ids) = &section.ids else {
+        problems.push(
+            &["routes", i, "ids"],
+            "a fanout route needs [routes.ids] with `param`",
+        );
+        return None;
+    };
+    let params = rules(section.params.as_deref(), i, "params", problems);
+    let headers: Vec<HeaderRule> = rules(section.headers.as_deref(), i, "headers", problems)
+        .into_iter()
+        .zip(section.headers.iter().flatten())
+        .enumerate()
+        .filter_map(
+            |(j, (rule, raw))| match HeaderName::from_bytes(rule.name.as_bytes()) {
+                Ok(header) => Some(HeaderRule {
+                    rule,
+                    header,
+                    forward: raw.forward.unwrap_or(true),
+                }),
+                Err(_) => {
+                    problems.push(
+                        &["routes", i, "headers", &j.to_string(), "name"],
+                        "not a header name",
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+    let Some(request) = &section.request else {
+        problems.push(
+            &["routes", i, "request"],
+            "a fanout route needs [routes.request] with `path`",
+        );
+        return None;
+    };
+    let mut known: Vec<&str> = vec!["id"];
+    known.extend(params.iter().map(|p| p.name.as_str()));
+    let target = PathTemplate::parse(&request.path, &known)
+        .map_err(|why| problems.push(&["routes", i, "request", "path"], why))
+        .ok();
+    if let Some(t) = &target {
+        if !t.placeholders().any(|name| name == "id") {
+            problems.push(
+                &["routes", i, "request", "path"],
+                "the path must contain {id}",
+            );
+        }
+    }
+    let request_method =
+        match Method::from_bytes(request.method.as_deref().unwrap_or("GET").as_bytes()) {
+            Ok(m) => m,
+            Err(_) => {
+                problems.push(&["routes", i, "request", "method"], "not an HTTP method");
+                Method::GET
+            }
+        };
+    let Some(reply) = &section.reply else {
+        problems.push(
+            &["routes", i, "reply"],
+            "a fanout route needs [routes.reply] with `list_field`",
+        );
+        return None;
+    };
+    let fields = reply.fields.as_ref().map(|table| {
+        table
+            .iter()
+            .filter_map(|(name, source)| match source.as_str() {
+                Some("$id") => Some((name.clone(), FieldSource::Id)),
+                Some(pointer) if pointer.is_empty() || pointer.starts_with('/') => {
+                    Some((name.clone(), FieldSource::Pointer(pointer.to_string())))
+                }
+                _ => {
+                    problems.push(
+                        &["routes", i, "reply", "fields", name],
+                        "must be \"$id\" or a JSON pointer such as \"/url\" (\"\" is the whole reply)",
+                    );
+                    None
+                }
+            })
+            .collect()
+    });
+    let on_item_error = match section.on_item_error.as_deref() {
+        None | Some("include") => OnItemError::Include,
+        Some("omit") => OnItemError::Omit,
+        Some("fail") => OnItemError::Fail,
+        Some(other) => {
+            problems.push(
+                &["routes", i, "on_item_error"],
+                format!("{other:?} is not \"fail\", \"omit\" or \"include\""),
+            );
+            OnItemError::Include
+        }
+    };
+    let max_id_length = ids.max_length.map_or(DEFAULT_MAX_ID_LENGTH, |n| {
+        usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=8192).contains(n))
+            .unwrap_or_else(|| {
+                problems.push(
+                    &["routes", i, "ids", "max_length"],
+                    format!("{n} is not allowed (1..=8192)"),
+                );
+                DEFAULT_MAX_ID_LENGTH
+            })
+    });
+    let error_format = error_format(section, i, HUAWEI_ERROR_FORMAT, problems);
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(FanoutConfig {
+        methods,
+        ids_param: ids.param.clone(),
+        collapse_duplicates: ids.collapse_duplicates.unwrap_or(true),
+        max_id_length,
+        params,
+        headers,
+        request_method,
+        target: target?,
+        list_field: reply.list_field.clone(),
+        fields,
+        on_item_error,
+        error_format,
+    })
+}
+
+fn methods(names: Option<&[String]>, i: &str, problems: &mut Problems) -> Vec<Method> {
+    let Some(names) = names else {
+        return DEFAULT_FANOUT_METHODS.to_vec();
+    };
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(j, name)| match Method::from_bytes(name.as_bytes()) {
+            Ok(m) if name.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
+            _ => {
+                problems.push(
+                    &["routes", i, "methods", &j.to_string()],
+                    format!("{name:?} is not an upper-case HTTP method"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn rules(
+    sections: Option<&[FieldRuleSection]>,
+    i: &str,
+    key: &str,
+    problems: &mut Problems,
+) -> Vec<FieldRule> {
+    let mut out = Vec::new();
+    for (j, rule) in sections.unwrap_or_default().iter().enumerate() {
+        let j = j.to_string();
+        let length = |value: Option<i64>, default: usize, field: &str, problems: &mut Problems| {
+            value.map_or(default, |n| {
+                usize::try_from(n).unwrap_or_else(|_| {
+                    problems.push(
+                        &["routes", i, key, &j, field],
+                        format!("{n} is not allowed (0..)"),
+                    );
+                    default
+                })
+            })
+        };
+        let min_length = length(rule.min_length, 0, "min_length", problems);
+        let max_length = length(rule.max_length, usize::MAX, "max_length", problems);
+        if min_length > max_length {
+            problems.push(
+                &["routes", i, key, &j, "min_length"],
+                "min_length is above max_length",
+            );
+        }
+        if rule.name.is_empty() || rule.name == "id" {
+            problems.push(
+                &["routes", i, key, &j, "name"],
+                "the name must be non-empty and not \"id\"",
+            );
+        }
+        out.push(FieldRule {
+            name: rule.name.clone(),
+            required: rule.required.unwrap_or(false),
+            min_length,
+            max_length,
+        });
+    }
+    out
+}
