@@ -1,46 +1,97 @@
 //! The admin listener: `/metrics`, `/healthz` and `/readyz`, never on the public listener.
 //!
-//! Served by pingora's `ServeHttp` app on its own service (own address, own threads), so a
+//! Served by pingora's `ServeHttp` app on its own service (own address, own thread), so a
 //! scrape never competes with batch traffic for the proxy's accept loop.
 
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use pingora_prometheus::prometheus::{self, Encoder, TextEncoder};
+use prometheus::{Encoder, TextEncoder};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long `/readyz` waits for a TCP connect to the default upstream.
+const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The admin endpoints.
-pub struct AdminApp;
+pub struct AdminApp {
+    /// The public listeners (reported by `/readyz`).
+    pub listeners: Vec<SocketAddr>,
+    /// Name and first address of the default upstream, probed by `/readyz`.
+    pub default_upstream: Option<(String, SocketAddr)>,
+}
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => {
-                let mut body = Vec::new();
-                let encoder = TextEncoder::new();
-                if encoder.encode(&prometheus::gather(), &mut body).is_err() {
-                    return text(500, "metrics encoding failed\n");
-                }
-                Response::builder()
-                    .status(200)
-                    .header("content-type", encoder.format_type())
-                    .header("content-length", body.len())
-                    .body(body)
-                    .unwrap_or_default()
-            }
+            "/metrics" => metrics(),
             "/healthz" => text(200, "ok\n"),
-            "/readyz" => text(200, "ready\n"),
+            "/readyz" => self.readiness().await,
             _ => text(404, "not found: try /metrics, /healthz or /readyz\n"),
         }
     }
 }
 
+impl AdminApp {
+    /// 200 when the default upstream accepts a TCP connection (or none is configured), 503
+    /// otherwise; the JSON body says which. Liveness belongs to `/healthz`.
+    async fn readiness(&self) -> Response<Vec<u8>> {
+        let listeners: Vec<String> = self.listeners.iter().map(|a| a.to_string()).collect();
+        let Some((name, addr)) = &self.default_upstream else {
+            let body = json!({"ready": true, "config": "loaded", "listeners": listeners, "default_upstream": null});
+            return respond(200, "application/json", body.to_string().into_bytes());
+        };
+        let probe =
+            tokio::time::timeout(READY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
+        let (reachable, error) = match probe {
+            Ok(Ok(_)) => (true, None),
+            Ok(Err(e)) => (false, Some(e.to_string())),
+            Err(_) => (
+                false,
+                Some(format!("no connection within {READY_CONNECT_TIMEOUT:?}")),
+            ),
+        };
+        let body = json!({
+            "ready": reachable,
+            "config": "loaded",
+            "listeners": listeners,
+            "default_upstream": {"name": name, "address": addr.to_string(), "reachable": reachable, "error": error},
+        });
+        respond(
+            if reachable { 200 } else { 503 },
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+    }
+}
+
+fn metrics() -> Response<Vec<u8>> {
+    // Make sure every family exists (with its HELP) even before the first batch.
+    let _ = crate::metrics::families();
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    if encoder.encode(&prometheus::gather(), &mut body).is_err() {
+        return text(500, "metrics encoding failed\n");
+    }
+    respond(200, encoder.format_type(), body)
+}
+
 fn text(status: u16, body: &str) -> Response<Vec<u8>> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        body.as_bytes().to_vec(),
+    )
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
+        .header("content-type", content_type)
         .header("content-length", body.len())
-        .body(body.as_bytes().to_vec())
+        .body(body)
         .unwrap_or_default()
 }

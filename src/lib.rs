@@ -14,6 +14,7 @@
 //! - [`exec`]: per-batch and global concurrency limits, item timeout, batch deadline.
 //! - [`upstream`]: one sub-request over pingora's pooled connector.
 //! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through.
+//! - [`metrics`]: every Prometheus family, with per-route handles resolved once.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on the admin listener.
 //! - [`demo`]: the built-in demo upstream behind `batchgate demo`.
 //! - [`server`]: builds the pingora server and its services from a config.
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod dialect;
 pub mod exec;
 pub mod guard;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

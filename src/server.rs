@@ -58,7 +58,14 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
     server.add_service(proxy);
 
     if let Some(addr) = config.admin_listen {
-        let mut admin = Service::new("batchgate admin".to_string(), HttpServer::new_app(AdminApp));
+        let app = AdminApp {
+            listeners: config.server.listen.clone(),
+            default_upstream: config
+                .default_upstream
+                .and_then(|i| config.upstreams.get(i))
+                .and_then(|u| u.addresses.first().map(|a| (u.name.clone(), *a))),
+        };
+        let mut admin = Service::new("batchgate admin".to_string(), HttpServer::new_app(app));
         admin.add_tcp(&addr.to_string());
         admin.threads = Some(1);
         server.add_service(admin);

@@ -9,6 +9,7 @@
 use crate::config::UpstreamConfig;
 use crate::dialect::{Outcome, SubRequest, UpstreamResponse};
 use crate::exec::Upstream;
+use crate::metrics::InFlight;
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::Method;
@@ -16,6 +17,7 @@ use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -150,10 +152,13 @@ pub struct BatchHeaders {
 pub struct BatchUpstream {
     pub client: Arc<UpstreamClient>,
     pub headers: BatchHeaders,
+    /// The upstream's in-flight gauge, raised while an item is being sent.
+    pub in_flight: Option<IntGauge>,
 }
 
 impl Upstream for BatchUpstream {
     async fn send(&self, request: SubRequest) -> Outcome {
+        let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
         self.client.send(&request, &self.headers).await
     }
 }

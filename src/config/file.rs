@@ -35,6 +35,7 @@ pub struct ServerSection {
     pub upgrade_sock: Option<String>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    pub item_log: Option<bool>,
 }
 
 /// `[admin]`: the separate listener for `/metrics`, `/healthz` and `/readyz`.

@@ -90,6 +90,8 @@ pub struct ServerSettings {
     pub upgrade_sock: Option<String>,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
+    /// One log line per item (batch id, item index, batch size, status, duration).
+    pub item_log: bool,
 }
 
 /// One upstream API.
@@ -383,6 +385,7 @@ fn server_settings(section: &ServerSection, problems: &mut Problems) -> ServerSe
         upgrade_sock: section.upgrade_sock.clone(),
         log_format,
         log_level: section.log_level.clone(),
+        item_log: section.item_log.unwrap_or(false),
     }
 }
 

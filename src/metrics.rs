@@ -1,0 +1,282 @@
+//! Every metric family batchgate exports, registered once in the default Prometheus registry.
+//!
+//! Labels come only from configuration (route and upstream names) and fixed outcome sets, never
+//! from request data, so cardinality is bounded by the config file. Labelled handles are
+//! resolved once per route at start-up (`RouteMetrics`), so the per-item hot path only calls
+//! `inc()` / `observe()`. The `prometheus` crate here is the one pingora-prometheus uses (0.14),
+//! so everything lands in the same default registry.
+
+use crate::dialect::{Outcome, RejectionKind};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Latency buckets in seconds: 0.5 ms to 30 s, roughly ×2.5 per step, so both a loopback
+/// sub-millisecond item and a multi-second batch land in a meaningful bucket.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Items-per-batch buckets.
+pub const ITEM_COUNT_BUCKETS: &[f64] =
+    &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+/// Batch outcomes (`batchgate_batches_total{outcome}`).
+pub const BATCH_OUTCOMES: &[&str] = &["ok", "partial", "rejected", "failed", "cancelled"];
+/// Item outcomes (`batchgate_items_total{outcome}`), matching `Outcome::class`.
+pub const ITEM_OUTCOMES: &[&str] = &[
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "timeout",
+    "connect_error",
+    "upstream_error",
+    "rejected",
+    "cancelled",
+];
+/// Every rejection reason, matching `RejectionKind::as_str`.
+pub const REJECTION_KINDS: &[RejectionKind] = &[
+    RejectionKind::ParseError,
+    RejectionKind::Empty,
+    RejectionKind::TooManyItems,
+    RejectionKind::DuplicateId,
+    RejectionKind::InvalidItem,
+    RejectionKind::InvalidParameter,
+    RejectionKind::NotAllowed,
+    RejectionKind::BodyTooLarge,
+    RejectionKind::UnsupportedMediaType,
+    RejectionKind::MethodNotAllowed,
+];
+/// Pass-through status classes.
+pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// The metric families.
+pub struct Families {
+    pub batches: IntCounterVec,
+    pub batch_items: HistogramVec,
+    pub batch_duration: HistogramVec,
+    pub items: IntCounterVec,
+    pub item_duration: HistogramVec,
+    pub items_in_flight: IntGaugeVec,
+    pub permit_wait: HistogramVec,
+    pub rejections: IntCounterVec,
+    pub passthrough: IntCounterVec,
+    pub passthrough_duration: HistogramVec,
+}
+
+/// The families, registered on first use. Registration only fails on a duplicate name, which
+/// would be a programming error caught by every test; then metrics are simply not exported.
+pub fn families() -> Option<&'static Families> {
+    static FAMILIES: OnceLock<Option<Families>> = OnceLock::new();
+    FAMILIES.get_or_init(|| register().ok()).as_ref()
+}
+
+fn register() -> prometheus::Result<Families> {
+    let build_info = register_int_gauge_vec!(
+        "batchgate_build_info",
+        "Always 1; the version label says which batchgate is running.",
+        &["version"]
+    )?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    Ok(Families {
+        batches: register_int_counter_vec!(
+            "batchgate_batches_total",
+            "Batch requests by route and outcome (ok, partial, rejected, failed, cancelled).",
+            &["route", "outcome"]
+        )?,
+        batch_items: register_histogram_vec!(
+            "batchgate_batch_items",
+            "Items per accepted batch.",
+            &["route"],
+            ITEM_COUNT_BUCKETS.to_vec()
+        )?,
+        batch_duration: register_histogram_vec!(
+            "batchgate_batch_duration_seconds",
+            "Time from the batch request's arrival to its reply.",
+            &["route"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        items: register_int_counter_vec!(
+            "batchgate_items_total",
+            "Batch items by route, upstream and outcome.",
+            &["route", "upstream", "outcome"]
+        )?,
+        item_duration: register_histogram_vec!(
+            "batchgate_item_duration_seconds",
+            "Time one sent item took upstream, from holding its permits to its outcome.",
+            &["route", "upstream"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        items_in_flight: register_int_gauge_vec!(
+            "batchgate_items_in_flight",
+            "Items currently being sent to an upstream.",
+            &["upstream"]
+        )?,
+        permit_wait: register_histogram_vec!(
+            "batchgate_permit_wait_seconds",
+            "Time an item waited for its per-batch and global concurrency permits.",
+            &["route"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        rejections: register_int_counter_vec!(
+            "batchgate_rejections_total",
+            "Whole batches refused before anything was sent, by reason.",
+            &["route", "reason"]
+        )?,
+        passthrough: register_int_counter_vec!(
+            "batchgate_passthrough_requests_total",
+            "Requests proxied unchanged to the default upstream, by status class.",
+            &["upstream", "status_class"]
+        )?,
+        passthrough_duration: register_histogram_vec!(
+            "batchgate_passthrough_duration_seconds",
+            "Time to proxy one pass-through request.",
+            &["upstream"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+    })
+}
+
+/// One route's handles, resolved once at start-up.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    batches: Vec<IntCounter>,
+    batch_items: Histogram,
+    batch_duration: Histogram,
+    items: Vec<IntCounter>,
+    item_duration: Histogram,
+    pub in_flight: IntGauge,
+    permit_wait: Histogram,
+    rejections: Vec<IntCounter>,
+}
+
+impl RouteMetrics {
+    /// Handles for `route` sending to `upstream`; `None` if the registry is unusable.
+    pub fn new(route: &str, upstream: &str) -> Option<Self> {
+        let f = families()?;
+        Some(RouteMetrics {
+            batches: BATCH_OUTCOMES
+                .iter()
+                .map(|o| f.batches.with_label_values(&[route, o]))
+                .collect(),
+            batch_items: f.batch_items.with_label_values(&[route]),
+            batch_duration: f.batch_duration.with_label_values(&[route]),
+            items: ITEM_OUTCOMES
+                .iter()
+                .map(|o| f.items.with_label_values(&[route, upstream, o]))
+                .collect(),
+            item_duration: f.item_duration.with_label_values(&[route, upstream]),
+            in_flight: f.items_in_flight.with_label_values(&[upstream]),
+            permit_wait: f.permit_wait.with_label_values(&[route]),
+            rejections: REJECTION_KINDS
+                .iter()
+                .map(|k| f.rejections.with_label_values(&[route, k.as_str()]))
+                .collect(),
+        })
+    }
+
+    /// Counts a finished batch.
+    pub fn batch(&self, outcome: &str, items: usize, elapsed: Duration) {
+        if let Some(i) = BATCH_OUTCOMES.iter().position(|o| *o == outcome) {
+            if let Some(counter) = self.batches.get(i) {
+                counter.inc();
+            }
+        }
+        if outcome != "rejected" {
+            self.batch_items.observe(items as f64);
+        }
+        self.batch_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one item's final outcome.
+    pub fn item(&self, outcome: &Outcome) {
+        self.item_class(outcome.class());
+    }
+
+    /// Counts one item by outcome class.
+    pub fn item_class(&self, class: &str) {
+        if let Some(counter) = ITEM_OUTCOMES
+            .iter()
+            .position(|o| *o == class)
+            .and_then(|i| self.items.get(i))
+        {
+            counter.inc();
+        }
+    }
+
+    pub fn item_duration(&self, elapsed: Duration) {
+        self.item_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn permit_wait(&self, waited: Duration) {
+        self.permit_wait.observe(waited.as_secs_f64());
+    }
+
+    pub fn rejection(&self, kind: RejectionKind) {
+        if let Some(counter) = REJECTION_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.rejections.get(i))
+        {
+            counter.inc();
+        }
+    }
+}
+
+/// Pass-through handles for one upstream.
+#[derive(Clone)]
+pub struct PassthroughMetrics {
+    requests: Vec<IntCounter>,
+    duration: Histogram,
+}
+
+impl PassthroughMetrics {
+    pub fn new(upstream: &str) -> Option<Self> {
+        let f = families()?;
+        Some(PassthroughMetrics {
+            requests: STATUS_CLASSES
+                .iter()
+                .map(|c| f.passthrough.with_label_values(&[upstream, c]))
+                .collect(),
+            duration: f.passthrough_duration.with_label_values(&[upstream]),
+        })
+    }
+
+    /// Counts one proxied request; `status` is `None` when no response was sent.
+    pub fn request(&self, status: Option<u16>, elapsed: Duration) {
+        let class = match status {
+            Some(100..=199) => 0,
+            Some(200..=299) => 1,
+            Some(300..=399) => 2,
+            Some(400..=499) => 3,
+            Some(500..=599) => 4,
+            _ => 5,
+        };
+        if let Some(counter) = self.requests.get(class) {
+            counter.inc();
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Keeps an upstream's in-flight gauge raised while alive; dropping it (also when the item's
+/// task is aborted) lowers it again.
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    pub fn enter(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,382 @@
+//! The batch branch of the proxy: read the body with a cap, decode with the route's dialect,
+//! run the executor while watching for the client leaving, encode, write one reply.
+//!
+//! Whole-batch checks that every dialect shares (method, media type, size, `Expect`) happen
+//! here, before the dialect sees a byte; what they look like on the wire is still the
+//! dialect's `reject`.
+
+use super::{BatchGate, RequestCtx, Route, RouteDialect};
+use crate::dialect::{
+    is_json_content_type, BatchRequest, Dialect, Outcome, Rejection, RejectionKind, Reply,
+    SubRequest,
+};
+use crate::exec::{self, Limits, Observer};
+use crate::metrics::RouteMetrics;
+use crate::upstream::{BatchHeaders, BatchUpstream};
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TRANSFER_ENCODING,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Header carrying the batch's request id, in and out.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Longest client-supplied request id we accept; longer ones are replaced.
+const MAX_REQUEST_ID_BYTES: usize = 200;
+
+/// What the batch log line and the batch metrics report.
+pub struct BatchSummary {
+    route: String,
+    request_id: String,
+    items: usize,
+    failures: usize,
+    status: u16,
+    result: &'static str,
+    rejection: Option<RejectionKind>,
+    metrics: Option<Arc<RouteMetrics>>,
+}
+
+impl BatchSummary {
+    /// Records the batch's metrics and writes its one log line.
+    pub fn record(&self, elapsed: Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.batch(self.result, self.items, elapsed);
+            if let Some(kind) = self.rejection {
+                metrics.rejection(kind);
+            }
+        }
+        tracing::info!(
+            target: "batchgate::batch",
+            route = %self.route,
+            request_id = %self.request_id,
+            items = self.items,
+            failures = self.failures,
+            status = self.status,
+            result = self.result,
+            reason = self.rejection.map(RejectionKind::as_str),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "batch"
+        );
+    }
+}
+
+impl BatchGate {
+    pub(super) async fn serve_route(
+        &self,
+        session: &mut Session,
+        route: Arc<Route>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match &route.dialect {
+            RouteDialect::Envelope(d) => self.serve_batch(session, &route, d, ctx).await,
+            RouteDialect::JsonRpc(d) => self.serve_batch(session, &route, d, ctx).await,
+            RouteDialect::Fanout(d) => self.serve_batch(session, &route, d, ctx).await,
+        }
+    }
+
+    async fn serve_batch<D: Dialect>(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        dialect: &D,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let request_id = request_id(session.req_header());
+        let summary = ctx.batch.insert(BatchSummary {
+            route: route.config.name.clone(),
+            request_id: request_id.clone(),
+            items: 0,
+            failures: 0,
+            status: 0,
+            result: "rejected",
+            rejection: None,
+            metrics: route.metrics.clone(),
+        });
+        let body = match read_batch(session, route, dialect).await? {
+            Ok(body) => body,
+            Err(rejection) => {
+                summary.rejection = Some(rejection.kind);
+                return finish(session, summary, &dialect.reject(&rejection), &request_id).await;
+            }
+        };
+        let req = session.req_header();
+        let batch_request = BatchRequest {
+            method: &req.method,
+            query: req.uri.query(),
+            headers: &req.headers,
+            body: &body,
+        };
+        let plan = match dialect.decode(&batch_request) {
+            Ok(plan) => plan,
+            Err(rejection) => {
+                tracing::debug!(route = %route.config.name, reason = rejection.kind.as_str(), "batch rejected: {}", rejection.message);
+                summary.rejection = Some(rejection.kind);
+                return finish(session, summary, &dialect.reject(&rejection), &request_id).await;
+            }
+        };
+        summary.items = plan.items.len();
+        let headers = batch_headers(session, route, &request_id);
+        let observer = Arc::new(BatchObserver {
+            metrics: route.metrics.clone(),
+            request_id: if self.item_log {
+                Some(request_id.clone())
+            } else {
+                None
+            },
+            batch_size: summary.items,
+        });
+        let Some(outcomes) = self
+            .run_batch(session, route, plan.items, headers, &observer)
+            .await
+        else {
+            summary.result = "cancelled";
+            summary.status = 499;
+            if let Some(metrics) = &route.metrics {
+                (0..summary.items).for_each(|_| metrics.item_class("cancelled"));
+            }
+            return Ok(());
+        };
+        if let Some(metrics) = &route.metrics {
+            outcomes.iter().for_each(|o| metrics.item(o));
+        }
+        summary.failures = outcomes.iter().filter(|o| o.is_failure()).count();
+        summary.result = match summary.failures {
+            0 => "ok",
+            n if n == summary.items => "failed",
+            _ => "partial",
+        };
+        let reply = dialect.encode(plan.meta, outcomes);
+        finish(session, summary, &reply, &request_id).await
+    }
+
+    /// Runs the items; `None` when the client went away (every item task is then aborted).
+    async fn run_batch(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        items: Vec<std::result::Result<SubRequest, Outcome>>,
+        headers: BatchHeaders,
+        observer: &Arc<BatchObserver>,
+    ) -> Option<Vec<Outcome>> {
+        let limits = &route.config.limits;
+        let exec_limits = Limits {
+            concurrency: limits.concurrency,
+            item_timeout: limits.item_timeout,
+            deadline: tokio::time::Instant::now() + limits.batch_timeout,
+            max_reply_bytes: limits.max_reply_bytes,
+        };
+        let upstream = Arc::new(BatchUpstream {
+            client: route.upstream.clone(),
+            headers,
+            in_flight: route.metrics.as_ref().map(|m| m.in_flight.clone()),
+        });
+        let run = exec::run(
+            &exec_limits,
+            &self.global_permits,
+            items,
+            &upstream,
+            observer,
+        );
+        tokio::pin!(run);
+        let mut watch_client = true;
+        loop {
+            tokio::select! {
+                outcomes = &mut run => return Some(outcomes),
+                idle = session.read_body_or_idle(true), if watch_client => match idle {
+                    Err(e) if e.etype() == &ErrorType::ConnectionClosed => return None,
+                    // Anything else (pipelined bytes, ...) says nothing about the client leaving.
+                    _ => watch_client = false,
+                },
+            }
+        }
+    }
+}
+
+/// Records per-item metrics and, with `server.item_log`, one log line per item.
+struct BatchObserver {
+    metrics: Option<Arc<RouteMetrics>>,
+    /// Set only when item logging is on.
+    request_id: Option<String>,
+    batch_size: usize,
+}
+
+impl Observer for BatchObserver {
+    fn started(&self, _index: usize, waited: Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.permit_wait(waited);
+        }
+    }
+
+    fn finished(&self, index: usize, outcome: &Outcome, elapsed: Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.item_duration(elapsed);
+        }
+        if let Some(request_id) = &self.request_id {
+            let status = match outcome {
+                Outcome::Response(r) => r.status,
+                other => other.http_error().map_or(0, |e| e.status),
+            };
+            tracing::info!(
+                target: "batchgate::item",
+                request_id = %request_id,
+                index,
+                batch_size = self.batch_size,
+                status,
+                outcome = outcome.class(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "item"
+            );
+        }
+    }
+}
+
+async fn finish(
+    session: &mut Session,
+    summary: &mut BatchSummary,
+    reply: &Reply,
+    request_id: &str,
+) -> Result<()> {
+    summary.status = reply.status;
+    write_reply(session, reply, request_id).await
+}
+
+/// Checks method, media type and size, answers `Expect: 100-continue`, reads the body.
+async fn read_batch<D: Dialect>(
+    session: &mut Session,
+    route: &Route,
+    dialect: &D,
+) -> Result<std::result::Result<Bytes, Rejection>> {
+    let header = session.req_header();
+    if !dialect.accepts_method(&header.method) {
+        let message = format!("{} is not allowed on this batch route", header.method);
+        session.set_keepalive(None);
+        return Ok(Err(Rejection::new(
+            RejectionKind::MethodNotAllowed,
+            "MethodNotAllowed",
+            message,
+        )));
+    }
+    let content_type = header.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let declared = header
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // A request without a body (a fanout GET with a query string) needs no media type.
+    let has_body =
+        header.headers.contains_key(TRANSFER_ENCODING) || declared.is_some_and(|n| n > 0);
+    if has_body && !content_type.is_some_and(is_json_content_type) {
+        session.set_keepalive(None);
+        return Ok(Err(Rejection::new(
+            RejectionKind::UnsupportedMediaType,
+            "UnsupportedMediaType",
+            "the batch body must be sent with Content-Type: application/json",
+        )));
+    }
+    let limit = route.config.limits.max_body_bytes;
+    if declared.is_some_and(|len| len > limit) {
+        // The body is left unread, so this connection cannot carry another request.
+        session.set_keepalive(None);
+        return Ok(Err(too_large(limit)));
+    }
+    let expects_continue = header
+        .headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && has_body {
+        session.write_continue_response().await?;
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            session.set_keepalive(None);
+            return Ok(Err(too_large(limit)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body.freeze()))
+}
+
+/// Headers every child of this batch carries.
+fn batch_headers(session: &Session, route: &Route, request_id: &str) -> BatchHeaders {
+    let req = session.req_header();
+    let mut common = Vec::with_capacity(route.config.forward_headers.len() + 2);
+    for name in &route.config.forward_headers {
+        for value in req.headers.get_all(name) {
+            common.push((name.clone(), value.clone()));
+        }
+    }
+    if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+        if let Ok(value) = HeaderValue::from_str(&addr.ip().to_string()) {
+            common.push((X_FORWARDED_FOR, value));
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        common.push((REQUEST_ID, value));
+    }
+    let host = route
+        .upstream
+        .config
+        .host
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok())
+        .or_else(|| req.headers.get(HOST).cloned())
+        .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+    BatchHeaders {
+        host,
+        common,
+        max_response_bytes: route.config.limits.max_item_response_bytes,
+    }
+}
+
+fn too_large(limit: usize) -> Rejection {
+    Rejection::new(
+        RejectionKind::BodyTooLarge,
+        "RequestEntityTooLarge",
+        format!("the batch body exceeds {limit} bytes"),
+    )
+}
+
+/// The client's `X-Request-Id` when it is sane, otherwise a fresh random one.
+pub fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_BYTES
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+/// Writes a complete reply with `Content-Length` (keep-alive survives) and `X-Request-Id`.
+pub async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str) -> Result<()> {
+    let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
+    if let Some(content_type) = &reply.content_type {
+        header.insert_header(CONTENT_TYPE, content_type)?;
+    }
+    if reply.status != 204 {
+        header.insert_header(CONTENT_LENGTH, reply.body.len())?;
+    }
+    header.insert_header(REQUEST_ID, request_id)?;
+    for (name, value) in &reply.headers {
+        header.insert_header(name, value)?;
+    }
+    let has_body = !reply.body.is_empty();
+    session
+        .write_response_header(Box::new(header), !has_body)
+        .await?;
+    if has_body {
+        session
+            .write_response_body(Some(reply.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
