@@ -1,7 +1,7 @@
 //! The built-in demo upstream used by `batchgate demo`: a tiny PDS-like API on loopback.
 //!
 //! It answers `POST /v2/file/get` and `POST /v2/file/list` with JSON built from the request
-//! body, single JSON-RPC calls on `POST /jsonrpc` (`sum`, `subtract`, `get_data`, `ping`,
+//! body, single JSON-RPC calls on `POST /jsonrpc` and `/jsonrpc2` (`sum`, `subtract`, `get_data`, `ping`,
 //! `makeDir`, `notify_*`), one accessory at a time on
 //! `GET /v2/servicerequest/accessorys/{id}/access-url` (id `404` is missing), and
 //! `GET /v2/hello` for pass-through, so a newcomer can see each
@@ -76,7 +76,7 @@ impl ServeHttp for DemoUpstream {
                     "next_marker": ""
                 }),
             ),
-            ("POST", "/jsonrpc") => jsonrpc(&request),
+            ("POST", "/jsonrpc" | "/jsonrpc2") => jsonrpc(&request),
             ("GET", "/v2/hello") => json_response(200, &json!({"hello": "from the demo upstream"})),
             _ => json_response(
                 404,
@@ -112,7 +112,11 @@ fn jsonrpc(request: &Value) -> Response<Vec<u8>> {
         Some("ping") => {
             json!({"code": 0, "operation": params.get(0).cloned().unwrap_or(Value::Null)})
         }
-        Some("makeDir") => json!(0),
+        // Limelight: 0 on success, -3 when a parent directory is missing.
+        Some("makeDir") => match params.get(1).and_then(Value::as_str) {
+            Some(path) if path.trim_start_matches('/').contains('/') => json!(-3),
+            _ => json!(0),
+        },
         _ => {
             return json_response(
                 200,
