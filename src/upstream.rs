@@ -95,19 +95,19 @@ impl UpstreamClient {
             .await
             .map_err(|error| Failure::Connect(error.to_string()))?;
         let fail = |error| Failure::Pingora { error, reused };
-        let header = request_header(request, batch).map_err(|e| fail(e))?;
+        let header = request_header(request, batch).map_err(&fail)?;
         session
             .write_request_header(Box::new(header))
             .await
-            .map_err(|e| fail(e))?;
+            .map_err(&fail)?;
         if let Some(body) = &request.body {
             session
                 .write_request_body(body.clone(), true)
                 .await
-                .map_err(|e| fail(e))?;
+                .map_err(&fail)?;
         }
-        session.finish_request_body().await.map_err(|e| fail(e))?;
-        session.read_response_header().await.map_err(|e| fail(e))?;
+        session.finish_request_body().await.map_err(&fail)?;
+        session.read_response_header().await.map_err(&fail)?;
         let (status, headers) = match session.response_header() {
             Some(h) => (h.status.as_u16(), h.headers.clone()),
             None => return Err(Failure::Protocol("no response header".to_string())),
@@ -122,7 +122,7 @@ impl UpstreamClient {
             return Err(Failure::TooLarge(limit));
         }
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
-        while let Some(chunk) = session.read_response_body().await.map_err(|e| fail(e))? {
+        while let Some(chunk) = session.read_response_body().await.map_err(&fail)? {
             if body.len() + chunk.len() > limit {
                 return Err(Failure::TooLarge(limit));
             }

@@ -678,7 +678,7 @@ fn envelope_config(
         base_path,
         allowed_methods,
         allowed_resources: section.allowed_resources.clone(),
-        header_guard: HeaderGuard::default(),
+        header_guard: HeaderGuard,
     })
 }
 

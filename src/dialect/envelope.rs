@@ -193,7 +193,7 @@ impl Envelope {
         };
         let name: String = serde_json::from_str(raw.get())
             .map_err(|_| refuse("resource must be a string".to_string()))?;
-        if allowed.iter().any(|a| *a == name) {
+        if allowed.contains(&name) {
             Ok(())
         } else {
             Err(refuse(format!(

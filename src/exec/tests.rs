@@ -1,4 +1,7 @@
 //! Executor tests on an in-memory upstream with a paused clock: no sockets, exact timing.
+// Plan items are `Result<SubRequest, Outcome>` by design: the Err side is an already-decided
+// outcome, not an error travelling up a call stack, so its size does not matter here.
+#![allow(clippy::result_large_err)]
 
 use super::*;
 use crate::dialect::{ItemError, UpstreamResponse};

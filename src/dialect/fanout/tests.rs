@@ -139,7 +139,7 @@ fn validation_errors() {
             "InvalidParameter",
         ),
         (
-            Some(&"group_id=123456789012345678901234567890123&accessory_ids=1"),
+            Some("group_id=123456789012345678901234567890123&accessory_ids=1"),
             "",
             Some("t"),
             "InvalidParameter",
