@@ -10,7 +10,7 @@ use crate::dialect::{Outcome, SubRequest};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -55,87 +55,128 @@ pub async fn run<U: Upstream, O: Observer>(
     observer: &Arc<O>,
 ) -> Vec<Outcome> {
     let mut slots: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
-    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
+    let mut to_send = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         match item {
             Err(decided) => slots.push(Some(decided)),
             Ok(request) => {
                 slots.push(None);
-                tasks.spawn(run_item(
-                    index,
-                    request,
-                    limits.clone(),
-                    batch_permits.clone(),
-                    global.clone(),
-                    upstream.clone(),
-                    observer.clone(),
-                ));
+                to_send.push((index, request));
             }
         }
     }
-
-    let mut reply_bytes = 0usize;
-    let collected = tokio::time::timeout_at(limits.deadline, async {
-        while let Some(joined) = tasks.join_next().await {
-            // A task only fails to join if it panicked; its slot stays empty and is
-            // reported below as an upstream failure instead of taking the batch down.
-            let Ok((index, mut outcome)) = joined else {
+    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut collector = Collector {
+        slots,
+        reply_bytes: 0,
+        max_reply_bytes: limits.max_reply_bytes,
+    };
+    let queued = Instant::now();
+    let work = async {
+        // Permits are taken here, in item order, before each spawn: items start in request
+        // order (a deadline then cuts off the end of a batch, not a random part of it), and
+        // an item that never got its permits was never spawned.
+        for (index, request) in to_send {
+            let Some(permits) = acquire(&batch_permits, global).await else {
+                // The semaphores are never closed; report it as cancellation if they ever are.
+                collector.record(index, Outcome::Cancelled);
                 continue;
             };
-            if let Outcome::Response(response) = &outcome {
-                reply_bytes = reply_bytes.saturating_add(response.body.len());
-                if reply_bytes > limits.max_reply_bytes {
-                    outcome = Outcome::ReplyBudgetExceeded {
-                        limit: limits.max_reply_bytes,
-                    };
-                }
-            }
-            if let Some(slot) = slots.get_mut(index) {
-                *slot = Some(outcome);
+            observer.started(index, queued.elapsed());
+            tasks.spawn(run_item(
+                index,
+                request,
+                limits.item_timeout,
+                permits,
+                upstream.clone(),
+                observer.clone(),
+            ));
+            while let Some(joined) = tasks.try_join_next() {
+                collector.joined(joined);
             }
         }
-    })
-    .await;
-    // Dropping the JoinSet aborts whatever is still queued or in flight; owned permits are
-    // released with the aborted tasks.
+        while let Some(joined) = tasks.join_next().await {
+            collector.joined(joined);
+        }
+    };
+    let finished = tokio::time::timeout_at(limits.deadline, work).await;
+    // Keep what finished just before the deadline, then abort the rest: dropping the JoinSet
+    // aborts every task still in flight, and their owned permits go back with them.
+    while let Some(joined) = tasks.try_join_next() {
+        collector.joined(joined);
+    }
     drop(tasks);
-    let unfinished = if collected.is_err() {
+    let unfinished = if finished.is_err() {
         Outcome::DeadlineExceeded
     } else {
         Outcome::UpstreamFailed("internal error while running the item".to_string())
     };
-    slots
+    collector
+        .slots
         .into_iter()
         .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
         .collect()
 }
 
+/// Puts outcomes in their slots and enforces the reply budget.
+struct Collector {
+    slots: Vec<Option<Outcome>>,
+    reply_bytes: usize,
+    max_reply_bytes: usize,
+}
+
+impl Collector {
+    fn joined(&mut self, joined: Result<(usize, Outcome), tokio::task::JoinError>) {
+        // A task only fails to join if it panicked; its slot stays empty and is reported as
+        // an upstream failure instead of taking the batch down.
+        if let Ok((index, outcome)) = joined {
+            self.record(index, outcome);
+        }
+    }
+
+    fn record(&mut self, index: usize, mut outcome: Outcome) {
+        if let Outcome::Response(response) = &outcome {
+            self.reply_bytes = self.reply_bytes.saturating_add(response.body.len());
+            if self.reply_bytes > self.max_reply_bytes {
+                outcome = Outcome::ReplyBudgetExceeded {
+                    limit: self.max_reply_bytes,
+                };
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Some(outcome);
+        }
+    }
+}
+
+/// The batch permit, then a global one. Batch first: a batch waiting for global capacity
+/// then has at most one waiter, so one big batch cannot queue ahead of every other batch.
+async fn acquire(batch: &Arc<Semaphore>, global: &Arc<Semaphore>) -> Option<Permits> {
+    let batch = batch.clone().acquire_owned().await.ok()?;
+    let global = global.clone().acquire_owned().await.ok()?;
+    Some(Permits {
+        _batch: batch,
+        _global: global,
+    })
+}
+
+/// Held by an item task for its whole life; dropped on completion, timeout or abort.
+struct Permits {
+    _batch: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
+
 async fn run_item<U: Upstream, O: Observer>(
     index: usize,
     request: SubRequest,
-    limits: Limits,
-    batch_permits: Arc<Semaphore>,
-    global: Arc<Semaphore>,
+    item_timeout: Duration,
+    _permits: Permits,
     upstream: Arc<U>,
     observer: Arc<O>,
 ) -> (usize, Outcome) {
-    let queued = Instant::now();
-    // Batch permit first: a batch waiting for global capacity then holds at most
-    // `concurrency` global waiters, so one big batch cannot starve the others.
-    let (Ok(_batch), Ok(_global)) = (
-        batch_permits.acquire_owned().await,
-        global.acquire_owned().await,
-    ) else {
-        // The semaphores are never closed; treat it as cancellation if they ever are.
-        return (index, Outcome::Cancelled);
-    };
     let started = Instant::now();
-    if started >= limits.deadline {
-        return (index, Outcome::DeadlineExceeded);
-    }
-    observer.started(index, started - queued);
-    let outcome = match tokio::time::timeout(limits.item_timeout, upstream.send(request)).await {
+    let outcome = match tokio::time::timeout(item_timeout, upstream.send(request)).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::TimedOut,
     };

@@ -209,6 +209,9 @@ async fn body_not_json_is_refused() {
         "\"just a string\"",
         "42",
         "null",
+        // A struct written as an array is not the contract's object.
+        r#"["file",[{"id":"1","method":"POST","url":"/file/get"}]]"#,
+        "[]",
     ] {
         let resp = post_batch(&gate, &[], body).await;
         assert_rejected(&resp, 400, "InvalidParameter.Body");
@@ -232,6 +235,7 @@ async fn requests_missing_empty_or_not_an_array_is_refused() {
         r#"{"resource":"file","requests":7}"#,
         r#"{"resource":"file","requests":[{"id":"1","method":"POST","url":"/file/get"},3]}"#,
         r#"{"resource":"file","requests":[{"id":"1","method":"POST","url":"/file/get"},"x"]}"#,
+        r#"{"resource":"file","requests":[["2","POST","/file/get"]]}"#,
     ] {
         let resp = post_batch(&gate, &[], body).await;
         assert_rejected(&resp, 400, "InvalidParameter.Requests");

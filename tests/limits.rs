@@ -143,10 +143,14 @@ async fn item_timeout_gives_504_for_that_item_only() {
 }
 
 /// Proves `batch_timeout` sends the reply at the deadline: finished items are 200, the
-/// unfinished and unstarted ones 504 `BatchDeadlineExceeded`.
+/// unfinished and unstarted ones 504 `BatchDeadlineExceeded`, and no item starts late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_deadline_answers_with_what_finished() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(300)).await;
+    let upstream = Upstream::with_handler(|req| {
+        let body = serde_json::json!({"target": req.target});
+        Reply::json(200, &body.to_string()).with_delay(300)
+    })
+    .await;
     let gate = gate::start(
         &GateConfig::new(upstream.addr)
             .route("concurrency = 1")
@@ -156,39 +160,100 @@ async fn batch_deadline_answers_with_what_finished() {
     .await;
 
     let started = Instant::now();
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(6))).await;
+    // 10 x 300 ms one at a time would take 3 s without the deadline.
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(10))).await;
     let elapsed = started.elapsed();
 
     assert!(
         elapsed < Duration::from_millis(1500),
         "deadline 500 ms, reply took {elapsed:?}"
     );
-    eprintln!(
-        "DEBUG elapsed {elapsed:?} body {} log {:?}",
-        resp.body_str(),
-        upstream
-            .requests()
-            .iter()
-            .map(|r| r.target.clone())
-            .collect::<Vec<_>>()
+    assert!(
+        elapsed >= Duration::from_millis(450),
+        "reply came before the deadline: {elapsed:?}"
     );
     let replies = responses(&resp);
-    assert_eq!(replies.len(), 6);
-    assert_eq!(replies[0]["id"], "item-0");
-    assert_eq!(
-        replies[0]["status"], 200,
-        "the first item had time to finish"
-    );
-    let finished = replies.iter().take_while(|e| e["status"] == 200).count();
-    assert!(finished < 6, "all items finished despite the deadline");
-    for entry in &replies[finished..] {
-        assert_item_error(entry, 504, "BatchDeadlineExceeded");
+    assert_eq!(replies.len(), 10);
+    let mut finished = 0;
+    for (i, entry) in replies.iter().enumerate() {
+        assert_eq!(entry["id"], format!("item-{i}"), "order kept");
+        if entry["status"] == 200 {
+            finished += 1;
+            assert_eq!(
+                entry["body"]["target"],
+                format!("/v2/file/get?i={i}"),
+                "a finished item carries its own answer"
+            );
+        } else {
+            assert_item_error(entry, 504, "BatchDeadlineExceeded");
+        }
     }
     assert!(
+        (1..=2).contains(&finished),
+        "{finished} items finished; with 300 ms items one at a time and a 500 ms deadline 1 can"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
         upstream.count() <= 3,
-        "items after the deadline must not be started: {}",
+        "items must not be started after the deadline: {} started",
         upstream.count()
     );
+}
+
+/// Proves the deadline reply does not wait for children still in flight: with every item
+/// slower than the batch deadline, the reply comes at the deadline with all items 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_deadline_does_not_wait_for_in_flight_items() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(3000)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route("concurrency = 2")
+            .route(r#"batch_timeout = "500ms""#)
+            .toml(),
+    )
+    .await;
+
+    let started = Instant::now();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(4))).await;
+    let elapsed = started.elapsed();
+
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "deadline 500 ms, items 3 s: reply took {elapsed:?}"
+    );
+    let replies = responses(&resp);
+    assert_eq!(replies.len(), 4);
+    for entry in &replies {
+        assert_item_error(entry, 504, "BatchDeadlineExceeded");
+    }
+}
+
+/// Proves that with `concurrency = 1` the children are sent one after another in request
+/// order (the first item first), so a deadline cuts off the tail of the batch, not its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_one_sends_items_in_request_order() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(20)).await;
+    let gate = gate::start(
+        &GateConfig::new(upstream.addr)
+            .route("concurrency = 1")
+            .toml(),
+    )
+    .await;
+
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(8))).await;
+
+    assert_all_ok(&responses(&resp));
+    let order: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    let expected: Vec<String> = (0..8).map(|i| format!("/v2/file/get?i={i}")).collect();
+    assert_eq!(
+        order, expected,
+        "upstream arrival order with concurrency = 1"
+    );
+    assert_eq!(upstream.peak(), 1);
 }
 
 /// Proves a refused upstream port gives every item 502 `UpstreamConnectFailed` while the
