@@ -1,0 +1,215 @@
+//! Micro-benchmarks of the per-item hot paths: decode and encode for each dialect at 1, 10 and
+//! 100 items with realistic bodies (the seed examples, 1 KiB child bodies), the url/header
+//! guards, and metric recording. Throughput is per item, so criterion reports time per item.
+//!
+//! Run: `cargo bench --bench dialects` (results and machine in docs/PERFORMANCE.md).
+
+use batchgate::config::{Config, DialectConfig};
+use batchgate::dialect::envelope::Envelope;
+use batchgate::dialect::fanout::Fanout;
+use batchgate::dialect::jsonrpc::JsonRpc;
+use batchgate::dialect::{BatchRequest, Dialect, Outcome, UpstreamResponse};
+use batchgate::guard::{HeaderGuard, UrlGuard};
+use batchgate::metrics::RouteMetrics;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{HeaderMap, HeaderValue, Method};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SIZES: &[usize] = &[1, 10, 100];
+
+fn config() -> Config {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/batchgate.toml"))
+        .expect("conf/batchgate.toml");
+    let text = text.replace("allowed_url_prefixes = [\"/file/\"]", "");
+    text.parse().expect("valid config")
+}
+
+/// A JSON value of about 1 KiB.
+fn kib_json() -> String {
+    let filler = "x".repeat(1000);
+    format!(r#"{{"domain_id":"1","drive_id":"1","file_id":"9520943DC264","note":"{filler}"}}"#)
+}
+
+fn envelope_body(n: usize) -> Bytes {
+    let child = kib_json();
+    let items: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"id":"{i:016x}","method":"POST","url":"/file/get","headers":{{"Content-Type":"application/json"}},"body":{child}}}"#))
+        .collect();
+    Bytes::from(format!(
+        r#"{{"resource":"file","requests":[{}]}}"#,
+        items.join(",")
+    ))
+}
+
+fn jsonrpc_body(n: usize) -> Bytes {
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"jsonrpc":"2.0","params":["467e","/house{i}"],"method":"makeDir","id":{i}}}"#
+            )
+        })
+        .collect();
+    Bytes::from(format!("[{}]", items.join(",")))
+}
+
+fn response(body: String) -> Outcome {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        "date",
+        HeaderValue::from_static("Wed, 25 Nov 2026 14:25:01 GMT"),
+    );
+    Outcome::Response(UpstreamResponse {
+        status: 200,
+        headers,
+        body: Bytes::from(body),
+    })
+}
+
+fn bench_dialect<D: Dialect>(
+    c: &mut Criterion,
+    name: &str,
+    dialect: &D,
+    body: impl Fn(usize) -> Bytes,
+    query: impl Fn(usize) -> Option<String>,
+    reply: impl Fn(usize) -> String,
+) {
+    let mut group = c.benchmark_group(name);
+    let mut headers = HeaderMap::new();
+    headers.insert("x-auth-token", HeaderValue::from_static("token"));
+    for &n in SIZES {
+        group.throughput(Throughput::Elements(n as u64));
+        let body = body(n);
+        let query = query(n);
+        let request = BatchRequest {
+            method: &Method::POST,
+            query: query.as_deref(),
+            headers: &headers,
+            body: &body,
+        };
+        group.bench_with_input(BenchmarkId::new("decode", n), &n, |b, _| {
+            b.iter(|| {
+                black_box(
+                    dialect
+                        .decode(black_box(&request))
+                        .map(|p| p.items.len())
+                        .unwrap_or(0),
+                )
+            })
+        });
+        let outcomes: Vec<Outcome> = (0..n).map(|i| response(reply(i))).collect();
+        group.bench_with_input(BenchmarkId::new("encode", n), &n, |b, _| {
+            b.iter_batched(
+                || {
+                    (
+                        dialect.decode(&request).map(|p| p.meta).unwrap_or_default(),
+                        outcomes.clone(),
+                    )
+                },
+                |(meta, outcomes)| black_box(dialect.encode(meta, outcomes).body.len()),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn dialects(c: &mut Criterion) {
+    let config = config();
+    for route in &config.routes {
+        match &route.dialect {
+            DialectConfig::Envelope(e) => {
+                let d = Envelope {
+                    config: Arc::new(e.clone()),
+                    max_items: 1000,
+                };
+                let child = kib_json();
+                bench_dialect(
+                    c,
+                    "envelope",
+                    &d,
+                    envelope_body,
+                    |_| None,
+                    |_| child.clone(),
+                );
+            }
+            DialectConfig::JsonRpc(j) => {
+                let d = JsonRpc {
+                    config: Arc::new(j.clone()),
+                    max_items: 1000,
+                    upstream: "api".into(),
+                };
+                bench_dialect(
+                    c,
+                    "jsonrpc",
+                    &d,
+                    jsonrpc_body,
+                    |_| None,
+                    |i| format!(r#"{{"jsonrpc":"2.0","result":0,"id":{i}}}"#),
+                );
+            }
+            DialectConfig::Fanout(f) => {
+                let d = Fanout {
+                    config: Arc::new(f.clone()),
+                    max_items: 1000,
+                };
+                let ids = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+                bench_dialect(
+                    c,
+                    "fanout",
+                    &d,
+                    |_| Bytes::new(),
+                    move |n| Some(format!("group_id=1&accessory_ids={}", ids(n))),
+                    |i| format!(r#"{{"url":"https://files.example/1/{i}"}}"#),
+                );
+            }
+        }
+    }
+}
+
+fn guards(c: &mut Criterion) {
+    let url = UrlGuard::new(
+        "/v2".into(),
+        Some(vec!["/file/".into()]),
+        vec!["/v2/batch".into()],
+    );
+    let header = HeaderGuard;
+    let mut group = c.benchmark_group("guard");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("url", |b| {
+        b.iter(|| black_box(url.check(black_box("/file/get?drive_id=1&x=%20y")).is_ok()))
+    });
+    group.bench_function("header", |b| {
+        b.iter(|| {
+            black_box(
+                header
+                    .check(black_box("Content-Type"), black_box("application/json"))
+                    .is_ok(),
+            )
+        })
+    });
+    group.finish();
+}
+
+fn metrics(c: &mut Criterion) {
+    let Some(metrics) = RouteMetrics::new("bench", "api") else {
+        return;
+    };
+    let outcome = response(String::new());
+    let mut group = c.benchmark_group("metrics");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("record_item", |b| {
+        b.iter(|| {
+            metrics.permit_wait(Duration::from_micros(3));
+            metrics.item_duration(Duration::from_micros(250));
+            metrics.item(black_box(&outcome));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, dialects, guards, metrics);
+criterion_main!(benches);
