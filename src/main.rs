@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: the per-item path allocates small buffers on every
+/// worker thread, and glibc's arena locks and consolidation were ~20% of batchgate's CPU in
+/// the load benchmark's profile (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The example config `demo` uses when no `-c` is given.
 const DEMO_CONFIG: &str = "conf/batchgate.toml";
 

@@ -1,0 +1,595 @@
+//! End-to-end load benchmark: a fast upstream, the release batchgate binary and a load client,
+//! all on 127.0.0.1, reported side by side in one run.
+//!
+//! Run: `cargo bench --bench load` (about a minute; everything it starts, it stops).
+//! Scenarios:
+//! * latency, 10 ms upstream: one call straight to the upstream (concurrency 1) vs one
+//!   100-item envelope batch through batchgate (per-batch concurrency 100);
+//! * CPU, 0 ms upstream: 100-item batches vs single pass-through requests vs direct calls,
+//!   with batchgate's CPU-seconds per 1,000 items read from /proc/<pid>/stat;
+//! * capacity: 1,000 batches of 100 items in flight at once against the 10 ms upstream with
+//!   `max_in_flight = 1024`, all checked for correctness.
+//!
+//! Environment: `LOAD_SECONDS` (default 4) per throughput scenario.
+
+use bytes::{Buf, BytesMut};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Items per batch, as in the issue's targets.
+const ITEMS: usize = 100;
+/// Batches in flight at once in the capacity scenario.
+const CAPACITY_BATCHES: usize = 1000;
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument filters nothing here.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let seconds: u64 = std::env::var("LOAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let load_time = Duration::from_secs(seconds);
+    let fast = start_upstream(Duration::ZERO).await;
+    let slow = start_upstream(Duration::from_millis(10)).await;
+    let gate = Gate::start(fast.addr, slow.addr);
+    gate.wait_ready().await;
+    warm_up(&gate, &fast).await;
+
+    println!(
+        "batchgate load benchmark (release build, 127.0.0.1, {} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("batchgate threads=2, upstream and client in this process (2 tokio workers)\n");
+
+    // Latency against the 10 ms upstream.
+    let single = closed_loop(slow.addr, 1, load_time / 2, None, |_| upstream_call()).await;
+    let direct100 = closed_loop(slow.addr, ITEMS, load_time / 2, None, |_| upstream_call()).await;
+    let cpu_before = gate.cpu_seconds();
+    let batch10 = closed_loop(gate.addr, 1, load_time / 2, None, |_| {
+        batch_request("/slow/batch")
+    })
+    .await;
+    let batch10_cpu = gate.cpu_seconds() - cpu_before;
+
+    // CPU against the 0 ms upstream.
+    let direct0 = closed_loop(fast.addr, 32, load_time, None, |_| upstream_call()).await;
+    let cpu_before = gate.cpu_seconds();
+    let pass = closed_loop(gate.addr, 32, load_time, None, |_| passthrough_call()).await;
+    let pass_cpu = gate.cpu_seconds() - cpu_before;
+    let cpu_before = gate.cpu_seconds();
+    let batch0 = closed_loop(gate.addr, 4, load_time, None, |_| {
+        batch_request("/fast/batch")
+    })
+    .await;
+    let batch0_cpu = gate.cpu_seconds() - cpu_before;
+
+    println!("| scenario | upstream | clients | requests/s | items/s | p50 ms | p99 ms | batchgate CPU s / 1k items |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    row("direct, one call at a time", "10 ms", 1, &single, 1, None);
+    row(
+        "direct, 100 calls in parallel",
+        "10 ms",
+        ITEMS,
+        &direct100,
+        1,
+        None,
+    );
+    row(
+        "batch of 100 via batchgate",
+        "10 ms",
+        1,
+        &batch10,
+        ITEMS,
+        Some(batch10_cpu),
+    );
+    row("direct", "0 ms", 32, &direct0, 1, None);
+    row(
+        "pass-through via batchgate",
+        "0 ms",
+        32,
+        &pass,
+        1,
+        Some(pass_cpu),
+    );
+    row(
+        "batch of 100 via batchgate",
+        "0 ms",
+        4,
+        &batch0,
+        ITEMS,
+        Some(batch0_cpu),
+    );
+
+    let cpu_per_item = batch0_cpu / (batch0.ok as f64 * ITEMS as f64).max(1.0);
+    let cpu_per_pass = pass_cpu / (pass.ok as f64).max(1.0);
+    println!();
+    println!(
+        "batch p50 / single-call p50 (10 ms upstream): {:.3}  (target <= 1.10)",
+        batch10.p(0.5) / single.p(0.5)
+    );
+    println!(
+        "batchgate CPU per item in a 100-item batch (0 ms): {:.2} us  (target <= 10 us)",
+        cpu_per_item * 1e6
+    );
+    println!(
+        "batchgate CPU per pass-through request (0 ms): {:.2} us  (target <= 15.5 us)",
+        cpu_per_pass * 1e6
+    );
+    println!(
+        "batch CPU per item / pass-through CPU per request: {:.3}  (target <= 1.0)",
+        cpu_per_item / cpu_per_pass
+    );
+    println!(
+        "upstream connections accepted so far: {} (0 ms) and {} (10 ms) for {} + {} requests",
+        fast.connections.load(Ordering::Relaxed),
+        slow.connections.load(Ordering::Relaxed),
+        fast.requests.load(Ordering::Relaxed),
+        slow.requests.load(Ordering::Relaxed)
+    );
+    println!("batchgate peak RSS so far: {:.1} MiB", gate.peak_rss_mib());
+
+    // Capacity: 1,000 batches at once.
+    let started = Instant::now();
+    let capacity = closed_loop(
+        gate.addr,
+        CAPACITY_BATCHES,
+        Duration::from_secs(60),
+        Some(1),
+        |_| batch_request("/slow/batch"),
+    )
+    .await;
+    println!();
+    println!(
+        "capacity: {} batches x {ITEMS} items in flight at once, 10 ms upstream, max_in_flight 1024: {} fully correct, {} errors, wall {:.2} s, p50 {:.1} ms, p99 {:.1} ms, batchgate peak RSS {:.1} MiB",
+        CAPACITY_BATCHES,
+        capacity.ok,
+        capacity.errors,
+        started.elapsed().as_secs_f64(),
+        capacity.p(0.5) * 1e3,
+        capacity.p(0.99) * 1e3,
+        gate.peak_rss_mib()
+    );
+    drop(gate);
+}
+
+fn row(name: &str, upstream: &str, clients: usize, stats: &Stats, items: usize, cpu: Option<f64>) {
+    let rps = stats.ok as f64 / stats.elapsed.as_secs_f64();
+    let cpu = cpu.map_or("-".to_string(), |c| {
+        format!(
+            "{:.4}",
+            c / (stats.ok as f64 * items as f64 / 1000.0).max(1e-9)
+        )
+    });
+    println!(
+        "| {name} | {upstream} | {clients} | {rps:.0} | {:.0} | {:.2} | {:.2} | {cpu} |{}",
+        rps * items as f64,
+        stats.p(0.5) * 1e3,
+        stats.p(0.99) * 1e3,
+        if stats.errors > 0 {
+            format!(" {} errors", stats.errors)
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Results of one closed-loop scenario.
+struct Stats {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Stats {
+    /// Latency quantile in seconds.
+    fn p(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies
+            .get(i)
+            .map_or(f64::NAN, Duration::as_secs_f64)
+    }
+}
+
+/// What one request is and how to tell its reply is correct.
+struct Call {
+    raw: Vec<u8>,
+    check: fn(u16, &[u8]) -> bool,
+}
+
+fn upstream_call() -> Call {
+    Call {
+        raw: b"POST /v2/file/get HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 32\r\n\r\n{\"domain_id\":\"1\",\"drive_id\":\"1\"}".to_vec(),
+        check: |status, _| status == 200,
+    }
+}
+
+fn passthrough_call() -> Call {
+    Call {
+        raw: b"GET /v2/hello HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
+        check: |status, _| status == 200,
+    }
+}
+
+fn batch_request(path: &str) -> Call {
+    let items: Vec<String> = (0..ITEMS)
+        .map(|i| format!(r#"{{"id":"{i}","method":"POST","url":"/file/get","headers":{{"Content-Type":"application/json"}},"body":{{"domain_id":"1","drive_id":"1"}}}}"#))
+        .collect();
+    let body = format!(r#"{{"resource":"file","requests":[{}]}}"#, items.join(","));
+    let mut raw = format!("POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    raw.extend_from_slice(body.as_bytes());
+    Call {
+        raw,
+        check: |status, body| {
+            // Every item must have come back 200: count the item statuses.
+            status == 200 && count(body, br#""status":200"#) == ITEMS
+        },
+    }
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// `clients` connections each sending requests back to back until `duration` passes (or
+/// `per_client` requests each); returns sorted latencies.
+async fn closed_loop(
+    addr: SocketAddr,
+    clients: usize,
+    duration: Duration,
+    per_client: Option<u64>,
+    call: impl Fn(usize) -> Call,
+) -> Stats {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(clients);
+    let go = Arc::new(tokio::sync::Notify::new());
+    for client in 0..clients {
+        let call = call(client);
+        let go = go.clone();
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let Ok(mut conn) = Conn::connect(addr).await else {
+                return (latencies, ok, 1);
+            };
+            go.notified().await;
+            let mut sent = 0u64;
+            while Instant::now() < deadline && per_client.is_none_or(|n| sent < n) {
+                sent += 1;
+                let t = Instant::now();
+                match conn.send(&call.raw).await {
+                    Ok((status, body)) if (call.check)(status, &body) => {
+                        ok += 1;
+                        latencies.push(t.elapsed());
+                    }
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        match Conn::connect(addr).await {
+                            Ok(c) => conn = c,
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            (latencies, ok, errors)
+        }));
+    }
+    // Let every client connect first, then start them together.
+    tokio::time::sleep(Duration::from_millis(50 + clients as u64 / 4)).await;
+    go.notify_waiters();
+    let mut stats = Stats {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for handle in handles {
+        if let Ok((latencies, ok, errors)) = handle.await {
+            stats.latencies.extend(latencies);
+            stats.ok += ok;
+            stats.errors += errors;
+        }
+    }
+    stats.elapsed = started.elapsed();
+    stats.latencies.sort();
+    stats
+}
+
+/// A keep-alive HTTP/1.1 client connection that reads Content-Length framed replies.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+        })
+    }
+
+    async fn send(&mut self, raw: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(raw).await?;
+        loop {
+            if let Some((status, head_len, body_len)) = parse_head(&self.buf)? {
+                if self.buf.len() >= head_len + body_len {
+                    self.buf.advance(head_len);
+                    let body = self.buf.split_to(body_len).to_vec();
+                    return Ok((status, body));
+                }
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+            }
+        }
+    }
+}
+
+/// Status, head length and Content-Length of a complete response head.
+fn parse_head(buf: &[u8]) -> io::Result<Option<(u16, usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            let length = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .unwrap_or(0);
+            Ok(Some((response.code.unwrap_or(0), head_len, length)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+    }
+}
+
+/// A minimal keep-alive upstream: answers every request with a small JSON body after `delay`.
+struct FastUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FastUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn start_upstream(delay: Duration) -> FastUpstream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("reuseaddr");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener: TcpListener = socket.listen(4096).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (c, r, s) = (connections.clone(), requests.clone(), stop.clone());
+    tokio::spawn(async move {
+        while !s.load(Ordering::Relaxed) {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            let r = r.clone();
+            tokio::spawn(serve_connection(stream, delay, r));
+        }
+    });
+    FastUpstream {
+        addr,
+        connections,
+        requests,
+        stop,
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, delay: Duration, requests: Arc<AtomicU64>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 57\r\n\r\n{\"domain_id\":\"1\",\"drive_id\":\"1\",\"file_id\":\"9520943DC264\"}";
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        let parsed = match request.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let body_len: usize = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .unwrap_or(0);
+                Some(head_len + body_len)
+            }
+            Ok(httparse::Status::Partial) => None,
+            Err(_) => return,
+        };
+        match parsed {
+            Some(total) if buf.len() >= total => {
+                buf.advance(total);
+                requests.fetch_add(1, Ordering::Relaxed);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if stream.write_all(REPLY).await.is_err() {
+                    return;
+                }
+            }
+            _ => match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// The release batchgate binary with a benchmark config; killed on drop.
+struct Gate {
+    addr: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Gate {
+    fn start(fast: SocketAddr, slow: SocketAddr) -> Gate {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let dir = std::env::temp_dir().join(format!("batchgate-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = format!(
+            r#"
+[server]
+listen = ["{addr}"]
+threads = 2
+default_upstream = "fast"
+max_in_flight = 1024
+pid_file = "{dir}/batchgate.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
+
+[admin]
+enabled = false
+
+[upstreams.fast]
+addresses = ["{fast}"]
+pool_size = 1024
+
+[upstreams.slow]
+addresses = ["{slow}"]
+pool_size = 1024
+
+[[routes]]
+name = "fast"
+path = "/fast/batch"
+dialect = "envelope"
+upstream = "fast"
+base_path = "/v2"
+max_items = 100
+concurrency = 100
+
+[[routes]]
+name = "slow"
+path = "/slow/batch"
+dialect = "envelope"
+upstream = "slow"
+base_path = "/v2"
+max_items = 100
+concurrency = 100
+batch_timeout = "60s"
+"#,
+            dir = dir.display()
+        );
+        let path = dir.join("load.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(dir.join("batchgate.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_batchgate"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start batchgate");
+        Gate { addr, child, dir }
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..500 {
+            if TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "batchgate did not start; see {}",
+            self.dir.join("batchgate.log").display()
+        );
+    }
+
+    /// utime + stime of the batchgate process, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn warm_up(gate: &Gate, fast: &FastUpstream) {
+    let _ = closed_loop(gate.addr, 8, Duration::from_millis(500), Some(20), |_| {
+        batch_request("/fast/batch")
+    })
+    .await;
+    let _ = closed_loop(gate.addr, 8, Duration::from_millis(500), Some(50), |_| {
+        passthrough_call()
+    })
+    .await;
+    let _ = closed_loop(fast.addr, 8, Duration::from_millis(200), Some(50), |_| {
+        upstream_call()
+    })
+    .await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
