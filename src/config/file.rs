@@ -27,6 +27,7 @@ pub struct FileConfig {
 pub struct ServerSection {
     pub listen: Option<Vec<String>>,
     pub threads: Option<i64>,
+    pub work_stealing: Option<bool>,
     pub default_upstream: Option<String>,
     pub max_in_flight: Option<i64>,
     pub grace_period: Option<String>,

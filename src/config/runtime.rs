@@ -83,6 +83,8 @@ pub struct Config {
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
+    /// One multi-thread runtime (true) or one single-thread runtime per thread (false).
+    pub work_stealing: bool,
     pub max_in_flight: usize,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
@@ -361,6 +363,7 @@ fn server_settings(section: &ServerSection, problems: &mut Problems) -> ServerSe
             &["server", "threads"],
             problems,
         ),
+        work_stealing: section.work_stealing.unwrap_or(true),
         max_in_flight: bounded(
             section.max_in_flight,
             DEFAULT_MAX_IN_FLIGHT,
