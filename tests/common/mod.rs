@@ -11,7 +11,9 @@
 //! * [`gate`] — starting the real `batchgate` binary from a config text in a
 //!   fresh temp dir, and running `batchgate check`;
 //! * [`config`] — a small builder for the config texts the tests start the gate with;
-//! * [`batch`] — building envelope batch bodies and reading envelope replies.
+//! * [`batch`] — building envelope batch bodies and reading envelope replies;
+//! * [`prom`] — parsing `/metrics` (Prometheus text format), finding the Prometheus tools,
+//!   reading the Grafana dashboard.
 //!
 //! Each test binary uses only a subset of it, hence `dead_code` is allowed.
 #![allow(dead_code)]
@@ -20,4 +22,5 @@ pub mod batch;
 pub mod client;
 pub mod config;
 pub mod gate;
+pub mod prom;
 pub mod upstream;
