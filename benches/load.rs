@@ -88,6 +88,21 @@ async fn run() {
     })
     .await;
     let batch0_cpu = gate.cpu_seconds() - cpu_before;
+    // nginx as the pass-through reference, measured the same way, when it is installed.
+    let nginx = match Nginx::start(fast.addr) {
+        Some(nginx) => {
+            nginx.wait_ready().await;
+            let _ = closed_loop(nginx.addr, 8, Duration::from_millis(300), Some(50), |_| {
+                passthrough_call()
+            })
+            .await;
+            let before = nginx.cpu_seconds();
+            let stats = closed_loop(nginx.addr, 32, load_time, None, |_| passthrough_call()).await;
+            let cpu = nginx.cpu_seconds() - before;
+            Some((stats, cpu))
+        }
+        None => None,
+    };
 
     println!("| scenario | upstream | clients | requests/s | items/s | p50 ms | p99 ms | batchgate CPU s / 1k items |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -125,6 +140,16 @@ async fn run() {
         ITEMS,
         Some(batch0_cpu),
     );
+    if let Some((stats, cpu)) = &nginx {
+        row(
+            "pass-through via nginx (reference)",
+            "0 ms",
+            32,
+            stats,
+            1,
+            Some(*cpu),
+        );
+    }
 
     let cpu_per_item = batch0_cpu / (batch0.ok as f64 * ITEMS as f64).max(1.0);
     let cpu_per_pass = pass_cpu / (pass.ok as f64).max(1.0);
@@ -145,6 +170,15 @@ async fn run() {
         "batch CPU per item / pass-through CPU per request: {:.3}  (target <= 1.0)",
         cpu_per_item / cpu_per_pass
     );
+    if let Some((stats, cpu)) = &nginx {
+        let nginx_per_request = cpu / (stats.ok as f64).max(1.0);
+        println!(
+            "nginx CPU per pass-through request (0 ms, same run): {:.2} us; batchgate pass-through / nginx: {:.3} (target <= 1.2); batch item / nginx request: {:.3}",
+            nginx_per_request * 1e6,
+            cpu_per_pass / nginx_per_request,
+            cpu_per_item / nginx_per_request
+        );
+    }
     println!(
         "upstream connections accepted so far: {} (0 ms) and {} (10 ms) for {} + {} requests",
         fast.connections.load(Ordering::Relaxed),
@@ -574,18 +608,7 @@ batch_timeout = "60s"
 
     /// utime + stime of the batchgate process, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        process_cpu_seconds(self.child.id())
     }
 
     fn peak_rss_mib(&self) -> f64 {
@@ -615,6 +638,115 @@ impl Drop for Gate {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// nginx 1.22 (Debian) proxying to the same upstream with upstream keep-alive, 2 workers
+/// like batchgate's 2 threads; stopped on drop.
+struct Nginx {
+    addr: SocketAddr,
+    master: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(upstream: SocketAddr) -> Option<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+        let dir = std::env::temp_dir().join(format!("batchgate-load-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let d = dir.display();
+        let config = format!(
+            "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 100000000; client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
+             upstream up {{ server {upstream}; keepalive 256; keepalive_requests 100000000; }}\n\
+             server {{ listen {addr}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, config).ok()?;
+        let master = Command::new(binary)
+            .args(["-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Nginx { addr, master, dir })
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..250 {
+            if TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// CPU of the master and its workers, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let master = self.master.id();
+        let mut total = process_cpu_seconds(master);
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                let ppid = after
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(master) {
+                    total += process_cpu_seconds(pid);
+                }
+            }
+        }
+        total
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master stops the workers too (SIGKILL would orphan them).
+        let _ = Command::new("kill").arg(self.master.id().to_string()).status();
+        for _ in 0..50 {
+            if matches!(self.master.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        // Workers exit when the master is gone; give them a moment, then clean up.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// utime + stime of one process, in seconds (clock ticks of 10 ms).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 async fn warm_up(gate: &Gate, fast: &FastUpstream) {
