@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Sends one sub-request and reports what happened. Implemented over pingora's connector in
 /// `upstream.rs`, and by in-memory fakes in tests.
@@ -84,14 +85,27 @@ pub async fn run<U: Upstream, O: Observer>(
                 continue;
             };
             observer.started(index, queued.elapsed());
-            tasks.spawn(run_item(
+            // A child of the caller's batch span; disabled (and nearly free) below debug.
+            let span = tracing::debug_span!(
+                "item",
                 index,
-                request,
-                limits.item_timeout,
-                permits,
-                upstream.clone(),
-                observer.clone(),
-            ));
+                method = %request.method,
+                path = %request.path,
+                status = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                duration_ms = tracing::field::Empty,
+            );
+            tasks.spawn(
+                run_item(
+                    index,
+                    request,
+                    limits.item_timeout,
+                    permits,
+                    upstream.clone(),
+                    observer.clone(),
+                )
+                .instrument(span),
+            );
             while let Some(joined) = tasks.try_join_next() {
                 collector.joined(joined);
             }
@@ -180,7 +194,19 @@ async fn run_item<U: Upstream, O: Observer>(
         Ok(outcome) => outcome,
         Err(_) => Outcome::TimedOut,
     };
-    observer.finished(index, &outcome, started.elapsed());
+    let elapsed = started.elapsed();
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        let status = match &outcome {
+            Outcome::Response(r) => r.status,
+            other => other.http_error().map_or(0, |e| e.status),
+        };
+        span.record("status", status);
+        span.record("outcome", outcome.class());
+        span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
+        tracing::debug!("item finished");
+    }
+    observer.finished(index, &outcome, elapsed);
     (index, outcome)
 }
 

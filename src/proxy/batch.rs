@@ -22,6 +22,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Header carrying the batch's request id, in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -131,7 +132,7 @@ impl BatchGate {
             batch_size: summary.items,
         });
         let Some(outcomes) = self
-            .run_batch(session, route, plan.items, headers, &observer)
+            .run_batch(session, route, plan.items, headers, &observer, &request_id)
             .await
         else {
             summary.result = "cancelled";
@@ -162,6 +163,7 @@ impl BatchGate {
         items: Vec<std::result::Result<SubRequest, Outcome>>,
         headers: BatchHeaders,
         observer: &Arc<BatchObserver>,
+        request_id: &str,
     ) -> Option<Vec<Outcome>> {
         let limits = &route.config.limits;
         let exec_limits = Limits {
@@ -175,13 +177,21 @@ impl BatchGate {
             headers,
             in_flight: route.metrics.as_ref().map(|m| m.in_flight.clone()),
         });
+        // One span per batch; the executor's item spans are its children.
+        let span = tracing::info_span!(
+            "batch",
+            route = %route.config.name,
+            request_id = %request_id,
+            items = items.len(),
+        );
         let run = exec::run(
             &exec_limits,
             &self.global_permits,
             items,
             &upstream,
             observer,
-        );
+        )
+        .instrument(span);
         tokio::pin!(run);
         let mut watch_client = true;
         loop {
