@@ -12,6 +12,11 @@
 //!
 //! Environment: `LOAD_SECONDS` (default 4) per throughput scenario.
 
+// The h2c test upstream; the benchmark does not read its request log.
+#[path = "../tests/common/h2c.rs"]
+#[allow(dead_code)]
+mod h2c;
+
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::SocketAddr;
@@ -53,7 +58,9 @@ async fn run() {
     let load_time = Duration::from_secs(seconds);
     let fast = start_upstream(Duration::ZERO).await;
     let slow = start_upstream(Duration::from_millis(10)).await;
-    let gate = Gate::start(fast.addr, slow.addr);
+    let h2_fast = h2c::H2Upstream::start(Duration::ZERO, false).await;
+    let h2_slow = h2c::H2Upstream::start(Duration::from_millis(10), false).await;
+    let gate = Gate::start(fast.addr, slow.addr, h2_fast.addr, h2_slow.addr);
     gate.wait_ready().await;
     warm_up(&gate, &fast).await;
 
@@ -88,6 +95,19 @@ async fn run() {
     })
     .await;
     let batch0_cpu = gate.cpu_seconds() - cpu_before;
+    // The same batches against h2c upstreams (items multiplexed as HTTP/2 streams).
+    let cpu_before = gate.cpu_seconds();
+    let h2_batch10 = closed_loop(gate.addr, 1, load_time / 2, None, |_| {
+        batch_request("/h2slow/batch")
+    })
+    .await;
+    let h2_batch10_cpu = gate.cpu_seconds() - cpu_before;
+    let cpu_before = gate.cpu_seconds();
+    let h2_batch0 = closed_loop(gate.addr, 4, load_time, None, |_| {
+        batch_request("/h2fast/batch")
+    })
+    .await;
+    let h2_batch0_cpu = gate.cpu_seconds() - cpu_before;
     // nginx as the pass-through reference, measured the same way, when it is installed.
     let nginx = match Nginx::start(fast.addr) {
         Some(nginx) => {
@@ -140,6 +160,22 @@ async fn run() {
         ITEMS,
         Some(batch0_cpu),
     );
+    row(
+        "batch of 100 via batchgate, h2c upstream",
+        "10 ms",
+        1,
+        &h2_batch10,
+        ITEMS,
+        Some(h2_batch10_cpu),
+    );
+    row(
+        "batch of 100 via batchgate, h2c upstream",
+        "0 ms",
+        4,
+        &h2_batch0,
+        ITEMS,
+        Some(h2_batch0_cpu),
+    );
     if let Some((stats, cpu)) = &nginx {
         row(
             "pass-through via nginx (reference)",
@@ -169,6 +205,13 @@ async fn run() {
     println!(
         "batch CPU per item / pass-through CPU per request: {:.3}  (target <= 1.0)",
         cpu_per_item / cpu_per_pass
+    );
+    println!(
+        "h2c upstream: batch p50 / single-call p50 (10 ms): {:.3}; CPU per item (0 ms): {:.2} us; upstream h2c connections: {} for {} streams",
+        h2_batch10.p(0.5) / single.p(0.5),
+        h2_batch0_cpu / (h2_batch0.ok as f64 * ITEMS as f64).max(1.0) * 1e6,
+        h2_fast.connections.load(Ordering::Relaxed) + h2_slow.connections.load(Ordering::Relaxed),
+        h2_fast.requests.load(Ordering::Relaxed) + h2_slow.requests.load(Ordering::Relaxed)
     );
     if let Some((stats, cpu)) = &nginx {
         let nginx_per_request = cpu / (stats.ok as f64).max(1.0);
@@ -516,7 +559,7 @@ struct Gate {
 }
 
 impl Gate {
-    fn start(fast: SocketAddr, slow: SocketAddr) -> Gate {
+    fn start(fast: SocketAddr, slow: SocketAddr, h2_fast: SocketAddr, h2_slow: SocketAddr) -> Gate {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let dir = std::env::temp_dir().join(format!("batchgate-load-{}", std::process::id()));
@@ -545,6 +588,32 @@ pool_size = 1024
 addresses = ["{slow}"]
 pool_size = 1024
 
+[upstreams.h2fast]
+addresses = ["{h2_fast}"]
+protocol = "h2c"
+
+[upstreams.h2slow]
+addresses = ["{h2_slow}"]
+protocol = "h2c"
+
+[[routes]]
+name = "h2fast"
+path = "/h2fast/batch"
+dialect = "envelope"
+upstream = "h2fast"
+base_path = "/v2"
+max_items = 100
+concurrency = 100
+
+[[routes]]
+name = "h2slow"
+path = "/h2slow/batch"
+dialect = "envelope"
+upstream = "h2slow"
+base_path = "/v2"
+max_items = 100
+concurrency = 100
+
 [[routes]]
 name = "fast"
 path = "/fast/batch"
@@ -565,6 +634,8 @@ concurrency = 100
 batch_timeout = "60s"
 "#,
             dir = dir.display(),
+            h2_fast = h2_fast,
+            h2_slow = h2_slow,
             threads = std::env::var("BATCHGATE_THREADS").unwrap_or_else(|_| "2".into()),
             stealing = std::env::var("BATCHGATE_WORK_STEALING").unwrap_or_else(|_| "true".into()),
         );
@@ -719,7 +790,9 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM to the master stops the workers too (SIGKILL would orphan them).
-        let _ = Command::new("kill").arg(self.master.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.master.id().to_string())
+            .status();
         for _ in 0..50 {
             if matches!(self.master.try_wait(), Ok(Some(_))) {
                 break;

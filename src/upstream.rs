@@ -6,7 +6,7 @@
 //! retry is pingora's own rule: an error on a *reused* pooled connection (the upstream closed
 //! it while idle) may be tried once more on a fresh one.
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::dialect::{Outcome, SubRequest, UpstreamResponse};
 use crate::exec::Upstream;
 use crate::metrics::InFlight;
@@ -248,5 +248,10 @@ pub fn peer(config: &UpstreamConfig, addr: std::net::SocketAddr) -> HttpPeer {
     peer.options.read_timeout = Some(config.read_timeout);
     peer.options.write_timeout = Some(config.write_timeout);
     peer.options.idle_timeout = Some(config.idle_timeout);
+    if config.protocol == UpstreamProtocol::H2c {
+        // Prior knowledge: no ALPN on cleartext, so pingora's h2 connector trusts (2, 2).
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = config.max_h2_streams;
+    }
     peer
 }

@@ -58,6 +58,8 @@ pub struct UpstreamSection {
     pub write_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub pool_size: Option<i64>,
+    pub protocol: Option<String>,
+    pub max_h2_streams: Option<i64>,
 }
 
 /// `[[routes]]`: one batch endpoint. Dialect-specific keys are checked against `dialect`

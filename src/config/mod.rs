@@ -11,7 +11,7 @@ pub mod runtime;
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use runtime::{
     Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile, LogFormat, Problem,
-    RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig,
+    RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig, UpstreamProtocol,
 };
 
 use std::fmt;

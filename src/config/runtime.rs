@@ -108,7 +108,22 @@ pub struct UpstreamConfig {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_size: usize,
+    pub protocol: UpstreamProtocol,
+    /// Streams one h2c connection may carry at once.
+    pub max_h2_streams: usize,
 }
+
+/// How batchgate talks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: many items share one connection.
+    H2c,
+}
+
+/// Concurrent streams per h2c connection unless configured.
+pub const DEFAULT_MAX_H2_STREAMS: usize = 100;
 
 /// Limits every batch route has, whatever its dialect.
 #[derive(Debug, Clone)]
@@ -469,6 +484,25 @@ fn upstream_config(
             0,
             100_000,
             &at("pool_size"),
+            problems,
+        ),
+        protocol: match section.protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                problems.push(
+                    &at("protocol"),
+                    format!("{other:?} is not an upstream protocol (\"http1\" or \"h2c\")"),
+                );
+                UpstreamProtocol::Http1
+            }
+        },
+        max_h2_streams: bounded(
+            section.max_h2_streams,
+            DEFAULT_MAX_H2_STREAMS,
+            1,
+            10_000,
+            &at("max_h2_streams"),
             problems,
         ),
     };

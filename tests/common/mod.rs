@@ -22,5 +22,6 @@ pub mod batch;
 pub mod client;
 pub mod config;
 pub mod gate;
+pub mod h2c;
 pub mod prom;
 pub mod upstream;

@@ -1,0 +1,97 @@
+//! Upstreams spoken to over cleartext HTTP/2 (`protocol = "h2c"`): batch items and
+//! pass-through requests are multiplexed as streams over pooled connections.
+
+mod common;
+
+use common::h2c::{H2Upstream, H2_BODY};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+fn config(upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+pid_file = "{{tmp}}/batchgate.pid"
+upgrade_sock = "{{tmp}}/upgrade.sock"
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.api]
+addresses = ["{upstream}"]
+protocol = "h2c"
+max_h2_streams = 100
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+concurrency = 20
+"#
+    )
+}
+
+fn batch(n: usize) -> String {
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(r#"{{"id":"{i}","method":"POST","url":"/file/get","body":{{ "n" : {i} }}}}"#)
+        })
+        .collect();
+    format!(r#"{{"requests":[{}]}}"#, items.join(","))
+}
+
+/// A batch over an h2c upstream: every item answered, sent as its own stream with its exact
+/// body, and later batches reuse the pooled connections instead of opening new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_items_travel_as_h2_streams() {
+    let upstream = H2Upstream::start(Duration::from_millis(20), true).await;
+    let gate = common::gate::start(&config(upstream.addr)).await;
+    for round in 0..3 {
+        let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(20)).await;
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.body_str());
+        let json = reply.json();
+        let responses = json["responses"].as_array().expect("responses");
+        assert_eq!(responses.len(), 20);
+        for (i, item) in responses.iter().enumerate() {
+            assert_eq!(item["id"], serde_json::json!(i.to_string()));
+            assert_eq!(item["status"], 200, "{item}");
+            assert_eq!(
+                item["body"],
+                serde_json::from_slice::<serde_json::Value>(H2_BODY).expect("json")
+            );
+        }
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 60);
+    assert!(seen
+        .iter()
+        .all(|r| r.method == "POST" && r.path == "/v2/file/get"));
+    let mut bodies: Vec<String> = seen
+        .iter()
+        .take(20)
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    bodies.sort();
+    assert!(bodies.contains(&r#"{ "n" : 7 }"#.to_string()), "{bodies:?}");
+    let connections = upstream.connections.load(Ordering::Relaxed);
+    assert!(
+        connections <= 20,
+        "60 items over h2c should share connections, saw {connections}"
+    );
+}
+
+/// A request that is not a batch is proxied to an h2c upstream unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_to_h2c_upstream() {
+    let upstream = H2Upstream::start(Duration::ZERO, true).await;
+    let gate = common::gate::start(&config(upstream.addr)).await;
+    let reply = common::client::get(gate.addr, "/v2/things/7?x=1").await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    assert_eq!(reply.body, H2_BODY);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v2/things/7?x=1");
+    assert_eq!(seen[0].method, "GET");
+}
