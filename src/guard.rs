@@ -27,9 +27,7 @@ pub enum GuardError {
     BatchRoute,
     #[error("header name {0:?} is not a valid HTTP header name")]
     BadHeaderName(String),
-    #[error(
-        "header {0:?} has a value with a control character (CR, LF, NUL, ...) or non-ASCII byte"
-    )]
+    #[error("header {0:?} has a value with a control character (CR, LF, NUL, DEL, ...)")]
     BadHeaderValue(String),
     #[error("header {0:?} is set by the proxy and may not be sent by an item")]
     ForbiddenHeader(String),
@@ -147,11 +145,15 @@ fn is_uri_byte(b: u8) -> bool {
         )
 }
 
-/// Refuses dot segments and encoded separators anywhere in the path.
+/// Refuses dot segments and encoded separators anywhere in the path. A segment is also a dot
+/// segment when only path parameters follow the dots (`..;x`, `.;`, `..%3B`): Tomcat, Jetty
+/// and Spring drop `;params` before resolving dot segments, so `/file/..;/admin` reaches
+/// `/admin` there and would step out of `allowed_url_prefixes`.
 fn check_path_segments(path: &[u8]) -> Result<(), GuardError> {
     for segment in path.split(|b| *b == b'/') {
         let decoded = percent_decode(segment)?;
-        if decoded == b"." || decoded == b".." {
+        let name = without_path_params(&decoded);
+        if name == b"." || name == b".." {
             return Err(GuardError::DotSegment);
         }
         if decoded
@@ -184,9 +186,22 @@ fn percent_decode(input: &[u8]) -> Result<Vec<u8>, GuardError> {
     Ok(out)
 }
 
-/// Decoded, lower-cased, without trailing '/': how a lenient upstream might see a path.
+/// A path segment without its `;params` (RFC 3986 section 3.3 path parameters).
+fn without_path_params(segment: &[u8]) -> &[u8] {
+    segment.split(|b| *b == b';').next().unwrap_or_default()
+}
+
+/// Decoded, lower-cased, without `;params` and trailing '/': how a lenient upstream might
+/// see a path.
 fn normalise_for_compare(path: &[u8]) -> String {
-    let decoded = percent_decode(path).unwrap_or_else(|_| path.to_vec());
+    let mut decoded = percent_decode(path).unwrap_or_else(|_| path.to_vec());
+    if decoded.contains(&b';') {
+        decoded = decoded
+            .split(|b| *b == b'/')
+            .map(without_path_params)
+            .collect::<Vec<_>>()
+            .join(&b'/');
+    }
     let text = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
     let trimmed = text.trim_end_matches('/');
     if trimmed.is_empty() {
@@ -293,10 +308,29 @@ mod tests {
             ("/batch", GuardError::BatchRoute),
             ("/BATCH/", GuardError::BatchRoute),
             ("/%62atch", GuardError::BatchRoute),
+            // Path parameters: Tomcat/Jetty/Spring resolve `..;` as `..`.
+            ("/file/..;/admin", GuardError::DotSegment),
+            ("/file/..;x=1/admin", GuardError::DotSegment),
+            ("/file/.;/get", GuardError::DotSegment),
+            ("/file/..%3b/admin", GuardError::DotSegment),
+            ("/file/%2e%2e;/admin", GuardError::DotSegment),
+            ("/batch;x", GuardError::BatchRoute),
+            ("/BATCH;jsessionid=1/", GuardError::BatchRoute),
         ];
         for (url, expected) in cases {
             assert_eq!(g.check(url).as_ref(), Err(expected), "{url:?}");
         }
+    }
+
+    #[test]
+    fn path_parameters_that_are_not_dot_segments_pass() {
+        let g = guard();
+        assert_eq!(g.check("/file/get;v=2").as_deref(), Ok("/v2/file/get;v=2"));
+        assert_eq!(
+            g.check("/file/...;x/get").as_deref(),
+            Ok("/v2/file/...;x/get")
+        );
+        assert_eq!(g.check("/file/a..;b").as_deref(), Ok("/v2/file/a..;b"));
     }
 
     #[test]

@@ -141,6 +141,10 @@ impl ProxyHttp for BatchGate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // HTTP/1.1 pipelining (RFC 9112 section 9.3.2): requests sent back to back in one
+        // write are answered one after the other, as nginx and Envoy do. Without this pingora
+        // answers the first and closes the connection, dropping the rest.
+        session.downstream_session.set_pipelining_enabled(true);
         let route = self.routes.get(session.req_header().uri.path()).cloned();
         if let Some(route) = route {
             self.serve_route(session, route, ctx).await?;

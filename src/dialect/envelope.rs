@@ -7,8 +7,8 @@
 //! dialect" for the body embedding rule.
 
 use super::{
-    is_json_content_type, BatchRequest, Dialect, ItemError, Outcome, Plan, Rejection,
-    RejectionKind, Reply, SubRequest,
+    is_json_content_type, is_utf8_charset, strip_bom, BatchRequest, Dialect, ItemError, Outcome,
+    Plan, Rejection, RejectionKind, Reply, SubRequest,
 };
 use crate::config::EnvelopeConfig;
 use base64::Engine;
@@ -54,6 +54,10 @@ struct ItemFields<'a> {
     #[serde(borrow, default)]
     headers: Option<&'a RawValue>,
 }
+
+/// Headers one item may set (Envoy's default `max_headers_count`); beyond it the item is a
+/// 400 here rather than an opaque failure at the upstream's own header limit.
+pub const MAX_ITEM_HEADERS: usize = 100;
 
 const CODE_BODY: &str = "InvalidParameter.Body";
 const CODE_REQUESTS: &str = "InvalidParameter.Requests";
@@ -120,16 +124,20 @@ impl Dialect for Envelope {
         };
         let mut seen_ids = HashSet::with_capacity(items.len());
         for (index, raw) in items.into_iter().enumerate() {
+            let invalid_item = |detail: String| {
+                invalid(
+                    RejectionKind::InvalidItem,
+                    CODE_REQUESTS,
+                    format!("requests[{index}] must be an object{detail}"),
+                )
+            };
+            if !is_object(raw) {
+                return Err(invalid_item(String::new()));
+            }
+            // An object can still fail here: a member named twice (`"url"` twice would make
+            // "which url was checked" ambiguous), so say which.
             let fields: ItemFields<'_> = serde_json::from_str(raw.get())
-                .ok()
-                .filter(|_| is_object(raw))
-                .ok_or_else(|| {
-                    invalid(
-                        RejectionKind::InvalidItem,
-                        CODE_REQUESTS,
-                        format!("requests[{index}] must be an object"),
-                    )
-                })?;
+                .map_err(|e| invalid_item(format!(" with each member once: {e}")))?;
             let id_raw = check_id(index, fields.id, &mut seen_ids)?;
             plan.meta.push(EnvelopeMeta {
                 id: request.body.slice_ref(id_raw.get().as_bytes()),
@@ -163,6 +171,10 @@ impl Dialect for Envelope {
         }
         out.extend_from_slice(b"]}");
         Reply::json(200, out)
+    }
+
+    fn malformed_body(&self, message: String) -> Rejection {
+        Rejection::new(RejectionKind::ParseError, CODE_BODY, message)
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {
@@ -265,16 +277,23 @@ impl Envelope {
         let Some(raw) = raw.filter(|r| r.get() != "null") else {
             return Ok(Vec::new());
         };
-        let map: Vec<(String, String)> =
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
-                .map_err(|_| bad("headers must be an object of strings".to_string()))?
-                .into_iter()
-                .map(|(k, v)| match v {
-                    serde_json::Value::String(s) => Ok((k, s)),
-                    _ => Err(bad(format!("header {k:?} must have a string value"))),
-                })
-                .collect::<Result<_, _>>()?;
-        let mut headers = Vec::with_capacity(map.len());
+        // Read as pairs, not a map: a map would silently keep one of `{"X-A":"1","X-A":"2"}`.
+        let map: Vec<(String, String)> = serde_json::from_str::<Members>(raw.get())
+            .map_err(|_| bad("headers must be an object of strings".to_string()))?
+            .0
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                _ => Err(bad(format!("header {k:?} must have a string value"))),
+            })
+            .collect::<Result<_, _>>()?;
+        if map.len() > MAX_ITEM_HEADERS {
+            return Err(bad(format!(
+                "{} headers; at most {MAX_ITEM_HEADERS} are allowed per item",
+                map.len()
+            )));
+        }
+        let mut headers: Vec<(http::HeaderName, HeaderValue)> = Vec::with_capacity(map.len());
         for (name, value) in &map {
             let (name, value) =
                 self.config
@@ -285,19 +304,58 @@ impl Envelope {
                         code: e.code(),
                         message: e.to_string(),
                     })?;
-            if name == CONTENT_TYPE && !is_json_content_type(value.as_bytes()) {
+            // The child body is a slice of the UTF-8 batch body, so a charset other than
+            // UTF-8 would mislabel it.
+            if name == CONTENT_TYPE
+                && !(is_json_content_type(value.as_bytes()) && is_utf8_charset(value.as_bytes()))
+            {
                 return Err(ItemError {
                     status: 400,
                     code: "InvalidParameter.ContentType",
                     message: format!(
-                        "a child Content-Type can only be application/json, not {:?}",
+                        "a child Content-Type can only be application/json (UTF-8), not {:?}",
                         value.to_str().unwrap_or("<binary>")
                     ),
                 });
             }
+            // `{"X-A":"1","x-a":"2"}` names one header twice; sending only one of them (or
+            // both, for a singleton header) would guess what the client meant.
+            // A scan, not a set: at most MAX_ITEM_HEADERS, usually one or two.
+            if headers.iter().any(|(seen, _)| *seen == name) {
+                return Err(bad(format!(
+                    "header {:?} is given more than once (header names are case-insensitive)",
+                    name.as_str()
+                )));
+            }
             headers.push((name, value));
         }
         Ok(headers)
+    }
+}
+
+/// The members of a JSON object in the order written, repeated names included.
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
@@ -319,9 +377,15 @@ fn check_id<'a>(
         ));
     };
     let id: String = serde_json::from_str(raw.get()).map_err(|_| {
+        let detail = if raw.get().starts_with('"') {
+            // A string serde cannot decode: a lone surrogate escape such as "\ud800".
+            " of valid Unicode (no lone surrogate escapes)"
+        } else {
+            ""
+        };
         refuse(
             RejectionKind::InvalidItem,
-            format!("requests[{index}].id must be a string"),
+            format!("requests[{index}].id must be a string{detail}"),
         )
     })?;
     if id.is_empty() {
@@ -350,7 +414,15 @@ fn string_field(
         message,
     };
     let raw = raw.ok_or_else(|| bad(format!("{name} is required")))?;
-    serde_json::from_str(raw.get()).map_err(|_| bad(format!("{name} must be a string")))
+    serde_json::from_str(raw.get()).map_err(|_| {
+        if raw.get().starts_with('"') {
+            bad(format!(
+                "{name} must be a string of valid Unicode (no lone surrogate escapes)"
+            ))
+        } else {
+            bad(format!("{name} must be a string"))
+        }
+    })
 }
 
 /// Writes `,"status":..,"headers":..,"body":..` for one item.
@@ -422,9 +494,12 @@ fn write_body(out: &mut Vec<u8>, headers: &HeaderMap, body: &Bytes) {
     }
     let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
     let json_allowed = content_type.is_none_or(is_json_content_type);
-    if json_allowed && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
+    // A UTF-8 byte order mark is not part of the JSON text (RFC 8259 section 8.1 lets parsers
+    // ignore it); some .NET and Windows servers send one.
+    let json = strip_bom(trimmed).trim_ascii();
+    if json_allowed && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok() {
         out.extend_from_slice(b",\"body\":");
-        out.extend_from_slice(trimmed);
+        out.extend_from_slice(json);
     } else if let Ok(text) = std::str::from_utf8(body) {
         out.extend_from_slice(b",\"body\":");
         write_json_string(out, text);

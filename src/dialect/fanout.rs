@@ -12,8 +12,9 @@ use super::{
 use crate::config::{FanoutConfig, FieldRule, FieldSource, OnItemError};
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
-use serde_json::{Map, Value};
-use std::collections::HashSet;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Response header flagging a merged reply that lacks some parts: `<failed>/<total>`.
@@ -33,10 +34,13 @@ pub struct FanoutMeta {
 }
 
 /// The outer request's parameters: JSON body members first, then the query string.
+/// Body members are kept as their JSON text, so a numeric id keeps the spelling the client
+/// wrote (`12345678901234567890123` must not become `1.2345678901234568e22`).
 #[derive(Debug)]
-struct Params {
-    body: Option<Map<String, Value>>,
-    query: Vec<(String, String)>,
+struct Params<'a> {
+    body: Option<HashMap<String, &'a RawValue>>,
+    /// Percent-decoded pairs; `None` for a value that is not UTF-8 once decoded.
+    query: Vec<(String, Option<String>)>,
 }
 
 impl Dialect for Fanout {
@@ -98,8 +102,15 @@ impl Dialect for Fanout {
             match self.config.on_item_error {
                 OnItemError::Fail => {
                     let message = format!("id {:?}: {}", meta.id, failure.message);
+                    // An error status is relayed; a 1xx/3xx part is not a status this reply
+                    // can have (a 304 would lose the error body, a 302 has no Location).
+                    let status = if (400..600).contains(&failure.status) {
+                        failure.status
+                    } else {
+                        502
+                    };
                     return Reply::json(
-                        failure.status,
+                        status,
                         self.config.error_format.render(failure.code, &message),
                     );
                 }
@@ -149,6 +160,10 @@ impl Dialect for Fanout {
 
     fn accepts_method(&self, method: &Method) -> bool {
         self.config.methods.contains(method)
+    }
+
+    fn requires_content_type(&self) -> bool {
+        false
     }
 }
 
@@ -254,27 +269,32 @@ impl Fanout {
             code: "InvalidUpstreamReply",
             message: "the upstream reply is not JSON".to_string(),
         };
+        let body = super::strip_bom(body).trim_ascii();
         let Some(fields) = &self.config.fields else {
             serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| invalid())?;
             return Ok(body.to_vec());
         };
-        let reply: Value = serde_json::from_slice(body).map_err(|_| invalid())?;
-        // Written by hand: the fields keep the order of the config file.
+        let reply: &RawValue = serde_json::from_slice(body).map_err(|_| invalid())?;
+        // Written by hand: the fields keep the order of the config file, and each value is
+        // the upstream's JSON text (number spelling and key order survive).
         let mut element = Vec::with_capacity(body.len() + 32);
         element.push(b'{');
         for (i, (name, source)) in fields.iter().enumerate() {
             if i > 0 {
                 element.push(b',');
             }
-            let value = match source {
-                FieldSource::Id => Value::from(id),
-                FieldSource::Pointer(pointer) => {
-                    reply.pointer(pointer).cloned().unwrap_or(Value::Null)
-                }
-            };
             element.extend_from_slice(Value::from(name.as_str()).to_string().as_bytes());
             element.push(b':');
-            element.extend_from_slice(value.to_string().as_bytes());
+            match source {
+                FieldSource::Id => {
+                    element.extend_from_slice(Value::from(id).to_string().as_bytes())
+                }
+                FieldSource::Pointer(pointer) => element.extend_from_slice(
+                    raw_pointer(reply, pointer)
+                        .map_or("null", RawValue::get)
+                        .as_bytes(),
+                ),
+            }
         }
         element.push(b'}');
         Ok(element)
@@ -299,22 +319,27 @@ impl Fanout {
     }
 }
 
-impl Params {
-    fn read(request: &BatchRequest<'_>) -> Result<Self, Rejection> {
-        let body = request.body.trim_ascii();
+const NOT_UTF8: &str = "must be UTF-8 once percent-decoded";
+
+impl<'a> Params<'a> {
+    fn read(request: &BatchRequest<'a>) -> Result<Self, Rejection> {
+        let body = super::strip_bom(request.body.trim_ascii()).trim_ascii();
         let body = if body.is_empty() {
             None
         } else {
-            match serde_json::from_slice::<Value>(body) {
-                Ok(Value::Object(map)) => Some(map),
-                _ => {
-                    return Err(Rejection::new(
-                        RejectionKind::ParseError,
-                        "MalformedBody",
-                        "the body must be a JSON object",
-                    ))
-                }
+            let malformed = |detail: String| {
+                Rejection::new(
+                    RejectionKind::ParseError,
+                    "MalformedBody",
+                    format!("the body must be a JSON object{detail}"),
+                )
+            };
+            if !body.starts_with(b"{") {
+                return Err(malformed(String::new()));
             }
+            let members: HashMap<String, &'a RawValue> =
+                serde_json::from_slice(body).map_err(|e| malformed(format!(": {e}")))?;
+            Some(members)
         };
         Ok(Params {
             body,
@@ -322,68 +347,121 @@ impl Params {
         })
     }
 
+    /// A body member, unless absent or `null` (Jackson, Newtonsoft and friends write unset
+    /// optional fields as `null`; that means "not given", not "invalid").
+    fn member(&self, name: &str) -> Option<&'a RawValue> {
+        self.body
+            .as_ref()
+            .and_then(|b| b.get(name).copied())
+            .filter(|raw| raw.get() != "null")
+    }
+
     /// One parameter as text: a JSON string or number in the body, else the last query value.
     fn value(&self, name: &str) -> Result<Option<String>, String> {
-        if let Some(value) = self.body.as_ref().and_then(|b| b.get(name)) {
-            return scalar(value)
+        if let Some(raw) = self.member(name) {
+            return scalar(raw)
                 .map(Some)
                 .ok_or_else(|| "must be a string".to_string());
         }
-        Ok(self
-            .query
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone()))
+        match self.query.iter().rev().find(|(k, _)| k == name) {
+            Some((_, Some(value))) => Ok(Some(value.clone())),
+            Some((_, None)) => Err(NOT_UTF8.to_string()),
+            None => Ok(None),
+        }
     }
 
     /// A list parameter: a JSON array in the body, or repeated / comma-separated query values.
     fn list(&self, name: &str) -> Result<Vec<String>, String> {
-        if let Some(value) = self.body.as_ref().and_then(|b| b.get(name)) {
-            return match value {
-                Value::Array(items) => items
-                    .iter()
-                    .map(|v| scalar(v).ok_or_else(|| "must be a list of strings".to_string()))
-                    .collect(),
-                _ => Err("must be a list of strings".to_string()),
-            };
+        if let Some(raw) = self.member(name) {
+            let not_list = || "must be a list of strings".to_string();
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| not_list())?;
+            return items
+                .into_iter()
+                .map(|item| scalar(item).ok_or_else(not_list))
+                .collect();
         }
         let bracketed = format!("{name}[]");
-        Ok(self
+        let mut ids = Vec::new();
+        for (_, value) in self
             .query
             .iter()
             .filter(|(k, _)| *k == name || *k == bracketed)
-            .flat_map(|(_, v)| v.split(','))
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-            .collect())
+        {
+            let value = value.as_deref().ok_or_else(|| NOT_UTF8.to_string())?;
+            ids.extend(
+                value
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        Ok(ids)
     }
 }
 
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+/// A JSON string (unescaped) or number (exactly as written) as text.
+fn scalar(raw: &RawValue) -> Option<String> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str(text).ok(),
+        Some(b'-' | b'0'..=b'9') => Some(text.to_string()),
         _ => None,
     }
 }
 
-/// `a=1&b=x%2Fy&c=+` → pairs, percent- and plus-decoded (form encoding).
-fn parse_query(query: &str) -> Vec<(String, String)> {
+/// `a=1&b=x%2Fy&c=+` → pairs, percent- and plus-decoded (form encoding). A value that is not
+/// UTF-8 once decoded is kept as `None` rather than patched with U+FFFD, which would
+/// silently turn `%FF` into a different id; it is refused only if the route reads it.
+fn parse_query(query: &str) -> Vec<(String, Option<String>)> {
     let decode = |text: &str| {
         let spaced = text.replace('+', " ");
         percent_encoding::percent_decode_str(&spaced)
-            .decode_utf8_lossy()
-            .into_owned()
+            .decode_utf8()
+            .ok()
+            .map(|text| text.into_owned())
     };
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key), decode(value))
+            let key = decode(key).unwrap_or_else(|| key.to_string());
+            (key, decode(value))
         })
         .collect()
+}
+
+/// RFC 6901 JSON pointer lookup on JSON text (`""` is the whole value); `None` when a token
+/// names nothing. Like `serde_json::Value::pointer`, but the result is the original text.
+fn raw_pointer<'a>(value: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
+    if pointer.is_empty() {
+        return Some(value);
+    }
+    let mut current = value;
+    for token in pointer.strip_prefix('/')?.split('/') {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        current = match current.get().as_bytes().first() {
+            Some(b'{') => {
+                let members: HashMap<String, &'a RawValue> =
+                    serde_json::from_str(current.get()).ok()?;
+                members.get(&token).copied()?
+            }
+            Some(b'[') => {
+                // RFC 6901: an array index is 0 or digits without a leading zero.
+                if token.is_empty()
+                    || (token.len() > 1 && token.starts_with('0'))
+                    || !token.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return None;
+                }
+                let index: usize = token.parse().ok()?;
+                let items: Vec<&'a RawValue> = serde_json::from_str(current.get()).ok()?;
+                items.get(index).copied()?
+            }
+            _ => return None,
+        };
+    }
+    Some(current)
 }
 
 /// Applies a rule; `Ok(None)` when an optional value is absent.

@@ -115,6 +115,20 @@ struct ReplyFields<'a> {
     id: Option<&'a RawValue>,
 }
 
+impl ReplyFields<'_> {
+    /// Exactly one of `result` and `error`. A `null` beside the other member is tolerated, as
+    /// JSON-RPC 1.0 servers (and older Bitcoin Core) always write both:
+    /// `{"result":7,"error":null,"id":1}` is a success, `{"result":null,"error":{..}}` an error.
+    fn is_response(&self) -> bool {
+        let non_null = |m: Option<&RawValue>| m.is_some_and(|v| v.get() != "null");
+        if non_null(self.error) {
+            !non_null(self.result)
+        } else {
+            self.result.is_some()
+        }
+    }
+}
+
 /// A member that is present, even as `null`, becomes `Some`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
@@ -225,6 +239,16 @@ impl Dialect for JsonRpc {
         }
         reply
     }
+
+    /// `application/json` and its `+json` relatives, plus the media types of the JSON-RPC over
+    /// HTTP draft that clients such as jsonrpc4j send: `application/json-rpc` and
+    /// `application/jsonrequest`.
+    fn accepts_content_type(&self, value: &[u8]) -> bool {
+        super::is_json_content_type(value)
+            || super::media_type(value).is_some_and(|essence| {
+                essence == "application/json-rpc" || essence == "application/jsonrequest"
+            })
+    }
 }
 
 impl JsonRpc {
@@ -318,7 +342,7 @@ impl JsonRpc {
         if let Some(id) = id {
             if self.config.profile.unique_ids {
                 let canonical = serde_json::from_str::<Value>(id.get())
-                    .map(|v| v.to_string())
+                    .map(|v| canonical_id(&v))
                     .unwrap_or_else(|_| id.get().to_string());
                 if !seen_ids.insert(canonical) {
                     return Err(invalid(Some(id), "duplicate_id"));
@@ -397,14 +421,15 @@ struct Refusal {
     reply: Option<Bytes>,
 }
 
-/// Checks an upstream reply for the call with `id`; returns the object's bytes to relay.
+/// Checks an upstream reply for the call with `id`; returns the object's bytes to relay
+/// (without surrounding whitespace or a UTF-8 byte order mark, which are not part of it).
 fn check_reply<'b>(id: &[u8], status: u16, body: &'b [u8]) -> Result<&'b [u8], UpstreamError> {
-    let object = body.trim_ascii();
+    let object = super::strip_bom(body.trim_ascii()).trim_ascii();
     let fields = std::str::from_utf8(object)
         .ok()
         .filter(|text| text.starts_with('{'))
         .and_then(|text| serde_json::from_str::<ReplyFields<'_>>(text).ok())
-        .filter(|f| f.result.is_some() != f.error.is_some());
+        .filter(ReplyFields::is_response);
     let Some(fields) = fields else {
         return Err(if (200..300).contains(&status) {
             UpstreamError::InvalidReply
@@ -412,16 +437,51 @@ fn check_reply<'b>(id: &[u8], status: u16, body: &'b [u8]) -> Result<&'b [u8], U
             UpstreamError::HttpStatus
         });
     };
-    let same_id = match (fields.id, serde_json::from_slice::<Value>(id)) {
-        (Some(reply_id), Ok(sent)) => {
-            serde_json::from_str::<Value>(reply_id.get()).is_ok_and(|v| v == sent)
+    let same_id = fields.id.is_some_and(|reply_id| {
+        match (
+            serde_json::from_str::<Value>(reply_id.get()),
+            serde_json::from_slice::<Value>(id),
+        ) {
+            (Ok(reply), Ok(sent)) => same_id(&reply, &sent),
+            // An id serde cannot hold (a string with a lone surrogate escape): same text.
+            _ => reply_id.get().as_bytes() == id,
         }
-        _ => false,
-    };
+    });
     if same_id {
         Ok(object)
     } else {
         Err(UpstreamError::IdMismatch)
+    }
+}
+
+/// Whether a reply id is the request's id. Numbers compare by value, the way the JavaScript,
+/// PHP or Lua server that wrote the reply saw them: `1` and `1.0`, `0` and `-0`, `1e3` and
+/// `1000` are one id. Integers that fit 64 bits compare exactly.
+fn same_id(reply: &Value, sent: &Value) -> bool {
+    match (reply, sent) {
+        (Value::Number(a), Value::Number(b)) => {
+            match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
+                (Some(a), Some(b), _, _) => a == b,
+                (_, _, Some(a), Some(b)) => a == b,
+                _ => a.as_f64().zip(b.as_f64()).is_some_and(|(a, b)| a == b),
+            }
+        }
+        _ => reply == sent,
+    }
+}
+
+/// The id as `unique_ids` compares it: numbers by value (`1` and `1.0` are one id), strings
+/// after unescaping.
+fn canonical_id(id: &Value) -> String {
+    match id {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            // An integral float within the exactly representable range is that integer.
+            Some(f) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                format!("{}", f as i64)
+            }
+            _ => id.to_string(),
+        },
+        _ => id.to_string(),
     }
 }
 

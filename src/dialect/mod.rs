@@ -269,21 +269,70 @@ pub trait Dialect: Send + Sync {
     fn accepts_method(&self, method: &Method) -> bool {
         method == Method::POST
     }
+
+    /// The refusal for a body that is not even valid HTTP framing (a malformed chunked
+    /// encoding): the dialect's own "unreadable body" answer.
+    fn malformed_body(&self, message: String) -> Rejection {
+        Rejection::new(RejectionKind::ParseError, "MalformedBody", message)
+    }
+
+    /// Whether a body without any `Content-Type` is refused (415). The fan-out dialect reads
+    /// such a body as JSON: `requests.get(url, data=...)` and similar clients send a GET body
+    /// with no Content-Type at all.
+    fn requires_content_type(&self) -> bool {
+        true
+    }
+
+    /// Whether the outer `Content-Type` names a media type this dialect reads (its charset is
+    /// checked separately, by `is_utf8_charset`).
+    fn accepts_content_type(&self, value: &[u8]) -> bool {
+        is_json_content_type(value)
+    }
 }
 
-/// Whether an outer Content-Type is JSON (`application/json`, `application/*+json`, with params).
-pub fn is_json_content_type(value: &[u8]) -> bool {
+/// The media type of a Content-Type value, lower-cased, without parameters.
+pub fn media_type(value: &[u8]) -> Option<String> {
     let essence = value
         .split(|b| *b == b';')
         .next()
         .unwrap_or_default()
         .trim_ascii();
-    let Ok(essence) = std::str::from_utf8(essence) else {
+    std::str::from_utf8(essence)
+        .ok()
+        .map(str::to_ascii_lowercase)
+}
+
+/// Whether an outer Content-Type is JSON (`application/json`, `application/*+json`, with params).
+pub fn is_json_content_type(value: &[u8]) -> bool {
+    media_type(value).is_some_and(|essence| {
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    })
+}
+
+/// Whether a Content-Type's `charset` parameter, if any, is UTF-8. JSON exchanged between
+/// systems is UTF-8 (RFC 8259 section 8.1); a body declared `charset=utf-16` or `latin1` is
+/// refused with 415 instead of failing later as a parse error.
+pub fn is_utf8_charset(value: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(value) else {
         return false;
     };
-    let essence = essence.to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    text.split(';').skip(1).all(|parameter| {
+        let Some((name, charset)) = parameter.split_once('=') else {
+            return true;
+        };
+        if !name.trim().eq_ignore_ascii_case("charset") {
+            return true;
+        }
+        let charset = charset.trim().trim_matches('"');
+        charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+    })
+}
+
+/// The bytes after a leading UTF-8 byte order mark. RFC 8259 section 8.1: senders must not add
+/// one, parsers may ignore it; some .NET and PowerShell clients and servers do send one.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
 /// The JSON shape of a whole-request error, from a small template such as
@@ -340,5 +389,36 @@ impl Default for ErrorFormat {
         ErrorFormat {
             template: PDS_ERROR_FORMAT.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charsets_other_than_utf8_are_not_json_we_read() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF8",
+            "application/json; charset=\"utf-8\"; boundary=x",
+        ] {
+            assert!(is_utf8_charset(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "application/json; charset=utf-16",
+            "application/json; Charset=ISO-8859-1",
+            "application/json; charset=",
+        ] {
+            assert!(!is_utf8_charset(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn byte_order_mark_is_stripped_once() {
+        assert_eq!(strip_bom(b"\xEF\xBB\xBF{}"), b"{}");
+        assert_eq!(strip_bom(b"{}"), b"{}");
+        assert_eq!(strip_bom(b"\xEF\xBB"), b"\xEF\xBB");
     }
 }

@@ -7,8 +7,7 @@
 
 use super::{BatchGate, RequestCtx, Route, RouteDialect};
 use crate::dialect::{
-    is_json_content_type, BatchRequest, Dialect, Outcome, Rejection, RejectionKind, Reply,
-    SubRequest,
+    is_utf8_charset, BatchRequest, Dialect, Outcome, Rejection, RejectionKind, Reply, SubRequest,
 };
 use crate::exec::{self, Limits, Observer};
 use crate::metrics::RouteMetrics;
@@ -27,6 +26,8 @@ use tracing::Instrument;
 /// Header carrying the batch's request id, in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Most bytes reserved for a batch body before any of it has arrived.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 /// Longest client-supplied request id we accept; longer ones are replaced.
 const MAX_REQUEST_ID_BYTES: usize = 200;
 
@@ -280,13 +281,29 @@ async fn read_batch<D: Dialect>(
     // A request without a body (a fanout GET with a query string) needs no media type.
     let has_body =
         header.headers.contains_key(TRANSFER_ENCODING) || declared.is_some_and(|n| n > 0);
-    if has_body && !content_type.is_some_and(is_json_content_type) {
-        session.set_keepalive(None);
-        return Ok(Err(Rejection::new(
-            RejectionKind::UnsupportedMediaType,
-            "UnsupportedMediaType",
-            "the batch body must be sent with Content-Type: application/json",
-        )));
+    if has_body {
+        let unsupported = match content_type {
+            Some(value) if !dialect.accepts_content_type(value) => {
+                Some("the batch body must be sent with Content-Type: application/json".to_string())
+            }
+            Some(value) if !is_utf8_charset(value) => Some(format!(
+                "the batch body must be UTF-8 JSON; Content-Type {:?} names another charset",
+                String::from_utf8_lossy(value)
+            )),
+            Some(_) => None,
+            None if dialect.requires_content_type() => {
+                Some("the batch body must be sent with Content-Type: application/json".to_string())
+            }
+            None => None,
+        };
+        if let Some(message) = unsupported {
+            session.set_keepalive(None);
+            return Ok(Err(Rejection::new(
+                RejectionKind::UnsupportedMediaType,
+                "UnsupportedMediaType",
+                message,
+            )));
+        }
     }
     let limit = route.config.limits.max_body_bytes;
     if declared.is_some_and(|len| len > limit) {
@@ -301,13 +318,47 @@ async fn read_batch<D: Dialect>(
     if expects_continue && has_body {
         session.write_continue_response().await?;
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = session.read_request_body().await? {
+    // Reserve at most 64 KiB up front: a declared length is only a claim, and a client that
+    // declares `max_body_bytes` and then sends nothing should not hold that much per connection.
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY));
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => match e.etype() {
+                // The client went away: nobody to answer.
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                    return Err(e.into_down())
+                }
+                // The client stalled mid-body (pingora's 60 s read timeout): 408, as nginx's
+                // client_body_timeout does, rather than pingora's default 500.
+                ErrorType::ReadTimedout => {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(408),
+                        "timed out reading the batch body",
+                    )
+                }
+                // A malformed chunked encoding is the client's mistake, not a 500; the framing
+                // is lost, so the connection closes after the answer.
+                _ => {
+                    session.set_keepalive(None);
+                    return Ok(Err(dialect.malformed_body(format!(
+                        "the request body could not be read: {}",
+                        e.to_string().trim()
+                    ))));
+                }
+            },
+        };
         if body.len() + chunk.len() > limit {
             session.set_keepalive(None);
             return Ok(Err(too_large(limit)));
         }
         body.extend_from_slice(&chunk);
+    }
+    // A UTF-8 byte order mark is not part of the JSON text (RFC 8259 section 8.1 lets parsers
+    // ignore it); Windows PowerShell and some .NET clients send one.
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        let _ = body.split_to(3);
     }
     Ok(Ok(body.freeze()))
 }

@@ -209,3 +209,114 @@ fn encode_follows_the_body_rule() {
     let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("valid JSON");
     assert_eq!(parsed["responses"].as_array().map(Vec::len), Some(4));
 }
+
+/// The item error of the only item of `body`.
+fn item_error(body: &str) -> ItemError {
+    let plan = decode(body).expect("valid batch");
+    match plan.items.into_iter().next() {
+        Some(Err(Outcome::Refused(e))) => e,
+        other => panic!("expected a refused item, got {other:?}"),
+    }
+}
+
+/// `{"X-A":"1","x-a":"2"}` and `{"X-A":"1","X-A":"2"}` name one header twice: refused, not
+/// silently reduced to one of the values.
+#[test]
+fn repeated_item_header_names_are_refused() {
+    for headers in [
+        r#"{"X-A":"1","x-a":"2"}"#,
+        r#"{"X-A":"1","X-A":"2"}"#,
+        r#"{"Content-Type":"application/json","content-type":"application/json"}"#,
+    ] {
+        let body = format!(
+            r#"{{"resource":"file","requests":[{{"id":"a","method":"POST","url":"/x","headers":{headers}}}]}}"#
+        );
+        let e = item_error(&body);
+        assert_eq!(
+            (e.status, e.code),
+            (400, "InvalidParameter.Headers"),
+            "{headers}"
+        );
+        assert!(e.message.contains("more than once"), "{}", e.message);
+    }
+}
+
+/// Item headers keep the order written and are capped per item.
+#[test]
+fn item_headers_keep_order_and_are_capped() {
+    let plan = decode(r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/x","headers":{"X-B":"1","X-A":"2"}}]}"#).expect("valid");
+    let child = plan.items[0].as_ref().expect("sent");
+    let names: Vec<&str> = child.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["x-b", "x-a"]);
+
+    let many: Vec<String> = (0..=MAX_ITEM_HEADERS)
+        .map(|i| format!(r#""X-H{i}":"v""#))
+        .collect();
+    let body = format!(
+        r#"{{"resource":"file","requests":[{{"id":"a","method":"GET","url":"/x","headers":{{{}}}}}]}}"#,
+        many.join(",")
+    );
+    let e = item_error(&body);
+    assert_eq!((e.status, e.code), (400, "InvalidParameter.Headers"));
+}
+
+/// A child Content-Type naming a charset other than UTF-8 would mislabel the (UTF-8) body.
+#[test]
+fn child_content_type_must_be_utf8_json() {
+    for (ct, ok) in [
+        ("application/json; charset=utf-8", true),
+        ("application/json; charset=\"UTF-8\"", true),
+        ("APPLICATION/JSON", true),
+        ("application/json; charset=utf-16", false),
+        ("application/json;charset=latin1", false),
+    ] {
+        let body = format!(
+            r#"{{"resource":"file","requests":[{{"id":"a","method":"POST","url":"/x","body":{{}},"headers":{{"Content-Type":"{}"}}}}]}}"#,
+            ct.replace('"', "\\\"")
+        );
+        let plan = decode(&body).expect("valid batch");
+        match &plan.items[0] {
+            Ok(_) => assert!(ok, "{ct} must be refused"),
+            Err(Outcome::Refused(e)) => {
+                assert!(!ok, "{ct} must pass: {e:?}");
+                assert_eq!(e.code, "InvalidParameter.ContentType");
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A member written twice in an item is named in the error, not reported as "not an object";
+/// a lone surrogate id is reported as such.
+#[test]
+fn whole_batch_messages_say_what_is_wrong() {
+    let r = decode(
+        r#"{"resource":"file","requests":[{"id":"a","url":"/x","url":"/admin","method":"GET"}]}"#,
+    )
+    .expect_err("refused");
+    assert_eq!(
+        (r.kind, r.code),
+        (RejectionKind::InvalidItem, CODE_REQUESTS)
+    );
+    assert!(r.message.contains("duplicate field `url`"), "{}", r.message);
+    let r = decode(r#"{"resource":"file","requests":[{"id":"\ud800","url":"/x","method":"GET"}]}"#)
+        .expect_err("refused");
+    assert_eq!(r.code, CODE_ID);
+    assert!(r.message.contains("lone surrogate"), "{}", r.message);
+}
+
+/// An upstream JSON body with a UTF-8 byte order mark is still embedded as JSON.
+#[test]
+fn upstream_json_with_bom_is_embedded() {
+    let meta = vec![EnvelopeMeta {
+        id: Bytes::from_static(b"\"a\""),
+    }];
+    let outcomes = vec![response(
+        200,
+        Some("application/json; charset=utf-8"),
+        b"\xEF\xBB\xBF {\"n\":1}\r\n",
+    )];
+    let reply = envelope().encode(meta, outcomes);
+    let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("valid JSON");
+    assert_eq!(parsed["responses"][0]["body"], serde_json::json!({"n": 1}));
+}

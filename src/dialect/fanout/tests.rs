@@ -227,3 +227,147 @@ fn include_mode_flags_partial() {
         vec![(PARTIAL_HEADER, HeaderValue::from_static("1/2"))]
     );
 }
+
+fn ok_reply(body: &str) -> Outcome {
+    Outcome::Response(UpstreamResponse {
+        status: 200,
+        headers: HeaderMap::new(),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    })
+}
+
+/// Numeric ids keep the spelling the client wrote: beyond 64 bits, `-0`, exponents.
+#[test]
+fn numeric_ids_are_not_rounded() {
+    let f = huawei();
+    let plan = decode(
+        &f,
+        None,
+        r#"{"group_id":1,"accessory_ids":[12345678901234567890123,-0,1e2,1.10]}"#,
+        Some("t"),
+    )
+    .expect("valid");
+    let ids: Vec<&str> = plan.meta.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["12345678901234567890123", "-0", "1e2", "1.10"]);
+    assert_eq!(
+        paths(&plan)[0],
+        "/v2/servicerequest/accessorys/12345678901234567890123/access-url?group_id=1"
+    );
+}
+
+/// A query value that is not UTF-8 once percent-decoded is refused, not replaced by U+FFFD
+/// (which would fetch a different id); unused parameters do not matter.
+#[test]
+fn non_utf8_query_values_are_refused() {
+    let f = huawei();
+    for query in [
+        "group_id=1&accessory_ids=%FF%FE",
+        "group_id=1&accessory_ids=1,%C3",
+        "group_id=%FF&accessory_ids=1",
+    ] {
+        let r = decode(&f, Some(query), "", Some("t")).expect_err(query);
+        assert_eq!(r.code, "InvalidParameter", "{query}");
+        assert!(r.message.contains("UTF-8"), "{}", r.message);
+    }
+    let plan = decode(
+        &f,
+        Some("group_id=1&accessory_ids=%C3%A9&utm=%FF"),
+        "",
+        Some("t"),
+    )
+    .expect("valid");
+    assert_eq!(plan.meta[0].id, "é");
+}
+
+/// `null` members mean "not given" (what Jackson or Newtonsoft write for unset fields).
+#[test]
+fn null_members_are_absent() {
+    let f = huawei();
+    let plan = decode(
+        &f,
+        Some("group_id=7"),
+        r#"{"group_id":null,"accessory_ids":["1"]}"#,
+        Some("t"),
+    )
+    .expect("null falls back to the query");
+    assert!(
+        paths(&plan)[0].ends_with("?group_id=7"),
+        "{:?}",
+        paths(&plan)
+    );
+    let r = decode(
+        &f,
+        None,
+        r#"{"group_id":null,"accessory_ids":["1"]}"#,
+        Some("t"),
+    )
+    .expect_err("required");
+    assert_eq!(r.code, "MissingParameter");
+    let r = decode(
+        &f,
+        None,
+        r#"{"group_id":"1","accessory_ids":null}"#,
+        Some("t"),
+    )
+    .expect_err("no ids");
+    assert_eq!(r.code, "MissingParameter");
+}
+
+/// Reply fields are the upstream's JSON text: big numbers, number spelling and key order
+/// survive; a missing pointer gives null; a byte order mark is not part of the reply.
+#[test]
+fn reply_fields_keep_the_upstream_text() {
+    let f = huawei();
+    let plan = decode(&f, Some("group_id=1&accessory_ids=1,2,3"), "", Some("t")).expect("valid");
+    let outcomes = vec![
+        ok_reply(r#"{"url":{"z":12345678901234567890123,"a":1.10}}"#),
+        ok_reply("\u{feff}{\"url\":\"u\"}"),
+        ok_reply(r#"{"other":1}"#),
+    ];
+    let reply = f.encode(plan.meta, outcomes);
+    assert_eq!(
+        std::str::from_utf8(&reply.body).expect("utf8"),
+        r#"{"accessory_urls":[{"accessory_url":{"z":12345678901234567890123,"a":1.10},"accessory_id":"1"},{"accessory_url":"u","accessory_id":"2"},{"accessory_url":null,"accessory_id":"3"}]}"#
+    );
+}
+
+/// RFC 6901 pointers over JSON text.
+#[test]
+fn raw_pointers_follow_rfc_6901() {
+    let doc: &RawValue =
+        serde_json::from_str(r#"{"a/b":[10,{"m~n":2.50}],"":0,"x":{"y":null}}"#).expect("json");
+    let at = |p: &str| raw_pointer(doc, p).map(RawValue::get);
+    assert_eq!(at("/a~1b/0"), Some("10"));
+    assert_eq!(at("/a~1b/1/m~0n"), Some("2.50"));
+    assert_eq!(at("/"), Some("0"));
+    assert_eq!(at("/x/y"), Some("null"));
+    assert_eq!(at("/a~1b/01"), None);
+    assert_eq!(at("/a~1b/2"), None);
+    assert_eq!(at("/nope"), None);
+    assert_eq!(at("x"), None);
+    assert!(at("").is_some_and(|whole| whole.starts_with('{')));
+}
+
+/// `fail`: an error status of the failed part is the reply's status; a 1xx/3xx part is a 502
+/// (a 304 reply would drop the error body and claim "Not Modified", a 302 has no Location).
+#[test]
+fn fail_mode_only_relays_error_statuses() {
+    let mut config = (*huawei().config).clone();
+    config.on_item_error = OnItemError::Fail;
+    let f = Fanout {
+        config: Arc::new(config),
+        max_items: 10,
+    };
+    for (part, expected) in [(404, 404), (503, 503), (304, 502), (302, 502), (101, 502)] {
+        let plan = decode(&f, Some("group_id=1&accessory_ids=1"), "", Some("t")).expect("valid");
+        let outcome = Outcome::Response(UpstreamResponse {
+            status: part,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        });
+        let reply = f.encode(plan.meta, vec![outcome]);
+        assert_eq!(reply.status, expected, "part answered {part}");
+        let value: Value = serde_json::from_slice(&reply.body).expect("json");
+        assert_eq!(value["error_code"], "UpstreamStatus");
+    }
+}

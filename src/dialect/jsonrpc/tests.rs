@@ -289,3 +289,116 @@ fn single_calls() {
     assert_eq!(down.status, 502);
     assert_eq!(json_of(&down)["id"], json!("a"));
 }
+
+/// An upstream that writes ids back as numbers of another spelling (`1.0` for `1`, `0` for
+/// `-0`, `1000` for `1e3`: JavaScript, PHP, Lua) answered the same call; strings still
+/// differ from numbers.
+#[test]
+fn reply_ids_compare_by_numeric_value() {
+    let cases = [
+        ("1", "1.0", true),
+        ("1.0", "1", true),
+        ("-0", "0", true),
+        ("1e3", "1000", true),
+        ("12345678901234567890", "12345678901234567890", true),
+        ("9007199254740993", "9007199254740992", false),
+        ("1", "2", false),
+        ("1", "\"1\"", false),
+        ("\"a\"", "\"\\u0061\"", true),
+        ("null", "null", true),
+        (r#""\ud800""#, r#""\ud800""#, true),
+        (r#""\ud800""#, r#""\ud801""#, false),
+    ];
+    for (sent, replied, same) in cases {
+        let body = format!(r#"{{"jsonrpc":"2.0","result":1,"id":{replied}}}"#);
+        let result = check_reply(sent.as_bytes(), 200, body.as_bytes());
+        assert_eq!(result.is_ok(), same, "sent {sent}, replied {replied}");
+        if !same {
+            assert_eq!(result, Err(UpstreamError::IdMismatch));
+        }
+    }
+}
+
+/// A reply with a byte order mark or surrounding whitespace is relayed without them.
+#[test]
+fn reply_bom_and_whitespace_are_not_part_of_the_object() {
+    let body = b"\xEF\xBB\xBF\n {\"jsonrpc\":\"2.0\",\"result\":1,\"id\":1} \n";
+    assert_eq!(
+        check_reply(b"1", 200, body),
+        Ok(&br#"{"jsonrpc":"2.0","result":1,"id":1}"#[..])
+    );
+}
+
+/// With `unique_ids`, `1` and `1.0` are one id (the replies could not be told apart).
+#[test]
+fn unique_ids_compare_numbers_by_value() {
+    let d = dialect(
+        JsonRpcProfile {
+            unique_ids: true,
+            ..spec().config.profile.clone()
+        },
+        100,
+    );
+    let reply = round_trip(
+        &d,
+        r#"[{"jsonrpc":"2.0","method":"sum","params":[1],"id":1},{"jsonrpc":"2.0","method":"sum","params":[2],"id":1.0},{"jsonrpc":"2.0","method":"sum","params":[3],"id":"1"}]"#,
+        spec_upstream,
+    );
+    let replies = json_of(&reply);
+    assert_eq!(replies[0]["result"], json!(1));
+    assert_eq!(replies[1]["error"]["code"], json!(-32600));
+    assert_eq!(replies[2]["result"], json!(3));
+}
+
+/// The JSON-RPC over HTTP media types are accepted besides application/json.
+#[test]
+fn jsonrpc_media_types() {
+    let d = spec();
+    for ct in [
+        "application/json",
+        "application/json-rpc",
+        "Application/JSON-RPC; charset=utf-8",
+        "application/jsonrequest",
+        "application/vnd.api+json",
+    ] {
+        assert!(d.accepts_content_type(ct.as_bytes()), "{ct}");
+    }
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "text/json",
+    ] {
+        assert!(!d.accepts_content_type(ct.as_bytes()), "{ct}");
+    }
+}
+
+/// JSON-RPC 1.0 style replies carry both members, one of them `null`: relayed, not `-32002`.
+/// Both non-null, neither present, or `error: null` alone are still invalid.
+#[test]
+fn replies_with_a_null_partner_member_are_responses() {
+    let cases = [
+        (r#"{"result":7,"error":null,"id":1}"#, true),
+        (
+            r#"{"result":null,"error":{"code":-1,"message":"x"},"id":1}"#,
+            true,
+        ),
+        (r#"{"jsonrpc":"2.0","result":null,"id":1}"#, true),
+        (
+            r#"{"jsonrpc":"2.0","error":{"code":-1,"message":"x"},"id":1}"#,
+            true,
+        ),
+        (
+            r#"{"result":7,"error":{"code":-1,"message":"x"},"id":1}"#,
+            false,
+        ),
+        (r#"{"error":null,"id":1}"#, false),
+        (r#"{"id":1}"#, false),
+    ];
+    for (body, ok) in cases {
+        let result = check_reply(b"1", 200, body.as_bytes());
+        assert_eq!(result.is_ok(), ok, "{body}: {result:?}");
+        if !ok {
+            assert_eq!(result, Err(UpstreamError::InvalidReply), "{body}");
+        }
+    }
+}
