@@ -21,6 +21,9 @@ use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Most bytes reserved for a response body before they arrive.
+const PREALLOCATE_LIMIT: usize = 64 * 1024;
+
 /// One upstream: its peers and its connection pool.
 pub struct UpstreamClient {
     pub config: Arc<UpstreamConfig>,
@@ -121,7 +124,9 @@ impl UpstreamClient {
             // Not read, so the connection is dropped rather than pooled.
             return Err(Failure::TooLarge(limit));
         }
-        let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+        // Reserve from the declared length only up to a bound: the upstream's word is not
+        // memory we should commit before the bytes arrive.
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(PREALLOCATE_LIMIT));
         while let Some(chunk) = session.read_response_body().await.map_err(&fail)? {
             if body.len() + chunk.len() > limit {
                 return Err(Failure::TooLarge(limit));
