@@ -55,17 +55,7 @@ pub async fn run<U: Upstream, O: Observer>(
     upstream: &Arc<U>,
     observer: &Arc<O>,
 ) -> Vec<Outcome> {
-    let mut slots: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
-    let mut to_send = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
-        match item {
-            Err(decided) => slots.push(Some(decided)),
-            Ok(request) => {
-                slots.push(None);
-                to_send.push((index, request));
-            }
-        }
-    }
+    let (slots, to_send) = partition(items);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut collector = Collector {
@@ -85,16 +75,7 @@ pub async fn run<U: Upstream, O: Observer>(
                 continue;
             };
             observer.started(index, queued.elapsed());
-            // A child of the caller's batch span; disabled (and nearly free) below debug.
-            let span = tracing::debug_span!(
-                "item",
-                index,
-                method = %request.method,
-                path = %request.path,
-                status = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-                duration_ms = tracing::field::Empty,
-            );
+            let span = item_span(index, &request);
             tasks.spawn(
                 run_item(
                     index,
@@ -131,6 +112,38 @@ pub async fn run<U: Upstream, O: Observer>(
         .into_iter()
         .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
         .collect()
+}
+
+/// One slot per item, already filled for decided items, and the items still to send with
+/// their index.
+fn partition(
+    items: Vec<Result<SubRequest, Outcome>>,
+) -> (Vec<Option<Outcome>>, Vec<(usize, SubRequest)>) {
+    let mut slots: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
+    let mut to_send = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Err(decided) => slots.push(Some(decided)),
+            Ok(request) => {
+                slots.push(None);
+                to_send.push((index, request));
+            }
+        }
+    }
+    (slots, to_send)
+}
+
+/// A child of the caller's batch span; disabled (and nearly free) below debug.
+fn item_span(index: usize, request: &SubRequest) -> tracing::Span {
+    tracing::debug_span!(
+        "item",
+        index,
+        method = %request.method,
+        path = %request.path,
+        status = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    )
 }
 
 /// Puts outcomes in their slots and enforces the reply budget.

@@ -6,6 +6,7 @@
 //! which pingora runs on success and failure alike.
 
 mod batch;
+mod body;
 
 use crate::config::{Config, DialectConfig, RouteConfig};
 use crate::dialect::envelope::Envelope;

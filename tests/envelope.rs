@@ -26,6 +26,23 @@ async fn post_batch(gate: &gate::Gate, headers: &[(&str, &str)], body: &str) -> 
     client::request(gate.addr, "POST", BATCH_PATH, &all, body.as_bytes()).await
 }
 
+/// Posts each body in turn and asserts the whole batch is refused with `status` and `code`
+/// while the upstream sees nothing.
+async fn assert_each_refused<B: AsRef<str>>(
+    gate: &gate::Gate,
+    upstream: &Upstream,
+    bodies: impl IntoIterator<Item = B>,
+    status: u16,
+    code: &str,
+) {
+    for body in bodies {
+        let body = body.as_ref();
+        let resp = post_batch(gate, &[], body).await;
+        assert_rejected(&resp, status, code);
+        assert_upstream_untouched(upstream, body);
+    }
+}
+
 /// Proves the PDS page's round trip: the child goes out as `POST /v2/file/get` with the
 /// body byte for byte, and the reply carries the id, status and the upstream JSON body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +218,7 @@ async fn max_items_plus_one_is_refused() {
 async fn body_not_json_is_refused() {
     let upstream = Upstream::echo().await;
     let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
-    for body in [
+    let bodies = [
         "not json",
         "",
         r#"{"resource":"file","requests":[{"id":"1","method":"POST","url":"/file/get"}]"#,
@@ -212,11 +229,8 @@ async fn body_not_json_is_refused() {
         // A struct written as an array is not the contract's object.
         r#"["file",[{"id":"1","method":"POST","url":"/file/get"}]]"#,
         "[]",
-    ] {
-        let resp = post_batch(&gate, &[], body).await;
-        assert_rejected(&resp, 400, "InvalidParameter.Body");
-        assert_upstream_untouched(&upstream, body);
-    }
+    ];
+    assert_each_refused(&gate, &upstream, bodies, 400, "InvalidParameter.Body").await;
 }
 
 /// Proves `requests` missing, null, empty, not an array or holding non-objects is refused
@@ -225,7 +239,7 @@ async fn body_not_json_is_refused() {
 async fn requests_missing_empty_or_not_an_array_is_refused() {
     let upstream = Upstream::echo().await;
     let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
-    for body in [
+    let bodies = [
         r#"{"resource":"file"}"#,
         r#"{"resource":"file","requests":null}"#,
         r#"{"resource":"file","requests":[]}"#,
@@ -236,11 +250,8 @@ async fn requests_missing_empty_or_not_an_array_is_refused() {
         r#"{"resource":"file","requests":[{"id":"1","method":"POST","url":"/file/get"},3]}"#,
         r#"{"resource":"file","requests":[{"id":"1","method":"POST","url":"/file/get"},"x"]}"#,
         r#"{"resource":"file","requests":[["2","POST","/file/get"]]}"#,
-    ] {
-        let resp = post_batch(&gate, &[], body).await;
-        assert_rejected(&resp, 400, "InvalidParameter.Requests");
-        assert_upstream_untouched(&upstream, body);
-    }
+    ];
+    assert_each_refused(&gate, &upstream, bodies, 400, "InvalidParameter.Requests").await;
 }
 
 /// Proves a missing, empty, duplicate or non-string id refuses the whole batch with 400
@@ -261,12 +272,10 @@ async fn bad_ids_are_refused() {
         format!(r#"[{ok},{{"id":["a"],"method":"POST","url":"/file/get"}}]"#),
         format!(r#"[{ok},{{"id":{{"x":1}},"method":"POST","url":"/file/get"}}]"#),
     ];
-    for requests in &cases {
-        let body = format!(r#"{{"resource":"file","requests":{requests}}}"#);
-        let resp = post_batch(&gate, &[], &body).await;
-        assert_rejected(&resp, 400, "InvalidParameter.Id");
-        assert_upstream_untouched(&upstream, &body);
-    }
+    let bodies = cases
+        .iter()
+        .map(|requests| format!(r#"{{"resource":"file","requests":{requests}}}"#));
+    assert_each_refused(&gate, &upstream, bodies, 400, "InvalidParameter.Id").await;
 }
 
 /// Proves a `resource` outside `allowed_resources` (or missing, or not a string) is
@@ -281,19 +290,18 @@ async fn resource_not_allowed_is_refused() {
     )
     .await;
     let requests = r#"[{"id":"1","method":"POST","url":"/file/get"}]"#;
-    for resource in [
+    let resources = [
         r#""resource":"drive","#,
         r#""resource":"File","#,
         r#""resource":"","#,
         r#""resource":1,"#,
         r#""resource":null,"#,
         "",
-    ] {
-        let body = format!(r#"{{{resource}"requests":{requests}}}"#);
-        let resp = post_batch(&gate, &[], &body).await;
-        assert_rejected(&resp, 400, "InvalidParameter.Resource");
-        assert_upstream_untouched(&upstream, &body);
-    }
+    ];
+    let bodies = resources
+        .iter()
+        .map(|resource| format!(r#"{{{resource}"requests":{requests}}}"#));
+    assert_each_refused(&gate, &upstream, bodies, 400, "InvalidParameter.Resource").await;
     let body = format!(r#"{{"resource":"file","requests":{requests}}}"#);
     let items = responses(&post_batch(&gate, &[], &body).await);
     assert_eq!(items[0]["status"], 200);

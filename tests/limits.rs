@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::batch::{assert_item_error, batch, by_id, item, responses, BATCH_PATH};
-use common::client::{self, Conn};
+use common::client::{self, Conn, Response};
 use common::config::GateConfig;
-use common::gate;
+use common::gate::Gate;
 use common::upstream::{refused_addr, Reply, Upstream};
 use serde_json::Value;
 
@@ -19,6 +19,38 @@ fn items(n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// An upstream answering every request 200 `{}` after `ms` milliseconds.
+async fn slow_upstream(ms: u64) -> Upstream {
+    Upstream::with_handler(move |_| Reply::json(200, "{}").with_delay(ms)).await
+}
+
+/// Posts a batch of `items(n)` to the route.
+async fn post_items(gate: &Gate, n: usize) -> Response {
+    client::post_json(gate.addr, BATCH_PATH, &batch(items(n))).await
+}
+
+/// Like [`post_items`], also returning how long the reply took.
+async fn timed_post_items(gate: &Gate, n: usize) -> (Response, Duration) {
+    let started = Instant::now();
+    let resp = post_items(gate, n).await;
+    (resp, started.elapsed())
+}
+
+/// Writes a batch of `items(n)` on a new connection without reading the reply; dropping the
+/// returned connection is a client leaving mid-batch.
+async fn send_unread(gate: &Gate, n: usize) -> Conn {
+    let body = batch(items(n));
+    let raw = client::build_request(
+        "POST",
+        BATCH_PATH,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    let mut conn = Conn::connect(gate.addr).await;
+    conn.write(&raw).await;
+    conn
+}
+
 /// Asserts every entry of a reply is a 200.
 fn assert_all_ok(replies: &[Value]) {
     for entry in replies {
@@ -26,46 +58,55 @@ fn assert_all_ok(replies: &[Value]) {
     }
 }
 
+/// Asserts the reply has `n` entries, each the item error `status` with `code`.
+fn assert_all_item_errors(replies: &[Value], n: usize, status: u16, code: &str) {
+    assert_eq!(replies.len(), n);
+    for entry in replies {
+        assert_item_error(entry, status, code);
+    }
+}
+
+/// Asserts the upstream's peak of children in flight stayed within `limit` (the setting
+/// `what`) and reached 2, so the children did run in parallel.
+fn assert_parallel_within(upstream: &Upstream, limit: usize, what: &str) {
+    let peak = upstream.peak();
+    assert!(peak <= limit, "peak {peak} exceeds {what}");
+    assert!(peak >= 2, "peak {peak}: children were not run in parallel");
+}
+
 /// Proves one batch never has more than `concurrency` children in flight upstream, and
 /// does run them in parallel (peak of at least 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_concurrency_is_bounded() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(100)).await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("concurrency = 4")
-            .toml(),
-    )
-    .await;
+    let upstream = slow_upstream(100).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 4")
+        .start()
+        .await;
 
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(20))).await;
+    let resp = post_items(&gate, 20).await;
 
     let replies = responses(&resp);
     assert_eq!(replies.len(), 20);
     assert_all_ok(&replies);
     assert_eq!(upstream.count(), 20);
-    let peak = upstream.peak();
-    assert!(peak <= 4, "peak {peak} exceeds concurrency = 4");
-    assert!(peak >= 2, "peak {peak}: children were not run in parallel");
+    assert_parallel_within(&upstream, 4, "concurrency = 4");
 }
 
 /// Proves `[server] max_in_flight` bounds children across simultaneous batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_max_in_flight_bounds_all_batches() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(100)).await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .server("max_in_flight = 5")
-            .route("concurrency = 10")
-            .toml(),
-    )
-    .await;
-    let body = batch(items(10));
+    let upstream = slow_upstream(100).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("max_in_flight = 5")
+        .route("concurrency = 10")
+        .start()
+        .await;
 
     let (a, b, c) = tokio::join!(
-        client::post_json(gate.addr, BATCH_PATH, &body),
-        client::post_json(gate.addr, BATCH_PATH, &body),
-        client::post_json(gate.addr, BATCH_PATH, &body),
+        post_items(&gate, 10),
+        post_items(&gate, 10),
+        post_items(&gate, 10),
     );
 
     for resp in [&a, &b, &c] {
@@ -74,26 +115,20 @@ async fn global_max_in_flight_bounds_all_batches() {
         assert_all_ok(&replies);
     }
     assert_eq!(upstream.count(), 30);
-    let peak = upstream.peak();
-    assert!(peak <= 5, "peak {peak} exceeds max_in_flight = 5");
-    assert!(peak >= 2, "peak {peak}: children were not run in parallel");
+    assert_parallel_within(&upstream, 5, "max_in_flight = 5");
 }
 
 /// Proves children run in parallel: 8 items of 200 ms with concurrency 8 are answered in
 /// well under the 1.6 s a sequential run would take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_items_finish_in_about_one_delay() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(200)).await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("concurrency = 8")
-            .toml(),
-    )
-    .await;
+    let upstream = slow_upstream(200).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 8")
+        .start()
+        .await;
 
-    let started = Instant::now();
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(8))).await;
-    let elapsed = started.elapsed();
+    let (resp, elapsed) = timed_post_items(&gate, 8).await;
 
     assert_all_ok(&responses(&resp));
     assert!(
@@ -115,16 +150,12 @@ async fn item_timeout_gives_504_for_that_item_only() {
         }
     })
     .await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route(r#"item_timeout = "300ms""#)
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(r#"item_timeout = "300ms""#)
+        .start()
+        .await;
 
-    let started = Instant::now();
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(5))).await;
-    let elapsed = started.elapsed();
+    let (resp, elapsed) = timed_post_items(&gate, 5).await;
 
     let replies = responses(&resp);
     assert_eq!(replies.len(), 5);
@@ -151,18 +182,14 @@ async fn batch_deadline_answers_with_what_finished() {
         Reply::json(200, &body.to_string()).with_delay(300)
     })
     .await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("concurrency = 1")
-            .route(r#"batch_timeout = "500ms""#)
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 1")
+        .route(r#"batch_timeout = "500ms""#)
+        .start()
+        .await;
 
-    let started = Instant::now();
     // 10 x 300 ms one at a time would take 3 s without the deadline.
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(10))).await;
-    let elapsed = started.elapsed();
+    let (resp, elapsed) = timed_post_items(&gate, 10).await;
 
     assert!(
         elapsed < Duration::from_millis(1500),
@@ -204,43 +231,33 @@ async fn batch_deadline_answers_with_what_finished() {
 /// slower than the batch deadline, the reply comes at the deadline with all items 504.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_deadline_does_not_wait_for_in_flight_items() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(3000)).await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("concurrency = 2")
-            .route(r#"batch_timeout = "500ms""#)
-            .toml(),
-    )
-    .await;
+    let upstream = slow_upstream(3000).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 2")
+        .route(r#"batch_timeout = "500ms""#)
+        .start()
+        .await;
 
-    let started = Instant::now();
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(4))).await;
-    let elapsed = started.elapsed();
+    let (resp, elapsed) = timed_post_items(&gate, 4).await;
 
     assert!(
         elapsed < Duration::from_millis(1500),
         "deadline 500 ms, items 3 s: reply took {elapsed:?}"
     );
-    let replies = responses(&resp);
-    assert_eq!(replies.len(), 4);
-    for entry in &replies {
-        assert_item_error(entry, 504, "BatchDeadlineExceeded");
-    }
+    assert_all_item_errors(&responses(&resp), 4, 504, "BatchDeadlineExceeded");
 }
 
 /// Proves that with `concurrency = 1` the children are sent one after another in request
 /// order (the first item first), so a deadline cuts off the tail of the batch, not its head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_one_sends_items_in_request_order() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(20)).await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("concurrency = 1")
-            .toml(),
-    )
-    .await;
+    let upstream = slow_upstream(20).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 1")
+        .start()
+        .await;
 
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(8))).await;
+    let resp = post_items(&gate, 8).await;
 
     assert_all_ok(&responses(&resp));
     let order: Vec<String> = upstream
@@ -262,22 +279,16 @@ async fn concurrency_one_sends_items_in_request_order() {
 async fn refused_upstream_gives_502_per_item() {
     let live = Upstream::echo().await;
     let dead = refused_addr().await;
-    let gate = gate::start(
-        &GateConfig::new(live.addr)
-            .upstream("dead", dead)
-            .route_upstream("dead")
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(live.addr)
+        .upstream("dead", dead)
+        .route_upstream("dead")
+        .start()
+        .await;
 
     let started = Instant::now();
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(3))).await;
+    let resp = post_items(&gate, 3).await;
 
-    let replies = responses(&resp);
-    assert_eq!(replies.len(), 3);
-    for entry in &replies {
-        assert_item_error(entry, 502, "UpstreamConnectFailed");
-    }
+    assert_all_item_errors(&responses(&resp), 3, 502, "UpstreamConnectFailed");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(
         live.count(),
@@ -297,9 +308,9 @@ async fn upstream_error_status_is_relayed() {
         _ => Reply::json(200, r#"{"ok":1}"#),
     })
     .await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
 
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(4))).await;
+    let resp = post_items(&gate, 4).await;
 
     let replies = responses(&resp);
     assert_eq!(replies[0]["status"], 200);
@@ -332,14 +343,12 @@ async fn oversized_upstream_body_is_502() {
         _ => Reply::json(200, r#"{"small":true}"#),
     })
     .await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("max_item_response_bytes = 1000")
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_item_response_bytes = 1000")
+        .start()
+        .await;
 
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(4))).await;
+    let resp = post_items(&gate, 4).await;
 
     let replies = responses(&resp);
     assert_eq!(replies[0]["status"], 200);
@@ -358,23 +367,13 @@ async fn oversized_upstream_body_is_502() {
 /// are never sent upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_cancels_remaining_items() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(300)).await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("concurrency = 1")
-            .toml(),
-    )
-    .await;
-    let body = batch(items(10));
-    let raw = client::build_request(
-        "POST",
-        BATCH_PATH,
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
+    let upstream = slow_upstream(300).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 1")
+        .start()
+        .await;
 
-    let mut conn = Conn::connect(gate.addr).await;
-    conn.write(&raw).await;
+    let conn = send_unread(&gate, 10).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(upstream.count() >= 1, "the batch had started");
     drop(conn);
@@ -390,30 +389,20 @@ async fn client_disconnect_cancels_remaining_items() {
 /// Proves the gate stays usable after a disconnect-cancelled batch: a new batch is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_serves_after_cancelled_batch() {
-    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(200)).await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .server("max_in_flight = 1")
-            .route("concurrency = 1")
-            .toml(),
-    )
-    .await;
-    let body = batch(items(10));
-    let raw = client::build_request(
-        "POST",
-        BATCH_PATH,
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    let mut conn = Conn::connect(gate.addr).await;
-    conn.write(&raw).await;
+    let upstream = slow_upstream(200).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("max_in_flight = 1")
+        .route("concurrency = 1")
+        .start()
+        .await;
+    let conn = send_unread(&gate, 10).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(conn);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // With max_in_flight = 1 a leaked permit would block this batch until the deadline.
     let started = Instant::now();
-    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items(2))).await;
+    let resp = post_items(&gate, 2).await;
     let replies = responses(&resp);
     assert_all_ok(&replies);
     assert_eq!(by_id(&replies, "item-1")["status"], 200);

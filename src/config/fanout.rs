@@ -1,8 +1,11 @@
 //! Validation of fanout routes: the id list, parameter and header rules, the per-id request
 //! template and the reply mapping, all declared in the config file.
 
-use super::file::{FieldRuleSection, RouteSection};
-use super::runtime::{error_format, Problems};
+use super::file::{
+    FanoutIdsSection, FanoutReplySection, FanoutRequestSection, FieldRuleSection, RouteSection,
+};
+use super::routes::error_format;
+use super::runtime::Problems;
 use crate::dialect::{ErrorFormat, HUAWEI_ERROR_FORMAT};
 use crate::guard::PathTemplate;
 use http::header::HeaderName;
@@ -83,7 +86,49 @@ pub(super) fn fanout_config(
         return None;
     };
     let params = rules(section.params.as_deref(), i, "params", problems);
-    let headers: Vec<HeaderRule> = rules(section.headers.as_deref(), i, "headers", problems)
+    let headers = header_rules(section, i, problems);
+    let Some(request) = &section.request else {
+        problems.push(
+            &["routes", i, "request"],
+            "a fanout route needs [routes.request] with `path`",
+        );
+        return None;
+    };
+    let target = target(request, &params, i, problems);
+    let request_method = request_method(request, i, problems);
+    let Some(reply) = &section.reply else {
+        problems.push(
+            &["routes", i, "reply"],
+            "a fanout route needs [routes.reply] with `list_field`",
+        );
+        return None;
+    };
+    let fields = reply_fields(reply, i, problems);
+    let on_item_error = on_item_error(section, i, problems);
+    let max_id_length = max_id_length(ids, i, problems);
+    let error_format = error_format(section, i, HUAWEI_ERROR_FORMAT, problems);
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(FanoutConfig {
+        methods,
+        ids_param: ids.param.clone(),
+        collapse_duplicates: ids.collapse_duplicates.unwrap_or(true),
+        max_id_length,
+        params,
+        headers,
+        request_method,
+        target: target?,
+        list_field: reply.list_field.clone(),
+        fields,
+        on_item_error,
+        error_format,
+    })
+}
+
+/// The `[[routes.headers]]` rules, each also a valid header name.
+fn header_rules(section: &RouteSection, i: &str, problems: &mut Problems) -> Vec<HeaderRule> {
+    rules(section.headers.as_deref(), i, "headers", problems)
         .into_iter()
         .zip(section.headers.iter().flatten())
         .enumerate()
@@ -103,14 +148,16 @@ pub(super) fn fanout_config(
                 }
             },
         )
-        .collect();
-    let Some(request) = &section.request else {
-        problems.push(
-            &["routes", i, "request"],
-            "a fanout route needs [routes.request] with `path`",
-        );
-        return None;
-    };
+        .collect()
+}
+
+/// The per-id request path; it may use `{id}` (required) and the declared parameters.
+fn target(
+    request: &FanoutRequestSection,
+    params: &[FieldRule],
+    i: &str,
+    problems: &mut Problems,
+) -> Option<PathTemplate> {
     let mut known: Vec<&str> = vec!["id"];
     known.extend(params.iter().map(|p| p.name.as_str()));
     let target = PathTemplate::parse(&request.path, &known)
@@ -124,22 +171,26 @@ pub(super) fn fanout_config(
             );
         }
     }
-    let request_method =
-        match Method::from_bytes(request.method.as_deref().unwrap_or("GET").as_bytes()) {
-            Ok(m) => m,
-            Err(_) => {
-                problems.push(&["routes", i, "request", "method"], "not an HTTP method");
-                Method::GET
-            }
-        };
-    let Some(reply) = &section.reply else {
-        problems.push(
-            &["routes", i, "reply"],
-            "a fanout route needs [routes.reply] with `list_field`",
-        );
-        return None;
-    };
-    let fields = reply.fields.as_ref().map(|table| {
+    target
+}
+
+fn request_method(request: &FanoutRequestSection, i: &str, problems: &mut Problems) -> Method {
+    match Method::from_bytes(request.method.as_deref().unwrap_or("GET").as_bytes()) {
+        Ok(m) => m,
+        Err(_) => {
+            problems.push(&["routes", i, "request", "method"], "not an HTTP method");
+            Method::GET
+        }
+    }
+}
+
+/// The element fields of the merged reply, each the id or a JSON pointer into a part.
+fn reply_fields(
+    reply: &FanoutReplySection,
+    i: &str,
+    problems: &mut Problems,
+) -> Option<Vec<(String, FieldSource)>> {
+    reply.fields.as_ref().map(|table| {
         table
             .iter()
             .filter_map(|(name, source)| match source.as_str() {
@@ -156,8 +207,11 @@ pub(super) fn fanout_config(
                 }
             })
             .collect()
-    });
-    let on_item_error = match section.on_item_error.as_deref() {
+    })
+}
+
+fn on_item_error(section: &RouteSection, i: &str, problems: &mut Problems) -> OnItemError {
+    match section.on_item_error.as_deref() {
         None | Some("include") => OnItemError::Include,
         Some("omit") => OnItemError::Omit,
         Some("fail") => OnItemError::Fail,
@@ -168,8 +222,11 @@ pub(super) fn fanout_config(
             );
             OnItemError::Include
         }
-    };
-    let max_id_length = ids.max_length.map_or(DEFAULT_MAX_ID_LENGTH, |n| {
+    }
+}
+
+fn max_id_length(ids: &FanoutIdsSection, i: &str, problems: &mut Problems) -> usize {
+    ids.max_length.map_or(DEFAULT_MAX_ID_LENGTH, |n| {
         usize::try_from(n)
             .ok()
             .filter(|n| (1..=8192).contains(n))
@@ -180,24 +237,6 @@ pub(super) fn fanout_config(
                 );
                 DEFAULT_MAX_ID_LENGTH
             })
-    });
-    let error_format = error_format(section, i, HUAWEI_ERROR_FORMAT, problems);
-    if problems.0.len() != before {
-        return None;
-    }
-    Some(FanoutConfig {
-        methods,
-        ids_param: ids.param.clone(),
-        collapse_duplicates: ids.collapse_duplicates.unwrap_or(true),
-        max_id_length,
-        params,
-        headers,
-        request_method,
-        target: target?,
-        list_field: reply.list_field.clone(),
-        fields,
-        on_item_error,
-        error_format,
     })
 }
 

@@ -4,9 +4,14 @@
 //! and reports every problem as `FILE:LINE:COL: key: message`, the way `nginx -t` does.
 //! `from_path` only adds reading the file, so tests need no files.
 
+mod envelope;
 pub mod fanout;
 pub mod file;
+mod jsonrpc;
+mod routes;
 pub mod runtime;
+mod server;
+mod values;
 
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use runtime::{

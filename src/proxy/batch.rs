@@ -2,20 +2,16 @@
 //! run the executor while watching for the client leaving, encode, write one reply.
 //!
 //! Whole-batch checks that every dialect shares (method, media type, size, `Expect`) happen
-//! here, before the dialect sees a byte; what they look like on the wire is still the
+//! in `body.rs`, before the dialect sees a byte; what they look like on the wire is still the
 //! dialect's `reject`.
 
+use super::body::read_batch;
 use super::{BatchGate, RequestCtx, Route, RouteDialect};
-use crate::dialect::{
-    is_utf8_charset, BatchRequest, Dialect, Outcome, Rejection, RejectionKind, Reply, SubRequest,
-};
+use crate::dialect::{BatchRequest, Dialect, Outcome, RejectionKind, Reply, SubRequest};
 use crate::exec::{self, Limits, Observer};
 use crate::metrics::RouteMetrics;
 use crate::upstream::{BatchHeaders, BatchUpstream};
-use bytes::{Bytes, BytesMut};
-use http::header::{
-    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TRANSFER_ENCODING,
-};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -26,8 +22,6 @@ use tracing::Instrument;
 /// Header carrying the batch's request id, in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// Most bytes reserved for a batch body before any of it has arrived.
-const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 /// Longest client-supplied request id we accept; longer ones are replaced.
 const MAX_REQUEST_ID_BYTES: usize = 200;
 
@@ -256,113 +250,6 @@ async fn finish(
     write_reply(session, reply, request_id).await
 }
 
-/// Checks method, media type and size, answers `Expect: 100-continue`, reads the body.
-async fn read_batch<D: Dialect>(
-    session: &mut Session,
-    route: &Route,
-    dialect: &D,
-) -> Result<std::result::Result<Bytes, Rejection>> {
-    let header = session.req_header();
-    if !dialect.accepts_method(&header.method) {
-        let message = format!("{} is not allowed on this batch route", header.method);
-        session.set_keepalive(None);
-        return Ok(Err(Rejection::new(
-            RejectionKind::MethodNotAllowed,
-            "MethodNotAllowed",
-            message,
-        )));
-    }
-    let content_type = header.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-    let declared = header
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    // A request without a body (a fanout GET with a query string) needs no media type.
-    let has_body =
-        header.headers.contains_key(TRANSFER_ENCODING) || declared.is_some_and(|n| n > 0);
-    if has_body {
-        let unsupported = match content_type {
-            Some(value) if !dialect.accepts_content_type(value) => {
-                Some("the batch body must be sent with Content-Type: application/json".to_string())
-            }
-            Some(value) if !is_utf8_charset(value) => Some(format!(
-                "the batch body must be UTF-8 JSON; Content-Type {:?} names another charset",
-                String::from_utf8_lossy(value)
-            )),
-            Some(_) => None,
-            None if dialect.requires_content_type() => {
-                Some("the batch body must be sent with Content-Type: application/json".to_string())
-            }
-            None => None,
-        };
-        if let Some(message) = unsupported {
-            session.set_keepalive(None);
-            return Ok(Err(Rejection::new(
-                RejectionKind::UnsupportedMediaType,
-                "UnsupportedMediaType",
-                message,
-            )));
-        }
-    }
-    let limit = route.config.limits.max_body_bytes;
-    if declared.is_some_and(|len| len > limit) {
-        // The body is left unread, so this connection cannot carry another request.
-        session.set_keepalive(None);
-        return Ok(Err(too_large(limit)));
-    }
-    let expects_continue = header
-        .headers
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && has_body {
-        session.write_continue_response().await?;
-    }
-    // Reserve at most 64 KiB up front: a declared length is only a claim, and a client that
-    // declares `max_body_bytes` and then sends nothing should not hold that much per connection.
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY));
-    loop {
-        let chunk = match session.read_request_body().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => match e.etype() {
-                // The client went away: nobody to answer.
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-                    return Err(e.into_down())
-                }
-                // The client stalled mid-body (pingora's 60 s read timeout): 408, as nginx's
-                // client_body_timeout does, rather than pingora's default 500.
-                ErrorType::ReadTimedout => {
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(408),
-                        "timed out reading the batch body",
-                    )
-                }
-                // A malformed chunked encoding is the client's mistake, not a 500; the framing
-                // is lost, so the connection closes after the answer.
-                _ => {
-                    session.set_keepalive(None);
-                    return Ok(Err(dialect.malformed_body(format!(
-                        "the request body could not be read: {}",
-                        e.to_string().trim()
-                    ))));
-                }
-            },
-        };
-        if body.len() + chunk.len() > limit {
-            session.set_keepalive(None);
-            return Ok(Err(too_large(limit)));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    // A UTF-8 byte order mark is not part of the JSON text (RFC 8259 section 8.1 lets parsers
-    // ignore it); Windows PowerShell and some .NET clients send one.
-    if body.starts_with(b"\xEF\xBB\xBF") {
-        let _ = body.split_to(3);
-    }
-    Ok(Ok(body.freeze()))
-}
-
 /// Headers every child of this batch carries.
 fn batch_headers(session: &Session, route: &Route, request_id: &str) -> BatchHeaders {
     let req = session.req_header();
@@ -393,14 +280,6 @@ fn batch_headers(session: &Session, route: &Route, request_id: &str) -> BatchHea
         common,
         max_response_bytes: route.config.limits.max_item_response_bytes,
     }
-}
-
-fn too_large(limit: usize) -> Rejection {
-    Rejection::new(
-        RejectionKind::BodyTooLarge,
-        "RequestEntityTooLarge",
-        format!("the batch body exceeds {limit} bytes"),
-    )
 }
 
 /// The client's `X-Request-Id` when it is sane, otherwise a fresh random one.

@@ -5,9 +5,11 @@
 //! base path `/v2`, the listeners on the `{listen}`/`{admin}` placeholders and the pingora
 //! files in `{tmp}`. Extra `key = value` lines can be added to `[server]`, to the route,
 //! and further upstreams can be declared; [`GateConfig::toml`] renders the text for
-//! [`super::gate::start`].
+//! [`super::gate::start`], and [`GateConfig::start`] does both.
 
 use std::net::SocketAddr;
+
+use super::gate::{self, Gate};
 
 /// Parameters of one test config.
 #[derive(Debug, Clone)]
@@ -51,6 +53,11 @@ impl GateConfig {
     pub fn route_upstream(mut self, name: &str) -> GateConfig {
         self.route_upstream = name.to_string();
         self
+    }
+
+    /// Starts a gate with this config (see [`gate::start`]).
+    pub async fn start(&self) -> Gate {
+        gate::start(&self.toml()).await
     }
 
     /// The config text, with `{listen}`, `{admin}` and `{tmp}` placeholders left in.

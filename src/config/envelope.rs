@@ -1,0 +1,92 @@
+//! Validation of envelope routes (`POST /v2/batch`): the base path children are joined to,
+//! the child methods, resources and URL prefixes allowed, and the error format.
+//!
+//! The URL and header guards are compiled here, once, from those settings.
+
+use super::file::RouteSection;
+use super::routes::error_format;
+use super::runtime::{EnvelopeConfig, Problems};
+use super::values::is_route_path;
+use crate::guard::{HeaderGuard, UrlGuard};
+use http::Method;
+
+/// Child methods an envelope route allows unless configured.
+pub const DEFAULT_ENVELOPE_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// `batch_paths` are every batch route of the file, which no child may target.
+pub(super) fn envelope_config(
+    section: &RouteSection,
+    i: &str,
+    batch_paths: &[String],
+    problems: &mut Problems,
+) -> Option<EnvelopeConfig> {
+    let base_path = base_path(section, i, problems);
+    let allowed_methods = envelope_methods(section, i, problems);
+    let prefixes = section.allowed_url_prefixes.clone();
+    for (j, prefix) in prefixes.iter().flatten().enumerate() {
+        if !is_route_path(prefix) {
+            problems.push(
+                &["routes", i, "allowed_url_prefixes", &j.to_string()],
+                format!("{prefix:?} must be an absolute path such as \"/file/\""),
+            );
+        }
+    }
+    if section
+        .allowed_resources
+        .as_ref()
+        .is_some_and(Vec::is_empty)
+    {
+        problems.push(
+            &["routes", i, "allowed_resources"],
+            "an empty list would refuse every batch; leave the key out to allow any",
+        );
+    }
+    let error_format = error_format(section, i, crate::dialect::PDS_ERROR_FORMAT, problems);
+    Some(EnvelopeConfig {
+        error_format,
+        url_guard: UrlGuard::new(base_path.clone(), prefixes, batch_paths.to_vec()),
+        base_path,
+        allowed_methods,
+        allowed_resources: section.allowed_resources.clone(),
+        header_guard: HeaderGuard,
+    })
+}
+
+fn base_path(section: &RouteSection, i: &str, problems: &mut Problems) -> String {
+    // Default base path: the route's parent, so `/v2/batch` children `/file/get` reach
+    // `/v2/file/get` (PDS) and `/v1.0/$batch` children `/me` reach `/v1.0/me` (Graph).
+    let base_path = section.base_path.clone().unwrap_or_else(|| {
+        section
+            .path
+            .rsplit_once('/')
+            .map(|(parent, _)| parent.to_string())
+            .unwrap_or_default()
+    });
+    if !base_path.is_empty() && (!is_route_path(&base_path) || base_path.ends_with('/')) {
+        problems.push(
+            &["routes", i, "base_path"],
+            format!("{base_path:?} must be empty or an absolute path without a trailing '/'"),
+        );
+    }
+    base_path
+}
+
+fn envelope_methods(section: &RouteSection, i: &str, problems: &mut Problems) -> Vec<Method> {
+    let method_names: Vec<String> = section.allowed_methods.clone().unwrap_or_else(|| {
+        DEFAULT_ENVELOPE_METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    });
+    let mut allowed_methods = Vec::new();
+    for (j, name) in method_names.iter().enumerate() {
+        match Method::from_bytes(name.as_bytes()) {
+            Ok(m) if name.bytes().all(|b| b.is_ascii_uppercase()) => allowed_methods.push(m),
+            _ => problems.push(
+                &["routes", i, "allowed_methods", &j.to_string()],
+                format!("{name:?} is not an upper-case HTTP method"),
+            ),
+        }
+    }
+    allowed_methods
+}

@@ -1,0 +1,315 @@
+//! Validation of `[[routes]]`: what every batch route has whatever its dialect (path, upstream,
+//! limits, forwarded headers, name), uniqueness across the file, and the hand-off to the
+//! dialect's own validator (`envelope.rs`, `jsonrpc.rs`, `fanout.rs`).
+//!
+//! Route defaults live here as named constants; a key that belongs to another dialect is an
+//! error rather than a setting that silently does nothing.
+
+use super::envelope::envelope_config;
+use super::fanout::fanout_config;
+use super::file::{FileConfig, RouteSection};
+use super::jsonrpc::jsonrpc_config;
+use super::runtime::{DialectConfig, Problems, RouteConfig, RouteLimits};
+use super::server::lookup_upstream;
+use super::values::{bounded, duration, header_names, is_route_path};
+use crate::dialect::ErrorFormat;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Items per batch: the PDS page allows 1 to 100 child requests.
+pub const DEFAULT_MAX_ITEMS: usize = 100;
+/// Children of one batch in flight at once.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Time one child may take once it has its permits.
+pub const DEFAULT_ITEM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the whole batch may take; the reply then goes out with what has finished.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest batch request body accepted (bytes).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest upstream body accepted for one child (bytes).
+pub const DEFAULT_MAX_ITEM_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Largest sum of child bodies held for one reply (bytes).
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// Headers copied from the batch request into every child unless the route says otherwise.
+pub const DEFAULT_FORWARD_HEADERS: &[&str] = &["authorization"];
+
+/// Upper bounds that keep a typo from turning into an outage.
+const MAX_ITEMS_LIMIT: i64 = 10_000;
+const MAX_CONCURRENCY_LIMIT: i64 = 10_000;
+
+/// What a route needs to know about the rest of the file.
+struct RouteContext<'a> {
+    index: &'a str,
+    file: &'a FileConfig,
+    upstream_index: &'a BTreeMap<String, usize>,
+    default_upstream: Option<usize>,
+    batch_paths: &'a [String],
+}
+
+/// The valid routes; names and paths must be unique across the file.
+pub(super) fn routes(
+    file: &FileConfig,
+    upstream_index: &BTreeMap<String, usize>,
+    default_upstream: Option<usize>,
+    problems: &mut Problems,
+) -> Vec<Arc<RouteConfig>> {
+    let batch_paths: Vec<String> = file.routes.iter().map(|r| r.path.clone()).collect();
+    let mut routes = Vec::new();
+    let mut names = BTreeMap::new();
+    for (i, section) in file.routes.iter().enumerate() {
+        let index = i.to_string();
+        let ctx = RouteContext {
+            index: &index,
+            file,
+            upstream_index,
+            default_upstream,
+            batch_paths: &batch_paths,
+        };
+        if let Some(route) = route_config(section, &ctx, problems) {
+            if let Some(previous) = names.insert(route.name.clone(), i) {
+                problems.push(
+                    &["routes", &index, "name"],
+                    format!(
+                        "duplicate route name {:?} (also routes[{previous}])",
+                        route.name
+                    ),
+                );
+            }
+            routes.push(Arc::new(route));
+        }
+    }
+    for (i, route) in file.routes.iter().enumerate() {
+        if file.routes[..i].iter().any(|r| r.path == route.path) {
+            problems.push(
+                &["routes", &i.to_string(), "path"],
+                format!("duplicate route path {:?}", route.path),
+            );
+        }
+    }
+    routes
+}
+
+fn route_config(
+    section: &RouteSection,
+    ctx: &RouteContext<'_>,
+    problems: &mut Problems,
+) -> Option<RouteConfig> {
+    let before = problems.0.len();
+    let i = ctx.index;
+    if !is_route_path(&section.path) {
+        problems.push(
+            &["routes", i, "path"],
+            format!(
+                "{:?} must be an absolute path such as \"/v2/batch\" (no query, no spaces)",
+                section.path
+            ),
+        );
+    }
+    let upstream = route_upstream(section, ctx, problems);
+    let limits = route_limits(section, i, problems);
+    let forward_headers = header_names(
+        section.forward_headers.as_deref(),
+        DEFAULT_FORWARD_HEADERS,
+        &["routes", i, "forward_headers"],
+        problems,
+    );
+    let dialect = dialect_config(section, ctx, problems);
+    check_dialect_keys(section, i, problems);
+    let name = route_name(section, i, problems);
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(RouteConfig {
+        name,
+        path: section.path.clone(),
+        upstream: upstream?,
+        limits,
+        forward_headers,
+        dialect: dialect?,
+    })
+}
+
+/// The named upstream, else the file's default one.
+fn route_upstream(
+    section: &RouteSection,
+    ctx: &RouteContext<'_>,
+    problems: &mut Problems,
+) -> Option<usize> {
+    let path = ["routes", ctx.index, "upstream"];
+    match &section.upstream {
+        Some(name) => lookup_upstream(
+            name,
+            &ctx.file.upstreams,
+            ctx.upstream_index,
+            &path,
+            problems,
+        ),
+        None => {
+            if ctx.default_upstream.is_none() {
+                problems.push(
+                    &path,
+                    "no upstream named and no server.default_upstream to fall back to",
+                );
+            }
+            ctx.default_upstream
+        }
+    }
+}
+
+fn route_limits(section: &RouteSection, i: &str, problems: &mut Problems) -> RouteLimits {
+    let at = |key: &'static str| ["routes", i, key];
+    RouteLimits {
+        max_items: bounded(
+            section.max_items,
+            DEFAULT_MAX_ITEMS,
+            1,
+            MAX_ITEMS_LIMIT,
+            &at("max_items"),
+            problems,
+        ),
+        concurrency: bounded(
+            section.concurrency,
+            DEFAULT_CONCURRENCY,
+            1,
+            MAX_CONCURRENCY_LIMIT,
+            &at("concurrency"),
+            problems,
+        ),
+        item_timeout: duration(
+            &section.item_timeout,
+            DEFAULT_ITEM_TIMEOUT,
+            &at("item_timeout"),
+            problems,
+        ),
+        batch_timeout: duration(
+            &section.batch_timeout,
+            DEFAULT_BATCH_TIMEOUT,
+            &at("batch_timeout"),
+            problems,
+        ),
+        max_body_bytes: bounded(
+            section.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            1,
+            i64::MAX,
+            &at("max_body_bytes"),
+            problems,
+        ),
+        max_item_response_bytes: bounded(
+            section.max_item_response_bytes,
+            DEFAULT_MAX_ITEM_RESPONSE_BYTES,
+            0,
+            i64::MAX,
+            &at("max_item_response_bytes"),
+            problems,
+        ),
+        max_reply_bytes: bounded(
+            section.max_reply_bytes,
+            DEFAULT_MAX_REPLY_BYTES,
+            1,
+            i64::MAX,
+            &at("max_reply_bytes"),
+            problems,
+        ),
+    }
+}
+
+fn dialect_config(
+    section: &RouteSection,
+    ctx: &RouteContext<'_>,
+    problems: &mut Problems,
+) -> Option<DialectConfig> {
+    match section.dialect.as_str() {
+        "envelope" => envelope_config(section, ctx.index, ctx.batch_paths, problems)
+            .map(DialectConfig::Envelope),
+        "jsonrpc" => jsonrpc_config(section, ctx.index, problems).map(DialectConfig::JsonRpc),
+        "fanout" => fanout_config(section, ctx.index, problems).map(DialectConfig::Fanout),
+        other => {
+            problems.push(
+                &["routes", ctx.index, "dialect"],
+                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\" or \"fanout\")"),
+            );
+            None
+        }
+    }
+}
+
+/// The configured name, else one derived from the path; it becomes a metric label.
+fn route_name(section: &RouteSection, i: &str, problems: &mut Problems) -> String {
+    let name = section
+        .name
+        .clone()
+        .unwrap_or_else(|| section.path.trim_start_matches('/').replace('/', "_"));
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        problems.push(
+            &["routes", i, "name"],
+            format!("{name:?} must be non-empty visible ASCII (it becomes a metric label)"),
+        );
+    }
+    name
+}
+
+/// Keys that only mean something for one dialect are errors on the others, so a key copied
+/// from the wrong example does not silently do nothing.
+fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) {
+    const ENVELOPE: &[&str] = &["envelope"];
+    const JSONRPC: &[&str] = &["jsonrpc"];
+    const FANOUT: &[&str] = &["fanout"];
+    let s = section;
+    let present: [(&str, bool, &[&str]); 15] = [
+        (
+            "error_format",
+            s.error_format.is_some(),
+            &["envelope", "fanout"],
+        ),
+        ("base_path", s.base_path.is_some(), ENVELOPE),
+        ("allowed_resources", s.allowed_resources.is_some(), ENVELOPE),
+        (
+            "allowed_url_prefixes",
+            s.allowed_url_prefixes.is_some(),
+            ENVELOPE,
+        ),
+        (
+            "allowed_methods",
+            s.allowed_methods.is_some(),
+            &["envelope", "jsonrpc"],
+        ),
+        ("upstream_path", s.upstream_path.is_some(), JSONRPC),
+        ("denied_methods", s.denied_methods.is_some(), JSONRPC),
+        ("profile", s.profile.is_some(), JSONRPC),
+        ("methods", s.methods.is_some(), FANOUT),
+        ("ids", s.ids.is_some(), FANOUT),
+        ("params", s.params.is_some(), FANOUT),
+        ("headers", s.headers.is_some(), FANOUT),
+        ("request", s.request.is_some(), FANOUT),
+        ("reply", s.reply.is_some(), FANOUT),
+        ("on_item_error", s.on_item_error.is_some(), FANOUT),
+    ];
+    for (key, is_set, dialects) in present {
+        if is_set && !dialects.contains(&section.dialect.as_str()) {
+            problems.push(
+                &["routes", i, key],
+                format!(
+                    "{key} is not a setting of dialect {:?} (only of {})",
+                    section.dialect,
+                    dialects.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The route's `error_format`, or `default`.
+pub(super) fn error_format(
+    section: &RouteSection,
+    i: &str,
+    default: &str,
+    problems: &mut Problems,
+) -> ErrorFormat {
+    let template = section.error_format.as_deref().unwrap_or(default);
+    ErrorFormat::new(template).unwrap_or_else(|why| {
+        problems.push(&["routes", i, "error_format"], why);
+        ErrorFormat::default()
+    })
+}

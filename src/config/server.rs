@@ -1,0 +1,301 @@
+//! Validation of the process-wide tables: `[server]`, `[admin]` and `[upstreams.NAME]`, with
+//! their defaults.
+//!
+//! Upstream addresses are resolved here, once, because pingora's `HttpPeer::new` panics on an
+//! address it cannot resolve; a route only ever refers to an upstream by index afterwards.
+
+use super::file::{FileConfig, ServerSection, UpstreamSection};
+use super::runtime::{LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol};
+use super::values::{bounded, duration};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default public listener.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default admin listener: loopback only, never the public address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+/// Worker threads for the proxy service (pingora counts threads per service).
+pub const DEFAULT_THREADS: usize = 2;
+/// Sub-requests in flight across all batches of the process.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Seconds pingora waits after SIGTERM before stopping runtimes (its own default is 300 s).
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Seconds spawned work may keep running during shutdown.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upstream TCP connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Upstream per-read and per-write timeout.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pooled upstream connection may stay idle; keep it below the upstream's own
+/// keep-alive timeout so we rarely pick a connection the upstream is closing.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per upstream.
+pub const DEFAULT_POOL_SIZE: usize = 128;
+/// Concurrent streams per h2c connection unless configured.
+pub const DEFAULT_MAX_H2_STREAMS: usize = 100;
+
+/// Upper bounds that keep a typo from turning into an outage.
+const MAX_IN_FLIGHT_LIMIT: i64 = 1_000_000;
+const MAX_THREADS_LIMIT: i64 = 256;
+
+pub(super) fn server_settings(section: &ServerSection, problems: &mut Problems) -> ServerSettings {
+    let listen = listen(section, problems);
+    let log_format = log_format(section, problems);
+    ServerSettings {
+        listen,
+        threads: bounded(
+            section.threads,
+            DEFAULT_THREADS,
+            1,
+            MAX_THREADS_LIMIT,
+            &["server", "threads"],
+            problems,
+        ),
+        work_stealing: section.work_stealing.unwrap_or(true),
+        max_in_flight: bounded(
+            section.max_in_flight,
+            DEFAULT_MAX_IN_FLIGHT,
+            1,
+            MAX_IN_FLIGHT_LIMIT,
+            &["server", "max_in_flight"],
+            problems,
+        ),
+        grace_period: duration(
+            &section.grace_period,
+            DEFAULT_GRACE_PERIOD,
+            &["server", "grace_period"],
+            problems,
+        ),
+        graceful_shutdown_timeout: duration(
+            &section.graceful_shutdown_timeout,
+            DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
+            &["server", "graceful_shutdown_timeout"],
+            problems,
+        ),
+        pid_file: section.pid_file.clone(),
+        upgrade_sock: section.upgrade_sock.clone(),
+        log_format,
+        log_level: section.log_level.clone(),
+        item_log: section.item_log.unwrap_or(false),
+    }
+}
+
+fn listen(section: &ServerSection, problems: &mut Problems) -> Vec<SocketAddr> {
+    let listen_strings = section
+        .listen
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen_strings.is_empty() {
+        problems.push(&["server", "listen"], "at least one address is required");
+    }
+    let mut listen = Vec::new();
+    for (i, text) in listen_strings.iter().enumerate() {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => listen.push(addr),
+            Err(_) => problems.push(
+                &["server", "listen", &i.to_string()],
+                format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")"),
+            ),
+        }
+    }
+    listen
+}
+
+/// The log format; the log level is only checked here, as `main` hands it to the subscriber.
+fn log_format(section: &ServerSection, problems: &mut Problems) -> LogFormat {
+    let log_format = match section.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            problems.push(
+                &["server", "log_format"],
+                format!("{other:?} is not a log format (\"text\" or \"json\")"),
+            );
+            LogFormat::Text
+        }
+    };
+    if let Some(level) = &section.log_level {
+        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+            problems.push(
+                &["server", "log_level"],
+                format!("{level:?} is not a log filter (e.g. \"info\" or \"batchgate=debug\")"),
+            );
+        }
+    }
+    log_format
+}
+
+pub(super) fn admin_listen(file: &FileConfig, problems: &mut Problems) -> Option<SocketAddr> {
+    if file.admin.enabled == Some(false) {
+        return None;
+    }
+    let text = file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(
+                &["admin", "listen"],
+                format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:9091\")"),
+            );
+            None
+        }
+    }
+}
+
+/// The valid upstreams, and the index of each by name for routes to refer to.
+pub(super) fn upstreams(
+    file: &FileConfig,
+    problems: &mut Problems,
+) -> (Vec<Arc<UpstreamConfig>>, BTreeMap<String, usize>) {
+    let mut upstreams = Vec::new();
+    let mut upstream_index = BTreeMap::new();
+    for (name, section) in &file.upstreams {
+        if let Some(upstream) = upstream_config(name, section, problems) {
+            upstream_index.insert(name.clone(), upstreams.len());
+            upstreams.push(Arc::new(upstream));
+        }
+    }
+    (upstreams, upstream_index)
+}
+
+/// The upstream that pass-through traffic and routes without an `upstream` key use.
+pub(super) fn default_upstream(
+    file: &FileConfig,
+    upstream_index: &BTreeMap<String, usize>,
+    problems: &mut Problems,
+) -> Option<usize> {
+    match &file.server.default_upstream {
+        Some(name) => lookup_upstream(
+            name,
+            &file.upstreams,
+            upstream_index,
+            &["server", "default_upstream"],
+            problems,
+        ),
+        // One upstream needs no name: it is the obvious default.
+        None if upstream_index.len() == 1 => Some(0),
+        None => None,
+    }
+}
+
+fn upstream_config(
+    name: &str,
+    section: &UpstreamSection,
+    problems: &mut Problems,
+) -> Option<UpstreamConfig> {
+    let before = problems.0.len();
+    let at = |key: &'static str| ["upstreams", name, key];
+    let addresses = addresses(name, section, problems);
+    if let Some(host) = &section.host {
+        if host.is_empty() || host.bytes().any(|b| !b.is_ascii_graphic()) {
+            problems.push(&at("host"), format!("{host:?} is not a valid Host value"));
+        }
+    }
+    let upstream = UpstreamConfig {
+        name: name.to_string(),
+        addresses,
+        host: section.host.clone(),
+        connect_timeout: duration(
+            &section.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            &at("connect_timeout"),
+            problems,
+        ),
+        read_timeout: duration(
+            &section.read_timeout,
+            DEFAULT_IO_TIMEOUT,
+            &at("read_timeout"),
+            problems,
+        ),
+        write_timeout: duration(
+            &section.write_timeout,
+            DEFAULT_IO_TIMEOUT,
+            &at("write_timeout"),
+            problems,
+        ),
+        idle_timeout: duration(
+            &section.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            &at("idle_timeout"),
+            problems,
+        ),
+        pool_size: bounded(
+            section.pool_size,
+            DEFAULT_POOL_SIZE,
+            0,
+            100_000,
+            &at("pool_size"),
+            problems,
+        ),
+        protocol: protocol(name, section, problems),
+        max_h2_streams: bounded(
+            section.max_h2_streams,
+            DEFAULT_MAX_H2_STREAMS,
+            1,
+            10_000,
+            &at("max_h2_streams"),
+            problems,
+        ),
+    };
+    (problems.0.len() == before).then_some(upstream)
+}
+
+fn addresses(name: &str, section: &UpstreamSection, problems: &mut Problems) -> Vec<SocketAddr> {
+    if section.addresses.is_empty() {
+        problems.push(
+            &["upstreams", name, "addresses"],
+            "at least one host:port is required",
+        );
+    }
+    let mut addresses = Vec::new();
+    for (i, text) in section.addresses.iter().enumerate() {
+        // Resolve now: pingora's HttpPeer::new panics on an unresolvable address.
+        match text.to_socket_addrs().map(|mut addrs| addrs.next()) {
+            Ok(Some(addr)) => addresses.push(addr),
+            _ => problems.push(
+                &["upstreams", name, "addresses", &i.to_string()],
+                format!("{text:?} is not a resolvable host:port"),
+            ),
+        }
+    }
+    addresses
+}
+
+fn protocol(name: &str, section: &UpstreamSection, problems: &mut Problems) -> UpstreamProtocol {
+    match section.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("h2c") => UpstreamProtocol::H2c,
+        Some(other) => {
+            problems.push(
+                &["upstreams", name, "protocol"],
+                format!("{other:?} is not an upstream protocol (\"http1\" or \"h2c\")"),
+            );
+            UpstreamProtocol::Http1
+        }
+    }
+}
+
+/// The index of upstream `name`; a problem at `path` if no such upstream is declared.
+pub(super) fn lookup_upstream(
+    name: &str,
+    sections: &BTreeMap<String, UpstreamSection>,
+    index: &BTreeMap<String, usize>,
+    path: &[&str],
+    problems: &mut Problems,
+) -> Option<usize> {
+    match index.get(name) {
+        Some(i) => Some(*i),
+        // Declared but invalid: its own problems are already reported.
+        None if sections.contains_key(name) => None,
+        None => {
+            let known: Vec<&str> = sections.keys().map(String::as_str).collect();
+            problems.push(
+                path,
+                format!("no upstream named {name:?} (declared: {known:?})"),
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Reading a batch request before any dialect sees it: the whole-batch checks every dialect
+//! shares (method, media type, size, `Expect: 100-continue`) and the body, read with a cap.
+//!
+//! A refusal here is a `Rejection` value; what it looks like on the wire is still the
+//! dialect's `reject`. A refusal before the body is read also closes the connection, as the
+//! unread body would otherwise be taken for the next request.
+
+use super::Route;
+use crate::dialect::{is_utf8_charset, Dialect, Rejection, RejectionKind};
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// Most bytes reserved for a batch body before any of it has arrived.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
+/// Checks method, media type and size, answers `Expect: 100-continue`, reads the body.
+pub(super) async fn read_batch<D: Dialect>(
+    session: &mut Session,
+    route: &Route,
+    dialect: &D,
+) -> Result<std::result::Result<Bytes, Rejection>> {
+    let header = session.req_header();
+    let declared = header
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // A request without a body (a fanout GET with a query string) needs no media type.
+    let has_body =
+        header.headers.contains_key(TRANSFER_ENCODING) || declared.is_some_and(|n| n > 0);
+    let limit = route.config.limits.max_body_bytes;
+    if let Some(rejection) = check_head(header, dialect, declared, has_body, limit) {
+        // The body is left unread, so this connection cannot carry another request.
+        session.set_keepalive(None);
+        return Ok(Err(rejection));
+    }
+    let expects_continue = header
+        .headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && has_body {
+        session.write_continue_response().await?;
+    }
+    let mut body = match read_body(session, dialect, declared, limit).await? {
+        Ok(body) => body,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    // A UTF-8 byte order mark is not part of the JSON text (RFC 8259 section 8.1 lets parsers
+    // ignore it); Windows PowerShell and some .NET clients send one.
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        let _ = body.split_to(3);
+    }
+    Ok(Ok(body.freeze()))
+}
+
+/// The refusal the request head alone decides, checked in this order: method, media type
+/// (only when there is a body), declared size.
+fn check_head<D: Dialect>(
+    header: &RequestHeader,
+    dialect: &D,
+    declared: Option<usize>,
+    has_body: bool,
+    limit: usize,
+) -> Option<Rejection> {
+    if !dialect.accepts_method(&header.method) {
+        let message = format!("{} is not allowed on this batch route", header.method);
+        return Some(Rejection::new(
+            RejectionKind::MethodNotAllowed,
+            "MethodNotAllowed",
+            message,
+        ));
+    }
+    let content_type = header.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    let unsupported = has_body
+        .then(|| unsupported_media_type(content_type, dialect))
+        .flatten();
+    if let Some(message) = unsupported {
+        return Some(Rejection::new(
+            RejectionKind::UnsupportedMediaType,
+            "UnsupportedMediaType",
+            message,
+        ));
+    }
+    declared
+        .is_some_and(|len| len > limit)
+        .then(|| too_large(limit))
+}
+
+/// Why the body's media type is refused, if it is.
+fn unsupported_media_type<D: Dialect>(content_type: Option<&[u8]>, dialect: &D) -> Option<String> {
+    match content_type {
+        Some(value) if !dialect.accepts_content_type(value) => {
+            Some("the batch body must be sent with Content-Type: application/json".to_string())
+        }
+        Some(value) if !is_utf8_charset(value) => Some(format!(
+            "the batch body must be UTF-8 JSON; Content-Type {:?} names another charset",
+            String::from_utf8_lossy(value)
+        )),
+        Some(_) => None,
+        None if dialect.requires_content_type() => {
+            Some("the batch body must be sent with Content-Type: application/json".to_string())
+        }
+        None => None,
+    }
+}
+
+/// Reads the body, refusing it as soon as it grows past `limit`.
+async fn read_body<D: Dialect>(
+    session: &mut Session,
+    dialect: &D,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<std::result::Result<BytesMut, Rejection>> {
+    // Reserve at most 64 KiB up front: a declared length is only a claim, and a client that
+    // declares `max_body_bytes` and then sends nothing should not hold that much per connection.
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY));
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => return body_error(session, dialect, e),
+        };
+        if body.len() + chunk.len() > limit {
+            session.set_keepalive(None);
+            return Ok(Err(too_large(limit)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body))
+}
+
+/// What a failure while reading the body becomes: nothing for a client that left, 408 for
+/// one that stalled, the dialect's refusal for a malformed body.
+fn body_error<D: Dialect, T>(
+    session: &mut Session,
+    dialect: &D,
+    e: Box<Error>,
+) -> Result<std::result::Result<T, Rejection>> {
+    match e.etype() {
+        // The client went away: nobody to answer.
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            Err(e.into_down())
+        }
+        // The client stalled mid-body (pingora's 60 s read timeout): 408, as nginx's
+        // client_body_timeout does, rather than pingora's default 500.
+        ErrorType::ReadTimedout => Error::e_explain(
+            ErrorType::HTTPStatus(408),
+            "timed out reading the batch body",
+        ),
+        // A malformed chunked encoding is the client's mistake, not a 500; the framing
+        // is lost, so the connection closes after the answer.
+        _ => {
+            session.set_keepalive(None);
+            Ok(Err(dialect.malformed_body(format!(
+                "the request body could not be read: {}",
+                e.to_string().trim()
+            ))))
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Rejection {
+    Rejection::new(
+        RejectionKind::BodyTooLarge,
+        "RequestEntityTooLarge",
+        format!("the batch body exceeds {limit} bytes"),
+    )
+}
