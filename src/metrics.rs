@@ -8,8 +8,8 @@
 
 use crate::dialect::{Outcome, RejectionKind};
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Histogram,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -55,6 +55,7 @@ pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"
 
 /// The metric families.
 pub struct Families {
+    pub max_in_flight: IntGauge,
     pub batches: IntCounterVec,
     pub batch_items: HistogramVec,
     pub batch_duration: HistogramVec,
@@ -84,6 +85,10 @@ fn register() -> prometheus::Result<Families> {
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
     Ok(Families {
+        max_in_flight: register_int_gauge!(
+            "batchgate_max_in_flight",
+            "The server.max_in_flight limit: items in flight across all batches at most."
+        )?,
         batches: register_int_counter_vec!(
             "batchgate_batches_total",
             "Batch requests by route and outcome (ok, partial, rejected, failed, cancelled).",

@@ -96,6 +96,10 @@ impl BatchGate {
                 client,
                 next: AtomicUsize::new(0),
             });
+        if let Some(families) = crate::metrics::families() {
+            let limit = i64::try_from(config.server.max_in_flight).unwrap_or(i64::MAX);
+            families.max_in_flight.set(limit);
+        }
         BatchGate {
             routes,
             passthrough,

@@ -25,6 +25,7 @@ const METRICS: &[(&str, bool)] = &[
     ("batchgate_items_total", true),
     ("batchgate_item_duration_seconds", true),
     ("batchgate_items_in_flight", false),
+    ("batchgate_max_in_flight", false),
     ("batchgate_permit_wait_seconds", true),
     ("batchgate_rejections_total", true),
     ("batchgate_passthrough_requests_total", false),

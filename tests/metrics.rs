@@ -465,6 +465,8 @@ async fn counters_move_exactly_as_the_traffic_implies() {
         1.0,
         "one build_info series"
     );
+    // The default server.max_in_flight (1024), exported so saturation is in-flight / limit.
+    assert_eq!(after.value("batchgate_max_in_flight", &[]), 1024.0);
     assert!(after.value("process_resident_memory_bytes", &[]) > 0.0);
     assert!(after.value("process_virtual_memory_bytes", &[]) > 0.0);
     assert!(after.value("process_open_fds", &[]) > 0.0);
