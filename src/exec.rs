@@ -164,11 +164,21 @@ impl Collector {
 
     fn record(&mut self, index: usize, mut outcome: Outcome) {
         if let Outcome::Response(response) = &outcome {
-            self.reply_bytes = self.reply_bytes.saturating_add(response.body.len());
-            if self.reply_bytes > self.max_reply_bytes {
+            // Body and headers are what the reply will carry; an item dropped for going over
+            // is not charged, so later, smaller items can still fit.
+            let size = response.body.len()
+                + response
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.as_str().len() + value.len())
+                    .sum::<usize>();
+            let total = self.reply_bytes.saturating_add(size);
+            if total > self.max_reply_bytes {
                 outcome = Outcome::ReplyBudgetExceeded {
                     limit: self.max_reply_bytes,
                 };
+            } else {
+                self.reply_bytes = total;
             }
         }
         if let Some(slot) = self.slots.get_mut(index) {

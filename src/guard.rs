@@ -33,8 +33,9 @@ pub enum GuardError {
     BadHeaderName(String),
     #[error("header {0:?} has a value with a control character (CR, LF, NUL, DEL, ...)")]
     BadHeaderValue(String),
-    #[error("header {0:?} is set by the proxy and may not be sent by an item")]
-    ForbiddenHeader(String),
+    /// The header name and why it is refused (`HeaderGuard::refuses_name`).
+    #[error("header {0:?} {1} and may not be sent by an item")]
+    ForbiddenHeader(String, &'static str),
 }
 
 impl GuardError {
@@ -52,7 +53,7 @@ impl GuardError {
             GuardError::PrefixNotAllowed(_) | GuardError::BatchRoute => "Forbidden.Url",
             GuardError::BadHeaderName(_)
             | GuardError::BadHeaderValue(_)
-            | GuardError::ForbiddenHeader(_) => "InvalidParameter.Headers",
+            | GuardError::ForbiddenHeader(..) => "InvalidParameter.Headers",
             _ => "InvalidParameter.Url",
         }
     }
@@ -195,24 +196,24 @@ fn without_path_params(segment: &[u8]) -> &[u8] {
     segment.split(|b| *b == b';').next().unwrap_or_default()
 }
 
-/// Decoded, lower-cased, without `;params` and trailing '/': how a lenient upstream might
-/// see a path.
+/// Decoded, lower-cased, without `;params`, empty segments and trailing '/': how a lenient
+/// upstream might see a path. Tomcat, Jetty and Spring drop `;params` and merge `//`, so
+/// `/v2/;/batch` and `/v2//batch` are served as `/v2/batch` there.
 fn normalise_for_compare(path: &[u8]) -> String {
-    let mut decoded = percent_decode(path).unwrap_or_else(|_| path.to_vec());
-    if decoded.contains(&b';') {
-        decoded = decoded
-            .split(|b| *b == b'/')
-            .map(without_path_params)
-            .collect::<Vec<_>>()
-            .join(&b'/');
+    let decoded = percent_decode(path).unwrap_or_else(|_| path.to_vec());
+    let mut out = Vec::with_capacity(decoded.len() + 1);
+    for segment in decoded
+        .split(|b| *b == b'/')
+        .map(without_path_params)
+        .filter(|segment| !segment.is_empty())
+    {
+        out.push(b'/');
+        out.extend_from_slice(segment);
     }
-    let text = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
-    let trimmed = text.trim_end_matches('/');
-    if trimmed.is_empty() {
-        "/".to_string()
-    } else {
-        trimmed.to_string()
+    if out.is_empty() {
+        return "/".to_string();
     }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
 }
 
 /// `/file` allows `/file` and `/file/get` but not `/filesystem`; `/file/` allows `/file/...`.
@@ -240,21 +241,57 @@ const HOP_BY_HOP: &[&str] = &[
     "expect",
 ];
 
-/// Headers the proxy owns so an upstream can trust them (CVE-2022-24112 forged X-Real-IP).
-const PROXY_OWNED: &[&str] = &["forwarded", "x-real-ip", "x-request-id", "via"];
+/// Headers the proxy owns so an upstream can trust them (CVE-2022-24112 forged X-Real-IP),
+/// and the other client-address headers upstreams and their frameworks read the same way.
+const PROXY_OWNED: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+    "via",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+];
+
+/// Headers that make an upstream serve another path or method than the one batchgate
+/// checked (IIS/Symfony/Zend `X-Original-URL`, `X-Rewrite-URL`; Rails, Spring, Express and
+/// friends honour the method overrides), routing around `allowed_url_prefixes`,
+/// `allowed_methods` and the nested-batch guard.
+const OVERRIDES: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 impl HeaderGuard {
+    /// Why no client value of header `name` may reach the upstream, as a phrase that follows
+    /// the name (`"x-real-ip" is set by the proxy`); `None` when it may. The item guard
+    /// refuses these names and the config refuses them in `forward_headers` and in
+    /// forwarded fan-out header rules.
+    pub fn refuses_name(name: &HeaderName) -> Option<&'static str> {
+        let lower = name.as_str();
+        if HOP_BY_HOP.contains(&lower) {
+            Some("frames or routes the HTTP message")
+        } else if lower.starts_with("proxy-") {
+            Some("is meant for a proxy")
+        } else if PROXY_OWNED.contains(&lower) || lower.starts_with("x-forwarded-") {
+            Some("is set by the proxy")
+        } else if OVERRIDES.contains(&lower) {
+            Some("overrides the request path or method")
+        } else {
+            None
+        }
+    }
+
     /// Checks one item header and returns it ready to send.
     pub fn check(&self, name: &str, value: &str) -> Result<(HeaderName, HeaderValue), GuardError> {
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| GuardError::BadHeaderName(name.to_string()))?;
-        let lower = header.as_str();
-        if HOP_BY_HOP.contains(&lower)
-            || PROXY_OWNED.contains(&lower)
-            || lower.starts_with("proxy-")
-            || lower.starts_with("x-forwarded-")
-        {
-            return Err(GuardError::ForbiddenHeader(name.to_string()));
+        if let Some(reason) = Self::refuses_name(&header) {
+            return Err(GuardError::ForbiddenHeader(name.to_string(), reason));
         }
         // HeaderValue::from_str refuses CR, LF, NUL and other controls except tab.
         let value = HeaderValue::from_str(value)
@@ -320,6 +357,14 @@ mod tests {
             ("/file/%2e%2e;/admin", GuardError::DotSegment),
             ("/batch;x", GuardError::BatchRoute),
             ("/BATCH;jsessionid=1/", GuardError::BatchRoute),
+            // Empty segments: Tomcat/Jetty/Spring drop `;params` and merge `//`, so
+            // `/v2/;/batch` is served as `/v2/batch`.
+            ("/;/batch", GuardError::BatchRoute),
+            ("/;x=1/batch", GuardError::BatchRoute),
+            ("/;/;/BATCH;a/;", GuardError::BatchRoute),
+            ("/%3b/batch", GuardError::BatchRoute),
+            ("/batch//", GuardError::BatchRoute),
+            ("/batch/;", GuardError::BatchRoute),
         ];
         for (url, expected) in cases {
             assert_eq!(g.check(url).as_ref(), Err(expected), "{url:?}");
@@ -335,6 +380,23 @@ mod tests {
             Ok("/v2/file/...;x/get")
         );
         assert_eq!(g.check("/file/a..;b").as_deref(), Ok("/v2/file/a..;b"));
+    }
+
+    /// Batch routes are compared the way a lenient upstream sees paths: decoded, lower-cased,
+    /// without `;params`, empty segments or a trailing '/', on both sides.
+    #[test]
+    fn batch_routes_are_compared_without_empty_segments() {
+        assert_eq!(normalise_for_compare(b"/v2/;/batch"), "/v2/batch");
+        assert_eq!(normalise_for_compare(b"//v2//;x//Batch;y//"), "/v2/batch");
+        assert_eq!(normalise_for_compare(b"/;/"), "/");
+        assert_eq!(normalise_for_compare(b""), "/");
+        // No prefix restriction: only the batch-route check stands in the way.
+        let open = UrlGuard::new("/v2".into(), None, vec!["/v2//Batch/".into()]);
+        for url in ["/;/batch", "/batch", "/;a/;b/batch;c", "/%3B/batch"] {
+            assert_eq!(open.check(url), Err(GuardError::BatchRoute), "{url:?}");
+        }
+        assert_eq!(open.check("/;/batches").as_deref(), Ok("/v2/;/batches"));
+        assert_eq!(open.check("/a/;/batch").as_deref(), Ok("/v2/a/;/batch"));
     }
 
     #[test]
@@ -363,9 +425,8 @@ mod tests {
             "X-Real-IP",
             "X-Request-Id",
         ] {
-            assert_eq!(
-                g.check(name, "x").map(|_| ()),
-                Err(GuardError::ForbiddenHeader(name.into())),
+            assert!(
+                matches!(g.check(name, "x"), Err(GuardError::ForbiddenHeader(ref n, _)) if n == name),
                 "{name}"
             );
         }
@@ -378,5 +439,56 @@ mod tests {
             Err(GuardError::BadHeaderName(_))
         ));
         assert!(g.check("Authorization", "Bearer t").is_ok());
+    }
+
+    /// Path and method overrides route around `allowed_url_prefixes`, `allowed_methods` and
+    /// the nested-batch guard; client-IP headers are forged as easily as X-Real-IP.
+    #[test]
+    fn header_guard_refuses_overrides_and_client_ip_headers() {
+        let g = HeaderGuard;
+        let cases = [
+            ("X-Original-URL", "overrides the request path or method"),
+            ("x-rewrite-url", "overrides the request path or method"),
+            (
+                "X-HTTP-Method-Override",
+                "overrides the request path or method",
+            ),
+            ("X-HTTP-Method", "overrides the request path or method"),
+            ("X-Method-Override", "overrides the request path or method"),
+            ("True-Client-IP", "is set by the proxy"),
+            ("X-Client-IP", "is set by the proxy"),
+            ("X-Cluster-Client-IP", "is set by the proxy"),
+            ("CF-Connecting-IP", "is set by the proxy"),
+            ("x-real-ip", "is set by the proxy"),
+            ("Content-Length", "frames or routes the HTTP message"),
+            ("Proxy-Authorization", "is meant for a proxy"),
+        ];
+        for (name, reason) in cases {
+            assert_eq!(
+                g.check(name, "/admin").map(|_| ()),
+                Err(GuardError::ForbiddenHeader(name.into(), reason)),
+                "{name}"
+            );
+            let header = HeaderName::from_bytes(name.as_bytes()).expect("valid name");
+            assert_eq!(HeaderGuard::refuses_name(&header), Some(reason), "{name}");
+        }
+        let message = g
+            .check("X-HTTP-Method-Override", "DELETE")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "header \"X-HTTP-Method-Override\" overrides the request path or method and may not be sent by an item"
+        );
+        for name in [
+            "Authorization",
+            "X-Original-Host-Id",
+            "X-Client",
+            "X-Method",
+        ] {
+            let header = HeaderName::from_bytes(name.as_bytes()).expect("valid name");
+            assert_eq!(HeaderGuard::refuses_name(&header), None, "{name}");
+            assert!(g.check(name, "x").is_ok(), "{name}");
+        }
     }
 }

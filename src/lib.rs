@@ -9,7 +9,8 @@
 //! client ◄── reply bytes ◄── dialect.encode ◄── [Outcome] ◄──────────────────────┘
 //! ```
 //! - [`config`]: the TOML file (strict serde types) and its validated runtime form.
-//! - [`dialect`]: pure decode/encode per batch dialect (`envelope`), `SubRequest`, `Outcome`.
+//! - [`dialect`]: pure decode/encode per batch dialect (`envelope`, `jsonrpc`, `fanout`),
+//!   `SubRequest`, `Outcome`.
 //! - [`guard`]: what a sub-request may be (URL and header rules against SSRF and smuggling).
 //! - [`exec`]: per-batch and global concurrency limits, item timeout, batch deadline.
 //! - [`upstream`]: one sub-request over pingora's pooled connector.

@@ -14,7 +14,7 @@ use crate::dialect::fanout::Fanout;
 use crate::dialect::jsonrpc::JsonRpc;
 use crate::dialect::Reply;
 use crate::metrics::{PassthroughMetrics, RouteMetrics};
-use crate::upstream::{peer, UpstreamClient};
+use crate::upstream::UpstreamClient;
 use async_trait::async_trait;
 use batch::{request_id, write_reply, BatchSummary};
 use bytes::Bytes;
@@ -24,10 +24,21 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
+
+/// Headers that claim who the client is. batchgate owns them: on pass-through the client's
+/// values are dropped and `X-Forwarded-For` is set to the client's address, as on batch items.
+/// (`X-Forwarded-Proto`/`-Host` describe the request, not the client, and pass unchanged.)
+const CLIENT_IDENTITY_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+];
 
 /// A batch route ready to serve.
 pub struct Route {
@@ -47,8 +58,6 @@ pub enum RouteDialect {
 /// The pass-through target.
 struct Passthrough {
     client: Arc<UpstreamClient>,
-    peers: Vec<HttpPeer>,
-    next: AtomicUsize,
     metrics: Option<PassthroughMetrics>,
 }
 
@@ -86,15 +95,8 @@ impl BatchGate {
             .default_upstream
             .and_then(|i| clients.get(i).cloned())
             .map(|client| Passthrough {
-                peers: client
-                    .config
-                    .addresses
-                    .iter()
-                    .map(|addr| peer(&client.config, *addr))
-                    .collect(),
                 metrics: PassthroughMetrics::new(&client.config.name),
                 client,
-                next: AtomicUsize::new(0),
             });
         if let Some(families) = crate::metrics::families() {
             let limit = i64::try_from(config.server.max_in_flight).unwrap_or(i64::MAX);
@@ -175,8 +177,7 @@ impl ProxyHttp for BatchGate {
         let Some(passthrough) = &self.passthrough else {
             return Error::e_explain(HTTPStatus(404), "no default upstream");
         };
-        let n = passthrough.next.fetch_add(1, Ordering::Relaxed);
-        match passthrough.peers.get(n % passthrough.peers.len().max(1)) {
+        match passthrough.client.pick_peer() {
             Some(peer) => Ok(Box::new(peer.clone())),
             None => Error::e_explain(HTTPStatus(502), "default upstream has no address"),
         }
@@ -184,10 +185,25 @@ impl ProxyHttp for BatchGate {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The same upstream trusts these on batch items, where the proxy owns them; a client
+        // must not be able to forge them by skipping the batch route.
+        for name in CLIENT_IDENTITY_HEADERS {
+            upstream_request.remove_header(*name);
+        }
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        match client_ip {
+            Some(ip) => upstream_request.insert_header("x-forwarded-for", ip)?,
+            None => {
+                upstream_request.remove_header("x-forwarded-for");
+            }
+        }
         if let Some(host) = self
             .passthrough
             .as_ref()

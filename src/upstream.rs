@@ -110,17 +110,15 @@ impl UpstreamClient {
                 .map_err(&fail)?;
         }
         session.finish_request_body().await.map_err(&fail)?;
-        session.read_response_header().await.map_err(&fail)?;
-        let (status, headers) = match session.response_header() {
-            Some(h) => (h.status.as_u16(), compact_headers(&h.headers)),
-            None => return Err(Failure::Protocol("no response header".to_string())),
-        };
+        let (status, headers) = read_final_header(&mut session, &fail).await?;
         let limit = batch.max_response_bytes;
         let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > limit) {
+        // HEAD, 204 and 304 declare the representation's length but carry no body.
+        let has_body = request.method != Method::HEAD && !matches!(status, 204 | 304);
+        if has_body && declared.is_some_and(|len| len > limit) {
             // Not read, so the connection is dropped rather than pooled.
             return Err(Failure::TooLarge(limit));
         }
@@ -141,6 +139,30 @@ impl UpstreamClient {
             headers,
             body: body.freeze(),
         })
+    }
+}
+
+/// Reads response headers until the final one: informational 1xx answers (100 Continue,
+/// 103 Early Hints) are skipped, as a client must; 101 would switch the connection to another
+/// protocol, which an item cannot use.
+async fn read_final_header(
+    session: &mut pingora::protocols::http::client::HttpSession,
+    fail: &impl Fn(Box<pingora::Error>) -> Failure,
+) -> Result<(u16, http::HeaderMap), Failure> {
+    loop {
+        session.read_response_header().await.map_err(fail)?;
+        let Some(header) = session.response_header() else {
+            return Err(Failure::Protocol("no response header".to_string()));
+        };
+        match header.status.as_u16() {
+            101 => {
+                return Err(Failure::Protocol(
+                    "the upstream switched protocols".to_string(),
+                ))
+            }
+            100..=199 => continue,
+            status => return Ok((status, compact_headers(&header.headers))),
+        }
     }
 }
 

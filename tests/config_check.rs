@@ -139,3 +139,134 @@ async fn check_rejects_invalid_value() {
         "server.max_in_flight",
     );
 }
+
+/// Proves `forward_headers` may not name a header the item header guard refuses: the
+/// client's `X-Forwarded-For` would reach the upstream before batchgate's own, and a
+/// forwarded `Content-Length` would break every body-less child. Each name is reported at
+/// its place in the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rejects_forwarding_guarded_headers() {
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let line = r#"forward_headers = ["authorization", "x-forwarded-for", "content-length", "X-Original-URL", "CF-Connecting-IP"]"#;
+    let config = GateConfig::new(upstream).route(line).toml();
+    let out = gate::check(&config);
+    let at = line_of(&config, "forward_headers");
+    let column = |name: &str| line.find(&format!("\"{name}\"")).expect("in line") + 1;
+    assert_rejected_at(
+        &out,
+        at,
+        column("x-forwarded-for"),
+        r#"routes[0].forward_headers[1]: "x-forwarded-for" is set by the proxy and cannot be forwarded"#,
+    );
+    assert_rejected_at(
+        &out,
+        at,
+        column("content-length"),
+        r#"routes[0].forward_headers[2]: "content-length" frames or routes the HTTP message"#,
+    );
+    assert_rejected_at(
+        &out,
+        at,
+        column("X-Original-URL"),
+        r#"routes[0].forward_headers[3]: "X-Original-URL" overrides the request path or method"#,
+    );
+    assert_rejected_at(
+        &out,
+        at,
+        column("CF-Connecting-IP"),
+        r#"routes[0].forward_headers[4]: "CF-Connecting-IP" is set by the proxy"#,
+    );
+    assert!(
+        !text(&out.stderr).contains("forward_headers[0]"),
+        "authorization is fine: {}",
+        text(&out.stderr)
+    );
+}
+
+/// Proves a fan-out `[[routes.headers]]` rule that forwards the client's value (the default)
+/// may not name a guarded header, while a validate-only rule (`forward = false`) may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rejects_forwarded_fanout_header_rules() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples/huawei.toml");
+    let example = std::fs::read_to_string(&path).expect("huawei.toml");
+    assert!(
+        example.contains("[routes.request]"),
+        "huawei.toml changed shape"
+    );
+    let with_rule = |rule: &str| {
+        example.replacen(
+            "[routes.request]",
+            &format!("{rule}\n\n[routes.request]"),
+            1,
+        )
+    };
+
+    let config = with_rule("[[routes.headers]]\nname = \"X-Forwarded-For\"");
+    let out = gate::check(&config);
+    assert_rejected_at(
+        &out,
+        line_of(&config, "name = \"X-Forwarded-For\""),
+        8,
+        r#"routes[0].headers[3].name: "X-Forwarded-For" is set by the proxy and cannot be forwarded"#,
+    );
+
+    let config = with_rule("[[routes.headers]]\nname = \"X-HTTP-Method-Override\"\nforward = true");
+    let out = gate::check(&config);
+    assert_rejected_at(
+        &out,
+        line_of(&config, "name = \"X-HTTP-Method-Override\""),
+        8,
+        "routes[0].headers[3].name",
+    );
+
+    let config = with_rule("[[routes.headers]]\nname = \"X-Forwarded-For\"\nforward = false");
+    let out = gate::check(&config);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// Proves absurd durations fail `check` (they used to pass and then panic every batch on
+/// `Instant` overflow), and that the shutdown timings, which pingora takes in whole seconds,
+/// refuse fractions instead of truncating `"500ms"` to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rejects_unusable_durations() {
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let config = GateConfig::new(upstream)
+        .route(r#"batch_timeout = "3000000000000000h""#)
+        .toml();
+    let out = gate::check(&config);
+    assert_rejected_at(
+        &out,
+        line_of(&config, "batch_timeout"),
+        17,
+        r#"routes[0].batch_timeout: "3000000000000000h" is too long (at most "24h")"#,
+    );
+
+    let config = GateConfig::new(upstream)
+        .toml()
+        .replacen(r#"grace_period = "1s""#, r#"grace_period = "500ms""#, 1)
+        .replacen(
+            r#"graceful_shutdown_timeout = "1s""#,
+            r#"graceful_shutdown_timeout = "1.5s""#,
+            1,
+        );
+    let out = gate::check(&config);
+    assert_rejected_at(
+        &out,
+        line_of(&config, "grace_period"),
+        16,
+        r#"server.grace_period: "500ms" must be whole seconds, e.g. "1s""#,
+    );
+    assert_rejected_at(
+        &out,
+        line_of(&config, "graceful_shutdown_timeout"),
+        29,
+        r#"server.graceful_shutdown_timeout: "1.5s" must be whole seconds"#,
+    );
+
+    let config = GateConfig::new(upstream)
+        .route(r#"batch_timeout = "24h""#)
+        .toml()
+        .replacen(r#"grace_period = "1s""#, r#"grace_period = "2000ms""#, 1);
+    let out = gate::check(&config);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -40,8 +40,8 @@ fn id_of(req: &RecordedRequest) -> Option<String> {
 }
 
 /// The per-id Huawei API: `GET .../accessorys/{id}/access-url?group_id=G` → `{"url":"url<id>"}`.
-/// Ids `404` and `500` fail with that status; `slow` answers after 3 s; `d<N>-..` waits
-/// N×10 ms.
+/// Ids `404` and `500` fail with that status; `slow` answers after 3 s; `bad-utf8` answers
+/// JSON with an invalid UTF-8 byte inside a string; `d<N>-..` waits N×10 ms.
 fn per_id(req: &RecordedRequest) -> Reply {
     let Some(id) = id_of(req) else {
         return Reply::json(404, r#"{"error_code":"NoRoute"}"#);
@@ -54,6 +54,7 @@ fn per_id(req: &RecordedRequest) -> Reply {
         ),
         "500" => Reply::text(500, "internal error"),
         "slow" => ok.with_delay(3000),
+        "bad-utf8" => Reply::bytes(200, "application/json", b"{\"url\":\"\xff\"}"),
         _ => match id
             .strip_prefix('d')
             .and_then(|rest| rest.split('-').next())
@@ -439,6 +440,95 @@ async fn validation_errors() {
     assert!(upstream.requests().iter().all(|r| r.query.as_deref()
         == Some(format!("group_id={g32}").as_str())
         && r.header("x-auth-token") == Some(t5000.as_str())));
+}
+
+/// Proves a required parameter or header that is present but empty is `MissingParameter` /
+/// `MissingHeader` (as documented), in the body and in the query, and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_required_values_are_missing() {
+    let upstream = Upstream::with_handler(per_id).await;
+    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let ct = ("Content-Type", "application/json");
+    let cases: [(&str, Option<&str>, &str, &str); 4] = [
+        (
+            ACCESS_URLS,
+            Some(TOKEN),
+            r#"{"group_id":"","accessory_ids":["1"]}"#,
+            "MissingParameter",
+        ),
+        (
+            "/v2/servicerequest/accessorys/access-urls?group_id=&accessory_ids=1",
+            Some(TOKEN),
+            "",
+            "MissingParameter",
+        ),
+        (
+            ACCESS_URLS,
+            Some(""),
+            r#"{"group_id":"1","accessory_ids":["1"]}"#,
+            "MissingHeader",
+        ),
+        (
+            ACCESS_URLS,
+            Some(TOKEN),
+            r#"{"group_id":"1","accessory_ids":[]}"#,
+            "MissingParameter",
+        ),
+    ];
+    for (target, token, body, code) in cases {
+        let mut headers = vec![ct];
+        headers.extend(token.map(|t| ("X-Auth-Token", t)));
+        let resp = client::request(gate.addr, "GET", target, &headers, body.as_bytes()).await;
+        let message = assert_huawei_error(&resp, 400, code);
+        assert!(
+            message.contains("missing or empty"),
+            "{target} {body}: {message}"
+        );
+        assert_eq!(upstream.count(), 0, "{target} {body}: nothing sent");
+    }
+}
+
+/// Proves a per-id reply that is JSON-shaped but not UTF-8 (`{"url":"\xff"}`) fails that part
+/// as `InvalidUpstreamReply` (502) instead of being embedded into an invalid UTF-8 reply:
+/// with `fields` (huawei.toml, include) and with whole replies (users.toml, omit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_utf8_upstream_reply_fails_the_part() {
+    let upstream = Upstream::with_handler(per_id).await;
+    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let resp = get_ids(&gate, &["1", "bad-utf8"]).await;
+    assert_eq!(resp.status, 200, "{}", lossy(&resp));
+    assert_eq!(resp.header("x-batch-partial"), Some("1/2"));
+    let json: Value = serde_json::from_str(resp.body_str()).expect("JSON");
+    assert_eq!(
+        json["accessory_urls"][0],
+        json!({"accessory_url": "url1", "accessory_id": "1"})
+    );
+    let failed = &json["accessory_urls"][1];
+    assert_eq!(failed["accessory_id"], "bad-utf8", "{json}");
+    assert_eq!(failed["error"]["status"], 502, "{json}");
+    assert_eq!(failed["error"]["code"], "InvalidUpstreamReply", "{json}");
+
+    let users = Upstream::with_handler(|req| match req.path.as_str() {
+        "/users/7" => Reply::json(200, r#"{"id":"7"}"#),
+        _ => Reply::bytes(200, "application/json", b"{\"name\":\"\xff\xfe\"}"),
+    })
+    .await;
+    let gate = gate::start(&adapt_example("users.toml", &[users.addr])).await;
+    let resp = client::request(
+        gate.addr,
+        "POST",
+        "/users/batch-get",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer abc"),
+        ],
+        br#"{"ids":["7","8"]}"#,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", lossy(&resp));
+    assert_eq!(resp.body_str(), r#"{"users":[{"id":"7"}]}"#);
+    assert_eq!(resp.header("x-batch-partial"), Some("1/2"));
+    assert_eq!(users.count(), 2);
 }
 
 // ---------------------------------------------------------------------------

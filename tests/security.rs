@@ -24,8 +24,8 @@ fn upstream_targets(upstream: &Upstream) -> Vec<String> {
 }
 
 /// Proves hostile child URLs (authority forms, absolute URLs, dot segments plain and
-/// encoded, CRLF injection, backslashes, encoded separators, the batch route itself) are
-/// refused per item and never reach the upstream.
+/// encoded, CRLF injection, backslashes, encoded separators, the batch route itself, also
+/// behind empty `;` segments) are refused per item and never reach the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_urls_never_reach_upstream() {
     let upstream = Upstream::echo().await;
@@ -67,6 +67,10 @@ async fn hostile_urls_never_reach_upstream() {
         ("/%62atch", 403, "Forbidden.Url"),
         ("/batch?resource=file", 403, "Forbidden.Url"),
         ("/v2/batch", 403, "Forbidden.Url"),
+        // Tomcat/Jetty/Spring drop `;params` and merge `//`: `/v2/;/batch` is `/v2/batch`.
+        ("/;/batch", 403, "Forbidden.Url"),
+        ("/;x=1/;/BATCH;y/", 403, "Forbidden.Url"),
+        ("/%3b/batch", 403, "Forbidden.Url"),
     ];
     let mut items = vec![item("ok-first", "POST", "/file/get")];
     for (i, (url, _, _)) in hostile.iter().enumerate() {
@@ -120,11 +124,18 @@ async fn children_cannot_target_any_batch_route() {
         item("other", "POST", "/admin/batch"),
         item("other-encoded", "POST", "/admin/%62atch"),
         item("other-upper", "POST", "/ADMIN/BATCH/"),
+        item("other-empty-segment", "POST", "/admin/;/batch"),
         item("self", "POST", "/batch"),
     ];
     let replies = responses(&client::post_json(gate.addr, BATCH_PATH, &batch(items)).await);
     assert_eq!(by_id(&replies, "ok")["status"], 200);
-    for id in ["other", "other-encoded", "other-upper", "self"] {
+    for id in [
+        "other",
+        "other-encoded",
+        "other-upper",
+        "other-empty-segment",
+        "self",
+    ] {
         assert_item_error(by_id(&replies, id), 403, "Forbidden.Url");
     }
     assert_eq!(
@@ -134,7 +145,8 @@ async fn children_cannot_target_any_batch_route() {
 }
 
 /// Proves hostile child headers (CRLF in values, invalid names, framing and proxy-owned
-/// headers in any case) are refused per item and none of them reaches the upstream.
+/// headers in any case, client-IP headers, path and method overrides) are refused per item
+/// and none of them reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_headers_never_reach_upstream() {
     let upstream = Upstream::echo().await;
@@ -167,6 +179,23 @@ async fn hostile_headers_never_reach_upstream() {
         ("via", json!({"Via": "1.1 evil"})),
         ("proxy-auth", json!({"proxy-authorization": "Basic eA=="})),
         ("proxy-conn", json!({"Proxy-Connection": "keep-alive"})),
+        // Path and method overrides route around allowed_url_prefixes / allowed_methods.
+        ("original-url", json!({"X-Original-URL": "/v2/batch"})),
+        ("rewrite-url", json!({"x-rewrite-url": "/admin"})),
+        (
+            "method-override",
+            json!({"X-HTTP-Method-Override": "DELETE"}),
+        ),
+        ("http-method", json!({"X-HTTP-Method": "DELETE"})),
+        ("x-method-override", json!({"X-Method-Override": "DELETE"})),
+        // Client-IP headers upstreams trust like X-Real-IP.
+        ("true-client-ip", json!({"True-Client-IP": "6.6.6.6"})),
+        ("client-ip", json!({"X-Client-IP": "6.6.6.6"})),
+        (
+            "cluster-client-ip",
+            json!({"X-Cluster-Client-IP": "6.6.6.6"}),
+        ),
+        ("cf-connecting-ip", json!({"CF-Connecting-IP": "6.6.6.6"})),
     ];
     let mut items = vec![item_with_headers(
         "ok",
@@ -198,6 +227,10 @@ async fn hostile_headers_never_reach_upstream() {
                 && name != "forwarded"
                 && name != "via"
                 && name != "x-real-ip"
+                && !name.ends_with("-ip")
+                && !name.contains("override")
+                && !name.ends_with("-url")
+                && name != "x-http-method"
                 && !name.starts_with("proxy-")
                 && !name.starts_with("x-forwarded-h")
                 && !value.contains("evil")

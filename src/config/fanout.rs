@@ -6,6 +6,7 @@ use super::file::{
 };
 use super::routes::error_format;
 use super::runtime::Problems;
+use super::values::unforwardable;
 use crate::dialect::{ErrorFormat, HUAWEI_ERROR_FORMAT};
 use crate::guard::PathTemplate;
 use http::header::HeaderName;
@@ -126,28 +127,37 @@ pub(super) fn fanout_config(
     })
 }
 
-/// The `[[routes.headers]]` rules, each also a valid header name.
+/// The `[[routes.headers]]` rules, each also a valid header name. A rule that forwards the
+/// client's value (`forward`, the default) may not name a header the item header guard
+/// refuses (framing, proxy-owned, overrides); a validate-only rule may.
 fn header_rules(section: &RouteSection, i: &str, problems: &mut Problems) -> Vec<HeaderRule> {
     rules(section.headers.as_deref(), i, "headers", problems)
         .into_iter()
         .zip(section.headers.iter().flatten())
         .enumerate()
-        .filter_map(
-            |(j, (rule, raw))| match HeaderName::from_bytes(rule.name.as_bytes()) {
-                Ok(header) => Some(HeaderRule {
-                    rule,
-                    header,
-                    forward: raw.forward.unwrap_or(true),
-                }),
-                Err(_) => {
+        .filter_map(|(j, (rule, raw))| {
+            let j = j.to_string();
+            let at = ["routes", i, "headers", j.as_str(), "name"];
+            let Ok(header) = HeaderName::from_bytes(rule.name.as_bytes()) else {
+                problems.push(&at, "not a header name");
+                return None;
+            };
+            let forward = raw.forward.unwrap_or(true);
+            if forward {
+                if let Some(why) = unforwardable(&rule.name, &header) {
                     problems.push(
-                        &["routes", i, "headers", &j.to_string(), "name"],
-                        "not a header name",
+                        &at,
+                        format!("{why} (with forward = false it is only validated)"),
                     );
-                    None
+                    return None;
                 }
-            },
-        )
+            }
+            Some(HeaderRule {
+                rule,
+                header,
+                forward,
+            })
+        })
         .collect()
 }
 

@@ -285,4 +285,139 @@ dialect = "envelope"
             "{err}"
         );
     }
+
+    /// A forwarded client header must not be one the item header guard refuses: the client's
+    /// `X-Forwarded-For` would go out before batchgate's own, a `Content-Length` would break
+    /// every body-less child.
+    #[test]
+    fn forward_headers_refuse_guarded_names() {
+        let text = format!(
+            "{MINIMAL}forward_headers = [\"authorization\", \"x-forwarded-for\", \"Content-Length\", \"X-HTTP-Method-Override\", \"true-client-ip\", \"proxy-authorization\", \"x-pds-device-id\"]\n"
+        );
+        let message = Config::parse(&text, "x.toml")
+            .expect_err("forbidden names")
+            .to_string();
+        let expected = [
+            r#"x.toml:8:37: routes[0].forward_headers[1]: "x-forwarded-for" is set by the proxy and cannot be forwarded"#,
+            r#"x.toml:8:56: routes[0].forward_headers[2]: "Content-Length" frames or routes the HTTP message and cannot be forwarded"#,
+            r#"routes[0].forward_headers[3]: "X-HTTP-Method-Override" overrides the request path or method and cannot be forwarded"#,
+            r#"routes[0].forward_headers[4]: "true-client-ip" is set by the proxy and cannot be forwarded"#,
+            r#"routes[0].forward_headers[5]: "proxy-authorization" is meant for a proxy and cannot be forwarded"#,
+        ];
+        for line in expected {
+            assert!(message.contains(line), "{line}\nin:\n{message}");
+        }
+        assert_eq!(message.lines().count(), expected.len(), "{message}");
+    }
+
+    const FANOUT: &str = r#"
+[upstreams.api]
+addresses = ["127.0.0.1:9000"]
+
+[[routes]]
+path = "/users/batch-get"
+dialect = "fanout"
+
+[routes.ids]
+param = "ids"
+
+[routes.request]
+path = "/users/{id}"
+
+[routes.reply]
+list_field = "users"
+"#;
+
+    /// A fan-out header rule that forwards the client's value is held to the same list; a
+    /// validate-only rule (`forward = false`) is not, as nothing is copied.
+    #[test]
+    fn forwarded_fanout_header_rules_refuse_guarded_names() {
+        let rule = |name: &str, forward: &str| {
+            format!("\n[[routes.headers]]\nname = \"{name}\"\n{forward}\n")
+        };
+        let text = format!(
+            "{FANOUT}{}{}{}{}",
+            rule("X-Auth-Token", ""),
+            rule("X-Real-IP", ""),
+            rule("Host", "forward = true"),
+            rule("X-Forwarded-For", "forward = false"),
+        );
+        let message = Config::parse(&text, "x.toml")
+            .expect_err("forbidden names")
+            .to_string();
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 2, "{message}");
+        assert!(
+            lines[0].ends_with(r#"routes[0].headers[1].name: "X-Real-IP" is set by the proxy and cannot be forwarded (with forward = false it is only validated)"#),
+            "{message}"
+        );
+        assert!(
+            lines[1].contains(r#"routes[0].headers[2].name: "Host" frames or routes"#),
+            "{message}"
+        );
+
+        let text = format!(
+            "{FANOUT}{}{}",
+            rule("X-Auth-Token", ""),
+            rule("X-Forwarded-For", "forward = false")
+        );
+        let config: Config = text.parse().expect("validate-only rules may name anything");
+        let DialectConfig::Fanout(fanout) = &config.routes[0].dialect else {
+            panic!("fanout route expected");
+        };
+        assert_eq!(fanout.headers.len(), 2);
+        assert!(fanout.headers[0].forward && !fanout.headers[1].forward);
+    }
+
+    /// `Instant + batch_timeout` panics on overflow: a huge duration is a located problem.
+    #[test]
+    fn durations_above_a_day_are_refused() {
+        let text =
+            format!("{MINIMAL}batch_timeout = \"3000000000000000h\"\nitem_timeout = \"24h\"\n");
+        let message = Config::parse(&text, "x.toml")
+            .expect_err("too long")
+            .to_string();
+        assert_eq!(
+            message,
+            r#"x.toml:8:17: routes[0].batch_timeout: "3000000000000000h" is too long (at most "24h")"#
+        );
+        let text = MINIMAL.replace("[[routes]]", "idle_timeout = \"25h\"\n\n[[routes]]");
+        let message = Config::parse(&text, "x.toml")
+            .expect_err("too long")
+            .to_string();
+        assert!(
+            message.contains("upstreams.api.idle_timeout: \"25h\" is too long"),
+            "{message}"
+        );
+    }
+
+    /// pingora takes the shutdown timings in whole seconds (`.as_secs()` turned "500ms"
+    /// into 0): fractions are refused rather than truncated.
+    #[test]
+    fn shutdown_timings_are_whole_seconds() {
+        let text = format!(
+            "[server]\ngrace_period = \"500ms\"\ngraceful_shutdown_timeout = \"1.5s\"\n{MINIMAL}"
+        );
+        let message = Config::parse(&text, "x.toml")
+            .expect_err("fractions")
+            .to_string();
+        assert!(
+            message.contains(
+                r#"x.toml:2:16: server.grace_period: "500ms" must be whole seconds, e.g. "1s""#
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                r#"x.toml:3:29: server.graceful_shutdown_timeout: "1.5s" must be whole seconds"#
+            ),
+            "{message}"
+        );
+        let text = format!(
+            "[server]\ngrace_period = \"2000ms\"\ngraceful_shutdown_timeout = \"1m\"\n{MINIMAL}"
+        );
+        let config: Config = text.parse().expect("whole seconds");
+        assert_eq!(config.server.grace_period.as_secs(), 2);
+        assert_eq!(config.server.graceful_shutdown_timeout.as_secs(), 60);
+    }
 }

@@ -11,7 +11,7 @@ use super::file::{FileConfig, RouteSection};
 use super::jsonrpc::jsonrpc_config;
 use super::runtime::{DialectConfig, Problems, RouteConfig, RouteLimits};
 use super::server::lookup_upstream;
-use super::values::{bounded, duration, header_names, is_route_path};
+use super::values::{bounded, duration, forwarded_header_names, is_route_path};
 use crate::dialect::ErrorFormat;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -108,7 +108,7 @@ fn route_config(
     }
     let upstream = route_upstream(section, ctx, problems);
     let limits = route_limits(section, i, problems);
-    let forward_headers = header_names(
+    let forward_headers = forwarded_header_names(
         section.forward_headers.as_deref(),
         DEFAULT_FORWARD_HEADERS,
         &["routes", i, "forward_headers"],

@@ -6,7 +6,7 @@
 
 use super::file::{FileConfig, ServerSection, UpstreamSection};
 use super::runtime::{LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol};
-use super::values::{bounded, duration};
+use super::values::{bounded, duration, whole_seconds};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -21,6 +21,8 @@ pub const DEFAULT_THREADS: usize = 2;
 /// Sub-requests in flight across all batches of the process.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Seconds pingora waits after SIGTERM before stopping runtimes (its own default is 300 s).
+/// It and `graceful_shutdown_timeout` must be whole seconds: pingora takes them as a count
+/// of seconds.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// Seconds spawned work may keep running during shutdown.
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,13 +64,13 @@ pub(super) fn server_settings(section: &ServerSection, problems: &mut Problems) 
             &["server", "max_in_flight"],
             problems,
         ),
-        grace_period: duration(
+        grace_period: whole_seconds(
             &section.grace_period,
             DEFAULT_GRACE_PERIOD,
             &["server", "grace_period"],
             problems,
         ),
-        graceful_shutdown_timeout: duration(
+        graceful_shutdown_timeout: whole_seconds(
             &section.graceful_shutdown_timeout,
             DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
             &["server", "graceful_shutdown_timeout"],

@@ -5,6 +5,7 @@
 //! default, so validation keeps going and the operator sees every mistake at once.
 
 use super::runtime::Problems;
+use crate::guard::HeaderGuard;
 use http::header::HeaderName;
 use std::time::Duration;
 
@@ -32,32 +33,70 @@ pub(super) fn bounded(
     }
 }
 
-/// A positive duration such as `"250ms"`, or `default` when the key is absent.
+/// Longest duration any key accepts. Deadlines are `Instant + duration`, which panics on
+/// overflow, so an absurd value (`"3000000000000000h"`) must fail `check`, not every batch.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A positive duration of at most `MAX_DURATION` such as `"250ms"`, or `default` when the
+/// key is absent.
 pub(super) fn duration(
     value: &Option<String>,
     default: Duration,
     path: &[&str],
     problems: &mut Problems,
 ) -> Duration {
-    match value {
-        None => default,
-        Some(text) => match parse_duration(text) {
-            Some(d) if !d.is_zero() => d,
-            _ => {
-                problems.push(
-                    path,
-                    format!(
-                        "{text:?} is not a positive duration (e.g. \"250ms\", \"10s\", \"2m\")"
-                    ),
-                );
-                default
-            }
+    let Some(text) = value else {
+        return default;
+    };
+    match parse_seconds(text) {
+        Some(seconds) if seconds > MAX_DURATION.as_secs_f64() => {
+            problems.push(path, format!("{text:?} is too long (at most \"24h\")"));
+            default
+        }
+        Some(seconds) => match Duration::try_from_secs_f64(seconds) {
+            Ok(d) if !d.is_zero() => d,
+            _ => not_positive(text, path, problems, default),
         },
+        None => not_positive(text, path, problems, default),
     }
+}
+
+fn not_positive(text: &str, path: &[&str], problems: &mut Problems, default: Duration) -> Duration {
+    problems.push(
+        path,
+        format!("{text:?} is not a positive duration (e.g. \"250ms\", \"10s\", \"2m\")"),
+    );
+    default
+}
+
+/// A `duration` in whole seconds (`"1s"`, `"2m"`; not `"500ms"` or `"1.5s"`), for the
+/// settings pingora takes as a number of seconds, which would silently truncate the rest.
+pub(super) fn whole_seconds(
+    value: &Option<String>,
+    default: Duration,
+    path: &[&str],
+    problems: &mut Problems,
+) -> Duration {
+    let before = problems.0.len();
+    let d = duration(value, default, path, problems);
+    if problems.0.len() == before && d.subsec_nanos() != 0 {
+        let text = value.as_deref().unwrap_or_default();
+        problems.push(
+            path,
+            format!("{text:?} must be whole seconds, e.g. \"1s\" (pingora counts this setting in seconds)"),
+        );
+        return default;
+    }
+    d
 }
 
 /// Parses `"250ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
+    Duration::try_from_secs_f64(parse_seconds(text)?).ok()
+}
+
+/// The seconds `"250ms"`, `"10s"`, `"1.5s"`, `"2m"` or `"1h"` stands for, however large.
+fn parse_seconds(text: &str) -> Option<f64> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (number, unit) = text.split_at(split);
@@ -69,7 +108,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" => number * 3600.0,
         _ => return None,
     };
-    Duration::try_from_secs_f64(seconds).ok()
+    seconds.is_finite().then_some(seconds)
 }
 
 /// An absolute path, optionally with a query: visible ASCII, no fragment.
@@ -87,9 +126,11 @@ pub(super) fn is_route_path(path: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#' && b != b'\\')
 }
 
-/// `names` (or `default` when the key is absent) as header names; each invalid one is a
-/// problem at `path[index]`.
-pub(super) fn header_names(
+/// `names` (or `default` when the key is absent) as names of headers copied from the client's
+/// request into every sub-request; each invalid one, and each the item header guard refuses
+/// (framing, proxy-owned, overrides: `HeaderGuard::refuses_name`), is a problem at
+/// `path[index]`.
+pub(super) fn forwarded_header_names(
     names: Option<&[String]>,
     default: &[&str],
     path: &[&str],
@@ -105,17 +146,27 @@ pub(super) fn header_names(
     };
     let mut out = Vec::new();
     for (j, name) in names.iter().enumerate() {
+        let mut p: Vec<&str> = path.to_vec();
+        let j = j.to_string();
+        p.push(&j);
         match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) => out.push(h),
-            Err(_) => {
-                let mut p: Vec<&str> = path.to_vec();
-                let j = j.to_string();
-                p.push(&j);
-                problems.push(&p, format!("{name:?} is not a header name"));
+            Ok(h) => {
+                if let Some(why) = unforwardable(name, &h) {
+                    problems.push(&p, why);
+                } else {
+                    out.push(h);
+                }
             }
+            Err(_) => problems.push(&p, format!("{name:?} is not a header name")),
         }
     }
     out
+}
+
+/// Why the client's value of header `name` may not be copied upstream, as a config message
+/// (`"x-forwarded-for" is set by the proxy and cannot be forwarded`); `None` when it may.
+pub(super) fn unforwardable(name: &str, header: &HeaderName) -> Option<String> {
+    HeaderGuard::refuses_name(header).map(|why| format!("{name:?} {why} and cannot be forwarded"))
 }
 
 #[cfg(test)]
@@ -130,5 +181,75 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    fn check(
+        f: fn(&Option<String>, Duration, &[&str], &mut Problems) -> Duration,
+        text: &str,
+    ) -> Result<Duration, String> {
+        let mut problems = Problems::default();
+        let d = f(
+            &Some(text.to_string()),
+            Duration::from_secs(7),
+            &["k"],
+            &mut problems,
+        );
+        match problems.0.as_slice() {
+            [] => Ok(d),
+            [p] => {
+                assert_eq!(p.path, ["k"]);
+                assert_eq!(
+                    d,
+                    Duration::from_secs(7),
+                    "a refused value gives the default"
+                );
+                Err(p.message.clone())
+            }
+            more => panic!("{more:?}"),
+        }
+    }
+
+    /// `Instant + duration` panics on overflow: absurd durations are config problems.
+    #[test]
+    fn durations_are_capped_at_a_day() {
+        assert_eq!(check(duration, "24h"), Ok(MAX_DURATION));
+        assert_eq!(check(duration, "1440m"), Ok(MAX_DURATION));
+        assert_eq!(check(duration, "250ms"), Ok(Duration::from_millis(250)));
+        for text in [
+            "24.001h",
+            "86401s",
+            "3000000000000000h",
+            "99999999999999999999999999999999h",
+        ] {
+            let message = check(duration, text).expect_err(text);
+            assert!(
+                message.contains("too long (at most \"24h\")"),
+                "{text}: {message}"
+            );
+        }
+        for text in ["0s", "0ms", "soon", "", "1e3s"] {
+            let message = check(duration, text).expect_err(text);
+            assert!(
+                message.contains("not a positive duration"),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    /// pingora takes the grace periods in seconds: `.as_secs()` would turn "500ms" into 0.
+    #[test]
+    fn whole_seconds_refuses_fractions() {
+        assert_eq!(check(whole_seconds, "1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(check(whole_seconds, "2000ms"), Ok(Duration::from_secs(2)));
+        assert_eq!(check(whole_seconds, "0.5m"), Ok(Duration::from_secs(30)));
+        for text in ["500ms", "1.5s", "1001ms"] {
+            let message = check(whole_seconds, text).expect_err(text);
+            assert!(
+                message.contains("whole seconds, e.g. \"1s\""),
+                "{text}: {message}"
+            );
+        }
+        let message = check(whole_seconds, "25h").expect_err("too long");
+        assert!(message.contains("too long"), "{message}");
     }
 }

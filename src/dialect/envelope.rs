@@ -448,23 +448,13 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome) {
     }
 }
 
-/// Response headers that describe the hop, not the resource; not shown per item.
-const HIDDEN_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-];
-
 fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
     out.extend_from_slice(b",\"headers\":{");
     let mut first = true;
     for name in headers.keys() {
-        if HIDDEN_HEADERS.contains(&name.as_str()) {
+        // The upstream client already dropped hop-by-hop headers; the body's length is the
+        // reply's business, not the item's.
+        if name == http::header::CONTENT_LENGTH {
             continue;
         }
         let joined = headers
@@ -497,7 +487,11 @@ fn write_body(out: &mut Vec<u8>, headers: &HeaderMap, body: &Bytes) {
     // A UTF-8 byte order mark is not part of the JSON text (RFC 8259 section 8.1 lets parsers
     // ignore it); some .NET and Windows servers send one.
     let json = strip_bom(trimmed).trim_ascii();
-    if json_allowed && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok() {
+    // serde_json does not check UTF-8 inside strings: check it first, or invalid bytes would
+    // be embedded in the reply instead of taking the base64 branch.
+    let valid_json = std::str::from_utf8(json).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok();
+    if json_allowed && valid_json {
         out.extend_from_slice(b",\"body\":");
         out.extend_from_slice(json);
     } else if let Ok(text) = std::str::from_utf8(body) {

@@ -270,6 +270,9 @@ impl Fanout {
             message: "the upstream reply is not JSON".to_string(),
         };
         let body = super::strip_bom(body).trim_ascii();
+        // The JSON check below does not look inside strings (`{"a":"\xff"}` passes it), and
+        // the body is embedded as is: a reply that is not UTF-8 would make ours invalid.
+        std::str::from_utf8(body).map_err(|_| invalid())?;
         let Some(fields) = &self.config.fields else {
             serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| invalid())?;
             return Ok(body.to_vec());
@@ -464,19 +467,21 @@ fn raw_pointer<'a>(value: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
     Some(current)
 }
 
-/// Applies a rule; `Ok(None)` when an optional value is absent.
+/// Applies a rule; `Ok(None)` when an optional value is absent. An empty value of a
+/// required parameter or header counts as missing (`missing`), whatever `min_length` says.
 fn check_rule(
     rule: &FieldRule,
     value: Option<String>,
     missing: &'static str,
     invalid: &'static str,
 ) -> Result<Option<String>, Rejection> {
+    let value = value.filter(|v| !(rule.required && v.is_empty()));
     let Some(value) = value else {
         return if rule.required {
             Err(Rejection::new(
                 RejectionKind::InvalidParameter,
                 missing,
-                format!("{} is required", rule.name),
+                format!("{} is required (missing or empty)", rule.name),
             ))
         } else {
             Ok(None)

@@ -408,9 +408,7 @@ impl JsonRpc {
                     _ => Bytes::from_static(b"null"),
                 };
                 let status = failure.http_error().map_or(502, |e| e.status);
-                let mut reply = Reply::json(status, self.element_reply(&id, failure));
-                reply.status = status;
-                reply
+                Reply::json(status, self.element_reply(&id, failure))
             }
         }
     }

@@ -221,3 +221,22 @@ async fn reply_budget_caps_total_bytes() {
     assert_eq!(body(&out[1]), "/2");
     assert!(matches!(out[2], Outcome::ReplyBudgetExceeded { limit: 5 }));
 }
+
+/// An item dropped for exceeding the budget is not charged: a later, smaller item still fits.
+#[tokio::test(start_paused = true)]
+async fn dropped_items_do_not_use_up_the_budget() {
+    let fake = Arc::new(Fake::default());
+    let mut l = limits(1, 1000, 10_000);
+    l.max_reply_bytes = 5; // bodies are the paths: "/1" (2 bytes), "/1000" (5), "/2" (2)
+    let out = run(
+        &l,
+        &Arc::new(Semaphore::new(10)),
+        vec![item(1), item(1000), item(2)],
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert_eq!(body(&out[0]), "/1");
+    assert!(matches!(out[1], Outcome::ReplyBudgetExceeded { limit: 5 }));
+    assert_eq!(body(&out[2]), "/2");
+}

@@ -93,7 +93,15 @@ impl BatchGate {
             rejection: None,
             metrics: route.metrics.clone(),
         });
-        let body = match read_batch(session, route, dialect).await? {
+        let read = read_batch(session, route, dialect).await.inspect_err(|e| {
+            // The client left or stalled before its body arrived: not a refusal of its batch.
+            summary.result = "cancelled";
+            summary.status = match e.etype() {
+                ErrorType::HTTPStatus(code) => *code,
+                _ => 499,
+            };
+        })?;
+        let body = match read {
             Ok(body) => body,
             Err(rejection) => {
                 summary.rejection = Some(rejection.kind);
@@ -116,6 +124,7 @@ impl BatchGate {
             }
         };
         summary.items = plan.items.len();
+        let refused = plan.items.iter().filter(|item| item.is_err()).count();
         let headers = batch_headers(session, route, &request_id);
         let observer = Arc::new(BatchObserver {
             metrics: route.metrics.clone(),
@@ -133,7 +142,10 @@ impl BatchGate {
             summary.result = "cancelled";
             summary.status = 499;
             if let Some(metrics) = &route.metrics {
-                (0..summary.items).for_each(|_| metrics.item_class("cancelled"));
+                // Refused items keep their class; every item that was to be sent counts as
+                // cancelled (whether or not it had finished, nobody received it).
+                (0..refused).for_each(|_| metrics.item_class("rejected"));
+                (refused..summary.items).for_each(|_| metrics.item_class("cancelled"));
             }
             return Ok(());
         };
@@ -193,9 +205,10 @@ impl BatchGate {
             tokio::select! {
                 outcomes = &mut run => return Some(outcomes),
                 idle = session.read_body_or_idle(true), if watch_client => match idle {
-                    Err(e) if e.etype() == &ErrorType::ConnectionClosed => return None,
-                    // Anything else (pipelined bytes, ...) says nothing about the client leaving.
-                    _ => watch_client = false,
+                    // Closed (FIN) or reset (RST): either way nobody is waiting for the reply.
+                    // Pipelined bytes are not an error (pipelining is on): they stay pending.
+                    Err(_) => return None,
+                    Ok(_) => watch_client = false,
                 },
             }
         }

@@ -320,3 +320,21 @@ fn upstream_json_with_bom_is_embedded() {
     let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("valid JSON");
     assert_eq!(parsed["responses"][0]["body"], serde_json::json!({"n": 1}));
 }
+
+/// A "JSON" upstream body with invalid UTF-8 inside a string is not embedded raw (the reply
+/// would not be valid UTF-8): it takes the base64 branch.
+#[test]
+fn invalid_utf8_json_bodies_are_base64() {
+    let meta = vec![EnvelopeMeta {
+        id: Bytes::from_static(b"\"a\""),
+    }];
+    let outcomes = vec![response(
+        200,
+        Some("application/json"),
+        b"{\"a\":\"\xff\xfe\"}",
+    )];
+    let reply = envelope().encode(meta, outcomes);
+    assert!(std::str::from_utf8(&reply.body).is_ok());
+    let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("valid JSON");
+    assert_eq!(parsed["responses"][0]["body_encoding"], "base64");
+}

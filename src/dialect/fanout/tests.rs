@@ -136,7 +136,7 @@ fn validation_errors() {
             Some("group_id=&accessory_ids=1"),
             "",
             Some("t"),
-            "InvalidParameter",
+            "MissingParameter",
         ),
         (
             Some("group_id=123456789012345678901234567890123&accessory_ids=1"),
@@ -369,5 +369,113 @@ fn fail_mode_only_relays_error_statuses() {
         assert_eq!(reply.status, expected, "part answered {part}");
         let value: Value = serde_json::from_slice(&reply.body).expect("json");
         assert_eq!(value["error_code"], "UpstreamStatus");
+    }
+}
+
+/// The README promises `MissingParameter` / `MissingHeader` for a required value that is
+/// missing *or empty*, whatever its `min_length`; an empty optional value is still checked
+/// against `min_length`.
+#[test]
+fn empty_required_values_are_missing() {
+    let f = huawei();
+    let cases: &[(Option<&str>, &str, Option<&str>, &str)] = &[
+        (
+            Some("group_id=&accessory_ids=1"),
+            "",
+            Some("t"),
+            "MissingParameter",
+        ),
+        (
+            Some("group_id&accessory_ids=1"),
+            "",
+            Some("t"),
+            "MissingParameter",
+        ),
+        (
+            None,
+            r#"{"group_id":"","accessory_ids":["1"]}"#,
+            Some("t"),
+            "MissingParameter",
+        ),
+        (
+            Some("group_id=1&accessory_ids=1"),
+            "",
+            Some(""),
+            "MissingHeader",
+        ),
+    ];
+    for (query, body, token, code) in cases {
+        let rejection = decode(&f, *query, body, *token).expect_err("missing");
+        assert_eq!(rejection.code, *code, "{query:?} {body} {token:?}");
+        assert!(
+            rejection.message.contains("is required"),
+            "{}",
+            rejection.message
+        );
+    }
+
+    // With min_length 0 an empty required value used to pass.
+    let mut config = (*f.config).clone();
+    for rule in config.params.iter_mut() {
+        rule.min_length = 0;
+    }
+    for rule in config.headers.iter_mut() {
+        rule.rule.min_length = 0;
+    }
+    let lenient = Fanout {
+        config: Arc::new(config),
+        max_items: 10,
+    };
+    let r = decode(&lenient, Some("group_id=&accessory_ids=1"), "", Some("t")).expect_err("empty");
+    assert_eq!(r.code, "MissingParameter");
+    let r = decode(&lenient, Some("group_id=1&accessory_ids=1"), "", Some("")).expect_err("empty");
+    assert_eq!(r.code, "MissingHeader");
+
+    // An empty optional header (X-Language, min_length 1) is invalid, not missing.
+    let mut headers = headers(Some("t"));
+    headers.insert("x-language", HeaderValue::from_static(""));
+    let body = Bytes::new();
+    let r = f
+        .decode(&BatchRequest {
+            method: &Method::GET,
+            query: Some("group_id=1&accessory_ids=1"),
+            headers: &headers,
+            body: &body,
+        })
+        .expect_err("too short");
+    assert_eq!(r.code, "InvalidHeader");
+}
+
+/// A per-id reply with invalid UTF-8 inside a JSON string passes a JSON syntax check but
+/// would make the merged reply invalid UTF-8: the part fails as `InvalidUpstreamReply`,
+/// with and without `fields`.
+#[test]
+fn non_utf8_replies_are_invalid() {
+    let bad = || {
+        Outcome::Response(UpstreamResponse {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{\"url\":\"\xff\"}"),
+        })
+    };
+    let with_fields = huawei();
+    let mut config = (*with_fields.config).clone();
+    config.fields = None;
+    let whole = Fanout {
+        config: Arc::new(config),
+        max_items: 10,
+    };
+    for f in [&with_fields, &whole] {
+        let plan = decode(f, Some("group_id=1&accessory_ids=1,2"), "", Some("t")).expect("valid");
+        let reply = f.encode(plan.meta, vec![ok_reply(r#"{"url":"u"}"#), bad()]);
+        let text = std::str::from_utf8(&reply.body).expect("the reply stays UTF-8");
+        let value: Value = serde_json::from_str(text).expect("json");
+        let failed = &value["accessory_urls"][1];
+        assert_eq!(failed["error"]["code"], "InvalidUpstreamReply", "{text}");
+        assert_eq!(failed["error"]["status"], 502, "{text}");
+        assert_eq!(
+            reply.headers,
+            vec![(PARTIAL_HEADER, HeaderValue::from_static("1/2"))]
+        );
     }
 }

@@ -1,0 +1,148 @@
+//! Upstream and client behaviours at the edges of HTTP: informational 1xx answers, HEAD with a
+//! large declared length, clients that leave with a reset, forged identity headers on
+//! pass-through.
+
+mod common;
+
+use common::config::GateConfig;
+use common::upstream::{Reply, Upstream};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that answers every request with `103 Early Hints` and then `200 {}`.
+async fn early_hints_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    // One request per connection is enough here: answer once the head is in.
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let reply = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}";
+                        let _ = socket.write_all(reply).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A 1xx informational answer before the real one is skipped: the item gets the final 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_answers_are_skipped() {
+    let upstream = early_hints_upstream().await;
+    let gate = GateConfig::new(upstream).start().await;
+    let reply = common::client::post_json(
+        gate.addr,
+        "/v2/batch",
+        r#"{"requests":[{"id":"a","method":"GET","url":"/x"}]}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let item = &reply.json()["responses"][0];
+    assert_eq!(item["status"], 200, "{item}");
+    assert_eq!(item["body"], serde_json::json!({"ok": true}));
+    assert!(!gate.stderr().contains("panicked"), "{}", gate.stderr());
+}
+
+/// A HEAD item whose upstream declares a body larger than `max_item_response_bytes` is not
+/// a 502: HEAD carries no body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_items_ignore_the_declared_length() {
+    let upstream =
+        Upstream::with_handler(|_| Reply::new(200).with_header("Content-Length", "5000000")).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_item_response_bytes = 1000")
+        .start()
+        .await;
+    let reply = common::client::post_json(
+        gate.addr,
+        "/v2/batch",
+        r#"{"requests":[{"id":"h","method":"HEAD","url":"/big"}]}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    assert_eq!(
+        reply.json()["responses"][0]["status"],
+        200,
+        "{}",
+        reply.body_str()
+    );
+    assert_eq!(upstream.requests()[0].method, "HEAD");
+}
+
+/// A client that leaves with a TCP reset (not a FIN) cancels its batch: queued items are
+/// never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_client_cancels_its_batch() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(300)).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 1")
+        .start()
+        .await;
+    let items: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"id":"{i}","method":"GET","url":"/x?i={i}"}}"#))
+        .collect();
+    let body = format!(r#"{{"requests":[{}]}}"#, items.join(","));
+    let raw = format!(
+        "POST /v2/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(gate.addr).await.expect("connect");
+    stream.write_all(raw.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // SO_LINGER 0: closing sends RST instead of FIN.
+    stream.set_zero_linger().expect("linger");
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = upstream.count();
+    assert!(
+        started <= 3,
+        "{started} items started after the client reset"
+    );
+}
+
+/// On pass-through the client cannot forge the identity headers the upstream trusts on batch
+/// items: X-Forwarded-For is the client address, X-Real-IP and friends are dropped, other
+/// headers pass unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_does_not_forward_forged_identity_headers() {
+    let upstream = Upstream::echo().await;
+    let gate = GateConfig::new(upstream.addr).start().await;
+    let reply = common::client::request(
+        gate.addr,
+        "GET",
+        "/v2/echo",
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("True-Client-IP", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Custom", "kept"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.header_all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.header("x-real-ip"), None);
+    assert_eq!(seen.header("true-client-ip"), None);
+    assert_eq!(seen.header("forwarded"), None);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-custom"), Some("kept"));
+}
