@@ -53,6 +53,9 @@ struct ItemFields<'a> {
     body: Option<&'a RawValue>,
     #[serde(borrow, default)]
     headers: Option<&'a RawValue>,
+    /// Microsoft Graph's ordering between items; not supported, so refused rather than ignored.
+    #[serde(borrow, default, rename = "dependsOn")]
+    depends_on: Option<&'a RawValue>,
 }
 
 /// Headers one item may set (Envoy's default `max_headers_count`); beyond it the item is a
@@ -215,6 +218,19 @@ impl Envelope {
     }
 
     fn sub_request(&self, body: &Bytes, fields: &ItemFields<'_>) -> Result<SubRequest, ItemError> {
+        if fields
+            .depends_on
+            .is_some_and(|d| d.get() != "null" && d.get() != "[]")
+        {
+            // Items run concurrently; silently dropping an ordering the client asked for
+            // would reorder its writes.
+            return Err(ItemError {
+                status: 400,
+                code: "InvalidParameter.DependsOn",
+                message: "dependsOn is not supported: items of a batch run independently"
+                    .to_string(),
+            });
+        }
         let method = self.method(fields.method)?;
         let url = string_field(fields.url, "url", "InvalidParameter.Url")?;
         let path = self.config.url_guard.check(&url).map_err(|e| ItemError {

@@ -338,3 +338,26 @@ fn invalid_utf8_json_bodies_are_base64() {
     let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("valid JSON");
     assert_eq!(parsed["responses"][0]["body_encoding"], "base64");
 }
+
+/// Microsoft Graph's `dependsOn` is refused per item (400) instead of silently ignored; an
+/// empty list is fine.
+#[test]
+fn depends_on_is_refused() {
+    let mut e = envelope();
+    e.max_items = 10;
+    let headers = HeaderMap::new();
+    let body = Bytes::from_static(br#"{"resource":"file","requests":[{"id":"1","method":"GET","url":"/a"},{"id":"2","method":"GET","url":"/b","dependsOn":["1"]},{"id":"3","method":"GET","url":"/c","dependsOn":[]}]}"#);
+    let plan = e
+        .decode(&BatchRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &headers,
+            body: &body,
+        })
+        .expect("valid batch");
+    assert!(plan.items[0].is_ok());
+    assert!(
+        matches!(&plan.items[1], Err(Outcome::Refused(e)) if e.code == "InvalidParameter.DependsOn")
+    );
+    assert!(plan.items[2].is_ok());
+}
