@@ -26,6 +26,13 @@ pub struct AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Health checkers often speak HTTP/1.0 and read until the server closes; others
+        // pipeline their probes. Answer both the way the public listener does.
+        if session.req_header().version == http::Version::HTTP_10 {
+            session.set_keepalive(None);
+        } else {
+            session.set_pipelining_enabled(true);
+        }
         match session.req_header().uri.path() {
             "/metrics" => metrics(),
             "/healthz" => text(200, "ok\n"),

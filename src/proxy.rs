@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use batch::{request_id, write_reply, BatchSummary};
 use bytes::Bytes;
 use http::header::HOST;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -210,6 +210,21 @@ impl ProxyHttp for BatchGate {
             .and_then(|p| p.client.config.host.as_deref())
         {
             upstream_request.insert_header(HOST, host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // An HTTP/1.0 client cannot read chunked framing (RFC 9112 section 6.1): send the body
+        // close-delimited and end the connection after it.
+        if session.req_header().version == http::Version::HTTP_10 {
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
         }
         Ok(())
     }

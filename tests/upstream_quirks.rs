@@ -146,3 +146,51 @@ async fn passthrough_does_not_forward_forged_identity_headers() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.header("x-custom"), Some("kept"));
 }
+
+/// An HTTP/1.0 client gets a chunked upstream body without chunk framing (it cannot read
+/// it): close-delimited, and the connection ends after the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_get_no_chunked_framing() {
+    let upstream = Upstream::with_handler(|_| {
+        Reply::new(200)
+            .with_header("Transfer-Encoding", "chunked")
+            .with_body(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr).start().await;
+    let reply = common::client::send_raw(gate.addr, b"GET /chunked HTTP/1.0\r\nHost: t\r\n\r\n")
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("transfer-encoding"),
+        None,
+        "{:?}",
+        reply.headers
+    );
+    assert_eq!(reply.body_str(), "hello world");
+}
+
+/// The admin listener closes an HTTP/1.0 health check after the answer (checkers read until
+/// close) and answers pipelined HTTP/1.1 probes in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_serves_http10_and_pipelined_probes() {
+    let upstream = Upstream::echo().await;
+    let mut gate = GateConfig::new(upstream.addr).start().await;
+    gate.wait_admin().await;
+    let mut conn = common::client::Conn::connect(gate.admin).await;
+    let reply = conn.send(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        conn.is_closed(Duration::from_secs(2)).await,
+        "HTTP/1.0 connection left open"
+    );
+
+    let mut conn = common::client::Conn::connect(gate.admin).await;
+    conn.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    assert_eq!(conn.read_response().await.status, 200);
+    let metrics = conn.read_response().await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body_str().contains("batchgate_build_info"));
+}
