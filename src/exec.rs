@@ -44,6 +44,9 @@ pub struct Limits {
     pub deadline: Instant,
     /// Largest sum of upstream bodies kept for the reply.
     pub max_reply_bytes: usize,
+    /// Turns true when the reply must go out now (the server is shutting down): unfinished
+    /// items are then reported like at the deadline.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Runs every item and returns one outcome per item, in input order. Items that are already
@@ -95,14 +98,18 @@ pub async fn run<U: Upstream, O: Observer>(
             collector.joined(joined);
         }
     };
-    let finished = tokio::time::timeout_at(limits.deadline, work).await;
+    let stopped = stop_signal(limits.stop.clone());
+    let finished = tokio::select! {
+        result = tokio::time::timeout_at(limits.deadline, work) => result.is_ok(),
+        () = stopped => false,
+    };
     // Keep what finished just before the deadline, then abort the rest: dropping the JoinSet
     // aborts every task still in flight, and their owned permits go back with them.
     while let Some(joined) = tasks.try_join_next() {
         collector.joined(joined);
     }
     drop(tasks);
-    let unfinished = if finished.is_err() {
+    let unfinished = if !finished {
         Outcome::DeadlineExceeded
     } else {
         Outcome::UpstreamFailed("internal error while running the item".to_string())
@@ -185,6 +192,16 @@ impl Collector {
             *slot = Some(outcome);
         }
     }
+}
+
+/// Resolves when `stop` turns true; never without a stop channel or once its sender is gone.
+async fn stop_signal(stop: Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(mut stop) = stop {
+        if stop.wait_for(|stopped| *stopped).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// The batch permit, then a global one. Batch first: a batch waiting for global capacity

@@ -68,6 +68,9 @@ pub struct BatchGate {
     global_permits: Arc<Semaphore>,
     /// Write one log line per item (`server.item_log`).
     item_log: bool,
+    /// Turns true shortly before the shutdown grace period ends: running batches then answer
+    /// with what has finished instead of being cut off without a reply.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Per-request facts, filled as the request moves through pingora's phases.
@@ -78,7 +81,8 @@ pub struct RequestCtx {
 
 impl BatchGate {
     /// Builds the service from a validated config: one upstream client (and pool) per upstream.
-    pub fn new(config: &Config) -> Self {
+    /// `stop` is the shutdown signal for running batches (see `server::ShutdownNotice`).
+    pub fn new(config: &Config, stop: tokio::sync::watch::Receiver<bool>) -> Self {
         let clients: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
@@ -107,6 +111,7 @@ impl BatchGate {
             passthrough,
             global_permits: Arc::new(Semaphore::new(config.server.max_in_flight)),
             item_log: config.server.item_log,
+            stop,
         }
     }
 }

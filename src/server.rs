@@ -8,11 +8,15 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::demo::DemoUpstream;
 use crate::proxy::BatchGate;
+use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// How to start: flags that map onto pingora's own options.
 #[derive(Debug, Default, Clone)]
@@ -23,6 +27,29 @@ pub struct StartOptions {
     pub daemon: bool,
     /// Also serve the built-in demo upstream on this address.
     pub demo_upstream: Option<SocketAddr>,
+}
+
+/// How long before the end of the grace period running batches are told to answer: enough to
+/// encode and write a reply.
+const STOP_MARGIN: Duration = Duration::from_millis(500);
+
+/// Tells running batches to answer with what they have shortly before pingora's grace period
+/// ends; without it a batch longer than the grace period is cut off with no reply at all.
+pub struct ShutdownNotice {
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Time from the start of the shutdown to the stop signal.
+    lead: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ShutdownNotice {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.wait_for(|down| *down).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(self.lead).await;
+        let _ = self.stop.send(true);
+    }
 }
 
 /// Builds the pingora server with every service; the caller runs it.
@@ -48,15 +75,23 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        BatchGate::new(config),
+        BatchGate::new(config, stop_rx),
         "batchgate proxy",
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    server.add_service(background_service(
+        "batchgate shutdown notice",
+        ShutdownNotice {
+            stop,
+            lead: config.server.grace_period.saturating_sub(STOP_MARGIN),
+        },
+    ));
 
     if let Some(addr) = config.admin_listen {
         let app = AdminApp {

@@ -53,6 +53,7 @@ fn limits(concurrency: usize, item_ms: u64, batch_ms: u64) -> Limits {
         item_timeout: Duration::from_millis(item_ms),
         deadline: Instant::now() + Duration::from_millis(batch_ms),
         max_reply_bytes: 1 << 20,
+        stop: None,
     }
 }
 
@@ -239,4 +240,35 @@ async fn dropped_items_do_not_use_up_the_budget() {
     assert_eq!(body(&out[0]), "/1");
     assert!(matches!(out[1], Outcome::ReplyBudgetExceeded { limit: 5 }));
     assert_eq!(body(&out[2]), "/2");
+}
+
+/// A stop signal (server shutting down) sends the reply at once, like the deadline: finished
+/// items kept, the rest `DeadlineExceeded`, permits returned.
+#[tokio::test(start_paused = true)]
+async fn stop_signal_answers_with_what_finished() {
+    let fake = Arc::new(Fake::default());
+    let global = Arc::new(Semaphore::new(10));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut l = limits(1, 10_000, 60_000);
+    l.stop = Some(stop_rx);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let _ = stop.send(true);
+    });
+    let started = Instant::now();
+    let out = run(
+        &l,
+        &global,
+        vec![item(10), item(1000), item(1000)],
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert_eq!(started.elapsed(), Duration::from_millis(150));
+    assert_eq!(body(&out[0]), "/10");
+    assert!(matches!(out[1], Outcome::DeadlineExceeded));
+    assert!(matches!(out[2], Outcome::DeadlineExceeded));
+    // Aborted tasks drop their permits when the runtime next runs them.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(global.available_permits(), 10);
 }

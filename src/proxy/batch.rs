@@ -178,6 +178,7 @@ impl BatchGate {
             item_timeout: limits.item_timeout,
             deadline: tokio::time::Instant::now() + limits.batch_timeout,
             max_reply_bytes: limits.max_reply_bytes,
+            stop: Some(self.stop.clone()),
         };
         let upstream = Arc::new(BatchUpstream {
             client: route.upstream.clone(),
