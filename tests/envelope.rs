@@ -55,7 +55,7 @@ async fn pds_example_round_trip() {
         .with_header("X-Upstream", "yes")
     })
     .await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
 
     let resp = client::post_json(gate.addr, BATCH_PATH, PDS_EXAMPLE).await;
 
@@ -94,7 +94,7 @@ async fn pds_example_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_bodies_arrive_byte_identical() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let bodies = [
         r#"{ "a" : 1.0e3 , "b":[ ] }"#,
         r#"[1, 2.50, -0.0, 1E+2]"#,
@@ -160,12 +160,10 @@ async fn order_and_ids_kept_for_100_items() {
         Reply::json(200, &body.to_string()).with_delay((i * 7919 + 13) % 37)
     })
     .await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("concurrency = 16")
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 16")
+        .start()
+        .await;
 
     let ids: Vec<String> = (0..100)
         .map(|i: u64| format!("{:016x}", (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
@@ -197,12 +195,10 @@ async fn order_and_ids_kept_for_100_items() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_items_plus_one_is_refused() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("max_items = 100")
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_items = 100")
+        .start()
+        .await;
     let items: Vec<Value> = (0..101)
         .map(|i| item(&format!("id{i}"), "POST", "/file/get"))
         .collect();
@@ -217,7 +213,7 @@ async fn max_items_plus_one_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_not_json_is_refused() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let bodies = [
         "not json",
         "",
@@ -238,7 +234,7 @@ async fn body_not_json_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_missing_empty_or_not_an_array_is_refused() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let bodies = [
         r#"{"resource":"file"}"#,
         r#"{"resource":"file","requests":null}"#,
@@ -259,7 +255,7 @@ async fn requests_missing_empty_or_not_an_array_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ids_are_refused() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let ok = r#"{"id":"ok","method":"POST","url":"/file/get"}"#;
     let cases = [
         format!(r#"[{ok},{{"method":"POST","url":"/file/get"}}]"#),
@@ -283,12 +279,10 @@ async fn bad_ids_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_not_allowed_is_refused() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route(r#"allowed_resources = ["file"]"#)
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(r#"allowed_resources = ["file"]"#)
+        .start()
+        .await;
     let requests = r#"[{"id":"1","method":"POST","url":"/file/get"}]"#;
     let resources = [
         r#""resource":"drive","#,
@@ -313,12 +307,10 @@ async fn resource_not_allowed_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_with_content_length_is_413() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("max_body_bytes = 1000")
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_body_bytes = 1000")
+        .start()
+        .await;
     let padded = |len: usize| {
         let head = r#"{"resource":"file","requests":[{"id":"1","method":"POST","url":"/file/get"}],"pad":""#;
         let tail = r#""}"#;
@@ -340,12 +332,10 @@ async fn oversized_body_with_content_length_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_chunked_body_is_413() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("max_body_bytes = 1000")
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_body_bytes = 1000")
+        .start()
+        .await;
     let first =
         r#"{"resource":"file","requests":[{"id":"1","method":"POST","url":"/file/get"}],"pad":""#;
     let second = format!("{}\"}}", "y".repeat(1200));
@@ -380,7 +370,7 @@ async fn oversized_chunked_body_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_outer_content_type_is_415() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let body = batch(vec![item("1", "POST", "/file/get")]);
     for content_type in [
         Some("text/plain"),
@@ -412,7 +402,7 @@ async fn wrong_outer_content_type_is_415() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_on_batch_route_is_405_with_allow() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     for method in ["GET", "PUT", "DELETE", "PATCH"] {
         let resp = client::request(gate.addr, method, BATCH_PATH, &[], b"").await;
         assert_rejected(&resp, 405, "MethodNotAllowed");
@@ -429,13 +419,11 @@ async fn get_on_batch_route_is_405_with_allow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_item_errors_leave_other_items_alone() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route(r#"allowed_methods = ["GET", "POST"]"#)
-            .route(r#"allowed_url_prefixes = ["/file/"]"#)
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(r#"allowed_methods = ["GET", "POST"]"#)
+        .route(r#"allowed_url_prefixes = ["/file/"]"#)
+        .start()
+        .await;
     let items = vec![
         item_with_body("ok-first", "POST", "/file/get", json!({"n": 1})),
         item("bad-method", "DELETE", "/file/delete"),
@@ -499,7 +487,7 @@ async fn per_item_errors_leave_other_items_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_child_headers_are_refused_per_item() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let forbidden = [
         ("Host", "evil.example"),
         ("Content-Length", "0"),
@@ -544,7 +532,7 @@ async fn forbidden_child_headers_are_refused_per_item() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_get_forwarded_for_request_id_and_forwarded_headers() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let items = vec![
         item("a", "POST", "/file/get"),
         item_with_headers("b", "POST", "/file/list", json!({"X-Custom": "1"})),
@@ -607,7 +595,7 @@ async fn children_get_forwarded_for_request_id_and_forwarded_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_request_id_is_shared_and_returned() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let mut conn = Conn::connect(gate.addr).await;
     let mut batch_ids = HashSet::new();
     for round in 0..2 {

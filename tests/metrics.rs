@@ -481,7 +481,7 @@ async fn counters_move_exactly_as_the_traffic_implies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_sets_stay_bounded_under_distinct_paths_and_ids() {
     let upstream = Upstream::echo().await;
-    let mut gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let mut gate = GateConfig::new(upstream.addr).start().await;
     gate.wait_admin().await;
     let before = scrape(gate.admin).await;
     let families_before = before.label_sets_per_name();
@@ -580,7 +580,7 @@ async fn label_sets_stay_bounded_under_distinct_paths_and_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_endpoints() {
     let upstream = Upstream::echo().await;
-    let mut gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let mut gate = GateConfig::new(upstream.addr).start().await;
     gate.wait_admin().await;
 
     let health = client::get(gate.admin, "/healthz").await;
@@ -615,7 +615,7 @@ async fn health_and_readiness_endpoints() {
 
     // Default upstream refusing connections: not ready, still alive.
     let dead = refused_addr().await;
-    let mut down = gate::start(&GateConfig::new(dead).toml()).await;
+    let mut down = GateConfig::new(dead).start().await;
     down.wait_admin().await;
     let ready = client::get(down.admin, "/readyz").await;
     assert_eq!(ready.status, 503, "{}", ready.body_str());

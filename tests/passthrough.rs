@@ -27,7 +27,7 @@ async fn passthrough_keeps_request_and_response() {
         .with_header("Location", "/v2/things/7")
     })
     .await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let body = br#"{"name" : "seven",  "tags":[ ]}"#;
 
     let resp = client::request(
@@ -75,7 +75,7 @@ async fn get_without_route_match_passes_through() {
         }
     })
     .await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
 
     for target in [
         "/v2/hello",
@@ -170,7 +170,7 @@ upstream = "api"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_serves_two_batches_on_one_connection() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let mut conn = Conn::connect(gate.addr).await;
     let json = [("Content-Type", "application/json")];
 
@@ -212,7 +212,7 @@ async fn keep_alive_serves_two_batches_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_on_batch_is_answered() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let body = batch(vec![item("x", "POST", "/file/get")]);
     let head = format!(
         "POST {BATCH_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
@@ -258,12 +258,10 @@ async fn expect_100_continue_on_batch_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_with_oversized_body_gets_413_without_continue() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(
-        &GateConfig::new(upstream.addr)
-            .route("max_body_bytes = 1000")
-            .toml(),
-    )
-    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_body_bytes = 1000")
+        .start()
+        .await;
     let head = format!(
         "POST {BATCH_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
     );

@@ -30,7 +30,7 @@ fn upstream_targets(upstream: &Upstream) -> Vec<String> {
 async fn hostile_urls_never_reach_upstream() {
     let upstream = Upstream::echo().await;
     // No prefix restriction, so each URL guard has to stop its case on its own.
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let hostile: &[(&str, u16, &str)] = &[
         ("//evil.example/x", 400, "InvalidParameter.Url"),
         ("http://evil.example/x", 400, "InvalidParameter.Url"),
@@ -150,7 +150,7 @@ async fn children_cannot_target_any_batch_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_headers_never_reach_upstream() {
     let upstream = Upstream::echo().await;
-    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let gate = GateConfig::new(upstream.addr).start().await;
     let hostile: Vec<(&str, Value)> = vec![
         ("crlf-value", json!({"X-Ok": "a\r\nX-Injected: 1"})),
         ("lf-value", json!({"X-Ok": "a\nX-Injected: 1"})),
