@@ -63,6 +63,11 @@ async fn run() {
     let gate = Gate::start(fast.addr, slow.addr, h2_fast.addr, h2_slow.addr);
     gate.wait_ready().await;
     warm_up(&gate, &fast).await;
+    if let Ok(only) = std::env::var("LOAD_ONLY") {
+        // Profiling aid: one scenario, with batchgate's pid printed for `perf record -p`.
+        profile_only(&only, &gate, load_time).await;
+        return;
+    }
 
     println!(
         "batchgate load benchmark (release build, 127.0.0.1, {} cores)",
@@ -257,6 +262,40 @@ async fn run() {
         gate.peak_rss_mib()
     );
     drop(gate);
+}
+
+/// Runs one named scenario (`batch0`, `pass`, `h2batch0`, `batch10`) and prints its CPU cost.
+async fn profile_only(only: &str, gate: &Gate, load_time: Duration) {
+    eprintln!("batchgate pid {}", gate.child.id());
+    let (path, clients, items) = match only {
+        "batch0" => (Some("/fast/batch"), 4, ITEMS),
+        "h2batch0" => (Some("/h2fast/batch"), 4, ITEMS),
+        "batch10" => (Some("/slow/batch"), 1, ITEMS),
+        _ => (None, 32, 1),
+    };
+    let local = only == "local";
+    let cpu_before = gate.cpu_seconds();
+    let stats = match path {
+        Some(path) => {
+            closed_loop(gate.addr, clients, load_time, None, |_| batch_request(path)).await
+        }
+        // `local`: a GET on a batch route, answered 405 by batchgate itself: the cost of
+        // serving alone, without an upstream.
+        None if local => {
+            closed_loop(gate.addr, clients, load_time, None, |_| Call {
+                raw: b"GET /fast/batch HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec(),
+                check: |status, _| status == 405,
+            })
+            .await
+        }
+        None => closed_loop(gate.addr, clients, load_time, None, |_| passthrough_call()).await,
+    };
+    let cpu = gate.cpu_seconds() - cpu_before;
+    row(only, "-", clients, &stats, items, Some(cpu));
+    println!(
+        "CPU per item: {:.2} us",
+        cpu / (stats.ok as f64 * items as f64).max(1.0) * 1e6
+    );
 }
 
 fn row(name: &str, upstream: &str, clients: usize, stats: &Stats, items: usize, cpu: Option<f64>) {

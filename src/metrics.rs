@@ -66,6 +66,7 @@ pub struct Families {
     pub rejections: IntCounterVec,
     pub passthrough: IntCounterVec,
     pub passthrough_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
 }
 
 /// The families, registered on first use. Registration only fails on a duplicate name, which
@@ -143,6 +144,11 @@ fn register() -> prometheus::Result<Families> {
             "Time to proxy one pass-through request.",
             &["upstream"],
             LATENCY_BUCKETS.to_vec()
+        )?,
+        upstream_requests: register_int_counter_vec!(
+            "batchgate_upstream_requests_total",
+            "Item requests sent to an upstream, by whether the connection was reused from the pool or newly opened.",
+            &["upstream", "connection"]
         )?,
     })
 }
@@ -229,6 +235,31 @@ impl RouteMetrics {
             .and_then(|i| self.rejections.get(i))
         {
             counter.inc();
+        }
+    }
+}
+
+/// Item requests sent to one upstream, by whether their connection came from the pool.
+pub struct UpstreamConnectionMetrics {
+    new: IntCounter,
+    reused: IntCounter,
+}
+
+impl UpstreamConnectionMetrics {
+    pub fn new(upstream: &str) -> Option<Self> {
+        let f = families()?;
+        Some(UpstreamConnectionMetrics {
+            new: f.upstream_requests.with_label_values(&[upstream, "new"]),
+            reused: f.upstream_requests.with_label_values(&[upstream, "reused"]),
+        })
+    }
+
+    /// Counts one request (a retry counts again, on its new connection).
+    pub fn request(&self, reused: bool) {
+        if reused {
+            self.reused.inc();
+        } else {
+            self.new.inc();
         }
     }
 }

@@ -1,21 +1,27 @@
-//! The upstream client: sends one `SubRequest` over pingora's connector and returns an `Outcome`.
+//! The upstream client: sends one `SubRequest` to an upstream and returns an `Outcome`.
 //!
 //! It knows no batch. One `UpstreamClient` per configured upstream holds ready `HttpPeer`s and
-//! one pingora `Connector` whose pool keeps connections alive between items and batches. A
-//! session goes back to the pool only after its response body was read to the end. The only
-//! retry is pingora's own rule: an error on a *reused* pooled connection (the upstream closed
-//! it while idle) may be tried once more on a fresh one.
+//! pingora's connection pool, which keeps connections alive between items and batches. HTTP/1.1
+//! items go through batchgate's own lean exchange (`h1`) on streams from pingora's
+//! `TransportConnector`; h2c items go through pingora's HTTP/2 session. A connection goes back to
+//! the pool only after its response was read to the end with its framing intact. The only retry
+//! is pingora's rule: a *reused* pooled connection that fails before any byte of an answer
+//! arrived (the upstream closed it while idle) is tried once more on a fresh connection.
+
+mod h1;
+mod pool;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::dialect::{Outcome, SubRequest, UpstreamResponse};
 use crate::exec::Upstream;
-use crate::metrics::InFlight;
+use crate::metrics::{InFlight, UpstreamConnectionMetrics};
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::Method;
 use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::RequestHeader;
+use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +35,13 @@ pub struct UpstreamClient {
     pub config: Arc<UpstreamConfig>,
     peers: Vec<HttpPeer>,
     next_peer: AtomicUsize,
-    connector: Connector,
+    /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
+    transport: TransportConnector,
+    pools: Vec<pool::Pool>,
+    /// h2c: pingora's HTTP/2 sessions (`None` for HTTP/1.1 upstreams).
+    h2_connector: Option<Connector>,
+    timeouts: h1::Timeouts,
+    metrics: Option<UpstreamConnectionMetrics>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -42,17 +54,30 @@ impl std::fmt::Debug for UpstreamClient {
 
 impl UpstreamClient {
     pub fn new(config: Arc<UpstreamConfig>) -> Self {
-        let peers = config
+        let peers: Vec<HttpPeer> = config
             .addresses
             .iter()
             .map(|addr| peer(&config, *addr))
             .collect();
-        let connector = Connector::new(Some(ConnectorOptions::new(config.pool_size)));
+        let options = || Some(ConnectorOptions::new(config.pool_size));
+        let h2_connector =
+            (config.protocol == UpstreamProtocol::H2c).then(|| Connector::new(options()));
+        let pools = peers
+            .iter()
+            .map(|_| pool::Pool::new(config.pool_size, config.idle_timeout))
+            .collect();
         UpstreamClient {
-            config,
             peers,
+            pools,
             next_peer: AtomicUsize::new(0),
-            connector,
+            transport: TransportConnector::new(options()),
+            h2_connector,
+            timeouts: h1::Timeouts {
+                read: config.read_timeout,
+                write: config.write_timeout,
+            },
+            metrics: UpstreamConnectionMetrics::new(&config.name),
+            config,
         }
     }
 
@@ -62,19 +87,81 @@ impl UpstreamClient {
         self.peers.get(n % self.peers.len().max(1))
     }
 
-    /// Sends one request, retrying once only where pingora says a reused connection was stale.
+    /// Sends one request, retrying once only where a reused connection turned out stale.
     pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
-        let Some(peer) = self.pick_peer() else {
+        let n = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len().max(1);
+        let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
             return Outcome::ConnectFailed("the upstream has no address".to_string());
         };
-        match self.exchange(peer, request, batch).await {
+        match &self.h2_connector {
+            Some(connector) => self.send_h2(connector, peer, request, batch).await,
+            None => self.send_h1(peer, pool, request, batch).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        peer: &HttpPeer,
+        pool: &pool::Pool,
+        request: &SubRequest,
+        batch: &BatchHeaders,
+    ) -> Outcome {
+        if let Some(stream) = pool.take() {
+            self.count_connection(true);
+            match self.exchange_h1(stream, pool, request, batch).await {
+                Ok(response) => return Outcome::Response(response),
+                // The upstream closed the pooled connection while it was idle and saw nothing
+                // of this request: once more, on a new connection.
+                Err(error) if error.nothing_received() => {}
+                Err(error) => return h1_outcome(error),
+            }
+        }
+        let stream = match self.transport.new_stream(peer).await {
+            Ok(stream) => stream,
+            Err(error) => return Outcome::ConnectFailed(error.to_string()),
+        };
+        self.count_connection(false);
+        match self.exchange_h1(stream, pool, request, batch).await {
+            Ok(response) => Outcome::Response(response),
+            Err(error) => h1_outcome(error),
+        }
+    }
+
+    async fn exchange_h1(
+        &self,
+        mut stream: Stream,
+        pool: &pool::Pool,
+        request: &SubRequest,
+        batch: &BatchHeaders,
+    ) -> Result<UpstreamResponse, h1::ExchangeError> {
+        let exchanged = h1::exchange(&mut stream, request, batch, self.timeouts).await?;
+        if exchanged.reusable {
+            pool.put(stream);
+        }
+        Ok(exchanged.response)
+    }
+
+    fn count_connection(&self, reused: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.request(reused);
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        connector: &Connector,
+        peer: &HttpPeer,
+        request: &SubRequest,
+        batch: &BatchHeaders,
+    ) -> Outcome {
+        match self.exchange_h2(connector, peer, request, batch).await {
             Ok(response) => Outcome::Response(response),
             Err(Failure::Pingora { mut error, reused }) => {
                 // pingora's rule: `ReusedOnly` errors are retryable only on a reused pooled
                 // connection, i.e. the upstream closed it while idle and saw nothing.
                 error.retry.decide_reuse(reused);
                 if error.retry() {
-                    match self.exchange(peer, request, batch).await {
+                    match self.exchange_h2(connector, peer, request, batch).await {
                         Ok(response) => Outcome::Response(response),
                         Err(second) => second.into_outcome(),
                     }
@@ -86,17 +173,19 @@ impl UpstreamClient {
         }
     }
 
-    async fn exchange(
+    /// One item as an HTTP/2 stream through pingora's session.
+    async fn exchange_h2(
         &self,
+        connector: &Connector,
         peer: &HttpPeer,
         request: &SubRequest,
         batch: &BatchHeaders,
     ) -> Result<UpstreamResponse, Failure> {
-        let (mut session, reused) = self
-            .connector
+        let (mut session, reused) = connector
             .get_http_session(peer)
             .await
             .map_err(|error| Failure::Connect(error.to_string()))?;
+        self.count_connection(reused);
         let fail = |error| Failure::Pingora { error, reused };
         let header = request_header(request, batch).map_err(&fail)?;
         session
@@ -131,7 +220,7 @@ impl UpstreamClient {
             }
             body.extend_from_slice(&chunk);
         }
-        self.connector
+        connector
             .release_http_session(session, peer, peer.options.idle_timeout)
             .await;
         Ok(UpstreamResponse {
@@ -239,6 +328,13 @@ impl Failure {
             Failure::Protocol(why) => Outcome::UpstreamFailed(why),
             Failure::TooLarge(limit) => Outcome::ResponseTooLarge { limit },
         }
+    }
+}
+
+fn h1_outcome(error: h1::ExchangeError) -> Outcome {
+    match error {
+        h1::ExchangeError::TooLarge(limit) => Outcome::ResponseTooLarge { limit },
+        other => Outcome::UpstreamFailed(other.to_string()),
     }
 }
 

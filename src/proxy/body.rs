@@ -33,8 +33,11 @@ pub(super) async fn read_batch<D: Dialect>(
         header.headers.contains_key(TRANSFER_ENCODING) || declared.is_some_and(|n| n > 0);
     let limit = route.config.limits.max_body_bytes;
     if let Some(rejection) = check_head(header, dialect, declared, has_body, limit) {
-        // The body is left unread, so this connection cannot carry another request.
-        session.set_keepalive(None);
+        // A body left unread means this connection cannot carry another request; without
+        // one, the connection stays open like after any other answer.
+        if has_body {
+            session.set_keepalive(None);
+        }
         return Ok(Err(rejection));
     }
     let expects_continue = header

@@ -97,6 +97,8 @@ pub struct Reply {
     pub close: bool,
     /// Never answer; the connection is held until the peer closes it.
     pub hang: bool,
+    /// Close the connection at once without answering (an idle-timeout race).
+    pub abort: bool,
 }
 
 impl Reply {
@@ -108,6 +110,7 @@ impl Reply {
             body: Vec::new(),
             delay: Duration::ZERO,
             close: false,
+            abort: false,
             hang: false,
         }
     }
@@ -153,6 +156,15 @@ impl Reply {
     pub fn with_body(mut self, body: &[u8]) -> Reply {
         self.body = body.to_vec();
         self
+    }
+
+    /// Closes the connection without answering, as an upstream whose idle timeout fired just
+    /// as the request arrived.
+    pub fn abort() -> Reply {
+        Reply {
+            abort: true,
+            ..Reply::new(200)
+        }
     }
 
     /// Sends `Connection: close` and closes the connection after this reply.
@@ -235,6 +247,7 @@ impl UpstreamBuilder {
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             conns: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
         });
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
@@ -264,6 +277,7 @@ struct Shared {
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     conns: AtomicU64,
+    open: AtomicUsize,
 }
 
 /// A running test upstream. Dropping it stops the server.
@@ -332,6 +346,11 @@ impl Upstream {
         self.shared.peak.load(Ordering::SeqCst)
     }
 
+    /// Number of TCP connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
     /// Number of TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.shared.conns.load(Ordering::SeqCst)
@@ -392,8 +411,10 @@ impl Drop for InFlight<'_> {
 }
 
 async fn serve_conn(mut stream: TcpStream, conn_id: u64, shared: Arc<Shared>) {
+    shared.open.fetch_add(1, Ordering::SeqCst);
     // I/O errors just end the connection; the peer sees a reset/EOF.
     let _ = serve_conn_inner(&mut stream, conn_id, &shared).await;
+    shared.open.fetch_sub(1, Ordering::SeqCst);
 }
 
 struct Head {
@@ -501,6 +522,9 @@ async fn serve_conn_inner(
         let reply = (shared.handler)(&req);
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
+        }
+        if reply.abort {
+            return Ok(());
         }
         if reply.hang {
             // Hold the connection until the peer gives up.

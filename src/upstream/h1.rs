@@ -1,0 +1,529 @@
+//! One HTTP/1.1 exchange on an upstream connection: the request written in one `write`, the
+//! response read into one growing buffer and framed per RFC 9112 section 6.
+//!
+//! This replaces pingora's `HttpSession` for batch items, which cost two `sendto` per POST item
+//! (the header is flushed before the body), a zeroed 4 KiB read buffer and a header map per
+//! response, and showed as a third of batchgate's CPU per item (docs/PERFORMANCE.md). The
+//! connection itself still comes from pingora's connector and goes back to its pool.
+//!
+//! What it accepts from an upstream is deliberately narrow: a response whose framing is
+//! ambiguous (two different `Content-Length`s, `Transfer-Encoding` with `Content-Length`) is read
+//! by the rule the RFC gives and the connection is not reused; anything it cannot frame is an
+//! error, never a guess.
+
+use super::{BatchHeaders, HOP_BY_HOP_RESPONSE};
+use crate::dialect::{SubRequest, UpstreamResponse};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bytes read per `read` call at least; a typical JSON answer fits in one.
+const READ_CHUNK: usize = 8 * 1024;
+/// Most bytes of a response head (status line and headers) accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers in one response head.
+const MAX_HEADERS: usize = 128;
+/// Most bytes of one chunk-size line (size, extensions) or of the trailer section.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// A body up to this size is copied behind the head so both leave in one `write`.
+const COALESCE_LIMIT: usize = 64 * 1024;
+/// Most bytes reserved for a response body before they arrive.
+const PREALLOCATE_LIMIT: usize = 64 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, Error)]
+pub enum ExchangeError {
+    /// The connection failed or closed. `nothing_received` is true when not one byte of a
+    /// response arrived: on a reused connection that means the upstream closed it while idle
+    /// and the request may be sent again on a fresh one.
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        source: std::io::Error,
+        nothing_received: bool,
+    },
+    /// The connection closed before the response was complete.
+    #[error("the upstream closed the connection {context}")]
+    Closed {
+        context: &'static str,
+        nothing_received: bool,
+    },
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// The response could not be framed or parsed.
+    #[error("invalid response from the upstream: {0}")]
+    Protocol(String),
+    #[error("the response body exceeds {0} bytes")]
+    TooLarge(usize),
+}
+
+impl ExchangeError {
+    /// True when the upstream saw the connection close before any answer: pingora's rule for
+    /// a stale pooled connection, the only case worth a second attempt.
+    pub fn nothing_received(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::Io {
+                nothing_received: true,
+                ..
+            } | ExchangeError::Closed {
+                nothing_received: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Per-operation timeouts of one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub read: Duration,
+    pub write: Duration,
+}
+
+/// A complete response and whether the connection may carry another request.
+#[derive(Debug)]
+pub struct Exchanged {
+    pub response: UpstreamResponse,
+    pub reusable: bool,
+}
+
+/// Writes `request` and reads its response.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &SubRequest,
+    batch: &BatchHeaders,
+    timeouts: Timeouts,
+) -> Result<Exchanged, ExchangeError> {
+    let mut head = Vec::with_capacity(256 + coalesced_len(request));
+    encode_head(request, batch, &mut head);
+    let body = request.body.as_ref().filter(|b| !b.is_empty());
+    let write = async {
+        match body {
+            Some(body) if body.len() <= COALESCE_LIMIT => {
+                head.extend_from_slice(body);
+                stream.write_all(&head).await?;
+            }
+            Some(body) => {
+                stream.write_all(&head).await?;
+                stream.write_all(body).await?;
+            }
+            None => stream.write_all(&head).await?,
+        }
+        stream.flush().await
+    };
+    match tokio::time::timeout(timeouts.write, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            return Err(ExchangeError::Io {
+                context: "writing the request",
+                source,
+                nothing_received: true,
+            })
+        }
+        Err(_) => return Err(ExchangeError::Timeout("writing the request")),
+    }
+    let mut reader = Reader {
+        stream,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        timeout: timeouts.read,
+        received: false,
+    };
+    reader
+        .read_response(request.method == Method::HEAD, batch.max_response_bytes)
+        .await
+}
+
+fn coalesced_len(request: &SubRequest) -> usize {
+    request.body.as_ref().map_or(0, |b| {
+        if b.len() <= COALESCE_LIMIT {
+            b.len()
+        } else {
+            0
+        }
+    })
+}
+
+/// The request line and headers. Every name and value was validated when it became a
+/// `HeaderName`/`HeaderValue` (no CR, LF or NUL), and the path by the URL guard.
+fn encode_head(request: &SubRequest, batch: &BatchHeaders, out: &mut Vec<u8>) {
+    out.extend_from_slice(request.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(request.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(batch.host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &batch.common {
+        // An item's own header wins over a forwarded one of the same name.
+        if !request.headers.iter().any(|(n, _)| n == name) {
+            push_header(out, name, value);
+        }
+    }
+    for (name, value) in &request.headers {
+        push_header(out, name, value);
+    }
+    match &request.body {
+        Some(body) => push_content_length(out, body.len()),
+        None if matches!(request.method, Method::POST | Method::PUT | Method::PATCH) => {
+            push_content_length(out, 0)
+        }
+        None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_content_length(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the body of a response is delimited (RFC 9112 section 6.3).
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// What the header section says about framing and the connection.
+struct HeadInfo {
+    status: u16,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+struct Reader<'s, S> {
+    stream: &'s mut S,
+    buf: BytesMut,
+    timeout: Duration,
+    /// Whether any response byte arrived.
+    received: bool,
+}
+
+impl<S: AsyncRead + Unpin> Reader<'_, S> {
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    async fn fill(&mut self, context: &'static str) -> Result<usize, ExchangeError> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(n)) => {
+                self.received |= n > 0;
+                Ok(n)
+            }
+            Ok(Err(source)) => Err(ExchangeError::Io {
+                context,
+                source,
+                nothing_received: !self.received,
+            }),
+            Err(_) => Err(ExchangeError::Timeout(context)),
+        }
+    }
+
+    /// Like `fill`, but the end of the stream is an error.
+    async fn fill_some(&mut self, context: &'static str) -> Result<(), ExchangeError> {
+        if self.fill(context).await? == 0 {
+            return Err(ExchangeError::Closed {
+                context,
+                nothing_received: !self.received,
+            });
+        }
+        Ok(())
+    }
+
+    async fn read_response(
+        &mut self,
+        is_head: bool,
+        limit: usize,
+    ) -> Result<Exchanged, ExchangeError> {
+        let head = loop {
+            let head = self.read_head().await?;
+            match head.status {
+                101 => {
+                    return Err(ExchangeError::Protocol(
+                        "the upstream switched protocols".to_string(),
+                    ))
+                }
+                // 100 Continue, 103 Early Hints: interim answers a client skips.
+                100..=199 => continue,
+                _ => break head,
+            }
+        };
+        // HEAD, 204 and 304 declare the representation's length but carry no body.
+        let framing = if is_head || matches!(head.status, 204 | 304) {
+            Framing::None
+        } else {
+            head.framing
+        };
+        let mut reusable = head.keep_alive && framing != Framing::UntilClose;
+        let body = match framing {
+            Framing::None => Bytes::new(),
+            Framing::Length(len) => self.read_sized(len, limit).await?,
+            Framing::Chunked => self.read_chunked(limit).await?,
+            Framing::UntilClose => self.read_to_close(limit).await?,
+        };
+        // Bytes after the response that nobody asked for: the connection's framing cannot be
+        // trusted any more.
+        if !self.buf.is_empty() {
+            reusable = false;
+        }
+        Ok(Exchanged {
+            response: UpstreamResponse {
+                status: head.status,
+                headers: head.headers,
+                body,
+            },
+            reusable,
+        })
+    }
+
+    /// Reads and parses one response head, consuming it from the buffer.
+    async fn read_head(&mut self) -> Result<HeadInfo, ExchangeError> {
+        loop {
+            if !self.buf.is_empty() {
+                let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut parsed = httparse::Response::new(&mut slots);
+                match parsed.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let info = head_info(&parsed)?;
+                        self.buf.advance(len);
+                        return Ok(info);
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(e) => {
+                        return Err(ExchangeError::Protocol(format!(
+                            "malformed response head: {e}"
+                        )))
+                    }
+                }
+                if self.buf.len() > MAX_HEAD_BYTES {
+                    return Err(ExchangeError::Protocol(format!(
+                        "the response head exceeds {MAX_HEAD_BYTES} bytes"
+                    )));
+                }
+            }
+            self.fill_some("before the response head was complete")
+                .await?;
+        }
+    }
+
+    async fn read_sized(&mut self, len: usize, limit: usize) -> Result<Bytes, ExchangeError> {
+        if len > limit {
+            return Err(ExchangeError::TooLarge(limit));
+        }
+        // The common case: the whole body arrived with the head. Copy it out so the body does
+        // not keep the read buffer alive (one buffer per held item adds up with 100k items).
+        if self.buf.len() >= len {
+            return Ok(Bytes::copy_from_slice(&self.buf.split_to(len)));
+        }
+        let mut body = BytesMut::with_capacity(len.min(PREALLOCATE_LIMIT));
+        body.extend_from_slice(&self.buf.split());
+        while body.len() < len {
+            self.fill_some("in the middle of the response body").await?;
+            let take = (len - body.len()).min(self.buf.len());
+            body.extend_from_slice(&self.buf.split_to(take));
+        }
+        Ok(body.freeze())
+    }
+
+    async fn read_to_close(&mut self, limit: usize) -> Result<Bytes, ExchangeError> {
+        let mut body = BytesMut::new();
+        loop {
+            if body.len() + self.buf.len() > limit {
+                return Err(ExchangeError::TooLarge(limit));
+            }
+            body.extend_from_slice(&self.buf.split());
+            if self.fill("in the middle of the response body").await? == 0 {
+                return Ok(body.freeze());
+            }
+        }
+    }
+
+    /// Decodes a chunked body (RFC 9112 section 7.1); extensions and trailers are dropped.
+    async fn read_chunked(&mut self, limit: usize) -> Result<Bytes, ExchangeError> {
+        let mut body = BytesMut::new();
+        loop {
+            let line = self.read_line(MAX_CHUNK_LINE, "in a chunk size").await?;
+            let size = parse_chunk_size(&line)?;
+            if size == 0 {
+                break;
+            }
+            if body.len().saturating_add(size) > limit {
+                return Err(ExchangeError::TooLarge(limit));
+            }
+            body.reserve(size.min(PREALLOCATE_LIMIT));
+            let mut remaining = size;
+            while remaining > 0 {
+                if self.buf.is_empty() {
+                    self.fill_some("in the middle of a chunk").await?;
+                }
+                let take = remaining.min(self.buf.len());
+                body.extend_from_slice(&self.buf.split_to(take));
+                remaining -= take;
+            }
+            let end = self.read_line(2, "after a chunk").await?;
+            if !end.is_empty() {
+                return Err(ExchangeError::Protocol(
+                    "a chunk is longer than its size".to_string(),
+                ));
+            }
+        }
+        // Trailer fields, up to the empty line.
+        let mut trailer_bytes = 0usize;
+        loop {
+            let line = self.read_line(MAX_TRAILER_BYTES, "in the trailers").await?;
+            if line.is_empty() {
+                return Ok(body.freeze());
+            }
+            trailer_bytes += line.len() + 2;
+            if trailer_bytes > MAX_TRAILER_BYTES {
+                return Err(ExchangeError::Protocol(format!(
+                    "the trailers exceed {MAX_TRAILER_BYTES} bytes"
+                )));
+            }
+        }
+    }
+
+    /// One CRLF-terminated line without its CRLF, at most `max` bytes long.
+    async fn read_line(
+        &mut self,
+        max: usize,
+        context: &'static str,
+    ) -> Result<BytesMut, ExchangeError> {
+        let mut searched = 0;
+        loop {
+            if let Some(at) = self
+                .buf
+                .get(searched..)
+                .and_then(|rest| memchr::memmem::find(rest, b"\r\n"))
+            {
+                let line = self.buf.split_to(searched + at);
+                self.buf.advance(2);
+                return Ok(line);
+            }
+            searched = self.buf.len().saturating_sub(1);
+            if self.buf.len() > max {
+                return Err(ExchangeError::Protocol(format!(
+                    "a line {context} exceeds {max} bytes"
+                )));
+            }
+            self.fill_some(context).await?;
+        }
+    }
+}
+
+/// The hexadecimal size at the start of a chunk-size line; extensions after `;` are ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<usize, ExchangeError> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let invalid = || ExchangeError::Protocol("invalid chunk size".to_string());
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid());
+    }
+    let text = std::str::from_utf8(digits).map_err(|_| invalid())?;
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid());
+    }
+    usize::from_str_radix(text, 16).map_err(|_| invalid())
+}
+
+/// Status, kept headers, framing and persistence from a parsed head.
+fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeError> {
+    let status = parsed
+        .code
+        .ok_or_else(|| ExchangeError::Protocol("no status code".to_string()))?;
+    let http10 = parsed.version == Some(0);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut content_length: Option<usize> = None;
+    let mut transfer_encoding: Option<bool> = None; // Some(final coding is chunked)
+    let mut conflicting_length = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    for header in parsed.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            for part in header.value.split(|&b| b == b',') {
+                let len = parse_length(part.trim_ascii())?;
+                match content_length {
+                    Some(seen) if seen != len => conflicting_length = true,
+                    _ => content_length = Some(len),
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = header
+                .value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|coding| !coding.is_empty());
+            // Only the final coding decides whether the body is chunked.
+            transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        if HOP_BY_HOP_RESPONSE
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop))
+        {
+            continue;
+        }
+        let owned_name = HeaderName::from_bytes(name.as_bytes());
+        let owned_value = HeaderValue::from_bytes(header.value);
+        if let (Ok(name), Ok(value)) = (owned_name, owned_value) {
+            headers.append(name, value);
+        }
+    }
+    let persistent = if http10 { keep_alive && !close } else { !close };
+    let (framing, keep_alive) = match (transfer_encoding, content_length) {
+        // Transfer-Encoding overrides Content-Length, and a message with both may be an
+        // attempt at smuggling: read it by the RFC's rule, then close (RFC 9112 6.3 item 3).
+        (Some(true), length) => (Framing::Chunked, persistent && length.is_none()),
+        (Some(false), _) => (Framing::UntilClose, false),
+        (None, Some(_)) if conflicting_length => {
+            return Err(ExchangeError::Protocol(
+                "conflicting Content-Length values".to_string(),
+            ))
+        }
+        (None, Some(len)) => (Framing::Length(len), persistent),
+        (None, None) => (Framing::UntilClose, false),
+    };
+    Ok(HeadInfo {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+fn parse_length(value: &[u8]) -> Result<usize, ExchangeError> {
+    let invalid = || ExchangeError::Protocol("invalid Content-Length".to_string());
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(invalid());
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,473 @@
+//! The HTTP/1.1 exchange against scripted upstreams on real 127.0.0.1 sockets: each test's
+//! server reads one request and answers with exact bytes, so framing edge cases are reproduced
+//! byte for byte.
+
+use super::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: usize = 1024;
+
+fn batch() -> BatchHeaders {
+    BatchHeaders {
+        host: HeaderValue::from_static("api.test"),
+        common: vec![(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("r-1"),
+        )],
+        max_response_bytes: LIMIT,
+    }
+}
+
+fn post(body: &'static [u8]) -> SubRequest {
+    SubRequest {
+        method: Method::POST,
+        path: "/v2/file/get?x=1".to_string(),
+        headers: vec![(
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("application/json"),
+        )],
+        body: Some(Bytes::from_static(body)),
+    }
+}
+
+fn get() -> SubRequest {
+    SubRequest {
+        method: Method::GET,
+        path: "/v2/hello".to_string(),
+        headers: vec![],
+        body: None,
+    }
+}
+
+const TIMEOUTS: Timeouts = Timeouts {
+    read: Duration::from_secs(2),
+    write: Duration::from_secs(2),
+};
+
+/// How the scripted server sends its answer.
+#[derive(Clone, Copy)]
+enum Send {
+    /// All bytes in one write, then keep the connection open.
+    Whole,
+    /// One byte per write, with a pause between some of them.
+    Trickle,
+    /// All bytes, then close the connection.
+    ThenClose,
+}
+
+/// Runs one exchange against a server answering `answer`; returns the result and the raw
+/// request the server received (and the number of reads it took the server to get it).
+async fn run(
+    request: SubRequest,
+    answer: &'static [u8],
+    send: Send,
+) -> (Result<Exchanged, ExchangeError>, Vec<u8>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let received = read_request(&mut socket).await;
+        match send {
+            Send::Whole | Send::ThenClose => {
+                let _ = socket.write_all(answer).await;
+            }
+            Send::Trickle => {
+                for (i, byte) in answer.iter().enumerate() {
+                    let _ = socket.write_all(&[*byte]).await;
+                    if i % 7 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        if matches!(send, Send::ThenClose) {
+            drop(socket);
+        } else {
+            // Keep the connection open until the client is done with it.
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        }
+        received
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let result = exchange(&mut client, &request, &batch(), TIMEOUTS).await;
+    drop(client);
+    let received = server.await.expect("server");
+    (result, received)
+}
+
+/// Reads one request: the head, then `Content-Length` bytes.
+async fn read_request(socket: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return buf;
+            }
+        }
+        let n = socket.read(&mut chunk).await.expect("read request");
+        if n == 0 {
+            return buf;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn ok(result: Result<Exchanged, ExchangeError>) -> Exchanged {
+    match result {
+        Ok(exchanged) => exchanged,
+        Err(e) => panic!("exchange failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn request_goes_out_as_one_message_with_host_length_and_batch_headers() {
+    let (result, received) = run(
+        post(br#"{"a":1}"#),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+        Send::Whole,
+    )
+    .await;
+    ok(result);
+    let text = String::from_utf8(received).expect("utf-8");
+    assert_eq!(
+        text,
+        "POST /v2/file/get?x=1 HTTP/1.1\r\nHost: api.test\r\nx-request-id: r-1\r\n\
+         content-type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+    );
+}
+
+#[tokio::test]
+async fn an_item_header_replaces_the_forwarded_one_of_the_same_name() {
+    let mut request = get();
+    request.headers.push((
+        HeaderName::from_static("x-request-id"),
+        HeaderValue::from_static("mine"),
+    ));
+    let (result, received) = run(
+        request,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        Send::Whole,
+    )
+    .await;
+    ok(result);
+    let text = String::from_utf8(received).expect("utf-8");
+    assert!(text.contains("x-request-id: mine\r\n"), "{text}");
+    assert!(!text.contains("r-1"), "{text}");
+    // A GET without a body declares no length.
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn content_length_body_and_kept_headers() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n\
+          Keep-Alive: timeout=5\r\nX-Trace: a\r\nX-Trace: b\r\nContent-Length: 11\r\n\r\n{\"ok\":true}",
+        Send::Whole,
+    )
+    .await;
+    let exchanged = ok(result);
+    assert_eq!(exchanged.response.status, 201);
+    assert_eq!(&exchanged.response.body[..], br#"{"ok":true}"#);
+    let headers = &exchanged.response.headers;
+    assert_eq!(headers.get_all("x-trace").iter().count(), 2);
+    assert!(headers.get("connection").is_none());
+    assert!(headers.get("keep-alive").is_none());
+    assert_eq!(headers["content-length"], "11");
+    assert!(exchanged.reusable);
+}
+
+#[tokio::test]
+async fn responses_trickled_one_byte_at_a_time_are_reassembled() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Tail: 1\r\n\r\n",
+        Send::Trickle,
+    )
+    .await;
+    let exchanged = ok(result);
+    assert_eq!(&exchanged.response.body[..], b"hello world");
+    assert!(exchanged
+        .response
+        .headers
+        .get("transfer-encoding")
+        .is_none());
+    assert!(exchanged.reusable);
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_close_is_read_to_the_end_and_not_reused() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        Send::ThenClose,
+    )
+    .await;
+    let exchanged = ok(result);
+    assert_eq!(&exchanged.response.body[..], b"until the end");
+    assert!(!exchanged.reusable);
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_switching_protocols_is_refused() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        Send::Whole,
+    )
+    .await;
+    let exchanged = ok(result);
+    assert_eq!(exchanged.response.status, 200);
+    assert!(exchanged.response.headers.get("link").is_none());
+
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        Send::Whole,
+    )
+    .await;
+    assert!(matches!(result, Err(ExchangeError::Protocol(_))));
+}
+
+#[tokio::test]
+async fn head_204_and_304_have_no_body_whatever_they_declare() {
+    let mut head = get();
+    head.method = Method::HEAD;
+    let (result, _) = run(
+        head,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n",
+        Send::Whole,
+    )
+    .await;
+    let exchanged = ok(result);
+    assert!(exchanged.response.body.is_empty());
+    assert!(exchanged.reusable);
+    for answer in [
+        &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..],
+        &b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"[..],
+    ] {
+        let answer: &'static [u8] = answer;
+        let exchanged = ok(run(get(), answer, Send::Whole).await.0);
+        assert!(exchanged.response.body.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn transfer_encoding_wins_over_content_length_and_the_connection_is_not_reused() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        Send::Whole,
+    )
+    .await;
+    let exchanged = ok(result);
+    assert_eq!(&exchanged.response.body[..], b"hi");
+    assert!(!exchanged.reusable);
+}
+
+#[tokio::test]
+async fn conflicting_lengths_are_refused_and_repeated_equal_ones_accepted() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        Send::Whole,
+    )
+    .await;
+    assert!(
+        matches!(result, Err(ExchangeError::Protocol(_))),
+        "{result:?}"
+    );
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nab",
+        Send::Whole,
+    )
+    .await;
+    assert_eq!(&ok(result).response.body[..], b"ab");
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n"[..],
+    ] {
+        let answer: &'static [u8] = answer;
+        let (result, _) = run(get(), answer, Send::Whole).await;
+        assert!(
+            matches!(result, Err(ExchangeError::Protocol(_))),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_chunk_sizes_are_protocol_errors() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n"[..],
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n"[..],
+    ] {
+        let answer: &'static [u8] = answer;
+        let (result, _) = run(get(), answer, Send::Whole).await;
+        assert!(
+            matches!(
+                result,
+                Err(ExchangeError::Protocol(_)) | Err(ExchangeError::TooLarge(_))
+            ),
+            "{}: {result:?}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_however_they_are_framed() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n",
+        Send::Whole,
+    )
+    .await;
+    assert!(matches!(result, Err(ExchangeError::TooLarge(LIMIT))));
+
+    static CHUNKED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let chunked = CHUNKED.get_or_init(|| {
+        let mut answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..3 {
+            answer.extend_from_slice(b"200\r\n");
+            answer.extend_from_slice(&[b'x'; 512]);
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        answer
+    });
+    let (result, _) = run(get(), chunked, Send::Whole).await;
+    assert!(matches!(result, Err(ExchangeError::TooLarge(LIMIT))));
+
+    static UNTIL_CLOSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let until_close = UNTIL_CLOSE.get_or_init(|| {
+        let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        answer.extend_from_slice(&[b'x'; 2000]);
+        answer
+    });
+    let (result, _) = run(get(), until_close, Send::ThenClose).await;
+    assert!(matches!(result, Err(ExchangeError::TooLarge(LIMIT))));
+}
+
+#[tokio::test]
+async fn connection_persistence_follows_version_and_connection_header() {
+    let cases: [(&'static [u8], bool); 4] = [
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+            true,
+        ),
+        // Bytes nobody asked for after the response.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+            false,
+        ),
+    ];
+    for (answer, reusable) in cases {
+        let exchanged = ok(run(get(), answer, Send::Whole).await.0);
+        assert_eq!(
+            exchanged.reusable,
+            reusable,
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_close_before_any_answer_is_retryable_and_a_close_mid_body_is_not() {
+    let (result, _) = run(get(), b"", Send::ThenClose).await;
+    let error = result.expect_err("closed");
+    assert!(error.nothing_received(), "{error}");
+
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        Send::ThenClose,
+    )
+    .await;
+    let error = result.expect_err("closed");
+    assert!(!error.nothing_received(), "{error}");
+    assert!(matches!(error, ExchangeError::Closed { .. }));
+}
+
+#[tokio::test]
+async fn malformed_or_oversized_heads_are_protocol_errors() {
+    let (result, _) = run(get(), b"HTTP/1.1 2OO OK\r\n\r\n", Send::Whole).await;
+    assert!(
+        matches!(result, Err(ExchangeError::Protocol(_))),
+        "{result:?}"
+    );
+    let (result, _) = run(get(), b"SSH-2.0-OpenSSH\r\n\r\n", Send::Whole).await;
+    assert!(
+        matches!(result, Err(ExchangeError::Protocol(_))),
+        "{result:?}"
+    );
+
+    static HUGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let huge = HUGE.get_or_init(|| {
+        let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..3000 {
+            answer.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "v".repeat(20)).as_bytes());
+        }
+        answer
+    });
+    let (result, _) = run(get(), huge, Send::Whole).await;
+    assert!(
+        matches!(result, Err(ExchangeError::Protocol(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_upstream_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let _ = read_request(&mut socket).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let timeouts = Timeouts {
+        read: Duration::from_millis(100),
+        write: Duration::from_secs(1),
+    };
+    let result = exchange(&mut client, &get(), &batch(), timeouts).await;
+    assert!(
+        matches!(result, Err(ExchangeError::Timeout(_))),
+        "{result:?}"
+    );
+    server.abort();
+}
+
+#[test]
+fn chunk_sizes_parse_as_bounded_hexadecimal() {
+    assert_eq!(parse_chunk_size(b"1a").ok(), Some(26));
+    assert_eq!(parse_chunk_size(b"A ; name=value").ok(), Some(10));
+    assert_eq!(parse_chunk_size(b"0").ok(), Some(0));
+    for bad in [&b""[..], b"g", b"+1", b" ", b"1 2", b"0000000000000001"] {
+        assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Idle HTTP/1.1 connections to one upstream address, kept for the next item.
+//!
+//! Connections are made by pingora's `TransportConnector` (its connect timeout and socket
+//! options); this pool only keeps the idle ones. It replaces pingora's keep-alive pool for batch
+//! items because that one costs, per item, a spawned idle-watch task, a `getpeername` system
+//! call, an LRU update and a lock hand-off, about a fifth of batchgate's CPU per item
+//! (docs/PERFORMANCE.md). Here checkout and return are a `Vec` pop and push under an
+//! uncontended mutex, and one sweeper task per pool closes connections idle for longer than the
+//! upstream's `idle_timeout` or closed by the upstream.
+//!
+//! The newest idle connection is handed out first, so under light load the same few stay warm
+//! and the rest age out.
+
+use pingora::protocols::Stream;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+/// How often the sweeper looks at idle connections, at most.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    idle: Mutex<Idle>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Oldest first.
+    connections: Vec<(Stream, Instant)>,
+    sweeper_started: bool,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Pool {
+            shared: Arc::new(Shared {
+                idle: Mutex::new(Idle::default()),
+                max_idle,
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// The most recently returned connection that is still usable.
+    pub fn take(&self) -> Option<Stream> {
+        loop {
+            let (mut stream, since) = self.shared.lock().connections.pop()?;
+            // Dropped (closed) outside the lock when stale.
+            if since.elapsed() < self.shared.idle_timeout && still_open(&mut stream) {
+                return Some(stream);
+            }
+        }
+    }
+
+    /// Keeps `stream` for the next item, unless the pool is full.
+    pub fn put(&self, stream: Stream) {
+        let start_sweeper = {
+            let mut idle = self.shared.lock();
+            if idle.connections.len() >= self.shared.max_idle {
+                return;
+            }
+            idle.connections.push((stream, Instant::now()));
+            !std::mem::replace(&mut idle.sweeper_started, true)
+        };
+        if start_sweeper {
+            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Idle> {
+        // Nothing in the critical sections can panic, but a poisoned pool is still a pool.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Closes expired and upstream-closed idle connections until the pool is dropped.
+async fn sweep(shared: Weak<Shared>) {
+    let interval = match shared.upgrade() {
+        Some(shared) => {
+            (shared.idle_timeout / 2).clamp(Duration::from_millis(10), MAX_SWEEP_INTERVAL)
+        }
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut stale = Vec::new();
+        {
+            let mut idle = shared.lock();
+            let mut keep = Vec::with_capacity(idle.connections.len());
+            for (mut stream, since) in std::mem::take(&mut idle.connections) {
+                if since.elapsed() < shared.idle_timeout && still_open(&mut stream) {
+                    keep.push((stream, since));
+                } else {
+                    stale.push(stream);
+                }
+            }
+            idle.connections = keep;
+        }
+        // Closed here, outside the lock.
+        drop(stale);
+    }
+}
+
+/// An idle connection is usable if reading from it would block: no EOF, no error, and no
+/// bytes the upstream sent unasked (pingora's `test_reusable_stream` rule). This costs no
+/// system call unless the runtime saw the socket become readable.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    // `unconstrained`: an exhausted cooperative budget would also answer "pending".
+    let read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut byte)));
+    read.poll(&mut Context::from_waker(Waker::noop()))
+        .is_pending()
+}

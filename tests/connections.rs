@@ -1,0 +1,146 @@
+//! Upstream connection handling for batch items: keep-alive reuse across batches, the one retry
+//! when a pooled connection turns out closed, and idle connections closed after
+//! `idle_timeout`. The upstream counts the TCP connections it accepts and holds open.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::batch::{batch, item, responses, BATCH_PATH};
+use common::client;
+use common::config::GateConfig;
+use common::gate;
+use common::prom::scrape;
+use common::upstream::{echo, Reply, Upstream};
+use serde_json::Value;
+
+const REQUESTS: &str = "batchgate_upstream_requests_total";
+
+fn items(n: usize) -> String {
+    batch(
+        (0..n)
+            .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
+            .collect(),
+    )
+}
+
+fn statuses(resp: &client::Response) -> Vec<u64> {
+    responses(resp)
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn connections_are_kept_alive_and_reused_by_later_batches() {
+    // 50 ms per answer keeps all ten items of a batch in flight at once.
+    let upstream = Upstream::with_handler(|req| echo(req).with_delay(50)).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 10")
+        .start()
+        .await;
+
+    let first = client::post_json(gate.addr, BATCH_PATH, &items(10)).await;
+    assert_eq!(first.status, 200, "{}", first.body_str());
+    assert_eq!(statuses(&first), vec![200; 10]);
+    assert_eq!(
+        upstream.connections(),
+        10,
+        "one connection per concurrent item"
+    );
+
+    for _ in 0..3 {
+        let again = client::post_json(gate.addr, BATCH_PATH, &items(10)).await;
+        assert_eq!(statuses(&again), vec![200; 10]);
+    }
+    assert_eq!(
+        upstream.connections(),
+        10,
+        "later batches must reuse the pooled connections"
+    );
+    assert_eq!(upstream.count(), 40);
+
+    let metrics = scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value(REQUESTS, &[("upstream", "api"), ("connection", "new")]),
+        10.0
+    );
+    assert_eq!(
+        metrics.value(REQUESTS, &[("upstream", "api"), ("connection", "reused")]),
+        30.0
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_under_the_request_is_retried_once_on_a_new_one() {
+    // Every connection answers its first request and drops the second unanswered, like an
+    // upstream whose keep-alive timeout fires just as the next request arrives.
+    let served: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let seen = served.clone();
+    let upstream = Upstream::with_handler(move |req| {
+        let mut served = seen.lock().expect("lock");
+        let count = served.entry(req.conn_id).or_default();
+        *count += 1;
+        if *count == 1 {
+            echo(req)
+        } else {
+            Reply::abort()
+        }
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr).start().await;
+
+    let first = client::post_json(gate.addr, BATCH_PATH, &items(1)).await;
+    assert_eq!(statuses(&first), vec![200]);
+    let second = client::post_json(gate.addr, BATCH_PATH, &items(1)).await;
+    assert_eq!(
+        statuses(&second),
+        vec![200],
+        "the retry on a new connection answers: {}",
+        second.body_str()
+    );
+    // The first connection carried two requests (the second dropped), the retry a third.
+    assert_eq!(upstream.count(), 3);
+    assert_eq!(upstream.connections(), 2);
+
+    // A connection that fails on its *first* request is not retried: the upstream saw it.
+    let dropping = Upstream::with_handler(|_| Reply::abort()).await;
+    let gate = GateConfig::new(dropping.addr).start().await;
+    let resp = client::post_json(gate.addr, BATCH_PATH, &items(1)).await;
+    let entries = responses(&resp);
+    let entry: &Value = entries.first().expect("one entry");
+    assert_eq!(entry["status"], 502, "{entry}");
+    assert_eq!(dropping.count(), 1, "no second attempt on a new connection");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_idle_timeout() {
+    let upstream = Upstream::echo().await;
+    let text = GateConfig::new(upstream.addr)
+        .route("concurrency = 4")
+        .toml()
+        .replace(
+            "connect_timeout = \"1s\"\n",
+            "connect_timeout = \"1s\"\nidle_timeout = \"300ms\"\n",
+        );
+    let gate = gate::start(&text).await;
+
+    let resp = client::post_json(gate.addr, BATCH_PATH, &items(4)).await;
+    assert_eq!(statuses(&resp), vec![200; 4]);
+    assert!(upstream.open_connections() > 0);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while upstream.open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} idle connections still open 5 s after a 300 ms idle timeout",
+            upstream.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the pool does not hand out the closed ones: the next batch just works.
+    let resp = client::post_json(gate.addr, BATCH_PATH, &items(4)).await;
+    assert_eq!(statuses(&resp), vec![200; 4]);
+}
