@@ -683,14 +683,17 @@ batch_timeout = "60s"
         let log = std::fs::File::create(dir.join("batchgate.log")).expect("log file");
         // BATCHGATE_WRAPPER runs the binary under a tool, e.g. "valgrind --tool=massif".
         let wrapper = std::env::var("BATCHGATE_WRAPPER").unwrap_or_default();
+        // BATCHGATE_BIN measures another build (A/B comparisons of a change).
+        let binary = std::env::var("BATCHGATE_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_batchgate").to_string());
         let mut words = wrapper.split_whitespace();
         let mut command = match words.next() {
             Some(tool) => {
                 let mut c = Command::new(tool);
-                c.args(words).arg(env!("CARGO_BIN_EXE_batchgate"));
+                c.args(words).arg(&binary);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_batchgate")),
+            None => Command::new(&binary),
         };
         let child = command
             .args(["run", "-c"])

@@ -293,6 +293,9 @@ pub struct BatchHeaders {
     /// Forwarded outer headers, `X-Forwarded-For`, `X-Request-Id`.
     pub common: Vec<(HeaderName, HeaderValue)>,
     pub max_response_bytes: usize,
+    /// The route's item timeout, which bounds every exchange anyway: per-operation timeouts
+    /// at least as long are not armed (a timer per read and write is measurable per item).
+    pub item_timeout: std::time::Duration,
 }
 
 /// One batch's view of an upstream: what the executor calls.

@@ -293,6 +293,7 @@ fn batch_headers(session: &Session, route: &Route, request_id: &str) -> BatchHea
         host,
         common,
         max_response_bytes: route.config.limits.max_item_response_bytes,
+        item_timeout: route.config.limits.item_timeout,
     }
 }
 

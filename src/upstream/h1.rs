@@ -16,6 +16,7 @@ use crate::dialect::{SubRequest, UpstreamResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
+use std::future::Future;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -85,6 +86,21 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
+impl Timeouts {
+    /// `timeout` if it can fire before `bound` (the item timeout, enforced by the executor).
+    fn armed(timeout: Duration, bound: Duration) -> Option<Duration> {
+        (timeout < bound).then_some(timeout)
+    }
+}
+
+/// Awaits `work`, giving up after `timeout` when there is one.
+async fn bounded<T>(timeout: Option<Duration>, work: impl Future<Output = T>) -> Option<T> {
+    match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, work).await.ok(),
+        None => Some(work.await),
+    }
+}
+
 /// A complete response and whether the connection may carry another request.
 #[derive(Debug)]
 pub struct Exchanged {
@@ -116,21 +132,21 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
         stream.flush().await
     };
-    match tokio::time::timeout(timeouts.write, write).await {
-        Ok(Ok(())) => {}
-        Ok(Err(source)) => {
+    match bounded(Timeouts::armed(timeouts.write, batch.item_timeout), write).await {
+        Some(Ok(())) => {}
+        Some(Err(source)) => {
             return Err(ExchangeError::Io {
                 context: "writing the request",
                 source,
                 nothing_received: true,
             })
         }
-        Err(_) => return Err(ExchangeError::Timeout("writing the request")),
+        None => return Err(ExchangeError::Timeout("writing the request")),
     }
     let mut reader = Reader {
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
-        timeout: timeouts.read,
+        timeout: Timeouts::armed(timeouts.read, batch.item_timeout),
         received: false,
     };
     reader
@@ -209,7 +225,7 @@ struct HeadInfo {
 struct Reader<'s, S> {
     stream: &'s mut S,
     buf: BytesMut,
-    timeout: Duration,
+    timeout: Option<Duration>,
     /// Whether any response byte arrived.
     received: bool,
 }
@@ -220,17 +236,17 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
-        match tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await {
-            Ok(Ok(n)) => {
+        match bounded(self.timeout, self.stream.read_buf(&mut self.buf)).await {
+            Some(Ok(n)) => {
                 self.received |= n > 0;
                 Ok(n)
             }
-            Ok(Err(source)) => Err(ExchangeError::Io {
+            Some(Err(source)) => Err(ExchangeError::Io {
                 context,
                 source,
                 nothing_received: !self.received,
             }),
-            Err(_) => Err(ExchangeError::Timeout(context)),
+            None => Err(ExchangeError::Timeout(context)),
         }
     }
 

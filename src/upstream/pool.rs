@@ -71,7 +71,10 @@ impl Pool {
             !std::mem::replace(&mut idle.sweeper_started, true)
         };
         if start_sweeper {
-            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
+            // Items always run on a runtime; without one the pool just has no sweeper.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(sweep(Arc::downgrade(&self.shared)));
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ fn batch() -> BatchHeaders {
             HeaderValue::from_static("r-1"),
         )],
         max_response_bytes: LIMIT,
+        item_timeout: Duration::from_secs(60),
     }
 }
 
