@@ -79,14 +79,22 @@ impl Dialect for Envelope {
                 format!("the body is not a JSON object: {detail}"),
             )
         };
-        let raw: &RawValue =
-            serde_json::from_slice(request.body).map_err(|e| not_object(e.to_string()))?;
         // serde would also accept a struct written as an array; the contract is an object.
-        if !is_object(raw) {
+        // Anything else is first parsed as any JSON value, so broken JSON gets serde's
+        // precise error and valid JSON of another type gets "another JSON type".
+        let starts_as_object = request
+            .body
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            == Some(&b'{');
+        if !starts_as_object {
+            let _: &RawValue =
+                serde_json::from_slice(request.body).map_err(|e| not_object(e.to_string()))?;
             return Err(not_object("found another JSON type".to_string()));
         }
+        // One pass over the body: the members are kept as raw slices.
         let body: Body<'_> =
-            serde_json::from_str(raw.get()).map_err(|e| not_object(e.to_string()))?;
+            serde_json::from_slice(request.body).map_err(|e| not_object(e.to_string()))?;
         self.check_resource(body.resource)?;
         let requests = body.requests.ok_or_else(|| {
             invalid(
