@@ -30,6 +30,7 @@ const METRICS: &[(&str, bool)] = &[
     ("batchgate_rejections_total", true),
     ("batchgate_passthrough_requests_total", false),
     ("batchgate_passthrough_duration_seconds", false),
+    ("batchgate_upstream_requests_total", false),
     ("batchgate_build_info", false),
     ("process_cpu_seconds_total", false),
     ("process_resident_memory_bytes", false),
