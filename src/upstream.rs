@@ -1,12 +1,14 @@
 //! The upstream client: sends one `SubRequest` to an upstream and returns an `Outcome`.
 //!
 //! It knows no batch. One `UpstreamClient` per configured upstream holds ready `HttpPeer`s and
-//! pingora's connection pool, which keeps connections alive between items and batches. HTTP/1.1
-//! items go through batchgate's own lean exchange (`h1`) on streams from pingora's
-//! `TransportConnector`; h2c items go through pingora's HTTP/2 session. A connection goes back to
-//! the pool only after its response was read to the end with its framing intact. The only retry
-//! is pingora's rule: a *reused* pooled connection that fails before any byte of an answer
-//! arrived (the upstream closed it while idle) is tried once more on a fresh connection.
+//! keeps connections alive between items and batches. HTTP/1.1 items go through batchgate's own
+//! lean exchange (`h1`) on connections made by pingora's `TransportConnector` and kept in an
+//! idle pool per address (`pool`); h2c items go through pingora's HTTP/2 session and pool. A
+//! connection goes back to the pool only after its response was read to the end with its
+//! framing intact. The only retry is pingora's rule for a *reused* pooled connection that fails
+//! (the upstream closed it while idle), narrowed to what cannot do harm: it is tried once more
+//! on a new connection when nothing of the request was written, or when the method is
+//! idempotent and no byte of an answer arrived.
 
 mod h1;
 mod pool;
@@ -110,9 +112,14 @@ impl UpstreamClient {
             self.count_connection(true);
             match self.exchange_h1(stream, pool, request, batch).await {
                 Ok(response) => return Outcome::Response(response),
-                // The upstream closed the pooled connection while it was idle and saw nothing
-                // of this request: once more, on a new connection.
-                Err(error) if error.nothing_received() => {}
+                // The pooled connection turned out dead: once more, on a new connection, if
+                // the upstream cannot have acted on the request (nothing of it left), or if
+                // acting twice is harmless (an idempotent method, RFC 9112 section 9.3.1)
+                // and no answer had started. A POST that may have reached the upstream gets
+                // an error rather than a second try: nothing is done twice.
+                Err(error)
+                    if error.unsent()
+                        || (error.nothing_received() && request.method.is_idempotent()) => {}
                 Err(error) => return h1_outcome(error),
             }
         }

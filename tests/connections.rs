@@ -105,6 +105,25 @@ async fn a_pooled_connection_closed_under_the_request_is_retried_once_on_a_new_o
     assert_eq!(upstream.count(), 3);
     assert_eq!(upstream.connections(), 2);
 
+    // The same dead pooled connection under a POST: the request reached the upstream, which
+    // may have acted on it, so it is not sent again (RFC 9112 section 9.3.1).
+    let post = batch(vec![common::batch::item_with_body(
+        "p",
+        "POST",
+        "/file/update",
+        serde_json::json!({"n": 1}),
+    )]);
+    // The pool now holds the retry's connection, which has answered once.
+    let before = upstream.count();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &post).await;
+    assert_eq!(statuses(&resp), vec![502], "{}", resp.body_str());
+    assert_eq!(upstream.count(), before + 1, "the POST was sent once");
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "and no new connection was opened for it"
+    );
+
     // A connection that fails on its *first* request is not retried: the upstream saw it.
     let dropping = Upstream::with_handler(|_| Reply::abort()).await;
     let gate = GateConfig::new(dropping.addr).start().await;

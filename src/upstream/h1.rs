@@ -39,13 +39,15 @@ const PREALLOCATE_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Error)]
 pub enum ExchangeError {
     /// The connection failed or closed. `nothing_received` is true when not one byte of a
-    /// response arrived: on a reused connection that means the upstream closed it while idle
-    /// and the request may be sent again on a fresh one.
+    /// response arrived: on a reused connection that usually means the upstream closed it
+    /// while idle. `unsent` is true when not one byte of the request left, so the upstream
+    /// cannot have acted on it.
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
         source: std::io::Error,
         nothing_received: bool,
+        unsent: bool,
     },
     /// The connection closed before the response was complete.
     #[error("the upstream closed the connection {context}")]
@@ -63,8 +65,10 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// True when the upstream saw the connection close before any answer: pingora's rule for
-    /// a stale pooled connection, the only case worth a second attempt.
+    /// True when the connection failed before any byte of an answer arrived: pingora's rule
+    /// for a stale pooled connection. The request may still have been acted on (the upstream
+    /// could have crashed after processing it), so only idempotent requests are sent again
+    /// on this ground (RFC 9112 section 9.3.1).
     pub fn nothing_received(&self) -> bool {
         matches!(
             self,
@@ -76,6 +80,12 @@ impl ExchangeError {
                 ..
             }
         )
+    }
+
+    /// True when not one byte of the request was written: safe to send again, whatever the
+    /// method.
+    pub fn unsent(&self) -> bool {
+        matches!(self, ExchangeError::Io { unsent: true, .. })
     }
 }
 
@@ -118,27 +128,30 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut head = Vec::with_capacity(256 + coalesced_len(request));
     encode_head(request, batch, &mut head);
     let body = request.body.as_ref().filter(|b| !b.is_empty());
+    let mut written = 0usize;
     let write = async {
         match body {
             Some(body) if body.len() <= COALESCE_LIMIT => {
                 head.extend_from_slice(body);
-                stream.write_all(&head).await?;
+                write_counted(stream, &head, &mut written).await?;
             }
             Some(body) => {
-                stream.write_all(&head).await?;
-                stream.write_all(body).await?;
+                write_counted(stream, &head, &mut written).await?;
+                write_counted(stream, body, &mut written).await?;
             }
-            None => stream.write_all(&head).await?,
+            None => write_counted(stream, &head, &mut written).await?,
         }
         stream.flush().await
     };
-    match bounded(Timeouts::armed(timeouts.write, batch.item_timeout), write).await {
+    let outcome = bounded(Timeouts::armed(timeouts.write, batch.item_timeout), write).await;
+    match outcome {
         Some(Ok(())) => {}
         Some(Err(source)) => {
             return Err(ExchangeError::Io {
                 context: "writing the request",
                 source,
                 nothing_received: true,
+                unsent: written == 0,
             })
         }
         None => return Err(ExchangeError::Timeout("writing the request")),
@@ -152,6 +165,23 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     reader
         .read_response(request.method == Method::HEAD, batch.max_response_bytes)
         .await
+}
+
+/// `write_all` that counts what left, so a failure can tell "nothing sent" from "partly sent".
+async fn write_counted<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut bytes: &[u8],
+    written: &mut usize,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = stream.write(bytes).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        *written += n;
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    Ok(())
 }
 
 fn coalesced_len(request: &SubRequest) -> usize {
@@ -218,9 +248,15 @@ enum Framing {
 struct HeadInfo {
     status: u16,
     headers: HeaderMap,
+    /// How a body, if the response has one, is delimited.
     framing: Framing,
-    keep_alive: bool,
+    /// Whether the connection may carry another request after this response (version,
+    /// `Connection`, and framing that leaves no doubt), whatever the body turns out to be.
+    persistent: bool,
 }
+
+/// Interim (1xx) answers accepted before the final one.
+const MAX_INTERIM_RESPONSES: usize = 8;
 
 struct Reader<'s, S> {
     stream: &'s mut S,
@@ -245,6 +281,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 context,
                 source,
                 nothing_received: !self.received,
+                unsent: false,
             }),
             None => Err(ExchangeError::Timeout(context)),
         }
@@ -266,6 +303,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         is_head: bool,
         limit: usize,
     ) -> Result<Exchanged, ExchangeError> {
+        let mut interim = 0;
         let head = loop {
             let head = self.read_head().await?;
             match head.status {
@@ -275,17 +313,23 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                     ))
                 }
                 // 100 Continue, 103 Early Hints: interim answers a client skips.
-                100..=199 => continue,
+                100..=199 if interim < MAX_INTERIM_RESPONSES => interim += 1,
+                100..=199 => {
+                    return Err(ExchangeError::Protocol(format!(
+                        "more than {MAX_INTERIM_RESPONSES} interim (1xx) answers"
+                    )))
+                }
                 _ => break head,
             }
         };
-        // HEAD, 204 and 304 declare the representation's length but carry no body.
+        // HEAD, 204 and 304 declare the representation's length but carry no body, and
+        // need no length to keep the connection (a 204 must not even send one).
         let framing = if is_head || matches!(head.status, 204 | 304) {
             Framing::None
         } else {
             head.framing
         };
-        let mut reusable = head.keep_alive && framing != Framing::UntilClose;
+        let mut reusable = head.persistent && framing != Framing::UntilClose;
         let body = match framing {
             Framing::None => Bytes::new(),
             Framing::Length(len) => self.read_sized(len, limit).await?,
@@ -309,8 +353,20 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
 
     /// Reads and parses one response head, consuming it from the buffer.
     async fn read_head(&mut self) -> Result<HeadInfo, ExchangeError> {
+        // Where to look for the end of the head next: parsing again from the start after
+        // every read would be quadratic in a head that trickles in.
+        let mut searched: usize = 0;
         loop {
-            if !self.buf.is_empty() {
+            let from = searched.saturating_sub(3);
+            searched = self.buf.len();
+            let complete = self.buf.get(from..).is_some_and(|new| {
+                memchr::memmem::find(new, b"\n\r\n").is_some()
+                    || memchr::memmem::find(new, b"\n\n").is_some()
+            });
+            // The first bytes are parsed at once too, so something that is not HTTP at all
+            // is refused without waiting for more.
+            let first_look = from == 0 && !self.buf.is_empty();
+            if complete || first_look {
                 let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut parsed = httparse::Response::new(&mut slots);
                 match parsed.parse(&self.buf) {
@@ -353,7 +409,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             let take = (len - body.len()).min(self.buf.len());
             body.extend_from_slice(&self.buf.split_to(take));
         }
-        Ok(body.freeze())
+        Ok(fitted(body))
     }
 
     async fn read_to_close(&mut self, limit: usize) -> Result<Bytes, ExchangeError> {
@@ -364,7 +420,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             }
             body.extend_from_slice(&self.buf.split());
             if self.fill("in the middle of the response body").await? == 0 {
-                return Ok(body.freeze());
+                return Ok(fitted(body));
             }
         }
     }
@@ -403,7 +459,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         loop {
             let line = self.read_line(MAX_TRAILER_BYTES, "in the trailers").await?;
             if line.is_empty() {
-                return Ok(body.freeze());
+                return Ok(fitted(body));
             }
             trailer_bytes += line.len() + 2;
             if trailer_bytes > MAX_TRAILER_BYTES {
@@ -427,6 +483,11 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 .get(searched..)
                 .and_then(|rest| memchr::memmem::find(rest, b"\r\n"))
             {
+                if searched + at > max {
+                    return Err(ExchangeError::Protocol(format!(
+                        "a line {context} exceeds {max} bytes"
+                    )));
+                }
                 let line = self.buf.split_to(searched + at);
                 self.buf.advance(2);
                 return Ok(line);
@@ -439,6 +500,18 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             }
             self.fill_some(context).await?;
         }
+    }
+}
+
+/// The body as kept until the batch reply is written. A buffer that grew by doubling can hold
+/// up to twice its bytes; with many large items waiting for their batch that slack adds up,
+/// so a loosely fitting buffer is copied into an exact one.
+fn fitted(body: BytesMut) -> Bytes {
+    let slack = body.capacity() - body.len();
+    if slack > 4096 && slack > body.len() / 8 {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body.freeze()
     }
 }
 
@@ -465,11 +538,18 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
     let status = parsed
         .code
         .ok_or_else(|| ExchangeError::Protocol("no status code".to_string()))?;
+    if status < 100 {
+        return Err(ExchangeError::Protocol(format!(
+            "status code {status} is not an HTTP status"
+        )));
+    }
     let http10 = parsed.version == Some(0);
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut content_length: Option<usize> = None;
-    let mut transfer_encoding: Option<bool> = None; // Some(final coding is chunked)
     let mut conflicting_length = false;
+    // The last transfer coding over all `Transfer-Encoding` lines, in order (one list).
+    let mut has_transfer_encoding = false;
+    let mut last_coding_chunked = false;
     let mut close = false;
     let mut keep_alive = false;
     for header in parsed.headers.iter() {
@@ -483,13 +563,12 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
                 }
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = header
-                .value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .rfind(|coding| !coding.is_empty());
-            // Only the final coding decides whether the body is chunked.
-            transfer_encoding = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            has_transfer_encoding = true;
+            for coding in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if !coding.is_empty() {
+                    last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 close |= token.eq_ignore_ascii_case(b"close");
@@ -508,25 +587,35 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
             headers.append(name, value);
         }
     }
-    let persistent = if http10 { keep_alive && !close } else { !close };
-    let (framing, keep_alive) = match (transfer_encoding, content_length) {
+    if conflicting_length && !has_transfer_encoding {
+        return Err(ExchangeError::Protocol(
+            "conflicting Content-Length values".to_string(),
+        ));
+    }
+    let mut persistent = if http10 { keep_alive && !close } else { !close };
+    let framing = if has_transfer_encoding {
         // Transfer-Encoding overrides Content-Length, and a message with both may be an
         // attempt at smuggling: read it by the RFC's rule, then close (RFC 9112 6.3 item 3).
-        (Some(true), length) => (Framing::Chunked, persistent && length.is_none()),
-        (Some(false), _) => (Framing::UntilClose, false),
-        (None, Some(_)) if conflicting_length => {
-            return Err(ExchangeError::Protocol(
-                "conflicting Content-Length values".to_string(),
-            ))
+        // HTTP/1.0 has no Transfer-Encoding: such a message is faulty framing (6.1).
+        if content_length.is_some() || http10 {
+            persistent = false;
         }
-        (None, Some(len)) => (Framing::Length(len), persistent),
-        (None, None) => (Framing::UntilClose, false),
+        if last_coding_chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match content_length {
+            Some(len) => Framing::Length(len),
+            None => Framing::UntilClose,
+        }
     };
     Ok(HeadInfo {
         status,
         headers,
         framing,
-        keep_alive,
+        persistent,
     })
 }
 

@@ -472,3 +472,105 @@ fn chunk_sizes_parse_as_bounded_hexadecimal() {
         assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn bodiless_answers_without_a_length_keep_the_connection() {
+    let mut head = get();
+    head.method = Method::HEAD;
+    let cases: [(SubRequest, &'static [u8]); 3] = [
+        (get(), b"HTTP/1.1 204 No Content\r\n\r\n"),
+        (get(), b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"),
+        (head, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"),
+    ];
+    for (request, answer) in cases {
+        let exchanged = ok(run(request, answer, Send::Whole).await.0);
+        assert!(exchanged.response.body.is_empty());
+        assert!(exchanged.reusable, "{}", String::from_utf8_lossy(answer));
+    }
+}
+
+#[tokio::test]
+async fn faulty_framing_is_read_but_never_reused() {
+    // HTTP/1.0 has no Transfer-Encoding (RFC 9112 section 6.1).
+    let exchanged = ok(run(
+        get(),
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        Send::Whole,
+    )
+    .await
+    .0);
+    assert_eq!(&exchanged.response.body[..], b"ok");
+    assert!(!exchanged.reusable);
+    // Transfer-Encoding lines form one list; an empty line adds no coding.
+    let exchanged = ok(run(
+        get(),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        Send::Whole,
+    )
+    .await
+    .0);
+    assert_eq!(&exchanged.response.body[..], b"ok");
+}
+
+#[tokio::test]
+async fn status_codes_below_100_and_endless_interim_answers_are_refused() {
+    let (result, _) = run(
+        get(),
+        b"HTTP/1.1 042 Odd\r\nContent-Length: 0\r\n\r\n",
+        Send::Whole,
+    )
+    .await;
+    assert!(
+        matches!(result, Err(ExchangeError::Protocol(_))),
+        "{result:?}"
+    );
+
+    static INTERIM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let interim = INTERIM.get_or_init(|| {
+        let mut answer = Vec::new();
+        for _ in 0..20 {
+            answer.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+        }
+        answer.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        answer
+    });
+    let (result, _) = run(get(), interim, Send::Whole).await;
+    assert!(
+        matches!(result, Err(ExchangeError::Protocol(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_overlong_chunk_line_is_refused_even_when_it_arrives_whole() {
+    static LONG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let long = LONG.get_or_init(|| {
+        let mut answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;".to_vec();
+        answer.extend_from_slice(&[b'x'; 6000]);
+        answer.extend_from_slice(b"\r\nok\r\n0\r\n\r\n");
+        answer
+    });
+    let (result, _) = run(get(), long, Send::Whole).await;
+    assert!(
+        matches!(result, Err(ExchangeError::Protocol(_))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn loosely_fitting_bodies_are_copied_into_exact_ones() {
+    let mut grown = BytesMut::with_capacity(64 * 1024);
+    grown.extend_from_slice(&[1u8; 10_000]);
+    let kept = fitted(grown);
+    assert_eq!(kept.len(), 10_000);
+    // A fresh copy owns exactly its bytes; `Bytes` does not expose capacity, but a copy is
+    // a different allocation from the one it came from.
+    let mut snug = BytesMut::with_capacity(10_100);
+    snug.extend_from_slice(&[2u8; 10_000]);
+    let pointer = snug.as_ptr();
+    assert_eq!(
+        fitted(snug).as_ptr(),
+        pointer,
+        "a snug buffer is kept as is"
+    );
+}
