@@ -10,6 +10,9 @@
 //! * capacity: 1,000 batches of 100 items in flight at once against the 10 ms upstream with
 //!   `max_in_flight = 1024`, all checked for correctness.
 //!
+//! Reference peers, measured in the same run when installed: nginx (pass-through) and the npm
+//! `batch-request` Express middleware (`benches/peers/batch-request`, enabled by `npm ci` there).
+//!
 //! Environment: `LOAD_SECONDS` (default 4) per throughput scenario.
 
 // The h2c test upstream; the benchmark does not read its request log.
@@ -60,6 +63,14 @@ async fn run() {
     let slow = start_upstream(Duration::from_millis(10)).await;
     let h2_fast = h2c::H2Upstream::start(Duration::ZERO, false).await;
     let h2_slow = h2c::H2Upstream::start(Duration::from_millis(10), false).await;
+    if let Some(only) = std::env::var("LOAD_ONLY")
+        .ok()
+        .filter(|o| o.starts_with("peer"))
+    {
+        // Profiling aid for the batch-request peer; batchgate is not started.
+        peer_only(&only, &fast, &slow, load_time).await;
+        return;
+    }
     let gate = Gate::start(fast.addr, slow.addr, h2_fast.addr, h2_slow.addr);
     gate.wait_ready().await;
     warm_up(&gate, &fast).await;
@@ -128,6 +139,9 @@ async fn run() {
         }
         None => None,
     };
+    // The npm batch-request middleware as the batch-proxy reference, when node and its
+    // node_modules are installed; stopped before the capacity scenario.
+    let peer = measure_batch_request(&fast, &slow, load_time).await;
 
     println!("| scenario | upstream | clients | requests/s | items/s | p50 ms | p99 ms | batchgate CPU s / 1k items |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -191,6 +205,24 @@ async fn run() {
             Some(*cpu),
         );
     }
+    if let Ok(peer) = &peer {
+        row(
+            "batch of 100 via batch-request (npm, reference)",
+            "10 ms",
+            1,
+            &peer.latency,
+            ITEMS,
+            Some(peer.latency_cpu),
+        );
+        row(
+            "batch of 100 via batch-request (npm, reference)",
+            "0 ms",
+            4,
+            &peer.throughput,
+            ITEMS,
+            Some(peer.throughput_cpu),
+        );
+    }
 
     let cpu_per_item = batch0_cpu / (batch0.ok as f64 * ITEMS as f64).max(1.0);
     let cpu_per_pass = pass_cpu / (pass.ok as f64).max(1.0);
@@ -227,6 +259,26 @@ async fn run() {
             cpu_per_item / nginx_per_request
         );
     }
+    match &peer {
+        Ok(peer) => {
+            let peer_per_item =
+                peer.throughput_cpu / (peer.throughput.ok as f64 * ITEMS as f64).max(1.0);
+            println!(
+                "batch-request {} (express {}, node {}, one process; same run): CPU per item (0 ms) {:.2} us vs batchgate {:.2} us ({:.1}x); batch p50 / single-call p50 (10 ms) {:.3} vs batchgate {:.3}; upstream connections opened: {} for {} items",
+                peer.versions.0,
+                peer.versions.1,
+                peer.versions.2,
+                peer_per_item * 1e6,
+                cpu_per_item * 1e6,
+                peer_per_item / cpu_per_item,
+                peer.latency.p(0.5) / single.p(0.5),
+                batch10.p(0.5) / single.p(0.5),
+                peer.connections,
+                peer.items
+            );
+        }
+        Err(skipped) => println!("batch-request reference skipped: {skipped}"),
+    }
     println!(
         "upstream connections accepted so far: {} (0 ms) and {} (10 ms) for {} + {} requests",
         fast.connections.load(Ordering::Relaxed),
@@ -262,6 +314,95 @@ async fn run() {
         gate.peak_rss_mib()
     );
     drop(gate);
+}
+
+/// The batch-request peer's two scenarios, as measured in one run.
+struct PeerResults {
+    /// batch-request, express and node versions.
+    versions: (String, String, String),
+    latency: Stats,
+    latency_cpu: f64,
+    throughput: Stats,
+    throughput_cpu: f64,
+    /// Upstream connections opened and items sent by the peer, warm-up included.
+    connections: u64,
+    items: u64,
+}
+
+/// Starts batch-request, warms it up and runs (a) 100 items x the 10 ms upstream, one client,
+/// and (b) 100 items x the 0 ms upstream, 4 clients, with the node process's CPU for each.
+/// `Err` says why it was skipped or failed.
+async fn measure_batch_request(
+    fast: &FastUpstream,
+    slow: &FastUpstream,
+    load_time: Duration,
+) -> Result<PeerResults, String> {
+    let mut peer = BatchRequestPeer::start(&[fast.addr, slow.addr])?;
+    peer.wait_ready().await?;
+    let connections_before = total(&[fast, slow], |u| &u.connections);
+    let requests_before = total(&[fast, slow], |u| &u.requests);
+    peer.warm_up(fast.addr).await?;
+    let before = peer.cpu_seconds();
+    let latency = peer.run(1, load_time / 2, slow.addr).await?;
+    let latency_cpu = peer.cpu_seconds() - before;
+    let before = peer.cpu_seconds();
+    let throughput = peer.run(4, load_time, fast.addr).await?;
+    let throughput_cpu = peer.cpu_seconds() - before;
+    Ok(PeerResults {
+        versions: peer.versions.clone(),
+        latency,
+        latency_cpu,
+        throughput,
+        throughput_cpu,
+        connections: total(&[fast, slow], |u| &u.connections) - connections_before,
+        items: total(&[fast, slow], |u| &u.requests) - requests_before,
+    })
+}
+
+fn total(upstreams: &[&FastUpstream], counter: fn(&FastUpstream) -> &AtomicU64) -> u64 {
+    upstreams
+        .iter()
+        .map(|u| counter(u).load(Ordering::Relaxed))
+        .sum()
+}
+
+/// `LOAD_ONLY=peer0` / `peer10`: one batch-request scenario, with node's pid printed for
+/// `perf record -p` (node needs `--perf-basic-prof` for JS symbols).
+async fn peer_only(only: &str, fast: &FastUpstream, slow: &FastUpstream, load_time: Duration) {
+    let (upstream, clients) = match only {
+        "peer10" => (slow.addr, 1),
+        "peer0" => (fast.addr, 4),
+        _ => {
+            eprintln!("LOAD_ONLY={only}: the batch-request scenarios are peer0 and peer10");
+            return;
+        }
+    };
+    let started = async {
+        let mut peer = BatchRequestPeer::start(&[fast.addr, slow.addr])?;
+        peer.wait_ready().await?;
+        peer.warm_up(fast.addr).await?;
+        Ok::<_, String>(peer)
+    };
+    let peer = match started.await {
+        Ok(peer) => peer,
+        Err(skipped) => {
+            println!("batch-request reference skipped: {skipped}");
+            return;
+        }
+    };
+    eprintln!("batch-request (node) pid {}", peer.child.id());
+    let before = peer.cpu_seconds();
+    match peer.run(clients, load_time, upstream).await {
+        Ok(stats) => {
+            let cpu = peer.cpu_seconds() - before;
+            row(only, "-", clients, &stats, ITEMS, Some(cpu));
+            println!(
+                "CPU per item: {:.2} us",
+                cpu / (stats.ok as f64 * ITEMS as f64).max(1.0) * 1e6
+            );
+        }
+        Err(failed) => println!("batch-request {failed}"),
+    }
 }
 
 /// Runs one named scenario (`batch0`, `pass`, `h2batch0`, `batch10`) and prints its CPU cost.
@@ -379,6 +520,22 @@ fn batch_of(path: &str, n: usize) -> Call {
         } else {
             |status, _| status == 200
         },
+    }
+}
+
+/// One batch of 100 PDS-style items in batch-request's format: an object of named requests,
+/// each an absolute URL to `upstream` with the same method, header and body as the batchgate
+/// items. Correct when every sub-response says 200.
+fn batch_request_peer_call(upstream: SocketAddr) -> Call {
+    let items: Vec<String> = (0..ITEMS)
+        .map(|i| format!(r#""{i}":{{"method":"POST","uri":"http://{upstream}/v2/file/get","headers":{{"Content-Type":"application/json"}},"body":"{{\"domain_id\":\"1\",\"drive_id\":\"1\"}}"}}"#))
+        .collect();
+    let body = format!("{{{}}}", items.join(","));
+    let mut raw = format!("POST /batch HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    raw.extend_from_slice(body.as_bytes());
+    Call {
+        raw,
+        check: |status, body| status == 200 && count(body, br#""statusCode":200"#) == ITEMS,
     }
 }
 
@@ -846,6 +1003,162 @@ impl Drop for Nginx {
         // Workers exit when the master is gone; give them a moment, then clean up.
         std::thread::sleep(Duration::from_millis(200));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The npm `batch-request` 0.1.4 middleware on Express 4 (`benches/peers/batch-request`), one
+/// node process forwarding to the benchmark's upstreams; stopped on drop.
+struct BatchRequestPeer {
+    addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    /// batch-request, express and node versions.
+    versions: (String, String, String),
+}
+
+/// A batch that takes longer than this is answered 504 by the peer's watchdog (see server.js);
+/// the benchmark gives up on a scenario this long after its end.
+const PEER_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl BatchRequestPeer {
+    fn start(upstreams: &[SocketAddr]) -> Result<BatchRequestPeer, String> {
+        const ENABLE: &str = "to enable: cd benches/peers/batch-request && npm ci";
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/batch-request");
+        let node = Command::new("node")
+            .arg("--version")
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .ok_or(format!("`node` is not on PATH ({ENABLE})"))?;
+        let modules = dir.join("node_modules");
+        if !modules.join("batch-request").is_dir() || !modules.join("express").is_dir() {
+            return Err(format!("{} is not installed ({ENABLE})", modules.display()));
+        }
+        let version = |package: &str| {
+            std::fs::read(modules.join(package).join("package.json"))
+                .ok()
+                .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+                .and_then(|v| v.get("version")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| "?".into())
+        };
+        let versions = (version("batch-request"), version("express"), node);
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = std::env::temp_dir().join(format!(
+            "batchgate-load-batch-request-{}.log",
+            std::process::id()
+        ));
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
+        let child = Command::new("node")
+            .arg("server.js")
+            .arg(port.to_string())
+            .args(upstreams.iter().map(SocketAddr::to_string))
+            .current_dir(&dir)
+            .env(
+                "BATCH_TIMEOUT_MS",
+                PEER_BATCH_TIMEOUT.as_millis().to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start node: {e}"))?;
+        Ok(BatchRequestPeer {
+            addr,
+            child,
+            log,
+            versions,
+        })
+    }
+
+    /// Until it accepts connections; `Err` (with its log) if it exits or never listens.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        for _ in 0..500 {
+            if TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(self.failed(&format!("node exited ({status})")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(self.failed("node did not listen within 10 s"))
+    }
+
+    fn failed(&self, what: &str) -> String {
+        // The first error line of node's log (a stack trace follows it), else its last line.
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let line = log
+            .lines()
+            .find(|l| l.contains("Error"))
+            .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
+            .unwrap_or("(empty)");
+        format!("failed: {what}; node's log: {}", line.trim())
+    }
+
+    /// Lets V8 compile the hot paths before anything is measured.
+    async fn warm_up(&self, upstream: SocketAddr) -> Result<(), String> {
+        let stats = self
+            .run_for(4, Duration::from_secs(1), Some(40), upstream)
+            .await?;
+        if stats.ok == 0 {
+            return Err(self.failed(&format!(
+                "warm-up: no correct reply ({} errors)",
+                stats.errors
+            )));
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        clients: usize,
+        duration: Duration,
+        upstream: SocketAddr,
+    ) -> Result<Stats, String> {
+        self.run_for(clients, duration, None, upstream).await
+    }
+
+    /// The closed loop, bounded: a peer that stops answering fails the scenario instead of
+    /// hanging the benchmark.
+    async fn run_for(
+        &self,
+        clients: usize,
+        duration: Duration,
+        per_client: Option<u64>,
+        upstream: SocketAddr,
+    ) -> Result<Stats, String> {
+        let scenario = closed_loop(self.addr, clients, duration, per_client, |_| {
+            batch_request_peer_call(upstream)
+        });
+        tokio::time::timeout(duration + 2 * PEER_BATCH_TIMEOUT, scenario)
+            .await
+            .map_err(|_| self.failed("stopped answering"))
+    }
+
+    /// utime + stime of the node process (all its threads), in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(self.child.id())
+    }
+}
+
+impl Drop for BatchRequestPeer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..30 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
