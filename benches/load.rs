@@ -87,7 +87,7 @@ async fn run() {
     println!(
         "batchgate threads={} work_stealing={}, upstream and client in this process (2 tokio workers)\n",
         std::env::var("BATCHGATE_THREADS").unwrap_or_else(|_| "2".into()),
-        std::env::var("BATCHGATE_WORK_STEALING").unwrap_or_else(|_| "true".into())
+        std::env::var("BATCHGATE_WORK_STEALING").unwrap_or_else(|_| "false".into())
     );
 
     // Latency against the 10 ms upstream.
@@ -833,7 +833,7 @@ batch_timeout = "60s"
             h2_fast = h2_fast,
             h2_slow = h2_slow,
             threads = std::env::var("BATCHGATE_THREADS").unwrap_or_else(|_| "2".into()),
-            stealing = std::env::var("BATCHGATE_WORK_STEALING").unwrap_or_else(|_| "true".into()),
+            stealing = std::env::var("BATCHGATE_WORK_STEALING").unwrap_or_else(|_| "false".into()),
         );
         let path = dir.join("load.toml");
         std::fs::write(&path, config).expect("write config");
