@@ -23,7 +23,6 @@ use http::Method;
 use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::RequestHeader;
-use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,9 +107,9 @@ impl UpstreamClient {
         request: &SubRequest,
         batch: &BatchHeaders,
     ) -> Outcome {
-        if let Some(stream) = pool.take() {
+        if let Some(conn) = pool.take() {
             self.count_connection(true);
-            match self.exchange_h1(stream, pool, request, batch).await {
+            match self.exchange_h1(conn, pool, request, batch).await {
                 Ok(response) => return Outcome::Response(response),
                 // The pooled connection turned out dead: once more, on a new connection, if
                 // the upstream cannot have acted on the request (nothing of it left), or if
@@ -123,12 +122,12 @@ impl UpstreamClient {
                 Err(error) => return h1_outcome(error),
             }
         }
-        let stream = match self.transport.new_stream(peer).await {
-            Ok(stream) => stream,
+        let conn = match self.transport.new_stream(peer).await {
+            Ok(stream) => pool::Conn::new(stream),
             Err(error) => return Outcome::ConnectFailed(error.to_string()),
         };
         self.count_connection(false);
-        match self.exchange_h1(stream, pool, request, batch).await {
+        match self.exchange_h1(conn, pool, request, batch).await {
             Ok(response) => Outcome::Response(response),
             Err(error) => h1_outcome(error),
         }
@@ -136,14 +135,14 @@ impl UpstreamClient {
 
     async fn exchange_h1(
         &self,
-        mut stream: Stream,
+        mut conn: pool::Conn,
         pool: &pool::Pool,
         request: &SubRequest,
         batch: &BatchHeaders,
     ) -> Result<UpstreamResponse, h1::ExchangeError> {
-        let exchanged = h1::exchange(&mut stream, request, batch, self.timeouts).await?;
+        let exchanged = h1::exchange(&mut conn.stream, request, batch, self.timeouts).await?;
         if exchanged.reusable {
-            pool.put(stream);
+            pool.put(conn);
         }
         Ok(exchanged.response)
     }

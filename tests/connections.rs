@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::batch::{batch, item, responses, BATCH_PATH};
-use common::client;
+use common::client::{self, Conn};
 use common::config::GateConfig;
 use common::gate;
 use common::prom::scrape;
@@ -42,7 +42,13 @@ async fn connections_are_kept_alive_and_reused_by_later_batches() {
         .start()
         .await;
 
-    let first = client::post_json(gate.addr, BATCH_PATH, &items(10)).await;
+    // One client connection: it stays on the worker thread that accepted it, and idle
+    // upstream connections are kept per thread (like nginx's and Envoy's per-worker pools).
+    let mut conn = Conn::connect(gate.addr).await;
+    let json = [("Content-Type", "application/json")];
+    let first = conn
+        .request("POST", BATCH_PATH, &json, items(10).as_bytes())
+        .await;
     assert_eq!(first.status, 200, "{}", first.body_str());
     assert_eq!(statuses(&first), vec![200; 10]);
     assert_eq!(
@@ -52,7 +58,9 @@ async fn connections_are_kept_alive_and_reused_by_later_batches() {
     );
 
     for _ in 0..3 {
-        let again = client::post_json(gate.addr, BATCH_PATH, &items(10)).await;
+        let again = conn
+            .request("POST", BATCH_PATH, &json, items(10).as_bytes())
+            .await;
         assert_eq!(statuses(&again), vec![200; 10]);
     }
     assert_eq!(
@@ -91,10 +99,18 @@ async fn a_pooled_connection_closed_under_the_request_is_retried_once_on_a_new_o
     })
     .await;
     let gate = GateConfig::new(upstream.addr).start().await;
+    // One client connection, so every batch runs on the same worker thread and meets the
+    // idle connections that thread keeps.
+    let mut conn = Conn::connect(gate.addr).await;
+    let json = [("Content-Type", "application/json")];
 
-    let first = client::post_json(gate.addr, BATCH_PATH, &items(1)).await;
+    let first = conn
+        .request("POST", BATCH_PATH, &json, items(1).as_bytes())
+        .await;
     assert_eq!(statuses(&first), vec![200]);
-    let second = client::post_json(gate.addr, BATCH_PATH, &items(1)).await;
+    let second = conn
+        .request("POST", BATCH_PATH, &json, items(1).as_bytes())
+        .await;
     assert_eq!(
         statuses(&second),
         vec![200],
@@ -115,7 +131,9 @@ async fn a_pooled_connection_closed_under_the_request_is_retried_once_on_a_new_o
     )]);
     // The pool now holds the retry's connection, which has answered once.
     let before = upstream.count();
-    let resp = client::post_json(gate.addr, BATCH_PATH, &post).await;
+    let resp = conn
+        .request("POST", BATCH_PATH, &json, post.as_bytes())
+        .await;
     assert_eq!(statuses(&resp), vec![502], "{}", resp.body_str());
     assert_eq!(upstream.count(), before + 1, "the POST was sent once");
     assert_eq!(

@@ -10,9 +10,16 @@
 //!
 //! The newest idle connection is handed out first, so under light load the same few stay warm
 //! and the rest age out.
+//!
+//! Idle connections are kept per thread (a shard per worker thread), and a connection always
+//! goes back to the shard of the thread that opened it. With pingora's default of one
+//! single-threaded runtime per thread, a socket's readiness is reported by the runtime that
+//! registered it: an item on another thread would need a cross-thread wake-up for every read.
+//! A thread whose shard is empty opens a connection of its own rather than borrowing one.
 
 use pingora::protocols::Stream;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -20,56 +27,92 @@ use tokio::io::AsyncReadExt;
 
 /// How often the sweeper looks at idle connections, at most.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Shards per pool; threads beyond this share shards (still correct, only less local).
+const SHARDS: usize = 16;
+
+thread_local! {
+    /// This thread's shard, assigned on first use.
+    static HOME: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+    };
+}
+
+/// The current thread's shard.
+fn home() -> usize {
+    HOME.try_with(|home| *home).unwrap_or(0)
+}
+
+/// A connection and the shard it belongs to.
+pub struct Conn {
+    pub stream: Stream,
+    home: usize,
+}
+
+impl Conn {
+    /// A connection opened on this thread.
+    pub fn new(stream: Stream) -> Self {
+        Conn {
+            stream,
+            home: home(),
+        }
+    }
+}
 
 pub struct Pool {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    idle: Mutex<Idle>,
+    shards: Vec<Mutex<Idle>>,
+    /// Most idle connections per shard.
     max_idle: usize,
     idle_timeout: Duration,
+    sweeper_started: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct Idle {
     /// Oldest first.
     connections: Vec<(Stream, Instant)>,
-    sweeper_started: bool,
 }
 
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
             shared: Arc::new(Shared {
-                idle: Mutex::new(Idle::default()),
+                shards: (0..SHARDS).map(|_| Mutex::new(Idle::default())).collect(),
                 max_idle,
                 idle_timeout,
+                sweeper_started: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
 
-    /// The most recently returned connection that is still usable.
-    pub fn take(&self) -> Option<Stream> {
+    /// The most recently returned connection of this thread's shard that is still usable.
+    pub fn take(&self) -> Option<Conn> {
+        let home = home();
         loop {
-            let (mut stream, since) = self.shared.lock().connections.pop()?;
+            let (mut stream, since) = self.shared.lock(home)?.connections.pop()?;
             // Dropped (closed) outside the lock when stale.
             if since.elapsed() < self.shared.idle_timeout && still_open(&mut stream) {
-                return Some(stream);
+                return Some(Conn { stream, home });
             }
         }
     }
 
-    /// Keeps `stream` for the next item, unless the pool is full.
-    pub fn put(&self, stream: Stream) {
-        let start_sweeper = {
-            let mut idle = self.shared.lock();
+    /// Keeps `conn` in its shard for the next item, unless the shard is full.
+    pub fn put(&self, conn: Conn) {
+        {
+            let Some(mut idle) = self.shared.lock(conn.home) else {
+                return;
+            };
             if idle.connections.len() >= self.shared.max_idle {
                 return;
             }
-            idle.connections.push((stream, Instant::now()));
-            !std::mem::replace(&mut idle.sweeper_started, true)
-        };
+            idle.connections.push((conn.stream, Instant::now()));
+        }
+        let start_sweeper = !self.shared.sweeper_started.swap(true, Ordering::Relaxed);
         if start_sweeper {
             // Items always run on a runtime; without one the pool just has no sweeper.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -80,11 +123,14 @@ impl Pool {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Idle> {
+    fn lock(&self, shard: usize) -> Option<MutexGuard<'_, Idle>> {
         // Nothing in the critical sections can panic, but a poisoned pool is still a pool.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let shard = self.shards.get(shard)?;
+        Some(
+            shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 }
 
@@ -101,21 +147,22 @@ async fn sweep(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut stale = Vec::new();
-        {
-            let mut idle = shared.lock();
-            let mut keep = Vec::with_capacity(idle.connections.len());
-            for (mut stream, since) in std::mem::take(&mut idle.connections) {
-                if since.elapsed() < shared.idle_timeout && still_open(&mut stream) {
-                    keep.push((stream, since));
-                } else {
-                    stale.push(stream);
+        for shard in 0..SHARDS {
+            let mut stale = Vec::new();
+            if let Some(mut idle) = shared.lock(shard) {
+                let mut keep = Vec::with_capacity(idle.connections.len());
+                for (mut stream, since) in std::mem::take(&mut idle.connections) {
+                    if since.elapsed() < shared.idle_timeout && still_open(&mut stream) {
+                        keep.push((stream, since));
+                    } else {
+                        stale.push(stream);
+                    }
                 }
+                idle.connections = keep;
             }
-            idle.connections = keep;
+            // Closed here, outside the lock.
+            drop(stale);
         }
-        // Closed here, outside the lock.
-        drop(stale);
     }
 }
 
