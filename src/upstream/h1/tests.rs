@@ -574,3 +574,29 @@ fn loosely_fitting_bodies_are_copied_into_exact_ones() {
         "a snug buffer is kept as is"
     );
 }
+
+#[tokio::test]
+async fn a_body_over_the_coalescing_limit_goes_out_whole_after_the_head() {
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let big: &'static [u8] = BIG.get_or_init(|| vec![b'z'; COALESCE_LIMIT * 3 / 2]);
+    let mut request = post(b"");
+    request.body = Some(Bytes::from_static(big));
+    let (result, received) = run(
+        request,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        Send::Whole,
+    )
+    .await;
+    assert!(ok(result).reusable);
+    let head_end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&received[..head_end]).to_string();
+    assert!(
+        head.contains(&format!("Content-Length: {}\r\n", big.len())),
+        "{head}"
+    );
+    assert_eq!(&received[head_end..], big);
+}
