@@ -3,8 +3,11 @@
 //! It knows no dialect and no socket. Items go to an `Upstream` (one method), at most
 //! `concurrency` of one batch and at most the global semaphore's permits across all batches.
 //! When the batch deadline passes, the reply is built at once: unfinished items become
-//! `DeadlineExceeded`. Dropping the future returned by `run` (client gone) aborts every item
-//! task, so items waiting for a permit are never started.
+//! `DeadlineExceeded`. Dropping the future returned by `run` (client gone) aborts every item,
+//! so items waiting for a permit are never started. Items are either polled inside the
+//! batch's own task (the default: without work stealing a batch's tasks would all share its
+//! thread anyway) or spawned one task each so work stealing can spread them
+//! (`Limits::spawn_items`).
 
 use crate::dialect::{Outcome, SubRequest};
 use std::future::Future;
@@ -47,6 +50,10 @@ pub struct Limits {
     /// Turns true when the reply must go out now (the server is shutting down): unfinished
     /// items are then reported like at the deadline.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// One task per item, so work stealing can spread a batch over threads. Without work
+    /// stealing every task of a batch lands on its own thread anyway, and polling the items
+    /// inside the batch's task saves a spawn, a join and a cross-task wake-up per item.
+    pub spawn_items: bool,
 }
 
 /// Runs every item and returns one outcome per item, in input order. Items that are already
@@ -58,6 +65,9 @@ pub async fn run<U: Upstream, O: Observer>(
     upstream: &Arc<U>,
     observer: &Arc<O>,
 ) -> Vec<Outcome> {
+    if !limits.spawn_items {
+        return run_in_task(limits, global, items, upstream, observer).await;
+    }
     let (slots, to_send) = partition(items);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let mut tasks = JoinSet::new();
@@ -109,6 +119,86 @@ pub async fn run<U: Upstream, O: Observer>(
         collector.joined(joined);
     }
     drop(tasks);
+    let unfinished = if !finished {
+        Outcome::DeadlineExceeded
+    } else {
+        Outcome::UpstreamFailed("internal error while running the item".to_string())
+    };
+    collector
+        .slots
+        .into_iter()
+        .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
+        .collect()
+}
+
+/// `run` without a task per item: the items are futures polled by the batch's own task.
+async fn run_in_task<U: Upstream, O: Observer>(
+    limits: &Limits,
+    global: &Arc<Semaphore>,
+    items: Vec<Result<SubRequest, Outcome>>,
+    upstream: &Arc<U>,
+    observer: &Arc<O>,
+) -> Vec<Outcome> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use futures_util::FutureExt;
+
+    let (slots, to_send) = partition(items);
+    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let mut running = FuturesUnordered::new();
+    let mut collector = Collector {
+        slots,
+        reply_bytes: 0,
+        max_reply_bytes: limits.max_reply_bytes,
+    };
+    let queued = Instant::now();
+    let work = async {
+        // Permits are taken in item order, as in `run`; while the next item waits for them,
+        // the running items keep being polled (they are what frees the permits).
+        for (index, request) in to_send {
+            let acquiring = acquire(&batch_permits, global);
+            tokio::pin!(acquiring);
+            let permits = loop {
+                tokio::select! {
+                    biased;
+                    permits = &mut acquiring => break permits,
+                    Some((done, outcome)) = running.next(), if !running.is_empty() => {
+                        collector.record(done, outcome);
+                    }
+                }
+            };
+            let Some(permits) = permits else {
+                collector.record(index, Outcome::Cancelled);
+                continue;
+            };
+            observer.started(index, queued.elapsed());
+            let span = item_span(index, &request);
+            running.push(
+                run_item(
+                    index,
+                    request,
+                    limits.item_timeout,
+                    permits,
+                    upstream.clone(),
+                    observer.clone(),
+                )
+                .instrument(span),
+            );
+        }
+        while let Some((done, outcome)) = running.next().await {
+            collector.record(done, outcome);
+        }
+    };
+    let stopped = stop_signal(limits.stop.clone());
+    let finished = tokio::select! {
+        result = tokio::time::timeout_at(limits.deadline, work) => result.is_ok(),
+        () = stopped => false,
+    };
+    // Keep what finished just before the deadline; dropping the rest cancels them and
+    // returns their permits.
+    while let Some(Some((done, outcome))) = running.next().now_or_never() {
+        collector.record(done, outcome);
+    }
+    drop(running);
     let unfinished = if !finished {
         Outcome::DeadlineExceeded
     } else {

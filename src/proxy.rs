@@ -68,6 +68,8 @@ pub struct BatchGate {
     global_permits: Arc<Semaphore>,
     /// Write one log line per item (`server.item_log`).
     item_log: bool,
+    /// A task per item only when work stealing can spread them (see `exec::Limits`).
+    spawn_items: bool,
     /// Turns true shortly before the shutdown grace period ends: running batches then answer
     /// with what has finished instead of being cut off without a reply.
     stop: tokio::sync::watch::Receiver<bool>,
@@ -111,6 +113,7 @@ impl BatchGate {
             passthrough,
             global_permits: Arc::new(Semaphore::new(config.server.max_in_flight)),
             item_log: config.server.item_log,
+            spawn_items: config.server.work_stealing,
             stop,
         }
     }

@@ -47,13 +47,14 @@ fn item(delay_ms: u64) -> Result<SubRequest, Outcome> {
     })
 }
 
-fn limits(concurrency: usize, item_ms: u64, batch_ms: u64) -> Limits {
+fn limits(spawn_items: bool, concurrency: usize, item_ms: u64, batch_ms: u64) -> Limits {
     Limits {
         concurrency,
         item_timeout: Duration::from_millis(item_ms),
         deadline: Instant::now() + Duration::from_millis(batch_ms),
         max_reply_bytes: 1 << 20,
         stop: None,
+        spawn_items,
     }
 }
 
@@ -65,12 +66,11 @@ fn body(outcome: &Outcome) -> String {
 }
 
 /// Results come back in input order even when later items finish first.
-#[tokio::test(start_paused = true)]
-async fn keeps_input_order() {
+async fn keeps_input_order_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let items = vec![item(30), item(10), item(20)];
     let out = run(
-        &limits(3, 1000, 1000),
+        &limits(spawn, 3, 1000, 1000),
         &Arc::new(Semaphore::new(10)),
         items,
         &fake,
@@ -82,13 +82,12 @@ async fn keeps_input_order() {
 }
 
 /// Per-batch concurrency bounds what is in flight, and items still overlap up to it.
-#[tokio::test(start_paused = true)]
-async fn bounds_batch_concurrency() {
+async fn bounds_batch_concurrency_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let items = (0..10).map(|_| item(10)).collect();
     let started = Instant::now();
     run(
-        &limits(3, 1000, 1000),
+        &limits(spawn, 3, 1000, 1000),
         &Arc::new(Semaphore::new(100)),
         items,
         &fake,
@@ -101,12 +100,11 @@ async fn bounds_batch_concurrency() {
 }
 
 /// The global semaphore caps items across simultaneous batches, and is full again afterwards.
-#[tokio::test(start_paused = true)]
-async fn bounds_global_in_flight_across_batches() {
+async fn bounds_global_in_flight_across_batches_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let global = Arc::new(Semaphore::new(4));
     let observer = Arc::new(NoObserver);
-    let l = limits(10, 1000, 1000);
+    let l = limits(spawn, 10, 1000, 1000);
     let batch = || {
         run(
             &l,
@@ -123,11 +121,10 @@ async fn bounds_global_in_flight_across_batches() {
 }
 
 /// An item over its timeout becomes `TimedOut`; the others are unaffected.
-#[tokio::test(start_paused = true)]
-async fn item_timeout_is_per_item() {
+async fn item_timeout_is_per_item_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let out = run(
-        &limits(2, 50, 1000),
+        &limits(spawn, 2, 50, 1000),
         &Arc::new(Semaphore::new(10)),
         vec![item(10), item(500)],
         &fake,
@@ -140,14 +137,13 @@ async fn item_timeout_is_per_item() {
 
 /// At the deadline the reply is built at once: finished items kept, the rest
 /// `DeadlineExceeded`, queued items never started, permits all returned.
-#[tokio::test(start_paused = true)]
-async fn deadline_returns_partial_results() {
+async fn deadline_returns_partial_results_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let global = Arc::new(Semaphore::new(10));
     let started = Instant::now();
     let items = vec![item(10), item(100), item(100), item(100)];
     let out = run(
-        &limits(1, 1000, 150),
+        &limits(spawn, 1, 1000, 150),
         &global,
         items,
         &fake,
@@ -169,12 +165,11 @@ async fn deadline_returns_partial_results() {
 }
 
 /// Dropping the batch (client gone) aborts queued items and returns every permit.
-#[tokio::test(start_paused = true)]
-async fn cancellation_stops_unstarted_items_and_frees_permits() {
+async fn cancellation_stops_unstarted_items_and_frees_permits_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let global = Arc::new(Semaphore::new(8));
     let items = (0..10).map(|_| item(100)).collect();
-    let l = limits(2, 1000, 10_000);
+    let l = limits(spawn, 2, 1000, 10_000);
     let observer = Arc::new(NoObserver);
     let batch = run(&l, &global, items, &fake, &observer);
     let _ = tokio::time::timeout(Duration::from_millis(150), batch).await;
@@ -184,8 +179,7 @@ async fn cancellation_stops_unstarted_items_and_frees_permits() {
 }
 
 /// Refused items pass through untouched and are never sent.
-#[tokio::test(start_paused = true)]
-async fn decided_items_are_not_sent() {
+async fn decided_items_are_not_sent_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let refused = Outcome::Refused(ItemError {
         status: 405,
@@ -193,7 +187,7 @@ async fn decided_items_are_not_sent() {
         message: String::new(),
     });
     let out = run(
-        &limits(2, 1000, 1000),
+        &limits(spawn, 2, 1000, 1000),
         &Arc::new(Semaphore::new(10)),
         vec![Err(refused), item(1)],
         &fake,
@@ -205,10 +199,9 @@ async fn decided_items_are_not_sent() {
 }
 
 /// The reply budget turns bodies past `max_reply_bytes` into `ReplyBudgetExceeded`.
-#[tokio::test(start_paused = true)]
-async fn reply_budget_caps_total_bytes() {
+async fn reply_budget_caps_total_bytes_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let mut l = limits(1, 1000, 1000);
+    let mut l = limits(spawn, 1, 1000, 1000);
     l.max_reply_bytes = 5; // each body is 2-3 bytes ("/1", "/2", ...)
     let out = run(
         &l,
@@ -224,10 +217,9 @@ async fn reply_budget_caps_total_bytes() {
 }
 
 /// An item dropped for exceeding the budget is not charged: a later, smaller item still fits.
-#[tokio::test(start_paused = true)]
-async fn dropped_items_do_not_use_up_the_budget() {
+async fn dropped_items_do_not_use_up_the_budget_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let mut l = limits(1, 1000, 10_000);
+    let mut l = limits(spawn, 1, 1000, 10_000);
     l.max_reply_bytes = 5; // bodies are the paths: "/1" (2 bytes), "/1000" (5), "/2" (2)
     let out = run(
         &l,
@@ -244,12 +236,11 @@ async fn dropped_items_do_not_use_up_the_budget() {
 
 /// A stop signal (server shutting down) sends the reply at once, like the deadline: finished
 /// items kept, the rest `DeadlineExceeded`, permits returned.
-#[tokio::test(start_paused = true)]
-async fn stop_signal_answers_with_what_finished() {
+async fn stop_signal_answers_with_what_finished_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let global = Arc::new(Semaphore::new(10));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mut l = limits(1, 10_000, 60_000);
+    let mut l = limits(spawn, 1, 10_000, 60_000);
     l.stop = Some(stop_rx);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -271,4 +262,40 @@ async fn stop_signal_answers_with_what_finished() {
     // Aborted tasks drop their permits when the runtime next runs them.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(global.available_permits(), 10);
+}
+
+/// Every scenario above, run both ways: items polled inside the batch's task (the default,
+/// without work stealing) and one task per item (with work stealing).
+macro_rules! both_ways {
+    ($($name:ident => $inner:ident),* $(,)?) => {
+        mod in_task {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$inner(false).await;
+                }
+            )*
+        }
+        mod spawned {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$inner(true).await;
+                }
+            )*
+        }
+    };
+}
+
+both_ways! {
+    keeps_input_order => keeps_input_order_in,
+    bounds_batch_concurrency => bounds_batch_concurrency_in,
+    bounds_global_in_flight_across_batches => bounds_global_in_flight_across_batches_in,
+    item_timeout_is_per_item => item_timeout_is_per_item_in,
+    deadline_returns_partial_results => deadline_returns_partial_results_in,
+    cancellation_stops_unstarted_items_and_frees_permits => cancellation_stops_unstarted_items_and_frees_permits_in,
+    decided_items_are_not_sent => decided_items_are_not_sent_in,
+    reply_budget_caps_total_bytes => reply_budget_caps_total_bytes_in,
+    dropped_items_do_not_use_up_the_budget => dropped_items_do_not_use_up_the_budget_in,
+    stop_signal_answers_with_what_finished => stop_signal_answers_with_what_finished_in,
 }

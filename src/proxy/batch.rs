@@ -179,6 +179,7 @@ impl BatchGate {
             deadline: tokio::time::Instant::now() + limits.batch_timeout,
             max_reply_bytes: limits.max_reply_bytes,
             stop: Some(self.stop.clone()),
+            spawn_items: self.spawn_items,
         };
         let upstream = Arc::new(BatchUpstream {
             client: route.upstream.clone(),
