@@ -544,7 +544,17 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
         )));
     }
     let http10 = parsed.version == Some(0);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Kept: what describes the resource. Hop-by-hop headers and Content-Length describe this
+    // message on this connection (the body's length is known once it is read), and every
+    // kept header is held until the batch reply is written: sized exactly.
+    let kept = |name: &str| {
+        !name.eq_ignore_ascii_case("content-length")
+            && !HOP_BY_HOP_RESPONSE
+                .iter()
+                .any(|hop| name.eq_ignore_ascii_case(hop))
+    };
+    let mut headers =
+        HeaderMap::with_capacity(parsed.headers.iter().filter(|h| kept(h.name)).count());
     let mut content_length: Option<usize> = None;
     let mut conflicting_length = false;
     // The last transfer coding over all `Transfer-Encoding` lines, in order (one list).
@@ -575,10 +585,7 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        if HOP_BY_HOP_RESPONSE
-            .iter()
-            .any(|hop| name.eq_ignore_ascii_case(hop))
-        {
+        if !kept(name) {
             continue;
         }
         let owned_name = HeaderName::from_bytes(name.as_bytes());
