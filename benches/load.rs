@@ -460,6 +460,30 @@ fn row(name: &str, upstream: &str, clients: usize, stats: &Stats, items: usize, 
     );
 }
 
+/// Prints the first few failures of a client to stderr, so an error count comes with a cause.
+fn report_error(count: u64, what: &str) {
+    if count <= 3 {
+        eprintln!("load error: {what}");
+    }
+}
+
+/// The entries of a batch reply that are not 200, shortened (or the start of the body).
+fn failed_items(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let failed: Vec<&str> = text
+        .split("{\"id\":")
+        .skip(1)
+        .filter(|entry| !entry.contains("\"status\":200"))
+        .take(3)
+        .collect();
+    let shown = if failed.is_empty() {
+        text.chars().take(300).collect::<String>()
+    } else {
+        failed.join(" | ")
+    };
+    shown.chars().take(600).collect()
+}
+
 /// Results of one closed-loop scenario.
 struct Stats {
     ok: u64,
@@ -578,9 +602,13 @@ async fn closed_loop(
                         ok += 1;
                         latencies.push(t.elapsed());
                     }
-                    Ok(_) => errors += 1,
-                    Err(_) => {
+                    Ok((status, body)) => {
                         errors += 1;
+                        report_error(errors, &format!("status {status}: {}", failed_items(&body)));
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        report_error(errors, &format!("connection: {e}"));
                         match Conn::connect(addr).await {
                             Ok(c) => conn = c,
                             Err(_) => break,
