@@ -71,11 +71,7 @@ pub async fn run<U: Upstream, O: Observer>(
     let (slots, to_send) = partition(items);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    let mut collector = Collector {
-        slots,
-        reply_bytes: 0,
-        max_reply_bytes: limits.max_reply_bytes,
-    };
+    let mut collector = Collector::new(slots, limits.max_reply_bytes);
     let queued = Instant::now();
     let work = async {
         // Permits are taken here, in item order, before each spawn: items start in request
@@ -87,19 +83,8 @@ pub async fn run<U: Upstream, O: Observer>(
                 collector.record(index, Outcome::Cancelled);
                 continue;
             };
-            observer.started(index, queued.elapsed());
-            let span = item_span(index, &request);
-            tasks.spawn(
-                run_item(
-                    index,
-                    request,
-                    limits.item_timeout,
-                    permits,
-                    upstream.clone(),
-                    observer.clone(),
-                )
-                .instrument(span),
-            );
+            let item = start_item(index, request, permits, limits, upstream, observer, queued);
+            tasks.spawn(item);
             while let Some(joined) = tasks.try_join_next() {
                 collector.joined(joined);
             }
@@ -119,16 +104,7 @@ pub async fn run<U: Upstream, O: Observer>(
         collector.joined(joined);
     }
     drop(tasks);
-    let unfinished = if !finished {
-        Outcome::DeadlineExceeded
-    } else {
-        Outcome::UpstreamFailed("internal error while running the item".to_string())
-    };
-    collector
-        .slots
-        .into_iter()
-        .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
-        .collect()
+    collector.into_outcomes(finished)
 }
 
 /// `run` without a task per item: the items are futures polled by the batch's own task.
@@ -145,11 +121,7 @@ async fn run_in_task<U: Upstream, O: Observer>(
     let (slots, to_send) = partition(items);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let mut running = FuturesUnordered::new();
-    let mut collector = Collector {
-        slots,
-        reply_bytes: 0,
-        max_reply_bytes: limits.max_reply_bytes,
-    };
+    let mut collector = Collector::new(slots, limits.max_reply_bytes);
     let queued = Instant::now();
     let work = async {
         // Permits are taken in item order, as in `run`; while the next item waits for them,
@@ -170,19 +142,9 @@ async fn run_in_task<U: Upstream, O: Observer>(
                 collector.record(index, Outcome::Cancelled);
                 continue;
             };
-            observer.started(index, queued.elapsed());
-            let span = item_span(index, &request);
-            running.push(
-                run_item(
-                    index,
-                    request,
-                    limits.item_timeout,
-                    permits,
-                    upstream.clone(),
-                    observer.clone(),
-                )
-                .instrument(span),
-            );
+            running.push(start_item(
+                index, request, permits, limits, upstream, observer, queued,
+            ));
         }
         while let Some((done, outcome)) = running.next().await {
             collector.record(done, outcome);
@@ -199,16 +161,7 @@ async fn run_in_task<U: Upstream, O: Observer>(
         collector.record(done, outcome);
     }
     drop(running);
-    let unfinished = if !finished {
-        Outcome::DeadlineExceeded
-    } else {
-        Outcome::UpstreamFailed("internal error while running the item".to_string())
-    };
-    collector
-        .slots
-        .into_iter()
-        .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
-        .collect()
+    collector.into_outcomes(finished)
 }
 
 /// One slot per item, already filled for decided items, and the items still to send with
@@ -243,6 +196,29 @@ fn item_span(index: usize, request: &SubRequest) -> tracing::Span {
     )
 }
 
+/// Reports an item as started and builds its future, inside its tracing span.
+fn start_item<U: Upstream, O: Observer>(
+    index: usize,
+    request: SubRequest,
+    permits: Permits,
+    limits: &Limits,
+    upstream: &Arc<U>,
+    observer: &Arc<O>,
+    queued: Instant,
+) -> tracing::instrument::Instrumented<impl Future<Output = (usize, Outcome)>> {
+    observer.started(index, queued.elapsed());
+    let span = item_span(index, &request);
+    run_item(
+        index,
+        request,
+        limits.item_timeout,
+        permits,
+        upstream.clone(),
+        observer.clone(),
+    )
+    .instrument(span)
+}
+
 /// Puts outcomes in their slots and enforces the reply budget.
 struct Collector {
     slots: Vec<Option<Outcome>>,
@@ -251,6 +227,28 @@ struct Collector {
 }
 
 impl Collector {
+    fn new(slots: Vec<Option<Outcome>>, max_reply_bytes: usize) -> Self {
+        Collector {
+            slots,
+            reply_bytes: 0,
+            max_reply_bytes,
+        }
+    }
+
+    /// One outcome per item; a slot still empty is `DeadlineExceeded` when the run stopped
+    /// early (deadline or shutdown), and an internal failure otherwise (its task panicked).
+    fn into_outcomes(self, finished: bool) -> Vec<Outcome> {
+        let unfinished = if !finished {
+            Outcome::DeadlineExceeded
+        } else {
+            Outcome::UpstreamFailed("internal error while running the item".to_string())
+        };
+        self.slots
+            .into_iter()
+            .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
+            .collect()
+    }
+
     fn joined(&mut self, joined: Result<(usize, Outcome), tokio::task::JoinError>) {
         // A task only fails to join if it panicked; its slot stays empty and is reported as
         // an upstream failure instead of taking the batch down.
