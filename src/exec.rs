@@ -9,7 +9,7 @@
 //! thread anyway) or spawned one task each so work stealing can spread them
 //! (`Limits::spawn_items`).
 
-use crate::dialect::{Outcome, SubRequest};
+use crate::dialect::{Outcome, SubRequest, UpstreamResponse};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +45,12 @@ pub struct Limits {
     pub item_timeout: Duration,
     /// When the reply must go out, finished or not.
     pub deadline: Instant,
-    /// Largest sum of upstream bodies kept for the reply.
+    /// Largest sum of `reply_cost` over the responses kept for the reply.
     pub max_reply_bytes: usize,
+    /// What one response adds to the reply, in bytes as the dialect will encode it (an
+    /// escaped or base64 body is larger than the upstream's bytes): `UpstreamResponse::raw_size`
+    /// or the dialect's own (`Dialect::reply_cost`).
+    pub reply_cost: fn(&UpstreamResponse) -> usize,
     /// Turns true when the reply must go out now (the server is shutting down): unfinished
     /// items are then reported like at the deadline.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
@@ -71,7 +75,7 @@ pub async fn run<U: Upstream, O: Observer>(
     let (slots, to_send) = partition(items);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    let mut collector = Collector::new(slots, limits.max_reply_bytes);
+    let mut collector = Collector::new(slots, limits);
     let queued = Instant::now();
     let work = async {
         // Permits are taken here, in item order, before each spawn: items start in request
@@ -121,7 +125,7 @@ async fn run_in_task<U: Upstream, O: Observer>(
     let (slots, to_send) = partition(items);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let mut running = FuturesUnordered::new();
-    let mut collector = Collector::new(slots, limits.max_reply_bytes);
+    let mut collector = Collector::new(slots, limits);
     let queued = Instant::now();
     let work = async {
         // Permits are taken in item order, as in `run`; while the next item waits for them,
@@ -224,14 +228,16 @@ struct Collector {
     slots: Vec<Option<Outcome>>,
     reply_bytes: usize,
     max_reply_bytes: usize,
+    reply_cost: fn(&UpstreamResponse) -> usize,
 }
 
 impl Collector {
-    fn new(slots: Vec<Option<Outcome>>, max_reply_bytes: usize) -> Self {
+    fn new(slots: Vec<Option<Outcome>>, limits: &Limits) -> Self {
         Collector {
             slots,
             reply_bytes: 0,
-            max_reply_bytes,
+            max_reply_bytes: limits.max_reply_bytes,
+            reply_cost: limits.reply_cost,
         }
     }
 
@@ -259,14 +265,9 @@ impl Collector {
 
     fn record(&mut self, index: usize, mut outcome: Outcome) {
         if let Outcome::Response(response) = &outcome {
-            // Body and headers are what the reply will carry; an item dropped for going over
+            // Body and headers as the reply will carry them; an item dropped for going over
             // is not charged, so later, smaller items can still fit.
-            let size = response.body.len()
-                + response
-                    .headers
-                    .iter()
-                    .map(|(name, value)| name.as_str().len() + value.len())
-                    .sum::<usize>();
+            let size = (self.reply_cost)(response);
             let total = self.reply_bytes.saturating_add(size);
             if total > self.max_reply_bytes {
                 outcome = Outcome::ReplyBudgetExceeded {

@@ -7,6 +7,7 @@
 
 use http::header::{HeaderName, HeaderValue};
 
+pub mod owned;
 mod template;
 pub use template::PathTemplate;
 
@@ -228,62 +229,13 @@ fn has_path_prefix(path: &str, prefix: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct HeaderGuard;
 
-/// Headers that frame the HTTP message or route it; an item setting them could smuggle.
-const HOP_BY_HOP: &[&str] = &[
-    "host",
-    "connection",
-    "content-length",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "keep-alive",
-    "expect",
-];
-
-/// Headers the proxy owns so an upstream can trust them (CVE-2022-24112 forged X-Real-IP),
-/// and the other client-address headers upstreams and their frameworks read the same way.
-const PROXY_OWNED: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "x-request-id",
-    "via",
-    "true-client-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "cf-connecting-ip",
-];
-
-/// Headers that make an upstream serve another path or method than the one batchgate
-/// checked (IIS/Symfony/Zend `X-Original-URL`, `X-Rewrite-URL`; Rails, Spring, Express and
-/// friends honour the method overrides), routing around `allowed_url_prefixes`,
-/// `allowed_methods` and the nested-batch guard.
-const OVERRIDES: &[&str] = &[
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
 impl HeaderGuard {
     /// Why no client value of header `name` may reach the upstream, as a phrase that follows
     /// the name (`"x-real-ip" is set by the proxy`); `None` when it may. The item guard
     /// refuses these names and the config refuses them in `forward_headers` and in
     /// forwarded fan-out header rules.
     pub fn refuses_name(name: &HeaderName) -> Option<&'static str> {
-        let lower = name.as_str();
-        if HOP_BY_HOP.contains(&lower) {
-            Some("frames or routes the HTTP message")
-        } else if lower.starts_with("proxy-") {
-            Some("is meant for a proxy")
-        } else if PROXY_OWNED.contains(&lower) || lower.starts_with("x-forwarded-") {
-            Some("is set by the proxy")
-        } else if OVERRIDES.contains(&lower) {
-            Some("overrides the request path or method")
-        } else {
-            None
-        }
+        owned::ownership(name.as_str()).map(owned::Ownership::reason)
     }
 
     /// Checks one item header and returns it ready to send.

@@ -12,7 +12,7 @@ use crate::config::{Config, DialectConfig, RouteConfig};
 use crate::dialect::envelope::Envelope;
 use crate::dialect::fanout::Fanout;
 use crate::dialect::jsonrpc::JsonRpc;
-use crate::dialect::Reply;
+use crate::dialect::{Dialect, Reply, UpstreamResponse};
 use crate::metrics::{PassthroughMetrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
 use async_trait::async_trait;
@@ -28,22 +28,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
-/// Headers that claim who the client is. batchgate owns them: on pass-through the client's
-/// values are dropped and `X-Forwarded-For` is set to the client's address, as on batch items.
-/// (`X-Forwarded-Proto`/`-Host` describe the request, not the client, and pass unchanged.)
-const CLIENT_IDENTITY_HEADERS: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "cf-connecting-ip",
-];
-
 /// A batch route ready to serve.
 pub struct Route {
     pub config: Arc<RouteConfig>,
     pub dialect: RouteDialect,
+    /// The dialect's `Dialect::reply_cost`, for the executor's reply budget.
+    pub reply_cost: fn(&UpstreamResponse) -> usize,
     pub upstream: Arc<UpstreamClient>,
     pub metrics: Option<Arc<RouteMetrics>>,
 }
@@ -136,9 +126,15 @@ fn build_route(route: &Arc<RouteConfig>, upstream: &Arc<UpstreamClient>) -> Rout
             max_items,
         }),
     };
+    let reply_cost = match &dialect {
+        RouteDialect::Envelope(d) => d.reply_cost(),
+        RouteDialect::JsonRpc(d) => d.reply_cost(),
+        RouteDialect::Fanout(d) => d.reply_cost(),
+    };
     Route {
         config: route.clone(),
         dialect,
+        reply_cost,
         upstream: upstream.clone(),
         metrics: RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new),
     }
@@ -198,10 +194,19 @@ impl ProxyHttp for BatchGate {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         // The same upstream trusts these on batch items, where the proxy owns them; a client
-        // must not be able to forge them by skipping the batch route.
-        for name in CLIENT_IDENTITY_HEADERS {
-            upstream_request.remove_header(*name);
+        // must not be able to forge them by skipping the batch route. One list for both
+        // paths (`guard::owned`), underscore spellings included.
+        let dropped: Vec<http::HeaderName> = upstream_request
+            .headers
+            .keys()
+            .filter(|name| crate::guard::owned::dropped_on_passthrough(name.as_str()))
+            .cloned()
+            .collect();
+        for name in &dropped {
+            upstream_request.remove_header(name);
         }
+        let request_id = request_id(session.req_header());
+        upstream_request.insert_header(batch::REQUEST_ID, request_id)?;
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())

@@ -28,6 +28,12 @@ use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Most bytes of an upstream response head (status line or pseudo-headers, and every header
+/// field) accepted, by every upstream client: HTTP/1.1 items (`h1`), h2c items (the h2
+/// `max_header_list_size` we advertise) and pass-through (checked on the parsed head). nginx's
+/// `proxy_buffer_size` default is 4-8 KiB and Envoy's `max_response_headers_kb` 60 KiB.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+
 /// Most bytes reserved for a response body before they arrive.
 const PREALLOCATE_LIMIT: usize = 64 * 1024;
 

@@ -38,15 +38,18 @@ fn method_list(
     key: &str,
     problems: &mut Problems,
 ) -> Option<Vec<String>> {
+    let mut normalised = Vec::new();
     for (j, name) in list.iter().flatten().enumerate() {
-        if name.is_empty() {
-            problems.push(
+        match crate::dialect::jsonrpc::method_key(name) {
+            Some(key) => normalised.push(key),
+            None => problems.push(
                 &["routes", i, key, &j.to_string()],
-                "a method name cannot be empty",
-            );
+                "a method name must be non-empty, without surrounding whitespace or control characters",
+            ),
         }
     }
-    list.clone()
+    // Kept in the form calls are compared in (`method_key`): case variants are one method.
+    list.as_ref().map(|_| normalised)
 }
 
 fn jsonrpc_profile(

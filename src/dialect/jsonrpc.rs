@@ -149,7 +149,7 @@ impl Dialect for JsonRpc {
                 meta: Vec::new(),
                 items: Vec::new(),
             };
-            self.push_element(&mut plan, request.body, raw, &mut HashSet::new(), true);
+            self.push_element(&mut plan, request.body, raw, true);
             return Ok(plan);
         }
         let elements: Vec<&RawValue> =
@@ -176,9 +176,20 @@ impl Dialect for JsonRpc {
             meta: Vec::with_capacity(elements.len()),
             items: Vec::with_capacity(elements.len()),
         };
-        let mut seen_ids = HashSet::new();
+        if self.config.profile.unique_ids {
+            if let Some(id) = duplicate_id(&elements) {
+                // Refused whole, before anything runs: answering the first element and
+                // refusing the second would give the client two answers with one id that it
+                // cannot tell apart.
+                return Err(Rejection::new(
+                    RejectionKind::DuplicateId,
+                    "duplicate_id",
+                    format!("the id {id} is used by more than one element"),
+                ));
+            }
+        }
         for element in elements {
-            self.push_element(&mut plan, request.body, element, &mut seen_ids, false);
+            self.push_element(&mut plan, request.body, element, false);
         }
         Ok(plan)
     }
@@ -219,6 +230,10 @@ impl Dialect for JsonRpc {
             RejectionKind::TooManyItems => {
                 (profile.too_many.clone(), 200, profile.batch_errors_as_array)
             }
+            // A batch-level content error like the two above, answered in a 200 the same way.
+            RejectionKind::DuplicateId => {
+                (rpc(INVALID_REQUEST), 200, profile.batch_errors_as_array)
+            }
             kind => (rpc(INVALID_REQUEST), kind.status(), false),
         };
         let data = match rejection.kind {
@@ -258,10 +273,9 @@ impl JsonRpc {
         plan: &mut Plan<JsonRpcMeta>,
         body: &Bytes,
         raw: &RawValue,
-        seen_ids: &mut HashSet<String>,
         single: bool,
     ) {
-        let (kind, item) = match self.check_element(raw, seen_ids) {
+        let (kind, item) = match self.check_element(raw) {
             Ok(kind) => {
                 let request = SubRequest {
                     method: Method::POST,
@@ -291,11 +305,7 @@ impl JsonRpc {
     }
 
     /// `Ok(Some(id))` for a call, `Ok(None)` for a notification, `Err` when refused.
-    fn check_element<'a>(
-        &self,
-        raw: &'a RawValue,
-        seen_ids: &mut HashSet<String>,
-    ) -> Result<Option<&'a RawValue>, Refusal> {
+    fn check_element<'a>(&self, raw: &'a RawValue) -> Result<Option<&'a RawValue>, Refusal> {
         let invalid = |id: Option<&RawValue>, reason: &'static str| Refusal {
             reason,
             // No `data`: the specification's examples answer exactly code and message.
@@ -332,6 +342,9 @@ impl JsonRpc {
                 return Err(invalid(id, "params_not_structured"));
             }
         }
+        if !usable_method(&method) {
+            return Err(invalid(id, "invalid_method_name"));
+        }
         if !self.method_allowed(&method) {
             return Err(Refusal {
                 reason: "method_not_allowed",
@@ -339,21 +352,17 @@ impl JsonRpc {
                 reply: id.map(|id| error_object(&rpc(METHOD_NOT_FOUND), None, id.get().as_bytes())),
             });
         }
-        if let Some(id) = id {
-            if self.config.profile.unique_ids {
-                let canonical = serde_json::from_str::<Value>(id.get())
-                    .map(|v| canonical_id(&v))
-                    .unwrap_or_else(|_| id.get().to_string());
-                if !seen_ids.insert(canonical) {
-                    return Err(invalid(Some(id), "duplicate_id"));
-                }
-            }
-        }
         Ok(id)
     }
 
+    /// The configured lists hold `method_key`s; `method` is compared in the same form.
     fn method_allowed(&self, method: &str) -> bool {
         let config = &self.config;
+        if config.allowed_methods.is_none() && config.denied_methods.is_empty() {
+            return true;
+        }
+        let method = method.to_lowercase();
+        let method = method.as_str();
         let allowed = config
             .allowed_methods
             .as_ref()
@@ -466,6 +475,47 @@ fn same_id(reply: &Value, sent: &Value) -> bool {
         }
         _ => reply == sent,
     }
+}
+
+/// A method name as the method policy compares it: lower-cased (Unicode), since dispatchers
+/// that look methods up case-insensitively would otherwise run a denied `Admin.Delete`.
+/// `None` for a name no dispatcher should see: empty, with surrounding whitespace, or with a
+/// control or invisible formatting character anywhere (`"delete\u0000"`, a zero-width space),
+/// which lenient dispatchers trim or ignore.
+pub fn method_key(name: &str) -> Option<String> {
+    usable_method(name).then(|| name.to_lowercase())
+}
+
+/// Whether a called method name may go upstream at all (see `method_key`).
+fn usable_method(name: &str) -> bool {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    };
+    !name.is_empty() && name.trim() == name && !name.chars().any(invisible)
+}
+
+/// The first id (as written) that two elements share, under `unique_ids`'s comparison.
+/// Elements that are not objects or have no usable id are left to the element checks.
+fn duplicate_id(elements: &[&RawValue]) -> Option<String> {
+    let mut seen = HashSet::with_capacity(elements.len());
+    for element in elements {
+        let Ok(fields) = serde_json::from_str::<RequestFields<'_>>(element.get()) else {
+            continue;
+        };
+        // `null` counts too: two replies with a null id cannot be told apart either.
+        let Some(id) = fields.id else {
+            continue;
+        };
+        let canonical = serde_json::from_str::<Value>(id.get())
+            .map(|v| canonical_id(&v))
+            .unwrap_or_else(|_| id.get().to_string());
+        if !seen.insert(canonical) {
+            return Some(id.get().to_string());
+        }
+    }
+    None
 }
 
 /// The id as `unique_ids` compares it: numbers by value (`1` and `1.0` are one id), strings

@@ -43,6 +43,19 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
+impl UpstreamResponse {
+    /// The bytes of body and headers as they came: the reply cost of dialects whose encoding
+    /// never grows them.
+    pub fn raw_size(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum::<usize>()
+    }
+}
+
 /// An item refused before it was sent, with the status and code the dialect should show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemError {
@@ -264,6 +277,13 @@ pub trait Dialect: Send + Sync {
 
     /// Builds the reply for a whole-batch refusal.
     fn reject(&self, rejection: &Rejection) -> Reply;
+
+    /// What one upstream response adds to the reply, in encoded bytes, for the reply budget
+    /// (`max_reply_bytes`). The default counts body and headers as they came, which is what
+    /// a dialect that embeds JSON as is or picks fields out of it writes at most.
+    fn reply_cost(&self) -> fn(&UpstreamResponse) -> usize {
+        UpstreamResponse::raw_size
+    }
 
     /// The outer HTTP methods this dialect answers.
     fn accepts_method(&self, method: &Method) -> bool {

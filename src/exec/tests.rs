@@ -53,6 +53,7 @@ fn limits(spawn_items: bool, concurrency: usize, item_ms: u64, batch_ms: u64) ->
         item_timeout: Duration::from_millis(item_ms),
         deadline: Instant::now() + Duration::from_millis(batch_ms),
         max_reply_bytes: 1 << 20,
+        reply_cost: crate::dialect::UpstreamResponse::raw_size,
         stop: None,
         spawn_items,
     }

@@ -178,6 +178,7 @@ impl BatchGate {
             item_timeout: limits.item_timeout,
             deadline: tokio::time::Instant::now() + limits.batch_timeout,
             max_reply_bytes: limits.max_reply_bytes,
+            reply_cost: route.reply_cost,
             stop: Some(self.stop.clone()),
             spawn_items: self.spawn_items,
         };

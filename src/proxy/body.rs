@@ -23,14 +23,12 @@ pub(super) async fn read_batch<D: Dialect>(
     dialect: &D,
 ) -> Result<std::result::Result<Bytes, Rejection>> {
     let header = session.req_header();
-    let declared = header
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    // A request without a body (a fanout GET with a query string) needs no media type.
-    let has_body =
-        header.headers.contains_key(TRANSFER_ENCODING) || declared.is_some_and(|n| n > 0);
+    let declared = declared_length(header);
+    // A request without a body (a fanout GET with a query string) needs no media type. Any
+    // `Content-Length` other than a plain 0 counts as a body, whatever its spelling: pingora
+    // reads `5, 5` as 5 bytes, and the media-type and size checks must see what it reads.
+    let has_body = header.headers.contains_key(TRANSFER_ENCODING)
+        || (header.headers.contains_key(CONTENT_LENGTH) && declared != Some(0));
     let limit = route.config.limits.max_body_bytes;
     if let Some(rejection) = check_head(header, dialect, declared, has_body, limit) {
         // A body left unread means this connection cannot carry another request; without
@@ -57,6 +55,29 @@ pub(super) async fn read_batch<D: Dialect>(
         let _ = body.split_to(3);
     }
     Ok(Ok(body.freeze()))
+}
+
+/// The declared body length: every `Content-Length` field and list member must name the
+/// same decimal number (RFC 9110 section 8.6 lets a recipient read `5, 5` as 5); `None`
+/// without one, or when they disagree or are not numbers (then the body reader's own limit
+/// still applies as bytes arrive).
+fn declared_length(header: &RequestHeader) -> Option<usize> {
+    let mut length = None;
+    for value in header.headers.get_all(CONTENT_LENGTH) {
+        for member in value.as_bytes().split(|&b| b == b',') {
+            let member = std::str::from_utf8(member.trim_ascii()).ok()?;
+            if member.is_empty() || !member.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            // All digits: only an overflow fails, and that is too large anyway.
+            let n = member.parse::<usize>().unwrap_or(usize::MAX);
+            if length.is_some_and(|seen| seen != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
 }
 
 /// The refusal the request head alone decides, checked in this order: method, media type

@@ -23,8 +23,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes read per `read` call at least; a typical JSON answer fits in one.
 const READ_CHUNK: usize = 8 * 1024;
-/// Most bytes of a response head (status line and headers) accepted.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most bytes of a response head (status line and headers) accepted: the one limit every
+/// upstream client enforces.
+const MAX_HEAD_BYTES: usize = super::MAX_RESPONSE_HEAD_BYTES;
 /// Most headers in one response head.
 const MAX_HEADERS: usize = 128;
 /// Most bytes of one chunk-size line (size, extensions) or of the trailer section.
@@ -253,6 +254,8 @@ struct HeadInfo {
     /// Whether the connection may carry another request after this response (version,
     /// `Connection`, and framing that leaves no doubt), whatever the body turns out to be.
     persistent: bool,
+    /// Whether the head named a framing (`Content-Length` or `Transfer-Encoding`) at all.
+    declared_framing: bool,
 }
 
 /// Interim (1xx) answers accepted before the final one.
@@ -324,12 +327,23 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         };
         // HEAD, 204 and 304 declare the representation's length but carry no body, and
         // need no length to keep the connection (a 204 must not even send one).
-        let framing = if is_head || matches!(head.status, 204 | 304) {
+        let bodiless = is_head || matches!(head.status, 204 | 304);
+        // A bodiless answer that still declares a body (a length above zero, or chunked)
+        // leaves room for bytes the upstream may send anyway, later: the next item on this
+        // connection, another client's, would read them as its own answer. Such a
+        // connection is not reused (nginx keeps it; the cost is one new connection).
+        let declares_body = match head.framing {
+            Framing::Length(len) => len > 0,
+            Framing::Chunked | Framing::UntilClose => head.declared_framing,
+            Framing::None => false,
+        };
+        let framing = if bodiless {
             Framing::None
         } else {
             head.framing
         };
-        let mut reusable = head.persistent && framing != Framing::UntilClose;
+        let mut reusable =
+            head.persistent && framing != Framing::UntilClose && !(bodiless && declares_body);
         let body = match framing {
             Framing::None => Bytes::new(),
             Framing::Length(len) => self.read_sized(len, limit).await?,
@@ -363,6 +377,12 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 memchr::memmem::find(new, b"\n\r\n").is_some()
                     || memchr::memmem::find(new, b"\n\n").is_some()
             });
+            // Checked before anything else, on every pass: a head that never ends and a
+            // complete head that arrived in one huge read are refused alike, and nothing
+            // more is buffered once the limit is crossed.
+            if self.buf.len() > MAX_HEAD_BYTES && !complete {
+                return Err(head_too_large());
+            }
             // The first bytes are parsed at once too, so something that is not HTTP at all
             // is refused without waiting for more.
             let first_look = from == 0 && !self.buf.is_empty();
@@ -370,6 +390,9 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut parsed = httparse::Response::new(&mut slots);
                 match parsed.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+                        return Err(head_too_large())
+                    }
                     Ok(httparse::Status::Complete(len)) => {
                         let info = head_info(&parsed)?;
                         self.buf.advance(len);
@@ -381,11 +404,6 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                             "malformed response head: {e}"
                         )))
                     }
-                }
-                if self.buf.len() > MAX_HEAD_BYTES {
-                    return Err(ExchangeError::Protocol(format!(
-                        "the response head exceeds {MAX_HEAD_BYTES} bytes"
-                    )));
                 }
             }
             self.fill_some("before the response head was complete")
@@ -533,6 +551,10 @@ fn parse_chunk_size(line: &[u8]) -> Result<usize, ExchangeError> {
     usize::from_str_radix(text, 16).map_err(|_| invalid())
 }
 
+fn head_too_large() -> ExchangeError {
+    ExchangeError::Protocol(format!("the response head exceeds {MAX_HEAD_BYTES} bytes"))
+}
+
 /// Status, kept headers, framing and persistence from a parsed head.
 fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeError> {
     let status = parsed
@@ -623,6 +645,7 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
         headers,
         framing,
         persistent,
+        declared_framing: has_transfer_encoding || content_length.is_some(),
     })
 }
 

@@ -361,3 +361,50 @@ fn depends_on_is_refused() {
     );
     assert!(plan.items[2].is_ok());
 }
+
+/// The reply cost is what the reply will carry for the item, byte for byte: escaped text
+/// (a control character is 6 bytes), base64 (4/3), and JSON as is. `max_reply_bytes` then
+/// bounds the reply rather than the upstream's bytes.
+#[test]
+fn reply_cost_is_the_encoded_size() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("text/plain", vec![0x01; 1000]),
+        ("text/plain", b"quote \" backslash \\ tab \t".to_vec()),
+        ("application/octet-stream", vec![0xff; 999]),
+        ("application/json", br#" {"a": [1, 2, "x\"y"]} "#.to_vec()),
+        ("text/plain", Vec::new()),
+    ];
+    for (content_type, body) in cases {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.append("x-multi", HeaderValue::from_static("a\"b"));
+        headers.append("x-multi", HeaderValue::from_static("c"));
+        let response = UpstreamResponse {
+            status: 200,
+            headers,
+            body: Bytes::from(body),
+        };
+        let mut written = Vec::new();
+        write_headers(&mut written, &response.headers);
+        write_body(&mut written, &response.headers, &response.body);
+        // `,"headers":{` + `}` and `,"body":` are per-item framing, not counted.
+        let framing = b",\"headers\":{}".len()
+            + match body_form(&response.headers, &response.body) {
+                BodyForm::Absent => 0,
+                BodyForm::Base64 => b",\"body\":".len(),
+                _ => b",\"body\":".len(),
+            };
+        let cost = reply_cost(&response);
+        assert!(
+            cost + framing >= written.len() && cost + framing <= written.len() + 24,
+            "{content_type}: cost {cost} + {framing} vs {} written",
+            written.len()
+        );
+    }
+    let control = UpstreamResponse {
+        status: 200,
+        headers: HeaderMap::new(),
+        body: Bytes::from(vec![0x01; 1000]),
+    };
+    assert_eq!(reply_cost(&control), 6002);
+}

@@ -252,8 +252,14 @@ fn limelight_profile() {
         json_of(&round_trip(&d, "[]", spec_upstream)),
         json!({"error": {"code": -32700, "message": "Parse Error"}, "id": null, "jsonrpc": "2.0"})
     );
-    let dup = round_trip(&d, &format!("[{call},{call}]"), spec_upstream);
-    assert_eq!(json_of(&dup)[1]["error"]["code"], json!(-32600));
+    // Refused whole, before anything is sent: one error, not two answers with one id.
+    let dup = round_trip(&d, &format!("[{call},{call}]"), |_| {
+        panic!("nothing may be sent for a batch with duplicate ids")
+    });
+    let dup = json_of(&dup);
+    assert_eq!(dup["error"]["code"], json!(-32600));
+    assert_eq!(dup["id"], json!(null));
+    assert_eq!(dup["error"]["data"]["reason"], json!("duplicate_id"));
 }
 
 /// With `batch_errors = "array"`, batch-level errors come back wrapped in an array.
@@ -344,10 +350,18 @@ fn unique_ids_compare_numbers_by_value() {
         r#"[{"jsonrpc":"2.0","method":"sum","params":[1],"id":1},{"jsonrpc":"2.0","method":"sum","params":[2],"id":1.0},{"jsonrpc":"2.0","method":"sum","params":[3],"id":"1"}]"#,
         spec_upstream,
     );
+    let refused = json_of(&reply);
+    assert_eq!(refused["error"]["code"], json!(-32600));
+    assert_eq!(refused["error"]["data"]["reason"], json!("duplicate_id"));
+    // `1` and `"1"` are different ids.
+    let reply = round_trip(
+        &d,
+        r#"[{"jsonrpc":"2.0","method":"sum","params":[1],"id":1},{"jsonrpc":"2.0","method":"sum","params":[3],"id":"1"}]"#,
+        spec_upstream,
+    );
     let replies = json_of(&reply);
     assert_eq!(replies[0]["result"], json!(1));
-    assert_eq!(replies[1]["error"]["code"], json!(-32600));
-    assert_eq!(replies[2]["result"], json!(3));
+    assert_eq!(replies[1]["result"], json!(3));
 }
 
 /// The JSON-RPC over HTTP media types are accepted besides application/json.
@@ -401,4 +415,41 @@ fn replies_with_a_null_partner_member_are_responses() {
             assert_eq!(result, Err(UpstreamError::InvalidReply), "{body}");
         }
     }
+}
+
+/// The method policy compares names the way a case-insensitive dispatcher reads them, and a
+/// name a lenient dispatcher would trim or strip (whitespace, NUL, zero-width space) is
+/// refused whatever the lists say: a denied method never reaches the upstream in disguise.
+#[test]
+fn denied_methods_cannot_be_reached_by_spelling() {
+    let d = spec();
+    for disguise in [
+        "ADMIN_STOP",
+        "Admin_Stop",
+        " admin_stop",
+        "admin_stop ",
+        "admin_stop\u{0}",
+        "admin_stop\t",
+        "\u{200B}admin_stop",
+        "admin\u{FEFF}_stop",
+        "",
+    ] {
+        let call = json!({"jsonrpc": "2.0", "method": disguise, "id": 7}).to_string();
+        let reply = round_trip(&d, &format!("[{call}]"), |body| {
+            panic!("sent upstream: {}", String::from_utf8_lossy(body))
+        });
+        let code = json_of(&reply)[0]["error"]["code"].clone();
+        assert!(
+            code == json!(-32601) || code == json!(-32600),
+            "{disguise:?}: {code}"
+        );
+        assert_eq!(json_of(&reply)[0]["id"], json!(7), "{disguise:?}");
+    }
+    assert_eq!(method_key("Admin.Stop").as_deref(), Some("admin.stop"));
+    assert_eq!(method_key(" x"), None);
+    let fine = json!({"jsonrpc": "2.0", "method": "sum", "params": [1, 2], "id": 1}).to_string();
+    assert_eq!(
+        json_of(&round_trip(&d, &format!("[{fine}]"), spec_upstream))[0]["result"],
+        json!(3)
+    );
 }

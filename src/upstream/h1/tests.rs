@@ -258,14 +258,27 @@ async fn head_204_and_304_have_no_body_whatever_they_declare() {
     .await;
     let exchanged = ok(result);
     assert!(exchanged.response.body.is_empty());
-    assert!(exchanged.reusable);
+    // The declared 500 bytes may still come, later: the connection is not reused.
+    assert!(!exchanged.reusable);
     for answer in [
         &b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..],
         &b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"[..],
+        &b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
     ] {
         let answer: &'static [u8] = answer;
         let exchanged = ok(run(get(), answer, Send::Whole).await.0);
         assert!(exchanged.response.body.is_empty());
+        assert!(!exchanged.reusable, "{:?}", String::from_utf8_lossy(answer));
+    }
+    // Bodiless answers that leave no room for more bytes keep the connection.
+    for answer in [
+        &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+        &b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"[..],
+        &b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"[..],
+    ] {
+        let answer: &'static [u8] = answer;
+        let exchanged = ok(run(get(), answer, Send::Whole).await.0);
+        assert!(exchanged.reusable, "{:?}", String::from_utf8_lossy(answer));
     }
 }
 
@@ -602,4 +615,79 @@ async fn a_body_over_the_coalescing_limit_goes_out_whole_after_the_head() {
         "{head}"
     );
     assert_eq!(&received[head_end..], big);
+}
+
+/// Runs one exchange against a server that writes `writes` one after the other (each
+/// pausing briefly) and never closes; returns the result and how many bytes the server
+/// managed to write before the client gave up.
+async fn run_writes(writes: Vec<Vec<u8>>) -> (Result<Exchanged, ExchangeError>, usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        read_request(&mut socket).await;
+        let mut sent = 0;
+        for write in writes {
+            if socket.write_all(&write).await.is_err() {
+                break;
+            }
+            sent += write.len();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sent
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let result = exchange(&mut client, &get(), &batch(), TIMEOUTS).await;
+    drop(client);
+    let sent = server.await.expect("server");
+    (result, sent)
+}
+
+fn head_too_large(result: &Result<Exchanged, ExchangeError>) -> bool {
+    matches!(result, Err(ExchangeError::Protocol(why)) if why.contains("head exceeds"))
+}
+
+/// A head that never ends is refused once it crosses the head limit, however it trickles
+/// in: fewer than 128 headers of 1 KiB each, one write per header.
+#[tokio::test]
+async fn a_head_of_many_headers_is_refused_at_the_head_limit() {
+    let mut writes = vec![b"HTTP/1.1 200 OK\r\n".to_vec()];
+    for i in 0..120 {
+        writes.push(format!("x-h{i}: {}\r\n", "v".repeat(1024)).into_bytes());
+    }
+    writes.push(b"\r\n".to_vec());
+    let (result, _) = run_writes(writes).await;
+    assert!(head_too_large(&result), "{result:?}");
+}
+
+/// A head that never ends (no blank line, ever) stops being read at the limit: the client
+/// gives up instead of buffering what the upstream sends.
+#[tokio::test]
+async fn an_endless_head_is_not_buffered_past_the_limit() {
+    let mut writes = vec![b"HTTP/1.1 200 OK\r\nx-endless: ".to_vec()];
+    // 64 MiB would follow; the exchange must stop long before.
+    writes.extend((0..4096).map(|_| vec![b'a'; 16 * 1024]));
+    let (result, sent) = run_writes(writes).await;
+    assert!(head_too_large(&result), "{result:?}");
+    // What the server got out is what sits in socket buffers plus what was read (64 KiB
+    // and one read more): far from the 64 MiB it tried.
+    assert!(sent < 16 * 1024 * 1024, "the server wrote {sent} bytes");
+}
+
+/// One huge header value in a complete head, sent in one go, is refused like a long head.
+#[tokio::test]
+async fn a_complete_head_with_one_huge_value_is_refused() {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nx-big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "b".repeat(1 << 20)
+    );
+    let (result, _) = run_writes(vec![head.into_bytes()]).await;
+    assert!(head_too_large(&result), "{result:?}");
+    // Just under the limit is fine.
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nx-big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "b".repeat(MAX_HEAD_BYTES - 100)
+    );
+    let (result, _) = run_writes(vec![head.into_bytes()]).await;
+    assert_eq!(ok(result).response.body.as_ref(), b"ok");
 }
