@@ -15,6 +15,8 @@
 //! - [`exec`]: per-batch and global concurrency limits, item timeout, batch deadline.
 //! - [`upstream`]: one sub-request over pingora's pooled connector.
 //! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through.
+//! - [`listener`]: client connections: the per-listener cap and the idle, head and body
+//!   read deadlines around pingora's HTTP server.
 //! - [`metrics`]: every Prometheus family, with per-route handles resolved once.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on the admin listener.
 //! - [`demo`]: the built-in demo upstream behind `batchgate demo`.
@@ -28,6 +30,7 @@ pub mod demo;
 pub mod dialect;
 pub mod exec;
 pub mod guard;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

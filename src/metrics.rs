@@ -49,6 +49,7 @@ pub const REJECTION_KINDS: &[RejectionKind] = &[
     RejectionKind::BodyTooLarge,
     RejectionKind::UnsupportedMediaType,
     RejectionKind::MethodNotAllowed,
+    RejectionKind::BodyTimeout,
 ];
 /// Pass-through status classes.
 pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -67,6 +68,9 @@ pub struct Families {
     pub passthrough: IntCounterVec,
     pub passthrough_duration: HistogramVec,
     pub upstream_requests: IntCounterVec,
+    pub client_connections: IntGaugeVec,
+    pub client_connections_refused: IntCounterVec,
+    pub client_timeouts: IntCounterVec,
 }
 
 /// The families, registered on first use. Registration only fails on a duplicate name, which
@@ -150,7 +154,59 @@ fn register() -> prometheus::Result<Families> {
             "Item requests sent to an upstream, by whether the connection was reused from the pool or newly opened.",
             &["upstream", "connection"]
         )?,
+        client_connections: register_int_gauge_vec!(
+            "batchgate_client_connections",
+            "Client connections open on a listener.",
+            &["listener"]
+        )?,
+        client_connections_refused: register_int_counter_vec!(
+            "batchgate_client_connections_refused_total",
+            "Client connections refused because the listener had server.max_client_connections open.",
+            &["listener"]
+        )?,
+        client_timeouts: register_int_counter_vec!(
+            "batchgate_client_timeouts_total",
+            "Client connections cut off because a read deadline passed, by phase (idle between requests, head, body).",
+            &["listener", "phase"]
+        )?,
     })
+}
+
+/// Client deadline phases (`batchgate_client_timeouts_total{phase}`), matching
+/// `listener::Phase::as_str` for the phases that have a deadline.
+pub const CLIENT_TIMEOUT_PHASES: &[&str] = &["idle", "head", "body"];
+
+/// One listener's client-connection handles.
+#[derive(Debug, Clone)]
+pub struct ClientMetrics {
+    pub open: IntGauge,
+    pub refused: IntCounter,
+    timeouts: Vec<IntCounter>,
+}
+
+impl ClientMetrics {
+    pub fn new(listener: &str) -> Option<Self> {
+        let f = families()?;
+        Some(ClientMetrics {
+            open: f.client_connections.with_label_values(&[listener]),
+            refused: f.client_connections_refused.with_label_values(&[listener]),
+            timeouts: CLIENT_TIMEOUT_PHASES
+                .iter()
+                .map(|phase| f.client_timeouts.with_label_values(&[listener, phase]))
+                .collect(),
+        })
+    }
+
+    /// Counts a connection whose deadline passed in `phase`.
+    pub fn timed_out(&self, phase: crate::listener::Phase) {
+        if let Some(counter) = CLIENT_TIMEOUT_PHASES
+            .iter()
+            .position(|p| *p == phase.as_str())
+            .and_then(|i| self.timeouts.get(i))
+        {
+            counter.inc();
+        }
+    }
 }
 
 /// One route's handles, resolved once at start-up.

@@ -13,15 +13,16 @@ use crate::dialect::envelope::Envelope;
 use crate::dialect::fanout::Fanout;
 use crate::dialect::jsonrpc::JsonRpc;
 use crate::dialect::{Dialect, Reply, UpstreamResponse};
+use crate::listener::{ClientClock, Phase};
 use crate::metrics::{PassthroughMetrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
 use async_trait::async_trait;
 use batch::{request_id, write_reply, BatchSummary};
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -151,6 +152,35 @@ impl ProxyHttp for BatchGate {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The head is in: from here the body has its own deadline, or, without a body (or
+        // once upgraded to a tunnel, which has no request framing), there is none.
+        let body_follows = !session.is_upgrade_req() && !session.is_body_empty();
+        if let Some(clock) = ClientClock::of(session) {
+            clock.head_done(body_follows);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if end_of_stream {
+            if let Some(clock) = ClientClock::of(session) {
+                clock.body_done();
+            }
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // HTTP/1.1 pipelining (RFC 9112 section 9.3.2): requests sent back to back in one
         // write are answered one after the other, as nginx and Envoy do. Without this pingora
@@ -207,6 +237,23 @@ impl ProxyHttp for BatchGate {
         }
         let request_id = request_id(session.req_header());
         upstream_request.insert_header(batch::REQUEST_ID, request_id)?;
+        // pingora accepts `Content-Length: 5, 5` (RFC 9110 lets it) but forwards it as
+        // written; the upstream gets the one length pingora framed the body with.
+        let listed = upstream_request
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().contains(&b','));
+        if listed && !upstream_request.headers.contains_key(TRANSFER_ENCODING) {
+            if let Some(length) = body::declared_length(upstream_request) {
+                upstream_request.insert_header(CONTENT_LENGTH, length)?;
+            }
+        }
+        // A HEAD answer declares a body it does not carry; an upstream that sends it anyway,
+        // late, would have it read as the next request's answer on a pooled connection.
+        // pingora decides reuse from the request too: this connection is not pooled.
+        if upstream_request.method == http::Method::HEAD {
+            upstream_request.insert_header(CONNECTION, "close")?;
+        }
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -227,6 +274,25 @@ impl ProxyHttp for BatchGate {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // pingora buffered the head within its own 1 MiB; the one head limit applies here
+        // as on items.
+        if crate::upstream::head_size(&upstream_response.headers)
+            > crate::upstream::MAX_RESPONSE_HEAD_BYTES
+        {
+            return Error::e_explain(
+                HTTPStatus(502),
+                "the upstream's response head exceeds the head limit",
+            );
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -242,12 +308,51 @@ impl ProxyHttp for BatchGate {
         Ok(())
     }
 
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // A pass-through body whose deadline passed is the client's slowness, not a malformed
+        // request: 408, as nginx's client_body_timeout answers.
+        let body_expired =
+            ClientClock::of(session).is_some_and(|clock| clock.expired() == Some(Phase::Body));
+        // Otherwise pingora's own mapping: the status an error names, 502 for the upstream's
+        // fault, nothing for a client that is gone, 400 for its other faults, 500 for ours.
+        let code = match e.etype() {
+            _ if body_expired => 408,
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            session.respond_error(code).await.unwrap_or_else(|e| {
+                tracing::debug!("could not send the {code} error answer: {e}");
+            });
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn logging(
         &self,
         session: &mut Session,
         _e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
+        // The answer is out; the connection now waits for its next request (if it is kept).
+        if let Some(clock) = ClientClock::of(session) {
+            clock.request_done();
+        }
         let elapsed = ctx.started.elapsed();
         match &ctx.batch {
             Some(batch) => batch.record(elapsed),

@@ -7,6 +7,7 @@
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::demo::DemoUpstream;
+use crate::listener::Listener;
 use crate::proxy::BatchGate;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
@@ -76,11 +77,10 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
     server.bootstrap();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        BatchGate::new(config, stop_rx),
-        "batchgate proxy",
-    );
+    let app = pingora::proxy::http_proxy(&server.configuration, BatchGate::new(config, stop_rx));
+    // Every client connection is counted, capped and given read deadlines (`listener.rs`).
+    let app = Listener::new(app, config.server.client, &config.server.listen);
+    let mut proxy = Service::new("batchgate proxy".to_string(), app);
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }

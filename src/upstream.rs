@@ -34,6 +34,16 @@ use std::sync::Arc;
 /// `proxy_buffer_size` default is 4-8 KiB and Envoy's `max_response_headers_kb` 60 KiB.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
+/// The bytes a parsed response head took on the wire, near enough: every field's name and
+/// value plus its `: ` and CRLF. For the clients that parse heads themselves (pingora's h2
+/// and HTTP/1.1 pass-through), which bound what they buffer with their own, larger limits.
+pub fn head_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 /// Most bytes reserved for a response body before they arrive.
 const PREALLOCATE_LIMIT: usize = 64 * 1024;
 
@@ -262,6 +272,13 @@ async fn read_final_header(
                 ))
             }
             100..=199 => continue,
+            // pingora's h2 client buffers up to h2's 16 MiB header list; what is kept is
+            // held to the one head limit.
+            _ if head_size(&header.headers) > MAX_RESPONSE_HEAD_BYTES => {
+                return Err(Failure::Protocol(format!(
+                    "the response head exceeds {MAX_RESPONSE_HEAD_BYTES} bytes"
+                )))
+            }
             status => return Ok((status, compact_headers(&header.headers))),
         }
     }

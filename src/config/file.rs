@@ -37,6 +37,11 @@ pub struct ServerSection {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub item_log: Option<bool>,
+    pub client_idle_timeout: Option<String>,
+    pub client_header_timeout: Option<String>,
+    pub client_body_timeout: Option<String>,
+    pub client_body_min_rate: Option<i64>,
+    pub max_client_connections: Option<i64>,
 }
 
 /// `[admin]`: the separate listener for `/metrics`, `/healthz` and `/readyz`.

@@ -15,8 +15,8 @@ mod values;
 
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use runtime::{
-    Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile, LogFormat, Problem,
-    RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig, UpstreamProtocol,
+    ClientLimits, Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile, LogFormat,
+    Problem, RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig, UpstreamProtocol,
 };
 
 use std::fmt;

@@ -67,6 +67,23 @@ pub struct ServerSettings {
     pub log_level: Option<String>,
     /// One log line per item (batch id, item index, batch size, status, duration).
     pub item_log: bool,
+    /// Deadlines and the connection cap for client connections.
+    pub client: ClientLimits,
+}
+
+/// What a client connection may hold the proxy for (`listener.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Waiting for the next request on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// The whole request head, from its first byte (on a new connection: from the accept).
+    pub header_timeout: Duration,
+    /// The request body: this long, plus one second per `body_min_rate` bytes received.
+    pub body_timeout: Duration,
+    /// Bytes per second that extend the body deadline; 0 makes it a fixed deadline.
+    pub body_min_rate: u64,
+    /// Open connections per listener; beyond it new connections are refused.
+    pub max_connections: usize,
 }
 
 /// One upstream API.

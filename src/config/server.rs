@@ -5,7 +5,9 @@
 //! address it cannot resolve; a route only ever refers to an upstream by index afterwards.
 
 use super::file::{FileConfig, ServerSection, UpstreamSection};
-use super::runtime::{LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol};
+use super::runtime::{
+    ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
+};
 use super::values::{bounded, duration, whole_seconds};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -38,9 +40,27 @@ pub const DEFAULT_POOL_SIZE: usize = 128;
 /// Concurrent streams per h2c connection unless configured.
 pub const DEFAULT_MAX_H2_STREAMS: usize = 100;
 
+/// How long a kept-alive client connection may wait for its next request (nginx's
+/// `keepalive_timeout` is 75 s, Envoy's HTTP `idle_timeout` 1 h; an idle connection costs a
+/// file descriptor and its buffers, so less).
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole request head (HAProxy's common `timeout http-request 10s`; a real client sends
+/// its head in one round trip, a slowloris one byte at a time).
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The request body's base deadline, extended by `DEFAULT_CLIENT_BODY_MIN_RATE` (Apache
+/// mod_reqtimeout's `body=20,MinRate=500` model): a steady upload of any size passes, a body
+/// trickled a byte at a time is cut off.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per second of body that buy one more second.
+pub const DEFAULT_CLIENT_BODY_MIN_RATE: usize = 1024;
+/// Open client connections per listener. Each holds a file descriptor and up to a few hundred
+/// KiB of buffers (docs/RELIABILITY.md); nginx's default is 512 per worker.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
+
 /// Upper bounds that keep a typo from turning into an outage.
 const MAX_IN_FLIGHT_LIMIT: i64 = 1_000_000;
 const MAX_THREADS_LIMIT: i64 = 256;
+const MAX_CLIENT_CONNECTIONS_LIMIT: i64 = 10_000_000;
 
 pub(super) fn server_settings(section: &ServerSection, problems: &mut Problems) -> ServerSettings {
     let listen = listen(section, problems);
@@ -85,6 +105,46 @@ pub(super) fn server_settings(section: &ServerSection, problems: &mut Problems) 
         log_format,
         log_level: section.log_level.clone(),
         item_log: section.item_log.unwrap_or(false),
+        client: client_limits(section, problems),
+    }
+}
+
+fn client_limits(section: &ServerSection, problems: &mut Problems) -> ClientLimits {
+    ClientLimits {
+        idle_timeout: duration(
+            &section.client_idle_timeout,
+            DEFAULT_CLIENT_IDLE_TIMEOUT,
+            &["server", "client_idle_timeout"],
+            problems,
+        ),
+        header_timeout: duration(
+            &section.client_header_timeout,
+            DEFAULT_CLIENT_HEADER_TIMEOUT,
+            &["server", "client_header_timeout"],
+            problems,
+        ),
+        body_timeout: duration(
+            &section.client_body_timeout,
+            DEFAULT_CLIENT_BODY_TIMEOUT,
+            &["server", "client_body_timeout"],
+            problems,
+        ),
+        body_min_rate: bounded(
+            section.client_body_min_rate,
+            DEFAULT_CLIENT_BODY_MIN_RATE,
+            0,
+            i64::from(u32::MAX),
+            &["server", "client_body_min_rate"],
+            problems,
+        ) as u64,
+        max_connections: bounded(
+            section.max_client_connections,
+            DEFAULT_MAX_CLIENT_CONNECTIONS,
+            1,
+            MAX_CLIENT_CONNECTIONS_LIMIT,
+            &["server", "max_client_connections"],
+            problems,
+        ),
     }
 }
 

@@ -175,6 +175,8 @@ pub enum RejectionKind {
     BodyTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
+    /// The body did not arrive within `server.client_body_timeout` (and its minimum rate).
+    BodyTimeout,
 }
 
 impl RejectionKind {
@@ -190,6 +192,7 @@ impl RejectionKind {
             RejectionKind::BodyTooLarge => "body_too_large",
             RejectionKind::UnsupportedMediaType => "unsupported_media_type",
             RejectionKind::MethodNotAllowed => "method_not_allowed",
+            RejectionKind::BodyTimeout => "body_timeout",
         }
     }
 
@@ -199,6 +202,7 @@ impl RejectionKind {
             RejectionKind::BodyTooLarge => 413,
             RejectionKind::UnsupportedMediaType => 415,
             RejectionKind::MethodNotAllowed => 405,
+            RejectionKind::BodyTimeout => 408,
             RejectionKind::NotAllowed => 403,
             _ => 400,
         }

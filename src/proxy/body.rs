@@ -7,6 +7,7 @@
 
 use super::Route;
 use crate::dialect::{is_utf8_charset, Dialect, Rejection, RejectionKind};
+use crate::listener::{ClientClock, Phase};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING};
 use pingora::http::RequestHeader;
@@ -45,7 +46,12 @@ pub(super) async fn read_batch<D: Dialect>(
     if expects_continue && has_body {
         session.write_continue_response().await?;
     }
-    let mut body = match read_body(session, dialect, declared, limit).await? {
+    let read = read_body(session, dialect, declared, limit).await;
+    // Read (or refused, and the connection then closes): no deadline while the batch runs.
+    if let Some(clock) = ClientClock::of(session) {
+        clock.body_done();
+    }
+    let mut body = match read? {
         Ok(body) => body,
         Err(rejection) => return Ok(Err(rejection)),
     };
@@ -61,7 +67,7 @@ pub(super) async fn read_batch<D: Dialect>(
 /// same decimal number (RFC 9110 section 8.6 lets a recipient read `5, 5` as 5); `None`
 /// without one, or when they disagree or are not numbers (then the body reader's own limit
 /// still applies as bytes arrive).
-fn declared_length(header: &RequestHeader) -> Option<usize> {
+pub(super) fn declared_length(header: &RequestHeader) -> Option<usize> {
     let mut length = None;
     for value in header.headers.get_all(CONTENT_LENGTH) {
         for member in value.as_bytes().split(|&b| b == b',') {
@@ -163,6 +169,17 @@ fn body_error<D: Dialect, T>(
     dialect: &D,
     e: Box<Error>,
 ) -> Result<std::result::Result<T, Rejection>> {
+    let expired = ClientClock::of(session).and_then(ClientClock::expired);
+    if expired == Some(Phase::Body) {
+        // Too slow for `client_body_timeout`: 408 in the route's format, then close (the
+        // rest of the body would be taken for the next request).
+        session.set_keepalive(None);
+        return Ok(Err(Rejection::new(
+            RejectionKind::BodyTimeout,
+            "RequestTimeout",
+            "the batch body did not arrive within the client body timeout",
+        )));
+    }
     match e.etype() {
         // The client went away: nobody to answer.
         ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {

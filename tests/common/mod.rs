@@ -12,6 +12,7 @@
 //!   fresh temp dir, and running `batchgate check`;
 //! * [`config`] — a small builder for the config texts the tests start the gate with;
 //! * [`batch`] — building envelope batch bodies and reading envelope replies;
+//! * [`scripted`] — an upstream that plays scripted bytes and pauses (fault injection);
 //! * [`prom`] — parsing `/metrics` (Prometheus text format), finding the Prometheus tools,
 //!   reading the Grafana dashboard.
 //!
@@ -24,4 +25,5 @@ pub mod config;
 pub mod gate;
 pub mod h2c;
 pub mod prom;
+pub mod scripted;
 pub mod upstream;
