@@ -10,7 +10,7 @@
 //! on a new connection when nothing of the request was written, or when the method is
 //! idempotent and no byte of an answer arrived.
 
-mod h1;
+pub mod h1;
 mod pool;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};

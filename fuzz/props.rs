@@ -1,0 +1,409 @@
+//! Properties the fuzz targets check, shared with `tests/fuzz_corpus.rs`, which replays the
+//! committed corpus as ordinary tests (no fuzzing in CI). Each function takes arbitrary bytes
+//! and panics when a property does not hold; "no panic" alone is not the bar:
+//!
+//! * a decoder never lets an item through that the guards refuse (checked independently of
+//!   the guard code: origin-form path, no dot segments, no control bytes, no proxy-owned
+//!   header, allowed method), and its encoder always writes valid JSON;
+//! * the HTTP/1.1 response reader accepts no head over the limit and no body over the limit,
+//!   and a connection it marks reusable has nothing left over.
+
+use batchgate::config::{Config, DialectConfig};
+use batchgate::dialect::envelope::Envelope;
+use batchgate::dialect::fanout::Fanout;
+use batchgate::dialect::jsonrpc::{method_key, JsonRpc};
+use batchgate::dialect::{BatchRequest, Dialect, Outcome, SubRequest, UpstreamResponse};
+use batchgate::guard::owned::ownership;
+use batchgate::upstream::h1::{exchange, Timeouts};
+use batchgate::upstream::{BatchHeaders, MAX_RESPONSE_HEAD_BYTES};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Method};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:1"]
+[upstreams.api]
+addresses = ["127.0.0.1:9"]
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+allowed_methods = ["GET", "POST", "DELETE"]
+allowed_url_prefixes = ["/file/"]
+max_items = 20
+[[routes]]
+path = "/rpc"
+dialect = "jsonrpc"
+upstream_path = "/rpc"
+denied_methods = ["admin_stop", "Debug.Dump"]
+max_items = 20
+[routes.profile]
+unique_ids = true
+[[routes]]
+path = "/v2/fan"
+dialect = "fanout"
+max_items = 20
+[routes.ids]
+param = "ids"
+[[routes.params]]
+name = "group_id"
+required = true
+max_length = 32
+[routes.request]
+method = "GET"
+path = "/v2/item/{id}?group={group_id}"
+[routes.reply]
+list_field = "items"
+fields = { id = "$id", url = "/url" }
+"#;
+
+/// The three dialects, built from one config through the real validation.
+struct Dialects {
+    envelope: Envelope,
+    jsonrpc: JsonRpc,
+    fanout: Fanout,
+}
+
+fn dialects() -> &'static Dialects {
+    static DIALECTS: OnceLock<Dialects> = OnceLock::new();
+    DIALECTS.get_or_init(|| {
+        let config = Config::parse(CONFIG, "fuzz.toml").expect("the fuzz config is valid");
+        let mut envelope = None;
+        let mut jsonrpc = None;
+        let mut fanout = None;
+        for route in &config.routes {
+            let max_items = route.limits.max_items;
+            match &route.dialect {
+                DialectConfig::Envelope(c) => {
+                    envelope = Some(Envelope {
+                        config: Arc::new(c.clone()),
+                        max_items,
+                    })
+                }
+                DialectConfig::JsonRpc(c) => {
+                    jsonrpc = Some(JsonRpc {
+                        config: Arc::new(c.clone()),
+                        max_items,
+                        upstream: "api".into(),
+                    })
+                }
+                DialectConfig::Fanout(c) => {
+                    fanout = Some(Fanout {
+                        config: Arc::new(c.clone()),
+                        max_items,
+                    })
+                }
+            }
+        }
+        Dialects {
+            envelope: envelope.expect("envelope route"),
+            jsonrpc: jsonrpc.expect("jsonrpc route"),
+            fanout: fanout.expect("fanout route"),
+        }
+    })
+}
+
+/// What every item a decoder lets through must look like, checked without the guard code.
+fn assert_safe(sub: &SubRequest, path_prefix: &str) {
+    let path = sub.path.as_bytes();
+    assert!(sub.path.starts_with(path_prefix), "outside the prefix: {:?}", sub.path);
+    assert!(path.first() == Some(&b'/') && path.get(1) != Some(&b'/'), "not origin-form: {:?}", sub.path);
+    assert!(
+        path.iter().all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'\\')),
+        "a byte that must not go on the request line: {:?}",
+        sub.path
+    );
+    let path_only = sub.path.split('?').next().unwrap_or_default();
+    for segment in path_only.split('/') {
+        let decoded = percent_decode(segment.as_bytes());
+        let name = decoded.split(|b| *b == b';').next().unwrap_or_default();
+        assert!(name != b"." && name != b"..", "dot segment in {:?}", sub.path);
+        assert!(
+            !decoded.iter().any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control()),
+            "encoded separator or control byte in {:?}",
+            sub.path
+        );
+    }
+    let lowered = path_only.to_ascii_lowercase();
+    assert!(
+        !lowered.trim_end_matches('/').ends_with("/v2/batch"),
+        "a nested batch: {:?}",
+        sub.path
+    );
+    for (name, value) in &sub.headers {
+        assert_eq!(ownership(name.as_str()), None, "proxy-owned header {name} let through");
+        assert!(
+            !value.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
+            "CR, LF or NUL in {name}"
+        );
+    }
+}
+
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        let hex = |j: usize| input.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn request<'a>(headers: &'a HeaderMap, query: Option<&'a str>, body: &'a Bytes, method: &'a Method) -> BatchRequest<'a> {
+    BatchRequest {
+        method,
+        query,
+        headers,
+        body,
+    }
+}
+
+/// An upstream answer made from `bytes`, typed by `kind` (JSON, text or binary).
+fn answer(kind: u8, bytes: &[u8]) -> Outcome {
+    let mut headers = HeaderMap::new();
+    let content_type = match kind % 3 {
+        0 => "application/json",
+        1 => "text/plain",
+        _ => "application/octet-stream",
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Outcome::Response(UpstreamResponse {
+        status: 200,
+        headers,
+        body: Bytes::copy_from_slice(bytes),
+    })
+}
+
+fn assert_json(reply: &[u8], what: &str) -> serde_json::Value {
+    serde_json::from_slice(reply).unwrap_or_else(|e| {
+        panic!("{what} reply is not JSON ({e}): {:?}", String::from_utf8_lossy(reply))
+    })
+}
+
+/// Envelope: the body is the batch; every sent child is safe, and the reply (children
+/// answered with their own bodies as JSON, text or bytes) is JSON with one entry each.
+pub fn envelope(data: &[u8]) {
+    let d = &dialects().envelope;
+    let body = Bytes::copy_from_slice(data);
+    let headers = HeaderMap::new();
+    let Ok(plan) = d.decode(&request(&headers, None, &body, &Method::POST)) else {
+        return;
+    };
+    assert_eq!(plan.meta.len(), plan.items.len());
+    assert!(plan.items.len() <= d.max_items);
+    let outcomes: Vec<Outcome> = plan
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Ok(sub) => {
+                assert_safe(sub, "/v2/file/");
+                assert!(
+                    [Method::GET, Method::POST, Method::DELETE].contains(&sub.method),
+                    "method {} let through",
+                    sub.method
+                );
+                answer(i as u8, sub.body.as_deref().unwrap_or(data))
+            }
+            Err(decided) => decided.clone(),
+        })
+        .collect();
+    let n = outcomes.len();
+    let reply = d.encode(plan.meta, outcomes);
+    let json = assert_json(&reply.body, "envelope");
+    assert_eq!(json["responses"].as_array().map(Vec::len), Some(n));
+}
+
+/// JSON-RPC: every sent call is a 2.0 object whose method is usable and not denied in any
+/// spelling; the reply to answered calls is JSON (or an empty 204).
+pub fn jsonrpc(data: &[u8]) {
+    let d = &dialects().jsonrpc;
+    let body = Bytes::copy_from_slice(data);
+    let headers = HeaderMap::new();
+    let reply = match d.decode(&request(&headers, None, &body, &Method::POST)) {
+        Err(rejection) => d.reject(&rejection),
+        Ok(plan) => {
+            let outcomes: Vec<Outcome> = plan
+                .items
+                .iter()
+                .map(|item| match item {
+                    Ok(sub) => {
+                        let call: serde_json::Value =
+                            serde_json::from_slice(sub.body.as_deref().unwrap_or_default())
+                                .expect("a sent call is JSON");
+                        assert_eq!(call["jsonrpc"], "2.0");
+                        let method = call["method"].as_str().expect("method is a string");
+                        let key = method_key(method).expect("a sent method is usable");
+                        assert!(key != "admin_stop" && key != "debug.dump", "denied {method:?} sent");
+                        let id = call.get("id").cloned().unwrap_or(serde_json::Value::Null);
+                        let answer = serde_json::json!({"jsonrpc": "2.0", "result": method, "id": id});
+                        let mut headers = HeaderMap::new();
+                        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        Outcome::Response(UpstreamResponse {
+                            status: 200,
+                            headers,
+                            body: Bytes::from(answer.to_string()),
+                        })
+                    }
+                    Err(decided) => decided.clone(),
+                })
+                .collect();
+            d.encode(plan.meta, outcomes)
+        }
+    };
+    if !reply.body.is_empty() {
+        assert_json(&reply.body, "jsonrpc");
+    }
+}
+
+/// Fan-out: the first line is the query string, the rest the body; every part's path is the
+/// template with each value as one percent-encoded segment or query value.
+pub fn fanout(data: &[u8]) {
+    let d = &dialects().fanout;
+    let (query, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    let Ok(query) = std::str::from_utf8(query) else {
+        return;
+    };
+    let body = Bytes::copy_from_slice(body);
+    let headers = HeaderMap::new();
+    let Ok(plan) = d.decode(&request(&headers, Some(query), &body, &Method::GET)) else {
+        return;
+    };
+    let outcomes: Vec<Outcome> = plan
+        .items
+        .iter()
+        .map(|item| match item {
+            Ok(sub) => {
+                assert_safe(sub, "/v2/item/");
+                let (path, query) = sub.path.split_once('?').expect("the template has a query");
+                let id = path.strip_prefix("/v2/item/").expect("template prefix");
+                assert!(
+                    id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%')),
+                    "id not encoded as one segment: {id:?}"
+                );
+                let group = query.strip_prefix("group=").expect("template query");
+                assert!(!group.contains('&') && !group.contains('='), "value broke out of the query: {query:?}");
+                answer(0, br#"{"url":"https://example.invalid/x"}"#)
+            }
+            Err(decided) => decided.clone(),
+        })
+        .collect();
+    let reply = d.encode(plan.meta, outcomes);
+    assert_json(&reply.body, "fanout");
+}
+
+/// An in-memory upstream connection: reads hand out the script in pieces whose sizes come
+/// from the first input byte; writes are swallowed.
+struct Script {
+    data: Vec<u8>,
+    at: usize,
+    piece: usize,
+}
+
+impl AsyncRead for Script {
+    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let end = self
+            .at
+            .saturating_add(self.piece)
+            .min(self.data.len())
+            .min(self.at + buf.remaining());
+        let chunk = &self.data[self.at..end];
+        buf.put_slice(chunk);
+        self.at = end;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Script {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Most body bytes the reader may accept in `h1_response`.
+const BODY_LIMIT: usize = 4096;
+
+/// The HTTP/1.1 response reader on arbitrary upstream bytes (first byte: read piece size and
+/// method; the rest: what the upstream sends, then EOF).
+pub fn h1_response(data: &[u8]) {
+    let Some((&control, answer)) = data.split_first() else {
+        return;
+    };
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    });
+    // Bit 6: everything the upstream sent is readable at once (as when a late answer is
+    // already in the socket); otherwise it arrives in pieces of 1..=64 bytes.
+    let all_at_once = control & 0x40 != 0;
+    let mut stream = Script {
+        data: answer.to_vec(),
+        at: 0,
+        piece: if all_at_once {
+            usize::MAX
+        } else {
+            usize::from(control & 0x3f) + 1
+        },
+    };
+    let method = if control & 0x80 != 0 { Method::HEAD } else { Method::GET };
+    let sub = SubRequest {
+        method,
+        path: "/x".into(),
+        headers: vec![(HeaderName::from_static("accept"), HeaderValue::from_static("*/*"))],
+        body: None,
+    };
+    let batch = BatchHeaders {
+        host: HeaderValue::from_static("upstream.test"),
+        common: Vec::new(),
+        max_response_bytes: BODY_LIMIT,
+        item_timeout: Duration::from_secs(60),
+    };
+    let timeouts = Timeouts {
+        read: Duration::from_secs(60),
+        write: Duration::from_secs(60),
+    };
+    let result = runtime.block_on(exchange(&mut stream, &sub, &batch, timeouts));
+    let Ok(exchanged) = result else {
+        return;
+    };
+    let response = &exchanged.response;
+    assert!(response.body.len() <= BODY_LIMIT, "body over the limit accepted");
+    assert!((100..=999).contains(&response.status));
+    assert!(
+        batchgate::upstream::head_size(&response.headers) <= MAX_RESPONSE_HEAD_BYTES,
+        "head over the limit accepted"
+    );
+    // Bytes beyond the response that the reader saw must stop reuse. (Bytes that had not
+    // arrived yet when the response ended are the pool's business: it checks a connection
+    // for unasked-for bytes right before reusing it.)
+    if exchanged.reusable && all_at_once {
+        assert_eq!(stream.at, stream.data.len(), "reusable with bytes left over");
+    }
+}
