@@ -112,10 +112,19 @@ fn dialects() -> &'static Dialects {
 /// What every item a decoder lets through must look like, checked without the guard code.
 fn assert_safe(sub: &SubRequest, path_prefix: &str) {
     let path = sub.path.as_bytes();
-    assert!(sub.path.starts_with(path_prefix), "outside the prefix: {:?}", sub.path);
-    assert!(path.first() == Some(&b'/') && path.get(1) != Some(&b'/'), "not origin-form: {:?}", sub.path);
     assert!(
-        path.iter().all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'\\')),
+        sub.path.starts_with(path_prefix),
+        "outside the prefix: {:?}",
+        sub.path
+    );
+    assert!(
+        path.first() == Some(&b'/') && path.get(1) != Some(&b'/'),
+        "not origin-form: {:?}",
+        sub.path
+    );
+    assert!(
+        path.iter()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'#' | b'\\')),
         "a byte that must not go on the request line: {:?}",
         sub.path
     );
@@ -123,9 +132,15 @@ fn assert_safe(sub: &SubRequest, path_prefix: &str) {
     for segment in path_only.split('/') {
         let decoded = percent_decode(segment.as_bytes());
         let name = decoded.split(|b| *b == b';').next().unwrap_or_default();
-        assert!(name != b"." && name != b"..", "dot segment in {:?}", sub.path);
         assert!(
-            !decoded.iter().any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control()),
+            name != b"." && name != b"..",
+            "dot segment in {:?}",
+            sub.path
+        );
+        assert!(
+            !decoded
+                .iter()
+                .any(|b| *b == b'/' || *b == b'\\' || b.is_ascii_control()),
             "encoded separator or control byte in {:?}",
             sub.path
         );
@@ -137,9 +152,16 @@ fn assert_safe(sub: &SubRequest, path_prefix: &str) {
         sub.path
     );
     for (name, value) in &sub.headers {
-        assert_eq!(ownership(name.as_str()), None, "proxy-owned header {name} let through");
+        assert_eq!(
+            ownership(name.as_str()),
+            None,
+            "proxy-owned header {name} let through"
+        );
         assert!(
-            !value.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
+            !value
+                .as_bytes()
+                .iter()
+                .any(|b| matches!(b, b'\r' | b'\n' | 0)),
             "CR, LF or NUL in {name}"
         );
     }
@@ -164,7 +186,12 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
-fn request<'a>(headers: &'a HeaderMap, query: Option<&'a str>, body: &'a Bytes, method: &'a Method) -> BatchRequest<'a> {
+fn request<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    body: &'a Bytes,
+    method: &'a Method,
+) -> BatchRequest<'a> {
     BatchRequest {
         method,
         query,
@@ -191,7 +218,10 @@ fn answer(kind: u8, bytes: &[u8]) -> Outcome {
 
 fn assert_json(reply: &[u8], what: &str) -> serde_json::Value {
     serde_json::from_slice(reply).unwrap_or_else(|e| {
-        panic!("{what} reply is not JSON ({e}): {:?}", String::from_utf8_lossy(reply))
+        panic!(
+            "{what} reply is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(reply)
+        )
     })
 }
 
@@ -249,9 +279,13 @@ pub fn jsonrpc(data: &[u8]) {
                         assert_eq!(call["jsonrpc"], "2.0");
                         let method = call["method"].as_str().expect("method is a string");
                         let key = method_key(method).expect("a sent method is usable");
-                        assert!(key != "admin_stop" && key != "debug.dump", "denied {method:?} sent");
+                        assert!(
+                            key != "admin_stop" && key != "debug.dump",
+                            "denied {method:?} sent"
+                        );
                         let id = call.get("id").cloned().unwrap_or(serde_json::Value::Null);
-                        let answer = serde_json::json!({"jsonrpc": "2.0", "result": method, "id": id});
+                        let answer =
+                            serde_json::json!({"jsonrpc": "2.0", "result": method, "id": id});
                         let mut headers = HeaderMap::new();
                         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                         Outcome::Response(UpstreamResponse {
@@ -296,11 +330,15 @@ pub fn fanout(data: &[u8]) {
                 let (path, query) = sub.path.split_once('?').expect("the template has a query");
                 let id = path.strip_prefix("/v2/item/").expect("template prefix");
                 assert!(
-                    id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%')),
+                    id.bytes().all(|b| b.is_ascii_alphanumeric()
+                        || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%')),
                     "id not encoded as one segment: {id:?}"
                 );
                 let group = query.strip_prefix("group=").expect("template query");
-                assert!(!group.contains('&') && !group.contains('='), "value broke out of the query: {query:?}");
+                assert!(
+                    !group.contains('&') && !group.contains('='),
+                    "value broke out of the query: {query:?}"
+                );
                 answer(0, br#"{"url":"https://example.invalid/x"}"#)
             }
             Err(decided) => decided.clone(),
@@ -319,7 +357,11 @@ struct Script {
 }
 
 impl AsyncRead for Script {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let end = self
             .at
             .saturating_add(self.piece)
@@ -333,7 +375,11 @@ impl AsyncRead for Script {
 }
 
 impl AsyncWrite for Script {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -372,11 +418,18 @@ pub fn h1_response(data: &[u8]) {
             usize::from(control & 0x3f) + 1
         },
     };
-    let method = if control & 0x80 != 0 { Method::HEAD } else { Method::GET };
+    let method = if control & 0x80 != 0 {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
     let sub = SubRequest {
         method,
         path: "/x".into(),
-        headers: vec![(HeaderName::from_static("accept"), HeaderValue::from_static("*/*"))],
+        headers: vec![(
+            HeaderName::from_static("accept"),
+            HeaderValue::from_static("*/*"),
+        )],
         body: None,
     };
     let batch = BatchHeaders {
@@ -394,7 +447,10 @@ pub fn h1_response(data: &[u8]) {
         return;
     };
     let response = &exchanged.response;
-    assert!(response.body.len() <= BODY_LIMIT, "body over the limit accepted");
+    assert!(
+        response.body.len() <= BODY_LIMIT,
+        "body over the limit accepted"
+    );
     assert!((100..=999).contains(&response.status));
     assert!(
         batchgate::upstream::head_size(&response.headers) <= MAX_RESPONSE_HEAD_BYTES,
@@ -404,6 +460,10 @@ pub fn h1_response(data: &[u8]) {
     // arrived yet when the response ended are the pool's business: it checks a connection
     // for unasked-for bytes right before reusing it.)
     if exchanged.reusable && all_at_once {
-        assert_eq!(stream.at, stream.data.len(), "reusable with bytes left over");
+        assert_eq!(
+            stream.at,
+            stream.data.len(),
+            "reusable with bytes left over"
+        );
     }
 }

@@ -543,9 +543,7 @@ async fn hostile_ids_stay_one_segment() {
     let upstream = Upstream::with_handler(per_id).await;
     let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
     let hostile = [
-        "../admin",
         "%2e%2e",
-        "a/b",
         "x?y=1",
         "..%2f..%2fetc",
         "a#b",
@@ -582,13 +580,26 @@ async fn hostile_ids_stay_one_segment() {
 }
 
 /// Proves ids that cannot be made safe are refused as a whole with 400 and nothing sent:
-/// 300 characters (over `max_length`), CR LF, other control characters, dot segments.
+/// 300 characters (over `max_length`), CR LF, other control characters, dot segments, and
+/// path separators (`%2F`/`%5C` in a path segment, which upstreams that decode before routing
+/// read as `/`: `..%2Fadmin` would climb out of the template).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_ids_are_rejected() {
     let upstream = Upstream::with_handler(per_id).await;
     let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
     let long = "a".repeat(300);
-    for id in [long.as_str(), "a\r\nb", "\r\n", "a\u{0}b", "..", ".", ""] {
+    for id in [
+        long.as_str(),
+        "a\r\nb",
+        "\r\n",
+        "a\u{0}b",
+        "..",
+        ".",
+        "",
+        "../admin",
+        "a/b",
+        "..\\admin",
+    ] {
         let resp = get_ids(&gate, &["1", id]).await;
         assert_huawei_error(&resp, 400, "InvalidParameter");
         assert_eq!(upstream.count(), 0, "{id:?}: nothing sent");

@@ -76,6 +76,12 @@ impl Dialect for Fanout {
                         .unwrap_or("")
                 }
             });
+            let path = path.map_err(|e| {
+                invalid_param(
+                    &e.placeholder,
+                    "contains '/' or '\\', which an upstream may decode into a path separator",
+                )
+            })?;
             plan.items.push(Ok(SubRequest {
                 method: self.config.request_method.clone(),
                 path,

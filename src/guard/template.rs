@@ -7,9 +7,12 @@
 use super::is_uri_byte;
 
 /// A per-id request target such as `/v2/items/{id}/url?group={group_id}`, compiled once.
-/// Every substituted value is percent-encoded for its position (all but RFC 3986 unreserved
-/// characters), so `../admin`, `a/b`, `%2F` or `x?y=1` stay inside one path segment or one
-/// query value.
+/// Every substituted value is percent-encoded (all but RFC 3986 unreserved characters), so
+/// `x?y=1`, `a&b=c` or `%2F` stay inside one path segment or one query value. A value in the
+/// path may not contain `/` or `\` at all: encoded they would be `%2F`/`%5C`, which upstreams
+/// that decode before routing (Apache with `AllowEncodedSlashes`, many frameworks) read as
+/// separators, so `..%2Fadmin` would climb out of the template; the URL guard refuses encoded
+/// separators in envelope urls for the same reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
     parts: Vec<TemplatePart>,
@@ -18,8 +21,18 @@ pub struct PathTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TemplatePart {
     Literal(String),
-    /// A placeholder; path and query positions get the same (strictest) encoding.
-    Value(String),
+    /// A placeholder, and whether it is in the path (before the `?`) rather than the query.
+    Value {
+        name: String,
+        in_path: bool,
+    },
+}
+
+/// A value that cannot be substituted where its placeholder is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{placeholder} contains '/' or '\\', which an upstream may decode into a path separator")]
+pub struct SeparatorInPath {
+    pub placeholder: String,
 }
 
 impl PathTemplate {
@@ -41,10 +54,17 @@ impl PathTemplate {
             if !known.contains(&name) {
                 return Err(format!("unknown placeholder {{{name}}} (known: {known:?})"));
             }
+            let in_query = parts
+                .iter()
+                .any(|p| matches!(p, TemplatePart::Literal(t) if t.contains('?')))
+                || literal.contains('?');
             if !literal.is_empty() {
                 parts.push(TemplatePart::Literal(literal.to_string()));
             }
-            parts.push(TemplatePart::Value(name.to_string()));
+            parts.push(TemplatePart::Value {
+                name: name.to_string(),
+                in_path: !in_query,
+            });
             rest = after.get(close + 1..).unwrap_or_default();
         }
         for part in &parts {
@@ -63,26 +83,29 @@ impl PathTemplate {
     }
 
     /// Builds the target; `value` gives each placeholder's raw (unencoded) text.
-    pub fn render<'a>(&self, value: impl Fn(&str) -> &'a str) -> String {
+    pub fn render<'a>(&self, value: impl Fn(&str) -> &'a str) -> Result<String, SeparatorInPath> {
         let mut out = String::with_capacity(64);
         for part in &self.parts {
             match part {
                 TemplatePart::Literal(text) => out.push_str(text),
-                TemplatePart::Value(name) => {
-                    out.extend(percent_encoding::utf8_percent_encode(
-                        value(name),
-                        COMPONENT,
-                    ));
+                TemplatePart::Value { name, in_path } => {
+                    let raw = value(name);
+                    if *in_path && raw.contains(['/', '\\']) {
+                        return Err(SeparatorInPath {
+                            placeholder: name.clone(),
+                        });
+                    }
+                    out.extend(percent_encoding::utf8_percent_encode(raw, COMPONENT));
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Placeholder names used, in order.
     pub fn placeholders(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
-            TemplatePart::Value(name) => Some(name.as_str()),
+            TemplatePart::Value { name, .. } => Some(name.as_str()),
             TemplatePart::Literal(_) => None,
         })
     }
@@ -105,8 +128,6 @@ mod tests {
         let t = PathTemplate::parse("/v2/items/{id}/url?group={group}", &["id", "group"])
             .expect("valid");
         let cases = [
-            ("../admin", "/v2/items/..%2Fadmin/url?group=g%26x%3D1"),
-            ("a/b", "/v2/items/a%2Fb/url?group=g%26x%3D1"),
             ("%2F", "/v2/items/%252F/url?group=g%26x%3D1"),
             ("x?y=1", "/v2/items/x%3Fy%3D1/url?group=g%26x%3D1"),
             (
@@ -116,8 +137,20 @@ mod tests {
         ];
         for (id, expected) in cases {
             let target = t.render(|name| if name == "id" { id } else { "g&x=1" });
-            assert_eq!(target, expected, "{id:?}");
+            assert_eq!(target.as_deref(), Ok(expected), "{id:?}");
         }
+        // A separator in a path value would be %2F / %5C, which lenient upstreams decode.
+        for id in ["../admin", "a/b", "..\\admin"] {
+            let target = t.render(|name| if name == "id" { id } else { "g" });
+            assert_eq!(
+                target.map_err(|e| e.placeholder),
+                Err("id".to_string()),
+                "{id:?}"
+            );
+        }
+        // In the query it is only a value.
+        let target = t.render(|name| if name == "id" { "1" } else { "a/b\\c" });
+        assert_eq!(target.as_deref(), Ok("/v2/items/1/url?group=a%2Fb%5Cc"));
     }
 
     #[test]

@@ -1,0 +1,54 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the same property
+//! checks the fuzz targets run (`fuzz/props.rs`), as ordinary tests: CI does no fuzzing, but
+//! every input the fuzzer found interesting keeps being checked. Fuzzing itself is
+//! `cargo +nightly fuzz run <target>` in `fuzz/` (docs/RELIABILITY.md).
+
+#[path = "../fuzz/props.rs"]
+mod props;
+
+use std::path::Path;
+
+/// Runs `check` on every file of one target's corpus; there must be some.
+fn replay(target: &str, check: fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("corpus file");
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        assert!(
+            outcome.is_ok(),
+            "{target}: {} fails its property",
+            path.display()
+        );
+        inputs += 1;
+    }
+    assert!(inputs > 0, "{target}: empty corpus");
+}
+
+/// Every envelope corpus input: sent children pass the guards, replies are JSON.
+#[test]
+fn envelope_corpus() {
+    replay("envelope", props::envelope);
+}
+
+/// Every JSON-RPC corpus input: no denied or unusable method is sent, replies are JSON.
+#[test]
+fn jsonrpc_corpus() {
+    replay("jsonrpc", props::jsonrpc);
+}
+
+/// Every fan-out corpus input: each id stays one encoded path segment or query value.
+#[test]
+fn fanout_corpus() {
+    replay("fanout", props::fanout);
+}
+
+/// Every upstream-response corpus input: heads and bodies within their limits, nothing
+/// left over on a connection marked reusable.
+#[test]
+fn h1_response_corpus() {
+    replay("h1_response", props::h1_response);
+}
