@@ -7,6 +7,7 @@
 
 mod batch;
 mod body;
+mod passthrough;
 
 use crate::config::{Config, DialectConfig, RouteConfig};
 use crate::dialect::envelope::Envelope;
@@ -19,7 +20,7 @@ use crate::upstream::UpstreamClient;
 use async_trait::async_trait;
 use batch::{request_id, write_reply, BatchSummary};
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::HOST;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -223,37 +224,7 @@ impl ProxyHttp for BatchGate {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The same upstream trusts these on batch items, where the proxy owns them; a client
-        // must not be able to forge them by skipping the batch route. One list for both
-        // paths (`guard::owned`), underscore spellings included.
-        let dropped: Vec<http::HeaderName> = upstream_request
-            .headers
-            .keys()
-            .filter(|name| crate::guard::owned::dropped_on_passthrough(name.as_str()))
-            .cloned()
-            .collect();
-        for name in &dropped {
-            upstream_request.remove_header(name);
-        }
-        let request_id = request_id(session.req_header());
-        upstream_request.insert_header(batch::REQUEST_ID, request_id)?;
-        // pingora accepts `Content-Length: 5, 5` (RFC 9110 lets it) but forwards it as
-        // written; the upstream gets the one length pingora framed the body with.
-        let listed = upstream_request
-            .headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes().contains(&b','));
-        if listed && !upstream_request.headers.contains_key(TRANSFER_ENCODING) {
-            if let Some(length) = body::declared_length(upstream_request) {
-                upstream_request.insert_header(CONTENT_LENGTH, length)?;
-            }
-        }
-        // A HEAD answer declares a body it does not carry; an upstream that sends it anyway,
-        // late, would have it read as the next request's answer on a pooled connection.
-        // pingora decides reuse from the request too: this connection is not pooled.
-        if upstream_request.method == http::Method::HEAD {
-            upstream_request.insert_header(CONNECTION, "close")?;
-        }
+        passthrough::prepare_request(session.req_header(), upstream_request)?;
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())

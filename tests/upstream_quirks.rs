@@ -220,3 +220,28 @@ async fn admin_serves_http10_and_pipelined_probes() {
     assert_eq!(metrics.status, 200);
     assert!(metrics.body_str().contains("batchgate_build_info"));
 }
+
+/// Pass-through framing that could poison a pooled upstream connection is fixed on the way:
+/// a `Content-Length: N, N` list goes upstream as one `N` (pingora framed the body by it),
+/// and a HEAD carries `Connection: close`, so a late body the upstream might still send after
+/// its bodiless answer cannot be read as the next request's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_framing_is_normalised() {
+    let upstream = Upstream::echo().await;
+    let gate = GateConfig::new(upstream.addr).start().await;
+    let raw = b"POST /v2/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\nhello";
+    let reply = common::client::send_raw(gate.addr, raw)
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    let head = b"HEAD /v2/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let reply = common::client::send_raw(gate.addr, head)
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    let seen = upstream.requests();
+    assert_eq!(seen[0].header_all("content-length"), ["5"]);
+    assert_eq!(seen[0].body_str(), "hello");
+    assert_eq!(seen[1].method, "HEAD");
+    assert_eq!(seen[1].header("connection"), Some("close"));
+}
