@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue};
 
 pub mod owned;
 mod template;
-pub use template::{PathTemplate, SeparatorInPath};
+pub use template::{PathTemplate, UnsafePathValue};
 
 /// Why a child URL or header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -599,6 +599,8 @@ async fn unsafe_ids_are_rejected() {
         "../admin",
         "a/b",
         "..\\admin",
+        "..;",
+        ".;x=1",
     ] {
         let resp = get_ids(&gate, &["1", id]).await;
         assert_huawei_error(&resp, 400, "InvalidParameter");

@@ -10,6 +10,7 @@ use super::{
     BatchRequest, Dialect, ItemError, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest,
 };
 use crate::config::{FanoutConfig, FieldRule, FieldSource, OnItemError};
+use crate::guard::UnsafePathValue;
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use serde_json::value::RawValue;
@@ -76,12 +77,7 @@ impl Dialect for Fanout {
                         .unwrap_or("")
                 }
             });
-            let path = path.map_err(|e| {
-                invalid_param(
-                    &e.placeholder,
-                    "contains '/' or '\\', which an upstream may decode into a path separator",
-                )
-            })?;
+            let path = path.map_err(|e| invalid_param(&e.placeholder, UnsafePathValue::REASON))?;
             plan.items.push(Ok(SubRequest {
                 method: self.config.request_method.clone(),
                 path,

@@ -9,10 +9,11 @@ use super::is_uri_byte;
 /// A per-id request target such as `/v2/items/{id}/url?group={group_id}`, compiled once.
 /// Every substituted value is percent-encoded (all but RFC 3986 unreserved characters), so
 /// `x?y=1`, `a&b=c` or `%2F` stay inside one path segment or one query value. A value in the
-/// path may not contain `/` or `\` at all: encoded they would be `%2F`/`%5C`, which upstreams
-/// that decode before routing (Apache with `AllowEncodedSlashes`, many frameworks) read as
-/// separators, so `..%2Fadmin` would climb out of the template; the URL guard refuses encoded
-/// separators in envelope urls for the same reason.
+/// path may not contain `/` or `\` at all, nor be `.` or `..` before any `;`: encoded they
+/// would be `%2F`/`%5C`/`..%3B`, which upstreams that decode before routing (Apache with
+/// `AllowEncodedSlashes`, many frameworks) read as separators and dot segments, so
+/// `..%2Fadmin` would climb out of the template; the URL guard refuses them in envelope urls
+/// for the same reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
     parts: Vec<TemplatePart>,
@@ -30,9 +31,22 @@ enum TemplatePart {
 
 /// A value that cannot be substituted where its placeholder is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{placeholder} contains '/' or '\\', which an upstream may decode into a path separator")]
-pub struct SeparatorInPath {
+#[error("{placeholder} {}", UnsafePathValue::REASON)]
+pub struct UnsafePathValue {
     pub placeholder: String,
+}
+
+impl UnsafePathValue {
+    /// Why, as a phrase that follows the placeholder's name.
+    pub const REASON: &'static str = "would be a path separator or a dot segment once an upstream decodes it ('/', '\\', or '.' or '..' before any ';')";
+}
+
+/// Whether `value` may be one path segment: encoded, it must not turn back into a separator
+/// or a dot segment in an upstream that decodes before routing. `..;x` counts as `..`, as
+/// Tomcat, Jetty and Spring drop `;params` (the URL guard's rule for envelope urls).
+fn safe_in_path(value: &str) -> bool {
+    let name = value.split(';').next().unwrap_or_default();
+    !value.contains(['/', '\\']) && name != "." && name != ".."
 }
 
 impl PathTemplate {
@@ -83,15 +97,15 @@ impl PathTemplate {
     }
 
     /// Builds the target; `value` gives each placeholder's raw (unencoded) text.
-    pub fn render<'a>(&self, value: impl Fn(&str) -> &'a str) -> Result<String, SeparatorInPath> {
+    pub fn render<'a>(&self, value: impl Fn(&str) -> &'a str) -> Result<String, UnsafePathValue> {
         let mut out = String::with_capacity(64);
         for part in &self.parts {
             match part {
                 TemplatePart::Literal(text) => out.push_str(text),
                 TemplatePart::Value { name, in_path } => {
                     let raw = value(name);
-                    if *in_path && raw.contains(['/', '\\']) {
-                        return Err(SeparatorInPath {
+                    if *in_path && !safe_in_path(raw) {
+                        return Err(UnsafePathValue {
                             placeholder: name.clone(),
                         });
                     }
@@ -140,7 +154,16 @@ mod tests {
             assert_eq!(target.as_deref(), Ok(expected), "{id:?}");
         }
         // A separator in a path value would be %2F / %5C, which lenient upstreams decode.
-        for id in ["../admin", "a/b", "..\\admin"] {
+        for id in [
+            "../admin",
+            "a/b",
+            "..\\admin",
+            "..",
+            ".",
+            "..;",
+            ".;x",
+            "..;a=b",
+        ] {
             let target = t.render(|name| if name == "id" { id } else { "g" });
             assert_eq!(
                 target.map_err(|e| e.placeholder),
