@@ -40,6 +40,9 @@ use tokio::time::{Instant, Sleep};
 
 /// What a connection over the cap is told before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 37\r\nConnection: close\r\n\r\ntoo many connections, try again later";
+/// What a client whose request head grows past `client_max_head_bytes` is told, once, before
+/// the connection closes.
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 /// How long writing that answer may take; a fresh socket's buffer takes it at once.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -84,6 +87,8 @@ struct ClockState {
     /// Body phase: when it began and how many bytes arrived since.
     body_started: Instant,
     body_bytes: u64,
+    /// Head phase: bytes read since the head began.
+    head_bytes: usize,
     /// The phase whose deadline passed, once one has.
     expired: Option<Phase>,
 }
@@ -99,6 +104,7 @@ impl ClientClock {
                 deadline: Some(now + limits.header_timeout),
                 body_started: now,
                 body_bytes: 0,
+                head_bytes: 0,
                 expired: None,
             }),
             metrics,
@@ -153,17 +159,22 @@ impl ClientClock {
         self.lock().expired
     }
 
-    /// `n` bytes were read: a request starts, or a body moves its deadline on.
-    fn on_read(&self, n: usize) {
+    /// `n` bytes were read: a request starts, a head grows (false once it is over the head
+    /// limit), or a body moves its deadline on.
+    fn on_read(&self, n: usize) -> bool {
         if n == 0 {
-            return;
+            return true;
         }
         let mut state = self.lock();
         match state.phase {
             Phase::Idle => {
                 state.phase = Phase::Head;
+                state.head_bytes = n;
                 state.deadline = Some(Instant::now() + self.limits.header_timeout);
             }
+            // What was read before pingora parsed the head: the head and at most one read's
+            // worth of what follows it; checked below.
+            Phase::Head => state.head_bytes = state.head_bytes.saturating_add(n),
             Phase::Body => {
                 state.body_bytes = state.body_bytes.saturating_add(n as u64);
                 if let Some(rate) = std::num::NonZeroU64::new(self.limits.body_min_rate) {
@@ -172,8 +183,9 @@ impl ClientClock {
                     state.deadline = Some(state.body_started + self.limits.body_timeout + earned);
                 }
             }
-            Phase::Head | Phase::Answering => {}
+            Phase::Answering => {}
         }
+        !(state.phase == Phase::Head && state.head_bytes > self.limits.max_head_bytes)
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -212,8 +224,19 @@ impl AsyncRead for DeadlineStream {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.clock.on_read(buf.filled().len() - before);
-                Poll::Ready(Ok(()))
+                if this.clock.on_read(buf.filled().len() - before) {
+                    return Poll::Ready(Ok(()));
+                }
+                // Over the head limit: say so if the socket takes it at once, then fail the
+                // read so pingora closes the connection without buffering more.
+                if let Some(metrics) = &this.clock.metrics {
+                    metrics.head_too_large.inc();
+                }
+                let _ = Pin::new(&mut this.inner).poll_write(cx, HEAD_TOO_LARGE);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the request head exceeds client_max_head_bytes",
+                )))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {

@@ -71,6 +71,7 @@ pub struct Families {
     pub client_connections: IntGaugeVec,
     pub client_connections_refused: IntCounterVec,
     pub client_timeouts: IntCounterVec,
+    pub client_heads_too_large: IntCounterVec,
 }
 
 /// The families, registered on first use. Registration only fails on a duplicate name, which
@@ -169,6 +170,11 @@ fn register() -> prometheus::Result<Families> {
             "Client connections cut off because a read deadline passed, by phase (idle between requests, head, body).",
             &["listener", "phase"]
         )?,
+        client_heads_too_large: register_int_counter_vec!(
+            "batchgate_client_heads_too_large_total",
+            "Client connections closed with 431 because a request head grew past server.client_max_head_bytes.",
+            &["listener"]
+        )?,
     })
 }
 
@@ -181,6 +187,7 @@ pub const CLIENT_TIMEOUT_PHASES: &[&str] = &["idle", "head", "body"];
 pub struct ClientMetrics {
     pub open: IntGauge,
     pub refused: IntCounter,
+    pub head_too_large: IntCounter,
     timeouts: Vec<IntCounter>,
 }
 
@@ -190,6 +197,7 @@ impl ClientMetrics {
         Some(ClientMetrics {
             open: f.client_connections.with_label_values(&[listener]),
             refused: f.client_connections_refused.with_label_values(&[listener]),
+            head_too_large: f.client_heads_too_large.with_label_values(&[listener]),
             timeouts: CLIENT_TIMEOUT_PHASES
                 .iter()
                 .map(|phase| f.client_timeouts.with_label_values(&[listener, phase]))

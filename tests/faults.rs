@@ -619,3 +619,41 @@ async fn half_closing_and_resetting_clients() {
     drop(reset);
     assert_recovered(&gate).await;
 }
+
+/// A request head larger than `client_max_head_bytes` (pingora alone buffers up to 1 MiB per
+/// head) is refused with 431 and a close, however it is sent; one under the limit is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    let upstream = Scripted::start(upstream_with(|_| vec![Step::write(OK)])).await;
+    let gate = gate_for(&upstream, &[], &["client_max_head_bytes = 16384"]).await;
+    let big = format!(
+        "GET /v2/ok HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    for chunk in [big.len(), 1000] {
+        let mut conn = TcpStream::connect(gate.addr).await.expect("connect");
+        for piece in big.as_bytes().chunks(chunk) {
+            if conn.write_all(piece).await.is_err() {
+                break;
+            }
+        }
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut reply)).await;
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 431"),
+            "{text}"
+        );
+    }
+    let fits = format!(
+        "GET /v2/ok HTTP/1.1\r\nHost: x\r\nX-Fits: {}\r\n\r\n",
+        "a".repeat(12_000)
+    );
+    let mut conn = Conn::connect(gate.addr).await;
+    assert_eq!(conn.send(fits.as_bytes()).await.status, 200);
+    let metrics = scrape(gate.admin).await;
+    assert_eq!(
+        metrics.sum("batchgate_client_heads_too_large_total", &[]),
+        2.0
+    );
+}

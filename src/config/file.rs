@@ -42,6 +42,7 @@ pub struct ServerSection {
     pub client_body_timeout: Option<String>,
     pub client_body_min_rate: Option<i64>,
     pub max_client_connections: Option<i64>,
+    pub client_max_head_bytes: Option<i64>,
 }
 
 /// `[admin]`: the separate listener for `/metrics`, `/healthz` and `/readyz`.

@@ -84,6 +84,8 @@ pub struct ClientLimits {
     pub body_min_rate: u64,
     /// Open connections per listener; beyond it new connections are refused.
     pub max_connections: usize,
+    /// Bytes a request head may take (pingora's own limit is 1 MiB per head).
+    pub max_head_bytes: usize,
 }
 
 /// One upstream API.

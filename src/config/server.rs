@@ -56,6 +56,10 @@ pub const DEFAULT_CLIENT_BODY_MIN_RATE: usize = 1024;
 /// Open client connections per listener. Each holds a file descriptor and up to a few hundred
 /// KiB of buffers (docs/RELIABILITY.md); nginx's default is 512 per worker.
 pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Bytes of one request head (request line and headers). pingora buffers up to 1 MiB per
+/// head, which times `max_client_connections` is gigabytes; Envoy's default is 60 KiB,
+/// nginx's `large_client_header_buffers` 4 × 8 KiB.
+pub const DEFAULT_CLIENT_MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Upper bounds that keep a typo from turning into an outage.
 const MAX_IN_FLIGHT_LIMIT: i64 = 1_000_000;
@@ -143,6 +147,14 @@ fn client_limits(section: &ServerSection, problems: &mut Problems) -> ClientLimi
             1,
             MAX_CLIENT_CONNECTIONS_LIMIT,
             &["server", "max_client_connections"],
+            problems,
+        ),
+        max_head_bytes: bounded(
+            section.client_max_head_bytes,
+            DEFAULT_CLIENT_MAX_HEAD_BYTES,
+            1024,
+            1 << 20,
+            &["server", "client_max_head_bytes"],
             problems,
         ),
     }
