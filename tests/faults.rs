@@ -105,6 +105,7 @@ async fn assert_recovered(gate: &Gate) {
 /// Peak RSS grew by less than `mib` since `baseline` (KiB).
 fn assert_memory_bounded(gate: &Gate, baseline: u64, mib: u64) {
     let (rss, peak) = gate.memory_kib();
+    eprintln!("peak RSS grew by {} KiB", peak.saturating_sub(baseline));
     assert!(
         peak.saturating_sub(baseline) < mib * 1024,
         "peak RSS grew from {baseline} KiB to {peak} KiB (now {rss} KiB)"

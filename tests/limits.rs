@@ -408,3 +408,63 @@ async fn gate_serves_after_cancelled_batch() {
     assert_eq!(by_id(&replies, "item-1")["status"], 200);
     assert!(started.elapsed() < Duration::from_millis(2000));
 }
+
+/// `max_reply_bytes` bounds the reply as encoded: text full of control characters is six
+/// times larger once escaped, and binary 4/3 once base64-encoded, so such bodies are charged
+/// by what they become. A 1.2 kB batch once made a 100 MB reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_budget_counts_encoded_bytes() {
+    // 100 kB of \u0001 (600 kB escaped) and 100 kB of binary (133 kB as base64) per item.
+    let upstream = Upstream::with_handler(|req| {
+        if req.target.contains("bin") {
+            Reply::bytes(200, "application/octet-stream", &[0xff; 100_000])
+        } else {
+            Reply::bytes(200, "text/plain", &[0x01; 100_000])
+        }
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_reply_bytes = 1000000")
+        .route("max_item_response_bytes = 200000")
+        .start()
+        .await;
+    let items: Vec<Value> = (0..10)
+        .map(|i| item(&i.to_string(), "GET", &format!("/file/text{i}")))
+        .chain((0..10).map(|i| item(&format!("b{i}"), "GET", &format!("/file/bin{i}"))))
+        .collect();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items)).await;
+    assert!(
+        resp.body.len() <= 1_000_000 + 20 * 256,
+        "the reply is {} bytes, over max_reply_bytes plus per-item framing",
+        resp.body.len()
+    );
+    let replies = responses(&resp);
+    let sent = replies.iter().filter(|r| r["status"] == 200).count();
+    let dropped = replies
+        .iter()
+        .filter(|r| r["body"]["code"] == "ReplyTooLarge")
+        .count();
+    assert_eq!(sent + dropped, 20);
+    // One escaped text (600 kB) fits, a second does not; base64 bodies (133 kB) fill the rest.
+    assert!(sent >= 2 && dropped >= 9, "{sent} sent, {dropped} dropped");
+}
+
+/// A `Content-Length: N, N` list is a body like a plain `N`: the media type is checked (415)
+/// and a declared size over `max_body_bytes` is refused before reading (413).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_lists_are_checked_like_lengths() {
+    let upstream = Upstream::echo().await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("max_body_bytes = 1000")
+        .start()
+        .await;
+    let wrong_type = b"POST /v2/batch HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\n{}";
+    let resp = client::send_raw(gate.addr, wrong_type)
+        .await
+        .expect("reply");
+    assert_eq!(resp.status, 415, "{}", String::from_utf8_lossy(&resp.body));
+    let too_big = b"POST /v2/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000, 5000\r\nConnection: close\r\n\r\n";
+    let resp = client::send_raw(gate.addr, too_big).await.expect("reply");
+    assert_eq!(resp.status, 413, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(upstream.count(), 0);
+}

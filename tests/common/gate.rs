@@ -20,9 +20,14 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Path of the `batchgate` binary built by cargo for these tests.
+/// Path of the `batchgate` binary built by cargo for these tests, or `BATCHGATE_TEST_BIN`
+/// (to run a test file against another build, e.g. to show a test fails before a fix).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_batchgate")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BATCHGATE_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_batchgate").to_string())
+    })
 }
 
 /// A fresh, empty temp dir `batchgate-test-{pid}-{counter}`.
