@@ -178,9 +178,12 @@ impl ClientClock {
             Phase::Body => {
                 state.body_bytes = state.body_bytes.saturating_add(n as u64);
                 if let Some(rate) = std::num::NonZeroU64::new(self.limits.body_min_rate) {
-                    let earned =
-                        Duration::from_secs_f64(state.body_bytes as f64 / rate.get() as f64);
-                    state.deadline = Some(state.body_started + self.limits.body_timeout + earned);
+                    // Whole seconds earned; saturating, so no body size can overflow a clock.
+                    let earned = Duration::from_secs(state.body_bytes / rate.get());
+                    let allowed = self.limits.body_timeout.saturating_add(earned);
+                    if let Some(deadline) = state.body_started.checked_add(allowed) {
+                        state.deadline = Some(deadline);
+                    }
                 }
             }
             Phase::Answering => {}
