@@ -77,7 +77,59 @@ pub async fn start(config_toml: &str) -> Gate {
 }
 
 /// Like [`start`], with extra environment variables for the child.
+///
+/// Ports are picked by binding `:0` and letting go, so another test process can take one
+/// before the gate binds it; a gate that exits because its address is in use is started
+/// again on fresh ports (up to three times) instead of failing the test.
 pub async fn start_with_env(config_toml: &str, envs: &[(&str, &str)]) -> Gate {
+    for _ in 0..2 {
+        match try_start(config_toml, envs).await {
+            Ok(gate) => return gate,
+            // The child is killed when the failed `Gate` is dropped.
+            Err(stderr) if stderr.contains("in use") => continue,
+            Err(stderr) => panic!("{stderr}"),
+        }
+    }
+    try_start(config_toml, envs)
+        .await
+        .unwrap_or_else(|stderr| panic!("{stderr}"))
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port` (from `/proc/net/tcp*` and
+/// the process's file descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1, st field 3 (0A = LISTEN), inode field 9.
+            if let (Some(local), Some(&"0A"), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            {
+                if local.ends_with(&wanted) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path())
+            .map(|target| {
+                inodes
+                    .iter()
+                    .any(|inode| target.as_os_str() == inode.as_str())
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// One start; `Err` with the whole report when the gate exits during startup.
+async fn try_start(config_toml: &str, envs: &[(&str, &str)]) -> Result<Gate, String> {
     let dir = fresh_dir();
     let (text, addr, admin) = render(config_toml, &dir);
     let config_path = dir.join("config.toml");
@@ -110,17 +162,29 @@ pub async fn start_with_env(config_toml: &str, envs: &[(&str, &str)]) -> Gate {
         dir,
     };
 
+    // The admin listener is checked too, unless the config turns it off.
+    let admin_enabled = !text.contains("enabled = false");
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return gate;
+        // Ready when the gate itself listens on `addr`: a connect alone could reach another
+        // process that took the port first.
+        let admin_ready = !admin_enabled || listens_on(gate.pid(), admin.port());
+        if admin_ready
+            && listens_on(gate.pid(), addr.port())
+            && tokio::net::TcpStream::connect(addr).await.is_ok()
+        {
+            return Ok(gate);
+        }
+        // pingora retries a bind that fails with "in use" every second, forever.
+        if gate.stderr().contains("is in use") {
+            return Err(format!("{addr} is in use by another process"));
         }
         if let Ok(Some(status)) = gate.child.try_wait() {
-            panic!(
+            return Err(format!(
                 "batchgate exited during startup ({status}).\n--- config ---\n{text}\n--- stderr ---\n{}\n--- stdout ---\n{}",
                 gate.stderr(),
                 gate.stdout()
-            );
+            ));
         }
         if Instant::now() >= deadline {
             panic!(
