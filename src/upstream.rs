@@ -24,6 +24,7 @@ use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -188,7 +189,7 @@ impl UpstreamClient {
                         Err(second) => second.into_outcome(),
                     }
                 } else {
-                    Outcome::UpstreamFailed(error.to_string())
+                    pingora_outcome(&error)
                 }
             }
             Err(other) => other.into_outcome(),
@@ -356,17 +357,28 @@ impl Failure {
     fn into_outcome(self) -> Outcome {
         match self {
             Failure::Connect(why) => Outcome::ConnectFailed(why),
-            Failure::Pingora { error, .. } => Outcome::UpstreamFailed(error.to_string()),
+            Failure::Pingora { error, .. } => pingora_outcome(&error),
             Failure::Protocol(why) => Outcome::UpstreamFailed(why),
             Failure::TooLarge(limit) => Outcome::ResponseTooLarge { limit },
         }
     }
 }
 
+/// A timeout is a timeout wherever it fires: the item timeout (in the executor) or a shorter
+/// per-read or per-write one here.
 fn h1_outcome(error: h1::ExchangeError) -> Outcome {
     match error {
         h1::ExchangeError::TooLarge(limit) => Outcome::ResponseTooLarge { limit },
+        h1::ExchangeError::Timeout(_) => Outcome::TimedOut,
         other => Outcome::UpstreamFailed(other.to_string()),
+    }
+}
+
+/// What an error from pingora's h2 session becomes (timeouts as in `h1_outcome`).
+fn pingora_outcome(error: &pingora::Error) -> Outcome {
+    match error.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::TimedOut,
+        _ => Outcome::UpstreamFailed(error.to_string()),
     }
 }
 

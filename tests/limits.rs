@@ -468,3 +468,26 @@ async fn content_length_lists_are_checked_like_lengths() {
     assert_eq!(resp.status, 413, "{}", String::from_utf8_lossy(&resp.body));
     assert_eq!(upstream.count(), 0);
 }
+
+/// A timeout is a timeout wherever it fires: an upstream `read_timeout` shorter than the
+/// route's `item_timeout` gives the item 504 `GatewayTimeout`, not a 502 connection failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_read_timeout_is_a_timeout() {
+    let upstream = slow_upstream(600).await;
+    let text = GateConfig::new(upstream.addr)
+        .route("item_timeout = \"10s\"")
+        .toml()
+        .replace(
+            "connect_timeout = \"1s\"\n",
+            "connect_timeout = \"1s\"\nread_timeout = \"200ms\"\n",
+        );
+    let gate = common::gate::start(&text).await;
+    let started = Instant::now();
+    let resp = post_items(&gate, 2).await;
+    let replies = responses(&resp);
+    assert_all_item_errors(&replies, 2, 504, "GatewayTimeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the read timeout fired, not the item timeout"
+    );
+}

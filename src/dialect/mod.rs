@@ -121,7 +121,7 @@ impl Outcome {
             Outcome::TimedOut => (
                 504,
                 "GatewayTimeout",
-                "the upstream did not answer within the item timeout".to_string(),
+                "the upstream did not answer in time (item timeout, or the upstream's read or write timeout)".to_string(),
             ),
             Outcome::DeadlineExceeded => (
                 504,
