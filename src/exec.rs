@@ -331,7 +331,7 @@ async fn run_item<U: Upstream, O: Observer>(
             other => other.http_error().map_or(0, |e| e.status),
         };
         span.record("status", status);
-        span.record("outcome", outcome.class());
+        span.record("outcome", outcome.class().as_str());
         span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
         tracing::debug!("item finished");
     }

@@ -60,6 +60,10 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phases that have a read deadline, in discriminant order (metric handles are
+    /// indexed by it).
+    pub const WITH_DEADLINE: [Phase; 3] = [Phase::Idle, Phase::Head, Phase::Body];
+
     /// Metric label of a deadline that passed in this phase.
     pub fn as_str(self) -> &'static str {
         match self {

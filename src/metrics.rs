@@ -6,7 +6,8 @@
 //! `inc()` / `observe()`. The `prometheus` crate here is the one pingora-prometheus uses (0.14),
 //! so everything lands in the same default registry.
 
-use crate::dialect::{Outcome, RejectionKind};
+use crate::dialect::{ItemClass, Outcome, RejectionKind};
+use crate::listener::Phase;
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -23,20 +24,38 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const ITEM_COUNT_BUCKETS: &[f64] =
     &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
-/// Batch outcomes (`batchgate_batches_total{outcome}`).
-pub const BATCH_OUTCOMES: &[&str] = &["ok", "partial", "rejected", "failed", "cancelled"];
-/// Item outcomes (`batchgate_items_total{outcome}`), matching `Outcome::class`.
-pub const ITEM_OUTCOMES: &[&str] = &[
-    "2xx",
-    "3xx",
-    "4xx",
-    "5xx",
-    "timeout",
-    "connect_error",
-    "upstream_error",
-    "rejected",
-    "cancelled",
-];
+/// What became of a batch (`batchgate_batches_total{outcome}`). The discriminant indexes the
+/// handles resolved per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchResult {
+    Ok,
+    Partial,
+    Rejected,
+    Failed,
+    Cancelled,
+}
+
+impl BatchResult {
+    /// Every result, in discriminant order.
+    pub const ALL: [BatchResult; 5] = [
+        BatchResult::Ok,
+        BatchResult::Partial,
+        BatchResult::Rejected,
+        BatchResult::Failed,
+        BatchResult::Cancelled,
+    ];
+
+    /// The `outcome` label and the log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchResult::Ok => "ok",
+            BatchResult::Partial => "partial",
+            BatchResult::Rejected => "rejected",
+            BatchResult::Failed => "failed",
+            BatchResult::Cancelled => "cancelled",
+        }
+    }
+}
 /// Every rejection reason, matching `RejectionKind::as_str`.
 pub const REJECTION_KINDS: &[RejectionKind] = &[
     RejectionKind::ParseError,
@@ -178,10 +197,6 @@ fn register() -> prometheus::Result<Families> {
     })
 }
 
-/// Client deadline phases (`batchgate_client_timeouts_total{phase}`), matching
-/// `listener::Phase::as_str` for the phases that have a deadline.
-pub const CLIENT_TIMEOUT_PHASES: &[&str] = &["idle", "head", "body"];
-
 /// One listener's client-connection handles.
 #[derive(Debug, Clone)]
 pub struct ClientMetrics {
@@ -198,20 +213,19 @@ impl ClientMetrics {
             open: f.client_connections.with_label_values(&[listener]),
             refused: f.client_connections_refused.with_label_values(&[listener]),
             head_too_large: f.client_heads_too_large.with_label_values(&[listener]),
-            timeouts: CLIENT_TIMEOUT_PHASES
+            timeouts: Phase::WITH_DEADLINE
                 .iter()
-                .map(|phase| f.client_timeouts.with_label_values(&[listener, phase]))
+                .map(|phase| {
+                    f.client_timeouts
+                        .with_label_values(&[listener, phase.as_str()])
+                })
                 .collect(),
         })
     }
 
     /// Counts a connection whose deadline passed in `phase`.
-    pub fn timed_out(&self, phase: crate::listener::Phase) {
-        if let Some(counter) = CLIENT_TIMEOUT_PHASES
-            .iter()
-            .position(|p| *p == phase.as_str())
-            .and_then(|i| self.timeouts.get(i))
-        {
+    pub fn timed_out(&self, phase: Phase) {
+        if let Some(counter) = self.timeouts.get(phase as usize) {
             counter.inc();
         }
     }
@@ -235,15 +249,15 @@ impl RouteMetrics {
     pub fn new(route: &str, upstream: &str) -> Option<Self> {
         let f = families()?;
         Some(RouteMetrics {
-            batches: BATCH_OUTCOMES
+            batches: BatchResult::ALL
                 .iter()
-                .map(|o| f.batches.with_label_values(&[route, o]))
+                .map(|o| f.batches.with_label_values(&[route, o.as_str()]))
                 .collect(),
             batch_items: f.batch_items.with_label_values(&[route]),
             batch_duration: f.batch_duration.with_label_values(&[route]),
-            items: ITEM_OUTCOMES
+            items: ItemClass::ALL
                 .iter()
-                .map(|o| f.items.with_label_values(&[route, upstream, o]))
+                .map(|c| f.items.with_label_values(&[route, upstream, c.as_str()]))
                 .collect(),
             item_duration: f.item_duration.with_label_values(&[route, upstream]),
             in_flight: f.items_in_flight.with_label_values(&[upstream]),
@@ -256,13 +270,11 @@ impl RouteMetrics {
     }
 
     /// Counts a finished batch.
-    pub fn batch(&self, outcome: &str, items: usize, elapsed: Duration) {
-        if let Some(i) = BATCH_OUTCOMES.iter().position(|o| *o == outcome) {
-            if let Some(counter) = self.batches.get(i) {
-                counter.inc();
-            }
+    pub fn batch(&self, result: BatchResult, items: usize, elapsed: Duration) {
+        if let Some(counter) = self.batches.get(result as usize) {
+            counter.inc();
         }
-        if outcome != "rejected" {
+        if result != BatchResult::Rejected {
             self.batch_items.observe(items as f64);
         }
         self.batch_duration.observe(elapsed.as_secs_f64());
@@ -274,12 +286,8 @@ impl RouteMetrics {
     }
 
     /// Counts one item by outcome class.
-    pub fn item_class(&self, class: &str) {
-        if let Some(counter) = ITEM_OUTCOMES
-            .iter()
-            .position(|o| *o == class)
-            .and_then(|i| self.items.get(i))
-        {
+    pub fn item_class(&self, class: ItemClass) {
+        if let Some(counter) = self.items.get(class as usize) {
             counter.inc();
         }
     }

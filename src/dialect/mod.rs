@@ -88,23 +88,67 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// Fixed outcome classes: metric labels and log fields.
+/// The fixed classes of item outcomes: metric labels and log fields. The discriminant indexes
+/// the metric handles resolved per route, so a class can never miss its counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemClass {
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    Timeout,
+    ConnectError,
+    UpstreamError,
+    Rejected,
+    Cancelled,
+}
+
+impl ItemClass {
+    /// Every class, in discriminant order.
+    pub const ALL: [ItemClass; 9] = [
+        ItemClass::Status2xx,
+        ItemClass::Status3xx,
+        ItemClass::Status4xx,
+        ItemClass::Status5xx,
+        ItemClass::Timeout,
+        ItemClass::ConnectError,
+        ItemClass::UpstreamError,
+        ItemClass::Rejected,
+        ItemClass::Cancelled,
+    ];
+
+    /// The `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemClass::Status2xx => "2xx",
+            ItemClass::Status3xx => "3xx",
+            ItemClass::Status4xx => "4xx",
+            ItemClass::Status5xx => "5xx",
+            ItemClass::Timeout => "timeout",
+            ItemClass::ConnectError => "connect_error",
+            ItemClass::UpstreamError => "upstream_error",
+            ItemClass::Rejected => "rejected",
+            ItemClass::Cancelled => "cancelled",
+        }
+    }
+}
+
 impl Outcome {
-    pub fn class(&self) -> &'static str {
+    pub fn class(&self) -> ItemClass {
         match self {
             Outcome::Response(r) => match r.status {
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                _ => "5xx",
+                200..=299 => ItemClass::Status2xx,
+                300..=399 => ItemClass::Status3xx,
+                400..=499 => ItemClass::Status4xx,
+                _ => ItemClass::Status5xx,
             },
-            Outcome::Refused(_) => "rejected",
-            Outcome::TimedOut | Outcome::DeadlineExceeded => "timeout",
-            Outcome::ConnectFailed(_) => "connect_error",
+            Outcome::Refused(_) => ItemClass::Rejected,
+            Outcome::TimedOut | Outcome::DeadlineExceeded => ItemClass::Timeout,
+            Outcome::ConnectFailed(_) => ItemClass::ConnectError,
             Outcome::UpstreamFailed(_)
             | Outcome::ResponseTooLarge { .. }
-            | Outcome::ReplyBudgetExceeded { .. } => "upstream_error",
-            Outcome::Cancelled => "cancelled",
+            | Outcome::ReplyBudgetExceeded { .. } => ItemClass::UpstreamError,
+            Outcome::Cancelled => ItemClass::Cancelled,
         }
     }
 

@@ -7,9 +7,9 @@
 
 use super::body::read_batch;
 use super::{BatchGate, RequestCtx, Route, RouteDialect};
-use crate::dialect::{BatchRequest, Dialect, Outcome, RejectionKind, Reply, SubRequest};
+use crate::dialect::{BatchRequest, Dialect, ItemClass, Outcome, RejectionKind, Reply, SubRequest};
 use crate::exec::{self, Limits, Observer};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BatchResult, RouteMetrics};
 use crate::upstream::{BatchHeaders, BatchUpstream};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -32,7 +32,7 @@ pub struct BatchSummary {
     items: usize,
     failures: usize,
     status: u16,
-    result: &'static str,
+    result: BatchResult,
     rejection: Option<RejectionKind>,
     metrics: Option<Arc<RouteMetrics>>,
 }
@@ -53,7 +53,7 @@ impl BatchSummary {
             items = self.items,
             failures = self.failures,
             status = self.status,
-            result = self.result,
+            result = self.result.as_str(),
             reason = self.rejection.map(RejectionKind::as_str),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "batch"
@@ -89,13 +89,13 @@ impl BatchGate {
             items: 0,
             failures: 0,
             status: 0,
-            result: "rejected",
+            result: BatchResult::Rejected,
             rejection: None,
             metrics: route.metrics.clone(),
         });
         let read = read_batch(session, route, dialect).await.inspect_err(|e| {
             // The client left or stalled before its body arrived: not a refusal of its batch.
-            summary.result = "cancelled";
+            summary.result = BatchResult::Cancelled;
             summary.status = match e.etype() {
                 ErrorType::HTTPStatus(code) => *code,
                 _ => 499,
@@ -139,13 +139,13 @@ impl BatchGate {
             .run_batch(session, route, plan.items, headers, &observer, &request_id)
             .await
         else {
-            summary.result = "cancelled";
+            summary.result = BatchResult::Cancelled;
             summary.status = 499;
             if let Some(metrics) = &route.metrics {
                 // Refused items keep their class; every item that was to be sent counts as
                 // cancelled (whether or not it had finished, nobody received it).
-                (0..refused).for_each(|_| metrics.item_class("rejected"));
-                (refused..summary.items).for_each(|_| metrics.item_class("cancelled"));
+                (0..refused).for_each(|_| metrics.item_class(ItemClass::Rejected));
+                (refused..summary.items).for_each(|_| metrics.item_class(ItemClass::Cancelled));
             }
             return Ok(());
         };
@@ -154,9 +154,9 @@ impl BatchGate {
         }
         summary.failures = outcomes.iter().filter(|o| o.is_failure()).count();
         summary.result = match summary.failures {
-            0 => "ok",
-            n if n == summary.items => "failed",
-            _ => "partial",
+            0 => BatchResult::Ok,
+            n if n == summary.items => BatchResult::Failed,
+            _ => BatchResult::Partial,
         };
         let reply = dialect.encode(plan.meta, outcomes);
         finish(session, summary, &reply, &request_id).await
@@ -248,7 +248,7 @@ impl Observer for BatchObserver {
                 index,
                 batch_size = self.batch_size,
                 status,
-                outcome = outcome.class(),
+                outcome = outcome.class().as_str(),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 "item"
             );
