@@ -84,10 +84,10 @@ impl BatchGate {
             .collect();
         let mut routes = HashMap::new();
         for route in &config.routes {
-            // Validation guarantees the index; skip rather than panic if it ever did not.
-            if let Some(upstream) = clients.get(route.upstream) {
-                routes.insert(route.path.clone(), Arc::new(build_route(route, upstream)));
-            }
+            let upstream = clients
+                .get(route.upstream)
+                .expect("validation resolves routes[].upstream to an index into upstreams");
+            routes.insert(route.path.clone(), Arc::new(build_route(route, upstream)));
         }
         let passthrough = config
             .default_upstream

@@ -261,6 +261,7 @@ async fn read_final_header(
     session: &mut pingora::protocols::http::client::HttpSession,
     fail: &impl Fn(Box<pingora::Error>) -> Failure,
 ) -> Result<(u16, http::HeaderMap), Failure> {
+    let mut interim = 0;
     loop {
         session.read_response_header().await.map_err(fail)?;
         let Some(header) = session.response_header() else {
@@ -272,7 +273,12 @@ async fn read_final_header(
                     "the upstream switched protocols".to_string(),
                 ))
             }
-            100..=199 => continue,
+            100..=199 if interim < MAX_INTERIM_RESPONSES => interim += 1,
+            100..=199 => {
+                return Err(Failure::Protocol(format!(
+                    "more than {MAX_INTERIM_RESPONSES} interim (1xx) answers"
+                )))
+            }
             // pingora's h2 client buffers up to h2's 16 MiB header list; what is kept is
             // held to the one head limit.
             _ if head_size(&header.headers) > MAX_RESPONSE_HEAD_BYTES => {
@@ -288,12 +294,12 @@ async fn read_final_header(
 /// The response headers worth keeping, copied out of pingora's read buffer. pingora's parsed
 /// header values are slices of the connection's 4 KiB read buffer, so keeping a clone keeps
 /// the whole buffer alive: with 1,000 simultaneous 100-item batches that was ~3.6 KiB per held
-/// item and most of the peak heap (valgrind massif, docs/PERFORMANCE.md). Hop-by-hop headers
-/// describe the connection, not the item, and are dropped here.
+/// item and most of the peak heap (valgrind massif, docs/PERFORMANCE.md). Only what
+/// `kept_response_header` keeps is copied.
 fn compact_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     let mut compact = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if HOP_BY_HOP_RESPONSE.contains(&name.as_str()) {
+        if !kept_response_header(name.as_str()) {
             continue;
         }
         let owned_name = HeaderName::from_bytes(name.as_str().as_bytes());
@@ -304,6 +310,19 @@ fn compact_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     }
     compact
 }
+
+/// The one rule, for every upstream protocol, of which response headers an item keeps: what
+/// describes the resource. Hop-by-hop headers and `Content-Length` describe this message on
+/// this connection (the body's length is known once it is read).
+pub(crate) fn kept_response_header(name: &str) -> bool {
+    !name.eq_ignore_ascii_case("content-length")
+        && !HOP_BY_HOP_RESPONSE
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+/// Interim (1xx) answers accepted before the final one, on every upstream protocol.
+pub(crate) const MAX_INTERIM_RESPONSES: usize = 8;
 
 /// Response headers about the connection rather than the resource.
 const HOP_BY_HOP_RESPONSE: &[&str] = &[

@@ -43,7 +43,8 @@ fn batch(n: usize) -> String {
 }
 
 /// A batch over an h2c upstream: every item answered, sent as its own stream with its exact
-/// body, and later batches reuse the pooled connections instead of opening new ones.
+/// body, with the headers HTTP/1.1 items keep, and later batches reuse the pooled connections
+/// instead of opening new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_items_travel_as_h2_streams() {
     let upstream = H2Upstream::start(Duration::from_millis(20), true).await;
@@ -57,6 +58,10 @@ async fn batch_items_travel_as_h2_streams() {
         for (i, item) in responses.iter().enumerate() {
             assert_eq!(item["id"], serde_json::json!(i.to_string()));
             assert_eq!(item["status"], 200, "{item}");
+            // One kept-header rule for every upstream protocol: the upstream's
+            // Content-Length describes its message, not the item (as over HTTP/1.1).
+            assert_eq!(item["headers"]["content-type"], "application/json", "{item}");
+            assert!(item["headers"].get("content-length").is_none(), "{item}");
             assert_eq!(
                 item["body"],
                 serde_json::from_slice::<serde_json::Value>(H2_BODY).expect("json")

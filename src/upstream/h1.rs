@@ -11,7 +11,7 @@
 //! by the rule the RFC gives and the connection is not reused; anything it cannot frame is an
 //! error, never a guess.
 
-use super::{BatchHeaders, HOP_BY_HOP_RESPONSE};
+use super::{kept_response_header, BatchHeaders, MAX_INTERIM_RESPONSES};
 use crate::dialect::{SubRequest, UpstreamResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -257,9 +257,6 @@ struct HeadInfo {
     /// Whether the head named a framing (`Content-Length` or `Transfer-Encoding`) at all.
     declared_framing: bool,
 }
-
-/// Interim (1xx) answers accepted before the final one.
-const MAX_INTERIM_RESPONSES: usize = 8;
 
 struct Reader<'s, S> {
     stream: &'s mut S,
@@ -566,15 +563,8 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
         )));
     }
     let http10 = parsed.version == Some(0);
-    // Kept: what describes the resource. Hop-by-hop headers and Content-Length describe this
-    // message on this connection (the body's length is known once it is read), and every
-    // kept header is held until the batch reply is written: sized exactly.
-    let kept = |name: &str| {
-        !name.eq_ignore_ascii_case("content-length")
-            && !HOP_BY_HOP_RESPONSE
-                .iter()
-                .any(|hop| name.eq_ignore_ascii_case(hop))
-    };
+    // Every kept header is held until the batch reply is written: sized exactly.
+    let kept = kept_response_header;
     let mut headers =
         HeaderMap::with_capacity(parsed.headers.iter().filter(|h| kept(h.name)).count());
     let mut content_length: Option<usize> = None;
