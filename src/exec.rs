@@ -9,7 +9,7 @@
 //! thread anyway) or spawned one task each so work stealing can spread them
 //! (`Limits::spawn_items`).
 
-use crate::dialect::{Outcome, SubRequest, UpstreamResponse};
+use crate::item::{Outcome, SubRequest, UpstreamResponse};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

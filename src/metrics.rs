@@ -6,7 +6,8 @@
 //! `inc()` / `observe()`. The `prometheus` crate here is the one pingora-prometheus uses (0.14),
 //! so everything lands in the same default registry.
 
-use crate::dialect::{ItemClass, Outcome, RejectionKind};
+use crate::dialect::RejectionKind;
+use crate::item::{ItemClass, Outcome};
 use crate::listener::Phase;
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,

@@ -14,8 +14,8 @@ pub mod h1;
 mod pool;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
-use crate::dialect::{Outcome, SubRequest, UpstreamResponse};
 use crate::exec::Upstream;
+use crate::item::{Outcome, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};

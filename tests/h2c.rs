@@ -60,7 +60,10 @@ async fn batch_items_travel_as_h2_streams() {
             assert_eq!(item["status"], 200, "{item}");
             // One kept-header rule for every upstream protocol: the upstream's
             // Content-Length describes its message, not the item (as over HTTP/1.1).
-            assert_eq!(item["headers"]["content-type"], "application/json", "{item}");
+            assert_eq!(
+                item["headers"]["content-type"], "application/json",
+                "{item}"
+            );
             assert!(item["headers"].get("content-length").is_none(), "{item}");
             assert_eq!(
                 item["body"],

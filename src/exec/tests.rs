@@ -4,7 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::*;
-use crate::dialect::{ItemError, UpstreamResponse};
+use crate::item::{ItemError, UpstreamResponse};
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,7 +53,7 @@ fn limits(spawn_items: bool, concurrency: usize, item_ms: u64, batch_ms: u64) ->
         item_timeout: Duration::from_millis(item_ms),
         deadline: Instant::now() + Duration::from_millis(batch_ms),
         max_reply_bytes: 1 << 20,
-        reply_cost: crate::dialect::UpstreamResponse::raw_size,
+        reply_cost: crate::item::UpstreamResponse::raw_size,
         stop: None,
         spawn_items,
     }

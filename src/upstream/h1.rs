@@ -12,7 +12,7 @@
 //! error, never a guess.
 
 use super::{kept_response_header, BatchHeaders, MAX_INTERIM_RESPONSES};
-use crate::dialect::{SubRequest, UpstreamResponse};
+use crate::item::{SubRequest, UpstreamResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
