@@ -361,7 +361,7 @@ impl JsonRpc {
         if config.allowed_methods.is_none() && config.denied_methods.is_empty() {
             return true;
         }
-        let method = method.to_lowercase();
+        let method = fold_case(method);
         let method = method.as_str();
         let allowed = config
             .allowed_methods
@@ -477,13 +477,36 @@ fn same_id(reply: &Value, sent: &Value) -> bool {
     }
 }
 
-/// A method name as the method policy compares it: lower-cased (Unicode), since dispatchers
-/// that look methods up case-insensitively would otherwise run a denied `Admin.Delete`.
-/// `None` for a name no dispatcher should see: empty, with surrounding whitespace, or with a
-/// control or invisible formatting character anywhere (`"delete\u0000"`, a zero-width space),
-/// which lenient dispatchers trim or ignore.
+/// A method name as the method policy compares it: case-folded, since dispatchers that look
+/// methods up case-insensitively would otherwise run a denied `Admin.Delete`. `None` for a
+/// name no dispatcher should see: empty, with surrounding whitespace, or with a control or
+/// invisible formatting character anywhere (`"delete\u0000"`, a zero-width space), which
+/// lenient dispatchers trim or ignore.
 pub fn method_key(name: &str) -> Option<String> {
-    usable_method(name).then(|| name.to_lowercase())
+    usable_method(name).then(|| fold_case(name))
+}
+
+/// Lower-cases `name` the way the most lenient case-insensitive comparison would: a
+/// character whose lower- or upper-case form is ASCII becomes that ASCII letter, so `İ`
+/// (dotted capital I), `ı` (dotless i), `ſ` (long s) and `K` (Kelvin sign) fold to `i`, `i`,
+/// `s` and `k`, as Java's `equalsIgnoreCase` and .NET's invariant comparisons match them.
+fn fold_case(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii() {
+                return c.to_ascii_lowercase();
+            }
+            let lower = c.to_lowercase().next().unwrap_or(c);
+            let upper = c.to_uppercase().next().unwrap_or(c);
+            if lower.is_ascii() {
+                lower
+            } else if upper.is_ascii() {
+                upper.to_ascii_lowercase()
+            } else {
+                lower
+            }
+        })
+        .collect()
 }
 
 /// Whether a called method name may go upstream at all (see `method_key`).

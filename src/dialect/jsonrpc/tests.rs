@@ -432,6 +432,9 @@ fn denied_methods_cannot_be_reached_by_spelling() {
         "admin_stop\t",
         "\u{200B}admin_stop",
         "admin\u{FEFF}_stop",
+        "ADM\u{130}N_STOP",
+        "adm\u{131}n_stop",
+        "admin_\u{17F}top",
         "",
     ] {
         let call = json!({"jsonrpc": "2.0", "method": disguise, "id": 7}).to_string();
@@ -446,6 +449,11 @@ fn denied_methods_cannot_be_reached_by_spelling() {
         assert_eq!(json_of(&reply)[0]["id"], json!(7), "{disguise:?}");
     }
     assert_eq!(method_key("Admin.Stop").as_deref(), Some("admin.stop"));
+    assert_eq!(method_key("\u{212A}ill").as_deref(), Some("kill"));
+    assert_eq!(
+        method_key("\u{e9}t\u{c9}").as_deref(),
+        Some("\u{e9}t\u{e9}")
+    );
     assert_eq!(method_key(" x"), None);
     let fine = json!({"jsonrpc": "2.0", "method": "sum", "params": [1, 2], "id": 1}).to_string();
     assert_eq!(
