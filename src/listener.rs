@@ -11,7 +11,9 @@
 //!   waiting for a request (`client_idle_timeout`), the whole request head
 //!   (`client_header_timeout`, from its first byte; on a new connection from the accept), and
 //!   the body (`client_body_timeout`, extended by one second per `client_body_min_rate`
-//!   bytes, as Apache's mod_reqtimeout does). A read past its deadline fails with `TimedOut`.
+//!   bytes, as Apache's mod_reqtimeout does). A read past its deadline fails with `TimedOut`,
+//!   and so does a write that cannot make progress for `client_send_timeout` (a client that
+//!   stops reading its answer).
 //!
 //! The proxy moves the clock between phases (`ClientClock::head_done`, `body_done`,
 //! `request_done`), reaching it through `ClientClock::of`. While a request is being answered
@@ -219,6 +221,8 @@ pub struct DeadlineStream {
     clock: ClientClock,
     /// The timer for the current deadline, made when a read first has to wait.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Started when a write first cannot make progress, dropped when one does.
+    write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl AsyncRead for DeadlineStream {
@@ -276,13 +280,46 @@ impl AsyncRead for DeadlineStream {
     }
 }
 
+impl DeadlineStream {
+    /// A write that cannot make progress for `client_send_timeout` fails (nginx's
+    /// `send_timeout`: the time between two successive writes), so a client that stops
+    /// reading its answer cannot hold the connection and the unsent reply for ever.
+    fn bound_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if written.is_ready() {
+            self.write_timer = None;
+            return written;
+        }
+        let timeout = self.clock.limits.send_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.write_timer = None;
+            if let Some(metrics) = &self.clock.metrics {
+                metrics.send_timed_out.inc();
+            }
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for the send timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
 impl AsyncWrite for DeadlineStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.bound_write(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -298,7 +335,9 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bound_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -452,6 +491,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
             inner: stream,
             clock: ClientClock::new(self.limits, slot.metrics.clone()),
             timer: None,
+            write_timer: None,
         });
         // pingora's HTTP app serves every request of the connection before it returns.
         ServerApp::process_new(&self.app, stream, shutdown).await

@@ -187,7 +187,7 @@ fn register() -> prometheus::Result<Families> {
         )?,
         client_timeouts: register_int_counter_vec!(
             "batchgate_client_timeouts_total",
-            "Client connections cut off because a read deadline passed, by phase (idle between requests, head, body).",
+            "Client connections cut off because a deadline passed, by phase (idle between requests, head, body, send: the client read nothing).",
             &["listener", "phase"]
         )?,
         client_heads_too_large: register_int_counter_vec!(
@@ -204,6 +204,7 @@ pub struct ClientMetrics {
     pub open: IntGauge,
     pub refused: IntCounter,
     pub head_too_large: IntCounter,
+    pub send_timed_out: IntCounter,
     timeouts: Vec<IntCounter>,
 }
 
@@ -214,6 +215,7 @@ impl ClientMetrics {
             open: f.client_connections.with_label_values(&[listener]),
             refused: f.client_connections_refused.with_label_values(&[listener]),
             head_too_large: f.client_heads_too_large.with_label_values(&[listener]),
+            send_timed_out: f.client_timeouts.with_label_values(&[listener, "send"]),
             timeouts: Phase::WITH_DEADLINE
                 .iter()
                 .map(|phase| {

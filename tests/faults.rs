@@ -658,3 +658,72 @@ async fn oversized_request_heads_get_431() {
         2.0
     );
 }
+
+/// A client that stops reading its answer (a large pass-through body, a large batch reply)
+/// is cut off after `client_send_timeout` without progress, and its connection and the
+/// unsent bytes are released; a client that reads is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_are_cut_off() {
+    const BIG: usize = 8 << 20;
+    let upstream = Scripted::start(move |line: &str| {
+        let body = if line.contains("/v2/file/") {
+            format!("\"{}\"", "j".repeat((1 << 20) - 2)).into_bytes()
+        } else {
+            vec![b'p'; BIG]
+        };
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body);
+        vec![Step::Write(answer)]
+    })
+    .await;
+    let gate = gate_for(
+        &upstream,
+        &[
+            "max_reply_bytes = 16777216",
+            "max_item_response_bytes = 2000000",
+        ],
+        &["client_send_timeout = \"1s\""],
+    )
+    .await;
+    let batch_body = batch(
+        (0..8)
+            .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
+            .collect(),
+    );
+    let requests = [
+        build_request("GET", "/v2/big", &[], b""),
+        build_request(
+            "POST",
+            BATCH_PATH,
+            &[("Content-Type", "application/json")],
+            batch_body.as_bytes(),
+        ),
+    ];
+    for request in &requests {
+        let mut stalled = TcpStream::connect(gate.addr).await.expect("connect");
+        stalled.write_all(request).await.expect("request");
+        // Read nothing for a while: the gate's writes stop making progress.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut received = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "the connection was not closed");
+        assert!(
+            received.len() < BIG,
+            "the whole answer was sent: {} bytes",
+            received.len()
+        );
+    }
+    let metrics = scrape(gate.admin).await;
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "send")]),
+        2.0
+    );
+    // A client that reads gets everything.
+    let whole = client::get(gate.addr, "/v2/big").await;
+    assert_eq!(whole.body.len(), BIG);
+}

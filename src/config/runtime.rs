@@ -86,6 +86,8 @@ pub struct ClientLimits {
     pub max_connections: usize,
     /// Bytes a request head may take (pingora's own limit is 1 MiB per head).
     pub max_head_bytes: usize,
+    /// How long a write to the client may make no progress (the client reads nothing).
+    pub send_timeout: Duration,
 }
 
 /// One upstream API.

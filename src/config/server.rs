@@ -56,6 +56,9 @@ pub const DEFAULT_CLIENT_BODY_MIN_RATE: usize = 1024;
 /// Open client connections per listener. Each holds a file descriptor and up to a few hundred
 /// KiB of buffers (docs/RELIABILITY.md); nginx's default is 512 per worker.
 pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// How long a write to a client may make no progress: nginx's `send_timeout` (60 s), the time
+/// between two successive writes, so a slow reader passes and one that stops does not.
+pub const DEFAULT_CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of one request head (request line and headers). pingora buffers up to 1 MiB per
 /// head, which times `max_client_connections` is gigabytes; Envoy's default is 60 KiB,
 /// nginx's `large_client_header_buffers` 4 × 8 KiB.
@@ -147,6 +150,12 @@ fn client_limits(section: &ServerSection, problems: &mut Problems) -> ClientLimi
             1,
             MAX_CLIENT_CONNECTIONS_LIMIT,
             &["server", "max_client_connections"],
+            problems,
+        ),
+        send_timeout: duration(
+            &section.client_send_timeout,
+            DEFAULT_CLIENT_SEND_TIMEOUT,
+            &["server", "client_send_timeout"],
             problems,
         ),
         max_head_bytes: bounded(
