@@ -1,0 +1,177 @@
+//! One client connection's read deadlines: which phase it is in (waiting for a request,
+//! receiving a head or a body, being answered) and when that phase must end. Shared by the
+//! socket wrapper (`stream.rs`), which enforces it, and the proxy's filters, which move it
+//! from phase to phase.
+
+use super::stream::DeadlineStream;
+use crate::config::ClientLimits;
+use crate::metrics::ClientMetrics;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Which read deadline a connection is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the first byte of the next request on a kept-alive connection.
+    Idle,
+    /// Receiving a request head.
+    Head,
+    /// Receiving a request body.
+    Body,
+    /// The request is being answered: no deadline.
+    Answering,
+}
+
+impl Phase {
+    /// The phases that have a read deadline, in discriminant order (metric handles are
+    /// indexed by it).
+    pub const WITH_DEADLINE: [Phase; 3] = [Phase::Idle, Phase::Head, Phase::Body];
+
+    /// Metric label of a deadline that passed in this phase.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Head => "head",
+            Phase::Body => "body",
+            Phase::Answering => "answering",
+        }
+    }
+}
+
+/// One connection's read deadlines, shared by its socket wrapper and the proxy's filters
+/// (both run on the connection's task, so the lock is never contended).
+#[derive(Debug)]
+pub struct ClientClock {
+    pub(super) limits: ClientLimits,
+    state: Mutex<ClockState>,
+    pub(super) metrics: Option<ClientMetrics>,
+}
+
+#[derive(Debug)]
+struct ClockState {
+    phase: Phase,
+    deadline: Option<Instant>,
+    /// Body phase: when it began and how many bytes arrived since.
+    body_started: Instant,
+    body_bytes: u64,
+    /// Head phase: bytes read since the head began.
+    head_bytes: usize,
+    /// The phase whose deadline passed, once one has.
+    expired: Option<Phase>,
+}
+
+impl ClientClock {
+    /// A new connection: its first request head must arrive within the header timeout.
+    pub(super) fn new(limits: ClientLimits, metrics: Option<ClientMetrics>) -> Self {
+        let now = Instant::now();
+        ClientClock {
+            limits,
+            state: Mutex::new(ClockState {
+                phase: Phase::Head,
+                deadline: Some(now + limits.header_timeout),
+                body_started: now,
+                body_bytes: 0,
+                head_bytes: 0,
+                expired: None,
+            }),
+            metrics,
+        }
+    }
+
+    /// The clock of the connection a request came on (`None` for connections that were not
+    /// accepted through a `Listener`, which only tests build).
+    pub fn of(session: &pingora::proxy::Session) -> Option<&ClientClock> {
+        let stream = session.downstream_session.stream()?;
+        let wrapped = (**stream).as_any().downcast_ref::<DeadlineStream>()?;
+        Some(wrapped.clock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClockState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The head was parsed: the body's deadline starts now if one follows, else none.
+    pub fn head_done(&self, body_follows: bool) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if body_follows {
+            state.phase = Phase::Body;
+            state.body_started = now;
+            state.body_bytes = 0;
+            state.deadline = Some(now + self.limits.body_timeout);
+        } else {
+            state.phase = Phase::Answering;
+            state.deadline = None;
+        }
+    }
+
+    /// The body has been read (or the connection was upgraded): no deadline while answering.
+    pub fn body_done(&self) {
+        let mut state = self.lock();
+        state.phase = Phase::Answering;
+        state.deadline = None;
+    }
+
+    /// The answer went out: the connection now waits for its next request.
+    pub fn request_done(&self) {
+        let mut state = self.lock();
+        state.phase = Phase::Idle;
+        state.deadline = Some(Instant::now() + self.limits.idle_timeout);
+    }
+
+    /// The phase whose deadline passed, if one did.
+    pub fn expired(&self) -> Option<Phase> {
+        self.lock().expired
+    }
+
+    /// `n` bytes were read: a request starts, a head grows (false once it is over the head
+    /// limit), or a body moves its deadline on.
+    pub(super) fn on_read(&self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let mut state = self.lock();
+        match state.phase {
+            Phase::Idle => {
+                state.phase = Phase::Head;
+                state.head_bytes = n;
+                state.deadline = Some(Instant::now() + self.limits.header_timeout);
+            }
+            // What was read before pingora parsed the head: the head and at most one read's
+            // worth of what follows it; checked below.
+            Phase::Head => state.head_bytes = state.head_bytes.saturating_add(n),
+            Phase::Body => {
+                state.body_bytes = state.body_bytes.saturating_add(n as u64);
+                if let Some(rate) = std::num::NonZeroU64::new(self.limits.body_min_rate) {
+                    // Whole seconds earned; saturating, so no body size can overflow a clock.
+                    let earned = Duration::from_secs(state.body_bytes / rate.get());
+                    let allowed = self.limits.body_timeout.saturating_add(earned);
+                    if let Some(deadline) = state.body_started.checked_add(allowed) {
+                        state.deadline = Some(deadline);
+                    }
+                }
+            }
+            Phase::Answering => {}
+        }
+        !(state.phase == Phase::Head && state.head_bytes > self.limits.max_head_bytes)
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.lock().deadline
+    }
+
+    pub(super) fn expire(&self) {
+        let phase = {
+            let mut state = self.lock();
+            state.expired = Some(state.phase);
+            state.deadline = None;
+            state.phase
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.timed_out(phase);
+        }
+    }
+}
