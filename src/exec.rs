@@ -7,7 +7,7 @@
 //! so items waiting for a permit are never started. Items are either polled inside the
 //! batch's own task (the default: without work stealing a batch's tasks would all share its
 //! thread anyway) or spawned one task each so work stealing can spread them
-//! (`Limits::spawn_items`).
+//! (`Limits::spawn_items`); one loop drives both (`Running`).
 
 use crate::item::{Outcome, SubRequest, UpstreamResponse};
 use std::future::Future;
@@ -69,67 +69,17 @@ pub async fn run<U: Upstream, O: Observer>(
     upstream: &Arc<U>,
     observer: &Arc<O>,
 ) -> Vec<Outcome> {
-    if !limits.spawn_items {
-        return run_in_task(limits, global, items, upstream, observer).await;
-    }
     let (slots, to_send) = partition(items);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
+    let mut running = Running::new(limits.spawn_items);
     let mut collector = Collector::new(slots, limits);
     let queued = Instant::now();
     let work = async {
-        // Permits are taken here, in item order, before each spawn: items start in request
+        // Permits are taken in item order, before each item starts: items start in request
         // order (a deadline then cuts off the end of a batch, not a random part of it), and
-        // an item that never got its permits was never spawned.
-        for (index, request) in to_send {
-            let Some(permits) = acquire(&batch_permits, global).await else {
-                // The semaphores are never closed; report it as cancellation if they ever are.
-                collector.record(index, Outcome::Cancelled);
-                continue;
-            };
-            let item = start_item(index, request, permits, limits, upstream, observer, queued);
-            tasks.spawn(item);
-            while let Some(joined) = tasks.try_join_next() {
-                collector.joined(joined);
-            }
-        }
-        while let Some(joined) = tasks.join_next().await {
-            collector.joined(joined);
-        }
-    };
-    let stopped = stop_signal(limits.stop.clone());
-    let finished = tokio::select! {
-        result = tokio::time::timeout_at(limits.deadline, work) => result.is_ok(),
-        () = stopped => false,
-    };
-    // Keep what finished just before the deadline, then abort the rest: dropping the JoinSet
-    // aborts every task still in flight, and their owned permits go back with them.
-    while let Some(joined) = tasks.try_join_next() {
-        collector.joined(joined);
-    }
-    drop(tasks);
-    collector.into_outcomes(finished)
-}
-
-/// `run` without a task per item: the items are futures polled by the batch's own task.
-async fn run_in_task<U: Upstream, O: Observer>(
-    limits: &Limits,
-    global: &Arc<Semaphore>,
-    items: Vec<Result<SubRequest, Outcome>>,
-    upstream: &Arc<U>,
-    observer: &Arc<O>,
-) -> Vec<Outcome> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-    use futures_util::FutureExt;
-
-    let (slots, to_send) = partition(items);
-    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let mut running = FuturesUnordered::new();
-    let mut collector = Collector::new(slots, limits);
-    let queued = Instant::now();
-    let work = async {
-        // Permits are taken in item order, as in `run`; while the next item waits for them,
-        // the running items keep being polled (they are what frees the permits).
+        // an item that never got its permits was never started. While the next item waits
+        // for them, the running items keep being collected (and, when they are polled here,
+        // driven: they are what frees the permits).
         for (index, request) in to_send {
             let acquiring = acquire(&batch_permits, global);
             tokio::pin!(acquiring);
@@ -137,12 +87,11 @@ async fn run_in_task<U: Upstream, O: Observer>(
                 tokio::select! {
                     biased;
                     permits = &mut acquiring => break permits,
-                    Some((done, outcome)) = running.next(), if !running.is_empty() => {
-                        collector.record(done, outcome);
-                    }
+                    Some(done) = running.next(), if !running.is_empty() => collector.finished(done),
                 }
             };
             let Some(permits) = permits else {
+                // The semaphores are never closed; report it as cancellation if they ever are.
                 collector.record(index, Outcome::Cancelled);
                 continue;
             };
@@ -150,8 +99,8 @@ async fn run_in_task<U: Upstream, O: Observer>(
                 index, request, permits, limits, upstream, observer, queued,
             ));
         }
-        while let Some((done, outcome)) = running.next().await {
-            collector.record(done, outcome);
+        while let Some(done) = running.next().await {
+            collector.finished(done);
         }
     };
     let stopped = stop_signal(limits.stop.clone());
@@ -159,13 +108,70 @@ async fn run_in_task<U: Upstream, O: Observer>(
         result = tokio::time::timeout_at(limits.deadline, work) => result.is_ok(),
         () = stopped => false,
     };
-    // Keep what finished just before the deadline; dropping the rest cancels them and
-    // returns their permits.
-    while let Some(Some((done, outcome))) = running.next().now_or_never() {
-        collector.record(done, outcome);
+    // Keep what finished just before the deadline; dropping the rest cancels (or aborts)
+    // them, and their owned permits go back with them.
+    while let Some(done) = running.try_next() {
+        collector.finished(done);
     }
     drop(running);
     collector.into_outcomes(finished)
+}
+
+/// The items in flight, either polled inside the batch's own task (the default: without
+/// work stealing every task of a batch lands on its thread anyway, and polling them here
+/// saves a spawn, a join and a cross-task wake-up per item) or spawned one task each so work
+/// stealing can spread them (`Limits::spawn_items`). One loop drives both.
+enum Running<F: Future<Output = (usize, Outcome)> + Send + 'static> {
+    Polled(futures_util::stream::FuturesUnordered<F>),
+    Spawned(JoinSet<(usize, Outcome)>),
+}
+
+/// A finished item, or `None` for a spawned item whose task panicked (its slot stays empty
+/// and is reported as an internal failure).
+type Done = Option<(usize, Outcome)>;
+
+impl<F: Future<Output = (usize, Outcome)> + Send + 'static> Running<F> {
+    fn new(spawn: bool) -> Self {
+        if spawn {
+            Running::Spawned(JoinSet::new())
+        } else {
+            Running::Polled(futures_util::stream::FuturesUnordered::new())
+        }
+    }
+
+    fn push(&mut self, item: F) {
+        match self {
+            Running::Polled(items) => items.push(item),
+            Running::Spawned(tasks) => {
+                tasks.spawn(item);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Running::Polled(items) => items.is_empty(),
+            Running::Spawned(tasks) => tasks.is_empty(),
+        }
+    }
+
+    /// The next item to finish; `None` once none is running.
+    async fn next(&mut self) -> Option<Done> {
+        use futures_util::StreamExt;
+        match self {
+            Running::Polled(items) => items.next().await.map(Some),
+            Running::Spawned(tasks) => tasks.join_next().await.map(Result::ok),
+        }
+    }
+
+    /// An item that has already finished, without waiting.
+    fn try_next(&mut self) -> Option<Done> {
+        use futures_util::{FutureExt, StreamExt};
+        match self {
+            Running::Polled(items) => items.next().now_or_never().flatten().map(Some),
+            Running::Spawned(tasks) => tasks.try_join_next().map(Result::ok),
+        }
+    }
 }
 
 /// One slot per item, already filled for decided items, and the items still to send with
@@ -255,10 +261,10 @@ impl Collector {
             .collect()
     }
 
-    fn joined(&mut self, joined: Result<(usize, Outcome), tokio::task::JoinError>) {
+    fn finished(&mut self, done: Done) {
         // A task only fails to join if it panicked; its slot stays empty and is reported as
         // an upstream failure instead of taking the batch down.
-        if let Ok((index, outcome)) = joined {
+        if let Some((index, outcome)) = done {
             self.record(index, outcome);
         }
     }
