@@ -401,6 +401,30 @@ fn pingora_outcome(error: &pingora::Error) -> Outcome {
     }
 }
 
+/// The one rule, for every upstream protocol, of which headers an item request carries
+/// besides `Host`: the batch-wide ones (forwarded, `X-Forwarded-For`, `X-Request-Id`) unless
+/// the item sets the same name itself (its own wins), then the item's own, repeats kept.
+pub(crate) fn item_request_headers<'a>(
+    request: &'a SubRequest,
+    batch: &'a BatchHeaders,
+) -> impl Iterator<Item = &'a (HeaderName, HeaderValue)> {
+    batch
+        .common
+        .iter()
+        .filter(|(name, _)| !request.headers.iter().any(|(n, _)| n == name))
+        .chain(request.headers.iter())
+}
+
+/// The `Content-Length` an item request declares: its body's, or 0 for a bodiless POST, PUT
+/// or PATCH (servers may refuse those without one); none for other bodiless methods.
+pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
+    match &request.body {
+        Some(body) => Some(body.len()),
+        None if matches!(request.method, Method::POST | Method::PUT | Method::PATCH) => Some(0),
+        None => None,
+    }
+}
+
 fn request_header(request: &SubRequest, batch: &BatchHeaders) -> pingora::Result<RequestHeader> {
     let mut header = RequestHeader::build(
         request.method.clone(),
@@ -408,21 +432,11 @@ fn request_header(request: &SubRequest, batch: &BatchHeaders) -> pingora::Result
         Some(request.headers.len() + batch.common.len() + 2),
     )?;
     header.insert_header(HOST, batch.host.clone())?;
-    for (name, value) in &batch.common {
-        // An item's own header wins over a forwarded one of the same name.
-        if !request.headers.iter().any(|(n, _)| n == name) {
-            header.append_header(name.clone(), value.clone())?;
-        }
+    for (name, value) in item_request_headers(request, batch) {
+        header.append_header(name.clone(), value.clone())?;
     }
-    for (name, value) in &request.headers {
-        header.insert_header(name.clone(), value.clone())?;
-    }
-    match &request.body {
-        Some(body) => header.insert_header(CONTENT_LENGTH, body.len())?,
-        None if matches!(request.method, Method::POST | Method::PUT | Method::PATCH) => {
-            header.insert_header(CONTENT_LENGTH, 0)?
-        }
-        None => {}
+    if let Some(length) = item_content_length(request) {
+        header.insert_header(CONTENT_LENGTH, length)?;
     }
     Ok(header)
 }

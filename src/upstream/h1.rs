@@ -11,7 +11,10 @@
 //! by the rule the RFC gives and the connection is not reused; anything it cannot frame is an
 //! error, never a guess.
 
-use super::{kept_response_header, BatchHeaders, MAX_INTERIM_RESPONSES};
+use super::{
+    item_content_length, item_request_headers, kept_response_header, BatchHeaders,
+    MAX_INTERIM_RESPONSES,
+};
 use crate::item::{SubRequest, UpstreamResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -204,21 +207,11 @@ fn encode_head(request: &SubRequest, batch: &BatchHeaders, out: &mut Vec<u8>) {
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(batch.host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &batch.common {
-        // An item's own header wins over a forwarded one of the same name.
-        if !request.headers.iter().any(|(n, _)| n == name) {
-            push_header(out, name, value);
-        }
-    }
-    for (name, value) in &request.headers {
+    for (name, value) in item_request_headers(request, batch) {
         push_header(out, name, value);
     }
-    match &request.body {
-        Some(body) => push_content_length(out, body.len()),
-        None if matches!(request.method, Method::POST | Method::PUT | Method::PATCH) => {
-            push_content_length(out, 0)
-        }
-        None => {}
+    if let Some(length) = item_content_length(request) {
+        push_content_length(out, length);
     }
     out.extend_from_slice(b"\r\n");
 }
