@@ -555,81 +555,103 @@ fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeEr
             "status code {status} is not an HTTP status"
         )));
     }
-    let http10 = parsed.version == Some(0);
     // Every kept header is held until the batch reply is written: sized exactly.
-    let kept = kept_response_header;
-    let mut headers =
-        HeaderMap::with_capacity(parsed.headers.iter().filter(|h| kept(h.name)).count());
-    let mut content_length: Option<usize> = None;
-    let mut conflicting_length = false;
-    // The last transfer coding over all `Transfer-Encoding` lines, in order (one list).
-    let mut has_transfer_encoding = false;
-    let mut last_coding_chunked = false;
-    let mut close = false;
-    let mut keep_alive = false;
+    let mut headers = HeaderMap::with_capacity(
+        parsed
+            .headers
+            .iter()
+            .filter(|h| kept_response_header(h.name))
+            .count(),
+    );
+    let mut fields = FramingFields::default();
     for header in parsed.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            for part in header.value.split(|&b| b == b',') {
-                let len = parse_length(part.trim_ascii())?;
-                match content_length {
-                    Some(seen) if seen != len => conflicting_length = true,
-                    _ => content_length = Some(len),
-                }
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            has_transfer_encoding = true;
-            for coding in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if !coding.is_empty() {
-                    last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
-                }
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
-        if !kept(name) {
+        fields.observe(header.name, header.value)?;
+        if !kept_response_header(header.name) {
             continue;
         }
-        let owned_name = HeaderName::from_bytes(name.as_bytes());
+        let owned_name = HeaderName::from_bytes(header.name.as_bytes());
         let owned_value = HeaderValue::from_bytes(header.value);
         if let (Ok(name), Ok(value)) = (owned_name, owned_value) {
             headers.append(name, value);
         }
     }
-    if conflicting_length && !has_transfer_encoding {
-        return Err(ExchangeError::Protocol(
-            "conflicting Content-Length values".to_string(),
-        ));
-    }
-    let mut persistent = if http10 { keep_alive && !close } else { !close };
-    let framing = if has_transfer_encoding {
-        // Transfer-Encoding overrides Content-Length, and a message with both may be an
-        // attempt at smuggling: read it by the RFC's rule, then close (RFC 9112 6.3 item 3).
-        // HTTP/1.0 has no Transfer-Encoding: such a message is faulty framing (6.1).
-        if content_length.is_some() || http10 {
-            persistent = false;
-        }
-        if last_coding_chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        }
-    } else {
-        match content_length {
-            Some(len) => Framing::Length(len),
-            None => Framing::UntilClose,
-        }
-    };
+    let declared_framing = fields.has_transfer_encoding || fields.content_length.is_some();
+    let (framing, persistent) = fields.decide(parsed.version == Some(0))?;
     Ok(HeadInfo {
         status,
         headers,
         framing,
         persistent,
-        declared_framing: has_transfer_encoding || content_length.is_some(),
+        declared_framing,
     })
+}
+
+/// What the framing and connection headers of a response head say, gathered line by line.
+#[derive(Default)]
+struct FramingFields {
+    content_length: Option<usize>,
+    conflicting_length: bool,
+    has_transfer_encoding: bool,
+    /// The last transfer coding over all `Transfer-Encoding` lines, in order (one list).
+    last_coding_chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingFields {
+    fn observe(&mut self, name: &str, value: &[u8]) -> Result<(), ExchangeError> {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name.eq_ignore_ascii_case("content-length") {
+            for part in tokens() {
+                let len = parse_length(part)?;
+                match self.content_length {
+                    Some(seen) if seen != len => self.conflicting_length = true,
+                    _ => self.content_length = Some(len),
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.has_transfer_encoding = true;
+            for coding in tokens().filter(|coding| !coding.is_empty()) {
+                self.last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in tokens() {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    /// How the body is delimited, and whether the connection may carry another request.
+    fn decide(self, http10: bool) -> Result<(Framing, bool), ExchangeError> {
+        if self.conflicting_length && !self.has_transfer_encoding {
+            return Err(ExchangeError::Protocol(
+                "conflicting Content-Length values".to_string(),
+            ));
+        }
+        let persistent = if http10 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        };
+        if !self.has_transfer_encoding {
+            let framing = self
+                .content_length
+                .map_or(Framing::UntilClose, Framing::Length);
+            return Ok((framing, persistent));
+        }
+        // Transfer-Encoding overrides Content-Length, and a message with both may be an
+        // attempt at smuggling: read it by the RFC's rule, then close (RFC 9112 6.3 item 3).
+        // HTTP/1.0 has no Transfer-Encoding: such a message is faulty framing (6.1).
+        let persistent = persistent && self.content_length.is_none() && !http10;
+        let framing = if self.last_coding_chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        };
+        Ok((framing, persistent))
+    }
 }
 
 fn parse_length(value: &[u8]) -> Result<usize, ExchangeError> {
