@@ -7,7 +7,9 @@
 
 use super::body::read_batch;
 use super::{BatchGate, RequestCtx, Route, RouteDialect};
-use crate::dialect::{BatchRequest, Dialect, ItemClass, Outcome, RejectionKind, Reply, SubRequest};
+use crate::dialect::{
+    BatchRequest, Dialect, ItemClass, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest,
+};
 use crate::exec::{self, Limits, Observer};
 use crate::metrics::{BatchResult, RouteMetrics};
 use crate::upstream::{BatchHeaders, BatchUpstream};
@@ -37,7 +39,68 @@ pub struct BatchSummary {
     metrics: Option<Arc<RouteMetrics>>,
 }
 
+/// The batch request as the dialect decodes it.
+fn decode<D: Dialect>(
+    req: &RequestHeader,
+    dialect: &D,
+    body: &bytes::Bytes,
+) -> std::result::Result<Plan<D::Meta>, Rejection> {
+    dialect.decode(&BatchRequest {
+        method: &req.method,
+        query: req.uri.query(),
+        headers: &req.headers,
+        body,
+    })
+}
+
 impl BatchSummary {
+    /// A batch that has just arrived: refused until it turns out otherwise.
+    fn new(route: &Route, request_id: &str) -> Self {
+        BatchSummary {
+            route: route.config.name.clone(),
+            request_id: request_id.to_string(),
+            items: 0,
+            failures: 0,
+            status: 0,
+            result: BatchResult::Rejected,
+            rejection: None,
+            metrics: route.metrics.clone(),
+        }
+    }
+
+    /// The client left or stalled before its body arrived: not a refusal of its batch.
+    fn client_left(&mut self, e: &Error) {
+        self.result = BatchResult::Cancelled;
+        self.status = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => 499,
+        };
+    }
+
+    /// The client left while the items ran. Refused items keep their class; every item that
+    /// was to be sent counts as cancelled (whether or not it had finished, nobody received it).
+    fn cancelled(&mut self, refused: usize) {
+        self.result = BatchResult::Cancelled;
+        self.status = 499;
+        if let Some(metrics) = &self.metrics {
+            (0..refused).for_each(|_| metrics.item_class(ItemClass::Rejected));
+            (refused..self.items).for_each(|_| metrics.item_class(ItemClass::Cancelled));
+        }
+    }
+
+    /// Every item has its outcome: count them and name the batch's result.
+    fn completed(&mut self, outcomes: &[Outcome]) {
+        if let Some(metrics) = &self.metrics {
+            outcomes.iter().for_each(|o| metrics.item(o));
+        }
+        self.failures = outcomes.iter().filter(|o| o.is_failure()).count();
+        self.result = match self.failures {
+            0 => BatchResult::Ok,
+            n if n == self.items => BatchResult::Failed,
+            _ => BatchResult::Partial,
+        };
+    }
+
     /// Records the batch's metrics and writes its one log line.
     pub fn record(&self, elapsed: Duration) {
         if let Some(metrics) = &self.metrics {
@@ -83,39 +146,11 @@ impl BatchGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let request_id = request_id(session.req_header());
-        let summary = ctx.batch.insert(BatchSummary {
-            route: route.config.name.clone(),
-            request_id: request_id.clone(),
-            items: 0,
-            failures: 0,
-            status: 0,
-            result: BatchResult::Rejected,
-            rejection: None,
-            metrics: route.metrics.clone(),
-        });
-        let read = read_batch(session, route, dialect).await.inspect_err(|e| {
-            // The client left or stalled before its body arrived: not a refusal of its batch.
-            summary.result = BatchResult::Cancelled;
-            summary.status = match e.etype() {
-                ErrorType::HTTPStatus(code) => *code,
-                _ => 499,
-            };
-        })?;
-        let body = match read {
-            Ok(body) => body,
-            Err(rejection) => {
-                summary.rejection = Some(rejection.kind);
-                return finish(session, summary, &dialect.reject(&rejection), &request_id).await;
-            }
-        };
-        let req = session.req_header();
-        let batch_request = BatchRequest {
-            method: &req.method,
-            query: req.uri.query(),
-            headers: &req.headers,
-            body: &body,
-        };
-        let plan = match dialect.decode(&batch_request) {
+        let summary = ctx.batch.insert(BatchSummary::new(route, &request_id));
+        let read = read_batch(session, route, dialect)
+            .await
+            .inspect_err(|e| summary.client_left(e))?;
+        let plan = match read.and_then(|body| decode(session.req_header(), dialect, &body)) {
             Ok(plan) => plan,
             Err(rejection) => {
                 tracing::debug!(route = %route.config.name, reason = rejection.kind.as_str(), "batch rejected: {}", rejection.message);
@@ -128,36 +163,17 @@ impl BatchGate {
         let headers = batch_headers(session, route, &request_id);
         let observer = Arc::new(BatchObserver {
             metrics: route.metrics.clone(),
-            request_id: if self.item_log {
-                Some(request_id.clone())
-            } else {
-                None
-            },
+            request_id: self.item_log.then(|| request_id.clone()),
             batch_size: summary.items,
         });
         let Some(outcomes) = self
             .run_batch(session, route, plan.items, headers, &observer, &request_id)
             .await
         else {
-            summary.result = BatchResult::Cancelled;
-            summary.status = 499;
-            if let Some(metrics) = &route.metrics {
-                // Refused items keep their class; every item that was to be sent counts as
-                // cancelled (whether or not it had finished, nobody received it).
-                (0..refused).for_each(|_| metrics.item_class(ItemClass::Rejected));
-                (refused..summary.items).for_each(|_| metrics.item_class(ItemClass::Cancelled));
-            }
+            summary.cancelled(refused);
             return Ok(());
         };
-        if let Some(metrics) = &route.metrics {
-            outcomes.iter().for_each(|o| metrics.item(o));
-        }
-        summary.failures = outcomes.iter().filter(|o| o.is_failure()).count();
-        summary.result = match summary.failures {
-            0 => BatchResult::Ok,
-            n if n == summary.items => BatchResult::Failed,
-            _ => BatchResult::Partial,
-        };
+        summary.completed(&outcomes);
         let reply = dialect.encode(plan.meta, outcomes);
         finish(session, summary, &reply, &request_id).await
     }
