@@ -71,64 +71,7 @@ impl Dialect for Envelope {
     type Meta = EnvelopeMeta;
 
     fn decode(&self, request: &BatchRequest<'_>) -> Result<Plan<EnvelopeMeta>, Rejection> {
-        let invalid = |kind, code, message: String| Rejection::new(kind, code, message);
-        let not_object = |detail: String| {
-            invalid(
-                RejectionKind::ParseError,
-                CODE_BODY,
-                format!("the body is not a JSON object: {detail}"),
-            )
-        };
-        // serde would also accept a struct written as an array; the contract is an object.
-        // Anything else is first parsed as any JSON value, so broken JSON gets serde's
-        // precise error and valid JSON of another type gets "another JSON type".
-        let starts_as_object = request
-            .body
-            .iter()
-            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-            == Some(&b'{');
-        if !starts_as_object {
-            let _: &RawValue =
-                serde_json::from_slice(request.body).map_err(|e| not_object(e.to_string()))?;
-            return Err(not_object("found another JSON type".to_string()));
-        }
-        // One pass over the body: the members are kept as raw slices.
-        let body: Body<'_> =
-            serde_json::from_slice(request.body).map_err(|e| not_object(e.to_string()))?;
-        self.check_resource(body.resource)?;
-        let requests = body.requests.ok_or_else(|| {
-            invalid(
-                RejectionKind::Empty,
-                CODE_REQUESTS,
-                "requests is missing".to_string(),
-            )
-        })?;
-        let items: Vec<&RawValue> = serde_json::from_str(requests.get()).map_err(|_| {
-            invalid(
-                RejectionKind::InvalidParameter,
-                CODE_REQUESTS,
-                "requests must be an array of objects".to_string(),
-            )
-        })?;
-        if items.is_empty() {
-            return Err(invalid(
-                RejectionKind::Empty,
-                CODE_REQUESTS,
-                "requests is empty; send 1 to {max} child requests"
-                    .replace("{max}", &self.max_items.to_string()),
-            ));
-        }
-        if items.len() > self.max_items {
-            return Err(invalid(
-                RejectionKind::TooManyItems,
-                CODE_REQUESTS,
-                format!(
-                    "requests has {} child requests; at most {} are allowed",
-                    items.len(),
-                    self.max_items
-                ),
-            ));
-        }
+        let items = self.child_requests(request.body)?;
         let mut plan = Plan {
             meta: Vec::with_capacity(items.len()),
             items: Vec::with_capacity(items.len()),
@@ -136,7 +79,7 @@ impl Dialect for Envelope {
         let mut seen_ids = HashSet::with_capacity(items.len());
         for (index, raw) in items.into_iter().enumerate() {
             let invalid_item = |detail: String| {
-                invalid(
+                Rejection::new(
                     RejectionKind::InvalidItem,
                     CODE_REQUESTS,
                     format!("requests[{index}] must be an object{detail}"),
@@ -208,6 +151,64 @@ impl Dialect for Envelope {
 }
 
 impl Envelope {
+    /// The body's `requests`, each a raw JSON value, after the whole-batch checks: an object
+    /// body, an allowed `resource`, 1 to `max_items` child requests.
+    fn child_requests<'b>(&self, body: &'b Bytes) -> Result<Vec<&'b RawValue>, Rejection> {
+        let not_object = |detail: String| {
+            Rejection::new(
+                RejectionKind::ParseError,
+                CODE_BODY,
+                format!("the body is not a JSON object: {detail}"),
+            )
+        };
+        let requests_error = |kind, message: String| Rejection::new(kind, CODE_REQUESTS, message);
+        // serde would also accept a struct written as an array; the contract is an object.
+        // Anything else is first parsed as any JSON value, so broken JSON gets serde's
+        // precise error and valid JSON of another type gets "another JSON type".
+        let starts_as_object = body
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            == Some(&b'{');
+        if !starts_as_object {
+            let _: &RawValue =
+                serde_json::from_slice(body).map_err(|e| not_object(e.to_string()))?;
+            return Err(not_object("found another JSON type".to_string()));
+        }
+        // One pass over the body: the members are kept as raw slices.
+        let parsed: Body<'_> =
+            serde_json::from_slice(body).map_err(|e| not_object(e.to_string()))?;
+        self.check_resource(parsed.resource)?;
+        let requests = parsed.requests.ok_or_else(|| {
+            requests_error(RejectionKind::Empty, "requests is missing".to_string())
+        })?;
+        let items: Vec<&RawValue> = serde_json::from_str(requests.get()).map_err(|_| {
+            requests_error(
+                RejectionKind::InvalidParameter,
+                "requests must be an array of objects".to_string(),
+            )
+        })?;
+        if items.is_empty() {
+            return Err(requests_error(
+                RejectionKind::Empty,
+                format!(
+                    "requests is empty; send 1 to {} child requests",
+                    self.max_items
+                ),
+            ));
+        }
+        if items.len() > self.max_items {
+            return Err(requests_error(
+                RejectionKind::TooManyItems,
+                format!(
+                    "requests has {} child requests; at most {} are allowed",
+                    items.len(),
+                    self.max_items
+                ),
+            ));
+        }
+        Ok(items)
+    }
+
     fn check_resource(&self, resource: Option<&RawValue>) -> Result<(), Rejection> {
         let Some(allowed) = &self.config.allowed_resources else {
             return Ok(());
