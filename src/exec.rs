@@ -9,7 +9,7 @@
 //! thread anyway) or spawned one task each so work stealing can spread them
 //! (`Limits::spawn_items`); one loop drives both (`Running`).
 
-use crate::item::{Outcome, SubRequest, UpstreamResponse};
+use crate::item::{FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +92,10 @@ pub async fn run<U: Upstream, O: Observer>(
             };
             let Some(permits) = permits else {
                 // The semaphores are never closed; report it as cancellation if they ever are.
-                collector.record(index, Outcome::Cancelled);
+                collector.record(
+                    index,
+                    Outcome::failed(FailureKind::Cancelled, Sent::Nothing),
+                );
                 continue;
             };
             running.push(start_item(
@@ -250,10 +253,11 @@ impl Collector {
     /// One outcome per item; a slot still empty is `DeadlineExceeded` when the run stopped
     /// early (deadline or shutdown), and an internal failure otherwise (its task panicked).
     fn into_outcomes(self, finished: bool) -> Vec<Outcome> {
+        // Whether an unfinished item had started is not tracked: it may have been sent.
         let unfinished = if !finished {
-            Outcome::DeadlineExceeded
+            Outcome::failed(FailureKind::BatchDeadline, Sent::Maybe)
         } else {
-            Outcome::UpstreamFailed("internal error while running the item".to_string())
+            Outcome::failed(FailureKind::Internal, Sent::Maybe)
         };
         self.slots
             .into_iter()
@@ -276,9 +280,8 @@ impl Collector {
             let size = (self.reply_cost)(response);
             let total = self.reply_bytes.saturating_add(size);
             if total > self.max_reply_bytes {
-                outcome = Outcome::ReplyBudgetExceeded {
-                    limit: self.max_reply_bytes,
-                };
+                let limit = self.max_reply_bytes;
+                outcome = Outcome::failed(FailureKind::ReplyBudgetExceeded { limit }, Sent::All);
             } else {
                 self.reply_bytes = total;
             }
@@ -327,16 +330,12 @@ async fn run_item<U: Upstream, O: Observer>(
     let started = Instant::now();
     let outcome = match tokio::time::timeout(item_timeout, upstream.send(request)).await {
         Ok(outcome) => outcome,
-        Err(_) => Outcome::TimedOut,
+        Err(_) => Outcome::failed(FailureKind::Timeout, Sent::Maybe),
     };
     let elapsed = started.elapsed();
     let span = tracing::Span::current();
     if !span.is_disabled() {
-        let status = match &outcome {
-            Outcome::Response(r) => r.status,
-            other => other.http_error().map_or(0, |e| e.status),
-        };
-        span.record("status", status);
+        span.record("status", outcome.status());
         span.record("outcome", outcome.class().as_str());
         span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
         tracing::debug!("item finished");

@@ -1,5 +1,6 @@
 //! The vocabulary of one item, shared by every layer: the request sent upstream, the
-//! upstream's response, and what became of the item (`Outcome`, with its fixed `ItemClass`).
+//! upstream's response, and what became of the item (`Outcome`, with its fixed `ItemClass`),
+//! including a typed `Failure` and the one table mapping it to status, code and class.
 //!
 //! It lives below everything that uses it (mini-redis's `frame.rs` is the model), so the
 //! executor, the upstream client and the metrics import this module, never a dialect.
@@ -55,22 +56,201 @@ pub struct ItemError {
 pub enum Outcome {
     /// The upstream answered (any status).
     Response(UpstreamResponse),
+    /// No answer to relay: refused, timed out, failed or cancelled.
+    Failed(Failure),
+}
+
+/// Why an item has no upstream answer, with what a retry or a log needs to know: whose
+/// fault it was and how much of the request reached the upstream.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub sent: Sent,
+    /// The underlying error in words (the connector's, the parser's), for the reply's detail
+    /// and the logs; `None` where the kind says it all.
+    pub detail: Option<String>,
+}
+
+/// What went wrong, one variant per distinct condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
     /// Refused by the dialect or a guard; never sent.
     Refused(ItemError),
-    /// The item's own timeout passed while it was in flight.
-    TimedOut,
+    /// The item's own timeout, or the upstream's shorter read or write timeout, fired.
+    Timeout,
     /// The batch deadline passed before the item finished (or before it could start).
-    DeadlineExceeded,
+    BatchDeadline,
     /// No connection to the upstream could be made.
-    ConnectFailed(String),
-    /// The connection failed after the request was sent (reset, protocol error).
-    UpstreamFailed(String),
+    Connect,
+    /// The connection failed once the request was on it (reset, closed, invalid response).
+    Connection,
     /// The upstream body exceeded `max_item_response_bytes`.
     ResponseTooLarge { limit: usize },
     /// The reply as a whole would exceed `max_reply_bytes`; this item's body was dropped.
     ReplyBudgetExceeded { limit: usize },
     /// The client went away; the item was not started or was abandoned.
     Cancelled,
+    /// batchgate itself failed while running the item (its task panicked).
+    Internal,
+}
+
+/// Whose fault a failure is: it decides 4xx against 5xx, and who should be paged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Proxy,
+}
+
+/// How much of the request reached the upstream when the item failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Not one byte: the upstream cannot have acted on it.
+    Nothing,
+    /// Some or all of it, and no complete answer came back: it may have been acted on.
+    Maybe,
+    /// All of it, and an answer began (it was unusable: too large, malformed, cut off).
+    All,
+}
+
+/// How a failure shows on the wire and in the metrics: the one ordered table.
+struct Mapping {
+    status: u16,
+    code: &'static str,
+    class: ItemClass,
+    fault: Fault,
+    /// The message before any detail.
+    message: &'static str,
+}
+
+impl FailureKind {
+    /// The one place that decides what a failure becomes: HTTP status and error code for the
+    /// dialects that report them, the metric class, and whose fault it was. Dialects render
+    /// the result in their own format; none of them re-decides it.
+    fn mapping(&self) -> Mapping {
+        use FailureKind::*;
+        use ItemClass as C;
+        let (status, code, class, fault, message) = match self {
+            Refused(e) => (e.status, e.code, C::Rejected, Fault::Client, ""),
+            Timeout => (504, "GatewayTimeout", C::Timeout, Fault::Upstream, TIMEOUT),
+            BatchDeadline => (
+                504,
+                "BatchDeadlineExceeded",
+                C::Timeout,
+                Fault::Upstream,
+                DEADLINE,
+            ),
+            Connect => (
+                502,
+                "UpstreamConnectFailed",
+                C::ConnectError,
+                Fault::Upstream,
+                CONNECT,
+            ),
+            Connection => (
+                502,
+                "UpstreamFailed",
+                C::UpstreamError,
+                Fault::Upstream,
+                CONNECTION,
+            ),
+            ResponseTooLarge { .. } => (
+                502,
+                "UpstreamResponseTooLarge",
+                C::UpstreamError,
+                Fault::Upstream,
+                "",
+            ),
+            ReplyBudgetExceeded { .. } => {
+                (502, "ReplyTooLarge", C::UpstreamError, Fault::Proxy, "")
+            }
+            Cancelled => (499, "Cancelled", C::Cancelled, Fault::Client, CANCELLED),
+            Internal => (
+                502,
+                "UpstreamFailed",
+                C::UpstreamError,
+                Fault::Proxy,
+                INTERNAL,
+            ),
+        };
+        Mapping {
+            status,
+            code,
+            class,
+            fault,
+            message,
+        }
+    }
+}
+
+const TIMEOUT: &str = "the upstream did not answer in time";
+const DEADLINE: &str = "the batch deadline passed before this item finished";
+const CONNECT: &str = "could not connect to the upstream";
+const CONNECTION: &str = "the upstream connection failed";
+const CANCELLED: &str = "the client closed the connection";
+const INTERNAL: &str = "internal error while running the item";
+
+impl Failure {
+    pub fn new(kind: FailureKind, sent: Sent) -> Self {
+        Failure {
+            kind,
+            sent,
+            detail: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn class(&self) -> ItemClass {
+        self.kind.mapping().class
+    }
+
+    pub fn fault(&self) -> Fault {
+        self.kind.mapping().fault
+    }
+
+    /// Whether sending the request again cannot do anything twice that the client did not
+    /// ask for: nothing reached the upstream, or the method is idempotent (RFC 9110 section
+    /// 9.2.2) and the failure was the upstream's.
+    pub fn retryable(&self, idempotent: bool) -> bool {
+        use FailureKind::*;
+        match self.kind {
+            Connect => true,
+            Timeout | Connection => self.sent == Sent::Nothing || idempotent,
+            Refused(_)
+            | BatchDeadline
+            | ResponseTooLarge { .. }
+            | ReplyBudgetExceeded { .. }
+            | Cancelled
+            | Internal => false,
+        }
+    }
+
+    /// Status, code and message for dialects that report one per item.
+    pub fn http_error(&self) -> ItemError {
+        if let FailureKind::Refused(error) = &self.kind {
+            return error.clone();
+        }
+        let mapping = self.kind.mapping();
+        let message = match (&self.kind, &self.detail) {
+            (FailureKind::ResponseTooLarge { limit }, _) => {
+                format!("the upstream body exceeded {limit} bytes")
+            }
+            (FailureKind::ReplyBudgetExceeded { limit }, _) => {
+                format!("the batch reply would exceed {limit} bytes")
+            }
+            (_, Some(detail)) => format!("{}: {detail}", mapping.message),
+            (_, None) => mapping.message.to_string(),
+        };
+        ItemError {
+            status: mapping.status,
+            code: mapping.code,
+            message,
+        }
+    }
 }
 
 /// The fixed classes of item outcomes: metric labels and log fields. The discriminant indexes
@@ -119,6 +299,16 @@ impl ItemClass {
 }
 
 impl Outcome {
+    /// A failure of `kind`, with nothing more to say about it.
+    pub fn failed(kind: FailureKind, sent: Sent) -> Self {
+        Outcome::Failed(Failure::new(kind, sent))
+    }
+
+    /// An item refused before it was sent.
+    pub fn refused(error: ItemError) -> Self {
+        Outcome::failed(FailureKind::Refused(error), Sent::Nothing)
+    }
+
     pub fn class(&self) -> ItemClass {
         match self {
             Outcome::Response(r) => match r.status {
@@ -127,13 +317,15 @@ impl Outcome {
                 400..=499 => ItemClass::Status4xx,
                 _ => ItemClass::Status5xx,
             },
-            Outcome::Refused(_) => ItemClass::Rejected,
-            Outcome::TimedOut | Outcome::DeadlineExceeded => ItemClass::Timeout,
-            Outcome::ConnectFailed(_) => ItemClass::ConnectError,
-            Outcome::UpstreamFailed(_)
-            | Outcome::ResponseTooLarge { .. }
-            | Outcome::ReplyBudgetExceeded { .. } => ItemClass::UpstreamError,
-            Outcome::Cancelled => ItemClass::Cancelled,
+            Outcome::Failed(failure) => failure.class(),
+        }
+    }
+
+    /// The item's HTTP status: the upstream's, or the one its failure maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            Outcome::Response(r) => r.status,
+            Outcome::Failed(failure) => failure.kind.mapping().status,
         }
     }
 
@@ -142,51 +334,182 @@ impl Outcome {
         !matches!(self, Outcome::Response(r) if r.status < 400)
     }
 
-    /// HTTP-style status for dialects that report one per item, with a code and message.
-    pub fn http_error(&self) -> Option<ItemError> {
-        let (status, code, message) = match self {
-            Outcome::Response(_) => return None,
-            Outcome::Refused(e) => return Some(e.clone()),
-            Outcome::TimedOut => (
+    /// What went wrong, if the item has no answer.
+    pub fn failure_kind(&self) -> Option<&FailureKind> {
+        self.failure().map(|failure| &failure.kind)
+    }
+
+    /// The failure, if the item has no answer.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Outcome::Response(_) => None,
+            Outcome::Failed(failure) => Some(failure),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(kind: FailureKind, sent: Sent) -> Failure {
+        Failure::new(kind, sent)
+    }
+
+    /// The one table: every failure kind's status, code, metric class and fault.
+    #[test]
+    fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
+        let refused = ItemError {
+            status: 405,
+            code: "MethodNotAllowed",
+            message: "no".to_string(),
+        };
+        let cases = [
+            (
+                FailureKind::Refused(refused),
+                405,
+                "MethodNotAllowed",
+                ItemClass::Rejected,
+                Fault::Client,
+            ),
+            (
+                FailureKind::Timeout,
                 504,
                 "GatewayTimeout",
-                "the upstream did not answer in time (item timeout, or the upstream's read or write timeout)".to_string(),
+                ItemClass::Timeout,
+                Fault::Upstream,
             ),
-            Outcome::DeadlineExceeded => (
+            (
+                FailureKind::BatchDeadline,
                 504,
                 "BatchDeadlineExceeded",
-                "the batch deadline passed before this item finished".to_string(),
+                ItemClass::Timeout,
+                Fault::Upstream,
             ),
-            Outcome::ConnectFailed(why) => (
+            (
+                FailureKind::Connect,
                 502,
                 "UpstreamConnectFailed",
-                format!("could not connect to the upstream: {why}"),
+                ItemClass::ConnectError,
+                Fault::Upstream,
             ),
-            Outcome::UpstreamFailed(why) => (
+            (
+                FailureKind::Connection,
                 502,
                 "UpstreamFailed",
-                format!("the upstream connection failed: {why}"),
+                ItemClass::UpstreamError,
+                Fault::Upstream,
             ),
-            Outcome::ResponseTooLarge { limit } => (
+            (
+                FailureKind::ResponseTooLarge { limit: 9 },
                 502,
                 "UpstreamResponseTooLarge",
-                format!("the upstream body exceeded {limit} bytes"),
+                ItemClass::UpstreamError,
+                Fault::Upstream,
             ),
-            Outcome::ReplyBudgetExceeded { limit } => (
+            (
+                FailureKind::ReplyBudgetExceeded { limit: 9 },
                 502,
                 "ReplyTooLarge",
-                format!("the batch reply would exceed {limit} bytes"),
+                ItemClass::UpstreamError,
+                Fault::Proxy,
             ),
-            Outcome::Cancelled => (
+            (
+                FailureKind::Cancelled,
                 499,
                 "Cancelled",
-                "the client closed the connection".to_string(),
+                ItemClass::Cancelled,
+                Fault::Client,
             ),
+            (
+                FailureKind::Internal,
+                502,
+                "UpstreamFailed",
+                ItemClass::UpstreamError,
+                Fault::Proxy,
+            ),
+        ];
+        for (kind, status, code, class, fault) in cases {
+            let outcome = Outcome::failed(kind.clone(), Sent::Maybe);
+            let error = outcome.failure().map(Failure::http_error);
+            assert_eq!(outcome.status(), status, "{kind:?}");
+            assert_eq!(
+                error.map(|e| (e.status, e.code)),
+                Some((status, code)),
+                "{kind:?}"
+            );
+            assert_eq!(outcome.class(), class, "{kind:?}");
+            assert_eq!(
+                outcome.failure().map(Failure::fault),
+                Some(fault),
+                "{kind:?}"
+            );
+            assert!(outcome.is_failure());
+        }
+    }
+
+    /// The detail (the connector's or parser's words) follows the message; limits are named.
+    #[test]
+    fn messages_carry_the_detail_and_the_limit() {
+        let timeout = failure(FailureKind::Timeout, Sent::All).with_detail("timed out reading");
+        assert_eq!(
+            timeout.http_error().message,
+            "the upstream did not answer in time: timed out reading"
+        );
+        let big = failure(FailureKind::ResponseTooLarge { limit: 7 }, Sent::All).with_detail("x");
+        assert_eq!(
+            big.http_error().message,
+            "the upstream body exceeded 7 bytes"
+        );
+        assert_eq!(
+            failure(FailureKind::Cancelled, Sent::Nothing)
+                .http_error()
+                .message,
+            "the client closed the connection"
+        );
+    }
+
+    /// A retry is safe when nothing reached the upstream, or when the method is idempotent
+    /// and the upstream failed; never for what the client or a limit decided.
+    #[test]
+    fn retryable_follows_what_was_sent_and_the_method() {
+        let connect = failure(FailureKind::Connect, Sent::Nothing);
+        assert!(connect.retryable(false));
+        let reset_unsent = failure(FailureKind::Connection, Sent::Nothing);
+        assert!(reset_unsent.retryable(false));
+        let reset_sent = failure(FailureKind::Connection, Sent::Maybe);
+        assert!(!reset_sent.retryable(false));
+        assert!(reset_sent.retryable(true));
+        let timeout = failure(FailureKind::Timeout, Sent::All);
+        assert!(!timeout.retryable(false) && timeout.retryable(true));
+        for kind in [
+            FailureKind::BatchDeadline,
+            FailureKind::Cancelled,
+            FailureKind::ResponseTooLarge { limit: 1 },
+            FailureKind::ReplyBudgetExceeded { limit: 1 },
+            FailureKind::Internal,
+        ] {
+            assert!(
+                !failure(kind.clone(), Sent::Nothing).retryable(true),
+                "{kind:?}"
+            );
+        }
+    }
+
+    /// An upstream answer's status is the item's status, whatever it is.
+    #[test]
+    fn a_response_is_not_a_failure_below_400() {
+        let response = |status| {
+            Outcome::Response(UpstreamResponse {
+                status,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            })
         };
-        Some(ItemError {
-            status,
-            code,
-            message,
-        })
+        assert!(!response(204).is_failure());
+        assert_eq!(response(404).status(), 404);
+        assert!(response(404).is_failure());
+        assert_eq!(response(503).class(), ItemClass::Status5xx);
+        assert!(response(200).failure().is_none());
     }
 }

@@ -15,7 +15,7 @@ mod pool;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::exec::Upstream;
-use crate::item::{Outcome, SubRequest, UpstreamResponse};
+use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
@@ -109,7 +109,8 @@ impl UpstreamClient {
     pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
         let n = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len().max(1);
         let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
-            return Outcome::ConnectFailed("the upstream has no address".to_string());
+            let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
+            return Outcome::Failed(failure.with_detail("the upstream has no address"));
         };
         match &self.h2_connector {
             Some(connector) => self.send_h2(connector, peer, request, batch).await,
@@ -136,17 +137,17 @@ impl UpstreamClient {
                 Err(error)
                     if error.unsent()
                         || (error.nothing_received() && request.method.is_idempotent()) => {}
-                Err(error) => return h1_outcome(error),
+                Err(error) => return Outcome::Failed(h1_failure(error)),
             }
         }
         let conn = match self.transport.new_stream(peer).await {
             Ok(stream) => pool::Conn::new(stream),
-            Err(error) => return Outcome::ConnectFailed(error.to_string()),
+            Err(error) => return Outcome::Failed(connect_failure(&error)),
         };
         self.count_connection(false);
         match self.exchange_h1(conn, pool, request, batch).await {
             Ok(response) => Outcome::Response(response),
-            Err(error) => h1_outcome(error),
+            Err(error) => Outcome::Failed(h1_failure(error)),
         }
     }
 
@@ -177,23 +178,27 @@ impl UpstreamClient {
         request: &SubRequest,
         batch: &BatchHeaders,
     ) -> Outcome {
-        match self.exchange_h2(connector, peer, request, batch).await {
-            Ok(response) => Outcome::Response(response),
-            Err(Failure::Pingora { mut error, reused }) => {
+        let failure = match self.exchange_h2(connector, peer, request, batch).await {
+            Ok(response) => return Outcome::Response(response),
+            Err(H2Error::Pingora {
+                mut error,
+                reused,
+                sent,
+            }) => {
                 // pingora's rule: `ReusedOnly` errors are retryable only on a reused pooled
                 // connection, i.e. the upstream closed it while idle and saw nothing.
                 error.retry.decide_reuse(reused);
-                if error.retry() {
-                    match self.exchange_h2(connector, peer, request, batch).await {
-                        Ok(response) => Outcome::Response(response),
-                        Err(second) => second.into_outcome(),
-                    }
-                } else {
-                    pingora_outcome(&error)
+                if !error.retry() {
+                    return Outcome::Failed(pingora_failure(&error, sent));
+                }
+                match self.exchange_h2(connector, peer, request, batch).await {
+                    Ok(response) => return Outcome::Response(response),
+                    Err(second) => second,
                 }
             }
-            Err(other) => other.into_outcome(),
-        }
+            Err(other) => other,
+        };
+        Outcome::Failed(failure.into_failure())
     }
 
     /// One item as an HTTP/2 stream through pingora's session.
@@ -203,26 +208,35 @@ impl UpstreamClient {
         peer: &HttpPeer,
         request: &SubRequest,
         batch: &BatchHeaders,
-    ) -> Result<UpstreamResponse, Failure> {
+    ) -> Result<UpstreamResponse, H2Error> {
         let (mut session, reused) = connector
             .get_http_session(peer)
             .await
-            .map_err(|error| Failure::Connect(error.to_string()))?;
+            .map_err(H2Error::Connect)?;
         self.count_connection(reused);
-        let fail = |error| Failure::Pingora { error, reused };
-        let header = request_header(request, batch).map_err(&fail)?;
+        let failed = |sent| {
+            move |error| H2Error::Pingora {
+                error,
+                reused,
+                sent,
+            }
+        };
+        let header = request_header(request, batch).map_err(failed(Sent::Nothing))?;
         session
             .write_request_header(Box::new(header))
             .await
-            .map_err(&fail)?;
+            .map_err(failed(Sent::Maybe))?;
         if let Some(body) = &request.body {
             session
                 .write_request_body(body.clone(), true)
                 .await
-                .map_err(&fail)?;
+                .map_err(failed(Sent::Maybe))?;
         }
-        session.finish_request_body().await.map_err(&fail)?;
-        let (status, headers) = read_final_header(&mut session, &fail).await?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(failed(Sent::Maybe))?;
+        let (status, headers) = read_final_header(&mut session, &failed(Sent::Maybe)).await?;
         let limit = batch.max_response_bytes;
         let declared = headers
             .get(CONTENT_LENGTH)
@@ -232,14 +246,18 @@ impl UpstreamClient {
         let has_body = request.method != Method::HEAD && !matches!(status, 204 | 304);
         if has_body && declared.is_some_and(|len| len > limit) {
             // Not read, so the connection is dropped rather than pooled.
-            return Err(Failure::TooLarge(limit));
+            return Err(H2Error::TooLarge(limit));
         }
         // Reserve from the declared length only up to a bound: the upstream's word is not
         // memory we should commit before the bytes arrive.
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(PREALLOCATE_LIMIT));
-        while let Some(chunk) = session.read_response_body().await.map_err(&fail)? {
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(failed(Sent::All))?
+        {
             if body.len() + chunk.len() > limit {
-                return Err(Failure::TooLarge(limit));
+                return Err(H2Error::TooLarge(limit));
             }
             body.extend_from_slice(&chunk);
         }
@@ -259,30 +277,30 @@ impl UpstreamClient {
 /// protocol, which an item cannot use.
 async fn read_final_header(
     session: &mut pingora::protocols::http::client::HttpSession,
-    fail: &impl Fn(Box<pingora::Error>) -> Failure,
-) -> Result<(u16, http::HeaderMap), Failure> {
+    fail: &impl Fn(Box<pingora::Error>) -> H2Error,
+) -> Result<(u16, http::HeaderMap), H2Error> {
     let mut interim = 0;
     loop {
         session.read_response_header().await.map_err(fail)?;
         let Some(header) = session.response_header() else {
-            return Err(Failure::Protocol("no response header".to_string()));
+            return Err(H2Error::Protocol("no response header".to_string()));
         };
         match header.status.as_u16() {
             101 => {
-                return Err(Failure::Protocol(
+                return Err(H2Error::Protocol(
                     "the upstream switched protocols".to_string(),
                 ))
             }
             100..=199 if interim < MAX_INTERIM_RESPONSES => interim += 1,
             100..=199 => {
-                return Err(Failure::Protocol(format!(
+                return Err(H2Error::Protocol(format!(
                     "more than {MAX_INTERIM_RESPONSES} interim (1xx) answers"
                 )))
             }
             // pingora's h2 client buffers up to h2's 16 MiB header list; what is kept is
             // held to the one head limit.
             _ if head_size(&header.headers) > MAX_RESPONSE_HEAD_BYTES => {
-                return Err(Failure::Protocol(format!(
+                return Err(H2Error::Protocol(format!(
                     "the response head exceeds {MAX_RESPONSE_HEAD_BYTES} bytes"
                 )))
             }
@@ -362,43 +380,57 @@ impl Upstream for BatchUpstream {
     }
 }
 
-enum Failure {
-    Connect(String),
+/// Why an h2c exchange failed, before it becomes an item `Failure`.
+enum H2Error {
+    Connect(Box<pingora::Error>),
     Pingora {
         error: Box<pingora::Error>,
         reused: bool,
+        sent: Sent,
     },
+    /// An unusable answer: the request was sent in full.
     Protocol(String),
     TooLarge(usize),
 }
 
-impl Failure {
-    fn into_outcome(self) -> Outcome {
+impl H2Error {
+    fn into_failure(self) -> Failure {
         match self {
-            Failure::Connect(why) => Outcome::ConnectFailed(why),
-            Failure::Pingora { error, .. } => pingora_outcome(&error),
-            Failure::Protocol(why) => Outcome::UpstreamFailed(why),
-            Failure::TooLarge(limit) => Outcome::ResponseTooLarge { limit },
+            H2Error::Connect(error) => connect_failure(&error),
+            H2Error::Pingora { error, sent, .. } => pingora_failure(&error, sent),
+            H2Error::Protocol(why) => {
+                Failure::new(FailureKind::Connection, Sent::All).with_detail(why)
+            }
+            H2Error::TooLarge(limit) => {
+                Failure::new(FailureKind::ResponseTooLarge { limit }, Sent::All)
+            }
         }
     }
 }
 
-/// A timeout is a timeout wherever it fires: the item timeout (in the executor) or a shorter
-/// per-read or per-write one here.
-fn h1_outcome(error: h1::ExchangeError) -> Outcome {
-    match error {
-        h1::ExchangeError::TooLarge(limit) => Outcome::ResponseTooLarge { limit },
-        h1::ExchangeError::Timeout(_) => Outcome::TimedOut,
-        other => Outcome::UpstreamFailed(other.to_string()),
-    }
+/// A connection that could not be made: nothing was sent.
+fn connect_failure(error: &pingora::Error) -> Failure {
+    Failure::new(FailureKind::Connect, Sent::Nothing).with_detail(error.to_string())
 }
 
-/// What an error from pingora's h2 session becomes (timeouts as in `h1_outcome`).
-fn pingora_outcome(error: &pingora::Error) -> Outcome {
-    match error.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::TimedOut,
-        _ => Outcome::UpstreamFailed(error.to_string()),
-    }
+/// A timeout is a timeout wherever it fires: the item timeout (in the executor) or a shorter
+/// per-read or per-write one here.
+fn h1_failure(error: h1::ExchangeError) -> Failure {
+    let kind = match error {
+        h1::ExchangeError::TooLarge(limit) => FailureKind::ResponseTooLarge { limit },
+        h1::ExchangeError::Timeout(_) => FailureKind::Timeout,
+        _ => FailureKind::Connection,
+    };
+    Failure::new(kind, error.sent()).with_detail(error.to_string())
+}
+
+/// What an error from pingora's h2 session becomes (timeouts as in `h1_failure`).
+fn pingora_failure(error: &pingora::Error, sent: Sent) -> Failure {
+    let kind = match error.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => FailureKind::Timeout,
+        _ => FailureKind::Connection,
+    };
+    Failure::new(kind, sent).with_detail(error.to_string())
 }
 
 /// The one rule, for every upstream protocol, of which headers an item request carries

@@ -98,7 +98,7 @@ impl Dialect for Envelope {
             });
             plan.items.push(
                 self.sub_request(request.body, &fields)
-                    .map_err(Outcome::Refused),
+                    .map_err(Outcome::refused),
             );
         }
         Ok(plan)
@@ -462,13 +462,8 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome) {
             write_headers(out, &response.headers);
             write_body(out, &response.headers, &response.body);
         }
-        other => {
-            // Every non-response outcome has an HTTP-style error; Response is handled above.
-            let error = other.http_error().unwrap_or(ItemError {
-                status: 502,
-                code: "UpstreamFailed",
-                message: String::new(),
-            });
+        Outcome::Failed(failure) => {
+            let error = failure.http_error();
             out.extend_from_slice(format!(",\"status\":{}", error.status).as_bytes());
             out.extend_from_slice(b",\"body\":");
             let body = serde_json::json!({"code": error.code, "message": error.message});

@@ -257,13 +257,7 @@ impl Fanout {
                     message: format!("the upstream answered {}: {detail}", r.status),
                 });
             }
-            other => {
-                return Err(other.http_error().unwrap_or(ItemError {
-                    status: 502,
-                    code: "UpstreamFailed",
-                    message: String::new(),
-                }));
-            }
+            Outcome::Failed(failure) => return Err(failure.http_error()),
         };
         let body = response.body.trim_ascii();
         let invalid = || ItemError {

@@ -8,7 +8,8 @@
 //! profile. Upstream failures become the server errors of `UpstreamError`, one table.
 
 use super::{
-    BatchRequest, Dialect, ItemError, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest,
+    BatchRequest, Dialect, Failure, FailureKind, ItemError, Outcome, Plan, Rejection,
+    RejectionKind, Reply, SubRequest,
 };
 use crate::config::{JsonRpcConfig, RpcError};
 use bytes::Bytes;
@@ -292,7 +293,7 @@ impl JsonRpc {
                 (kind, Ok(request))
             }
             Err(refusal) => {
-                let refused = Outcome::Refused(ItemError {
+                let refused = Outcome::refused(ItemError {
                     status: 400,
                     code: refusal.reason,
                     message: refusal.reason.to_string(),
@@ -377,8 +378,8 @@ impl JsonRpc {
                 Ok(object) => return response.body.slice_ref(object),
                 Err(kind) => (kind, Some(response.status), None),
             },
-            other => {
-                let (kind, detail) = upstream_error(other);
+            Outcome::Failed(failure) => {
+                let (kind, detail) = upstream_error(failure);
                 (kind, None, detail)
             }
         };
@@ -416,7 +417,7 @@ impl JsonRpc {
                     Element::Call { id } => id.clone(),
                     _ => Bytes::from_static(b"null"),
                 };
-                let status = failure.http_error().map_or(502, |e| e.status);
+                let status = failure.status();
                 Reply::json(status, self.element_reply(&id, failure))
             }
         }
@@ -556,31 +557,36 @@ fn canonical_id(id: &Value) -> String {
     }
 }
 
-fn upstream_error(outcome: &Outcome) -> (UpstreamError, Option<String>) {
-    match outcome {
-        Outcome::TimedOut | Outcome::DeadlineExceeded => (UpstreamError::Timeout, None),
-        Outcome::ConnectFailed(why) => (UpstreamError::ConnectError, Some(why.clone())),
-        Outcome::ResponseTooLarge { limit } | Outcome::ReplyBudgetExceeded { limit } => (
+/// JSON-RPC's rendering of a failure: its server error code, and the detail for `data`.
+fn upstream_error(failure: &Failure) -> (UpstreamError, Option<String>) {
+    let detail = failure.detail.clone();
+    match failure.kind {
+        FailureKind::Timeout | FailureKind::BatchDeadline => (UpstreamError::Timeout, detail),
+        FailureKind::Connect => (UpstreamError::ConnectError, detail),
+        FailureKind::ResponseTooLarge { limit } | FailureKind::ReplyBudgetExceeded { limit } => (
             UpstreamError::TooLarge,
             Some(format!("limit {limit} bytes")),
         ),
-        Outcome::UpstreamFailed(why) => (UpstreamError::ConnectionFailed, Some(why.clone())),
-        Outcome::Cancelled | Outcome::Refused(_) | Outcome::Response(_) => {
-            (UpstreamError::ConnectionFailed, None)
+        FailureKind::Connection | FailureKind::Internal => {
+            (UpstreamError::ConnectionFailed, detail)
         }
+        FailureKind::Cancelled | FailureKind::Refused(_) => (UpstreamError::ConnectionFailed, None),
     }
 }
 
 fn reason(kind: UpstreamError, outcome: &Outcome) -> &'static str {
-    match (kind, outcome) {
-        (_, Outcome::DeadlineExceeded) => "batch_deadline",
-        (UpstreamError::Timeout, _) => "timeout",
-        (UpstreamError::ConnectError, _) => "connect_error",
-        (UpstreamError::InvalidReply, _) => "invalid_reply",
-        (UpstreamError::HttpStatus, _) => "http_status",
-        (UpstreamError::IdMismatch, _) => "id_mismatch",
-        (UpstreamError::ConnectionFailed, _) => "connection_failed",
-        (UpstreamError::TooLarge, _) => "too_large",
+    let deadline = outcome
+        .failure()
+        .is_some_and(|f| f.kind == FailureKind::BatchDeadline);
+    match kind {
+        _ if deadline => "batch_deadline",
+        UpstreamError::Timeout => "timeout",
+        UpstreamError::ConnectError => "connect_error",
+        UpstreamError::InvalidReply => "invalid_reply",
+        UpstreamError::HttpStatus => "http_status",
+        UpstreamError::IdMismatch => "id_mismatch",
+        UpstreamError::ConnectionFailed => "connection_failed",
+        UpstreamError::TooLarge => "too_large",
     }
 }
 

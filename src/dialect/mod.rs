@@ -12,7 +12,9 @@ pub mod fanout;
 pub mod jsonrpc;
 
 /// The item vocabulary, re-exported: dialects build `SubRequest`s and render `Outcome`s.
-pub use crate::item::{ItemClass, ItemError, Outcome, SubRequest, UpstreamResponse};
+pub use crate::item::{
+    Failure, FailureKind, Fault, ItemClass, ItemError, Outcome, Sent, SubRequest, UpstreamResponse,
+};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};

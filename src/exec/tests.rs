@@ -133,7 +133,7 @@ async fn item_timeout_is_per_item_in(spawn: bool) {
     )
     .await;
     assert_eq!(body(&out[0]), "/10");
-    assert!(matches!(out[1], Outcome::TimedOut));
+    assert!(matches!(out[1].failure_kind(), Some(FailureKind::Timeout)));
 }
 
 /// At the deadline the reply is built at once: finished items kept, the rest
@@ -154,8 +154,14 @@ async fn deadline_returns_partial_results_in(spawn: bool) {
     assert_eq!(started.elapsed(), Duration::from_millis(150));
     assert_eq!(body(&out[0]), "/10");
     assert_eq!(body(&out[1]), "/100");
-    assert!(matches!(out[2], Outcome::DeadlineExceeded));
-    assert!(matches!(out[3], Outcome::DeadlineExceeded));
+    assert!(matches!(
+        out[2].failure_kind(),
+        Some(FailureKind::BatchDeadline)
+    ));
+    assert!(matches!(
+        out[3].failure_kind(),
+        Some(FailureKind::BatchDeadline)
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         fake.started.lock().expect("test mutex").len(),
@@ -182,7 +188,7 @@ async fn cancellation_stops_unstarted_items_and_frees_permits_in(spawn: bool) {
 /// Refused items pass through untouched and are never sent.
 async fn decided_items_are_not_sent_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let refused = Outcome::Refused(ItemError {
+    let refused = Outcome::refused(ItemError {
         status: 405,
         code: "MethodNotAllowed",
         message: String::new(),
@@ -195,7 +201,7 @@ async fn decided_items_are_not_sent_in(spawn: bool) {
         &Arc::new(NoObserver),
     )
     .await;
-    assert!(matches!(&out[0], Outcome::Refused(e) if e.status == 405));
+    assert!(matches!(out[0].failure_kind(), Some(FailureKind::Refused(e)) if e.status == 405));
     assert_eq!(fake.started.lock().expect("test mutex").as_slice(), ["/1"]);
 }
 
@@ -214,7 +220,10 @@ async fn reply_budget_caps_total_bytes_in(spawn: bool) {
     .await;
     assert_eq!(body(&out[0]), "/1");
     assert_eq!(body(&out[1]), "/2");
-    assert!(matches!(out[2], Outcome::ReplyBudgetExceeded { limit: 5 }));
+    assert!(matches!(
+        out[2].failure_kind(),
+        Some(FailureKind::ReplyBudgetExceeded { limit: 5 })
+    ));
 }
 
 /// An item dropped for exceeding the budget is not charged: a later, smaller item still fits.
@@ -231,7 +240,10 @@ async fn dropped_items_do_not_use_up_the_budget_in(spawn: bool) {
     )
     .await;
     assert_eq!(body(&out[0]), "/1");
-    assert!(matches!(out[1], Outcome::ReplyBudgetExceeded { limit: 5 }));
+    assert!(matches!(
+        out[1].failure_kind(),
+        Some(FailureKind::ReplyBudgetExceeded { limit: 5 })
+    ));
     assert_eq!(body(&out[2]), "/2");
 }
 
@@ -258,8 +270,14 @@ async fn stop_signal_answers_with_what_finished_in(spawn: bool) {
     .await;
     assert_eq!(started.elapsed(), Duration::from_millis(150));
     assert_eq!(body(&out[0]), "/10");
-    assert!(matches!(out[1], Outcome::DeadlineExceeded));
-    assert!(matches!(out[2], Outcome::DeadlineExceeded));
+    assert!(matches!(
+        out[1].failure_kind(),
+        Some(FailureKind::BatchDeadline)
+    ));
+    assert!(matches!(
+        out[2].failure_kind(),
+        Some(FailureKind::BatchDeadline)
+    ));
     // Aborted tasks drop their permits when the runtime next runs them.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(global.available_permits(), 10);

@@ -254,10 +254,7 @@ impl Observer for BatchObserver {
             metrics.item_duration(elapsed);
         }
         if let Some(request_id) = &self.request_id {
-            let status = match outcome {
-                Outcome::Response(r) => r.status,
-                other => other.http_error().map_or(0, |e| e.status),
-            };
+            let status = outcome.status();
             tracing::info!(
                 target: "batchgate::item",
                 request_id = %request_id,

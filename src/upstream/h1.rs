@@ -15,7 +15,7 @@ use super::{
     item_content_length, item_request_headers, kept_response_header, BatchHeaders,
     MAX_INTERIM_RESPONSES,
 };
-use crate::item::{SubRequest, UpstreamResponse};
+use crate::item::{Sent, SubRequest, UpstreamResponse};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
@@ -44,14 +44,13 @@ const PREALLOCATE_LIMIT: usize = 64 * 1024;
 pub enum ExchangeError {
     /// The connection failed or closed. `nothing_received` is true when not one byte of a
     /// response arrived: on a reused connection that usually means the upstream closed it
-    /// while idle. `unsent` is true when not one byte of the request left, so the upstream
-    /// cannot have acted on it.
+    /// while idle. `sent` says how much of the request left before the failure.
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
         source: std::io::Error,
         nothing_received: bool,
-        unsent: bool,
+        sent: Sent,
     },
     /// The connection closed before the response was complete.
     #[error("the upstream closed the connection {context}")]
@@ -59,6 +58,7 @@ pub enum ExchangeError {
         context: &'static str,
         nothing_received: bool,
     },
+    /// A read or write timeout fired; the text says which.
     #[error("timed out {0}")]
     Timeout(&'static str),
     /// The response could not be framed or parsed.
@@ -89,9 +89,27 @@ impl ExchangeError {
     /// True when not one byte of the request was written: safe to send again, whatever the
     /// method.
     pub fn unsent(&self) -> bool {
-        matches!(self, ExchangeError::Io { unsent: true, .. })
+        self.sent() == Sent::Nothing
+    }
+
+    /// How much of the request reached the upstream: known to be all of it only once an
+    /// answer began; nothing only when not a byte was written; otherwise unknown.
+    pub fn sent(&self) -> Sent {
+        match self {
+            ExchangeError::Io { sent, .. } => *sent,
+            ExchangeError::Closed {
+                nothing_received: true,
+                ..
+            } => Sent::Maybe,
+            // A timeout does not say whether the request had all left or an answer begun.
+            ExchangeError::Timeout(_) => Sent::Maybe,
+            _ => Sent::All,
+        }
     }
 }
+
+/// What a failure was doing when it happened while the request was being written.
+const WRITING: &str = "writing the request";
 
 /// Per-operation timeouts of one exchange.
 #[derive(Debug, Clone, Copy)]
@@ -152,13 +170,17 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Some(Ok(())) => {}
         Some(Err(source)) => {
             return Err(ExchangeError::Io {
-                context: "writing the request",
+                context: WRITING,
                 source,
                 nothing_received: true,
-                unsent: written == 0,
+                sent: if written == 0 {
+                    Sent::Nothing
+                } else {
+                    Sent::Maybe
+                },
             })
         }
-        None => return Err(ExchangeError::Timeout("writing the request")),
+        None => return Err(ExchangeError::Timeout(WRITING)),
     }
     let mut reader = Reader {
         stream,
@@ -274,7 +296,11 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 context,
                 source,
                 nothing_received: !self.received,
-                unsent: false,
+                sent: if self.received {
+                    Sent::All
+                } else {
+                    Sent::Maybe
+                },
             }),
             None => Err(ExchangeError::Timeout(context)),
         }

@@ -1,7 +1,7 @@
 //! Envelope decode/encode tests on bytes only, with the PDS page's example as fixture.
 
 use super::*;
-use crate::dialect::UpstreamResponse;
+use crate::dialect::{Failure, FailureKind, Sent, UpstreamResponse};
 use crate::guard::{HeaderGuard, UrlGuard};
 
 /// The PDS page's child request, verbatim.
@@ -151,7 +151,10 @@ fn per_item_errors_refuse_only_their_item() {
         .items
         .iter()
         .map(|i| match i {
-            Err(Outcome::Refused(e)) => (e.status, e.code),
+            Err(Outcome::Failed(Failure {
+                kind: FailureKind::Refused(e),
+                ..
+            })) => (e.status, e.code),
             other => panic!("expected a refusal, got {other:?}"),
         })
         .collect();
@@ -192,7 +195,7 @@ fn encode_follows_the_body_rule() {
         response(200, Some("application/json"), b"{\"n\":1.50}\n"),
         response(404, Some("text/plain"), b"not \"here\""),
         response(200, Some("application/octet-stream"), &[0xff, 0x00]),
-        Outcome::TimedOut,
+        Outcome::failed(FailureKind::Timeout, Sent::Maybe),
     ];
     let reply = envelope().encode(meta, outcomes);
     let text = std::str::from_utf8(&reply.body).expect("utf8");
@@ -214,7 +217,10 @@ fn encode_follows_the_body_rule() {
 fn item_error(body: &str) -> ItemError {
     let plan = decode(body).expect("valid batch");
     match plan.items.into_iter().next() {
-        Some(Err(Outcome::Refused(e))) => e,
+        Some(Err(Outcome::Failed(Failure {
+            kind: FailureKind::Refused(e),
+            ..
+        }))) => e,
         other => panic!("expected a refused item, got {other:?}"),
     }
 }
@@ -277,7 +283,10 @@ fn child_content_type_must_be_utf8_json() {
         let plan = decode(&body).expect("valid batch");
         match &plan.items[0] {
             Ok(_) => assert!(ok, "{ct} must be refused"),
-            Err(Outcome::Refused(e)) => {
+            Err(Outcome::Failed(Failure {
+                kind: FailureKind::Refused(e),
+                ..
+            })) => {
                 assert!(!ok, "{ct} must pass: {e:?}");
                 assert_eq!(e.code, "InvalidParameter.ContentType");
             }
@@ -357,7 +366,7 @@ fn depends_on_is_refused() {
         .expect("valid batch");
     assert!(plan.items[0].is_ok());
     assert!(
-        matches!(&plan.items[1], Err(Outcome::Refused(e)) if e.code == "InvalidParameter.DependsOn")
+        matches!(&plan.items[1], Err(Outcome::Failed(Failure { kind: FailureKind::Refused(e), .. })) if e.code == "InvalidParameter.DependsOn")
     );
     assert!(plan.items[2].is_ok());
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::Config;
-use crate::dialect::UpstreamResponse;
+use crate::dialect::{FailureKind, Sent, UpstreamResponse};
 use bytes::Bytes;
 use http::HeaderMap;
 
@@ -215,7 +215,10 @@ fn include_mode_flags_partial() {
         headers: HeaderMap::new(),
         body: Bytes::from(r#"{"url":"u"}"#),
     });
-    let reply = f.encode(plan.meta, vec![ok, Outcome::TimedOut]);
+    let reply = f.encode(
+        plan.meta,
+        vec![ok, Outcome::failed(FailureKind::Timeout, Sent::Maybe)],
+    );
     let value: Value = serde_json::from_slice(&reply.body).expect("json");
     assert_eq!(value["accessory_urls"][1]["accessory_id"], Value::from("2"));
     assert_eq!(

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::JsonRpcProfile;
-use crate::dialect::UpstreamResponse;
+use crate::dialect::{Failure, FailureKind, Sent, UpstreamResponse};
 use http::HeaderMap;
 
 fn dialect(profile: JsonRpcProfile, max_items: usize) -> JsonRpc {
@@ -189,8 +189,10 @@ fn upstream_failures_map_to_distinct_codes() {
             })
         };
         match id {
-            1 => Outcome::ConnectFailed("refused".into()),
-            2 => Outcome::TimedOut,
+            1 => Outcome::Failed(
+                Failure::new(FailureKind::Connect, Sent::Nothing).with_detail("refused"),
+            ),
+            2 => Outcome::failed(FailureKind::Timeout, Sent::Maybe),
             3 => response(200, "<html>"),
             4 => response(502, "bad gateway"),
             5 => response(200, r#"{"jsonrpc":"2.0","result":1,"id":99}"#),
@@ -290,7 +292,7 @@ fn single_calls() {
         json!({"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null})
     );
     let down = round_trip(&d, r#"{"jsonrpc":"2.0","method":"m","id":"a"}"#, |_| {
-        Outcome::ConnectFailed("refused".into())
+        Outcome::Failed(Failure::new(FailureKind::Connect, Sent::Nothing).with_detail("refused"))
     });
     assert_eq!(down.status, 502);
     assert_eq!(json_of(&down)["id"], json!("a"));

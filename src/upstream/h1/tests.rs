@@ -476,7 +476,31 @@ async fn a_silent_upstream_times_out() {
         matches!(result, Err(ExchangeError::Timeout(_))),
         "{result:?}"
     );
+    // Nothing of an answer came: the upstream may or may not have acted on it.
+    assert_eq!(result.err().map(|e| e.sent()), Some(Sent::Maybe));
     server.abort();
+}
+
+/// A connection the upstream closed before answering leaves the request's fate unknown.
+#[tokio::test]
+async fn a_connection_closed_before_any_answer_is_not_counted_as_delivered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let (socket, _) = listener.accept().await.expect("accept");
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let timeouts = Timeouts {
+        read: Duration::from_secs(1),
+        write: Duration::from_secs(1),
+    };
+    let error = exchange(&mut client, &get(), &batch(), timeouts)
+        .await
+        .expect_err("closed");
+    // The write may land in the socket buffer before the close is noticed; either way nothing
+    // of an answer came, so the request is not counted as delivered.
+    assert!(error.nothing_received(), "{error}");
+    assert_ne!(error.sent(), Sent::All, "{error}");
 }
 
 #[test]
