@@ -15,7 +15,6 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 const SIZES: &[usize] = &[1, 10, 100];
@@ -123,7 +122,7 @@ fn dialects(c: &mut Criterion) {
         match &route.dialect {
             DialectConfig::Envelope(e) => {
                 let d = Envelope {
-                    config: Arc::new(e.clone()),
+                    config: e.clone(),
                     max_items: 1000,
                 };
                 let child = kib_json();
@@ -138,7 +137,7 @@ fn dialects(c: &mut Criterion) {
             }
             DialectConfig::JsonRpc(j) => {
                 let d = JsonRpc {
-                    config: Arc::new(j.clone()),
+                    config: j.clone(),
                     max_items: 1000,
                     upstream: "api".into(),
                 };
@@ -153,7 +152,7 @@ fn dialects(c: &mut Criterion) {
             }
             DialectConfig::Fanout(f) => {
                 let d = Fanout {
-                    config: Arc::new(f.clone()),
+                    config: f.clone(),
                     max_items: 1000,
                 };
                 let ids = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");

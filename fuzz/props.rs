@@ -8,11 +8,13 @@
 //! * the HTTP/1.1 response reader accepts no head over the limit and no body over the limit,
 //!   and a connection it marks reusable has nothing left over.
 
-use batchgate::config::{Config, DialectConfig};
+use batchgate::config::{method_key, Config};
 use batchgate::dialect::envelope::Envelope;
 use batchgate::dialect::fanout::Fanout;
-use batchgate::dialect::jsonrpc::{method_key, JsonRpc};
-use batchgate::dialect::{BatchRequest, Dialect, Outcome, SubRequest, UpstreamResponse};
+use batchgate::dialect::jsonrpc::JsonRpc;
+use batchgate::dialect::{
+    BatchRequest, Dialect, Outcome, RouteDialect, SubRequest, UpstreamResponse,
+};
 use batchgate::guard::owned::ownership;
 use batchgate::upstream::h1::{exchange, Timeouts};
 use batchgate::upstream::{BatchHeaders, MAX_RESPONSE_HEAD_BYTES};
@@ -21,7 +23,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Method};
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -78,27 +80,10 @@ fn dialects() -> &'static Dialects {
         let mut jsonrpc = None;
         let mut fanout = None;
         for route in &config.routes {
-            let max_items = route.limits.max_items;
-            match &route.dialect {
-                DialectConfig::Envelope(c) => {
-                    envelope = Some(Envelope {
-                        config: Arc::new(c.clone()),
-                        max_items,
-                    })
-                }
-                DialectConfig::JsonRpc(c) => {
-                    jsonrpc = Some(JsonRpc {
-                        config: Arc::new(c.clone()),
-                        max_items,
-                        upstream: "api".into(),
-                    })
-                }
-                DialectConfig::Fanout(c) => {
-                    fanout = Some(Fanout {
-                        config: Arc::new(c.clone()),
-                        max_items,
-                    })
-                }
+            match RouteDialect::new(&route.dialect, route.limits.max_items, "api") {
+                RouteDialect::Envelope(d) => envelope = Some(d),
+                RouteDialect::JsonRpc(d) => jsonrpc = Some(d),
+                RouteDialect::Fanout(d) => fanout = Some(d),
             }
         }
         Dialects {

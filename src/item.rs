@@ -348,6 +348,53 @@ impl Outcome {
     }
 }
 
+/// Why a whole batch was refused (nothing was sent upstream). The kinds are fixed metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    ParseError,
+    Empty,
+    TooManyItems,
+    DuplicateId,
+    InvalidItem,
+    InvalidParameter,
+    NotAllowed,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    MethodNotAllowed,
+    /// The body did not arrive within `server.client_body_timeout` (and its minimum rate).
+    BodyTimeout,
+}
+
+impl RejectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionKind::ParseError => "parse_error",
+            RejectionKind::Empty => "empty",
+            RejectionKind::TooManyItems => "too_many_items",
+            RejectionKind::DuplicateId => "duplicate_id",
+            RejectionKind::InvalidItem => "invalid_item",
+            RejectionKind::InvalidParameter => "invalid_parameter",
+            RejectionKind::NotAllowed => "not_allowed",
+            RejectionKind::BodyTooLarge => "body_too_large",
+            RejectionKind::UnsupportedMediaType => "unsupported_media_type",
+            RejectionKind::MethodNotAllowed => "method_not_allowed",
+            RejectionKind::BodyTimeout => "body_timeout",
+        }
+    }
+
+    /// Default HTTP status of a rejection of this kind.
+    pub fn status(self) -> u16 {
+        match self {
+            RejectionKind::BodyTooLarge => 413,
+            RejectionKind::UnsupportedMediaType => 415,
+            RejectionKind::MethodNotAllowed => 405,
+            RejectionKind::BodyTimeout => 408,
+            RejectionKind::NotAllowed => 403,
+            _ => 400,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

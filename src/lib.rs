@@ -10,7 +10,8 @@
 //! ```
 //! - [`config`]: the TOML file (strict serde types) and its validated runtime form.
 //! - [`item`]: the vocabulary every layer shares: `SubRequest`, `UpstreamResponse`,
-//!   `Outcome` and its `ItemClass`. The executor, the upstream client and the metrics import it,
+//!   `Outcome`, the typed `Failure` with the one table mapping it to status, code, class and
+//!   fault, and `RejectionKind`. The executor, the upstream client and the metrics import it,
 //!   never a dialect.
 //! - [`dialect`]: pure decode/encode per batch dialect (`envelope`, `jsonrpc`, `fanout`).
 //! - [`guard`]: what a sub-request may be (URL and header rules against SSRF and smuggling).
@@ -24,11 +25,15 @@
 //! - [`demo`]: the built-in demo upstream behind `batchgate demo`.
 //! - [`server`]: builds the pingora server and its services from a config.
 //!
-//! Adding a dialect today touches: `dialect/NEW.rs` (decode, encode, reject); a
-//! `DialectConfig` variant, its validation (`config/NEW.rs`) and the dialect name in
-//! `config/routes.rs`; a `RouteDialect` variant with its arms in `proxy.rs` (`build_route`)
-//! and `proxy/batch.rs` (`serve_route`); a fuzz target in `fuzz/`. The executor, the
-//! upstream client, the metrics and the listener need nothing.
+//! Imports point down only: `item` (and `config`, which is data) at the bottom; `dialect`
+//! reads `config` and `item`; `exec`, `upstream` and `metrics` know `item` and no dialect;
+//! `proxy` and `server` wire everything.
+//!
+//! Adding a dialect touches: `dialect/NEW.rs` (decode, encode, reject); in `dialect/mod.rs`
+//! one `RouteDialect` variant with its arm in `RouteDialect::new` and in `with_dialect!`;
+//! one `DialectConfig` variant with its validation (`config/NEW.rs`) and its name in
+//! `config/routes.rs`; a fuzz target in `fuzz/`. The proxy, the executor, the upstream client,
+//! the metrics and the listener need nothing.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 

@@ -6,7 +6,7 @@
 //! `inc()` / `observe()`. The `prometheus` crate here is the one pingora-prometheus uses (0.14),
 //! so everything lands in the same default registry.
 
-use crate::dialect::RejectionKind;
+use crate::item::RejectionKind;
 use crate::item::{ItemClass, Outcome};
 use crate::listener::Phase;
 use prometheus::{

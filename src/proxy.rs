@@ -9,11 +9,8 @@ mod batch;
 mod body;
 mod passthrough;
 
-use crate::config::{Config, DialectConfig, RouteConfig};
-use crate::dialect::envelope::Envelope;
-use crate::dialect::fanout::Fanout;
-use crate::dialect::jsonrpc::JsonRpc;
-use crate::dialect::{Dialect, Reply, UpstreamResponse};
+use crate::config::{Config, RouteConfig};
+use crate::dialect::{Reply, RouteDialect, UpstreamResponse};
 use crate::listener::{ClientClock, Phase};
 use crate::metrics::{PassthroughMetrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
@@ -38,13 +35,6 @@ pub struct Route {
     pub reply_cost: fn(&UpstreamResponse) -> usize,
     pub upstream: Arc<UpstreamClient>,
     pub metrics: Option<Arc<RouteMetrics>>,
-}
-
-/// The closed set of dialects: static dispatch, exhaustive matches.
-pub enum RouteDialect {
-    Envelope(Envelope),
-    JsonRpc(JsonRpc),
-    Fanout(Fanout),
 }
 
 /// The pass-through target.
@@ -112,31 +102,15 @@ impl BatchGate {
 }
 
 fn build_route(route: &Arc<RouteConfig>, upstream: &Arc<UpstreamClient>) -> Route {
-    let max_items = route.limits.max_items;
-    let dialect = match &route.dialect {
-        DialectConfig::Envelope(config) => RouteDialect::Envelope(Envelope {
-            config: Arc::new(config.clone()),
-            max_items,
-        }),
-        DialectConfig::JsonRpc(config) => RouteDialect::JsonRpc(JsonRpc {
-            config: Arc::new(config.clone()),
-            max_items,
-            upstream: upstream.config.name.clone(),
-        }),
-        DialectConfig::Fanout(config) => RouteDialect::Fanout(Fanout {
-            config: Arc::new(config.clone()),
-            max_items,
-        }),
-    };
-    let reply_cost = match &dialect {
-        RouteDialect::Envelope(d) => d.reply_cost(),
-        RouteDialect::JsonRpc(d) => d.reply_cost(),
-        RouteDialect::Fanout(d) => d.reply_cost(),
-    };
+    let dialect = RouteDialect::new(
+        &route.dialect,
+        route.limits.max_items,
+        &upstream.config.name,
+    );
     Route {
         config: route.clone(),
+        reply_cost: dialect.reply_cost(),
         dialect,
-        reply_cost,
         upstream: upstream.clone(),
         metrics: RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new),
     }

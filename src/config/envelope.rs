@@ -41,7 +41,7 @@ pub(super) fn envelope_config(
             "an empty list would refuse every batch; leave the key out to allow any",
         );
     }
-    let error_format = error_format(section, i, crate::dialect::PDS_ERROR_FORMAT, problems);
+    let error_format = error_format(section, i, super::error_format::PDS_ERROR_FORMAT, problems);
     Some(EnvelopeConfig {
         error_format,
         url_guard: UrlGuard::new(base_path.clone(), prefixes, batch_paths.to_vec()),

@@ -1,5 +1,6 @@
 //! Validation of JSON-RPC 2.0 batch routes: the upstream path each element is POSTed to, the
-//! allowed and denied methods, and the vendor profile of batch-level errors.
+//! allowed and denied methods, and the vendor profile of batch-level errors; and the one
+//! rule for comparing method names (`method_key`), which the dialect applies to calls.
 
 use super::file::{JsonRpcProfileSection, RouteSection};
 use super::runtime::{JsonRpcConfig, JsonRpcProfile, Problems, RpcError, JSONRPC_INVALID_REQUEST};
@@ -40,7 +41,7 @@ fn method_list(
 ) -> Option<Vec<String>> {
     let mut normalised = Vec::new();
     for (j, name) in list.iter().flatten().enumerate() {
-        match crate::dialect::jsonrpc::method_key(name) {
+        match method_key(name) {
             Some(key) => normalised.push(key),
             None => problems.push(
                 &["routes", i, key, &j.to_string()],
@@ -109,4 +110,46 @@ fn rpc_error(
             .cloned()
             .unwrap_or_else(|| "Invalid Request".to_string()),
     }
+}
+
+/// A method name as the method policy compares it: case-folded, since dispatchers that look
+/// methods up case-insensitively would otherwise run a denied `Admin.Delete`. `None` for a
+/// name no dispatcher should see: empty, with surrounding whitespace, or with a control or
+/// invisible formatting character anywhere (`"delete\u0000"`, a zero-width space), which
+/// lenient dispatchers trim or ignore.
+pub fn method_key(name: &str) -> Option<String> {
+    usable_method(name).then(|| fold_case(name))
+}
+
+/// Lower-cases `name` the way the most lenient case-insensitive comparison would: a
+/// character whose lower- or upper-case form is ASCII becomes that ASCII letter, so `İ`
+/// (dotted capital I), `ı` (dotless i), `ſ` (long s) and `K` (Kelvin sign) fold to `i`, `i`,
+/// `s` and `k`, as Java's `equalsIgnoreCase` and .NET's invariant comparisons match them.
+pub fn fold_case(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii() {
+                return c.to_ascii_lowercase();
+            }
+            let lower = c.to_lowercase().next().unwrap_or(c);
+            let upper = c.to_uppercase().next().unwrap_or(c);
+            if lower.is_ascii() {
+                lower
+            } else if upper.is_ascii() {
+                upper.to_ascii_lowercase()
+            } else {
+                lower
+            }
+        })
+        .collect()
+}
+
+/// Whether a called method name may go upstream at all (see `method_key`).
+pub fn usable_method(name: &str) -> bool {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    };
+    !name.is_empty() && name.trim() == name && !name.chars().any(invisible)
 }

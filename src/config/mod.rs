@@ -5,6 +5,7 @@
 //! `from_path` only adds reading the file, so tests need no files.
 
 mod envelope;
+mod error_format;
 pub mod fanout;
 pub mod file;
 mod jsonrpc;
@@ -13,7 +14,9 @@ pub mod runtime;
 mod server;
 mod values;
 
+pub use error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT, PDS_ERROR_FORMAT};
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
+pub use jsonrpc::{fold_case, method_key, usable_method};
 pub use runtime::{
     ClientLimits, Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile, LogFormat,
     Problem, RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig, UpstreamProtocol,

@@ -6,13 +6,13 @@
 //! error rather than a setting that silently does nothing.
 
 use super::envelope::envelope_config;
+use super::error_format::ErrorFormat;
 use super::fanout::fanout_config;
 use super::file::{FileConfig, RouteSection};
 use super::jsonrpc::jsonrpc_config;
 use super::runtime::{DialectConfig, Problems, RouteConfig, RouteLimits};
 use super::server::lookup_upstream;
 use super::values::{bounded, duration, forwarded_header_names, is_route_path};
-use crate::dialect::ErrorFormat;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,9 +222,11 @@ fn dialect_config(
 ) -> Option<DialectConfig> {
     match section.dialect.as_str() {
         "envelope" => envelope_config(section, ctx.index, ctx.batch_paths, problems)
-            .map(DialectConfig::Envelope),
-        "jsonrpc" => jsonrpc_config(section, ctx.index, problems).map(DialectConfig::JsonRpc),
-        "fanout" => fanout_config(section, ctx.index, problems).map(DialectConfig::Fanout),
+            .map(|config| DialectConfig::Envelope(Arc::new(config))),
+        "jsonrpc" => jsonrpc_config(section, ctx.index, problems)
+            .map(|config| DialectConfig::JsonRpc(Arc::new(config))),
+        "fanout" => fanout_config(section, ctx.index, problems)
+            .map(|config| DialectConfig::Fanout(Arc::new(config))),
         other => {
             problems.push(
                 &["routes", ctx.index, "dialect"],

@@ -7,10 +7,10 @@
 //! dialect (`envelope.rs`, `jsonrpc.rs`, `fanout.rs`) and `values.rs` (durations, bounds,
 //! paths, header names).
 
+use super::error_format::ErrorFormat;
 use super::file::FileConfig;
 use super::routes::routes;
 use super::server::{admin_listen, default_upstream, server_settings, upstreams};
-use crate::dialect::ErrorFormat;
 use crate::guard::{HeaderGuard, UrlGuard};
 use http::header::HeaderName;
 use http::Method;
@@ -140,12 +140,12 @@ pub struct RouteConfig {
     pub dialect: DialectConfig,
 }
 
-/// Dialect-specific settings of a route.
+/// Dialect-specific settings of a route, shared with the route's dialect as they are.
 #[derive(Debug)]
 pub enum DialectConfig {
-    Envelope(EnvelopeConfig),
-    JsonRpc(JsonRpcConfig),
-    Fanout(super::fanout::FanoutConfig),
+    Envelope(Arc<EnvelopeConfig>),
+    JsonRpc(Arc<JsonRpcConfig>),
+    Fanout(Arc<super::fanout::FanoutConfig>),
 }
 
 impl DialectConfig {

@@ -11,7 +11,7 @@ use super::{
     BatchRequest, Dialect, Failure, FailureKind, ItemError, Outcome, Plan, Rejection,
     RejectionKind, Reply, SubRequest,
 };
-use crate::config::{JsonRpcConfig, RpcError};
+use crate::config::{fold_case, usable_method, JsonRpcConfig, RpcError};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Method;
@@ -476,48 +476,6 @@ fn same_id(reply: &Value, sent: &Value) -> bool {
         }
         _ => reply == sent,
     }
-}
-
-/// A method name as the method policy compares it: case-folded, since dispatchers that look
-/// methods up case-insensitively would otherwise run a denied `Admin.Delete`. `None` for a
-/// name no dispatcher should see: empty, with surrounding whitespace, or with a control or
-/// invisible formatting character anywhere (`"delete\u0000"`, a zero-width space), which
-/// lenient dispatchers trim or ignore.
-pub fn method_key(name: &str) -> Option<String> {
-    usable_method(name).then(|| fold_case(name))
-}
-
-/// Lower-cases `name` the way the most lenient case-insensitive comparison would: a
-/// character whose lower- or upper-case form is ASCII becomes that ASCII letter, so `İ`
-/// (dotted capital I), `ı` (dotless i), `ſ` (long s) and `K` (Kelvin sign) fold to `i`, `i`,
-/// `s` and `k`, as Java's `equalsIgnoreCase` and .NET's invariant comparisons match them.
-fn fold_case(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii() {
-                return c.to_ascii_lowercase();
-            }
-            let lower = c.to_lowercase().next().unwrap_or(c);
-            let upper = c.to_uppercase().next().unwrap_or(c);
-            if lower.is_ascii() {
-                lower
-            } else if upper.is_ascii() {
-                upper.to_ascii_lowercase()
-            } else {
-                lower
-            }
-        })
-        .collect()
-}
-
-/// Whether a called method name may go upstream at all (see `method_key`).
-fn usable_method(name: &str) -> bool {
-    let invisible = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
-    };
-    !name.is_empty() && name.trim() == name && !name.chars().any(invisible)
 }
 
 /// The first id (as written) that two elements share, under `unique_ids`'s comparison.

@@ -1,6 +1,6 @@
 //! The `Dialect` seam the batch formats plug into, and what they share: whole-batch
-//! refusals, the reply, media-type and error-format helpers. (The item vocabulary is
-//! `crate::item`, re-exported here.)
+//! refusals, the reply, media-type helpers. (The item vocabulary is `crate::item`, and the
+//! error-body template `crate::config::ErrorFormat`: dialects read config, never the reverse.)
 //!
 //! A dialect is pure: `decode` turns the batch request's bytes into a `Plan` (one
 //! `SubRequest` or an already-decided `Outcome` per item) or a whole-batch `Rejection`;
@@ -13,12 +13,61 @@ pub mod jsonrpc;
 
 /// The item vocabulary, re-exported: dialects build `SubRequest`s and render `Outcome`s.
 pub use crate::item::{
-    Failure, FailureKind, Fault, ItemClass, ItemError, Outcome, Sent, SubRequest, UpstreamResponse,
+    Failure, FailureKind, Fault, ItemClass, ItemError, Outcome, RejectionKind, Sent, SubRequest,
+    UpstreamResponse,
 };
 
+use crate::config::DialectConfig;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
+
+/// The closed set of dialects, declared here once (static dispatch, exhaustive matches). A new
+/// dialect is a module, a variant with its arm in `new`, and its arm in `with_dialect!`.
+pub enum RouteDialect {
+    Envelope(envelope::Envelope),
+    JsonRpc(jsonrpc::JsonRpc),
+    Fanout(fanout::Fanout),
+}
+
+/// Runs `$body` with `$d` bound to the route's dialect, whichever it is.
+macro_rules! with_dialect {
+    ($dialect:expr, $d:ident => $body:expr) => {
+        match $dialect {
+            $crate::dialect::RouteDialect::Envelope($d) => $body,
+            $crate::dialect::RouteDialect::JsonRpc($d) => $body,
+            $crate::dialect::RouteDialect::Fanout($d) => $body,
+        }
+    };
+}
+pub(crate) use with_dialect;
+
+impl RouteDialect {
+    /// The dialect a route's validated config describes; it shares the config, copies nothing.
+    /// `upstream` is the upstream's name, which JSON-RPC reports in error `data`.
+    pub fn new(config: &DialectConfig, max_items: usize, upstream: &str) -> Self {
+        match config {
+            DialectConfig::Envelope(config) => RouteDialect::Envelope(envelope::Envelope {
+                config: config.clone(),
+                max_items,
+            }),
+            DialectConfig::JsonRpc(config) => RouteDialect::JsonRpc(jsonrpc::JsonRpc {
+                config: config.clone(),
+                max_items,
+                upstream: upstream.to_string(),
+            }),
+            DialectConfig::Fanout(config) => RouteDialect::Fanout(fanout::Fanout {
+                config: config.clone(),
+                max_items,
+            }),
+        }
+    }
+
+    /// The dialect's `Dialect::reply_cost`, for the executor's reply budget.
+    pub fn reply_cost(&self) -> fn(&UpstreamResponse) -> usize {
+        with_dialect!(self, d => d.reply_cost())
+    }
+}
 
 /// The outer batch request as a dialect sees it.
 #[derive(Debug)]
@@ -28,53 +77,6 @@ pub struct BatchRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The whole request body; dialects slice it (`Bytes::slice_ref`) instead of copying.
     pub body: &'a Bytes,
-}
-
-/// Why a whole batch was refused (nothing was sent upstream). The kinds are fixed metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectionKind {
-    ParseError,
-    Empty,
-    TooManyItems,
-    DuplicateId,
-    InvalidItem,
-    InvalidParameter,
-    NotAllowed,
-    BodyTooLarge,
-    UnsupportedMediaType,
-    MethodNotAllowed,
-    /// The body did not arrive within `server.client_body_timeout` (and its minimum rate).
-    BodyTimeout,
-}
-
-impl RejectionKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectionKind::ParseError => "parse_error",
-            RejectionKind::Empty => "empty",
-            RejectionKind::TooManyItems => "too_many_items",
-            RejectionKind::DuplicateId => "duplicate_id",
-            RejectionKind::InvalidItem => "invalid_item",
-            RejectionKind::InvalidParameter => "invalid_parameter",
-            RejectionKind::NotAllowed => "not_allowed",
-            RejectionKind::BodyTooLarge => "body_too_large",
-            RejectionKind::UnsupportedMediaType => "unsupported_media_type",
-            RejectionKind::MethodNotAllowed => "method_not_allowed",
-            RejectionKind::BodyTimeout => "body_timeout",
-        }
-    }
-
-    /// Default HTTP status of a rejection of this kind.
-    pub fn status(self) -> u16 {
-        match self {
-            RejectionKind::BodyTooLarge => 413,
-            RejectionKind::UnsupportedMediaType => 415,
-            RejectionKind::MethodNotAllowed => 405,
-            RejectionKind::BodyTimeout => 408,
-            RejectionKind::NotAllowed => 403,
-            _ => 400,
-        }
-    }
 }
 
 /// A whole-batch refusal.
@@ -225,63 +227,6 @@ pub fn is_utf8_charset(value: &[u8]) -> bool {
 /// one, parsers may ignore it; some .NET and PowerShell clients and servers do send one.
 pub fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
-}
-
-/// The JSON shape of a whole-request error, from a small template such as
-/// `{"error_code":"{code}","error_msg":"{message}"}`. `{code}` and `{message}` are replaced
-/// by the JSON-escaped text (without quotes), so the template keeps its own quoting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorFormat {
-    template: String,
-}
-
-/// PDS style, the envelope default.
-pub const PDS_ERROR_FORMAT: &str = r#"{"code":"{code}","message":"{message}"}"#;
-/// Huawei Cloud style, the fanout default.
-pub const HUAWEI_ERROR_FORMAT: &str = r#"{"error_code":"{code}","error_msg":"{message}"}"#;
-
-impl ErrorFormat {
-    /// Checks that the template renders to a JSON object and mentions `{message}`.
-    pub fn new(template: &str) -> Result<Self, String> {
-        let format = ErrorFormat {
-            template: template.to_string(),
-        };
-        if !template.contains("{message}") {
-            return Err("the template must contain {message}".to_string());
-        }
-        let sample = format.render("Code\"\\", "a \"quoted\" message\n");
-        match serde_json::from_slice::<serde_json::Value>(&sample) {
-            Ok(value) if value.is_object() => Ok(format),
-            _ => Err(format!(
-                "the template must render to a JSON object, got {}",
-                String::from_utf8_lossy(&sample)
-            )),
-        }
-    }
-
-    /// Renders the error body.
-    pub fn render(&self, code: &str, message: &str) -> Bytes {
-        let escape = |text: &str| {
-            let quoted = serde_json::Value::from(text).to_string();
-            quoted
-                .get(1..quoted.len().saturating_sub(1))
-                .unwrap_or_default()
-                .to_string()
-        };
-        Bytes::from(
-            self.template
-                .replace("{code}", &escape(code))
-                .replace("{message}", &escape(message)),
-        )
-    }
-}
-
-impl Default for ErrorFormat {
-    fn default() -> Self {
-        ErrorFormat {
-            template: PDS_ERROR_FORMAT.to_string(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //! dialect's `reject`.
 
 use super::body::read_batch;
-use super::{BatchGate, RequestCtx, Route, RouteDialect};
+use super::{BatchGate, RequestCtx, Route};
 use crate::dialect::{
-    BatchRequest, Dialect, ItemClass, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest,
+    with_dialect, BatchRequest, Dialect, ItemClass, Outcome, Plan, Rejection, RejectionKind, Reply,
+    SubRequest,
 };
 use crate::exec::{self, Limits, Observer};
 use crate::metrics::{BatchResult, RouteMetrics};
@@ -131,11 +132,7 @@ impl BatchGate {
         route: Arc<Route>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        match &route.dialect {
-            RouteDialect::Envelope(d) => self.serve_batch(session, &route, d, ctx).await,
-            RouteDialect::JsonRpc(d) => self.serve_batch(session, &route, d, ctx).await,
-            RouteDialect::Fanout(d) => self.serve_batch(session, &route, d, ctx).await,
-        }
+        with_dialect!(&route.dialect, d => self.serve_batch(session, &route, d, ctx).await)
     }
 
     async fn serve_batch<D: Dialect>(

@@ -15,7 +15,7 @@ fn envelope() -> Envelope {
             allowed_resources: Some(vec!["file".into()]),
             url_guard: UrlGuard::new("/v2".into(), None, vec!["/v2/batch".into()]),
             header_guard: HeaderGuard,
-            error_format: crate::dialect::ErrorFormat::default(),
+            error_format: crate::config::ErrorFormat::default(),
         }),
         max_items: 3,
     }

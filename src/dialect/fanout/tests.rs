@@ -18,7 +18,7 @@ fn huawei() -> Fanout {
         panic!("fanout route expected");
     };
     Fanout {
-        config: Arc::new(fanout.clone()),
+        config: fanout.clone(),
         max_items: route.limits.max_items,
     }
 }

@@ -1,7 +1,7 @@
 //! JSON-RPC decode/encode tests with the specification's section 7 batch examples as fixtures.
 
 use super::*;
-use crate::config::JsonRpcProfile;
+use crate::config::{method_key, JsonRpcProfile};
 use crate::dialect::{Failure, FailureKind, Sent, UpstreamResponse};
 use http::HeaderMap;
 
