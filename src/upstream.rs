@@ -11,20 +11,18 @@
 //! idempotent and no byte of an answer arrived.
 
 pub mod h1;
+mod h2;
 mod pool;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
-use bytes::BytesMut;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::ErrorType;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -178,9 +176,13 @@ impl UpstreamClient {
         request: &SubRequest,
         batch: &BatchHeaders,
     ) -> Outcome {
-        let failure = match self.exchange_h2(connector, peer, request, batch).await {
+        let failure = match h2::exchange(connector, peer, request, batch, |reused| {
+            self.count_connection(reused)
+        })
+        .await
+        {
             Ok(response) => return Outcome::Response(response),
-            Err(H2Error::Pingora {
+            Err(h2::H2Error::Pingora {
                 mut error,
                 reused,
                 sent,
@@ -189,9 +191,13 @@ impl UpstreamClient {
                 // connection, i.e. the upstream closed it while idle and saw nothing.
                 error.retry.decide_reuse(reused);
                 if !error.retry() {
-                    return Outcome::Failed(pingora_failure(&error, sent));
+                    return Outcome::Failed(h2::pingora_failure(&error, sent));
                 }
-                match self.exchange_h2(connector, peer, request, batch).await {
+                match h2::exchange(connector, peer, request, batch, |reused| {
+                    self.count_connection(reused)
+                })
+                .await
+                {
                     Ok(response) => return Outcome::Response(response),
                     Err(second) => second,
                 }
@@ -200,133 +206,6 @@ impl UpstreamClient {
         };
         Outcome::Failed(failure.into_failure())
     }
-
-    /// One item as an HTTP/2 stream through pingora's session.
-    async fn exchange_h2(
-        &self,
-        connector: &Connector,
-        peer: &HttpPeer,
-        request: &SubRequest,
-        batch: &BatchHeaders,
-    ) -> Result<UpstreamResponse, H2Error> {
-        let (mut session, reused) = connector
-            .get_http_session(peer)
-            .await
-            .map_err(H2Error::Connect)?;
-        self.count_connection(reused);
-        let failed = |sent| {
-            move |error| H2Error::Pingora {
-                error,
-                reused,
-                sent,
-            }
-        };
-        let header = request_header(request, batch).map_err(failed(Sent::Nothing))?;
-        session
-            .write_request_header(Box::new(header))
-            .await
-            .map_err(failed(Sent::Maybe))?;
-        if let Some(body) = &request.body {
-            session
-                .write_request_body(body.clone(), true)
-                .await
-                .map_err(failed(Sent::Maybe))?;
-        }
-        session
-            .finish_request_body()
-            .await
-            .map_err(failed(Sent::Maybe))?;
-        let (status, headers) = read_final_header(&mut session, &failed(Sent::Maybe)).await?;
-        let limit = batch.max_response_bytes;
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        // HEAD, 204 and 304 declare the representation's length but carry no body.
-        let has_body = request.method != Method::HEAD && !matches!(status, 204 | 304);
-        if has_body && declared.is_some_and(|len| len > limit) {
-            // Not read, so the connection is dropped rather than pooled.
-            return Err(H2Error::TooLarge(limit));
-        }
-        // Reserve from the declared length only up to a bound: the upstream's word is not
-        // memory we should commit before the bytes arrive.
-        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(PREALLOCATE_LIMIT));
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(failed(Sent::All))?
-        {
-            if body.len() + chunk.len() > limit {
-                return Err(H2Error::TooLarge(limit));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        connector
-            .release_http_session(session, peer, peer.options.idle_timeout)
-            .await;
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body: body.freeze(),
-        })
-    }
-}
-
-/// Reads response headers until the final one: informational 1xx answers (100 Continue,
-/// 103 Early Hints) are skipped, as a client must; 101 would switch the connection to another
-/// protocol, which an item cannot use.
-async fn read_final_header(
-    session: &mut pingora::protocols::http::client::HttpSession,
-    fail: &impl Fn(Box<pingora::Error>) -> H2Error,
-) -> Result<(u16, http::HeaderMap), H2Error> {
-    let mut interim = 0;
-    loop {
-        session.read_response_header().await.map_err(fail)?;
-        let Some(header) = session.response_header() else {
-            return Err(H2Error::Protocol("no response header".to_string()));
-        };
-        match header.status.as_u16() {
-            101 => {
-                return Err(H2Error::Protocol(
-                    "the upstream switched protocols".to_string(),
-                ))
-            }
-            100..=199 if interim < MAX_INTERIM_RESPONSES => interim += 1,
-            100..=199 => {
-                return Err(H2Error::Protocol(format!(
-                    "more than {MAX_INTERIM_RESPONSES} interim (1xx) answers"
-                )))
-            }
-            // pingora's h2 client buffers up to h2's 16 MiB header list; what is kept is
-            // held to the one head limit.
-            _ if head_size(&header.headers) > MAX_RESPONSE_HEAD_BYTES => {
-                return Err(H2Error::Protocol(format!(
-                    "the response head exceeds {MAX_RESPONSE_HEAD_BYTES} bytes"
-                )))
-            }
-            status => return Ok((status, compact_headers(&header.headers))),
-        }
-    }
-}
-
-/// The response headers worth keeping, copied out of pingora's read buffer. pingora's parsed
-/// header values are slices of the connection's 4 KiB read buffer, so keeping a clone keeps
-/// the whole buffer alive: with 1,000 simultaneous 100-item batches that was ~3.6 KiB per held
-/// item and most of the peak heap (valgrind massif, docs/PERFORMANCE.md). Only what
-/// `kept_response_header` keeps is copied.
-fn compact_headers(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut compact = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !kept_response_header(name.as_str()) {
-            continue;
-        }
-        let owned_name = HeaderName::from_bytes(name.as_str().as_bytes());
-        let owned_value = HeaderValue::from_bytes(value.as_bytes());
-        if let (Ok(name), Ok(value)) = (owned_name, owned_value) {
-            compact.append(name, value);
-        }
-    }
-    compact
 }
 
 /// The one rule, for every upstream protocol, of which response headers an item keeps: what
@@ -380,34 +259,6 @@ impl Upstream for BatchUpstream {
     }
 }
 
-/// Why an h2c exchange failed, before it becomes an item `Failure`.
-enum H2Error {
-    Connect(Box<pingora::Error>),
-    Pingora {
-        error: Box<pingora::Error>,
-        reused: bool,
-        sent: Sent,
-    },
-    /// An unusable answer: the request was sent in full.
-    Protocol(String),
-    TooLarge(usize),
-}
-
-impl H2Error {
-    fn into_failure(self) -> Failure {
-        match self {
-            H2Error::Connect(error) => connect_failure(&error),
-            H2Error::Pingora { error, sent, .. } => pingora_failure(&error, sent),
-            H2Error::Protocol(why) => {
-                Failure::new(FailureKind::Connection, Sent::All).with_detail(why)
-            }
-            H2Error::TooLarge(limit) => {
-                Failure::new(FailureKind::ResponseTooLarge { limit }, Sent::All)
-            }
-        }
-    }
-}
-
 /// A connection that could not be made: nothing was sent.
 fn connect_failure(error: &pingora::Error) -> Failure {
     Failure::new(FailureKind::Connect, Sent::Nothing).with_detail(error.to_string())
@@ -422,15 +273,6 @@ fn h1_failure(error: h1::ExchangeError) -> Failure {
         _ => FailureKind::Connection,
     };
     Failure::new(kind, error.sent()).with_detail(error.to_string())
-}
-
-/// What an error from pingora's h2 session becomes (timeouts as in `h1_failure`).
-fn pingora_failure(error: &pingora::Error, sent: Sent) -> Failure {
-    let kind = match error.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => FailureKind::Timeout,
-        _ => FailureKind::Connection,
-    };
-    Failure::new(kind, sent).with_detail(error.to_string())
 }
 
 /// The one rule, for every upstream protocol, of which headers an item request carries
@@ -455,22 +297,6 @@ pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
         None if matches!(request.method, Method::POST | Method::PUT | Method::PATCH) => Some(0),
         None => None,
     }
-}
-
-fn request_header(request: &SubRequest, batch: &BatchHeaders) -> pingora::Result<RequestHeader> {
-    let mut header = RequestHeader::build(
-        request.method.clone(),
-        request.path.as_bytes(),
-        Some(request.headers.len() + batch.common.len() + 2),
-    )?;
-    header.insert_header(HOST, batch.host.clone())?;
-    for (name, value) in item_request_headers(request, batch) {
-        header.append_header(name.clone(), value.clone())?;
-    }
-    if let Some(length) = item_content_length(request) {
-        header.insert_header(CONTENT_LENGTH, length)?;
-    }
-    Ok(header)
 }
 
 /// A peer for one address with the upstream's timeouts.

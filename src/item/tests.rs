@@ -1,0 +1,164 @@
+//! The failure table and the outcome helpers.
+
+use super::*;
+
+fn failure(kind: FailureKind, sent: Sent) -> Failure {
+    Failure::new(kind, sent)
+}
+
+/// The one table: every failure kind's status, code, metric class and fault.
+#[test]
+fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
+    let refused = ItemError {
+        status: 405,
+        code: "MethodNotAllowed",
+        message: "no".to_string(),
+    };
+    let cases = [
+        (
+            FailureKind::Refused(refused),
+            405,
+            "MethodNotAllowed",
+            ItemClass::Rejected,
+            Fault::Client,
+        ),
+        (
+            FailureKind::Timeout,
+            504,
+            "GatewayTimeout",
+            ItemClass::Timeout,
+            Fault::Upstream,
+        ),
+        (
+            FailureKind::BatchDeadline,
+            504,
+            "BatchDeadlineExceeded",
+            ItemClass::Timeout,
+            Fault::Upstream,
+        ),
+        (
+            FailureKind::Connect,
+            502,
+            "UpstreamConnectFailed",
+            ItemClass::ConnectError,
+            Fault::Upstream,
+        ),
+        (
+            FailureKind::Connection,
+            502,
+            "UpstreamFailed",
+            ItemClass::UpstreamError,
+            Fault::Upstream,
+        ),
+        (
+            FailureKind::ResponseTooLarge { limit: 9 },
+            502,
+            "UpstreamResponseTooLarge",
+            ItemClass::UpstreamError,
+            Fault::Upstream,
+        ),
+        (
+            FailureKind::ReplyBudgetExceeded { limit: 9 },
+            502,
+            "ReplyTooLarge",
+            ItemClass::UpstreamError,
+            Fault::Proxy,
+        ),
+        (
+            FailureKind::Cancelled,
+            499,
+            "Cancelled",
+            ItemClass::Cancelled,
+            Fault::Client,
+        ),
+        (
+            FailureKind::Internal,
+            502,
+            "UpstreamFailed",
+            ItemClass::UpstreamError,
+            Fault::Proxy,
+        ),
+    ];
+    for (kind, status, code, class, fault) in cases {
+        let outcome = Outcome::failed(kind.clone(), Sent::Maybe);
+        let error = outcome.failure().map(Failure::http_error);
+        assert_eq!(outcome.status(), status, "{kind:?}");
+        assert_eq!(
+            error.map(|e| (e.status, e.code)),
+            Some((status, code)),
+            "{kind:?}"
+        );
+        assert_eq!(outcome.class(), class, "{kind:?}");
+        assert_eq!(
+            outcome.failure().map(Failure::fault),
+            Some(fault),
+            "{kind:?}"
+        );
+        assert!(outcome.is_failure());
+    }
+}
+
+/// The detail (the connector's or parser's words) follows the message; limits are named.
+#[test]
+fn messages_carry_the_detail_and_the_limit() {
+    let timeout = failure(FailureKind::Timeout, Sent::All).with_detail("timed out reading");
+    assert_eq!(
+        timeout.http_error().message,
+        "the upstream did not answer in time: timed out reading"
+    );
+    let big = failure(FailureKind::ResponseTooLarge { limit: 7 }, Sent::All).with_detail("x");
+    assert_eq!(
+        big.http_error().message,
+        "the upstream body exceeded 7 bytes"
+    );
+    assert_eq!(
+        failure(FailureKind::Cancelled, Sent::Nothing)
+            .http_error()
+            .message,
+        "the client closed the connection"
+    );
+}
+
+/// A retry is safe when nothing reached the upstream, or when the method is idempotent
+/// and the upstream failed; never for what the client or a limit decided.
+#[test]
+fn retryable_follows_what_was_sent_and_the_method() {
+    let connect = failure(FailureKind::Connect, Sent::Nothing);
+    assert!(connect.retryable(false));
+    let reset_unsent = failure(FailureKind::Connection, Sent::Nothing);
+    assert!(reset_unsent.retryable(false));
+    let reset_sent = failure(FailureKind::Connection, Sent::Maybe);
+    assert!(!reset_sent.retryable(false));
+    assert!(reset_sent.retryable(true));
+    let timeout = failure(FailureKind::Timeout, Sent::All);
+    assert!(!timeout.retryable(false) && timeout.retryable(true));
+    for kind in [
+        FailureKind::BatchDeadline,
+        FailureKind::Cancelled,
+        FailureKind::ResponseTooLarge { limit: 1 },
+        FailureKind::ReplyBudgetExceeded { limit: 1 },
+        FailureKind::Internal,
+    ] {
+        assert!(
+            !failure(kind.clone(), Sent::Nothing).retryable(true),
+            "{kind:?}"
+        );
+    }
+}
+
+/// An upstream answer's status is the item's status, whatever it is.
+#[test]
+fn a_response_is_not_a_failure_below_400() {
+    let response = |status| {
+        Outcome::Response(UpstreamResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        })
+    };
+    assert!(!response(204).is_failure());
+    assert_eq!(response(404).status(), 404);
+    assert!(response(404).is_failure());
+    assert_eq!(response(503).class(), ItemClass::Status5xx);
+    assert!(response(200).failure().is_none());
+}
