@@ -82,6 +82,9 @@ pub enum FailureKind {
     BatchDeadline,
     /// No connection to the upstream could be made.
     Connect,
+    /// The TLS handshake with the upstream failed (certificate not trusted or not for the
+    /// name, no common version or cipher, the upstream not speaking TLS).
+    Tls,
     /// The connection failed once the request was on it (reset, closed, invalid response).
     Connection,
     /// The upstream body exceeded `max_item_response_bytes`.
@@ -127,65 +130,30 @@ impl FailureKind {
     /// The one place that decides what a failure becomes: HTTP status and error code for the
     /// dialects that report them, the metric class, and whose fault it was. Dialects render
     /// the result in their own format; none of them re-decides it.
+    #[rustfmt::skip] // a table: one line per kind reads best
     fn mapping(&self) -> Mapping {
         use FailureKind::*;
         use ItemClass as C;
         let (status, code, class, fault, message) = match self {
             Refused(e) => (e.status, e.code, C::Rejected, Fault::Client, ""),
             Timeout => (504, "GatewayTimeout", C::Timeout, Fault::Upstream, TIMEOUT),
-            BatchDeadline => (
-                504,
-                "BatchDeadlineExceeded",
-                C::Timeout,
-                Fault::Upstream,
-                DEADLINE,
-            ),
-            Connect => (
-                502,
-                "UpstreamConnectFailed",
-                C::ConnectError,
-                Fault::Upstream,
-                CONNECT,
-            ),
-            Connection => (
-                502,
-                "UpstreamFailed",
-                C::UpstreamError,
-                Fault::Upstream,
-                CONNECTION,
-            ),
-            ResponseTooLarge { .. } => (
-                502,
-                "UpstreamResponseTooLarge",
-                C::UpstreamError,
-                Fault::Upstream,
-                "",
-            ),
-            ReplyBudgetExceeded { .. } => {
-                (502, "ReplyTooLarge", C::UpstreamError, Fault::Proxy, "")
-            }
+            BatchDeadline => (504, "BatchDeadlineExceeded", C::Timeout, Fault::Upstream, DEADLINE),
+            Connect => (502, "UpstreamConnectFailed", C::ConnectError, Fault::Upstream, CONNECT),
+            Tls => (502, "UpstreamTlsFailed", C::TlsError, Fault::Upstream, TLS),
+            Connection => (502, "UpstreamFailed", C::UpstreamError, Fault::Upstream, CONNECTION),
+            ResponseTooLarge { .. } => (502, "UpstreamResponseTooLarge", C::UpstreamError, Fault::Upstream, ""),
+            ReplyBudgetExceeded { .. } => (502, "ReplyTooLarge", C::UpstreamError, Fault::Proxy, ""),
             Cancelled => (499, "Cancelled", C::Cancelled, Fault::Client, CANCELLED),
-            Internal => (
-                502,
-                "UpstreamFailed",
-                C::UpstreamError,
-                Fault::Proxy,
-                INTERNAL,
-            ),
+            Internal => (502, "UpstreamFailed", C::UpstreamError, Fault::Proxy, INTERNAL),
         };
-        Mapping {
-            status,
-            code,
-            class,
-            fault,
-            message,
-        }
+        Mapping { status, code, class, fault, message }
     }
 }
 
 const TIMEOUT: &str = "the upstream did not answer in time";
 const DEADLINE: &str = "the batch deadline passed before this item finished";
 const CONNECT: &str = "could not connect to the upstream";
+const TLS: &str = "the TLS handshake with the upstream failed";
 const CONNECTION: &str = "the upstream connection failed";
 const CANCELLED: &str = "the client closed the connection";
 const INTERNAL: &str = "internal error while running the item";
@@ -218,7 +186,9 @@ impl Failure {
     pub fn retryable(&self, idempotent: bool) -> bool {
         use FailureKind::*;
         match self.kind {
-            Connect => true,
+            // A handshake sent nothing of the request; another peer may hold a good
+            // certificate.
+            Connect | Tls => true,
             Timeout | Connection => self.sent == Sent::Nothing || idempotent,
             Refused(_)
             | BatchDeadline
@@ -263,6 +233,7 @@ pub enum ItemClass {
     Status5xx,
     Timeout,
     ConnectError,
+    TlsError,
     UpstreamError,
     Rejected,
     Cancelled,
@@ -270,13 +241,14 @@ pub enum ItemClass {
 
 impl ItemClass {
     /// Every class, in discriminant order.
-    pub const ALL: [ItemClass; 9] = [
+    pub const ALL: [ItemClass; 10] = [
         ItemClass::Status2xx,
         ItemClass::Status3xx,
         ItemClass::Status4xx,
         ItemClass::Status5xx,
         ItemClass::Timeout,
         ItemClass::ConnectError,
+        ItemClass::TlsError,
         ItemClass::UpstreamError,
         ItemClass::Rejected,
         ItemClass::Cancelled,
@@ -291,6 +263,7 @@ impl ItemClass {
             ItemClass::Status5xx => "5xx",
             ItemClass::Timeout => "timeout",
             ItemClass::ConnectError => "connect_error",
+            ItemClass::TlsError => "tls_error",
             ItemClass::UpstreamError => "upstream_error",
             ItemClass::Rejected => "rejected",
             ItemClass::Cancelled => "cancelled",

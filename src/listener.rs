@@ -21,11 +21,13 @@
 
 mod clock;
 mod stream;
+mod tls;
 
 pub use clock::{ClientClock, Phase};
 pub use stream::DeadlineStream;
+pub use tls::TlsConn;
 
-use crate::config::ClientLimits;
+use crate::config::{ClientLimits, ListenerTls};
 use crate::metrics::ClientMetrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -36,6 +38,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio_rustls::TlsAcceptor;
+
+/// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a connection over the cap is told before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 37\r\nConnection: close\r\n\r\ntoo many connections, try again later";
@@ -45,6 +51,8 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// One configured listener's open connections.
 struct Slot {
     addr: SocketAddr,
+    /// TLS listeners terminate TLS here (see `tls.rs`).
+    tls: Option<TlsAcceptor>,
     open: AtomicUsize,
     metrics: Option<ClientMetrics>,
 }
@@ -67,22 +75,39 @@ pub struct Listener<A> {
     app: Arc<A>,
     limits: ClientLimits,
     slots: Vec<Slot>,
+    /// Cleartext connections may open with the HTTP/2 preface (`server.h2c`).
+    h2c: bool,
+}
+
+/// The listeners one app serves: cleartext ones, and TLS ones with their settings.
+pub struct Listeners<'a> {
+    pub plain: &'a [SocketAddr],
+    pub tls: &'a [SocketAddr],
+    pub tls_settings: Option<&'a ListenerTls>,
+    pub h2c: bool,
 }
 
 impl<A> Listener<A> {
-    pub fn new(app: A, limits: ClientLimits, listen: &[SocketAddr]) -> Self {
-        let slots = listen
+    pub fn new(app: A, limits: ClientLimits, listeners: Listeners<'_>) -> Self {
+        let acceptor = listeners
+            .tls_settings
+            .map(|tls| TlsAcceptor::from(tls.config.clone()));
+        let slot = |addr: &SocketAddr, tls: Option<TlsAcceptor>| Slot {
+            addr: *addr,
+            tls,
+            open: AtomicUsize::new(0),
+            metrics: ClientMetrics::new(&addr.to_string()),
+        };
+        let plain = listeners.plain.iter().map(|addr| slot(addr, None));
+        let tls = listeners
+            .tls
             .iter()
-            .map(|addr| Slot {
-                addr: *addr,
-                open: AtomicUsize::new(0),
-                metrics: ClientMetrics::new(&addr.to_string()),
-            })
-            .collect();
+            .map(|addr| slot(addr, acceptor.clone()));
         Listener {
             app: Arc::new(app),
             limits,
-            slots,
+            slots: plain.chain(tls).collect(),
+            h2c: listeners.h2c,
         }
     }
 
@@ -118,6 +143,51 @@ impl<A> Listener<A> {
     }
 }
 
+impl<A> Listener<A> {
+    /// The TLS handshake, within the header timeout: a client that opens connections and
+    /// never finishes a handshake holds each one no longer than one that never sends a head.
+    async fn accept_tls(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: Stream,
+        clock: &ClientClock,
+    ) -> Option<Stream> {
+        let handshake = acceptor.accept(stream);
+        let tls = match tokio::time::timeout(self.limits.header_timeout, handshake).await {
+            Ok(Ok(tls)) => TlsConn::new(tls),
+            Ok(Err(error)) => {
+                clock.handshake_failed();
+                tracing::debug!("client TLS handshake failed: {error}");
+                return None;
+            }
+            Err(_) => {
+                clock.handshake_timed_out();
+                return None;
+            }
+        };
+        if tls.alpn() == Some(&pingora::protocols::ALPN::H2) {
+            clock.multiplexed();
+        }
+        Some(Box::new(tls))
+    }
+
+    /// A cleartext connection; with `h2c`, one that opens with the HTTP/2 preface is
+    /// multiplexed (pingora peeks the same bytes to choose its h2 server).
+    async fn plain(&self, mut stream: Stream, clock: &ClientClock) -> Option<Stream> {
+        if self.h2c {
+            let mut preface = [0u8; H2_PREFACE.len()];
+            let peeked =
+                tokio::time::timeout(self.limits.header_timeout, stream.try_peek(&mut preface));
+            if let Ok(Ok(true)) = peeked.await {
+                if preface == H2_PREFACE {
+                    clock.multiplexed();
+                }
+            }
+        }
+        Some(stream)
+    }
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
     async fn process_new(
@@ -133,6 +203,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
             return None;
         };
         let clock = ClientClock::new(self.limits, slot.metrics.clone());
+        let stream = match &slot.tls {
+            Some(acceptor) => self.accept_tls(acceptor, stream, &clock).await?,
+            None => self.plain(stream, &clock).await?,
+        };
         let stream: Stream = Box::new(DeadlineStream::new(stream, clock));
         // pingora's HTTP app serves every request of the connection before it returns.
         ServerApp::process_new(&self.app, stream, shutdown).await

@@ -79,6 +79,9 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(config) => {
             // write! rather than print!: a closed pipe (`| head`) must not panic.
             use std::io::Write;
+            for warning in &config.warnings {
+                eprintln!("{warning}");
+            }
             let text = format!("{}: ok\n{}", path.display(), summary(&config));
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
@@ -92,8 +95,20 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn summary(config: &Config) -> String {
     let mut out = String::new();
+    let h2c = if config.server.h2c {
+        " (HTTP/1.1, h2c)"
+    } else {
+        ""
+    };
     for addr in &config.server.listen {
-        out.push_str(&format!("listener {addr}\n"));
+        out.push_str(&format!("listener {addr}{h2c}\n"));
+    }
+    let alpn = match &config.server.tls {
+        Some(tls) if tls.http2 => " (TLS; h2, HTTP/1.1)",
+        _ => " (TLS; HTTP/1.1)",
+    };
+    for addr in &config.server.tls_listen {
+        out.push_str(&format!("listener {addr}{alpn}\n"));
     }
     if let Some(addr) = config.admin_listen {
         out.push_str(&format!("admin    {addr} (/metrics /healthz /readyz)\n"));
@@ -105,8 +120,13 @@ fn summary(config: &Config) -> String {
             ""
         };
         let addrs: Vec<String> = upstream.addresses.iter().map(|a| a.to_string()).collect();
+        let tls = match &upstream.tls {
+            Some(tls) if !tls.verify => format!(" tls sni={} (NOT VERIFIED)", tls.sni),
+            Some(tls) => format!(" tls sni={}", tls.sni),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "upstream {} -> {}{default}\n",
+            "upstream {} -> {}{tls}{default}\n",
             upstream.name,
             addrs.join(", ")
         ));
@@ -143,6 +163,9 @@ fn run(path: &std::path::Path, options: StartOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(config = %path.display(), "batchgate starting");
     server::build(&config, &options).run_forever()
 }

@@ -92,6 +92,7 @@ pub struct Families {
     pub client_connections_refused: IntCounterVec,
     pub client_timeouts: IntCounterVec,
     pub client_heads_too_large: IntCounterVec,
+    pub client_tls_handshake_failures: IntCounterVec,
 }
 
 /// The families, registered on first use. Registration only fails on a duplicate name, which
@@ -187,12 +188,17 @@ fn register() -> prometheus::Result<Families> {
         )?,
         client_timeouts: register_int_counter_vec!(
             "batchgate_client_timeouts_total",
-            "Client connections cut off because a deadline passed, by phase (idle between requests, head, body, send: the client read nothing).",
+            "Client connections cut off because a deadline passed, by phase (handshake: TLS not finished within client_header_timeout, idle between requests, head, body, send: the client read nothing).",
             &["listener", "phase"]
         )?,
         client_heads_too_large: register_int_counter_vec!(
             "batchgate_client_heads_too_large_total",
             "Client connections closed with 431 because a request head grew past server.client_max_head_bytes.",
+            &["listener"]
+        )?,
+        client_tls_handshake_failures: register_int_counter_vec!(
+            "batchgate_client_tls_handshake_failures_total",
+            "Client connections closed because their TLS handshake failed (no common version or cipher, no or an untrusted client certificate under mTLS, not TLS at all).",
             &["listener"]
         )?,
     })
@@ -205,6 +211,8 @@ pub struct ClientMetrics {
     pub refused: IntCounter,
     pub head_too_large: IntCounter,
     pub send_timed_out: IntCounter,
+    pub handshake_timed_out: IntCounter,
+    pub handshake_failed: IntCounter,
     timeouts: Vec<IntCounter>,
 }
 
@@ -216,6 +224,12 @@ impl ClientMetrics {
             refused: f.client_connections_refused.with_label_values(&[listener]),
             head_too_large: f.client_heads_too_large.with_label_values(&[listener]),
             send_timed_out: f.client_timeouts.with_label_values(&[listener, "send"]),
+            handshake_timed_out: f
+                .client_timeouts
+                .with_label_values(&[listener, "handshake"]),
+            handshake_failed: f
+                .client_tls_handshake_failures
+                .with_label_values(&[listener]),
             timeouts: Phase::WITH_DEADLINE
                 .iter()
                 .map(|phase| {

@@ -7,7 +7,7 @@
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::demo::DemoUpstream;
-use crate::listener::Listener;
+use crate::listener::{Listener, Listeners};
 use crate::proxy::BatchGate;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
@@ -53,6 +53,15 @@ impl BackgroundService for ShutdownNotice {
     }
 }
 
+/// How pingora's HTTP server treats connections: h2c with prior knowledge on cleartext
+/// listeners when asked, and idle HTTP/2 connections closed like idle HTTP/1.1 ones.
+fn http_options(config: &Config) -> pingora::apps::HttpServerOptions {
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = config.server.h2c;
+    options.h2_idle_timeout = Some(config.server.client.idle_timeout);
+    options
+}
+
 /// Builds the pingora server with every service; the caller runs it.
 pub fn build(config: &Config, options: &StartOptions) -> Server {
     let mut conf = ServerConf {
@@ -77,11 +86,20 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
     server.bootstrap();
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let app = pingora::proxy::http_proxy(&server.configuration, BatchGate::new(config, stop_rx));
-    // Every client connection is counted, capped and given read deadlines (`listener.rs`).
-    let app = Listener::new(app, config.server.client, &config.server.listen);
+    let mut app =
+        pingora::proxy::http_proxy(&server.configuration, BatchGate::new(config, stop_rx));
+    app.server_options = Some(http_options(config));
+    // Every client connection is counted, capped, given read deadlines and, on TLS
+    // listeners, its handshake (`listener.rs`).
+    let listeners = Listeners {
+        plain: &config.server.listen,
+        tls: &config.server.tls_listen,
+        tls_settings: config.server.tls.as_ref(),
+        h2c: config.server.h2c,
+    };
+    let app = Listener::new(app, config.server.client, listeners);
     let mut proxy = Service::new("batchgate proxy".to_string(), app);
-    for addr in &config.server.listen {
+    for addr in config.server.listen.iter().chain(&config.server.tls_listen) {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);

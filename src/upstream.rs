@@ -23,6 +23,7 @@ use http::Method;
 use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,11 +51,13 @@ const PREALLOCATE_LIMIT: usize = 64 * 1024;
 pub struct UpstreamClient {
     pub config: Arc<UpstreamConfig>,
     peers: Vec<HttpPeer>,
+    /// The same addresses for pingora's pass-through proxy (see `passthrough_peer`).
+    passthrough_peers: Vec<HttpPeer>,
     next_peer: AtomicUsize,
     /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
     transport: TransportConnector,
     pools: Vec<pool::Pool>,
-    /// h2c: pingora's HTTP/2 sessions (`None` for HTTP/1.1 upstreams).
+    /// h2c and h2: pingora's HTTP/2 sessions (`None` for HTTP/1.1 upstreams).
     h2_connector: Option<Connector>,
     timeouts: h1::Timeouts,
     metrics: Option<UpstreamConnectionMetrics>,
@@ -75,15 +78,24 @@ impl UpstreamClient {
             .iter()
             .map(|addr| peer(&config, *addr))
             .collect();
-        let options = || Some(ConnectorOptions::new(config.pool_size));
-        let h2_connector =
-            (config.protocol == UpstreamProtocol::H2c).then(|| Connector::new(options()));
+        let options = || Some(connector_options(&config));
+        let h2_connector = matches!(
+            config.protocol,
+            UpstreamProtocol::H2c | UpstreamProtocol::H2
+        )
+        .then(|| Connector::new(options()));
         let pools = peers
             .iter()
             .map(|_| pool::Pool::new(config.pool_size, config.idle_timeout))
             .collect();
+        let passthrough_peers = config
+            .addresses
+            .iter()
+            .map(|addr| passthrough_peer(&config, *addr))
+            .collect();
         UpstreamClient {
             peers,
+            passthrough_peers,
             pools,
             next_peer: AtomicUsize::new(0),
             transport: TransportConnector::new(options()),
@@ -97,10 +109,11 @@ impl UpstreamClient {
         }
     }
 
-    /// The next peer, round robin.
+    /// The next pass-through peer, round robin.
     pub fn pick_peer(&self) -> Option<&HttpPeer> {
         let n = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        self.peers.get(n % self.peers.len().max(1))
+        self.passthrough_peers
+            .get(n % self.passthrough_peers.len().max(1))
     }
 
     /// Sends one request, retrying once only where a reused connection turned out stale.
@@ -259,9 +272,16 @@ impl Upstream for BatchUpstream {
     }
 }
 
-/// A connection that could not be made: nothing was sent.
+/// A connection that could not be made: nothing was sent. A failed TLS handshake is its own
+/// kind: the fix is a certificate or a name, not the network.
 fn connect_failure(error: &pingora::Error) -> Failure {
-    Failure::new(FailureKind::Connect, Sent::Nothing).with_detail(error.to_string())
+    let kind = match error.etype() {
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::TLSWantX509Lookup => {
+            FailureKind::Tls
+        }
+        _ => FailureKind::Connect,
+    };
+    Failure::new(kind, Sent::Nothing).with_detail(error.to_string())
 }
 
 /// A timeout is a timeout wherever it fires: the item timeout (in the executor) or a shorter
@@ -299,17 +319,53 @@ pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
     }
 }
 
-/// A peer for one address with the upstream's timeouts.
+/// The item connectors' options: pool size, and for TLS the CA file and client certificate,
+/// loaded once here (config validation has read them) instead of per connection.
+fn connector_options(config: &UpstreamConfig) -> ConnectorOptions {
+    let mut options = ConnectorOptions::new(config.pool_size);
+    if let Some(tls) = &config.tls {
+        options.ca_file = tls.ca_file.clone();
+        options.cert_key_file = tls.client_cert_files.clone();
+    }
+    options
+}
+
+/// A peer for one address with the upstream's timeouts and TLS settings, for the item
+/// clients (whose connectors hold the CA and client certificate).
 pub fn peer(config: &UpstreamConfig, addr: std::net::SocketAddr) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
+    let sni = config.tls.as_ref().map(|tls| tls.sni.clone());
+    let mut peer = HttpPeer::new(addr, sni.is_some(), sni.unwrap_or_default());
     peer.options.connection_timeout = Some(config.connect_timeout);
     peer.options.read_timeout = Some(config.read_timeout);
     peer.options.write_timeout = Some(config.write_timeout);
     peer.options.idle_timeout = Some(config.idle_timeout);
-    if config.protocol == UpstreamProtocol::H2c {
+    if let Some(tls) = &config.tls {
+        peer.options.verify_cert = tls.verify;
+        peer.options.verify_hostname = tls.verify;
+    }
+    match config.protocol {
+        // ALPN offers only what the items speak, so the upstream cannot pick the other.
+        UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
         // Prior knowledge: no ALPN on cleartext, so pingora's h2 connector trusts (2, 2).
-        peer.options.set_http_version(2, 2);
+        UpstreamProtocol::H2c => peer.options.set_http_version(2, 2),
+        // ALPN h2 first, HTTP/1.1 if the upstream declines it.
+        UpstreamProtocol::H2 => peer.options.set_http_version(2, 1),
+    }
+    if config.protocol != UpstreamProtocol::Http1 {
         peer.options.max_h2_streams = config.max_h2_streams;
+    }
+    peer
+}
+
+/// The pass-through peer: the item peer plus the CA and client certificate per peer, since
+/// pingora's proxy has one connector for every upstream.
+pub fn passthrough_peer(config: &UpstreamConfig, addr: std::net::SocketAddr) -> HttpPeer {
+    let mut peer = peer(config, addr);
+    if let Some(tls) = &config.tls {
+        peer.options.ca = tls.ca.clone();
+        peer.client_cert_key = tls.client_cert.clone();
+        // Pass-through relays what the client spoke; pingora's proxy negotiates per request.
+        peer.options.set_http_version(1, 1);
     }
     peer
 }

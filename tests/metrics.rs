@@ -85,6 +85,7 @@ const ITEM_OUTCOMES: &[&str] = &[
     "5xx",
     "timeout",
     "connect_error",
+    "tls_error",
     "upstream_error",
     "rejected",
     "cancelled",

@@ -44,6 +44,28 @@ pub struct ServerSection {
     pub max_client_connections: Option<i64>,
     pub client_max_head_bytes: Option<i64>,
     pub client_send_timeout: Option<String>,
+    pub tls_listen: Option<Vec<String>>,
+    pub h2c: Option<bool>,
+    pub tls: Option<ServerTlsSection>,
+}
+
+/// `[server.tls]`: what the `tls_listen` listeners serve.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSection {
+    #[serde(default)]
+    pub certificates: Vec<TlsCertificateSection>,
+    pub min_version: Option<String>,
+    pub client_ca_file: Option<String>,
+    pub http2: Option<bool>,
+}
+
+/// `[[server.tls.certificates]]`: one certificate chain and its key (PEM files).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificateSection {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 /// `[admin]`: the separate listener for `/metrics`, `/healthz` and `/readyz`.
@@ -67,6 +89,12 @@ pub struct UpstreamSection {
     pub pool_size: Option<i64>,
     pub protocol: Option<String>,
     pub max_h2_streams: Option<i64>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
 }
 
 /// `[[routes]]`: one batch endpoint. Dialect-specific keys are checked against `dialect`

@@ -12,14 +12,16 @@ mod jsonrpc;
 mod routes;
 pub mod runtime;
 mod server;
+mod tls;
 mod values;
 
 pub use error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT, PDS_ERROR_FORMAT};
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use jsonrpc::{fold_case, method_key, usable_method};
 pub use runtime::{
-    ClientLimits, Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile, LogFormat,
-    Problem, RouteConfig, RouteLimits, RpcError, ServerSettings, UpstreamConfig, UpstreamProtocol,
+    ClientLimits, Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile,
+    ListenerTls, LogFormat, Problem, RouteConfig, RouteLimits, RpcError, ServerSettings,
+    UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 
 use std::fmt;
@@ -94,28 +96,43 @@ impl Config {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        runtime::validate(parsed).map_err(|problems| {
-            let document = toml_edit::ImDocument::parse(text).ok();
-            invalid(
-                problems
-                    .into_iter()
-                    .map(|p| {
-                        let offset = document
-                            .as_ref()
-                            .and_then(|doc| locate(doc.as_item(), &p.path))
-                            .unwrap_or(0);
-                        let (line, column) = line_column(text, offset);
-                        LocatedProblem {
-                            line,
-                            column,
-                            key: p.dotted_path(),
-                            message: p.message,
-                        }
-                    })
-                    .collect(),
-            )
-        })
+        let document = || toml_edit::ImDocument::parse(text).ok();
+        let (mut config, warnings) = runtime::validate(parsed)
+            .map_err(|problems| invalid(locate_all(document().as_ref(), text, problems)))?;
+        config.warnings = locate_all(document().as_ref(), text, warnings)
+            .into_iter()
+            .map(|w| {
+                format!(
+                    "{file}:{}:{}: {}: warning: {}",
+                    w.line, w.column, w.key, w.message
+                )
+            })
+            .collect();
+        Ok(config)
     }
+}
+
+/// Each problem with the line and column of the deepest part of its key in the file.
+fn locate_all(
+    document: Option<&toml_edit::ImDocument<&str>>,
+    text: &str,
+    problems: Vec<Problem>,
+) -> Vec<LocatedProblem> {
+    problems
+        .into_iter()
+        .map(|p| {
+            let offset = document
+                .and_then(|doc| locate(doc.as_item(), &p.path))
+                .unwrap_or(0);
+            let (line, column) = line_column(text, offset);
+            LocatedProblem {
+                line,
+                column,
+                key: p.dotted_path(),
+                message: p.message,
+            }
+        })
+        .collect()
 }
 
 impl std::str::FromStr for Config {

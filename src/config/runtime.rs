@@ -11,6 +11,8 @@ use super::error_format::ErrorFormat;
 use super::file::FileConfig;
 use super::routes::routes;
 use super::server::{admin_listen, default_upstream, server_settings, upstreams};
+use super::tls::Findings;
+pub use super::tls::{ListenerTls, UpstreamTls};
 use crate::guard::{HeaderGuard, UrlGuard};
 use http::header::HeaderName;
 use http::Method;
@@ -49,6 +51,9 @@ pub struct Config {
     /// Index into `upstreams` used for pass-through traffic.
     pub default_upstream: Option<usize>,
     pub routes: Vec<Arc<RouteConfig>>,
+    /// What is valid but worth a look (`FILE:LINE:COL: key: message`): an expiring
+    /// certificate, verification turned off. `check` prints them; `run` logs them.
+    pub warnings: Vec<String>,
 }
 
 /// Process-level settings.
@@ -69,6 +74,11 @@ pub struct ServerSettings {
     pub item_log: bool,
     /// Deadlines and the connection cap for client connections.
     pub client: ClientLimits,
+    /// Listeners that speak TLS (with `tls`), besides the cleartext `listen` ones.
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls: Option<ListenerTls>,
+    /// Cleartext listeners also take HTTP/2 with prior knowledge (h2c).
+    pub h2c: bool,
 }
 
 /// What a client connection may hold the proxy for (`listener.rs`).
@@ -103,8 +113,10 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     pub pool_size: usize,
     pub protocol: UpstreamProtocol,
-    /// Streams one h2c connection may carry at once.
+    /// Streams one HTTP/2 connection may carry at once.
     pub max_h2_streams: usize,
+    /// TLS to this upstream; `None` is cleartext.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// How batchgate talks to an upstream.
@@ -114,6 +126,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge: many items share one connection.
     H2c,
+    /// HTTP/2 over TLS, offered through ALPN (HTTP/1.1 if the upstream declines).
+    H2,
 }
 
 /// Limits every batch route has, whatever its dialect.
@@ -248,21 +262,28 @@ impl Problems {
 }
 
 /// Validates a parsed file, returning the runtime config or every problem found.
-pub fn validate(file: FileConfig) -> Result<Config, Vec<Problem>> {
+pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>> {
     let mut problems = Problems::default();
-    let server = server_settings(&file.server, &mut problems);
+    let mut warnings = Problems::default();
+    let mut found = Findings {
+        problems: &mut problems,
+        warnings: &mut warnings,
+    };
+    let server = server_settings(&file.server, &mut found);
+    let (upstreams, upstream_index) = upstreams(&file, &mut found);
     let admin_listen = admin_listen(&file, &mut problems);
-    let (upstreams, upstream_index) = upstreams(&file, &mut problems);
     let default_upstream = default_upstream(&file, &upstream_index, &mut problems);
     let routes = routes(&file, &upstream_index, default_upstream, &mut problems);
     if problems.0.is_empty() {
-        Ok(Config {
+        let config = Config {
             server,
             admin_listen,
             upstreams,
             default_upstream,
             routes,
-        })
+            warnings: Vec::new(),
+        };
+        Ok((config, warnings.0))
     } else {
         Err(problems.0)
     }

@@ -8,6 +8,7 @@ use super::file::{FileConfig, ServerSection, UpstreamSection};
 use super::runtime::{
     ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
 };
+use super::tls::{listener_tls, upstream_tls, Findings, ListenerTls};
 use super::values::{bounded, duration, whole_seconds};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -69,8 +70,14 @@ const MAX_IN_FLIGHT_LIMIT: i64 = 1_000_000;
 const MAX_THREADS_LIMIT: i64 = 256;
 const MAX_CLIENT_CONNECTIONS_LIMIT: i64 = 10_000_000;
 
-pub(super) fn server_settings(section: &ServerSection, problems: &mut Problems) -> ServerSettings {
+pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>) -> ServerSettings {
+    let problems = &mut *found.problems;
     let listen = listen(section, problems);
+    let tls_listen = addresses_at(
+        section.tls_listen.as_deref().unwrap_or_default(),
+        "tls_listen",
+        problems,
+    );
     let log_format = log_format(section, problems);
     ServerSettings {
         listen,
@@ -113,6 +120,35 @@ pub(super) fn server_settings(section: &ServerSection, problems: &mut Problems) 
         log_level: section.log_level.clone(),
         item_log: section.item_log.unwrap_or(false),
         client: client_limits(section, problems),
+        h2c: section.h2c.unwrap_or(false),
+        tls: listener_tls_settings(section, &tls_listen, found),
+        tls_listen,
+    }
+}
+
+/// `[server.tls]` when there are `tls_listen` addresses; each needs the other.
+fn listener_tls_settings(
+    section: &ServerSection,
+    tls_listen: &[SocketAddr],
+    found: &mut Findings<'_>,
+) -> Option<ListenerTls> {
+    match (&section.tls, tls_listen.is_empty()) {
+        (Some(tls), false) => listener_tls(tls, found),
+        (Some(_), true) => {
+            found.problems.push(
+                &["server", "tls"],
+                "no listener uses it: add server.tls_listen",
+            );
+            None
+        }
+        (None, false) => {
+            found.problems.push(
+                &["server", "tls_listen"],
+                "TLS listeners need [server.tls] with a certificate",
+            );
+            None
+        }
+        (None, true) => None,
     }
 }
 
@@ -169,25 +205,32 @@ fn client_limits(section: &ServerSection, problems: &mut Problems) -> ClientLimi
     }
 }
 
+/// Cleartext listeners: the default one unless `listen` or `tls_listen` is set.
 fn listen(section: &ServerSection, problems: &mut Problems) -> Vec<SocketAddr> {
-    let listen_strings = section
-        .listen
-        .clone()
-        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
-    if listen_strings.is_empty() {
+    let listen_strings = match (&section.listen, &section.tls_listen) {
+        (Some(listen), _) => listen.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => vec![DEFAULT_LISTEN.to_string()],
+    };
+    let tls_count = section.tls_listen.as_ref().map_or(0, Vec::len);
+    if listen_strings.is_empty() && tls_count == 0 {
         problems.push(&["server", "listen"], "at least one address is required");
     }
-    let mut listen = Vec::new();
-    for (i, text) in listen_strings.iter().enumerate() {
+    addresses_at(&listen_strings, "listen", problems)
+}
+
+fn addresses_at(texts: &[String], key: &str, problems: &mut Problems) -> Vec<SocketAddr> {
+    let mut addresses = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
         match text.parse::<SocketAddr>() {
-            Ok(addr) => listen.push(addr),
+            Ok(addr) => addresses.push(addr),
             Err(_) => problems.push(
-                &["server", "listen", &i.to_string()],
+                &["server", key, &i.to_string()],
                 format!("{text:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")"),
             ),
         }
     }
-    listen
+    addresses
 }
 
 /// The log format; the log level is only checked here, as `main` hands it to the subscriber.
@@ -234,12 +277,12 @@ pub(super) fn admin_listen(file: &FileConfig, problems: &mut Problems) -> Option
 /// The valid upstreams, and the index of each by name for routes to refer to.
 pub(super) fn upstreams(
     file: &FileConfig,
-    problems: &mut Problems,
+    found: &mut Findings<'_>,
 ) -> (Vec<Arc<UpstreamConfig>>, BTreeMap<String, usize>) {
     let mut upstreams = Vec::new();
     let mut upstream_index = BTreeMap::new();
     for (name, section) in &file.upstreams {
-        if let Some(upstream) = upstream_config(name, section, problems) {
+        if let Some(upstream) = upstream_config(name, section, found) {
             upstream_index.insert(name.clone(), upstreams.len());
             upstreams.push(Arc::new(upstream));
         }
@@ -270,9 +313,11 @@ pub(super) fn default_upstream(
 fn upstream_config(
     name: &str,
     section: &UpstreamSection,
-    problems: &mut Problems,
+    found: &mut Findings<'_>,
 ) -> Option<UpstreamConfig> {
-    let before = problems.0.len();
+    let before = found.problems.0.len();
+    let tls = upstream_tls(name, section, found);
+    let problems = &mut *found.problems;
     let at = |key: &'static str| ["upstreams", name, key];
     let addresses = addresses(name, section, problems);
     if let Some(host) = &section.host {
@@ -316,7 +361,7 @@ fn upstream_config(
             &at("pool_size"),
             problems,
         ),
-        protocol: protocol(name, section, problems),
+        protocol: protocol(name, section, tls.is_some(), problems),
         max_h2_streams: bounded(
             section.max_h2_streams,
             DEFAULT_MAX_H2_STREAMS,
@@ -325,6 +370,7 @@ fn upstream_config(
             &at("max_h2_streams"),
             problems,
         ),
+        tls,
     };
     (problems.0.len() == before).then_some(upstream)
 }
@@ -350,14 +396,33 @@ fn addresses(name: &str, section: &UpstreamSection, problems: &mut Problems) -> 
     addresses
 }
 
-fn protocol(name: &str, section: &UpstreamSection, problems: &mut Problems) -> UpstreamProtocol {
-    match section.protocol.as_deref() {
-        None | Some("http1") => UpstreamProtocol::Http1,
-        Some("h2c") => UpstreamProtocol::H2c,
-        Some(other) => {
+/// `http1`, `h2c` (cleartext, prior knowledge) or `h2` (over TLS, chosen by ALPN).
+fn protocol(
+    name: &str,
+    section: &UpstreamSection,
+    tls: bool,
+    problems: &mut Problems,
+) -> UpstreamProtocol {
+    let at = ["upstreams", name, "protocol"];
+    match (section.protocol.as_deref(), tls) {
+        (None | Some("http1"), _) => UpstreamProtocol::Http1,
+        (Some("h2c"), false) => UpstreamProtocol::H2c,
+        (Some("h2"), true) => UpstreamProtocol::H2,
+        (Some("h2c"), true) => {
+            problems.push(&at, "h2c is cleartext HTTP/2: over TLS use \"h2\"");
+            UpstreamProtocol::Http1
+        }
+        (Some("h2"), false) => {
             problems.push(
-                &["upstreams", name, "protocol"],
-                format!("{other:?} is not an upstream protocol (\"http1\" or \"h2c\")"),
+                &at,
+                "\"h2\" is HTTP/2 over TLS: set tls = true, or use \"h2c\"",
+            );
+            UpstreamProtocol::Http1
+        }
+        (Some(other), _) => {
+            problems.push(
+                &at,
+                format!("{other:?} is not an upstream protocol (\"http1\", \"h2\" or \"h2c\")"),
             );
             UpstreamProtocol::Http1
         }

@@ -520,7 +520,7 @@ fn upstream_error(failure: &Failure) -> (UpstreamError, Option<String>) {
     let detail = failure.detail.clone();
     match failure.kind {
         FailureKind::Timeout | FailureKind::BatchDeadline => (UpstreamError::Timeout, detail),
-        FailureKind::Connect => (UpstreamError::ConnectError, detail),
+        FailureKind::Connect | FailureKind::Tls => (UpstreamError::ConnectError, detail),
         FailureKind::ResponseTooLarge { limit } | FailureKind::ReplyBudgetExceeded { limit } => (
             UpstreamError::TooLarge,
             Some(format!("limit {limit} bytes")),

@@ -44,6 +44,13 @@ fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
             Fault::Upstream,
         ),
         (
+            FailureKind::Tls,
+            502,
+            "UpstreamTlsFailed",
+            ItemClass::TlsError,
+            Fault::Upstream,
+        ),
+        (
             FailureKind::Connection,
             502,
             "UpstreamFailed",

@@ -122,6 +122,30 @@ impl ClientClock {
         state.deadline = Some(Instant::now() + self.limits.idle_timeout);
     }
 
+    /// The connection speaks HTTP/2: its requests are streams that share it, so no one
+    /// request's phase is the connection's. Per-connection read deadlines stop; pingora's
+    /// `h2_idle_timeout` (set to `client_idle_timeout`) closes it when no stream is open, and
+    /// the send timeout still holds.
+    pub fn multiplexed(&self) {
+        let mut state = self.lock();
+        state.phase = Phase::Answering;
+        state.deadline = None;
+    }
+
+    /// The TLS handshake failed (counted; the connection is dropped).
+    pub fn handshake_failed(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.handshake_failed.inc();
+        }
+    }
+
+    /// The TLS handshake did not finish within the header timeout.
+    pub fn handshake_timed_out(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.handshake_timed_out.inc();
+        }
+    }
+
     /// The phase whose deadline passed, if one did.
     pub fn expired(&self) -> Option<Phase> {
         self.lock().expired

@@ -13,6 +13,7 @@
 //! * [`config`] — a small builder for the config texts the tests start the gate with;
 //! * [`batch`] — building envelope batch bodies and reading envelope replies;
 //! * [`scripted`] — an upstream that plays scripted bytes and pauses (fault injection);
+//! * [`tls`] — a test CA and certificates (rcgen) and a TLS front for test upstreams;
 //! * [`prom`] — parsing `/metrics` (Prometheus text format), finding the Prometheus tools,
 //!   reading the Grafana dashboard.
 //!
@@ -26,4 +27,5 @@ pub mod gate;
 pub mod h2c;
 pub mod prom;
 pub mod scripted;
+pub mod tls;
 pub mod upstream;

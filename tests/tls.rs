@@ -1,0 +1,457 @@
+//! TLS on both sides, over real sockets with certificates made at test time: an HTTPS
+//! upstream verified against a CA (wrong CA, wrong name, expired, mTLS), pooled TLS
+//! connections reused; TLS listeners chosen by SNI, with mTLS and a minimum version,
+//! answering curl over HTTP/2 and HTTP/1.1; h2c with prior knowledge; `check` on bad files.
+
+mod common;
+
+use common::prom::scrape;
+use common::tls::{curl, TestCa, TlsFront, Validity};
+use common::upstream::Upstream;
+use serde_json::Value;
+
+fn batch(n: usize) -> String {
+    let items: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"id":"{i}","method":"GET","url":"/file/get?n={i}"}}"#))
+        .collect();
+    format!(r#"{{"requests":[{}]}}"#, items.join(","))
+}
+
+fn upstream_config(front: std::net::SocketAddr, tls: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+pid_file = "{{tmp}}/batchgate.pid"
+upgrade_sock = "{{tmp}}/upgrade.sock"
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
+# One thread: item connection pools are per thread, and reuse is what is counted here.
+threads = 1
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.api]
+addresses = ["{front}"]
+tls = true
+{tls}
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+concurrency = 4
+"#
+    )
+}
+
+/// `batchgate check` on `text`: (success, stdout, stderr).
+fn check(text: &str) -> (bool, String, String) {
+    let out = common::gate::check(text);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+fn statuses(reply: &Value) -> Vec<(i64, String)> {
+    reply["responses"]
+        .as_array()
+        .expect("responses")
+        .iter()
+        .map(|r| {
+            let code = r["body"]["code"].as_str().unwrap_or_default().to_string();
+            (r["status"].as_i64().unwrap_or_default(), code)
+        })
+        .collect()
+}
+
+/// Items and pass-through reach an HTTPS upstream verified against the configured CA, and
+/// later batches reuse the pooled TLS connections instead of handshaking again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_is_verified_and_its_connections_reused() {
+    let ca = TestCa::new("upstream");
+    let server = ca.server("upstream", &["api.test"], Validity::Current);
+    let backend = Upstream::echo().await;
+    let front = TlsFront::start(backend.addr, &server, None, &[b"http/1.1"]).await;
+    let tls = format!(
+        "sni = \"api.test\"\nca_file = \"{}\"",
+        ca.ca_file().display()
+    );
+    let gate = common::gate::start(&upstream_config(front.addr, &tls)).await;
+    for round in 0..3 {
+        let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(4)).await;
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.body_str());
+        assert!(
+            statuses(&reply.json()).iter().all(|(s, _)| *s == 200),
+            "{}",
+            reply.body_str()
+        );
+    }
+    assert_eq!(backend.count(), 12);
+    // 4 items at a time: at most 4 connections, kept for the next batches.
+    assert!(
+        front.handshakes() <= 4,
+        "{} handshakes for 12 items",
+        front.handshakes()
+    );
+    let passthrough = common::client::get(gate.addr, "/anything?x=1").await;
+    assert_eq!(passthrough.status, 200, "{}", passthrough.body_str());
+    assert!(passthrough.body_str().contains("/anything"), "{}", passthrough.body_str());
+    let metrics = scrape(gate.admin).await;
+    let reused = metrics.sum(
+        "batchgate_upstream_requests_total",
+        &[("upstream", "api"), ("connection", "reused")],
+    );
+    assert!(reused >= 8.0, "reused {reused}:\n{}", metrics.text);
+}
+
+/// A certificate from an unknown CA, for another name, or expired, fails the handshake: the
+/// items come back as the typed TLS failure (502 UpstreamTlsFailed, outcome tls_error) and
+/// nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_upstream_certificates_are_a_typed_tls_failure() {
+    let ca = TestCa::new("trusted");
+    let other = TestCa::new("other");
+    let backend = Upstream::echo().await;
+    let good = ca.server("good", &["api.test"], Validity::Current);
+    let expired = ca.server("expired", &["api.test"], Validity::Expired);
+    let stranger = other.server("stranger", &["api.test"], Validity::Current);
+    let cases = [
+        ("unknown CA", &stranger, "api.test"),
+        ("wrong name", &good, "other.test"),
+        ("expired", &expired, "api.test"),
+    ];
+    for (case, cert, sni) in cases {
+        let front = TlsFront::start(backend.addr, cert, None, &[b"http/1.1"]).await;
+        let tls = format!("sni = \"{sni}\"\nca_file = \"{}\"", ca.ca_file().display());
+        let gate = common::gate::start(&upstream_config(front.addr, &tls)).await;
+        let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(2)).await;
+        assert_eq!(reply.status, 200, "{case}: {}", reply.body_str());
+        let statuses = statuses(&reply.json());
+        assert!(
+            statuses
+                .iter()
+                .all(|(s, code)| *s == 502 && code == "UpstreamTlsFailed"),
+            "{case}: {statuses:?}"
+        );
+        let metrics = scrape(gate.admin).await;
+        let tls_errors = metrics.sum("batchgate_items_total", &[("outcome", "tls_error")]);
+        assert_eq!(tls_errors, 2.0, "{case}:\n{}", metrics.text);
+    }
+    assert_eq!(
+        backend.count(),
+        0,
+        "nothing may reach an unverified upstream"
+    );
+}
+
+/// An upstream that requires a client certificate refuses batchgate without one and accepts
+/// it with the configured certificate and key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mtls_sends_the_configured_client_certificate() {
+    let ca = TestCa::new("mtls");
+    let server = ca.server("upstream", &["api.test"], Validity::Current);
+    let client = ca.client("client");
+    let backend = Upstream::echo().await;
+    let front = TlsFront::start(backend.addr, &server, Some(&ca), &[b"http/1.1"]).await;
+    let base = format!(
+        "sni = \"api.test\"\nca_file = \"{}\"",
+        ca.ca_file().display()
+    );
+    let without = common::gate::start(&upstream_config(front.addr, &base)).await;
+    let reply = common::client::post_json(without.addr, "/v2/batch", &batch(1)).await;
+    let refused = statuses(&reply.json());
+    assert_eq!(refused[0].0, 502, "{refused:?}");
+    drop(without);
+    let with = format!(
+        "{base}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        client.cert_file.display(),
+        client.key_file.display()
+    );
+    let gate = common::gate::start(&upstream_config(front.addr, &with)).await;
+    let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(2)).await;
+    assert_eq!(
+        statuses(&reply.json()),
+        vec![(200, String::new()); 2],
+        "{}",
+        reply.body_str()
+    );
+    assert_eq!(backend.count(), 2);
+}
+
+fn listener_config(tls: &str, upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = []
+tls_listen = ["{{listen}}"]
+pid_file = "{{tmp}}/batchgate.pid"
+upgrade_sock = "{{tmp}}/upgrade.sock"
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
+
+[server.tls]
+{tls}
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.api]
+addresses = ["{upstream}"]
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+"#
+    )
+}
+
+fn certificate(issued: &common::tls::Issued) -> String {
+    format!(
+        "[[server.tls.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        issued.cert_file.display(),
+        issued.key_file.display()
+    )
+}
+
+/// Clients reach a TLS listener with curl over HTTP/2 (ALPN h2) and HTTP/1.1: batches and
+/// pass-through answer the same either way; each of two certificates is served for its own
+/// name (SNI), verified by curl against the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_http2_and_http1_and_picks_certificates_by_sni() {
+    let ca = TestCa::new("listener");
+    let a = ca.server("a", &["a.test"], Validity::Current);
+    let b = ca.server("b", &["b.test", "*.b.test"], Validity::Current);
+    let backend = Upstream::echo().await;
+    let tls = format!("{}{}", certificate(&a), certificate(&b));
+    let gate = common::gate::start(&listener_config(&tls, &backend.host_port())).await;
+    let port = gate.addr.port();
+    let cafile = ca.ca_file().display().to_string();
+    for (name, version) in [
+        ("a.test", "--http2"),
+        ("b.test", "--http1.1"),
+        ("x.b.test", "--http2"),
+    ] {
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let url = format!("https://{name}:{port}/v2/batch");
+        let Some((code, out, err)) = curl(&[
+            version,
+            "--cacert",
+            &cafile,
+            "--resolve",
+            &resolve,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &batch(3),
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &url,
+        ]) else {
+            eprintln!("curl is not installed; skipping the client side");
+            return;
+        };
+        assert_eq!(code, 0, "{name} {version}: {err}");
+        let (body, trailer) = out.rsplit_once('\n').expect("trailer");
+        let expected = if version == "--http2" {
+            "2 200"
+        } else {
+            "1.1 200"
+        };
+        assert_eq!(trailer, expected, "{name}: {body}");
+        let json: Value = serde_json::from_str(body).expect("json reply");
+        assert_eq!(statuses(&json).len(), 3, "{body}");
+        let url = format!("https://{name}:{port}/plain?through=1");
+        let (code, out, err) =
+            curl(&[version, "--cacert", &cafile, "--resolve", &resolve, &url]).expect("curl");
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("\"path\":\"/plain\""), "{out}");
+    }
+    assert_eq!(backend.count(), 12);
+}
+
+/// With `client_ca_file`, a client without a certificate is refused at the handshake (and
+/// counted); one with a certificate from that CA is served. `min_version = "1.3"` refuses a
+/// TLS 1.2 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_requires_client_certificates_and_the_minimum_version() {
+    let ca = TestCa::new("clients");
+    let server = ca.server("server", &["gate.test"], Validity::Current);
+    let client = ca.client("client");
+    let backend = Upstream::echo().await;
+    let tls = format!(
+        "min_version = \"1.3\"\nclient_ca_file = \"{}\"\n{}",
+        ca.ca_file().display(),
+        certificate(&server)
+    );
+    let gate = common::gate::start(&listener_config(&tls, &backend.host_port())).await;
+    let port = gate.addr.port();
+    let resolve = format!("gate.test:{port}:127.0.0.1");
+    let url = format!("https://gate.test:{port}/ping");
+    let cafile = ca.ca_file().display().to_string();
+    let Some((code, _, _)) = curl(&["--cacert", &cafile, "--resolve", &resolve, &url]) else {
+        eprintln!("curl is not installed; skipping");
+        return;
+    };
+    assert_ne!(code, 0, "a client without a certificate must be refused");
+    let (cert, key) = (
+        client.cert_file.display().to_string(),
+        client.key_file.display().to_string(),
+    );
+    let with_cert = [
+        "--cacert",
+        &cafile,
+        "--resolve",
+        &resolve,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ];
+    let (code, out, err) = curl(&[&with_cert[..], &[url.as_str()]].concat()).expect("curl");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/ping"), "{out}");
+    let (code, _, _) =
+        curl(&[&with_cert[..], &["--tls-max", "1.2", url.as_str()]].concat()).expect("curl");
+    assert_ne!(code, 0, "TLS 1.2 is below min_version");
+    let metrics = scrape(gate.admin).await;
+    let failures = metrics.sum("batchgate_client_tls_handshake_failures_total", &[]);
+    assert!(failures >= 2.0, "{}", metrics.text);
+}
+
+/// A cleartext listener with `h2c = true` takes HTTP/2 with prior knowledge (service meshes)
+/// and still serves HTTP/1.1 clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_listener_takes_prior_knowledge_and_http1() {
+    let backend = Upstream::echo().await;
+    let config = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+h2c = true
+pid_file = "{{tmp}}/batchgate.pid"
+upgrade_sock = "{{tmp}}/upgrade.sock"
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.api]
+addresses = ["{}"]
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+"#,
+        backend.host_port()
+    );
+    let gate = common::gate::start(&config).await;
+    let url = format!("http://{}/v2/batch", gate.addr);
+    let Some((code, out, err)) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &batch(2),
+        "-w",
+        "\n%{http_version}",
+        &url,
+    ]) else {
+        eprintln!("curl is not installed; skipping");
+        return;
+    };
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\n2"), "{out}");
+    let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(2)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(backend.count(), 4);
+}
+
+/// `check` loads every TLS file: a missing file, a key that belongs to another certificate
+/// and a file that is not PEM are errors with their config key; an expired certificate and
+/// turned-off verification are warnings.
+#[test]
+fn check_reports_bad_tls_files_with_their_keys() {
+    let ca = TestCa::new("check");
+    let a = ca.server("a", &["a.test"], Validity::Current);
+    let b = ca.server("b", &["b.test"], Validity::Current);
+    let expired = ca.server("old", &["old.test"], Validity::Expired);
+    let garbage = ca.dir().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").expect("write");
+    let mismatched = format!(
+        "[[server.tls.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        a.cert_file.display(),
+        b.key_file.display()
+    );
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:8080"]
+tls_listen = ["127.0.0.1:8443"]
+
+[server.tls]
+client_ca_file = "{garbage}"
+{mismatched}
+[[server.tls.certificates]]
+cert_file = "/nonexistent/cert.pem"
+key_file = "/nonexistent/key.pem"
+
+[upstreams.api]
+addresses = ["127.0.0.1:9000"]
+tls = true
+sni = "api.test"
+insecure_skip_verify = true
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+"#,
+        garbage = garbage.display()
+    );
+    let (ok, _, stderr) = check(&text);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("server.tls.client_ca_file") && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("server.tls.certificates[0]") && stderr.contains("does not match"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("server.tls.certificates[1]") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    let warned = format!(
+        r#"
+[server]
+tls_listen = ["127.0.0.1:8443"]
+
+[server.tls]
+[[server.tls.certificates]]
+cert_file = "{}"
+key_file = "{}"
+
+[upstreams.api]
+addresses = ["127.0.0.1:9000"]
+tls = true
+sni = "api.test"
+insecure_skip_verify = true
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+"#,
+        expired.cert_file.display(),
+        expired.key_file.display()
+    );
+    let (ok, stdout, stderr) = check(&warned);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("NOT VERIFIED"), "{stdout}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("expired on"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("upstreams.api.insecure_skip_verify"),
+        "{stderr}"
+    );
+}
