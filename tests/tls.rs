@@ -95,7 +95,11 @@ async fn https_upstream_is_verified_and_its_connections_reused() {
     );
     let passthrough = common::client::get(gate.addr, "/anything?x=1").await;
     assert_eq!(passthrough.status, 200, "{}", passthrough.body_str());
-    assert!(passthrough.body_str().contains("/anything"), "{}", passthrough.body_str());
+    assert!(
+        passthrough.body_str().contains("/anything"),
+        "{}",
+        passthrough.body_str()
+    );
     let metrics = scrape(gate.admin).await;
     let reused = metrics.sum(
         "batchgate_upstream_requests_total",

@@ -441,10 +441,7 @@ impl SniResolver {
     fn choose(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let chosen = server_name.map(str::to_ascii_lowercase).and_then(|name| {
             let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
-            let exact = self
-                .certs
-                .iter()
-                .find(|c| c.names.contains(&name));
+            let exact = self.certs.iter().find(|c| c.names.contains(&name));
             exact.or_else(|| {
                 let wildcard = wildcard.as_deref()?;
                 self.certs
