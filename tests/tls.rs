@@ -108,6 +108,42 @@ async fn https_upstream_is_verified_and_its_connections_reused() {
     assert!(reused >= 8.0, "reused {reused}:\n{}", metrics.text);
 }
 
+/// `protocol = "h2"` over TLS: ALPN picks HTTP/2, the items of a batch travel as streams
+/// that share a few verified TLS connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_over_tls_upstream_multiplexes_items() {
+    use common::h2c::H2Upstream;
+    let ca = TestCa::new("h2");
+    let server = ca.server("upstream", &["api.test"], Validity::Current);
+    let backend = H2Upstream::start(std::time::Duration::from_millis(10), true).await;
+    let front = TlsFront::start(backend.addr, &server, None, &[b"h2"]).await;
+    let tls = format!(
+        "sni = \"api.test\"\nca_file = \"{}\"\nprotocol = \"h2\"\nmax_h2_streams = 100",
+        ca.ca_file().display()
+    );
+    let gate = common::gate::start(&upstream_config(front.addr, &tls)).await;
+    for round in 0..2 {
+        let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(4)).await;
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.body_str());
+        assert!(
+            statuses(&reply.json()).iter().all(|(s, _)| *s == 200),
+            "{}",
+            reply.body_str()
+        );
+    }
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 8);
+    assert!(
+        requests.iter().all(|r| r.path.starts_with("/v2/file/get")),
+        "{requests:?}"
+    );
+    assert!(
+        front.handshakes() <= 4,
+        "{} TLS connections for 8 items",
+        front.handshakes()
+    );
+}
+
 /// A certificate from an unknown CA, for another name, or expired, fails the handshake: the
 /// items come back as the typed TLS failure (502 UpstreamTlsFailed, outcome tls_error) and
 /// nothing reaches the upstream.
