@@ -309,6 +309,57 @@ async fn tls_listener_serves_http2_and_http1_and_picks_certificates_by_sni() {
     assert_eq!(backend.count(), 12);
 }
 
+/// Python's `ssl` and `http.client` (another TLS stack: OpenSSL) verify the listener
+/// against the CA and send two batches over one kept-alive TLS connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_client_batches_over_one_tls_connection() {
+    let ca = TestCa::new("python");
+    let server = ca.server("server", &["gate.test"], Validity::Current);
+    let backend = Upstream::echo().await;
+    let gate = common::gate::start(&listener_config(
+        &certificate(&server),
+        &backend.host_port(),
+    ))
+    .await;
+    let script = r#"
+import http.client, json, socket, ssl, sys
+port, cafile, body = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+context = ssl.create_default_context(cafile=cafile)
+conn = http.client.HTTPSConnection("gate.test", port, context=context)
+conn.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="gate.test")
+for _ in range(2):
+    conn.request("POST", "/v2/batch", body=body, headers={"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    data = json.loads(reply.read())
+    print(reply.status, len(data["responses"]), conn.sock.version())
+"#;
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(gate.addr.port().to_string())
+        .arg(ca.ca_file())
+        .arg(batch(3))
+        .output();
+    let Ok(output) = output else {
+        eprintln!("python3 is not installed; skipping");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["200 3 TLSv1.3", "200 3 TLSv1.3"],
+        "{stdout}"
+    );
+    // http.client would reconnect to "gate.test" after a close, which does not resolve:
+    // two answers mean one connection carried both.
+    assert_eq!(backend.count(), 6);
+}
+
 /// With `client_ca_file`, a client without a certificate is refused at the handshake (and
 /// counted); one with a certificate from that CA is served. `min_version = "1.3"` refuses a
 /// TLS 1.2 client.
