@@ -13,7 +13,14 @@
 //! Reference peers, measured in the same run when installed: nginx (pass-through) and the npm
 //! `batch-request` Express middleware (`benches/peers/batch-request`, enabled by `npm ci` there).
 //!
-//! Environment: `LOAD_SECONDS` (default 4) per throughput scenario.
+//! * TLS (`load/tls.rs`): clients over TLS (kept-alive and one connection per request) and
+//!   items to a TLS upstream, beside nginx doing the same TLS work.
+//!
+//! Environment: `LOAD_SECONDS` (default 4) per throughput scenario; `LOAD_TLS=0` skips TLS.
+
+// TLS scenarios: certificates, the TLS upstream front, batchgate and nginx doing TLS.
+#[path = "load/tls.rs"]
+mod tls;
 
 // The h2c test upstream; the benchmark does not read its request log.
 #[path = "../tests/common/h2c.rs"]
@@ -71,7 +78,14 @@ async fn run() {
         peer_only(&only, &fast, &slow, load_time).await;
         return;
     }
-    let gate = Gate::start(fast.addr, slow.addr, h2_fast.addr, h2_slow.addr);
+    let tls = tls::Setup::new(fast.addr).await;
+    let upstreams = GateUpstreams {
+        fast: fast.addr,
+        slow: slow.addr,
+        h2_fast: h2_fast.addr,
+        h2_slow: h2_slow.addr,
+    };
+    let gate = Gate::start(&upstreams, &tls);
     gate.wait_ready().await;
     warm_up(&gate, &fast).await;
     if let Ok(only) = std::env::var("LOAD_ONLY") {
@@ -125,7 +139,8 @@ async fn run() {
     .await;
     let h2_batch0_cpu = gate.cpu_seconds() - cpu_before;
     // nginx as the pass-through reference, measured the same way, when it is installed.
-    let nginx = match Nginx::start(fast.addr) {
+    let nginx_server = Nginx::start(fast.addr, &tls);
+    let nginx = match &nginx_server {
         Some(nginx) => {
             nginx.wait_ready().await;
             let _ = closed_loop(nginx.addr, 8, Duration::from_millis(300), Some(50), |_| {
@@ -287,6 +302,12 @@ async fn run() {
         slow.requests.load(Ordering::Relaxed)
     );
     println!("batchgate peak RSS so far: {:.1} MiB", gate.peak_rss_mib());
+
+    // TLS on both sides, nginx doing the same TLS work (`tls.rs`).
+    if std::env::var("LOAD_TLS").map_or(true, |v| v != "0") {
+        tls::run(&tls, &gate, nginx_server.as_ref(), load_time).await;
+    }
+    drop(nginx_server);
 
     // Capacity: 1,000 batches at once. CAPACITY_ITEMS changes the batch size (memory studies).
     let capacity_items: usize = std::env::var("CAPACITY_ITEMS")
@@ -579,6 +600,34 @@ async fn closed_loop(
     per_client: Option<u64>,
     call: impl Fn(usize) -> Call,
 ) -> Stats {
+    closed_loop_on(
+        Target::Plain(addr),
+        clients,
+        duration,
+        per_client,
+        false,
+        call,
+    )
+    .await
+}
+
+/// Where a load client connects: cleartext, or TLS with the name it verifies.
+#[derive(Clone)]
+enum Target {
+    Plain(SocketAddr),
+    Tls(SocketAddr, tls::Client),
+}
+
+/// `closed_loop` to any target; with `fresh`, every request opens (and handshakes) a new
+/// connection, which is what a handshake costs.
+async fn closed_loop_on(
+    target: Target,
+    clients: usize,
+    duration: Duration,
+    per_client: Option<u64>,
+    fresh: bool,
+    call: impl Fn(usize) -> Call,
+) -> Stats {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut handles = Vec::with_capacity(clients);
@@ -586,10 +635,11 @@ async fn closed_loop(
     for client in 0..clients {
         let call = call(client);
         let go = go.clone();
+        let target = target.clone();
         handles.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let (mut ok, mut errors) = (0u64, 0u64);
-            let Ok(mut conn) = Conn::connect(addr).await else {
+            let Ok(mut conn) = Conn::connect(&target).await else {
                 return (latencies, ok, 1);
             };
             go.notified().await;
@@ -597,6 +647,12 @@ async fn closed_loop(
             while Instant::now() < deadline && per_client.is_none_or(|n| sent < n) {
                 sent += 1;
                 let t = Instant::now();
+                if fresh && sent > 1 {
+                    match Conn::connect(&target).await {
+                        Ok(c) => conn = c,
+                        Err(_) => break,
+                    }
+                }
                 match conn.send(&call.raw).await {
                     Ok((status, body)) if (call.check)(status, &body) => {
                         ok += 1;
@@ -609,7 +665,7 @@ async fn closed_loop(
                     Err(e) => {
                         errors += 1;
                         report_error(errors, &format!("connection: {e}"));
-                        match Conn::connect(addr).await {
+                        match Conn::connect(&target).await {
                             Ok(c) => conn = c,
                             Err(_) => break,
                         }
@@ -642,14 +698,43 @@ async fn closed_loop(
 
 /// A keep-alive HTTP/1.1 client connection that reads Content-Length framed replies.
 struct Conn {
-    stream: TcpStream,
+    stream: Io,
     buf: BytesMut,
 }
 
+/// The client's socket, cleartext or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    async fn write_all(&mut self, raw: &[u8]) -> io::Result<()> {
+        match self {
+            Io::Plain(s) => s.write_all(raw).await,
+            Io::Tls(s) => s.write_all(raw).await,
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read_buf(buf).await,
+            Io::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+}
+
 impl Conn {
-    async fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    async fn connect(target: &Target) -> io::Result<Conn> {
+        let addr = match target {
+            Target::Plain(addr) | Target::Tls(addr, _) => *addr,
+        };
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match target {
+            Target::Plain(_) => Io::Plain(tcp),
+            Target::Tls(_, client) => Io::Tls(Box::new(client.handshake(tcp).await?)),
+        };
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -778,14 +863,32 @@ async fn serve_connection(mut stream: TcpStream, delay: Duration, requests: Arc<
 /// The release batchgate binary with a benchmark config; killed on drop.
 struct Gate {
     addr: SocketAddr,
+    /// The TLS listener (see `tls.rs`).
+    tls_addr: SocketAddr,
     child: Child,
     dir: PathBuf,
 }
 
+/// The upstreams batchgate is started with.
+struct GateUpstreams {
+    fast: SocketAddr,
+    slow: SocketAddr,
+    h2_fast: SocketAddr,
+    h2_slow: SocketAddr,
+}
+
 impl Gate {
-    fn start(fast: SocketAddr, slow: SocketAddr, h2_fast: SocketAddr, h2_slow: SocketAddr) -> Gate {
+    fn start(upstreams: &GateUpstreams, tls: &tls::Setup) -> Gate {
+        let GateUpstreams {
+            fast,
+            slow,
+            h2_fast,
+            h2_slow,
+        } = *upstreams;
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let (tls_server, tls_tables) = tls.gate_config(tls_addr);
         let dir = std::env::temp_dir().join(format!("batchgate-load-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config = format!(
@@ -800,7 +903,7 @@ pid_file = "{dir}/batchgate.pid"
 upgrade_sock = "{dir}/upgrade.sock"
 grace_period = "1s"
 graceful_shutdown_timeout = "1s"
-
+{tls_server}
 [admin]
 enabled = false
 
@@ -856,7 +959,7 @@ base_path = "/v2"
 max_items = 100
 concurrency = 100
 batch_timeout = "60s"
-"#,
+{tls_tables}"#,
             dir = dir.display(),
             h2_fast = h2_fast,
             h2_slow = h2_slow,
@@ -888,7 +991,12 @@ batch_timeout = "60s"
             .stderr(log)
             .spawn()
             .expect("start batchgate");
-        Gate { addr, child, dir }
+        Gate {
+            addr,
+            tls_addr,
+            child,
+            dir,
+        }
     }
 
     async fn wait_ready(&self) {
@@ -942,12 +1050,14 @@ impl Drop for Gate {
 /// like batchgate's 2 threads; stopped on drop.
 struct Nginx {
     addr: SocketAddr,
+    /// The TLS listener (see `tls.rs`).
+    tls_addr: SocketAddr,
     master: Child,
     dir: PathBuf,
 }
 
 impl Nginx {
-    fn start(upstream: SocketAddr) -> Option<Nginx> {
+    fn start(upstream: SocketAddr, tls: &tls::Setup) -> Option<Nginx> {
         let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())?;
@@ -956,12 +1066,15 @@ impl Nginx {
         let dir = std::env::temp_dir().join(format!("batchgate-load-nginx-{}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
         let d = dir.display();
+        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().ok()?;
+        let tls_server = tls.nginx_config(tls_addr);
         let config = format!(
             "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{ access_log off; keepalive_requests 100000000; client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
              upstream up {{ server {upstream}; keepalive 256; keepalive_requests 100000000; }}\n\
-             server {{ listen {addr}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
+             server {{ listen {addr}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
+             {tls_server} }}\n"
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, config).ok()?;
@@ -974,7 +1087,12 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        Some(Nginx { addr, master, dir })
+        Some(Nginx {
+            addr,
+            tls_addr,
+            master,
+            dir,
+        })
     }
 
     async fn wait_ready(&self) {
