@@ -23,7 +23,7 @@ mod clock;
 mod stream;
 mod tls;
 
-pub use clock::{ClientClock, Phase};
+pub use clock::{body_deadline, ClientClock, Phase};
 pub use stream::DeadlineStream;
 pub use tls::TlsConn;
 

@@ -48,6 +48,8 @@ pub struct BatchGate {
     routes: HashMap<String, Arc<Route>>,
     passthrough: Option<Passthrough>,
     global_permits: Arc<Semaphore>,
+    /// Client deadlines, for the requests whose connection clock cannot hold them (HTTP/2).
+    client_limits: crate::config::ClientLimits,
     /// Write one log line per item (`server.item_log`).
     item_log: bool,
     /// A task per item only when work stealing can spread them (see `exec::Limits`).
@@ -94,6 +96,7 @@ impl BatchGate {
             routes,
             passthrough,
             global_permits: Arc::new(Semaphore::new(config.server.max_in_flight)),
+            client_limits: config.server.client,
             item_log: config.server.item_log,
             spawn_items: config.server.work_stealing,
             stop,

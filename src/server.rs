@@ -62,6 +62,15 @@ fn http_options(config: &Config) -> pingora::apps::HttpServerOptions {
     options
 }
 
+/// HTTP/2 clients: pingora's bounded defaults (64 KiB of headers) with our stream cap, so one
+/// connection holds at most `client_max_h2_streams` requests (and their bodies) at once.
+fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::default_h2_options();
+    let streams = u32::try_from(config.server.client.max_h2_streams).unwrap_or(u32::MAX);
+    options.max_concurrent_streams(streams);
+    options
+}
+
 /// Builds the pingora server with every service; the caller runs it.
 pub fn build(config: &Config, options: &StartOptions) -> Server {
     let mut conf = ServerConf {
@@ -89,6 +98,7 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
     let mut app =
         pingora::proxy::http_proxy(&server.configuration, BatchGate::new(config, stop_rx));
     app.server_options = Some(http_options(config));
+    app.h2_options = Some(h2_options(config));
     // Every client connection is counted, capped, given read deadlines and, on TLS
     // listeners, its handshake (`listener.rs`).
     let listeners = Listeners {

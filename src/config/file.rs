@@ -43,6 +43,7 @@ pub struct ServerSection {
     pub client_body_min_rate: Option<i64>,
     pub max_client_connections: Option<i64>,
     pub client_max_head_bytes: Option<i64>,
+    pub client_max_h2_streams: Option<i64>,
     pub client_send_timeout: Option<String>,
     pub tls_listen: Option<Vec<String>>,
     pub h2c: Option<bool>,

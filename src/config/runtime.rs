@@ -98,6 +98,8 @@ pub struct ClientLimits {
     pub max_head_bytes: usize,
     /// How long a write to the client may make no progress (the client reads nothing).
     pub send_timeout: Duration,
+    /// Requests one HTTP/2 client connection may have open at once (its SETTINGS).
+    pub max_h2_streams: usize,
 }
 
 /// One upstream API.

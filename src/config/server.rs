@@ -202,6 +202,15 @@ fn client_limits(section: &ServerSection, problems: &mut Problems) -> ClientLimi
             &["server", "client_max_head_bytes"],
             problems,
         ),
+        // nginx's http2_max_concurrent_streams is 128, pingora's default 100.
+        max_h2_streams: bounded(
+            section.client_max_h2_streams,
+            100,
+            1,
+            10_000,
+            &["server", "client_max_h2_streams"],
+            problems,
+        ),
     }
 }
 

@@ -39,6 +39,16 @@ impl Phase {
     }
 }
 
+/// When a body that began at `started` and has `bytes` so far must be complete: the body
+/// timeout plus one whole second per `client_body_min_rate` bytes (as Apache's
+/// mod_reqtimeout); saturating, so no body size can overflow a clock.
+pub fn body_deadline(limits: &ClientLimits, started: Instant, bytes: u64) -> Option<Instant> {
+    let earned = std::num::NonZeroU64::new(limits.body_min_rate).map_or(Duration::ZERO, |rate| {
+        Duration::from_secs(bytes / rate.get())
+    });
+    started.checked_add(limits.body_timeout.saturating_add(earned))
+}
+
 /// One connection's read deadlines, shared by its socket wrapper and the proxy's filters
 /// (both run on the connection's task, so the lock is never contended).
 #[derive(Debug)]
@@ -169,13 +179,10 @@ impl ClientClock {
             Phase::Head => state.head_bytes = state.head_bytes.saturating_add(n),
             Phase::Body => {
                 state.body_bytes = state.body_bytes.saturating_add(n as u64);
-                if let Some(rate) = std::num::NonZeroU64::new(self.limits.body_min_rate) {
-                    // Whole seconds earned; saturating, so no body size can overflow a clock.
-                    let earned = Duration::from_secs(state.body_bytes / rate.get());
-                    let allowed = self.limits.body_timeout.saturating_add(earned);
-                    if let Some(deadline) = state.body_started.checked_add(allowed) {
-                        state.deadline = Some(deadline);
-                    }
+                if let Some(deadline) =
+                    body_deadline(&self.limits, state.body_started, state.body_bytes)
+                {
+                    state.deadline = Some(deadline);
                 }
             }
             Phase::Answering => {}

@@ -144,7 +144,7 @@ impl BatchGate {
     ) -> Result<()> {
         let request_id = request_id(session.req_header());
         let summary = ctx.batch.insert(BatchSummary::new(route, &request_id));
-        let read = read_batch(session, route, dialect)
+        let read = read_batch(session, route, dialect, &self.client_limits)
             .await
             .inspect_err(|e| summary.client_left(e))?;
         let plan = match read.and_then(|body| decode(session.req_header(), dialect, &body)) {

@@ -6,8 +6,9 @@
 //! unread body would otherwise be taken for the next request.
 
 use super::Route;
+use crate::config::ClientLimits;
 use crate::dialect::{is_utf8_charset, Dialect, Rejection, RejectionKind};
-use crate::listener::{ClientClock, Phase};
+use crate::listener::{body_deadline, ClientClock, Phase};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING};
 use pingora::http::RequestHeader;
@@ -20,10 +21,13 @@ use pingora::proxy::Session;
 const INITIAL_BODY_CAPACITY: usize = 8 * 1024;
 
 /// Checks method, media type and size, answers `Expect: 100-continue`, reads the body.
+/// `client` gives the body its deadline where the connection's clock cannot (an HTTP/2
+/// stream: its connection carries other requests at the same time).
 pub(super) async fn read_batch<D: Dialect>(
     session: &mut Session,
     route: &Route,
     dialect: &D,
+    client: &ClientLimits,
 ) -> Result<std::result::Result<Bytes, Rejection>> {
     let header = session.req_header();
     let declared = declared_length(header);
@@ -48,7 +52,8 @@ pub(super) async fn read_batch<D: Dialect>(
     if expects_continue && has_body {
         session.write_continue_response().await?;
     }
-    let read = read_body(session, dialect, declared, limit).await;
+    let own_deadline = ClientClock::of(session).is_none().then_some(client);
+    let read = read_body(session, dialect, declared, limit, own_deadline).await;
     // Read (or refused, and the connection then closes): no deadline while the batch runs.
     if let Some(clock) = ClientClock::of(session) {
         clock.body_done();
@@ -139,18 +144,30 @@ fn unsupported_media_type<D: Dialect>(content_type: Option<&[u8]>, dialect: &D) 
     }
 }
 
-/// Reads the body, refusing it as soon as it grows past `limit`.
+/// Reads the body, refusing it as soon as it grows past `limit`; with `own_deadline`, also
+/// once it is later than the body timeout and minimum rate allow.
 async fn read_body<D: Dialect>(
     session: &mut Session,
     dialect: &D,
     declared: Option<usize>,
     limit: usize,
+    own_deadline: Option<&ClientLimits>,
 ) -> Result<std::result::Result<BytesMut, Rejection>> {
     // Reserve little up front: a declared length is only a claim, and a client that
     // declares `max_body_bytes` and then sends nothing should not hold that much per connection.
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY));
+    let started = tokio::time::Instant::now();
     loop {
-        let chunk = match session.read_request_body().await {
+        let read = session.read_request_body();
+        let deadline = own_deadline.and_then(|l| body_deadline(l, started, body.len() as u64));
+        let read = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
+                Ok(read) => read,
+                Err(_) => return Ok(Err(body_timeout())),
+            },
+            None => read.await,
+        };
+        let chunk = match read {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => return body_error(session, dialect, e),
@@ -176,11 +193,7 @@ fn body_error<D: Dialect, T>(
         // Too slow for `client_body_timeout`: 408 in the route's format, then close (the
         // rest of the body would be taken for the next request).
         session.set_keepalive(None);
-        return Ok(Err(Rejection::new(
-            RejectionKind::BodyTimeout,
-            "RequestTimeout",
-            "the batch body did not arrive within the client body timeout",
-        )));
+        return Ok(Err(body_timeout()));
     }
     match e.etype() {
         // The client went away: nobody to answer.
@@ -203,6 +216,14 @@ fn body_error<D: Dialect, T>(
             ))))
         }
     }
+}
+
+fn body_timeout() -> Rejection {
+    Rejection::new(
+        RejectionKind::BodyTimeout,
+        "RequestTimeout",
+        "the batch body did not arrive within the client body timeout",
+    )
 }
 
 fn too_large(limit: usize) -> Rejection {

@@ -1,0 +1,141 @@
+//! HTTP/2 clients (here over h2c with prior knowledge, the same server as TLS with ALPN h2):
+//! batches answer as over HTTP/1.1, a connection holds at most `client_max_h2_streams`
+//! requests, and a stream whose body stalls gets 408 in the body timeout although its
+//! connection is busy with others (the per-connection clock cannot time one stream).
+
+mod common;
+
+use bytes::Bytes;
+use common::upstream::Upstream;
+use std::time::{Duration, Instant};
+
+fn config(upstream: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+h2c = true
+client_max_h2_streams = 7
+client_body_timeout = "1s"
+client_body_min_rate = 0
+pid_file = "{{tmp}}/batchgate.pid"
+upgrade_sock = "{{tmp}}/upgrade.sock"
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.api]
+addresses = ["{upstream}"]
+
+[[routes]]
+path = "/v2/batch"
+dialect = "envelope"
+"#
+    )
+}
+
+async fn connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    client.ready().await.expect("ready")
+}
+
+/// The SETTINGS_MAX_CONCURRENT_STREAMS the server's first SETTINGS frame advertises.
+async fn advertised_max_streams(addr: std::net::SocketAddr) -> Option<u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.expect("frame head");
+    assert_eq!(head[3], 4, "the server speaks first with SETTINGS");
+    let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; length];
+    tcp.read_exact(&mut payload).await.expect("settings");
+    payload.chunks_exact(6).find_map(|setting| {
+        let id = u16::from_be_bytes([setting[0], setting[1]]);
+        (id == 3).then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+    })
+}
+
+fn post(addr: std::net::SocketAddr, length: usize) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/v2/batch"))
+        .header("content-type", "application/json")
+        .header("content-length", length)
+        .body(())
+        .expect("request")
+}
+
+/// A batch over HTTP/2 is answered like over HTTP/1.1, and the server's SETTINGS cap the
+/// streams one connection may open at `client_max_h2_streams`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_batches_answer_and_streams_are_capped() {
+    let backend = Upstream::echo().await;
+    let gate = common::gate::start(&config(&backend.host_port())).await;
+    let mut client = connect(gate.addr).await;
+    let body = Bytes::from_static(br#"{"requests":[{"id":"1","method":"GET","url":"/file/get"}]}"#);
+    let (response, mut send) = client
+        .send_request(post(gate.addr, body.len()), false)
+        .expect("send");
+    send.send_data(body, true).expect("data");
+    let response = response.await.expect("response");
+    assert_eq!(response.status(), 200);
+    let mut received = response.into_body();
+    let mut reply = Vec::new();
+    while let Some(chunk) = received.data().await {
+        let chunk = chunk.expect("chunk");
+        let _ = received.flow_control().release_capacity(chunk.len());
+        reply.extend_from_slice(&chunk);
+    }
+    let json: serde_json::Value = serde_json::from_slice(&reply).expect("json");
+    assert_eq!(json["responses"][0]["status"], 200, "{json}");
+    assert_eq!(advertised_max_streams(gate.addr).await, Some(7));
+}
+
+/// A stream that sends part of its body and stops is answered 408 after the body timeout
+/// while another stream on the same connection is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_body_times_out_per_stream() {
+    let backend = Upstream::echo().await;
+    let gate = common::gate::start(&config(&backend.host_port())).await;
+    let mut client = connect(gate.addr).await;
+    let started = Instant::now();
+    let (stalled, mut stalled_body) = client
+        .send_request(post(gate.addr, 1000), false)
+        .expect("send");
+    stalled_body
+        .send_data(Bytes::from_static(b"{\"requests\":["), false)
+        .expect("data");
+    let mut client = client.ready().await.expect("ready");
+    let body = Bytes::from_static(br#"{"requests":[{"id":"1","method":"GET","url":"/x"}]}"#);
+    let (quick, mut send) = client
+        .send_request(post(gate.addr, body.len()), false)
+        .expect("send");
+    send.send_data(body, true).expect("data");
+    let quick = tokio::time::timeout(Duration::from_secs(2), quick)
+        .await
+        .expect("quick answer")
+        .expect("response");
+    assert_eq!(quick.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let stalled = tokio::time::timeout(Duration::from_secs(5), stalled)
+        .await
+        .expect("an answer in time")
+        .expect("response");
+    assert_eq!(stalled.status(), 408);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    drop(stalled_body);
+}
