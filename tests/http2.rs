@@ -139,3 +139,33 @@ async fn a_stalled_http2_body_times_out_per_stream() {
     );
     drop(stalled_body);
 }
+
+/// A malformed batch over HTTP/2 gets the dialect's error, as over HTTP/1.1, and the
+/// connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_refusals_use_the_dialect_error_format() {
+    let backend = Upstream::echo().await;
+    let gate = common::gate::start(&config(&backend.host_port())).await;
+    let mut client = connect(gate.addr).await;
+    for round in 0..2 {
+        let body = Bytes::from_static(b"{not json");
+        let (response, mut send) = client
+            .send_request(post(gate.addr, body.len()), false)
+            .expect("send");
+        send.send_data(body, true).expect("data");
+        let response = response.await.expect("response");
+        assert_eq!(response.status(), 400, "round {round}");
+        let mut received = response.into_body();
+        let mut reply = Vec::new();
+        while let Some(chunk) = received.data().await {
+            reply.extend_from_slice(&chunk.expect("chunk"));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&reply).expect("a JSON error");
+        assert!(
+            json["code"].is_string() && json["message"].is_string(),
+            "{json}"
+        );
+        client = client.ready().await.expect("the connection still serves");
+    }
+    assert_eq!(backend.count(), 0);
+}
