@@ -73,6 +73,31 @@ fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Option
 
 /// Builds the pingora server with every service; the caller runs it.
 pub fn build(config: &Config, options: &StartOptions) -> Server {
+    let mut server = Server::new_with_opt_and_conf(pingora_opt(options), pingora_conf(config));
+    server.bootstrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    server.add_service(proxy_service(&server, config, stop_rx));
+    server.add_service(background_service(
+        "batchgate shutdown notice",
+        ShutdownNotice {
+            stop,
+            lead: config.server.grace_period.saturating_sub(STOP_MARGIN),
+        },
+    ));
+    if let Some(addr) = config.admin_listen {
+        server.add_service(admin_service(config, addr));
+    }
+    if let Some(addr) = options.demo_upstream {
+        server.add_service(one_thread_service(
+            "batchgate demo upstream",
+            DemoUpstream,
+            addr,
+        ));
+    }
+    server
+}
+
+fn pingora_conf(config: &Config) -> ServerConf {
     let mut conf = ServerConf {
         threads: config.server.threads,
         work_stealing: config.server.work_stealing,
@@ -86,21 +111,27 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
     if let Some(sock) = &config.server.upgrade_sock {
         conf.upgrade_sock = sock.clone();
     }
-    let opt = Opt {
+    conf
+}
+
+fn pingora_opt(options: &StartOptions) -> Opt {
+    Opt {
         upgrade: options.upgrade,
         daemon: options.daemon,
         ..Opt::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    }
+}
 
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mut app =
-        pingora::proxy::http_proxy(&server.configuration, BatchGate::new(config, stop_rx));
+/// The proxy on every cleartext and TLS listener. Every client connection is counted,
+/// capped, given read deadlines and, on TLS listeners, its handshake (`listener.rs`).
+fn proxy_service(
+    server: &Server,
+    config: &Config,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> impl pingora::services::Service {
+    let mut app = pingora::proxy::http_proxy(&server.configuration, BatchGate::new(config, stop));
     app.server_options = Some(http_options(config));
     app.h2_options = Some(h2_options(config));
-    // Every client connection is counted, capped, given read deadlines and, on TLS
-    // listeners, its handshake (`listener.rs`).
     let listeners = Listeners {
         plain: &config.server.listen,
         tls: &config.server.tls_listen,
@@ -109,39 +140,35 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
     };
     let app = Listener::new(app, config.server.client, listeners);
     let mut proxy = Service::new("batchgate proxy".to_string(), app);
-    for addr in config.server.listen.iter().chain(&config.server.tls_listen) {
+    for addr in public_listeners(config) {
         proxy.add_tcp(&addr.to_string());
     }
-    server.add_service(proxy);
-    server.add_service(background_service(
-        "batchgate shutdown notice",
-        ShutdownNotice {
-            stop,
-            lead: config.server.grace_period.saturating_sub(STOP_MARGIN),
-        },
-    ));
+    proxy
+}
 
-    if let Some(addr) = config.admin_listen {
-        let app = AdminApp {
-            listeners: config.server.listen.clone(),
-            default_upstream: config
-                .default_upstream
-                .and_then(|i| config.upstreams.get(i))
-                .and_then(|u| u.addresses.first().map(|a| (u.name.clone(), *a))),
-        };
-        let mut admin = Service::new("batchgate admin".to_string(), HttpServer::new_app(app));
-        admin.add_tcp(&addr.to_string());
-        admin.threads = Some(1);
-        server.add_service(admin);
-    }
-    if let Some(addr) = options.demo_upstream {
-        let mut demo = Service::new(
-            "batchgate demo upstream".to_string(),
-            HttpServer::new_app(DemoUpstream),
-        );
-        demo.add_tcp(&addr.to_string());
-        demo.threads = Some(1);
-        server.add_service(demo);
-    }
-    server
+fn public_listeners(config: &Config) -> impl Iterator<Item = &SocketAddr> {
+    config.server.listen.iter().chain(&config.server.tls_listen)
+}
+
+fn admin_service(config: &Config, addr: SocketAddr) -> impl pingora::services::Service {
+    let app = AdminApp {
+        listeners: public_listeners(config).copied().collect(),
+        default_upstream: config
+            .default_upstream
+            .and_then(|i| config.upstreams.get(i))
+            .and_then(|u| u.addresses.first().map(|a| (u.name.clone(), *a))),
+    };
+    one_thread_service("batchgate admin", app, addr)
+}
+
+/// A small HTTP app on one address with one thread of its own.
+fn one_thread_service<A: pingora::apps::http_app::ServeHttp + Send + Sync + 'static>(
+    name: &str,
+    app: A,
+    addr: SocketAddr,
+) -> impl pingora::services::Service {
+    let mut service = Service::new(name.to_string(), HttpServer::new_app(app));
+    service.add_tcp(&addr.to_string());
+    service.threads = Some(1);
+    service
 }
