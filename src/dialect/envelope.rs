@@ -153,30 +153,9 @@ impl Envelope {
     /// The body's `requests`, each a raw JSON value, after the whole-batch checks: an object
     /// body, an allowed `resource`, 1 to `max_items` child requests.
     fn child_requests<'b>(&self, body: &'b Bytes) -> Result<Vec<&'b RawValue>, Rejection> {
-        let not_object = |detail: String| {
-            Rejection::new(
-                RejectionKind::ParseError,
-                CODE_BODY,
-                format!("the body is not a JSON object: {detail}"),
-            )
-        };
-        let requests_error = |kind, message: String| Rejection::new(kind, CODE_REQUESTS, message);
-        // serde would also accept a struct written as an array; the contract is an object.
-        // Anything else is first parsed as any JSON value, so broken JSON gets serde's
-        // precise error and valid JSON of another type gets "another JSON type".
-        let starts_as_object = body
-            .iter()
-            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-            == Some(&b'{');
-        if !starts_as_object {
-            let _: &RawValue =
-                serde_json::from_slice(body).map_err(|e| not_object(e.to_string()))?;
-            return Err(not_object("found another JSON type".to_string()));
-        }
-        // One pass over the body: the members are kept as raw slices.
-        let parsed: Body<'_> =
-            serde_json::from_slice(body).map_err(|e| not_object(e.to_string()))?;
+        let parsed = outer_object(body)?;
         self.check_resource(parsed.resource)?;
+        let requests_error = |kind, message: String| Rejection::new(kind, CODE_REQUESTS, message);
         let requests = parsed.requests.ok_or_else(|| {
             requests_error(RejectionKind::Empty, "requests is missing".to_string())
         })?;
@@ -186,26 +165,18 @@ impl Envelope {
                 "requests must be an array of objects".to_string(),
             )
         })?;
-        if items.is_empty() {
-            return Err(requests_error(
+        let max = self.max_items;
+        match items.len() {
+            0 => Err(requests_error(
                 RejectionKind::Empty,
-                format!(
-                    "requests is empty; send 1 to {} child requests",
-                    self.max_items
-                ),
-            ));
-        }
-        if items.len() > self.max_items {
-            return Err(requests_error(
+                format!("requests is empty; send 1 to {max} child requests"),
+            )),
+            n if n > max => Err(requests_error(
                 RejectionKind::TooManyItems,
-                format!(
-                    "requests has {} child requests; at most {} are allowed",
-                    items.len(),
-                    self.max_items
-                ),
-            ));
+                format!("requests has {n} child requests; at most {max} are allowed"),
+            )),
+            _ => Ok(items),
         }
-        Ok(items)
     }
 
     fn check_resource(&self, resource: Option<&RawValue>) -> Result<(), Rejection> {
@@ -407,6 +378,28 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 /// Whether a JSON value is an object (RawValue text has no leading whitespace).
+/// The batch body as a JSON object, its members kept as raw slices (one pass). serde would
+/// also accept a struct written as an array; the contract is an object. Anything else is
+/// first parsed as any JSON value, so broken JSON gets serde's precise error and valid JSON
+/// of another type gets "another JSON type".
+fn outer_object(body: &Bytes) -> Result<Body<'_>, Rejection> {
+    let not_object = |detail: String| {
+        Rejection::new(
+            RejectionKind::ParseError,
+            CODE_BODY,
+            format!("the body is not a JSON object: {detail}"),
+        )
+    };
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        let _: &RawValue = serde_json::from_slice(body).map_err(|e| not_object(e.to_string()))?;
+        return Err(not_object("found another JSON type".to_string()));
+    }
+    serde_json::from_slice(body).map_err(|e| not_object(e.to_string()))
+}
+
 fn is_object(raw: &RawValue) -> bool {
     raw.get().starts_with('{')
 }
