@@ -3,6 +3,7 @@
 //! byte for byte.
 
 use super::*;
+use bytes::Bytes;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
