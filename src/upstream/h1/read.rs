@@ -36,6 +36,17 @@ pub(super) struct HeadInfo {
     declared_framing: bool,
 }
 
+impl HeadInfo {
+    /// Whether the head announces a body (a length above zero, or chunked).
+    fn declares_body(&self) -> bool {
+        match self.framing {
+            Framing::Length(len) => len > 0,
+            Framing::Chunked | Framing::UntilClose => self.declared_framing,
+            Framing::None => false,
+        }
+    }
+}
+
 pub(super) struct Reader<'s, S> {
     pub stream: &'s mut S,
     pub buf: BytesMut,
@@ -85,42 +96,20 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         is_head: bool,
         limit: usize,
     ) -> Result<Exchanged, ExchangeError> {
-        let mut interim = 0;
-        let head = loop {
-            let head = self.read_head().await?;
-            match head.status {
-                101 => {
-                    return Err(ExchangeError::Protocol(
-                        "the upstream switched protocols".to_string(),
-                    ))
-                }
-                // 100 Continue, 103 Early Hints: interim answers a client skips.
-                100..=199 if interim < MAX_INTERIM_RESPONSES => interim += 1,
-                100..=199 => {
-                    return Err(ExchangeError::Protocol(format!(
-                        "more than {MAX_INTERIM_RESPONSES} interim (1xx) answers"
-                    )))
-                }
-                _ => break head,
-            }
-        };
+        let head = self.read_final_head().await?;
         // HEAD, 204 and 304 declare the representation's length but carry no body, and
         // need no length to keep the connection (a 204 must not even send one).
         let bodiless = is_head || matches!(head.status, 204 | 304);
-        // A bodiless answer that still declares a body (a length above zero, or chunked)
-        // leaves room for bytes the upstream may send anyway, later: the next item on this
-        // connection, another client's, would read them as its own answer. Such a
-        // connection is not reused (nginx keeps it; the cost is one new connection).
-        let declares_body = match head.framing {
-            Framing::Length(len) => len > 0,
-            Framing::Chunked | Framing::UntilClose => head.declared_framing,
-            Framing::None => false,
-        };
+        let declares_body = head.declares_body();
         let framing = if bodiless {
             Framing::None
         } else {
             head.framing
         };
+        // A bodiless answer that still declares a body leaves room for bytes the upstream may
+        // send anyway, later: the next item on this connection, another client's, would read
+        // them as its own answer. Such a connection is not reused (nginx keeps it; the cost
+        // is one new connection).
         let mut reusable =
             head.persistent && framing != Framing::UntilClose && !(bodiless && declares_body);
         let body = match framing {
@@ -131,17 +120,33 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         };
         // Bytes after the response that nobody asked for: the connection's framing cannot be
         // trusted any more.
-        if !self.buf.is_empty() {
-            reusable = false;
+        reusable &= self.buf.is_empty();
+        let (status, headers) = (head.status, head.headers);
+        let response = UpstreamResponse {
+            status,
+            headers,
+            body,
+        };
+        Ok(Exchanged { response, reusable })
+    }
+
+    /// The final response head, past interim answers (100 Continue, 103 Early Hints) a
+    /// client skips; 101 would switch the connection to a protocol an item cannot use.
+    async fn read_final_head(&mut self) -> Result<HeadInfo, ExchangeError> {
+        for _ in 0..=MAX_INTERIM_RESPONSES {
+            let head = self.read_head().await?;
+            match head.status {
+                101 => {
+                    let why = "the upstream switched protocols".to_string();
+                    return Err(ExchangeError::Protocol(why));
+                }
+                100..=199 => continue,
+                _ => return Ok(head),
+            }
         }
-        Ok(Exchanged {
-            response: UpstreamResponse {
-                status: head.status,
-                headers: head.headers,
-                body,
-            },
-            reusable,
-        })
+        Err(ExchangeError::Protocol(format!(
+            "more than {MAX_INTERIM_RESPONSES} interim (1xx) answers"
+        )))
     }
 
     /// Reads and parses one response head, consuming it from the buffer.
