@@ -93,8 +93,16 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// What `check` prints after "ok": listeners, upstreams and routes as batchgate sees them.
 fn summary(config: &Config) -> String {
     let mut out = String::new();
+    listener_lines(config, &mut out);
+    upstream_lines(config, &mut out);
+    route_lines(config, &mut out);
+    out
+}
+
+fn listener_lines(config: &Config, out: &mut String) {
     let h2c = if config.server.h2c {
         " (HTTP/1.1, h2c)"
     } else {
@@ -113,6 +121,9 @@ fn summary(config: &Config) -> String {
     if let Some(addr) = config.admin_listen {
         out.push_str(&format!("admin    {addr} (/metrics /healthz /readyz)\n"));
     }
+}
+
+fn upstream_lines(config: &Config, out: &mut String) {
     for (i, upstream) in config.upstreams.iter().enumerate() {
         let default = if config.default_upstream == Some(i) {
             " (default, pass-through)"
@@ -131,6 +142,9 @@ fn summary(config: &Config) -> String {
             addrs.join(", ")
         ));
     }
+}
+
+fn route_lines(config: &Config, out: &mut String) {
     for route in &config.routes {
         let upstream = config
             .upstreams
@@ -146,7 +160,6 @@ fn summary(config: &Config) -> String {
             route.limits.concurrency
         ));
     }
-    out
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -178,29 +191,43 @@ fn demo(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(upstream) = config
+    let addr = match demo_upstream(&config) {
+        Ok(addr) => addr,
+        Err(why) => {
+            eprintln!("{}: {why}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    print_demo_help(&config, addr);
+    let options = StartOptions {
+        demo_upstream: Some(addr),
+        ..StartOptions::default()
+    };
+    server::build(&config, &options).run_forever()
+}
+
+/// Where the demo serves its API: the default upstream's first address, which must be a
+/// loopback one (the demo API is not for other hosts).
+fn demo_upstream(config: &Config) -> Result<std::net::SocketAddr, String> {
+    let upstream = config
         .default_upstream
         .and_then(|i| config.upstreams.get(i))
-    else {
-        eprintln!(
-            "{}: demo needs a default upstream to serve the demo API on",
-            path.display()
-        );
-        return ExitCode::FAILURE;
-    };
-    let Some(addr) = upstream
+        .ok_or("demo needs a default upstream to serve the demo API on")?;
+    upstream
         .addresses
         .first()
         .copied()
         .filter(|a| a.ip().is_loopback())
-    else {
-        eprintln!(
-            "{}: demo serves its API only on a loopback address; upstream {} is not one",
-            path.display(),
-            upstream.name
-        );
-        return ExitCode::FAILURE;
-    };
+        .ok_or_else(|| {
+            format!(
+                "demo serves its API only on a loopback address; upstream {} is not one",
+                upstream.name
+            )
+        })
+}
+
+/// What to paste to try the demo.
+fn print_demo_help(config: &Config, addr: std::net::SocketAddr) {
     let listen = config
         .server
         .listen
@@ -224,14 +251,6 @@ fn demo(path: &std::path::Path) -> ExitCode {
     println!("a JSON-RPC batch:\n  curl -s http://{listen}/jsonrpc -H 'Content-Type: application/json' \\\n    -d '[{{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2,4],\"id\":\"1\"}},{{\"jsonrpc\":\"2.0\",\"method\":\"subtract\",\"params\":[42,23],\"id\":2}}]'");
     println!("an id-list fan-out:\n  curl -s 'http://{listen}/v2/servicerequest/accessorys/access-urls?group_id=1&accessory_ids=1,2' -H 'X-Auth-Token: demo'");
     println!("and a pass-through call:\n  curl -s http://{listen}/v2/hello");
-    server::build(
-        &config,
-        &StartOptions {
-            demo_upstream: Some(addr),
-            ..StartOptions::default()
-        },
-    )
-    .run_forever()
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
