@@ -32,50 +32,16 @@ impl ServeHttp for DemoUpstream {
         }
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let header = session.req_header();
-        let field = |name: &str| request.get(name).cloned().unwrap_or(Value::Null);
         let path = header.uri.path();
         if let Some(id) = path
             .strip_prefix("/v2/servicerequest/accessorys/")
             .and_then(|rest| rest.strip_suffix("/access-url"))
         {
-            let group = header
-                .uri
-                .query()
-                .and_then(|q| q.strip_prefix("group_id="))
-                .unwrap_or("");
-            return match id {
-                "404" => json_response(
-                    404,
-                    &json!({"error_code": "NotFound", "error_msg": "no such accessory"}),
-                ),
-                _ => json_response(
-                    200,
-                    &json!({"url": format!("https://files.demo.invalid/{group}/{id}")}),
-                ),
-            };
+            return access_url(header.uri.query(), id);
         }
         match (header.method.as_str(), path) {
-            ("POST", "/v2/file/get") => json_response(
-                200,
-                &json!({
-                    "domain_id": field("domain_id"),
-                    "drive_id": field("drive_id"),
-                    "file_id": request.get("file_id").cloned().unwrap_or(json!("9520943DC264")),
-                    "name": "demo.txt",
-                    "size": 1024
-                }),
-            ),
-            ("POST", "/v2/file/list") => json_response(
-                200,
-                &json!({
-                    "items": [
-                        {"file_id": "9520943DC264", "name": "demo.txt", "type": "file"},
-                        {"file_id": "9520943DC265", "name": "photos", "type": "folder"}
-                    ],
-                    "drive_id": field("drive_id"),
-                    "next_marker": ""
-                }),
-            ),
+            ("POST", "/v2/file/get") => file_get(&request),
+            ("POST", "/v2/file/list") => file_list(&request),
             ("POST", "/jsonrpc" | "/jsonrpc2") => jsonrpc(&request),
             ("GET", "/v2/hello") => json_response(200, &json!({"hello": "from the demo upstream"})),
             _ => json_response(
@@ -135,4 +101,51 @@ fn json_response(status: u16, value: &Value) -> Response<Vec<u8>> {
         .header("content-length", body.len())
         .body(body)
         .unwrap_or_default()
+}
+
+/// Huawei `GET .../accessorys/{id}/access-url?group_id=..`: a URL, or 404 for id 404.
+fn access_url(query: Option<&str>, id: &str) -> Response<Vec<u8>> {
+    let group = query
+        .and_then(|q| q.strip_prefix("group_id="))
+        .unwrap_or("");
+    match id {
+        "404" => json_response(
+            404,
+            &json!({"error_code": "NotFound", "error_msg": "no such accessory"}),
+        ),
+        _ => json_response(
+            200,
+            &json!({"url": format!("https://files.demo.invalid/{group}/{id}")}),
+        ),
+    }
+}
+
+/// PDS `POST /v2/file/get`: the file the request names (a fixed one by default).
+fn file_get(request: &Value) -> Response<Vec<u8>> {
+    let field = |name: &str| request.get(name).cloned().unwrap_or(Value::Null);
+    json_response(
+        200,
+        &json!({
+            "domain_id": field("domain_id"),
+            "drive_id": field("drive_id"),
+            "file_id": request.get("file_id").cloned().unwrap_or(json!("9520943DC264")),
+            "name": "demo.txt",
+            "size": 1024
+        }),
+    )
+}
+
+/// PDS `POST /v2/file/list`: two entries.
+fn file_list(request: &Value) -> Response<Vec<u8>> {
+    json_response(
+        200,
+        &json!({
+            "items": [
+                {"file_id": "9520943DC264", "name": "demo.txt", "type": "file"},
+                {"file_id": "9520943DC265", "name": "photos", "type": "folder"}
+            ],
+            "drive_id": request.get("drive_id").cloned().unwrap_or(Value::Null),
+            "next_marker": ""
+        }),
+    )
 }
