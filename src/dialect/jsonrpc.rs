@@ -91,40 +91,11 @@ impl Dialect for JsonRpc {
         }
         let elements: Vec<&RawValue> =
             serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?;
-        if elements.is_empty() {
-            return Err(Rejection::new(
-                RejectionKind::Empty,
-                "empty",
-                "the batch is empty",
-            ));
-        }
-        if elements.len() > self.max_items {
-            return Err(Rejection::new(
-                RejectionKind::TooManyItems,
-                "too_many_items",
-                format!(
-                    "the batch has {} elements; at most {} are allowed",
-                    elements.len(),
-                    self.max_items
-                ),
-            ));
-        }
+        self.check_batch(&elements)?;
         let mut plan = Plan {
             meta: Vec::with_capacity(elements.len()),
             items: Vec::with_capacity(elements.len()),
         };
-        if self.config.profile.unique_ids {
-            if let Some(id) = duplicate_id(&elements) {
-                // Refused whole, before anything runs: answering the first element and
-                // refusing the second would give the client two answers with one id that it
-                // cannot tell apart.
-                return Err(Rejection::new(
-                    RejectionKind::DuplicateId,
-                    "duplicate_id",
-                    format!("the id {id} is used by more than one element"),
-                ));
-            }
-        }
         for element in elements {
             self.push_element(&mut plan, request.body, element, false);
         }
@@ -204,6 +175,42 @@ impl Dialect for JsonRpc {
 }
 
 impl JsonRpc {
+    /// The whole-batch checks: 1..=max_items elements and, with `unique_ids`, no id twice.
+    fn check_batch(&self, elements: &[&RawValue]) -> Result<(), Rejection> {
+        let count = elements.len();
+        if count == 0 {
+            return Err(Rejection::new(
+                RejectionKind::Empty,
+                "empty",
+                "the batch is empty",
+            ));
+        }
+        if count > self.max_items {
+            let max = self.max_items;
+            return Err(Rejection::new(
+                RejectionKind::TooManyItems,
+                "too_many_items",
+                format!("the batch has {count} elements; at most {max} are allowed"),
+            ));
+        }
+        let duplicate = self
+            .config
+            .profile
+            .unique_ids
+            .then(|| duplicate_id(elements));
+        if let Some(Some(id)) = duplicate {
+            // Refused whole, before anything runs: answering the first element and refusing
+            // the second would give the client two answers with one id that it cannot tell
+            // apart.
+            return Err(Rejection::new(
+                RejectionKind::DuplicateId,
+                "duplicate_id",
+                format!("the id {id} is used by more than one element"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks one element and adds it to the plan: sent, or answered right away.
     fn push_element(
         &self,
@@ -243,44 +250,10 @@ impl JsonRpc {
 
     /// `Ok(Some(id))` for a call, `Ok(None)` for a notification, `Err` when refused.
     fn check_element<'a>(&self, raw: &'a RawValue) -> Result<Option<&'a RawValue>, Refusal> {
-        let invalid = |id: Option<&RawValue>, reason: &'static str| Refusal {
-            reason,
-            // No `data`: the specification's examples answer exactly code and message.
-            reply: Some(error_object(
-                &rpc(INVALID_REQUEST),
-                None,
-                id.map_or(&b"null"[..], |id| id.get().as_bytes()),
-            )),
-        };
-        if !raw.get().starts_with('{') {
-            return Err(invalid(None, "not_an_object"));
-        }
-        let fields: RequestFields<'_> =
-            serde_json::from_str(raw.get()).map_err(|_| invalid(None, "invalid_members"))?;
-        let id = fields.id;
-        if let Some(id) = id {
-            let first = id.get().as_bytes().first().copied();
-            let valid = matches!(first, Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null";
-            if !valid {
-                return Err(invalid(None, "invalid_id"));
-            }
-        }
-        if fields.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
-            return Err(invalid(id, "jsonrpc_not_2.0"));
-        }
-        let Some(method) = fields
-            .method
-            .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
-        else {
-            return Err(invalid(id, "method_not_a_string"));
-        };
-        if let Some(params) = fields.params {
-            if !(params.get().starts_with('[') || params.get().starts_with('{')) {
-                return Err(invalid(id, "params_not_structured"));
-            }
-        }
+        let (id, method) =
+            request_shape(raw).map_err(|(id, reason)| invalid_request(id, reason))?;
         if !usable_method(&method) {
-            return Err(invalid(id, "invalid_method_name"));
+            return Err(invalid_request(id, "invalid_method_name"));
         }
         if !self.method_allowed(&method) {
             return Err(Refusal {
@@ -358,6 +331,52 @@ impl JsonRpc {
             }
         }
     }
+}
+
+/// A `-32600 Invalid Request` refusal, answered with the element's id (or `null`). No
+/// `data`: the specification's examples answer exactly code and message.
+fn invalid_request(id: Option<&RawValue>, reason: &'static str) -> Refusal {
+    let id = id.map_or(&b"null"[..], |id| id.get().as_bytes());
+    Refusal {
+        reason,
+        reply: Some(error_object(&rpc(INVALID_REQUEST), None, id)),
+    }
+}
+
+/// Why a request object is refused: the id to answer with, and the reason label.
+type BadShape<'a> = (Option<&'a RawValue>, &'static str);
+
+/// A request object's shape (section 4): an object with `"jsonrpc":"2.0"`, a string method,
+/// structured params if any, and an id that is a string, a number or null. Returns the id
+/// and the method, or the id to answer with and why not.
+fn request_shape(raw: &RawValue) -> Result<(Option<&RawValue>, String), BadShape<'_>> {
+    if !raw.get().starts_with('{') {
+        return Err((None, "not_an_object"));
+    }
+    let fields: RequestFields<'_> =
+        serde_json::from_str(raw.get()).map_err(|_| (None, "invalid_members"))?;
+    let id = fields.id;
+    if let Some(id) = id {
+        let first = id.get().as_bytes().first().copied();
+        let valid = matches!(first, Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null";
+        if !valid {
+            return Err((None, "invalid_id"));
+        }
+    }
+    if fields.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return Err((id, "jsonrpc_not_2.0"));
+    }
+    let method = fields
+        .method
+        .and_then(|m| serde_json::from_str::<String>(m.get()).ok());
+    let Some(method) = method else {
+        return Err((id, "method_not_a_string"));
+    };
+    let structured = |p: &RawValue| p.get().starts_with('[') || p.get().starts_with('{');
+    if fields.params.is_some_and(|p| !structured(p)) {
+        return Err((id, "params_not_structured"));
+    }
+    Ok((id, method))
 }
 
 struct Refusal {
