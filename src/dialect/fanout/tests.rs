@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::dialect::{FailureKind, Sent, UpstreamResponse};
 use bytes::Bytes;
 use http::HeaderMap;
+use serde_json::value::RawValue;
 
 fn huawei() -> Fanout {
     let text = std::fs::read_to_string(concat!(
