@@ -82,14 +82,7 @@ pub async fn run<U: Upstream, O: Observer>(
         // driven: they are what frees the permits).
         for (index, request) in to_send {
             let acquiring = acquire(&batch_permits, global);
-            tokio::pin!(acquiring);
-            let permits = loop {
-                tokio::select! {
-                    biased;
-                    permits = &mut acquiring => break permits,
-                    Some(done) = running.next(), if !running.is_empty() => collector.finished(done),
-                }
-            };
+            let permits = collect_until(acquiring, &mut running, &mut collector).await;
             let Some(permits) = permits else {
                 // The semaphores are never closed; report it as cancellation if they ever are.
                 collector.record(
@@ -288,6 +281,23 @@ impl Collector {
         }
         if let Some(slot) = self.slots.get_mut(index) {
             *slot = Some(outcome);
+        }
+    }
+}
+
+/// Awaits `acquiring` while collecting (and, when they are polled here, driving) the
+/// running items: they are what frees the permits.
+async fn collect_until(
+    acquiring: impl Future<Output = Option<Permits>>,
+    running: &mut Running<impl Future<Output = (usize, Outcome)> + Send + 'static>,
+    collector: &mut Collector,
+) -> Option<Permits> {
+    tokio::pin!(acquiring);
+    loop {
+        tokio::select! {
+            biased;
+            permits = &mut acquiring => return permits,
+            Some(done) = running.next(), if !running.is_empty() => collector.finished(done),
         }
     }
 }

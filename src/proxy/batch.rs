@@ -185,16 +185,7 @@ impl BatchGate {
         observer: &Arc<BatchObserver>,
         request_id: &str,
     ) -> Option<Vec<Outcome>> {
-        let limits = &route.config.limits;
-        let exec_limits = Limits {
-            concurrency: limits.concurrency,
-            item_timeout: limits.item_timeout,
-            deadline: tokio::time::Instant::now() + limits.batch_timeout,
-            max_reply_bytes: limits.max_reply_bytes,
-            reply_cost: route.reply_cost,
-            stop: Some(self.stop.clone()),
-            spawn_items: self.spawn_items,
-        };
+        let exec_limits = self.exec_limits(route);
         let upstream = Arc::new(BatchUpstream {
             client: route.upstream.clone(),
             headers,
@@ -215,18 +206,40 @@ impl BatchGate {
             observer,
         )
         .instrument(span);
-        tokio::pin!(run);
-        let mut watch_client = true;
-        loop {
-            tokio::select! {
-                outcomes = &mut run => return Some(outcomes),
-                idle = session.read_body_or_idle(true), if watch_client => match idle {
-                    // Closed (FIN) or reset (RST): either way nobody is waiting for the reply.
-                    // Pipelined bytes are not an error (pipelining is on): they stay pending.
-                    Err(_) => return None,
-                    Ok(_) => watch_client = false,
-                },
-            }
+        watching_client(session, run).await
+    }
+
+    /// The executor's limits for one batch of `route`: its deadline starts now.
+    fn exec_limits(&self, route: &Route) -> Limits {
+        let limits = &route.config.limits;
+        Limits {
+            concurrency: limits.concurrency,
+            item_timeout: limits.item_timeout,
+            deadline: tokio::time::Instant::now() + limits.batch_timeout,
+            max_reply_bytes: limits.max_reply_bytes,
+            reply_cost: route.reply_cost,
+            stop: Some(self.stop.clone()),
+            spawn_items: self.spawn_items,
+        }
+    }
+}
+
+/// Awaits `run` while watching the client: `None` as soon as it closes or resets (the run is
+/// then dropped, which aborts its items). Pipelined bytes are not an error (pipelining is
+/// on): they stay pending.
+async fn watching_client(
+    session: &mut Session,
+    run: impl std::future::Future<Output = Vec<Outcome>>,
+) -> Option<Vec<Outcome>> {
+    tokio::pin!(run);
+    let mut watch_client = true;
+    loop {
+        tokio::select! {
+            outcomes = &mut run => return Some(outcomes),
+            idle = session.read_body_or_idle(true), if watch_client => match idle {
+                Err(_) => return None,
+                Ok(_) => watch_client = false,
+            },
         }
     }
 }
