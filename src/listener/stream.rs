@@ -32,6 +32,37 @@ pub struct DeadlineStream {
     write_timer: Option<Pin<Box<Sleep>>>,
 }
 
+impl DeadlineStream {
+    /// A read is waiting: fail it once the clock's deadline passes, re-arming the one timer
+    /// when the deadline moved (a body earning time) and dropping it when there is none.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(deadline) = self.clock.deadline() else {
+            self.timer = None;
+            return Poll::Pending;
+        };
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.timer = None;
+        self.clock.expire();
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client deadline passed",
+        )))
+    }
+}
+
 impl AsyncRead for DeadlineStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -57,32 +88,7 @@ impl AsyncRead for DeadlineStream {
                 )))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let Some(deadline) = this.clock.deadline() else {
-                    this.timer = None;
-                    return Poll::Pending;
-                };
-                let timer = match &mut this.timer {
-                    Some(timer) => {
-                        if timer.deadline() != deadline {
-                            timer.as_mut().reset(deadline);
-                        }
-                        timer
-                    }
-                    None => this
-                        .timer
-                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
-                };
-                if timer.as_mut().poll(cx).is_ready() {
-                    this.timer = None;
-                    this.clock.expire();
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client deadline passed",
-                    )));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => this.poll_deadline(cx),
         }
     }
 }

@@ -144,38 +144,23 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     batch: &BatchHeaders,
     timeouts: Timeouts,
 ) -> Result<Exchanged, ExchangeError> {
-    let mut head = Vec::with_capacity(256 + coalesced_len(request));
-    encode_head(request, batch, &mut head);
-    let body = request.body.as_ref().filter(|b| !b.is_empty());
     let mut written = 0usize;
-    let write = async {
-        match body {
-            Some(body) if body.len() <= COALESCE_LIMIT => {
-                head.extend_from_slice(body);
-                write_counted(stream, &head, &mut written).await?;
-            }
-            Some(body) => {
-                write_counted(stream, &head, &mut written).await?;
-                write_counted(stream, body, &mut written).await?;
-            }
-            None => write_counted(stream, &head, &mut written).await?,
-        }
-        stream.flush().await
-    };
-    let outcome = bounded(Timeouts::armed(timeouts.write, batch.item_timeout), write).await;
-    match outcome {
+    let write = write_request(stream, request, batch, &mut written);
+    match bounded(Timeouts::armed(timeouts.write, batch.item_timeout), write).await {
         Some(Ok(())) => {}
         Some(Err(source)) => {
+            let sent = if written == 0 {
+                Sent::Nothing
+            } else {
+                Sent::Maybe
+            };
+            let nothing_received = true;
             return Err(ExchangeError::Io {
                 context: WRITING,
                 source,
-                nothing_received: true,
-                sent: if written == 0 {
-                    Sent::Nothing
-                } else {
-                    Sent::Maybe
-                },
-            })
+                nothing_received,
+                sent,
+            });
         }
         None => return Err(ExchangeError::Timeout(WRITING)),
     }
@@ -188,6 +173,30 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     reader
         .read_response(request.method == Method::HEAD, batch.max_response_bytes)
         .await
+}
+
+/// The head, and a body of up to `COALESCE_LIMIT` bytes in the same write; `written` counts
+/// what left, so a failure can tell "nothing sent" from "partly sent".
+async fn write_request<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &SubRequest,
+    batch: &BatchHeaders,
+    written: &mut usize,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(256 + coalesced_len(request));
+    encode_head(request, batch, &mut head);
+    match request.body.as_ref().filter(|b| !b.is_empty()) {
+        Some(body) if body.len() <= COALESCE_LIMIT => {
+            head.extend_from_slice(body);
+            write_counted(stream, &head, written).await?;
+        }
+        Some(body) => {
+            write_counted(stream, &head, written).await?;
+            write_counted(stream, body, written).await?;
+        }
+        None => write_counted(stream, &head, written).await?,
+    }
+    stream.flush().await
 }
 
 /// `write_all` that counts what left, so a failure can tell "nothing sent" from "partly sent".
