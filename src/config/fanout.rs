@@ -72,6 +72,20 @@ pub enum OnItemError {
     Include,
 }
 
+/// A table a fanout route cannot do without; a problem naming it when it is missing.
+fn required<'a, T>(
+    table: &'a Option<T>,
+    i: &str,
+    key: &str,
+    what: &str,
+    problems: &mut Problems,
+) -> Option<&'a T> {
+    if table.is_none() {
+        problems.push(&["routes", i, key], format!("a fanout route needs {what}"));
+    }
+    table.as_ref()
+}
+
 pub(super) fn fanout_config(
     section: &RouteSection,
     i: &str,
@@ -79,31 +93,31 @@ pub(super) fn fanout_config(
 ) -> Option<FanoutConfig> {
     let before = problems.0.len();
     let methods = methods(section.methods.as_deref(), i, problems);
-    let Some(ids) = &section.ids else {
-        problems.push(
-            &["routes", i, "ids"],
-            "a fanout route needs [routes.ids] with `param`",
-        );
-        return None;
-    };
+    let ids = required(
+        &section.ids,
+        i,
+        "ids",
+        "[routes.ids] with `param`",
+        problems,
+    )?;
     let params = rules(section.params.as_deref(), i, "params", problems);
     let headers = header_rules(section, i, problems);
-    let Some(request) = &section.request else {
-        problems.push(
-            &["routes", i, "request"],
-            "a fanout route needs [routes.request] with `path`",
-        );
-        return None;
-    };
+    let request = required(
+        &section.request,
+        i,
+        "request",
+        "[routes.request] with `path`",
+        problems,
+    )?;
     let target = target(request, &params, i, problems);
     let request_method = request_method(request, i, problems);
-    let Some(reply) = &section.reply else {
-        problems.push(
-            &["routes", i, "reply"],
-            "a fanout route needs [routes.reply] with `list_field`",
-        );
-        return None;
-    };
+    let reply = required(
+        &section.reply,
+        i,
+        "reply",
+        "[routes.reply] with `list_field`",
+        problems,
+    )?;
     let fields = reply_fields(reply, i, problems);
     let on_item_error = on_item_error(section, i, problems);
     let max_id_length = max_id_length(ids, i, problems);

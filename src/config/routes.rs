@@ -254,29 +254,18 @@ fn route_name(section: &RouteSection, i: &str, problems: &mut Problems) -> Strin
 
 /// Keys that only mean something for one dialect are errors on the others, so a key copied
 /// from the wrong example does not silently do nothing.
+#[rustfmt::skip] // a table: one line per key
 fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) {
     const ENVELOPE: &[&str] = &["envelope"];
     const JSONRPC: &[&str] = &["jsonrpc"];
     const FANOUT: &[&str] = &["fanout"];
     let s = section;
     let present: [(&str, bool, &[&str]); 15] = [
-        (
-            "error_format",
-            s.error_format.is_some(),
-            &["envelope", "fanout"],
-        ),
+        ("error_format", s.error_format.is_some(), &["envelope", "fanout"]),
         ("base_path", s.base_path.is_some(), ENVELOPE),
         ("allowed_resources", s.allowed_resources.is_some(), ENVELOPE),
-        (
-            "allowed_url_prefixes",
-            s.allowed_url_prefixes.is_some(),
-            ENVELOPE,
-        ),
-        (
-            "allowed_methods",
-            s.allowed_methods.is_some(),
-            &["envelope", "jsonrpc"],
-        ),
+        ("allowed_url_prefixes", s.allowed_url_prefixes.is_some(), ENVELOPE),
+        ("allowed_methods", s.allowed_methods.is_some(), &["envelope", "jsonrpc"]),
         ("upstream_path", s.upstream_path.is_some(), JSONRPC),
         ("denied_methods", s.denied_methods.is_some(), JSONRPC),
         ("profile", s.profile.is_some(), JSONRPC),
@@ -290,14 +279,9 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
     ];
     for (key, is_set, dialects) in present {
         if is_set && !dialects.contains(&section.dialect.as_str()) {
-            problems.push(
-                &["routes", i, key],
-                format!(
-                    "{key} is not a setting of dialect {:?} (only of {})",
-                    section.dialect,
-                    dialects.join(", ")
-                ),
-            );
+            let only = dialects.join(", ");
+            let message = format!("{key} is not a setting of dialect {:?} (only of {only})", section.dialect);
+            problems.push(&["routes", i, key], message);
         }
     }
 }
