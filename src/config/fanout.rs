@@ -72,16 +72,18 @@ pub enum OnItemError {
     Include,
 }
 
-/// A table a fanout route cannot do without; a problem naming it when it is missing.
+/// A table a fanout route cannot do without (`[routes.KEY]` with its `needs` key); a
+/// problem naming both when it is missing.
 fn required<'a, T>(
     table: &'a Option<T>,
     i: &str,
     key: &str,
-    what: &str,
+    needs: &str,
     problems: &mut Problems,
 ) -> Option<&'a T> {
     if table.is_none() {
-        problems.push(&["routes", i, key], format!("a fanout route needs {what}"));
+        let message = format!("a fanout route needs [routes.{key}] with `{needs}`");
+        problems.push(&["routes", i, key], message);
     }
     table.as_ref()
 }
@@ -93,31 +95,13 @@ pub(super) fn fanout_config(
 ) -> Option<FanoutConfig> {
     let before = problems.0.len();
     let methods = methods(section.methods.as_deref(), i, problems);
-    let ids = required(
-        &section.ids,
-        i,
-        "ids",
-        "[routes.ids] with `param`",
-        problems,
-    )?;
+    let ids = required(&section.ids, i, "ids", "param", problems)?;
     let params = rules(section.params.as_deref(), i, "params", problems);
     let headers = header_rules(section, i, problems);
-    let request = required(
-        &section.request,
-        i,
-        "request",
-        "[routes.request] with `path`",
-        problems,
-    )?;
+    let request = required(&section.request, i, "request", "path", problems)?;
     let target = target(request, &params, i, problems);
     let request_method = request_method(request, i, problems);
-    let reply = required(
-        &section.reply,
-        i,
-        "reply",
-        "[routes.reply] with `list_field`",
-        problems,
-    )?;
+    let reply = required(&section.reply, i, "reply", "list_field", problems)?;
     let fields = reply_fields(reply, i, problems);
     let on_item_error = on_item_error(section, i, problems);
     let max_id_length = max_id_length(ids, i, problems);

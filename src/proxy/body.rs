@@ -45,11 +45,7 @@ pub(super) async fn read_batch<D: Dialect>(
         }
         return Ok(Err(rejection));
     }
-    let expects_continue = header
-        .headers
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && has_body {
+    if has_body && expects_continue(header) {
         session.write_continue_response().await?;
     }
     let own_deadline = ClientClock::of(session).is_none().then_some(client);
@@ -68,6 +64,14 @@ pub(super) async fn read_batch<D: Dialect>(
         let _ = body.split_to(3);
     }
     Ok(Ok(body.freeze()))
+}
+
+/// `Expect: 100-continue`: the client waits for a 100 before it sends the body.
+fn expects_continue(header: &RequestHeader) -> bool {
+    header
+        .headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The declared body length: every `Content-Length` field and list member must name the
