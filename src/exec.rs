@@ -85,10 +85,7 @@ pub async fn run<U: Upstream, O: Observer>(
             let permits = collect_until(acquiring, &mut running, &mut collector).await;
             let Some(permits) = permits else {
                 // The semaphores are never closed; report it as cancellation if they ever are.
-                collector.record(
-                    index,
-                    Outcome::failed(FailureKind::Cancelled, Sent::Nothing),
-                );
+                collector.record(index, never_started());
                 continue;
             };
             running.push(start_item(
@@ -104,13 +101,12 @@ pub async fn run<U: Upstream, O: Observer>(
         result = tokio::time::timeout_at(limits.deadline, work) => result.is_ok(),
         () = stopped => false,
     };
-    // Keep what finished just before the deadline; dropping the rest cancels (or aborts)
-    // them, and their owned permits go back with them.
-    while let Some(done) = running.try_next() {
-        collector.finished(done);
-    }
-    drop(running);
-    collector.into_outcomes(finished)
+    collector.close(running, finished)
+}
+
+/// An item whose permits never came.
+fn never_started() -> Outcome {
+    Outcome::failed(FailureKind::Cancelled, Sent::Nothing)
 }
 
 /// The items in flight, either polled inside the batch's own task (the default: without
@@ -241,6 +237,19 @@ impl Collector {
             max_reply_bytes: limits.max_reply_bytes,
             reply_cost: limits.reply_cost,
         }
+    }
+
+    /// Keeps what finished just before the deadline; dropping the rest cancels (or aborts)
+    /// them, and their owned permits go back with them.
+    fn close<F>(mut self, mut running: Running<F>, finished: bool) -> Vec<Outcome>
+    where
+        F: Future<Output = (usize, Outcome)> + Send + 'static,
+    {
+        while let Some(done) = running.try_next() {
+            self.finished(done);
+        }
+        drop(running);
+        self.into_outcomes(finished)
     }
 
     /// One outcome per item; a slot still empty is `DeadlineExceeded` when the run stopped
