@@ -336,6 +336,14 @@ pub enum RejectionKind {
     MethodNotAllowed,
     /// The body did not arrive within `server.client_body_timeout` (and its minimum rate).
     BodyTimeout,
+    /// Admission: the queue of items waiting for permits is full.
+    QueueFull,
+    /// Admission: the queue ahead would not drain within `queue_budget`.
+    QueueBudget,
+    /// Admission: the client has `per_client_items` items outstanding.
+    ClientLimit,
+    /// Admission: held batch bodies would exceed `max_held_bytes`.
+    MemoryBudget,
 }
 
 impl RejectionKind {
@@ -352,6 +360,10 @@ impl RejectionKind {
             RejectionKind::UnsupportedMediaType => "unsupported_media_type",
             RejectionKind::MethodNotAllowed => "method_not_allowed",
             RejectionKind::BodyTimeout => "body_timeout",
+            RejectionKind::QueueFull => "queue_full",
+            RejectionKind::QueueBudget => "queue_budget",
+            RejectionKind::ClientLimit => "client_limit",
+            RejectionKind::MemoryBudget => "memory",
         }
     }
 
@@ -362,6 +374,10 @@ impl RejectionKind {
             RejectionKind::UnsupportedMediaType => 415,
             RejectionKind::MethodNotAllowed => 405,
             RejectionKind::BodyTimeout => 408,
+            RejectionKind::QueueFull | RejectionKind::QueueBudget | RejectionKind::MemoryBudget => {
+                503
+            }
+            RejectionKind::ClientLimit => 429,
             RejectionKind::NotAllowed => 403,
             _ => 400,
         }

@@ -15,6 +15,8 @@
 //!   never a dialect.
 //! - [`dialect`]: pure decode/encode per batch dialect (`envelope`, `jsonrpc`, `fanout`).
 //! - [`guard`]: what a sub-request may be (URL and header rules against SSRF and smuggling).
+//! - [`admission`]: whether a decoded batch may wait for permits at all (bounded queue,
+//!   queue-time budget, per-client cap, held-body memory), refusing with 503/429 at once.
 //! - [`exec`]: per-batch and global concurrency limits, item timeout, batch deadline.
 //! - [`upstream`]: one sub-request over pingora's pooled connector.
 //! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through.
@@ -38,6 +40,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod demo;
 pub mod dialect;

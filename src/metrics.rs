@@ -70,6 +70,10 @@ pub const REJECTION_KINDS: &[RejectionKind] = &[
     RejectionKind::UnsupportedMediaType,
     RejectionKind::MethodNotAllowed,
     RejectionKind::BodyTimeout,
+    RejectionKind::QueueFull,
+    RejectionKind::QueueBudget,
+    RejectionKind::ClientLimit,
+    RejectionKind::MemoryBudget,
 ];
 /// Pass-through status classes.
 pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -77,6 +81,8 @@ pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"
 /// The metric families.
 pub struct Families {
     pub max_in_flight: IntGauge,
+    pub admission_queued_items: IntGauge,
+    pub admission_held_bytes: IntGauge,
     pub batches: IntCounterVec,
     pub batch_items: HistogramVec,
     pub batch_duration: HistogramVec,
@@ -115,6 +121,14 @@ fn register() -> prometheus::Result<Families> {
         max_in_flight: register_int_gauge!(
             "batchgate_max_in_flight",
             "The server.max_in_flight limit: items in flight across all batches at most."
+        )?,
+        admission_queued_items: register_int_gauge!(
+            "batchgate_admission_queued_items",
+            "Items of admitted batches waiting for permits beyond server.max_in_flight (updated as batches are admitted and end)."
+        )?,
+        admission_held_bytes: register_int_gauge!(
+            "batchgate_admission_held_bytes",
+            "Bytes of batch bodies held by admitted batches."
         )?,
         batches: register_int_counter_vec!(
             "batchgate_batches_total",

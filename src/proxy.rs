@@ -48,6 +48,9 @@ pub struct BatchGate {
     routes: HashMap<String, Arc<Route>>,
     passthrough: Option<Passthrough>,
     global_permits: Arc<Semaphore>,
+    /// Whether a decoded batch may wait for permits at all.
+    admission: Arc<crate::admission::Admission>,
+    admission_limits: crate::config::AdmissionLimits,
     /// Client deadlines, for the requests whose connection clock cannot hold them (HTTP/2).
     client_limits: crate::config::ClientLimits,
     /// Write one log line per item (`server.item_log`).
@@ -96,6 +99,11 @@ impl BatchGate {
             routes,
             passthrough,
             global_permits: Arc::new(Semaphore::new(config.server.max_in_flight)),
+            admission: Arc::new(crate::admission::Admission::new(
+                config.server.admission.clone(),
+                config.server.max_in_flight,
+            )),
+            admission_limits: config.server.admission.clone(),
             client_limits: config.server.client,
             item_log: config.server.item_log,
             spawn_items: config.server.work_stealing,

@@ -48,6 +48,18 @@ pub struct ServerSection {
     pub tls_listen: Option<Vec<String>>,
     pub h2c: Option<bool>,
     pub tls: Option<ServerTlsSection>,
+    pub admission: Option<AdmissionSection>,
+}
+
+/// `[server.admission]`: the bounded queue of batches waiting for permits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    pub max_queued_items: Option<i64>,
+    pub queue_budget: Option<String>,
+    pub max_held_bytes: Option<i64>,
+    pub per_client_items: Option<i64>,
+    pub client_key: Option<String>,
 }
 
 /// `[server.tls]`: what the `tls_listen` listeners serve.

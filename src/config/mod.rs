@@ -4,6 +4,7 @@
 //! and reports every problem as `FILE:LINE:COL: key: message`, the way `nginx -t` does.
 //! `from_path` only adds reading the file, so tests need no files.
 
+mod admission;
 mod envelope;
 mod error_format;
 pub mod fanout;
@@ -15,6 +16,7 @@ mod server;
 mod tls;
 mod values;
 
+pub use admission::{AdmissionLimits, ClientKey};
 pub use error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT, PDS_ERROR_FORMAT};
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use jsonrpc::{fold_case, method_key, usable_method};

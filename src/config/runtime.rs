@@ -64,6 +64,8 @@ pub struct ServerSettings {
     /// One multi-thread runtime (true) or one single-thread runtime per thread (false).
     pub work_stealing: bool,
     pub max_in_flight: usize,
+    /// The bounded queue in front of the permits (`[server.admission]`).
+    pub admission: super::admission::AdmissionLimits,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub pid_file: Option<String>,

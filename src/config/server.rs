@@ -4,6 +4,7 @@
 //! Upstream addresses are resolved here, once, because pingora's `HttpPeer::new` panics on an
 //! address it cannot resolve; a route only ever refers to an upstream by index afterwards.
 
+use super::admission::admission_limits;
 use super::file::{FileConfig, ServerSection, UpstreamSection};
 use super::runtime::{
     ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
@@ -73,6 +74,14 @@ const MAX_CLIENT_CONNECTIONS_LIMIT: i64 = 10_000_000;
 pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>) -> ServerSettings {
     let problems = &mut *found.problems;
     let listen = listen(section, problems);
+    let max_in_flight = bounded(
+        section.max_in_flight,
+        DEFAULT_MAX_IN_FLIGHT,
+        1,
+        MAX_IN_FLIGHT_LIMIT,
+        &["server", "max_in_flight"],
+        problems,
+    );
     let tls_listen = addresses_at(
         section.tls_listen.as_deref().unwrap_or_default(),
         "tls_listen",
@@ -94,14 +103,8 @@ pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>)
         // less per pass-through request than work stealing, at the same batch latency
         // (docs/PERFORMANCE.md).
         work_stealing: section.work_stealing.unwrap_or(false),
-        max_in_flight: bounded(
-            section.max_in_flight,
-            DEFAULT_MAX_IN_FLIGHT,
-            1,
-            MAX_IN_FLIGHT_LIMIT,
-            &["server", "max_in_flight"],
-            problems,
-        ),
+        max_in_flight,
+        admission: admission_limits(section.admission.as_ref(), max_in_flight, problems),
         grace_period: whole_seconds(
             &section.grace_period,
             DEFAULT_GRACE_PERIOD,

@@ -52,6 +52,10 @@ enum Element {
 const PARSE_ERROR: (i64, &str) = (-32700, "Parse error");
 const INVALID_REQUEST: (i64, &str) = (-32600, "Invalid Request");
 const METHOD_NOT_FOUND: (i64, &str) = (-32601, "Method not found");
+/// Admission refusals, in the implementation-defined server error range (after
+/// `UpstreamError`'s -32000..-32006).
+const OVERLOADED: (i64, &str) = (-32007, "Server overloaded");
+const CLIENT_LIMIT: (i64, &str) = (-32008, "Too many requests from this client");
 
 /// The members of a request object we look at; `id` keeps "absent" apart from `null`.
 #[derive(Deserialize)]
@@ -142,6 +146,11 @@ impl Dialect for JsonRpc {
             RejectionKind::DuplicateId => {
                 (rpc(INVALID_REQUEST), 200, profile.batch_errors_as_array)
             }
+            // Overload is the server's state, not the request's fault: a server error.
+            RejectionKind::QueueFull | RejectionKind::QueueBudget | RejectionKind::MemoryBudget => {
+                (rpc(OVERLOADED), RejectionKind::QueueFull.status(), false)
+            }
+            RejectionKind::ClientLimit => (rpc(CLIENT_LIMIT), rejection.kind.status(), false),
             kind => (rpc(INVALID_REQUEST), kind.status(), false),
         };
         let data = match rejection.kind {

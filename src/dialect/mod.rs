@@ -86,6 +86,8 @@ pub struct Rejection {
     /// Dialect-specific error code (e.g. PDS `InvalidParameter.Requests`).
     pub code: &'static str,
     pub message: String,
+    /// When to try again (`Retry-After`), for refusals that are about load, not the batch.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Rejection {
@@ -94,6 +96,7 @@ impl Rejection {
             kind,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -117,6 +120,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Adds `Retry-After` (whole seconds, rounded up) when there is a time to give.
+    pub fn with_retry_after(mut self, after: Option<std::time::Duration>) -> Self {
+        if let Some(after) = after {
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            self.headers
+                .push((http::header::RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        self
+    }
+
     /// A JSON reply.
     pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
         Reply {

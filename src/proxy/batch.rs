@@ -7,6 +7,8 @@
 
 use super::body::read_batch;
 use super::{BatchGate, RequestCtx, Route};
+use crate::admission::Ticket;
+use crate::config::ClientKey;
 use crate::dialect::{
     with_dialect, BatchRequest, Dialect, ItemClass, Outcome, Plan, Rejection, RejectionKind, Reply,
     SubRequest,
@@ -126,6 +128,25 @@ impl BatchSummary {
 }
 
 impl BatchGate {
+    /// Admission of a decoded batch (`crate::admission`): a ticket, or the refusal as a
+    /// whole-batch rejection with its `Retry-After`.
+    fn admit(
+        &self,
+        session: &Session,
+        items: usize,
+        bytes: usize,
+    ) -> std::result::Result<Ticket, Rejection> {
+        let client = client_key(session, &self.admission_limits.client_key);
+        self.admission
+            .admit(&client, items, bytes)
+            .map_err(|refused| {
+                let kind = refused.why.kind();
+                let mut rejection = Rejection::new(kind, refused.why.code(), refused.why.message());
+                rejection.retry_after = Some(refused.retry_after);
+                rejection
+            })
+    }
+
     pub(super) async fn serve_route(
         &self,
         session: &mut Session,
@@ -147,21 +168,31 @@ impl BatchGate {
         let read = read_batch(session, route, dialect, &self.client_limits)
             .await
             .inspect_err(|e| summary.client_left(e))?;
-        let plan = match read.and_then(|body| decode(session.req_header(), dialect, &body)) {
-            Ok(plan) => plan,
+        let decoded = read.and_then(|body| {
+            let plan = decode(session.req_header(), dialect, &body)?;
+            let refused = plan.items.iter().filter(|item| item.is_err()).count();
+            let to_send = plan.items.len() - refused;
+            let ticket = self.admit(session, to_send, body.len())?;
+            Ok((plan, refused, ticket))
+        });
+        let (plan, refused, ticket) = match decoded {
+            Ok(decoded) => decoded,
             Err(rejection) => {
                 tracing::debug!(route = %route.config.name, reason = rejection.kind.as_str(), "batch rejected: {}", rejection.message);
                 summary.rejection = Some(rejection.kind);
-                return finish(session, summary, &dialect.reject(&rejection), &request_id).await;
+                let reply = dialect
+                    .reject(&rejection)
+                    .with_retry_after(rejection.retry_after);
+                return finish(session, summary, &reply, &request_id).await;
             }
         };
         summary.items = plan.items.len();
-        let refused = plan.items.iter().filter(|item| item.is_err()).count();
         let headers = batch_headers(session, route, &request_id);
         let observer = Arc::new(BatchObserver {
             metrics: route.metrics.clone(),
             request_id: self.item_log.then(|| request_id.clone()),
             batch_size: summary.items,
+            ticket,
         });
         let Some(outcomes) = self
             .run_batch(session, route, plan.items, headers, &observer, &request_id)
@@ -247,6 +278,8 @@ async fn watching_client(
 /// Records per-item metrics and, with `server.item_log`, one log line per item.
 struct BatchObserver {
     metrics: Option<Arc<RouteMetrics>>,
+    /// The batch's admission: its items count as outstanding until each finishes.
+    ticket: Ticket,
     /// Set only when item logging is on.
     request_id: Option<String>,
     batch_size: usize,
@@ -260,6 +293,7 @@ impl Observer for BatchObserver {
     }
 
     fn finished(&self, index: usize, outcome: &Outcome, elapsed: Duration) {
+        self.ticket.item_done();
         if let Some(metrics) = &self.metrics {
             metrics.item_duration(elapsed);
         }
@@ -359,4 +393,19 @@ pub async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str)
             .await?;
     }
     Ok(())
+}
+
+/// Who a batch counts against for `per_client_items`: the peer address, or a header's value
+/// (at most 256 bytes of it) when configured and present.
+fn client_key(session: &Session, key: &ClientKey) -> String {
+    if let ClientKey::Header(name) = key {
+        if let Some(value) = session.req_header().headers.get(name) {
+            let bytes = value.as_bytes();
+            return String::from_utf8_lossy(bytes.get(..256).unwrap_or(bytes)).into_owned();
+        }
+    }
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map_or_else(String::new, |addr| addr.ip().to_string())
 }

@@ -1,0 +1,280 @@
+//! Admission control: whether a decoded batch may wait for permits at all.
+//!
+//! Without it every batch queues ("they wait, they do not fail") and under overload all of
+//! them are served slowly at once, most past their deadline: congestion collapse. Here a
+//! batch is admitted only when
+//! * its items fit the bounded queue (`max_queued_items` waiting beyond `max_in_flight`),
+//! * the queue ahead of it drains within `queue_budget` at the measured drain rate,
+//! * its client stays within `per_client_items` outstanding items, and
+//! * the batch bodies held by admitted batches stay within `max_held_bytes`.
+//!
+//! Otherwise it is refused at once (503, or 429 for the per-client cap) with `Retry-After`.
+//! An admitted batch is never starved: it holds a `Ticket` until its reply is written, and its
+//! items are counted as outstanding until each finishes. The permits themselves stay FIFO
+//! (tokio's fair semaphore): with the queue bounded by time, FIFO keeps waits bounded, and
+//! the per-client cap keeps one client from filling the queue ahead of the others.
+
+use crate::config::AdmissionLimits;
+use crate::item::RejectionKind;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a batch was not admitted; each is a metric label and a `RejectionKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue of waiting items is full.
+    QueueFull,
+    /// The queue would not reach this batch within `queue_budget`.
+    QueueBudget,
+    /// The client has `per_client_items` items outstanding already.
+    ClientLimit,
+    /// Held batch bodies would exceed `max_held_bytes`.
+    Memory,
+}
+
+impl Refusal {
+    /// The whole-batch rejection it becomes (status, metric reason).
+    pub fn kind(self) -> RejectionKind {
+        match self {
+            Refusal::QueueFull => RejectionKind::QueueFull,
+            Refusal::QueueBudget => RejectionKind::QueueBudget,
+            Refusal::ClientLimit => RejectionKind::ClientLimit,
+            Refusal::Memory => RejectionKind::MemoryBudget,
+        }
+    }
+
+    /// The error code in the route's format (PDS style: a category and a detail).
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::QueueFull => "ServiceUnavailable.QueueFull",
+            Refusal::QueueBudget => "ServiceUnavailable.QueueBudget",
+            Refusal::ClientLimit => "TooManyRequests",
+            Refusal::Memory => "ServiceUnavailable.Memory",
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::QueueFull => "batchgate is at capacity and its queue is full; retry later",
+            Refusal::QueueBudget => "batchgate is at capacity: this batch would wait longer than the queue budget; retry later",
+            Refusal::ClientLimit => "this client has as many items in flight and queued as it may; retry when some finish",
+            Refusal::Memory => "batchgate holds as many batch bodies as its memory budget allows; retry later",
+        }
+    }
+}
+
+/// A refusal and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub why: Refusal,
+    pub retry_after: Duration,
+}
+
+/// The process-wide admission state.
+#[derive(Debug)]
+pub struct Admission {
+    limits: AdmissionLimits,
+    max_in_flight: usize,
+    state: Mutex<State>,
+    /// Items finished since start: the drain rate is measured from it.
+    finished: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Items admitted and not yet finished (in flight or waiting for permits).
+    outstanding: usize,
+    held_bytes: usize,
+    per_client: HashMap<String, usize>,
+    drain: DrainRate,
+}
+
+/// Items finished per second, smoothed over sample windows of at least `WINDOW`.
+#[derive(Debug)]
+struct DrainRate {
+    since: Instant,
+    finished_then: u64,
+    per_second: f64,
+}
+
+/// Shortest sample window of the drain rate; shorter gaps between batches keep the last rate.
+const WINDOW: Duration = Duration::from_millis(250);
+
+impl DrainRate {
+    fn sample(&mut self, finished: u64, now: Instant) -> f64 {
+        let elapsed = now.duration_since(self.since);
+        if elapsed >= WINDOW {
+            let rate = finished.saturating_sub(self.finished_then) as f64 / elapsed.as_secs_f64();
+            // Half the weight to the newest window: it follows a change within a second.
+            self.per_second = if self.per_second == 0.0 {
+                rate
+            } else {
+                (self.per_second + rate) / 2.0
+            };
+            self.since = now;
+            self.finished_then = finished;
+        }
+        self.per_second
+    }
+}
+
+/// An admitted batch's place: released as its items finish and when it is dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Arc<Admission>,
+    client: String,
+    /// Items not yet finished.
+    remaining: AtomicUsize,
+    bytes: usize,
+}
+
+impl Ticket {
+    /// One of the batch's items finished.
+    pub fn item_done(&self) {
+        let was = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if was.is_ok() {
+            self.admission.finished.fetch_add(1, Ordering::Relaxed);
+            self.admission.release(&self.client, 1, 0);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let remaining = self.remaining.swap(0, Ordering::Relaxed);
+        self.admission.release(&self.client, remaining, self.bytes);
+        self.admission.publish();
+    }
+}
+
+impl Admission {
+    pub fn new(limits: AdmissionLimits, max_in_flight: usize) -> Self {
+        Admission {
+            limits,
+            max_in_flight,
+            state: Mutex::new(State {
+                outstanding: 0,
+                held_bytes: 0,
+                per_client: HashMap::new(),
+                drain: DrainRate {
+                    since: Instant::now(),
+                    finished_then: 0,
+                    per_second: 0.0,
+                },
+            }),
+            finished: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a batch of `items` items whose body holds `bytes`, for `client`.
+    pub fn admit(
+        self: &Arc<Self>,
+        client: &str,
+        items: usize,
+        bytes: usize,
+    ) -> Result<Ticket, Refused> {
+        let finished = self.finished.load(Ordering::Relaxed);
+        let mut state = self.lock();
+        let rate = state.drain.sample(finished, Instant::now());
+        self.check(&state, client, items, bytes, rate)?;
+        state.outstanding += items;
+        state.held_bytes += bytes;
+        *state.per_client.entry(client.to_string()).or_default() += items;
+        drop(state);
+        self.publish();
+        Ok(Ticket {
+            admission: self.clone(),
+            client: client.to_string(),
+            remaining: AtomicUsize::new(items),
+            bytes,
+        })
+    }
+
+    /// The four conditions, in the order a client can act on them.
+    fn check(
+        &self,
+        state: &State,
+        client: &str,
+        items: usize,
+        bytes: usize,
+        rate: f64,
+    ) -> Result<(), Refused> {
+        let limits = &self.limits;
+        let queued_ahead = state.outstanding.saturating_sub(self.max_in_flight);
+        let queued_after = (state.outstanding + items).saturating_sub(self.max_in_flight);
+        // The time for the queue ahead to drain; unknown (no rate yet) counts as no wait.
+        let wait = (rate > 0.0).then(|| Duration::from_secs_f64(queued_ahead as f64 / rate));
+        let retry_after = wait
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_secs(1));
+        let refuse = |why| Err(Refused { why, retry_after });
+        let client_items = state.per_client.get(client).copied().unwrap_or(0);
+        if limits.per_client_items > 0 && client_items + items > limits.per_client_items {
+            return refuse(Refusal::ClientLimit);
+        }
+        if queued_after > limits.max_queued_items {
+            return refuse(Refusal::QueueFull);
+        }
+        if wait.is_some_and(|wait| wait > limits.queue_budget) {
+            return refuse(Refusal::QueueBudget);
+        }
+        if state.held_bytes + bytes > limits.max_held_bytes {
+            return refuse(Refusal::Memory);
+        }
+        Ok(())
+    }
+
+    fn release(&self, client: &str, items: usize, bytes: usize) {
+        if items == 0 && bytes == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        state.outstanding = state.outstanding.saturating_sub(items);
+        state.held_bytes = state.held_bytes.saturating_sub(bytes);
+        if let Some(count) = state.per_client.get_mut(client) {
+            *count = count.saturating_sub(items);
+            if *count == 0 {
+                state.per_client.remove(client);
+            }
+        }
+    }
+
+    /// The queue gauges, at each admission and each batch's end.
+    fn publish(&self) {
+        if let Some(families) = crate::metrics::families() {
+            let (queued, held) = {
+                let state = self.lock();
+                let queued = state.outstanding.saturating_sub(self.max_in_flight);
+                (queued, state.held_bytes)
+            };
+            families
+                .admission_queued_items
+                .set(i64::try_from(queued).unwrap_or(i64::MAX));
+            families
+                .admission_held_bytes
+                .set(i64::try_from(held).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Items waiting for permits now (outstanding beyond `max_in_flight`).
+    pub fn queued(&self) -> usize {
+        self.lock().outstanding.saturating_sub(self.max_in_flight)
+    }
+
+    /// Bytes of batch bodies held by admitted batches.
+    pub fn held_bytes(&self) -> usize {
+        self.lock().held_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests;

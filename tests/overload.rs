@@ -1,0 +1,185 @@
+//! Admission control under overload: a full queue, a client over its share and a full memory
+//! budget are refused at once (503 / 429, `Retry-After`, the route's error format, counted,
+//! nothing sent upstream), a light client is not held behind a capped flood, and refusals
+//! stop as soon as the load drops.
+
+mod common;
+
+use common::batch::{assert_rejected, batch, item, item_with_body, responses, BATCH_PATH};
+use common::client::{self, Response};
+use common::config::GateConfig;
+use common::gate::Gate;
+use common::prom::scrape;
+use common::upstream::{Reply, Upstream};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn items(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| item(&format!("{i}"), "POST", &format!("/file/get?i={i}")))
+        .collect()
+}
+
+async fn slow_upstream(ms: u64) -> Upstream {
+    Upstream::with_handler(move |_| Reply::json(200, "{}").with_delay(ms)).await
+}
+
+async fn post_as(gate: &Gate, key: &str, body: &str) -> Response {
+    let headers = [("content-type", "application/json"), ("x-api-key", key)];
+    client::request(gate.addr, "POST", BATCH_PATH, &headers, body.as_bytes()).await
+}
+
+fn retry_after(reply: &Response) -> u64 {
+    reply
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {:?}", reply.body_str()))
+}
+
+/// Items beyond `max_in_flight` queue up to `max_queued_items`; a batch that does not fit is
+/// refused at once with 503 and `Retry-After` in the envelope's format, counted as
+/// `queue_full`, and none of its items is sent. Once the queue drains, batches are admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_and_recovers() {
+    let upstream = slow_upstream(400).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("max_in_flight = 2")
+        .server("[server.admission]")
+        .server("max_queued_items = 3")
+        .route("concurrency = 10")
+        .start()
+        .await;
+    let first = tokio::spawn({
+        let addr = gate.addr;
+        async move { client::post_json(addr, BATCH_PATH, &batch(items(5))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    let refused = client::post_json(gate.addr, BATCH_PATH, &batch(items(1))).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_rejected(&refused, 503, "ServiceUnavailable.QueueFull");
+    assert!(retry_after(&refused) >= 1);
+    let first = first.await.expect("first batch");
+    assert_eq!(responses(&first).len(), 5);
+    assert_eq!(upstream.count(), 5, "the refused batch sent nothing");
+    let again = client::post_json(gate.addr, BATCH_PATH, &batch(items(1))).await;
+    assert_eq!(again.status, 200, "{}", again.body_str());
+    let metrics = scrape(gate.admin).await;
+    let refusals = metrics.sum("batchgate_rejections_total", &[("reason", "queue_full")]);
+    assert_eq!(refusals, 1.0, "{}", metrics.text);
+}
+
+/// With `per_client_items` keyed by an API key header, a client over its share gets 429 while
+/// another client is admitted and served within about two item latencies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_share_gets_429_and_others_are_served() {
+    let upstream = slow_upstream(300).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("max_in_flight = 4")
+        .server("[server.admission]")
+        .server("per_client_items = 4")
+        .server("client_key = \"header:x-api-key\"")
+        .route("concurrency = 10")
+        .start()
+        .await;
+    let flood = tokio::spawn({
+        let addr = gate.addr;
+        let body = batch(items(4));
+        async move {
+            let headers = [("content-type", "application/json"), ("x-api-key", "flood")];
+            client::request(addr, "POST", BATCH_PATH, &headers, body.as_bytes()).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let over = post_as(&gate, "flood", &batch(items(1))).await;
+    assert_rejected(&over, 429, "TooManyRequests");
+    assert!(retry_after(&over) >= 1);
+    let started = Instant::now();
+    let light = post_as(&gate, "light", &batch(items(2))).await;
+    let waited = started.elapsed();
+    assert_eq!(light.status, 200, "{}", light.body_str());
+    assert!(responses(&light).iter().all(|r| r["status"] == 200));
+    // Behind at most the flood's four items in flight: one item latency of waiting.
+    assert!(
+        waited < Duration::from_millis(900),
+        "light client waited {waited:?}"
+    );
+    assert_eq!(flood.await.expect("flood").status, 200);
+}
+
+/// Held batch bodies are capped by `max_held_bytes`: a second large batch while the first
+/// runs is refused with 503 `memory`, and admitted again once the first is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_bodies_beyond_the_memory_budget_are_refused() {
+    let upstream = slow_upstream(400).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("[server.admission]")
+        .server("max_held_bytes = 2048")
+        .start()
+        .await;
+    let padding = "x".repeat(1200);
+    let body = batch(vec![item_with_body(
+        "1",
+        "POST",
+        "/file/get",
+        json!({"pad": padding}),
+    )]);
+    let first = tokio::spawn({
+        let (addr, body) = (gate.addr, body.clone());
+        async move { client::post_json(addr, BATCH_PATH, &body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let refused = client::post_json(gate.addr, BATCH_PATH, &body).await;
+    assert_rejected(&refused, 503, "ServiceUnavailable.Memory");
+    assert_eq!(first.await.expect("first").status, 200);
+    let again = client::post_json(gate.addr, BATCH_PATH, &body).await;
+    assert_eq!(again.status, 200, "{}", again.body_str());
+}
+
+/// JSON-RPC refuses an overloaded batch with a server error object and HTTP 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpc_overload_is_a_server_error() {
+    let upstream = slow_upstream(400).await;
+    let config = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+max_in_flight = 1
+pid_file = "{{tmp}}/batchgate.pid"
+upgrade_sock = "{{tmp}}/upgrade.sock"
+
+[server.admission]
+max_queued_items = 1
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.api]
+addresses = ["{}"]
+
+[[routes]]
+path = "/rpc"
+dialect = "jsonrpc"
+"#,
+        upstream.addr
+    );
+    let gate = common::gate::start(&config).await;
+    let call = |id: u32| json!({"jsonrpc": "2.0", "method": "m", "id": id});
+    let first = tokio::spawn({
+        let addr = gate.addr;
+        let body = json!([call(1), call(2)]).to_string();
+        async move { client::post_json(addr, "/rpc", &body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let refused = client::post_json(gate.addr, "/rpc", &json!([call(3)]).to_string()).await;
+    assert_eq!(refused.status, 503, "{}", refused.body_str());
+    let json = refused.json();
+    assert_eq!(json["error"]["code"], -32007, "{json}");
+    assert_eq!(json["error"]["data"]["reason"], "queue_full", "{json}");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(first.await.expect("first").status, 200);
+}
