@@ -904,6 +904,12 @@ upgrade_sock = "{dir}/upgrade.sock"
 grace_period = "1s"
 graceful_shutdown_timeout = "1s"
 {tls_server}
+# The capacity scenario measures a burst of 1,000 x 100 items queued at once, so the
+# admission queue is opened wide here; the overload scenarios measure admission itself.
+[server.admission]
+max_queued_items = 1000000
+queue_budget = "60s"
+
 [admin]
 enabled = false
 

@@ -36,6 +36,8 @@ const METRICS: &[(&str, bool)] = &[
     ("batchgate_client_timeouts_total", false),
     ("batchgate_client_heads_too_large_total", false),
     ("batchgate_client_tls_handshake_failures_total", false),
+    ("batchgate_admission_queued_items", false),
+    ("batchgate_admission_held_bytes", false),
     ("batchgate_build_info", false),
     ("process_cpu_seconds_total", false),
     ("process_resident_memory_bytes", false),

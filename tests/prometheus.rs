@@ -36,6 +36,7 @@ const ALERTS: &[&str] = &[
     "BatchgateBatchLatencyHigh",
     "BatchgateSaturated",
     "BatchgateRejectionSpike",
+    "BatchgateOverloaded",
     "BatchgateDown",
 ];
 
@@ -504,7 +505,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests() {
         None,
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 5 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 6 rules found"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
