@@ -22,6 +22,10 @@
 #[path = "load/tls.rs"]
 mod tls;
 
+// The overload scenario (`LOAD_ONLY=overload`): open-loop arrivals up to 10x capacity.
+#[path = "load/overload.rs"]
+mod overload;
+
 // The h2c test upstream; the benchmark does not read its request log.
 #[path = "../tests/common/h2c.rs"]
 #[allow(dead_code)]
@@ -70,6 +74,10 @@ async fn run() {
     let slow = start_upstream(Duration::from_millis(10)).await;
     let h2_fast = h2c::H2Upstream::start(Duration::ZERO, false).await;
     let h2_slow = h2c::H2Upstream::start(Duration::from_millis(10), false).await;
+    if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "overload") {
+        overload_only(&slow, load_time).await;
+        return;
+    }
     if let Some(only) = std::env::var("LOAD_ONLY")
         .ok()
         .filter(|o| o.starts_with("peer"))
@@ -335,6 +343,27 @@ async fn run() {
         gate.peak_rss_mib()
     );
     drop(gate);
+}
+
+/// The overload scenario, the same steps against admission control's defaults and against
+/// admission turned off (an unbounded queue: every batch waits, as before issue 13).
+async fn overload_only(slow: &FastUpstream, step_time: Duration) {
+    let configs = [
+        // The budget well below the 5 s deadline, as docs/OPERATIONS.md advises.
+        (
+            "admission (queue_budget 2 s)",
+            "[server.admission]\nqueue_budget = \"2s\"",
+        ),
+        (
+            "admission off (unbounded queue)",
+            "[server.admission]\nmax_queued_items = 10000000\nqueue_budget = \"1h\"\nmax_held_bytes = 1099511627776",
+        ),
+    ];
+    for (label, admission) in configs {
+        let gate = overload::start_gate(slow.addr, admission);
+        gate.wait_ready().await;
+        overload::run(&gate, label, step_time).await;
+    }
 }
 
 /// The batch-request peer's two scenarios, as measured in one run.
@@ -972,6 +1001,12 @@ batch_timeout = "60s"
             threads = std::env::var("BATCHGATE_THREADS").unwrap_or_else(|_| "2".into()),
             stealing = std::env::var("BATCHGATE_WORK_STEALING").unwrap_or_else(|_| "false".into()),
         );
+        Gate::spawn(&config, addr, tls_addr, dir)
+    }
+
+    /// Starts the binary on `config` (written into `dir`), listening on `addr`.
+    fn spawn(config: &str, addr: SocketAddr, tls_addr: SocketAddr, dir: PathBuf) -> Gate {
+        std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("load.toml");
         std::fs::write(&path, config).expect("write config");
         let log = std::fs::File::create(dir.join("batchgate.log")).expect("log file");

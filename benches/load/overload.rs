@@ -1,0 +1,215 @@
+//! The overload scenario: open-loop arrivals of 100-item batches at 0.5x to 10x of the
+//! measured capacity of a small batchgate (`max_in_flight = 100` against the 10 ms upstream,
+//! so capacity is about 100 batches/s and the load generator on the same two cores can offer
+//! 10x of it). Per step: the share of offered batches answered fully within their deadline
+//! (the goodput), refusals and how fast they come back, p50/p99 of admitted batches, a small
+//! pass-through probe's latency, and batchgate's peak RSS.
+//!
+//! Arrivals are open loop (a batch every 1/rate seconds, whatever the replies): a closed loop
+//! slows down with the server and can never show congestion collapse.
+
+use super::{batch_request, closed_loop, free_port, passthrough_call, Conn, Gate, Target};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The batch deadline clients have; a batch answered later (or partially) is not goodput.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// Batches in flight at most from the generator (a bound on its own memory).
+const MAX_OUTSTANDING: u64 = 20_000;
+const STEPS: [f64; 6] = [0.5, 1.0, 2.0, 4.0, 7.0, 10.0];
+
+/// Starts the small batchgate the scenario overloads.
+pub fn start_gate(slow: SocketAddr, admission: &str) -> Gate {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let dir = std::env::temp_dir().join(format!("batchgate-overload-{}", std::process::id()));
+    let config = format!(
+        r#"
+[server]
+listen = ["{addr}"]
+threads = 2
+max_in_flight = 100
+default_upstream = "slow"
+pid_file = "{dir}/batchgate.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
+{admission}
+
+[admin]
+enabled = false
+
+[upstreams.slow]
+addresses = ["{slow}"]
+pool_size = 1024
+
+[[routes]]
+name = "slow"
+path = "/slow/batch"
+dialect = "envelope"
+upstream = "slow"
+base_path = "/v2"
+max_items = 100
+concurrency = 100
+batch_timeout = "{deadline}s"
+"#,
+        dir = dir.display(),
+        deadline = DEADLINE.as_secs(),
+    );
+    Gate::spawn(&config, addr, addr, dir)
+}
+
+/// What one step saw.
+#[derive(Default)]
+struct Step {
+    good: AtomicU64,
+    refused: AtomicU64,
+    late_or_partial: AtomicU64,
+    errors: AtomicU64,
+    admitted_latency: Mutex<Vec<Duration>>,
+    refusal_latency: Mutex<Vec<Duration>>,
+}
+
+fn quantile(values: &Mutex<Vec<Duration>>, q: f64) -> f64 {
+    let mut values = values.lock().expect("latencies").clone();
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort();
+    let i = ((values.len() - 1) as f64 * q).round() as usize;
+    values.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Runs every step against `gate` and prints one row per step.
+pub async fn run(gate: &Gate, label: &str, step_time: Duration) {
+    // Capacity: a closed loop with enough clients to keep max_in_flight busy.
+    let capacity = closed_loop(gate.addr, 8, step_time, None, |_| {
+        batch_request("/slow/batch")
+    })
+    .await;
+    let capacity_rate = capacity.ok as f64 / capacity.elapsed.as_secs_f64();
+    println!();
+    println!(
+        "overload, {label}: capacity {capacity_rate:.0} full batches/s (closed loop, 8 clients); deadline {} s",
+        DEADLINE.as_secs()
+    );
+    println!("| offered | batches/s offered | goodput (full, in deadline) / capacity | refused | late or partial | errors | refusal p99 ms | admitted p50 ms | admitted p99 ms | pass-through probe p99 ms | peak RSS MiB |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for factor in STEPS {
+        let rate = capacity_rate * factor;
+        let (step, probe) = offer(gate.addr, rate, step_time).await;
+        let good = step.good.load(Ordering::Relaxed);
+        println!(
+            "| {factor}x | {rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            good as f64 / step_time.as_secs_f64() / capacity_rate,
+            step.refused.load(Ordering::Relaxed),
+            step.late_or_partial.load(Ordering::Relaxed),
+            step.errors.load(Ordering::Relaxed),
+            quantile(&step.refusal_latency, 0.99),
+            quantile(&step.admitted_latency, 0.5),
+            quantile(&step.admitted_latency, 0.99),
+            quantile(&probe, 0.99),
+            gate.peak_rss_mib(),
+        );
+        // Let the queue drain before the next step.
+        tokio::time::sleep(DEADLINE).await;
+    }
+}
+
+/// Offers `rate` batches per second for `duration`, each on its own connection, and probes
+/// pass-through every 100 ms meanwhile.
+async fn offer(
+    addr: SocketAddr,
+    rate: f64,
+    duration: Duration,
+) -> (Arc<Step>, Mutex<Vec<Duration>>) {
+    let step = Arc::new(Step::default());
+    let pool: Arc<Mutex<Vec<Conn>>> = Arc::new(Mutex::new(Vec::new()));
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let call = Arc::new(batch_request("/slow/batch"));
+    let probe_latencies = Arc::new(Mutex::new(Vec::new()));
+    let stop = Instant::now() + duration;
+    let probe = tokio::spawn(probe_passthrough(addr, stop, probe_latencies.clone()));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    while Instant::now() < stop {
+        ticker.tick().await;
+        if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+            step.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let (step, outstanding, call) = (step.clone(), outstanding.clone(), call.clone());
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            one_batch(addr, &call, &step, &pool).await;
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = probe.await;
+    let probe = Mutex::new(std::mem::take(&mut *probe_latencies.lock().expect("probe")));
+    (step, probe)
+}
+
+/// One batch on a kept-alive connection from `pool` (a new one when none is idle: a new
+/// connection per batch would run the generator out of ephemeral ports at 10x).
+async fn one_batch(addr: SocketAddr, call: &super::Call, step: &Step, pool: &Mutex<Vec<Conn>>) {
+    let started = Instant::now();
+    let idle = pool.lock().expect("pool").pop();
+    let mut conn = match idle {
+        Some(conn) => conn,
+        None => match Conn::connect(&Target::Plain(addr)).await {
+            Ok(conn) => conn,
+            Err(_) => {
+                step.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
+    let reply = tokio::time::timeout(DEADLINE * 2, conn.send(&call.raw)).await;
+    let elapsed = started.elapsed();
+    if matches!(reply, Ok(Ok(_))) {
+        pool.lock().expect("pool").push(conn);
+    }
+    match reply {
+        Ok(Ok((503 | 429, _))) => {
+            step.refused.fetch_add(1, Ordering::Relaxed);
+            step.refusal_latency
+                .lock()
+                .expect("latencies")
+                .push(elapsed);
+        }
+        Ok(Ok((status, body))) => {
+            step.admitted_latency
+                .lock()
+                .expect("latencies")
+                .push(elapsed);
+            if (call.check)(status, &body) && elapsed <= DEADLINE {
+                step.good.fetch_add(1, Ordering::Relaxed);
+            } else {
+                step.late_or_partial.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ => {
+            step.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn probe_passthrough(addr: SocketAddr, stop: Instant, latencies: Arc<Mutex<Vec<Duration>>>) {
+    let call = passthrough_call();
+    while Instant::now() < stop {
+        let started = Instant::now();
+        if let Ok(mut conn) = Conn::connect(&Target::Plain(addr)).await {
+            if conn.send(&call.raw).await.is_ok() {
+                latencies.lock().expect("probe").push(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
