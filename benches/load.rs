@@ -16,6 +16,10 @@
 //! * TLS (`load/tls.rs`): clients over TLS (kept-alive and one connection per request) and
 //!   items to a TLS upstream, beside nginx doing the same TLS work.
 //!
+//! * overload (`LOAD_ONLY=overload`, `load/overload.rs`): open-loop batches at 0.5x-10x the
+//!   capacity of a small batchgate, with admission on and off; `LOAD_ONLY=soak` runs 80% of
+//!   capacity for `SOAK_SECONDS` (default 120) and samples RSS and file descriptors.
+//!
 //! Environment: `LOAD_SECONDS` (default 4) per throughput scenario; `LOAD_TLS=0` skips TLS.
 
 // TLS scenarios: certificates, the TLS upstream front, batchgate and nginx doing TLS.
@@ -76,6 +80,16 @@ async fn run() {
     let h2_slow = h2c::H2Upstream::start(Duration::from_millis(10), false).await;
     if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "overload") {
         overload_only(&slow, load_time).await;
+        return;
+    }
+    if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "soak") {
+        let seconds = std::env::var("SOAK_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok());
+        let gate = overload::start_gate(slow.addr, "[server.admission]\nqueue_budget = \"2s\"");
+        gate.wait_ready().await;
+        let duration = Duration::from_secs(seconds.unwrap_or(120));
+        overload::soak(&gate, duration, Duration::from_secs(10)).await;
         return;
     }
     if let Some(only) = std::env::var("LOAD_ONLY")
@@ -1056,6 +1070,26 @@ batch_timeout = "60s"
     /// utime + stime of the batchgate process, in seconds.
     fn cpu_seconds(&self) -> f64 {
         process_cpu_seconds(self.child.id())
+    }
+
+    /// Current RSS, in MiB.
+    fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") / 1024.0
+    }
+
+    /// Open file descriptors of the process.
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
+    }
+
+    fn status_kib(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
     }
 
     fn peak_rss_mib(&self) -> f64 {

@@ -213,3 +213,47 @@ async fn probe_passthrough(addr: SocketAddr, stop: Instant, latencies: Arc<Mutex
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The soak: `duration` at 80% of capacity, open loop, with batchgate's RSS and open file
+/// descriptors sampled every `every`; they must stay flat after the warm-up.
+pub async fn soak(gate: &Gate, duration: Duration, every: Duration) {
+    let capacity = closed_loop(gate.addr, 8, Duration::from_secs(5), None, |_| {
+        batch_request("/slow/batch")
+    })
+    .await;
+    let rate = 0.8 * capacity.ok as f64 / capacity.elapsed.as_secs_f64();
+    println!();
+    println!(
+        "soak: {:.0} s at {rate:.0} batches/s (80% of capacity), samples every {} s",
+        duration.as_secs_f64(),
+        every.as_secs()
+    );
+    println!("| elapsed s | good | refused | late or partial | errors | RSS MiB | open fds |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < duration {
+        let (step, _) = offer(gate.addr, rate, every).await;
+        let (rss, fds) = (gate.rss_mib(), gate.open_fds());
+        samples.push((rss, fds));
+        println!(
+            "| {:.0} | {} | {} | {} | {} | {rss:.1} | {fds} |",
+            started.elapsed().as_secs_f64(),
+            step.good.load(Ordering::Relaxed),
+            step.refused.load(Ordering::Relaxed),
+            step.late_or_partial.load(Ordering::Relaxed),
+            step.errors.load(Ordering::Relaxed),
+        );
+    }
+    // After the warm-up (the first quarter), against the end.
+    let warm = samples.get(samples.len() / 4).copied().unwrap_or_default();
+    let last = samples.last().copied().unwrap_or_default();
+    println!(
+        "soak: RSS {:.1} -> {:.1} MiB ({:+.1}%), open fds {} -> {} after warm-up",
+        warm.0,
+        last.0,
+        (last.0 / warm.0.max(1e-9) - 1.0) * 100.0,
+        warm.1,
+        last.1
+    );
+}
