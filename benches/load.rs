@@ -369,6 +369,10 @@ async fn overload_only(slow: &FastUpstream, step_time: Duration) {
             "[server.admission]\nqueue_budget = \"2s\"",
         ),
         (
+            "admission (queue_budget 2 s) + per_client_items 100 by X-Api-Key",
+            "[server.admission]\nqueue_budget = \"2s\"\nper_client_items = 100\nclient_key = \"header:x-api-key\"",
+        ),
+        (
             "admission off (unbounded queue)",
             "[server.admission]\nmax_queued_items = 10000000\nqueue_budget = \"1h\"\nmax_held_bytes = 1099511627776",
         ),

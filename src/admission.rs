@@ -188,7 +188,10 @@ impl Admission {
         self.check(&state, client, items, bytes, rate)?;
         state.outstanding += items;
         state.held_bytes += bytes;
-        *state.per_client.entry(client.to_string()).or_default() += items;
+        // Clients are only told apart when there is a per-client cap to hold them to.
+        if self.limits.per_client_items > 0 {
+            *state.per_client.entry(client.to_string()).or_default() += items;
+        }
         drop(state);
         self.publish();
         Ok(Ticket {

@@ -8,7 +8,9 @@
 //! Arrivals are open loop (a batch every 1/rate seconds, whatever the replies): a closed loop
 //! slows down with the server and can never show congestion collapse.
 
-use super::{batch_request, closed_loop, free_port, passthrough_call, Conn, Gate, Target};
+use super::{
+    batch_of, batch_request, closed_loop, free_port, passthrough_call, Call, Conn, Gate, Target,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,8 +83,39 @@ fn quantile(values: &Mutex<Vec<Duration>>, q: f64) -> f64 {
     values.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
+/// `call` with one more header (`Name: value`), after the request line.
+fn with_header(call: Call, header: &str) -> Call {
+    let line_end = call
+        .raw
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(0, |i| i + 2);
+    let mut raw = call.raw[..line_end].to_vec();
+    raw.extend_from_slice(header.as_bytes());
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(&call.raw[line_end..]);
+    Call {
+        raw,
+        check: call.check,
+    }
+}
+
+/// The flood's batches (one client, `X-Api-Key: flood`).
+fn flood_call() -> Call {
+    with_header(batch_request("/slow/batch"), "X-Api-Key: flood")
+}
+
+/// The light client's 10-item batch (`X-Api-Key: light`).
+fn light_call() -> Call {
+    with_header(batch_of("/slow/batch", 10), "X-Api-Key: light")
+}
+
 /// Runs every step against `gate` and prints one row per step.
 pub async fn run(gate: &Gate, label: &str, step_time: Duration) {
+    let unloaded = closed_loop(gate.addr, 1, Duration::from_secs(1), Some(20), |_| {
+        light_call()
+    })
+    .await;
     // Capacity: a closed loop with enough clients to keep max_in_flight busy.
     let capacity = closed_loop(gate.addr, 8, step_time, None, |_| {
         batch_request("/slow/batch")
@@ -94,14 +127,20 @@ pub async fn run(gate: &Gate, label: &str, step_time: Duration) {
         "overload, {label}: capacity {capacity_rate:.0} full batches/s (closed loop, 8 clients); deadline {} s",
         DEADLINE.as_secs()
     );
-    println!("| offered | batches/s offered | goodput (full, in deadline) / capacity | refused | late or partial | errors | refusal p99 ms | admitted p50 ms | admitted p99 ms | pass-through probe p99 ms | peak RSS MiB |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "light client: a 10-item batch every 200 ms under its own key; unloaded p50 {:.1} ms",
+        unloaded.p(0.5) * 1e3
+    );
+    println!("| offered | batches/s offered | goodput (full, in deadline) / capacity | refused | late or partial | errors | refusal p99 ms | admitted p50 ms | admitted p99 ms | light client p50 / p99 ms | pass-through probe p99 ms | peak RSS MiB |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for factor in STEPS {
         let rate = capacity_rate * factor;
+        let light = tokio::spawn(light_client(gate.addr, Instant::now() + step_time));
         let (step, probe) = offer(gate.addr, rate, step_time).await;
+        let light = light.await.unwrap_or_default();
         let good = step.good.load(Ordering::Relaxed);
         println!(
-            "| {factor}x | {rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            "| {factor}x | {rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} | {:.1} | {:.1} |",
             good as f64 / step_time.as_secs_f64() / capacity_rate,
             step.refused.load(Ordering::Relaxed),
             step.late_or_partial.load(Ordering::Relaxed),
@@ -109,6 +148,8 @@ pub async fn run(gate: &Gate, label: &str, step_time: Duration) {
             quantile(&step.refusal_latency, 0.99),
             quantile(&step.admitted_latency, 0.5),
             quantile(&step.admitted_latency, 0.99),
+            quantile(&light, 0.5),
+            quantile(&light, 0.99),
             quantile(&probe, 0.99),
             gate.peak_rss_mib(),
         );
@@ -127,7 +168,7 @@ async fn offer(
     let step = Arc::new(Step::default());
     let pool: Arc<Mutex<Vec<Conn>>> = Arc::new(Mutex::new(Vec::new()));
     let outstanding = Arc::new(AtomicU64::new(0));
-    let call = Arc::new(batch_request("/slow/batch"));
+    let call = Arc::new(flood_call());
     let probe_latencies = Arc::new(Mutex::new(Vec::new()));
     let stop = Instant::now() + duration;
     let probe = tokio::spawn(probe_passthrough(addr, stop, probe_latencies.clone()));
@@ -256,4 +297,35 @@ pub async fn soak(gate: &Gate, duration: Duration, every: Duration) {
         warm.1,
         last.1
     );
+}
+
+/// A light client beside the flood: a 10-item batch every 200 ms, its latencies (a refusal
+/// counts as its latency too: the client got no answer to its batch).
+async fn light_client(addr: SocketAddr, stop: Instant) -> Mutex<Vec<Duration>> {
+    let call = light_call();
+    let latencies = Mutex::new(Vec::new());
+    let mut conn = None;
+    while Instant::now() < stop {
+        let started = Instant::now();
+        let mut current = match conn.take() {
+            Some(c) => c,
+            None => match Conn::connect(&Target::Plain(addr)).await {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+        };
+        if let Ok(Ok((status, body))) =
+            tokio::time::timeout(DEADLINE * 2, current.send(&call.raw)).await
+        {
+            let waited = started.elapsed();
+            let answered = (call.check)(status, &body);
+            latencies
+                .lock()
+                .expect("light")
+                .push(if answered { waited } else { DEADLINE });
+            conn = Some(current);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    latencies
 }

@@ -136,7 +136,11 @@ impl BatchGate {
         items: usize,
         bytes: usize,
     ) -> std::result::Result<Ticket, Rejection> {
-        let client = client_key(session, &self.admission_limits.client_key);
+        let client = if self.admission_limits.per_client_items > 0 {
+            client_key(session, &self.admission_limits.client_key)
+        } else {
+            String::new()
+        };
         self.admission
             .admit(&client, items, bytes)
             .map_err(|refused| {
