@@ -79,14 +79,16 @@ pub struct Admission {
     limits: AdmissionLimits,
     max_in_flight: usize,
     state: Mutex<State>,
+    /// Items admitted and not yet finished (in flight or waiting for permits). An atomic, so
+    /// an item finishing takes no lock; admission adds to it under the lock, and a finish
+    /// racing an admission only ever makes room.
+    outstanding: AtomicUsize,
     /// Items finished since start: the drain rate is measured from it.
     finished: AtomicU64,
 }
 
 #[derive(Debug)]
 struct State {
-    /// Items admitted and not yet finished (in flight or waiting for permits).
-    outstanding: usize,
     held_bytes: usize,
     per_client: HashMap<String, usize>,
     drain: DrainRate,
@@ -139,7 +141,7 @@ impl Ticket {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if was.is_ok() {
             self.admission.finished.fetch_add(1, Ordering::Relaxed);
-            self.admission.release(&self.client, 1, 0);
+            self.admission.release_items(&self.client, 1);
         }
     }
 }
@@ -147,7 +149,8 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let remaining = self.remaining.swap(0, Ordering::Relaxed);
-        self.admission.release(&self.client, remaining, self.bytes);
+        self.admission.release_items(&self.client, remaining);
+        self.admission.lock().held_bytes -= self.bytes;
         self.admission.publish();
     }
 }
@@ -158,7 +161,6 @@ impl Admission {
             limits,
             max_in_flight,
             state: Mutex::new(State {
-                outstanding: 0,
                 held_bytes: 0,
                 per_client: HashMap::new(),
                 drain: DrainRate {
@@ -167,6 +169,7 @@ impl Admission {
                     per_second: 0.0,
                 },
             }),
+            outstanding: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
         }
     }
@@ -186,7 +189,7 @@ impl Admission {
         let mut state = self.lock();
         let rate = state.drain.sample(finished, Instant::now());
         self.check(&state, client, items, bytes, rate)?;
-        state.outstanding += items;
+        self.outstanding.fetch_add(items, Ordering::Relaxed);
         state.held_bytes += bytes;
         // Clients are only told apart when there is a per-client cap to hold them to.
         if self.limits.per_client_items > 0 {
@@ -212,8 +215,9 @@ impl Admission {
         rate: f64,
     ) -> Result<(), Refused> {
         let limits = &self.limits;
-        let queued_ahead = state.outstanding.saturating_sub(self.max_in_flight);
-        let queued_after = (state.outstanding + items).saturating_sub(self.max_in_flight);
+        let outstanding = self.outstanding.load(Ordering::Relaxed);
+        let queued_ahead = outstanding.saturating_sub(self.max_in_flight);
+        let queued_after = (outstanding + items).saturating_sub(self.max_in_flight);
         // The time for the queue ahead to drain; unknown (no rate yet) counts as no wait.
         let wait = (rate > 0.0).then(|| Duration::from_secs_f64(queued_ahead as f64 / rate));
         let retry_after = wait
@@ -236,13 +240,16 @@ impl Admission {
         Ok(())
     }
 
-    fn release(&self, client: &str, items: usize, bytes: usize) {
-        if items == 0 && bytes == 0 {
+    /// `items` finished (or will never start): no lock unless there is a per-client count.
+    fn release_items(&self, client: &str, items: usize) {
+        if items == 0 {
+            return;
+        }
+        self.outstanding.fetch_sub(items, Ordering::Relaxed);
+        if self.limits.per_client_items == 0 {
             return;
         }
         let mut state = self.lock();
-        state.outstanding = state.outstanding.saturating_sub(items);
-        state.held_bytes = state.held_bytes.saturating_sub(bytes);
         if let Some(count) = state.per_client.get_mut(client) {
             *count = count.saturating_sub(items);
             if *count == 0 {
@@ -254,11 +261,8 @@ impl Admission {
     /// The queue gauges, at each admission and each batch's end.
     fn publish(&self) {
         if let Some(families) = crate::metrics::families() {
-            let (queued, held) = {
-                let state = self.lock();
-                let queued = state.outstanding.saturating_sub(self.max_in_flight);
-                (queued, state.held_bytes)
-            };
+            let queued = self.queued();
+            let held = self.held_bytes();
             families
                 .admission_queued_items
                 .set(i64::try_from(queued).unwrap_or(i64::MAX));
@@ -270,7 +274,9 @@ impl Admission {
 
     /// Items waiting for permits now (outstanding beyond `max_in_flight`).
     pub fn queued(&self) -> usize {
-        self.lock().outstanding.saturating_sub(self.max_in_flight)
+        self.outstanding
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.max_in_flight)
     }
 
     /// Bytes of batch bodies held by admitted batches.
