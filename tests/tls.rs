@@ -559,15 +559,7 @@ impl Drop for KillOnDrop {
 
 /// The certificate a TLS listener presents to a client that trusts `ca` and names `name`.
 async fn presented_certificate(addr: std::net::SocketAddr, ca: &TestCa, name: &str) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.ca_der()).expect("ca");
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = ca.connector();
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
     let tls = connector.connect(name, tcp).await.expect("handshake");
@@ -650,4 +642,38 @@ async fn certificates_are_renewed_by_the_zero_downtime_upgrade() {
     };
     assert!(failed.is_empty(), "{} answered, failed: {failed:?}", ok);
     assert!(ok > 10, "{ok} requests during the hand-off");
+}
+
+/// A TLS client that connects and never finishes its handshake is cut off at
+/// `client_header_timeout`, inside the connection cap, and counted as a handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_finishes_is_cut_off_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new("stall");
+    let server = ca.server("server", &["gate.test"], Validity::Current);
+    let backend = Upstream::echo().await;
+    let config = listener_config(&certificate(&server), &backend.host_port()).replace(
+        "tls_listen = [\"{listen}\"]",
+        "tls_listen = [\"{listen}\"]\nclient_header_timeout = \"1s\"",
+    );
+    let gate = common::gate::start(&config).await;
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf)).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection closes: {read:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
+    assert!(waited < std::time::Duration::from_secs(3), "{waited:?}");
+    let metrics = scrape(gate.admin).await;
+    let timeouts = metrics.sum("batchgate_client_timeouts_total", &[("phase", "handshake")]);
+    assert_eq!(timeouts, 1.0, "{}", metrics.text);
 }

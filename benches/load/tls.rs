@@ -13,7 +13,6 @@ use super::{
 use rustls::pki_types::ServerName;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -51,16 +50,8 @@ impl Setup {
         let listener = ca.server("gate", &[GATE_NAME], pki::Validity::Current);
         let upstream_cert = ca.server("upstream", &[UPSTREAM_NAME], pki::Validity::Current);
         let upstream = pki::TlsFront::start(fast, &upstream_cert, None, &[b"http/1.1"]).await;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.ca_der()).expect("bench CA");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let client = Client {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: ca.connector(),
             name: ServerName::try_from(GATE_NAME).expect("name"),
         };
         Setup {

@@ -64,6 +64,19 @@ impl TestCa {
         self.cert.der().clone()
     }
 
+    /// A TLS client that trusts this CA (and nothing else).
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der()).expect("test CA");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
     /// A server certificate for `names` (DNS names; `127.0.0.1` is always added as an IP).
     pub fn server(&self, file: &str, names: &[&str], validity: Validity) -> Issued {
         self.issue(file, names, validity, ExtendedKeyUsagePurpose::ServerAuth)
