@@ -4,18 +4,24 @@
 //! them are served slowly at once, most past their deadline: congestion collapse. Here a
 //! batch is admitted only when
 //! * its items fit the bounded queue (`max_queued_items` waiting beyond `max_in_flight`),
+//!   and, once the queue is past half full, a client that already holds items stays within
+//!   its share of it (`max_queued_items` ÷ (clients holding items + 1)): a lone flood then
+//!   fills at most half the queue, and the rest stays open to clients that hold nothing,
 //! * the queue ahead of it drains within `queue_budget` at the measured drain rate,
 //! * its client stays within `per_client_items` outstanding items, and
-//! * the batch bodies held by admitted batches stay within `max_held_bytes`.
+//! * the memory admitted batches hold (their bodies, and the item responses kept for their
+//!   replies) stays within `max_held_bytes`.
 //!
-//! Otherwise it is refused at once (503, or 429 for the per-client cap) with `Retry-After`.
+//! Otherwise it is refused at once (503, or 429 for a per-client limit) with `Retry-After`.
 //! An admitted batch is never starved: it holds a `Ticket` until its reply is written, and its
-//! items are counted as outstanding until each finishes. The permits themselves stay FIFO
-//! (tokio's fair semaphore): with the queue bounded by time, FIFO keeps waits bounded, and
-//! the per-client cap keeps one client from filling the queue ahead of the others.
+//! items are counted as outstanding until each finishes. Admitted items then get their
+//! permits round-robin across clients (`crate::permits`), FIFO within a client: with the queue
+//! bounded by time, FIFO keeps waits bounded, the turns keep one client's flood from delaying
+//! another's batch, and the per-client cap keeps one client from filling the queue.
 
 use crate::config::AdmissionLimits;
 use crate::item::RejectionKind;
+use crate::permits::ClientId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,11 +32,14 @@ use std::time::{Duration, Instant};
 pub enum Refusal {
     /// The queue of waiting items is full.
     QueueFull,
+    /// The queue is past half full and this client holds its share of it: a per-client
+    /// limit (429) that only applies under pressure.
+    QueueShare,
     /// The queue would not reach this batch within `queue_budget`.
     QueueBudget,
     /// The client has `per_client_items` items outstanding already.
     ClientLimit,
-    /// Held batch bodies would exceed `max_held_bytes`.
+    /// Held batch bodies and kept responses would exceed `max_held_bytes`.
     Memory,
 }
 
@@ -40,7 +49,7 @@ impl Refusal {
         match self {
             Refusal::QueueFull => RejectionKind::QueueFull,
             Refusal::QueueBudget => RejectionKind::QueueBudget,
-            Refusal::ClientLimit => RejectionKind::ClientLimit,
+            Refusal::ClientLimit | Refusal::QueueShare => RejectionKind::ClientLimit,
             Refusal::Memory => RejectionKind::MemoryBudget,
         }
     }
@@ -51,6 +60,7 @@ impl Refusal {
             Refusal::QueueFull => "ServiceUnavailable.QueueFull",
             Refusal::QueueBudget => "ServiceUnavailable.QueueBudget",
             Refusal::ClientLimit => "TooManyRequests",
+            Refusal::QueueShare => "TooManyRequests.QueueShare",
             Refusal::Memory => "ServiceUnavailable.Memory",
         }
     }
@@ -61,7 +71,8 @@ impl Refusal {
             Refusal::QueueFull => "batchgate is at capacity and its queue is full; retry later",
             Refusal::QueueBudget => "batchgate is at capacity: this batch would wait longer than the queue budget; retry later",
             Refusal::ClientLimit => "this client has as many items in flight and queued as it may; retry when some finish",
-            Refusal::Memory => "batchgate holds as many batch bodies as its memory budget allows; retry later",
+            Refusal::QueueShare => "batchgate's queue is filling and this client holds its share of it; retry when some of its batches finish",
+            Refusal::Memory => "batchgate holds as much batch data (bodies and replies) as its memory budget allows; retry later",
         }
     }
 }
@@ -85,13 +96,26 @@ pub struct Admission {
     outstanding: AtomicUsize,
     /// Items finished since start: the drain rate is measured from it.
     finished: AtomicU64,
+    /// Bytes admitted batches hold: bodies, and item responses kept for their replies. An
+    /// atomic for the same reason as `outstanding`; responses only ever add to it.
+    held_bytes: AtomicUsize,
 }
 
 #[derive(Debug)]
 struct State {
-    held_bytes: usize,
-    per_client: HashMap<String, usize>,
+    /// Clients with admitted batches; an entry lives while either count is above zero.
+    per_client: HashMap<ClientId, ClientCounts>,
     drain: DrainRate,
+}
+
+/// What one client holds.
+#[derive(Debug, Default)]
+struct ClientCounts {
+    /// Items of its admitted batches that have not ended (batch by batch, at admission and
+    /// at the reply): its part of the queue for the share rule.
+    admitted: usize,
+    /// Items not finished yet, item by item; kept only when `per_client_items` is set.
+    outstanding: usize,
 }
 
 /// Items finished per second, smoothed over sample windows of at least `WINDOW`.
@@ -127,15 +151,19 @@ impl DrainRate {
 #[derive(Debug)]
 pub struct Ticket {
     admission: Arc<Admission>,
-    client: String,
+    client: ClientId,
+    /// The batch's items, all counted in its client's `admitted` until the ticket is dropped.
+    items: usize,
     /// Items not yet finished.
     remaining: AtomicUsize,
-    bytes: usize,
+    /// Bytes this batch holds: its body, then also its kept responses.
+    bytes: AtomicUsize,
 }
 
 impl Ticket {
-    /// One of the batch's items finished.
-    pub fn item_done(&self) {
+    /// One of the batch's items finished, and its response (`held` bytes) is kept for the
+    /// reply until the ticket is dropped.
+    pub fn item_done(&self, held: usize) {
         let was = self
             .remaining
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -143,6 +171,15 @@ impl Ticket {
             self.admission.finished.fetch_add(1, Ordering::Relaxed);
             self.admission.release_items(&self.client, 1);
         }
+        if held > 0 {
+            self.bytes.fetch_add(held, Ordering::Relaxed);
+            self.admission.held_bytes.fetch_add(held, Ordering::Relaxed);
+        }
+    }
+
+    /// Whose items these are: the key the permits take turns by.
+    pub fn client(&self) -> &ClientId {
+        &self.client
     }
 }
 
@@ -150,7 +187,11 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let remaining = self.remaining.swap(0, Ordering::Relaxed);
         self.admission.release_items(&self.client, remaining);
-        self.admission.lock().held_bytes -= self.bytes;
+        self.admission.release_batch(&self.client, self.items);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        self.admission
+            .held_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
         self.admission.publish();
     }
 }
@@ -161,7 +202,6 @@ impl Admission {
             limits,
             max_in_flight,
             state: Mutex::new(State {
-                held_bytes: 0,
                 per_client: HashMap::new(),
                 drain: DrainRate {
                     since: Instant::now(),
@@ -171,6 +211,7 @@ impl Admission {
             }),
             outstanding: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
+            held_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -181,35 +222,38 @@ impl Admission {
     /// Admits a batch of `items` items whose body holds `bytes`, for `client`.
     pub fn admit(
         self: &Arc<Self>,
-        client: &str,
+        client: ClientId,
         items: usize,
         bytes: usize,
     ) -> Result<Ticket, Refused> {
         let finished = self.finished.load(Ordering::Relaxed);
         let mut state = self.lock();
         let rate = state.drain.sample(finished, Instant::now());
-        self.check(&state, client, items, bytes, rate)?;
+        self.check(&state, &client, items, bytes, rate)?;
         self.outstanding.fetch_add(items, Ordering::Relaxed);
-        state.held_bytes += bytes;
-        // Clients are only told apart when there is a per-client cap to hold them to.
+        self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let counts = state.per_client.entry(client.clone()).or_default();
+        counts.admitted += items;
+        // Items are only counted one by one when there is a per-client cap to hold them to.
         if self.limits.per_client_items > 0 {
-            *state.per_client.entry(client.to_string()).or_default() += items;
+            counts.outstanding += items;
         }
         drop(state);
         self.publish();
         Ok(Ticket {
             admission: self.clone(),
-            client: client.to_string(),
+            client,
+            items,
             remaining: AtomicUsize::new(items),
-            bytes,
+            bytes: AtomicUsize::new(bytes),
         })
     }
 
-    /// The four conditions, in the order a client can act on them.
+    /// The conditions, in the order a client can act on them.
     fn check(
         &self,
         state: &State,
-        client: &str,
+        client: &ClientId,
         items: usize,
         bytes: usize,
         rate: f64,
@@ -224,24 +268,35 @@ impl Admission {
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_secs(1));
         let refuse = |why| Err(Refused { why, retry_after });
-        let client_items = state.per_client.get(client).copied().unwrap_or(0);
-        if limits.per_client_items > 0 && client_items + items > limits.per_client_items {
+        let counts = state.per_client.get(client);
+        let outstanding_mine = counts.map_or(0, |c| c.outstanding);
+        if limits.per_client_items > 0 && outstanding_mine + items > limits.per_client_items {
             return refuse(Refusal::ClientLimit);
         }
         if queued_after > limits.max_queued_items {
             return refuse(Refusal::QueueFull);
         }
+        // Past half, the queue is shared: a client that holds nothing is always let in while
+        // the queue has room; one that holds items only up to an equal share, with one share
+        // kept for whoever comes next.
+        let admitted_mine = counts.map_or(0, |c| c.admitted);
+        if admitted_mine > 0 && queued_after > limits.max_queued_items / 2 {
+            let share = limits.max_queued_items / (state.per_client.len() + 1);
+            if admitted_mine + items > share {
+                return refuse(Refusal::QueueShare);
+            }
+        }
         if wait.is_some_and(|wait| wait > limits.queue_budget) {
             return refuse(Refusal::QueueBudget);
         }
-        if state.held_bytes + bytes > limits.max_held_bytes {
+        if self.held_bytes() + bytes > limits.max_held_bytes {
             return refuse(Refusal::Memory);
         }
         Ok(())
     }
 
     /// `items` finished (or will never start): no lock unless there is a per-client count.
-    fn release_items(&self, client: &str, items: usize) {
+    fn release_items(&self, client: &ClientId, items: usize) {
         if items == 0 {
             return;
         }
@@ -249,10 +304,23 @@ impl Admission {
         if self.limits.per_client_items == 0 {
             return;
         }
+        self.update_client(client, |counts| {
+            counts.outstanding = counts.outstanding.saturating_sub(items);
+        });
+    }
+
+    /// A batch of `items` items ended (its reply is written, or it was dropped).
+    fn release_batch(&self, client: &ClientId, items: usize) {
+        self.update_client(client, |counts| {
+            counts.admitted = counts.admitted.saturating_sub(items);
+        });
+    }
+
+    fn update_client(&self, client: &ClientId, update: impl FnOnce(&mut ClientCounts)) {
         let mut state = self.lock();
-        if let Some(count) = state.per_client.get_mut(client) {
-            *count = count.saturating_sub(items);
-            if *count == 0 {
+        if let Some(counts) = state.per_client.get_mut(client) {
+            update(counts);
+            if counts.admitted == 0 && counts.outstanding == 0 {
                 state.per_client.remove(client);
             }
         }
@@ -279,9 +347,9 @@ impl Admission {
             .saturating_sub(self.max_in_flight)
     }
 
-    /// Bytes of batch bodies held by admitted batches.
+    /// Bytes admitted batches hold: bodies and kept responses.
     pub fn held_bytes(&self) -> usize {
-        self.lock().held_bytes
+        self.held_bytes.load(Ordering::Relaxed)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The executor: runs one batch's items with bounded concurrency and a deadline.
 //!
 //! It knows no dialect and no socket. Items go to an `Upstream` (one method), at most
-//! `concurrency` of one batch and at most the global semaphore's permits across all batches.
+//! `concurrency` of one batch and at most the global permits across all batches (granted
+//! round-robin across clients, `crate::permits`).
 //! When the batch deadline passes, the reply is built at once: unfinished items become
 //! `DeadlineExceeded`. Dropping the future returned by `run` (client gone) aborts every item,
 //! so items waiting for a permit are never started. Items are either polled inside the
@@ -10,6 +11,7 @@
 //! (`Limits::spawn_items`); one loop drives both (`Running`).
 
 use crate::item::{FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
+use crate::permits::{ClientId, Permit, Permits};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,11 +62,17 @@ pub struct Limits {
     pub spawn_items: bool,
 }
 
+/// The global permits a batch draws on, and whose turn its items wait for.
+pub struct Share<'a> {
+    pub permits: &'a Arc<Permits>,
+    pub client: &'a ClientId,
+}
+
 /// Runs every item and returns one outcome per item, in input order. Items that are already
 /// decided (`Err(outcome)`: refused by the dialect) are passed through and never sent.
 pub async fn run<U: Upstream, O: Observer>(
     limits: &Limits,
-    global: &Arc<Semaphore>,
+    global: Share<'_>,
     items: Vec<Result<SubRequest, Outcome>>,
     upstream: &Arc<U>,
     observer: &Arc<O>,
@@ -81,10 +89,10 @@ pub async fn run<U: Upstream, O: Observer>(
         // for them, the running items keep being collected (and, when they are polled here,
         // driven: they are what frees the permits).
         for (index, request) in to_send {
-            let acquiring = acquire(&batch_permits, global);
+            let acquiring = acquire(&batch_permits, &global);
             let permits = collect_until(acquiring, &mut running, &mut collector).await;
             let Some(permits) = permits else {
-                // The semaphores are never closed; report it as cancellation if they ever are.
+                // The permits are never closed; report it as cancellation if they ever are.
                 collector.record(index, never_started());
                 continue;
             };
@@ -202,7 +210,7 @@ fn item_span(index: usize, request: &SubRequest) -> tracing::Span {
 fn start_item<U: Upstream, O: Observer>(
     index: usize,
     request: SubRequest,
-    permits: Permits,
+    permits: ItemPermits,
     limits: &Limits,
     upstream: &Arc<U>,
     observer: &Arc<O>,
@@ -297,10 +305,10 @@ impl Collector {
 /// Awaits `acquiring` while collecting (and, when they are polled here, driving) the
 /// running items: they are what frees the permits.
 async fn collect_until(
-    acquiring: impl Future<Output = Option<Permits>>,
+    acquiring: impl Future<Output = Option<ItemPermits>>,
     running: &mut Running<impl Future<Output = (usize, Outcome)> + Send + 'static>,
     collector: &mut Collector,
-) -> Option<Permits> {
+) -> Option<ItemPermits> {
     tokio::pin!(acquiring);
     loop {
         tokio::select! {
@@ -323,26 +331,26 @@ async fn stop_signal(stop: Option<tokio::sync::watch::Receiver<bool>>) {
 
 /// The batch permit, then a global one. Batch first: a batch waiting for global capacity
 /// then has at most one waiter, so one big batch cannot queue ahead of every other batch.
-async fn acquire(batch: &Arc<Semaphore>, global: &Arc<Semaphore>) -> Option<Permits> {
+async fn acquire(batch: &Arc<Semaphore>, global: &Share<'_>) -> Option<ItemPermits> {
     let batch = batch.clone().acquire_owned().await.ok()?;
-    let global = global.clone().acquire_owned().await.ok()?;
-    Some(Permits {
+    let global = global.permits.acquire(global.client).await?;
+    Some(ItemPermits {
         _batch: batch,
         _global: global,
     })
 }
 
 /// Held by an item task for its whole life; dropped on completion, timeout or abort.
-struct Permits {
+struct ItemPermits {
     _batch: OwnedSemaphorePermit,
-    _global: OwnedSemaphorePermit,
+    _global: Permit,
 }
 
 async fn run_item<U: Upstream, O: Observer>(
     index: usize,
     request: SubRequest,
     item_timeout: Duration,
-    _permits: Permits,
+    _permits: ItemPermits,
     upstream: Arc<U>,
     observer: Arc<O>,
 ) -> (usize, Outcome) {

@@ -16,7 +16,8 @@
 //! - [`dialect`]: pure decode/encode per batch dialect (`envelope`, `jsonrpc`, `fanout`).
 //! - [`guard`]: what a sub-request may be (URL and header rules against SSRF and smuggling).
 //! - [`admission`]: whether a decoded batch may wait for permits at all (bounded queue,
-//!   queue-time budget, per-client cap, held-body memory), refusing with 503/429 at once.
+//!   queue-time budget, per-client cap, held memory), refusing with 503/429 at once.
+//! - [`permits`]: the global item permits, granted round-robin across clients.
 //! - [`exec`]: per-batch and global concurrency limits, item timeout, batch deadline.
 //! - [`upstream`]: one sub-request over pingora's pooled connector.
 //! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through.
@@ -28,7 +29,8 @@
 //! - [`server`]: builds the pingora server and its services from a config.
 //!
 //! Imports point down only: `item` (and `config`, which is data) at the bottom; `dialect`
-//! reads `config` and `item`; `exec`, `upstream` and `metrics` know `item` and no dialect;
+//! reads `config` and `item`; `exec` (with `permits`), `upstream` and `metrics` know `item`
+//! and no dialect;
 //! `proxy` and `server` wire everything.
 //!
 //! Adding a dialect touches: `dialect/NEW.rs` (decode, encode, reject); in `dialect/mod.rs`
@@ -49,6 +51,7 @@ pub mod guard;
 pub mod item;
 pub mod listener;
 pub mod metrics;
+pub mod permits;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

@@ -25,7 +25,6 @@ use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Semaphore;
 
 /// A batch route ready to serve.
 pub struct Route {
@@ -35,6 +34,8 @@ pub struct Route {
     pub reply_cost: fn(&UpstreamResponse) -> usize,
     pub upstream: Arc<UpstreamClient>,
     pub metrics: Option<Arc<RouteMetrics>>,
+    /// What tells this route's clients apart (the route's own, else the server's).
+    pub client_key: crate::config::ClientKey,
 }
 
 /// The pass-through target.
@@ -47,10 +48,10 @@ struct Passthrough {
 pub struct BatchGate {
     routes: HashMap<String, Arc<Route>>,
     passthrough: Option<Passthrough>,
-    global_permits: Arc<Semaphore>,
+    /// `server.max_in_flight` item permits, granted round-robin across clients.
+    permits: Arc<crate::permits::Permits>,
     /// Whether a decoded batch may wait for permits at all.
     admission: Arc<crate::admission::Admission>,
-    admission_limits: crate::config::AdmissionLimits,
     /// Client deadlines, for the requests whose connection clock cannot hold them (HTTP/2).
     client_limits: crate::config::ClientLimits,
     /// Write one log line per item (`server.item_log`).
@@ -82,7 +83,14 @@ impl BatchGate {
             let upstream = clients
                 .get(route.upstream)
                 .expect("validation resolves routes[].upstream to an index into upstreams");
-            routes.insert(route.path.clone(), Arc::new(build_route(route, upstream)));
+            let client_key = route
+                .client_key
+                .clone()
+                .unwrap_or_else(|| config.server.admission.client_key.clone());
+            routes.insert(
+                route.path.clone(),
+                Arc::new(build_route(route, upstream, client_key)),
+            );
         }
         let passthrough = config
             .default_upstream
@@ -98,12 +106,11 @@ impl BatchGate {
         BatchGate {
             routes,
             passthrough,
-            global_permits: Arc::new(Semaphore::new(config.server.max_in_flight)),
+            permits: crate::permits::Permits::new(config.server.max_in_flight),
             admission: Arc::new(crate::admission::Admission::new(
                 config.server.admission.clone(),
                 config.server.max_in_flight,
             )),
-            admission_limits: config.server.admission.clone(),
             client_limits: config.server.client,
             item_log: config.server.item_log,
             spawn_items: config.server.work_stealing,
@@ -112,7 +119,11 @@ impl BatchGate {
     }
 }
 
-fn build_route(route: &Arc<RouteConfig>, upstream: &Arc<UpstreamClient>) -> Route {
+fn build_route(
+    route: &Arc<RouteConfig>,
+    upstream: &Arc<UpstreamClient>,
+    client_key: crate::config::ClientKey,
+) -> Route {
     let dialect = RouteDialect::new(
         &route.dialect,
         route.limits.max_items,
@@ -124,6 +135,7 @@ fn build_route(route: &Arc<RouteConfig>, upstream: &Arc<UpstreamClient>) -> Rout
         dialect,
         upstream: upstream.clone(),
         metrics: RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new),
+        client_key,
     }
 }
 

@@ -183,3 +183,116 @@ dialect = "jsonrpc"
     assert!(refused.header("retry-after").is_some());
     assert_eq!(first.await.expect("first").status, 200);
 }
+
+/// Without any per-client cap, permits go round-robin across clients (keyed here by the
+/// route's own `client_key`): a light client's batch waits for at most one grant to the
+/// flooding client per item, not behind every batch the flood has queued. FIFO would have put
+/// each of the light batch's items behind all six flood batches' waiters (about 0.9 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permits_take_turns_between_a_flood_and_a_light_client() {
+    let upstream = slow_upstream(100).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("max_in_flight = 4")
+        .route("concurrency = 8")
+        .route("client_key = \"header:x-api-key\"")
+        .start()
+        .await;
+    let flood: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = gate.addr;
+            let body = batch(items(8));
+            tokio::spawn(async move {
+                let headers = [("content-type", "application/json"), ("x-api-key", "flood")];
+                client::request(addr, "POST", BATCH_PATH, &headers, body.as_bytes()).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    let light = post_as(&gate, "light", &batch(items(4))).await;
+    let waited = started.elapsed();
+    assert_eq!(light.status, 200, "{}", light.body_str());
+    assert!(responses(&light).iter().all(|r| r["status"] == 200));
+    // Four items, each granted within two grants (one to the flood, one to itself) of four
+    // permits turning over every 100 ms: about 300 ms, bounded here at 600.
+    assert!(
+        waited < Duration::from_millis(600),
+        "light client waited {waited:?}"
+    );
+    let mut flood_busy = 0;
+    for batch in flood {
+        let reply = batch.await.expect("flood batch");
+        assert_eq!(reply.status, 200, "{}", reply.body_str());
+        flood_busy += responses(&reply).len();
+    }
+    assert_eq!(flood_busy, 48, "the flood is served in full, only later");
+}
+
+/// Responses kept for a running batch's reply count against `max_held_bytes` like bodies:
+/// while one batch holds a large answer and waits for its slow item, a batch whose body alone
+/// would fit is refused with 503 `memory`; once the reply is written it is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_responses_count_against_the_memory_budget() {
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(1900));
+    let upstream = Upstream::with_handler(move |req| {
+        if req.path.ends_with("/big") {
+            Reply::json(200, &big)
+        } else {
+            Reply::json(200, "{}").with_delay(500)
+        }
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("[server.admission]")
+        .server("max_held_bytes = 2048")
+        .start()
+        .await;
+    let first = tokio::spawn({
+        let addr = gate.addr;
+        let body = batch(vec![
+            item("big", "POST", "/file/big"),
+            item("slow", "POST", "/file/slow"),
+        ]);
+        async move { client::post_json(addr, BATCH_PATH, &body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let small = batch(items(1));
+    let refused = client::post_json(gate.addr, BATCH_PATH, &small).await;
+    assert_rejected(&refused, 503, "ServiceUnavailable.Memory");
+    let first = first.await.expect("first");
+    assert_eq!(first.status, 200, "{}", first.body_str());
+    let again = client::post_json(gate.addr, BATCH_PATH, &small).await;
+    assert_eq!(again.status, 200, "{}", again.body_str());
+}
+
+/// `client_key = "forwarded"` tells clients apart by the last `X-Forwarded-For` hop (what
+/// the load balancer in front appended): hops a client forged before it do not make a new
+/// client, and a different last hop is a different client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarded_key_counts_by_the_last_hop() {
+    let upstream = slow_upstream(400).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("[server.admission]")
+        .server("per_client_items = 2")
+        .server("client_key = \"forwarded\"")
+        .start()
+        .await;
+    let post_from = |xff: &'static str, n: usize| {
+        let addr = gate.addr;
+        let body = batch(items(n));
+        async move {
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-forwarded-for", xff),
+            ];
+            client::request(addr, "POST", BATCH_PATH, &headers, body.as_bytes()).await
+        }
+    };
+    let first = tokio::spawn(post_from("198.51.100.7", 2));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let forged = post_from("203.0.113.1, 198.51.100.7", 1).await;
+    assert_rejected(&forged, 429, "TooManyRequests");
+    let other = post_from("198.51.100.7, 192.0.2.9", 1).await;
+    assert_eq!(other.status, 200, "{}", other.body_str());
+    assert_eq!(first.await.expect("first").status, 200);
+}

@@ -21,13 +21,19 @@ pub struct AdmissionLimits {
     pub client_key: ClientKey,
 }
 
-/// What tells clients apart for `per_client_items`.
+/// What tells clients apart, for `per_client_items` and for taking turns at the permits;
+/// `[server.admission] client_key`, or a route's own `client_key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientKey {
     /// The connection's peer address (without the port).
     Ip,
-    /// A request header such as an API key; requests without it count by address.
+    /// A request header such as an API key or an identity set by an authenticating proxy;
+    /// requests without it count by address.
     Header(HeaderName),
+    /// The last `X-Forwarded-For` address: the client as the load balancer in front saw it.
+    /// Only behind a proxy that appends it (a direct client could name anyone); requests
+    /// without it count by address.
+    Forwarded,
 }
 
 /// The defaults refuse only real overload: a queue of 16 x `max_in_flight` items (at least
@@ -78,21 +84,28 @@ pub(super) fn admission_limits(
             &at("per_client_items"),
             problems,
         ),
-        client_key: client_key(section.client_key.as_deref(), problems),
+        client_key: client_key(section.client_key.as_deref(), &at("client_key"), problems)
+            .unwrap_or(ClientKey::Ip),
     }
 }
 
-/// `"ip"` (default) or `"header:NAME"`.
-fn client_key(text: Option<&str>, problems: &mut Problems) -> ClientKey {
-    let at = ["server", "admission", "client_key"];
-    match text {
-        None | Some("ip") => ClientKey::Ip,
-        Some(other) => match other.strip_prefix("header:").map(HeaderName::try_from) {
-            Some(Ok(name)) => ClientKey::Header(name),
+/// `"ip"`, `"forwarded"` or `"header:NAME"`; `None` when not set or not valid (reported).
+pub(super) fn client_key(
+    text: Option<&str>,
+    at: &[&str],
+    problems: &mut Problems,
+) -> Option<ClientKey> {
+    match text? {
+        "ip" => Some(ClientKey::Ip),
+        "forwarded" => Some(ClientKey::Forwarded),
+        other => match other.strip_prefix("header:").map(HeaderName::try_from) {
+            Some(Ok(name)) => Some(ClientKey::Header(name)),
             _ => {
-                let message = format!("{other:?} is not a client key (\"ip\" or \"header:NAME\")");
-                problems.push(&at, message);
-                ClientKey::Ip
+                let message = format!(
+                    "{other:?} is not a client key (\"ip\", \"forwarded\" or \"header:NAME\")"
+                );
+                problems.push(at, message);
+                None
             }
         },
     }

@@ -128,6 +128,7 @@ pub struct RouteSection {
     pub max_item_response_bytes: Option<i64>,
     pub max_reply_bytes: Option<i64>,
     pub forward_headers: Option<Vec<String>>,
+    pub client_key: Option<String>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,

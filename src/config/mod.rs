@@ -298,6 +298,32 @@ dialect = "envelope"
         );
     }
 
+    /// A route may tell its clients apart its own way; a bad key names the line and the
+    /// forms there are, and a route without one falls back to the server's.
+    #[test]
+    fn client_keys_per_route() {
+        let text = format!("{MINIMAL}client_key = \"header:X-Api-Key\"\n");
+        let config: Config = text.parse().expect("valid");
+        assert_eq!(
+            config.routes[0].client_key,
+            Some(ClientKey::Header(http::HeaderName::from_static(
+                "x-api-key"
+            )))
+        );
+        let config: Config = MINIMAL.parse().expect("valid");
+        assert_eq!(config.routes[0].client_key, None);
+        assert_eq!(config.server.admission.client_key, ClientKey::Ip);
+        let text = format!("[server.admission]\nclient_key = \"forwarded\"\n{MINIMAL}");
+        let config: Config = text.parse().expect("valid");
+        assert_eq!(config.server.admission.client_key, ClientKey::Forwarded);
+        let text = format!("{MINIMAL}client_key = \"cookie:session\"\n");
+        let message = Config::parse(&text, "x.toml").expect_err("bad").to_string();
+        assert!(
+            message.contains(r#"x.toml:8:14: routes[0].client_key: "cookie:session" is not a client key ("ip", "forwarded" or "header:NAME")"#),
+            "{message}"
+        );
+    }
+
     #[test]
     fn unresolvable_upstream_is_reported_not_panicked() {
         let text = MINIMAL.replace("127.0.0.1:9000", "no port here");

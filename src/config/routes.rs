@@ -114,6 +114,11 @@ fn route_config(
         &["routes", i, "forward_headers"],
         problems,
     );
+    let client_key = super::admission::client_key(
+        section.client_key.as_deref(),
+        &["routes", i, "client_key"],
+        problems,
+    );
     let dialect = dialect_config(section, ctx, problems);
     check_dialect_keys(section, i, problems);
     let name = route_name(section, i, problems);
@@ -126,6 +131,7 @@ fn route_config(
         upstream: upstream?,
         limits,
         forward_headers,
+        client_key,
         dialect: dialect?,
     })
 }

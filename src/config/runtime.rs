@@ -155,6 +155,8 @@ pub struct RouteConfig {
     pub limits: RouteLimits,
     /// Outer request headers copied into every child.
     pub forward_headers: Vec<HeaderName>,
+    /// What tells this route's clients apart; `None`: `[server.admission] client_key`.
+    pub client_key: Option<super::ClientKey>,
     pub dialect: DialectConfig,
 }
 

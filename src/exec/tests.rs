@@ -10,6 +10,14 @@ use http::{HeaderMap, Method};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+fn client() -> ClientId {
+    Arc::from("client")
+}
+
+fn share<'a>(permits: &'a Arc<Permits>, client: &'a ClientId) -> Share<'a> {
+    Share { permits, client }
+}
+
 /// A fake upstream: each request's path is `/<delay ms>`; it answers 200 with the path as body
 /// and records concurrency and which paths started.
 #[derive(Default)]
@@ -72,7 +80,7 @@ async fn keeps_input_order_in(spawn: bool) {
     let items = vec![item(30), item(10), item(20)];
     let out = run(
         &limits(spawn, 3, 1000, 1000),
-        &Arc::new(Semaphore::new(10)),
+        share(&Permits::new(10), &client()),
         items,
         &fake,
         &Arc::new(NoObserver),
@@ -89,7 +97,7 @@ async fn bounds_batch_concurrency_in(spawn: bool) {
     let started = Instant::now();
     run(
         &limits(spawn, 3, 1000, 1000),
-        &Arc::new(Semaphore::new(100)),
+        share(&Permits::new(100), &client()),
         items,
         &fake,
         &Arc::new(NoObserver),
@@ -100,16 +108,17 @@ async fn bounds_batch_concurrency_in(spawn: bool) {
     assert_eq!(started.elapsed(), Duration::from_millis(40));
 }
 
-/// The global semaphore caps items across simultaneous batches, and is full again afterwards.
+/// The global permits caps items across simultaneous batches, and is full again afterwards.
 async fn bounds_global_in_flight_across_batches_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let global = Arc::new(Semaphore::new(4));
+    let global = Permits::new(4);
+    let me = client();
     let observer = Arc::new(NoObserver);
     let l = limits(spawn, 10, 1000, 1000);
     let batch = || {
         run(
             &l,
-            &global,
+            share(&global, &me),
             (0..10).map(|_| item(5)).collect(),
             &fake,
             &observer,
@@ -118,7 +127,7 @@ async fn bounds_global_in_flight_across_batches_in(spawn: bool) {
     let (a, b, c) = tokio::join!(batch(), batch(), batch());
     assert!([a, b, c].iter().all(|r| r.len() == 10));
     assert_eq!(fake.peak.load(Ordering::SeqCst), 4);
-    assert_eq!(global.available_permits(), 4);
+    assert_eq!(global.in_use(), 0);
 }
 
 /// An item over its timeout becomes `TimedOut`; the others are unaffected.
@@ -126,7 +135,7 @@ async fn item_timeout_is_per_item_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let out = run(
         &limits(spawn, 2, 50, 1000),
-        &Arc::new(Semaphore::new(10)),
+        share(&Permits::new(10), &client()),
         vec![item(10), item(500)],
         &fake,
         &Arc::new(NoObserver),
@@ -140,12 +149,13 @@ async fn item_timeout_is_per_item_in(spawn: bool) {
 /// `DeadlineExceeded`, queued items never started, permits all returned.
 async fn deadline_returns_partial_results_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let global = Arc::new(Semaphore::new(10));
+    let global = Permits::new(10);
+    let me = client();
     let started = Instant::now();
     let items = vec![item(10), item(100), item(100), item(100)];
     let out = run(
         &limits(spawn, 1, 1000, 150),
-        &global,
+        share(&global, &me),
         items,
         &fake,
         &Arc::new(NoObserver),
@@ -168,21 +178,22 @@ async fn deadline_returns_partial_results_in(spawn: bool) {
         3,
         "item 4 must never start"
     );
-    assert_eq!(global.available_permits(), 10);
+    assert_eq!(global.in_use(), 0);
 }
 
 /// Dropping the batch (client gone) aborts queued items and returns every permit.
 async fn cancellation_stops_unstarted_items_and_frees_permits_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let global = Arc::new(Semaphore::new(8));
+    let global = Permits::new(8);
+    let me = client();
     let items = (0..10).map(|_| item(100)).collect();
     let l = limits(spawn, 2, 1000, 10_000);
     let observer = Arc::new(NoObserver);
-    let batch = run(&l, &global, items, &fake, &observer);
+    let batch = run(&l, share(&global, &me), items, &fake, &observer);
     let _ = tokio::time::timeout(Duration::from_millis(150), batch).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(fake.started.lock().expect("test mutex").len(), 4);
-    assert_eq!(global.available_permits(), 8);
+    assert_eq!(global.in_use(), 0);
 }
 
 /// Refused items pass through untouched and are never sent.
@@ -195,7 +206,7 @@ async fn decided_items_are_not_sent_in(spawn: bool) {
     });
     let out = run(
         &limits(spawn, 2, 1000, 1000),
-        &Arc::new(Semaphore::new(10)),
+        share(&Permits::new(10), &client()),
         vec![Err(refused), item(1)],
         &fake,
         &Arc::new(NoObserver),
@@ -212,7 +223,7 @@ async fn reply_budget_caps_total_bytes_in(spawn: bool) {
     l.max_reply_bytes = 5; // each body is 2-3 bytes ("/1", "/2", ...)
     let out = run(
         &l,
-        &Arc::new(Semaphore::new(10)),
+        share(&Permits::new(10), &client()),
         vec![item(1), item(2), item(3)],
         &fake,
         &Arc::new(NoObserver),
@@ -233,7 +244,7 @@ async fn dropped_items_do_not_use_up_the_budget_in(spawn: bool) {
     l.max_reply_bytes = 5; // bodies are the paths: "/1" (2 bytes), "/1000" (5), "/2" (2)
     let out = run(
         &l,
-        &Arc::new(Semaphore::new(10)),
+        share(&Permits::new(10), &client()),
         vec![item(1), item(1000), item(2)],
         &fake,
         &Arc::new(NoObserver),
@@ -251,7 +262,8 @@ async fn dropped_items_do_not_use_up_the_budget_in(spawn: bool) {
 /// items kept, the rest `DeadlineExceeded`, permits returned.
 async fn stop_signal_answers_with_what_finished_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let global = Arc::new(Semaphore::new(10));
+    let global = Permits::new(10);
+    let me = client();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut l = limits(spawn, 1, 10_000, 60_000);
     l.stop = Some(stop_rx);
@@ -262,7 +274,7 @@ async fn stop_signal_answers_with_what_finished_in(spawn: bool) {
     let started = Instant::now();
     let out = run(
         &l,
-        &global,
+        share(&global, &me),
         vec![item(10), item(1000), item(1000)],
         &fake,
         &Arc::new(NoObserver),
@@ -280,7 +292,7 @@ async fn stop_signal_answers_with_what_finished_in(spawn: bool) {
     ));
     // Aborted tasks drop their permits when the runtime next runs them.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(global.available_permits(), 10);
+    assert_eq!(global.in_use(), 0);
 }
 
 /// Every scenario above, run both ways: items polled inside the batch's task (the default,

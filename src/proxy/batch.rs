@@ -15,6 +15,7 @@ use crate::dialect::{
 };
 use crate::exec::{self, Limits, Observer};
 use crate::metrics::{BatchResult, RouteMetrics};
+use crate::permits::ClientId;
 use crate::upstream::{BatchHeaders, BatchUpstream};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -133,16 +134,13 @@ impl BatchGate {
     fn admit(
         &self,
         session: &Session,
+        route: &Route,
         items: usize,
         bytes: usize,
     ) -> std::result::Result<Ticket, Rejection> {
-        let client = if self.admission_limits.per_client_items > 0 {
-            client_key(session, &self.admission_limits.client_key)
-        } else {
-            String::new()
-        };
+        let client = client_id(session, &route.client_key);
         self.admission
-            .admit(&client, items, bytes)
+            .admit(client, items, bytes)
             .map_err(|refused| {
                 let kind = refused.why.kind();
                 let mut rejection = Rejection::new(kind, refused.why.code(), refused.why.message());
@@ -176,7 +174,7 @@ impl BatchGate {
             let plan = decode(session.req_header(), dialect, &body)?;
             let refused = plan.items.iter().filter(|item| item.is_err()).count();
             let to_send = plan.items.len() - refused;
-            let ticket = self.admit(session, to_send, body.len())?;
+            let ticket = self.admit(session, route, to_send, body.len())?;
             Ok((plan, refused, ticket))
         });
         let (plan, refused, ticket) = match decoded {
@@ -233,14 +231,11 @@ impl BatchGate {
             request_id = %request_id,
             items = items.len(),
         );
-        let run = exec::run(
-            &exec_limits,
-            &self.global_permits,
-            items,
-            &upstream,
-            observer,
-        )
-        .instrument(span);
+        let share = exec::Share {
+            permits: &self.permits,
+            client: observer.ticket.client(),
+        };
+        let run = exec::run(&exec_limits, share, items, &upstream, observer).instrument(span);
         watching_client(session, run).await
     }
 
@@ -297,7 +292,12 @@ impl Observer for BatchObserver {
     }
 
     fn finished(&self, index: usize, outcome: &Outcome, elapsed: Duration) {
-        self.ticket.item_done();
+        // The response is kept for the reply: it counts against the memory budget.
+        let held = match outcome {
+            Outcome::Response(response) => response.raw_size(),
+            Outcome::Failed(_) => 0,
+        };
+        self.ticket.item_done(held);
         if let Some(metrics) = &self.metrics {
             metrics.item_duration(elapsed);
         }
@@ -399,17 +399,40 @@ pub async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str)
     Ok(())
 }
 
-/// Who a batch counts against for `per_client_items`: the peer address, or a header's value
-/// (at most 256 bytes of it) when configured and present.
-fn client_key(session: &Session, key: &ClientKey) -> String {
-    if let ClientKey::Header(name) = key {
-        if let Some(value) = session.req_header().headers.get(name) {
-            let bytes = value.as_bytes();
-            return String::from_utf8_lossy(bytes.get(..256).unwrap_or(bytes)).into_owned();
+/// Longest header value (or forwarded address) that tells clients apart; longer ones are cut.
+const MAX_CLIENT_KEY_BYTES: usize = 256;
+
+/// Who a batch counts against (per-client cap, turns at the permits): the peer address, the
+/// last `X-Forwarded-For` entry, or `NAME=value` of a header, by the route's key. The header
+/// form keeps its name, so a header value can never pass for an address (and borrow an
+/// address's share). A request without the header counts by its peer address.
+fn client_id(session: &Session, key: &ClientKey) -> ClientId {
+    let headers = &session.req_header().headers;
+    let capped = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes.get(..MAX_CLIENT_KEY_BYTES).unwrap_or(bytes)).into_owned()
+    };
+    match key {
+        ClientKey::Header(name) => {
+            if let Some(value) = headers.get(name) {
+                return ClientId::from(format!("{name}={}", capped(value.as_bytes())));
+            }
         }
+        ClientKey::Forwarded => {
+            let last = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .next_back()
+                .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+                .map(|hop| hop.trim_ascii())
+                .filter(|hop| !hop.is_empty());
+            if let Some(hop) = last {
+                return ClientId::from(capped(hop));
+            }
+        }
+        ClientKey::Ip => {}
     }
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map_or_else(String::new, |addr| addr.ip().to_string())
+    session.client_addr().and_then(|a| a.as_inet()).map_or_else(
+        || ClientId::from(""),
+        |addr| ClientId::from(addr.ip().to_string()),
+    )
 }
