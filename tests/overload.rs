@@ -186,8 +186,8 @@ dialect = "jsonrpc"
 
 /// Without any per-client cap, permits go round-robin across clients (keyed here by the
 /// route's own `client_key`): a light client's batch waits for at most one grant to the
-/// flooding client per item, not behind every batch the flood has queued. FIFO would have put
-/// each of the light batch's items behind all six flood batches' waiters (about 0.9 s here).
+/// flooding client per item, not behind every batch the flood has queued. FIFO would put each
+/// of the light batch's items behind all six flood batches' waiters (about 0.8 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permits_take_turns_between_a_flood_and_a_light_client() {
     let upstream = slow_upstream(100).await;
