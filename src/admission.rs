@@ -23,7 +23,7 @@ use crate::config::AdmissionLimits;
 use crate::item::RejectionKind;
 use crate::permits::ClientId;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,8 +87,10 @@ pub struct Refused {
 /// The process-wide admission state.
 #[derive(Debug)]
 pub struct Admission {
-    limits: AdmissionLimits,
-    max_in_flight: usize,
+    /// `max_in_flight`, which a reload may change.
+    max_in_flight: AtomicUsize,
+    /// Whether `per_client_items` is set: finishing items then update per-client counts.
+    counts_items: AtomicBool,
     state: Mutex<State>,
     /// Items admitted and not yet finished (in flight or waiting for permits). An atomic, so
     /// an item finishing takes no lock; admission adds to it under the lock, and a finish
@@ -103,6 +105,7 @@ pub struct Admission {
 
 #[derive(Debug)]
 struct State {
+    limits: AdmissionLimits,
     /// Clients with admitted batches; an entry lives while either count is above zero.
     per_client: HashMap<ClientId, ClientCounts>,
     drain: DrainRate,
@@ -199,9 +202,10 @@ impl Drop for Ticket {
 impl Admission {
     pub fn new(limits: AdmissionLimits, max_in_flight: usize) -> Self {
         Admission {
-            limits,
-            max_in_flight,
+            max_in_flight: AtomicUsize::new(max_in_flight),
+            counts_items: AtomicBool::new(limits.per_client_items > 0),
             state: Mutex::new(State {
+                limits,
                 per_client: HashMap::new(),
                 drain: DrainRate {
                     since: Instant::now(),
@@ -235,7 +239,7 @@ impl Admission {
         let counts = state.per_client.entry(client.clone()).or_default();
         counts.admitted += items;
         // Items are only counted one by one when there is a per-client cap to hold them to.
-        if self.limits.per_client_items > 0 {
+        if self.counts_items.load(Ordering::Relaxed) {
             counts.outstanding += items;
         }
         drop(state);
@@ -258,10 +262,11 @@ impl Admission {
         bytes: usize,
         rate: f64,
     ) -> Result<(), Refused> {
-        let limits = &self.limits;
+        let limits = &state.limits;
+        let max_in_flight = self.max_in_flight.load(Ordering::Relaxed);
         let outstanding = self.outstanding.load(Ordering::Relaxed);
-        let queued_ahead = outstanding.saturating_sub(self.max_in_flight);
-        let queued_after = (outstanding + items).saturating_sub(self.max_in_flight);
+        let queued_ahead = outstanding.saturating_sub(max_in_flight);
+        let queued_after = (outstanding + items).saturating_sub(max_in_flight);
         // The time for the queue ahead to drain; unknown (no rate yet) counts as no wait.
         let wait = (rate > 0.0).then(|| Duration::from_secs_f64(queued_ahead as f64 / rate));
         let retry_after = wait
@@ -301,7 +306,7 @@ impl Admission {
             return;
         }
         self.outstanding.fetch_sub(items, Ordering::Relaxed);
-        if self.limits.per_client_items == 0 {
+        if !self.counts_items.load(Ordering::Relaxed) {
             return;
         }
         self.update_client(client, |counts| {
@@ -320,7 +325,9 @@ impl Admission {
         let mut state = self.lock();
         if let Some(counts) = state.per_client.get_mut(client) {
             update(counts);
-            if counts.admitted == 0 && counts.outstanding == 0 {
+            // With no batch left every item has finished, whatever `outstanding` says (it
+            // stops being updated when a reload turns the cap off).
+            if counts.admitted == 0 {
                 state.per_client.remove(client);
             }
         }
@@ -340,11 +347,21 @@ impl Admission {
         }
     }
 
+    /// A reload's new limits. Admitted batches keep their place; the new limits decide who
+    /// is admitted from now on. A cap turned on counts items of batches admitted from now.
+    pub fn reconfigure(&self, limits: AdmissionLimits, max_in_flight: usize) {
+        let mut state = self.lock();
+        self.counts_items
+            .store(limits.per_client_items > 0, Ordering::Relaxed);
+        self.max_in_flight.store(max_in_flight, Ordering::Relaxed);
+        state.limits = limits;
+    }
+
     /// Items waiting for permits now (outstanding beyond `max_in_flight`).
     pub fn queued(&self) -> usize {
         self.outstanding
             .load(Ordering::Relaxed)
-            .saturating_sub(self.max_in_flight)
+            .saturating_sub(self.max_in_flight.load(Ordering::Relaxed))
     }
 
     /// Bytes admitted batches hold: bodies and kept responses.

@@ -20,7 +20,9 @@
 //! - [`permits`]: the global item permits, granted round-robin across clients.
 //! - [`exec`]: per-batch and global concurrency limits, item timeout, batch deadline.
 //! - [`upstream`]: one sub-request over pingora's pooled connector.
-//! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through.
+//! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through; its
+//!   routing table is swapped whole by a reload.
+//! - [`reload`]: SIGHUP: read, validate and apply the config file in place.
 //! - [`listener`]: client connections: the per-listener cap and the idle, head and body
 //!   read deadlines around pingora's HTTP server.
 //! - [`metrics`]: every Prometheus family, with per-route handles resolved once.
@@ -53,5 +55,6 @@ pub mod listener;
 pub mod metrics;
 pub mod permits;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod upstream;

@@ -47,6 +47,12 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Validate a config file, then tell the running instance (found through the file's
+    /// pid_file) to reload it in place (SIGHUP); exit 1 without signalling if it is invalid.
+    Reload {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Run the proxy plus a built-in demo upstream on the default upstream's address.
     Demo {
         #[arg(short, long, default_value = DEMO_CONFIG)]
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Reload { config } => reload(&config),
         Command::Run {
             config,
             upgrade,
@@ -93,9 +100,49 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Checks the file like `check`, then sends SIGHUP to the pid in its pid file. The running
+/// instance validates the file again itself (it may have changed in between) and logs and
+/// counts the outcome.
+fn reload(path: &std::path::Path) -> ExitCode {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let config = match Config::from_path(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}\nnot reloaded: the running instance keeps its config");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid_file = server::pid_file(&config);
+    let pid = std::fs::read_to_string(&pid_file)
+        .map_err(|e| format!("cannot read the pid file {pid_file}: {e}"))
+        .and_then(|text| {
+            text.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|pid| *pid > 0)
+                .ok_or_else(|| format!("the pid file {pid_file} holds no pid: {text:?}"))
+        });
+    let sent = pid.and_then(|pid| {
+        kill(Pid::from_raw(pid), Signal::SIGHUP)
+            .map(|()| pid)
+            .map_err(|e| format!("cannot signal pid {pid} (from {pid_file}): {e}"))
+    });
+    match sent {
+        Ok(pid) => {
+            println!("{}: ok, sha256 {}\nsent SIGHUP to pid {pid}; the result is in its log and in batchgate_config_reloads_total", path.display(), config.sha256);
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("{why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// What `check` prints after "ok": listeners, upstreams and routes as batchgate sees them.
 fn summary(config: &Config) -> String {
-    let mut out = String::new();
+    let mut out = format!("sha256 {}\n", config.sha256);
     listener_lines(config, &mut out);
     upstream_lines(config, &mut out);
     route_lines(config, &mut out);
@@ -180,7 +227,7 @@ fn run(path: &std::path::Path, options: StartOptions) -> ExitCode {
         tracing::warn!("{warning}");
     }
     tracing::info!(config = %path.display(), "batchgate starting");
-    server::build(&config, &options).run_forever()
+    server::build(config, path, &options).run_forever()
 }
 
 fn demo(path: &std::path::Path) -> ExitCode {
@@ -203,7 +250,7 @@ fn demo(path: &std::path::Path) -> ExitCode {
         demo_upstream: Some(addr),
         ..StartOptions::default()
     };
-    server::build(&config, &options).run_forever()
+    server::build(config, path, &options).run_forever()
 }
 
 /// Where the demo serves its API: the default upstream's first address, which must be a

@@ -99,6 +99,9 @@ pub struct Families {
     pub client_timeouts: IntCounterVec,
     pub client_heads_too_large: IntCounterVec,
     pub client_tls_handshake_failures: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_info: IntGaugeVec,
+    pub config_loaded: IntGauge,
 }
 
 /// The families, registered on first use. Registration only fails on a duplicate name, which
@@ -215,6 +218,20 @@ fn register() -> prometheus::Result<Families> {
             "Client connections closed because their TLS handshake failed (no common version or cipher, no or an untrusted client certificate under mTLS, not TLS at all).",
             &["listener"]
         )?,
+        config_reloads: register_int_counter_vec!(
+            "batchgate_config_reloads_total",
+            "In-place config reloads (SIGHUP, batchgate reload) by result: ok (applied), error (the file was invalid or unreadable; nothing changed).",
+            &["result"]
+        )?,
+        config_info: register_int_gauge_vec!(
+            "batchgate_config_info",
+            "Always 1; the sha256 label is the SHA-256 of the config file in effect (batchgate check prints it).",
+            &["sha256"]
+        )?,
+        config_loaded: register_int_gauge!(
+            "batchgate_config_loaded_timestamp_seconds",
+            "Unix time at which the config in effect was loaded (start or last successful reload)."
+        )?,
     })
 }
 
@@ -262,7 +279,33 @@ impl ClientMetrics {
     }
 }
 
-/// One route's handles, resolved once at start-up.
+/// Reload results, as `batchgate_config_reloads_total{result}` labels them.
+pub const RELOAD_RESULTS: &[&str] = &["ok", "error"];
+
+/// The config in effect is `sha256`, loaded now; the previous file's series goes.
+pub fn config_loaded(sha256: &str) {
+    if let Some(f) = families() {
+        f.config_info.reset();
+        f.config_info.with_label_values(&[sha256]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        f.config_loaded.set(i64::try_from(now).unwrap_or(i64::MAX));
+        for result in RELOAD_RESULTS {
+            f.config_reloads.with_label_values(&[result]);
+        }
+    }
+}
+
+/// Counts one reload attempt.
+pub fn config_reload(ok: bool) {
+    if let Some(f) = families() {
+        let result = if ok { "ok" } else { "error" };
+        f.config_reloads.with_label_values(&[result]).inc();
+    }
+}
+
+/// One route's handles, resolved once at start-up (and again for each reload).
 #[derive(Clone)]
 pub struct RouteMetrics {
     batches: Vec<IntCounter>,
@@ -298,6 +341,34 @@ impl RouteMetrics {
                 .map(|k| f.rejections.with_label_values(&[route, k.as_str()]))
                 .collect(),
         })
+    }
+
+    /// Removes the series of `route` sending to `upstream` (a reload moved the route to
+    /// another upstream) and, with `whole_route`, every series of the route (it was removed).
+    /// Call before the new routes' handles are made; batches still running on the old route
+    /// count into handles that are no longer exported.
+    pub fn remove(route: &str, upstream: &str, whole_route: bool) {
+        let Some(f) = families() else {
+            return;
+        };
+        for class in ItemClass::ALL {
+            let _ = f
+                .items
+                .remove_label_values(&[route, upstream, class.as_str()]);
+        }
+        let _ = f.item_duration.remove_label_values(&[route, upstream]);
+        if !whole_route {
+            return;
+        }
+        for result in BatchResult::ALL {
+            let _ = f.batches.remove_label_values(&[route, result.as_str()]);
+        }
+        let _ = f.batch_items.remove_label_values(&[route]);
+        let _ = f.batch_duration.remove_label_values(&[route]);
+        let _ = f.permit_wait.remove_label_values(&[route]);
+        for kind in REJECTION_KINDS {
+            let _ = f.rejections.remove_label_values(&[route, kind.as_str()]);
+        }
     }
 
     /// Counts a finished batch.

@@ -14,6 +14,7 @@ use crate::dialect::{Reply, RouteDialect, UpstreamResponse};
 use crate::listener::{ClientClock, Phase};
 use crate::metrics::{PassthroughMetrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use batch::{request_id, write_reply, BatchSummary};
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,39 +46,30 @@ struct Passthrough {
     metrics: Option<PassthroughMetrics>,
 }
 
-/// The proxy service.
-pub struct BatchGate {
+/// What a reload swaps: the routes, the pass-through target and the upstream clients behind
+/// them. A request takes one snapshot when it arrives (`RequestCtx::live`) and finishes on it,
+/// so a batch that started on the old config finishes on it.
+pub struct Live {
     routes: HashMap<String, Arc<Route>>,
     passthrough: Option<Passthrough>,
-    /// `server.max_in_flight` item permits, granted round-robin across clients.
-    permits: Arc<crate::permits::Permits>,
-    /// Whether a decoded batch may wait for permits at all.
-    admission: Arc<crate::admission::Admission>,
-    /// Client deadlines, for the requests whose connection clock cannot hold them (HTTP/2).
-    client_limits: crate::config::ClientLimits,
-    /// Write one log line per item (`server.item_log`).
-    item_log: bool,
-    /// A task per item only when work stealing can spread them (see `exec::Limits`).
-    spawn_items: bool,
-    /// Turns true shortly before the shutdown grace period ends: running batches then answer
-    /// with what has finished instead of being cut off without a reply.
-    stop: tokio::sync::watch::Receiver<bool>,
+    /// By upstream name: what the next reload may keep (and with it the connection pools).
+    clients: HashMap<String, Arc<UpstreamClient>>,
 }
 
-/// Per-request facts, filled as the request moves through pingora's phases.
-pub struct RequestCtx {
-    started: Instant,
-    batch: Option<BatchSummary>,
-}
-
-impl BatchGate {
-    /// Builds the service from a validated config: one upstream client (and pool) per upstream.
-    /// `stop` is the shutdown signal for running batches (see `server::ShutdownNotice`).
-    pub fn new(config: &Config, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+impl Live {
+    /// The routing table of `config`. An upstream whose settings are unchanged from
+    /// `previous` keeps its client, and with it its pooled connections.
+    fn build(config: &Config, previous: Option<&Live>) -> Live {
         let clients: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(UpstreamClient::new(u.clone())))
+            .map(|u| {
+                previous
+                    .and_then(|p| p.clients.get(&u.name))
+                    .filter(|old| crate::upstream::same_settings(&old.config, u))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(UpstreamClient::new(u.clone())))
+            })
             .collect();
         let mut routes = HashMap::new();
         for route in &config.routes {
@@ -99,23 +92,130 @@ impl BatchGate {
                 metrics: PassthroughMetrics::new(&client.config.name),
                 client,
             });
+        let clients = clients
+            .into_iter()
+            .map(|c| (c.config.name.clone(), c))
+            .collect();
+        Live {
+            routes,
+            passthrough,
+            clients,
+        }
+    }
+
+    /// (route name, upstream name) of every route.
+    fn route_upstreams(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.routes
+            .values()
+            .map(|r| (r.config.name.as_str(), r.upstream.config.name.as_str()))
+    }
+}
+
+/// The proxy service.
+pub struct BatchGate {
+    live: Arc<ArcSwap<Live>>,
+    /// `server.max_in_flight` item permits, granted round-robin across clients.
+    permits: Arc<crate::permits::Permits>,
+    /// Whether a decoded batch may wait for permits at all.
+    admission: Arc<crate::admission::Admission>,
+    /// Client deadlines, for the requests whose connection clock cannot hold them (HTTP/2).
+    client_limits: crate::config::ClientLimits,
+    /// Write one log line per item (`server.item_log`).
+    item_log: Arc<AtomicBool>,
+    /// A task per item only when work stealing can spread them (see `exec::Limits`).
+    spawn_items: bool,
+    /// Turns true shortly before the shutdown grace period ends: running batches then answer
+    /// with what has finished instead of being cut off without a reply.
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Per-request facts, filled as the request moves through pingora's phases.
+pub struct RequestCtx {
+    started: Instant,
+    batch: Option<BatchSummary>,
+    /// The routing table this request was routed with.
+    live: Option<Arc<Live>>,
+}
+
+/// What a reload changes in a running `BatchGate` (`crate::reload`).
+#[derive(Clone)]
+pub struct Reconfigure {
+    live: Arc<ArcSwap<Live>>,
+    permits: Arc<crate::permits::Permits>,
+    admission: Arc<crate::admission::Admission>,
+    item_log: Arc<AtomicBool>,
+}
+
+impl Reconfigure {
+    /// Applies a validated config: limits first, then the new routing table in one swap.
+    /// Requests already routed keep the old table; metric series of routes that are gone
+    /// (or moved to another upstream) are removed.
+    pub fn apply(&self, config: &Config) {
+        let max_in_flight = config.server.max_in_flight;
+        self.admission
+            .reconfigure(config.server.admission.clone(), max_in_flight);
+        self.permits.resize(max_in_flight);
+        self.item_log
+            .store(config.server.item_log, Ordering::Relaxed);
+        if let Some(families) = crate::metrics::families() {
+            families
+                .max_in_flight
+                .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
+        }
+        let old = self.live.load_full();
+        for (route, upstream) in old.route_upstreams() {
+            let kept = config.routes.iter().find(|r| r.name == route);
+            let same_upstream = kept.is_some_and(|r| {
+                config
+                    .upstreams
+                    .get(r.upstream)
+                    .is_some_and(|u| u.name == upstream)
+            });
+            if !same_upstream {
+                RouteMetrics::remove(route, upstream, kept.is_none());
+            }
+        }
+        self.live.store(Arc::new(Live::build(config, Some(&old))));
+    }
+}
+
+impl BatchGate {
+    /// Builds the service from a validated config: one upstream client (and pool) per upstream.
+    /// `stop` is the shutdown signal for running batches (see `server::ShutdownNotice`).
+    pub fn new(config: &Config, stop: tokio::sync::watch::Receiver<bool>) -> Self {
         if let Some(families) = crate::metrics::families() {
             let limit = i64::try_from(config.server.max_in_flight).unwrap_or(i64::MAX);
             families.max_in_flight.set(limit);
         }
         BatchGate {
-            routes,
-            passthrough,
+            live: Arc::new(ArcSwap::from_pointee(Live::build(config, None))),
             permits: crate::permits::Permits::new(config.server.max_in_flight),
             admission: Arc::new(crate::admission::Admission::new(
                 config.server.admission.clone(),
                 config.server.max_in_flight,
             )),
             client_limits: config.server.client,
-            item_log: config.server.item_log,
+            item_log: Arc::new(AtomicBool::new(config.server.item_log)),
             spawn_items: config.server.work_stealing,
             stop,
         }
+    }
+
+    /// The handle a reload changes this service through.
+    pub fn reconfigure(&self) -> Reconfigure {
+        Reconfigure {
+            live: self.live.clone(),
+            permits: self.permits.clone(),
+            admission: self.admission.clone(),
+            item_log: self.item_log.clone(),
+        }
+    }
+
+    /// The routing table of this request: the one it was routed with, else the current one.
+    fn live(&self, ctx: &mut RequestCtx) -> Arc<Live> {
+        ctx.live
+            .get_or_insert_with(|| self.live.load_full())
+            .clone()
     }
 }
 
@@ -147,6 +247,7 @@ impl ProxyHttp for BatchGate {
         RequestCtx {
             started: Instant::now(),
             batch: None,
+            live: None,
         }
     }
 
@@ -184,12 +285,13 @@ impl ProxyHttp for BatchGate {
         // write are answered one after the other, as nginx and Envoy do. Without this pingora
         // answers the first and closes the connection, dropping the rest.
         session.downstream_session.set_pipelining_enabled(true);
-        let route = self.routes.get(session.req_header().uri.path()).cloned();
+        let live = self.live(ctx);
+        let route = live.routes.get(session.req_header().uri.path()).cloned();
         if let Some(route) = route {
             self.serve_route(session, route, ctx).await?;
             return Ok(true);
         }
-        if self.passthrough.is_none() {
+        if live.passthrough.is_none() {
             let reply = Reply::json(
                 404,
                 Bytes::from_static(br#"{"code":"NotFound","message":"no batch route matches and no default upstream is configured"}"#),
@@ -204,9 +306,10 @@ impl ProxyHttp for BatchGate {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(passthrough) = &self.passthrough else {
+        let live = self.live(ctx);
+        let Some(passthrough) = &live.passthrough else {
             return Error::e_explain(HTTPStatus(404), "no default upstream");
         };
         match passthrough.client.pick_peer() {
@@ -219,7 +322,7 @@ impl ProxyHttp for BatchGate {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         passthrough::prepare_request(session.req_header(), upstream_request)?;
         let client_ip = session
@@ -232,7 +335,8 @@ impl ProxyHttp for BatchGate {
                 upstream_request.remove_header("x-forwarded-for");
             }
         }
-        if let Some(host) = self
+        let live = self.live(ctx);
+        if let Some(host) = live
             .passthrough
             .as_ref()
             .and_then(|p| p.client.config.host.as_deref())
@@ -325,7 +429,8 @@ impl ProxyHttp for BatchGate {
         match &ctx.batch {
             Some(batch) => batch.record(elapsed),
             None => {
-                if let Some(metrics) = self.passthrough.as_ref().and_then(|p| p.metrics.as_ref()) {
+                let live = self.live(ctx);
+                if let Some(metrics) = live.passthrough.as_ref().and_then(|p| p.metrics.as_ref()) {
                     let status = session.response_written().map(|r| r.status.as_u16());
                     metrics.request(status, elapsed);
                 }

@@ -2,13 +2,15 @@
 //!
 //! The proxy service listens on `server.listen`, the admin app on `admin.listen`, and in demo
 //! mode the demo upstream on the default upstream's address. pingora owns the runtimes,
-//! signals (SIGTERM graceful stop, SIGQUIT zero-downtime upgrade) and the pid file.
+//! signals (SIGTERM graceful stop, SIGQUIT zero-downtime upgrade) and, in daemon mode, the
+//! pid file; SIGHUP reloads the config in place (`crate::reload`).
 
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::demo::DemoUpstream;
 use crate::listener::{Listener, Listeners};
 use crate::proxy::BatchGate;
+use crate::reload::Reloader;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -17,6 +19,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 /// How to start: flags that map onto pingora's own options.
@@ -71,12 +74,23 @@ fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Option
     options
 }
 
-/// Builds the pingora server with every service; the caller runs it.
-pub fn build(config: &Config, options: &StartOptions) -> Server {
-    let mut server = Server::new_with_opt_and_conf(pingora_opt(options), pingora_conf(config));
+/// Builds the pingora server with every service; the caller runs it. `path` is the file
+/// `config` came from: SIGHUP reloads it.
+pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
+    let conf = pingora_conf(&config);
+    if !options.daemon {
+        // pingora writes the pid file only when it daemonizes; `batchgate reload` finds a
+        // foreground instance through it too.
+        if let Err(e) = std::fs::write(&conf.pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!(pid_file = %conf.pid_file, "cannot write the pid file, batchgate reload will not find this instance: {e}");
+        }
+    }
+    let mut server = Server::new_with_opt_and_conf(pingora_opt(options), conf);
     server.bootstrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    server.add_service(proxy_service(&server, config, stop_rx));
+    let gate = BatchGate::new(&config, stop_rx);
+    let reconfigure = gate.reconfigure();
+    server.add_service(proxy_service(&server, &config, gate));
     server.add_service(background_service(
         "batchgate shutdown notice",
         ShutdownNotice {
@@ -85,7 +99,7 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
         },
     ));
     if let Some(addr) = config.admin_listen {
-        server.add_service(admin_service(config, addr));
+        server.add_service(admin_service(&config, addr));
     }
     if let Some(addr) = options.demo_upstream {
         server.add_service(one_thread_service(
@@ -94,7 +108,16 @@ pub fn build(config: &Config, options: &StartOptions) -> Server {
             addr,
         ));
     }
+    server.add_service(background_service(
+        "batchgate reload",
+        Reloader::new(path.to_path_buf(), reconfigure, config),
+    ));
     server
+}
+
+/// The pid file `config` names (pingora's default when it names none).
+pub fn pid_file(config: &Config) -> String {
+    pingora_conf(config).pid_file
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {
@@ -127,9 +150,9 @@ fn pingora_opt(options: &StartOptions) -> Opt {
 fn proxy_service(
     server: &Server,
     config: &Config,
-    stop: tokio::sync::watch::Receiver<bool>,
+    gate: BatchGate,
 ) -> impl pingora::services::Service {
-    let mut app = pingora::proxy::http_proxy(&server.configuration, BatchGate::new(config, stop));
+    let mut app = pingora::proxy::http_proxy(&server.configuration, gate);
     app.server_options = Some(http_options(config));
     app.h2_options = Some(h2_options(config));
     let listeners = Listeners {

@@ -321,6 +321,50 @@ pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
 
 /// The item connectors' options: pool size, and for TLS the CA file and client certificate,
 /// loaded once here (config validation has read them) instead of per connection.
+/// Whether a reload may keep the client built for `old` (and its pooled connections) for
+/// `new`: every setting equal, and the TLS files loaded to the same certificates (a renewed
+/// certificate under the same file name gets a new client).
+pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
+    old.name == new.name
+        && old.addresses == new.addresses
+        && old.host == new.host
+        && old.connect_timeout == new.connect_timeout
+        && old.read_timeout == new.read_timeout
+        && old.write_timeout == new.write_timeout
+        && old.idle_timeout == new.idle_timeout
+        && old.pool_size == new.pool_size
+        && old.protocol == new.protocol
+        && old.max_h2_streams == new.max_h2_streams
+        && match (&old.tls, &new.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => same_tls(a, b),
+            _ => false,
+        }
+}
+
+fn same_tls(a: &crate::config::UpstreamTls, b: &crate::config::UpstreamTls) -> bool {
+    use pingora::utils::tls::get_serial;
+    let serials = |tls: &crate::config::UpstreamTls| {
+        tls.ca.as_ref().map(|certs| {
+            certs
+                .iter()
+                .map(|c| get_serial(c).unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+    };
+    let client = |tls: &crate::config::UpstreamTls| {
+        tls.client_cert
+            .as_ref()
+            .map(|c| (c.serial(), c.key().clone()))
+    };
+    a.sni == b.sni
+        && a.verify == b.verify
+        && a.ca_file == b.ca_file
+        && a.client_cert_files == b.client_cert_files
+        && serials(a) == serials(b)
+        && client(a) == client(b)
+}
+
 fn connector_options(config: &UpstreamConfig) -> ConnectorOptions {
     let mut options = ConnectorOptions::new(config.pool_size);
     if let Some(tls) = &config.tls {

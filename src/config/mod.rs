@@ -101,6 +101,7 @@ impl Config {
         let document = || toml_edit::ImDocument::parse(text).ok();
         let (mut config, warnings) = runtime::validate(parsed)
             .map_err(|problems| invalid(locate_all(document().as_ref(), text, problems)))?;
+        config.sha256 = sha256_hex(text);
         config.warnings = locate_all(document().as_ref(), text, warnings)
             .into_iter()
             .map(|w| {
@@ -112,6 +113,11 @@ impl Config {
             .collect();
         Ok(config)
     }
+}
+
+fn sha256_hex(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Each problem with the line and column of the deepest part of its key in the file.

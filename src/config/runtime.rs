@@ -54,6 +54,9 @@ pub struct Config {
     /// What is valid but worth a look (`FILE:LINE:COL: key: message`): an expiring
     /// certificate, verification turned off. `check` prints them; `run` logs them.
     pub warnings: Vec<String>,
+    /// SHA-256 of the file's text, hex: `check` prints it, the `batchgate_config_info` metric
+    /// carries it, so an operator can tell which file a running instance loaded.
+    pub sha256: String,
 }
 
 /// Process-level settings.
@@ -79,6 +82,8 @@ pub struct ServerSettings {
     /// Listeners that speak TLS (with `tls`), besides the cleartext `listen` ones.
     pub tls_listen: Vec<SocketAddr>,
     pub tls: Option<ListenerTls>,
+    /// `[server.tls]` as written: tells a reload whether it changed (`crate::reload`).
+    pub tls_source: String,
     /// Cleartext listeners also take HTTP/2 with prior knowledge (h2c).
     pub h2c: bool,
 }
@@ -288,6 +293,7 @@ pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>
             default_upstream,
             routes,
             warnings: Vec::new(),
+            sha256: String::new(),
         };
         Ok((config, warnings.0))
     } else {

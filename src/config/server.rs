@@ -125,6 +125,7 @@ pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>)
         client: client_limits(section, problems),
         h2c: section.h2c.unwrap_or(false),
         tls: listener_tls_settings(section, &tls_listen, found),
+        tls_source: format!("{:?}", section.tls),
         tls_listen,
     }
 }

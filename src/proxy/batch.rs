@@ -192,7 +192,10 @@ impl BatchGate {
         let headers = batch_headers(session, route, &request_id);
         let observer = Arc::new(BatchObserver {
             metrics: route.metrics.clone(),
-            request_id: self.item_log.then(|| request_id.clone()),
+            request_id: self
+                .item_log
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| request_id.clone()),
             batch_size: summary.items,
             ticket,
         });

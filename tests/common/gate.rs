@@ -218,6 +218,17 @@ impl Gate {
         self.dir.join("config.toml")
     }
 
+    /// Writes a new config text over the file, placeholders filled in with this gate's own
+    /// addresses and dir (what a reload test then signals the gate to load).
+    pub fn rewrite_config(&self, config_toml: &str) {
+        let text = config_toml
+            .replace("{listen}", &self.addr.to_string())
+            .replace("{admin}", &self.admin.to_string())
+            .replace("{tmp}", &self.dir.display().to_string());
+        let path = self.config_path();
+        fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
     /// Process id of the child.
     pub fn pid(&self) -> u32 {
         self.child.id()
