@@ -131,7 +131,7 @@ fn register() -> prometheus::Result<Families> {
         )?,
         admission_held_bytes: register_int_gauge!(
             "batchgate_admission_held_bytes",
-            "Bytes of batch bodies held by admitted batches."
+            "Bytes held by admitted batches: their bodies, and the item responses kept for their replies (server.admission.max_held_bytes)."
         )?,
         batches: register_int_counter_vec!(
             "batchgate_batches_total",

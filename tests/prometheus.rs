@@ -37,6 +37,7 @@ const ALERTS: &[&str] = &[
     "BatchgateSaturated",
     "BatchgateRejectionSpike",
     "BatchgateOverloaded",
+    "BatchgateConfigReloadFailed",
     "BatchgateDown",
 ];
 
@@ -505,7 +506,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests() {
         None,
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 6 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 7 rules found"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
