@@ -58,17 +58,17 @@ pub struct Live {
 
 impl Live {
     /// The routing table of `config`. An upstream whose settings are unchanged from
-    /// `previous` keeps its client, and with it its pooled connections.
+    /// `previous` keeps its client, and with it its pooled connections; one whose timeouts
+    /// changed but whose connections would be the same keeps the pools
+    /// (`UpstreamClient::renewed`).
     fn build(config: &Config, previous: Option<&Live>) -> Live {
         let clients: Vec<Arc<UpstreamClient>> = config
             .upstreams
             .iter()
-            .map(|u| {
-                previous
-                    .and_then(|p| p.clients.get(&u.name))
-                    .filter(|old| crate::upstream::same_settings(&old.config, u))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(UpstreamClient::new(u.clone())))
+            .map(|u| match previous.and_then(|p| p.clients.get(&u.name)) {
+                Some(old) if crate::upstream::same_settings(&old.config, u) => old.clone(),
+                Some(old) => Arc::new(UpstreamClient::renewed(u.clone(), old)),
+                None => Arc::new(UpstreamClient::new(u.clone())),
             })
             .collect();
         let mut routes = HashMap::new();

@@ -56,9 +56,10 @@ pub struct UpstreamClient {
     next_peer: AtomicUsize,
     /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
     transport: TransportConnector,
-    pools: Vec<pool::Pool>,
+    /// Shared with the client a reload builds for the same connections (`renewed`).
+    pools: Arc<[pool::Pool]>,
     /// h2c and h2: pingora's HTTP/2 sessions (`None` for HTTP/1.1 upstreams).
-    h2_connector: Option<Connector>,
+    h2_connector: Option<Arc<Connector>>,
     timeouts: h1::Timeouts,
     metrics: Option<UpstreamConnectionMetrics>,
 }
@@ -83,7 +84,7 @@ impl UpstreamClient {
             config.protocol,
             UpstreamProtocol::H2c | UpstreamProtocol::H2
         )
-        .then(|| Connector::new(options()));
+        .then(|| Arc::new(Connector::new(options())));
         let pools = peers
             .iter()
             .map(|_| pool::Pool::new(config.pool_size, config.idle_timeout))
@@ -107,6 +108,30 @@ impl UpstreamClient {
             metrics: UpstreamConnectionMetrics::new(&config.name),
             config,
         }
+    }
+
+    /// The client for `config` after a reload changed some of `old`'s settings. When the
+    /// connections themselves would be the same (addresses, protocol, TLS, pool size and
+    /// idle timeout), the new client takes over `old`'s idle pools and HTTP/2 sessions, so a
+    /// changed timeout does not cost a reconnect per item.
+    pub fn renewed(config: Arc<UpstreamConfig>, old: &UpstreamClient) -> Self {
+        let mut client = UpstreamClient::new(config);
+        let (a, b) = (&old.config, &client.config);
+        let same_connections = a.addresses == b.addresses
+            && a.protocol == b.protocol
+            && a.pool_size == b.pool_size
+            && a.idle_timeout == b.idle_timeout
+            && a.connect_timeout == b.connect_timeout
+            && match (&a.tls, &b.tls) {
+                (None, None) => true,
+                (Some(x), Some(y)) => same_tls(x, y),
+                _ => false,
+            };
+        if same_connections {
+            client.pools = old.pools.clone();
+            client.h2_connector = old.h2_connector.clone();
+        }
+        client
     }
 
     /// The next pass-through peer, round robin.

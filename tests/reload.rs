@@ -371,3 +371,47 @@ async fn many_reloads_under_load_leak_nothing() {
         "RSS {rss_before} KiB -> {rss_after} KiB"
     );
 }
+
+/// Pooled upstream connections survive a reload: of an unchanged upstream, and of one whose
+/// timeouts changed but whose connections would be the same. A changed address gets new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_survive_a_reload_when_they_can() {
+    let (a, b) = (Upstream::echo().await, Upstream::echo().await);
+    let config = GateConfig::new(a.addr).route("concurrency = 1");
+    let gate = config.start().await;
+    let conns = |up: &Upstream| {
+        let mut ids: Vec<u64> = up.requests().iter().map(|r| r.conn_id).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    // One item at a time: each batch uses the one pooled connection (per worker thread).
+    for _ in 0..4 {
+        assert_eq!(post(gate.addr, BATCH_PATH, 2).await.status, 200);
+    }
+    let before = conns(&a);
+    // Unchanged upstream, another route limit.
+    gate.rewrite_config(&config.clone().route("max_items = 50").toml());
+    reload(&gate, "ok").await;
+    for _ in 0..4 {
+        assert_eq!(post(gate.addr, BATCH_PATH, 2).await.status, 200);
+    }
+    assert_eq!(conns(&a), before, "no new connection after a reload");
+    // The same upstream with a longer read timeout keeps its pool too.
+    let slower = config.toml().replace(
+        "connect_timeout = \"1s\"\n",
+        "connect_timeout = \"1s\"\nread_timeout = \"20s\"\n",
+    );
+    gate.rewrite_config(&slower);
+    reload(&gate, "ok").await;
+    for _ in 0..4 {
+        assert_eq!(post(gate.addr, BATCH_PATH, 2).await.status, 200);
+    }
+    assert_eq!(conns(&a), before, "a changed timeout keeps the connections");
+    // A new address: its own connections.
+    gate.rewrite_config(&GateConfig::new(b.addr).route("concurrency = 1").toml());
+    reload(&gate, "ok").await;
+    assert_eq!(post(gate.addr, BATCH_PATH, 2).await.status, 200);
+    assert_eq!(b.count(), 2);
+    assert_eq!(conns(&a), before);
+}
