@@ -3,6 +3,7 @@
 //! Served by pingora's `ServeHttp` app on its own service (own address, own thread), so a
 //! scrape never competes with batch traffic for the proxy's accept loop.
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -10,6 +11,7 @@ use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long `/readyz` waits for a TCP connect to the default upstream.
@@ -19,8 +21,20 @@ const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct AdminApp {
     /// The public listeners (reported by `/readyz`).
     pub listeners: Vec<SocketAddr>,
-    /// Name and first address of the default upstream, probed by `/readyz`.
-    pub default_upstream: Option<(String, SocketAddr)>,
+    /// Name and first address of the default upstream, probed by `/readyz`; a reload
+    /// replaces it (`crate::reload`).
+    pub default_upstream: ReadinessTarget,
+}
+
+/// What `/readyz` probes, shared with the reloader.
+pub type ReadinessTarget = Arc<ArcSwapOption<(String, SocketAddr)>>;
+
+/// The default upstream's name and first address in `config`.
+pub fn readiness_target(config: &crate::config::Config) -> Option<(String, SocketAddr)> {
+    config
+        .default_upstream
+        .and_then(|i| config.upstreams.get(i))
+        .and_then(|u| u.addresses.first().map(|a| (u.name.clone(), *a)))
 }
 
 #[async_trait]
@@ -47,7 +61,8 @@ impl AdminApp {
     /// otherwise; the JSON body says which. Liveness belongs to `/healthz`.
     async fn readiness(&self) -> Response<Vec<u8>> {
         let listeners: Vec<String> = self.listeners.iter().map(|a| a.to_string()).collect();
-        let Some((name, addr)) = &self.default_upstream else {
+        let target = self.default_upstream.load_full();
+        let Some((name, addr)) = target.as_deref() else {
             let body = json!({"ready": true, "config": "loaded", "listeners": listeners, "default_upstream": null});
             return respond(200, "application/json", body.to_string().into_bytes());
         };

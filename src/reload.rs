@@ -11,6 +11,7 @@
 //! still applies. Each attempt is counted in `batchgate_config_reloads_total{result}` and
 //! logged; the file in effect is `batchgate_config_info{sha256}`.
 
+use crate::admin::{readiness_target, ReadinessTarget};
 use crate::config::Config;
 use crate::proxy::Reconfigure;
 use async_trait::async_trait;
@@ -33,16 +34,24 @@ pub enum Reloaded {
 pub struct Reloader {
     path: PathBuf,
     target: Reconfigure,
+    /// What `/readyz` probes: the default upstream of the config in effect.
+    readiness: ReadinessTarget,
     /// The config in effect, to tell what a new one changes.
     current: Mutex<Config>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, target: Reconfigure, current: Config) -> Self {
+    pub fn new(
+        path: PathBuf,
+        target: Reconfigure,
+        readiness: ReadinessTarget,
+        current: Config,
+    ) -> Self {
         crate::metrics::config_loaded(&current.sha256);
         Reloader {
             path,
             target,
+            readiness,
             current: Mutex::new(current),
         }
     }
@@ -55,6 +64,8 @@ impl Reloader {
             Ok(config) => {
                 let needs_upgrade = needs_upgrade(&current, &config);
                 self.target.apply(&config);
+                self.readiness
+                    .store(readiness_target(&config).map(std::sync::Arc::new));
                 for warning in &config.warnings {
                     tracing::warn!("{warning}");
                 }

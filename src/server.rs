@@ -5,12 +5,13 @@
 //! signals (SIGTERM graceful stop, SIGQUIT zero-downtime upgrade) and, in daemon mode, the
 //! pid file; SIGHUP reloads the config in place (`crate::reload`).
 
-use crate::admin::AdminApp;
+use crate::admin::{readiness_target, AdminApp, ReadinessTarget};
 use crate::config::Config;
 use crate::demo::DemoUpstream;
 use crate::listener::{Listener, Listeners};
 use crate::proxy::BatchGate;
 use crate::reload::Reloader;
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -20,6 +21,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to start: flags that map onto pingora's own options.
@@ -98,8 +100,10 @@ pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
             lead: config.server.grace_period.saturating_sub(STOP_MARGIN),
         },
     ));
+    let readiness: ReadinessTarget =
+        Arc::new(ArcSwapOption::from_pointee(readiness_target(&config)));
     if let Some(addr) = config.admin_listen {
-        server.add_service(admin_service(&config, addr));
+        server.add_service(admin_service(&config, addr, readiness.clone()));
     }
     if let Some(addr) = options.demo_upstream {
         server.add_service(one_thread_service(
@@ -110,7 +114,7 @@ pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
     }
     server.add_service(background_service(
         "batchgate reload",
-        Reloader::new(path.to_path_buf(), reconfigure, config),
+        Reloader::new(path.to_path_buf(), reconfigure, readiness, config),
     ));
     server
 }
@@ -173,13 +177,14 @@ fn public_listeners(config: &Config) -> impl Iterator<Item = &SocketAddr> {
     config.server.listen.iter().chain(&config.server.tls_listen)
 }
 
-fn admin_service(config: &Config, addr: SocketAddr) -> impl pingora::services::Service {
+fn admin_service(
+    config: &Config,
+    addr: SocketAddr,
+    readiness: ReadinessTarget,
+) -> impl pingora::services::Service {
     let app = AdminApp {
         listeners: public_listeners(config).copied().collect(),
-        default_upstream: config
-            .default_upstream
-            .and_then(|i| config.upstreams.get(i))
-            .and_then(|u| u.addresses.first().map(|a| (u.name.clone(), *a))),
+        default_upstream: readiness,
     };
     one_thread_service("batchgate admin", app, addr)
 }

@@ -415,3 +415,25 @@ async fn upstream_connections_survive_a_reload_when_they_can() {
     assert_eq!(b.count(), 2);
     assert_eq!(conns(&a), before);
 }
+
+/// `/readyz` probes the default upstream of the config in effect: after a reload moves the
+/// default to an address nobody listens on, the pod turns unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_reloaded_default_upstream() {
+    let live = Upstream::echo().await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", common::upstream::free_port())
+        .parse()
+        .expect("addr");
+    let config = GateConfig::new(live.addr).upstream("gone", dead);
+    let gate = config.start().await;
+    assert_eq!(client::get(gate.admin, "/readyz").await.status, 200);
+    gate.rewrite_config(
+        &config
+            .toml()
+            .replace("default_upstream = \"api\"", "default_upstream = \"gone\""),
+    );
+    reload(&gate, "ok").await;
+    let ready = client::get(gate.admin, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body_str());
+    assert_eq!(ready.json()["default_upstream"]["name"], "gone");
+}
