@@ -14,7 +14,7 @@ pub mod h1;
 mod h2;
 mod pool;
 
-use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::config::{Balance, UpstreamConfig, UpstreamProtocol};
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
@@ -54,6 +54,8 @@ pub struct UpstreamClient {
     /// The same addresses for pingora's pass-through proxy (see `passthrough_peer`).
     passthrough_peers: Vec<HttpPeer>,
     next_peer: AtomicUsize,
+    /// Items in flight per address, counted only for `Balance::LeastOutstanding`.
+    outstanding: Box<[AtomicUsize]>,
     /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
     transport: TransportConnector,
     /// Shared with the client a reload builds for the same connections (`renewed`).
@@ -99,6 +101,11 @@ impl UpstreamClient {
             passthrough_peers,
             pools,
             next_peer: AtomicUsize::new(0),
+            outstanding: config
+                .addresses
+                .iter()
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
             transport: TransportConnector::new(options()),
             h2_connector,
             timeouts: h1::Timeouts {
@@ -141,13 +148,35 @@ impl UpstreamClient {
             .get(n % self.passthrough_peers.len().max(1))
     }
 
+    /// The address for the next item: in turn, or the one with the fewest items in flight
+    /// (scanning from the next in turn, so ties rotate).
+    fn choose(&self) -> usize {
+        let len = self.peers.len().max(1);
+        let start = self.next_peer.fetch_add(1, Ordering::Relaxed) % len;
+        match self.config.balance {
+            Balance::RoundRobin => start,
+            Balance::LeastOutstanding => (0..len)
+                .map(|k| (start + k) % len)
+                .min_by_key(|&i| {
+                    self.outstanding
+                        .get(i)
+                        .map_or(usize::MAX, |n| n.load(Ordering::Relaxed))
+                })
+                .unwrap_or(start),
+        }
+    }
+
     /// Sends one request, retrying once only where a reused connection turned out stale.
     pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
-        let n = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len().max(1);
+        let n = self.choose();
         let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
         };
+        let _counted = (self.config.balance == Balance::LeastOutstanding)
+            .then(|| self.outstanding.get(n))
+            .flatten()
+            .map(InFlightAt::new);
         match &self.h2_connector {
             Some(connector) => self.send_h2(connector, peer, request, batch).await,
             None => self.send_h1(peer, pool, request, batch).await,
@@ -346,6 +375,23 @@ pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
 
 /// The item connectors' options: pool size, and for TLS the CA file and client certificate,
 /// loaded once here (config validation has read them) instead of per connection.
+/// One item in flight at an address, for `Balance::LeastOutstanding`; dropped (also when
+/// the item is cancelled) it is no longer counted.
+struct InFlightAt<'a>(&'a AtomicUsize);
+
+impl<'a> InFlightAt<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlightAt(count)
+    }
+}
+
+impl Drop for InFlightAt<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Whether a reload may keep the client built for `old` (and its pooled connections) for
 /// `new`: every setting equal, and the TLS files loaded to the same certificates (a renewed
 /// certificate under the same file name gets a new client).
@@ -358,6 +404,7 @@ pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
         && old.write_timeout == new.write_timeout
         && old.idle_timeout == new.idle_timeout
         && old.pool_size == new.pool_size
+        && old.balance == new.balance
         && old.protocol == new.protocol
         && old.max_h2_streams == new.max_h2_streams
         && match (&old.tls, &new.tls) {

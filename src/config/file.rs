@@ -100,6 +100,7 @@ pub struct UpstreamSection {
     pub write_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub pool_size: Option<i64>,
+    pub balance: Option<String>,
     pub protocol: Option<String>,
     pub max_h2_streams: Option<i64>,
     pub tls: Option<bool>,

@@ -21,7 +21,7 @@ pub use error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT, PDS_ERROR_FORMAT};
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use jsonrpc::{fold_case, method_key, usable_method};
 pub use runtime::{
-    ClientLimits, Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile,
+    Balance, ClientLimits, Config, DialectConfig, EnvelopeConfig, JsonRpcConfig, JsonRpcProfile,
     ListenerTls, LogFormat, Problem, RouteConfig, RouteLimits, RpcError, ServerSettings,
     UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };

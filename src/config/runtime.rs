@@ -121,11 +121,23 @@ pub struct UpstreamConfig {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_size: usize,
+    /// How an item picks one of `addresses`.
+    pub balance: Balance,
     pub protocol: UpstreamProtocol,
     /// Streams one HTTP/2 connection may carry at once.
     pub max_h2_streams: usize,
     /// TLS to this upstream; `None` is cleartext.
     pub tls: Option<UpstreamTls>,
+}
+
+/// How an item picks one of an upstream's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn (the default).
+    RoundRobin,
+    /// The address with the fewest items in flight from this process (ties in turn): a
+    /// slow address gets fewer items while it is slow.
+    LeastOutstanding,
 }
 
 /// How batchgate talks to an upstream.

@@ -7,7 +7,7 @@
 use super::admission::admission_limits;
 use super::file::{FileConfig, ServerSection, UpstreamSection};
 use super::runtime::{
-    ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
+    Balance, ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
 };
 use super::tls::{listener_tls, upstream_tls, Findings, ListenerTls};
 use super::values::{bounded, duration, whole_seconds};
@@ -374,6 +374,19 @@ fn upstream_config(
             &at("pool_size"),
             problems,
         ),
+        balance: match section.balance.as_deref() {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some("least_outstanding") => Balance::LeastOutstanding,
+            Some(other) => {
+                problems.push(
+                    &at("balance"),
+                    format!(
+                        "{other:?} is not a balance (\"round_robin\" or \"least_outstanding\")"
+                    ),
+                );
+                Balance::RoundRobin
+            }
+        },
         protocol: protocol(name, section, tls.is_some(), problems),
         max_h2_streams: bounded(
             section.max_h2_streams,
