@@ -100,6 +100,7 @@ pub struct Families {
     pub client_heads_too_large: IntCounterVec,
     pub client_tls_handshake_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
     pub config_info: IntGaugeVec,
     pub config_loaded: IntGauge,
 }
@@ -223,6 +224,11 @@ fn register() -> prometheus::Result<Families> {
             "In-place config reloads (SIGHUP, batchgate reload) by result: ok (applied), error (the file was invalid or unreadable; nothing changed).",
             &["result"]
         )?,
+        upstream_ejections: register_int_counter_vec!(
+            "batchgate_upstream_ejections_total",
+            "Upstream addresses taken out of the item choice after eject_after consecutive connection failures (passive outlier ejection).",
+            &["upstream", "address"]
+        )?,
         config_info: register_int_gauge_vec!(
             "batchgate_config_info",
             "Always 1; the sha256 label is the SHA-256 of the config file in effect (batchgate check prints it).",
@@ -294,6 +300,15 @@ pub fn config_loaded(sha256: &str) {
         for result in RELOAD_RESULTS {
             f.config_reloads.with_label_values(&[result]);
         }
+    }
+}
+
+/// Counts one ejection of `address` of `upstream`.
+pub fn upstream_ejected(upstream: &str, address: &str) {
+    if let Some(f) = families() {
+        f.upstream_ejections
+            .with_label_values(&[upstream, address])
+            .inc();
     }
 }
 

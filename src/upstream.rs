@@ -10,6 +10,7 @@
 //! on a new connection when nothing of the request was written, or when the method is
 //! idempotent and no byte of an answer arrived.
 
+mod eject;
 pub mod h1;
 mod h2;
 mod pool;
@@ -54,6 +55,8 @@ pub struct UpstreamClient {
     /// The same addresses for pingora's pass-through proxy (see `passthrough_peer`).
     passthrough_peers: Vec<HttpPeer>,
     next_peer: AtomicUsize,
+    /// Addresses out of the choice after consecutive connection failures.
+    ejections: eject::Ejections,
     /// Items in flight per address, counted only for `Balance::LeastOutstanding`.
     outstanding: Box<[AtomicUsize]>,
     /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
@@ -106,6 +109,11 @@ impl UpstreamClient {
                 .iter()
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
+            ejections: eject::Ejections::new(
+                config.addresses.len(),
+                config.eject_after,
+                config.eject_for,
+            ),
             transport: TransportConnector::new(options()),
             h2_connector,
             timeouts: h1::Timeouts {
@@ -153,10 +161,12 @@ impl UpstreamClient {
     fn choose(&self) -> usize {
         let len = self.peers.len().max(1);
         let start = self.next_peer.fetch_add(1, Ordering::Relaxed) % len;
+        let mut candidates = (0..len)
+            .map(|k| (start + k) % len)
+            .filter(|&i| !self.ejections.is_out(i));
         match self.config.balance {
-            Balance::RoundRobin => start,
-            Balance::LeastOutstanding => (0..len)
-                .map(|k| (start + k) % len)
+            Balance::RoundRobin => candidates.next().unwrap_or(start),
+            Balance::LeastOutstanding => candidates
                 .min_by_key(|&i| {
                     self.outstanding
                         .get(i)
@@ -177,10 +187,30 @@ impl UpstreamClient {
             .then(|| self.outstanding.get(n))
             .flatten()
             .map(InFlightAt::new);
-        match &self.h2_connector {
+        let outcome = match &self.h2_connector {
             Some(connector) => self.send_h2(connector, peer, request, batch).await,
             None => self.send_h1(peer, pool, request, batch).await,
+        };
+        match &outcome {
+            Outcome::Failed(f) if matches!(f.kind, FailureKind::Connect | FailureKind::Tls) => {
+                if self.ejections.failed(n) {
+                    self.count_ejection(n);
+                }
+            }
+            _ => self.ejections.succeeded(n),
         }
+        outcome
+    }
+
+    /// Logs and counts that address `n` was taken out of the choice.
+    fn count_ejection(&self, n: usize) {
+        let address = self
+            .config
+            .addresses
+            .get(n)
+            .map_or_else(String::new, |a| a.to_string());
+        tracing::warn!(upstream = %self.config.name, %address, "address ejected after consecutive connection failures");
+        crate::metrics::upstream_ejected(&self.config.name, &address);
     }
 
     async fn send_h1(
@@ -405,6 +435,8 @@ pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
         && old.idle_timeout == new.idle_timeout
         && old.pool_size == new.pool_size
         && old.balance == new.balance
+        && old.eject_after == new.eject_after
+        && old.eject_for == new.eject_for
         && old.protocol == new.protocol
         && old.max_h2_streams == new.max_h2_streams
         && match (&old.tls, &new.tls) {

@@ -72,3 +72,57 @@ fn an_unknown_balance_is_a_config_error() {
         "{stderr}"
     );
 }
+
+/// Passive ejection: with `eject_after = 2` an address nobody listens on fails two items in a
+/// row, is left out, and the rest of the batch goes to the live address; counted by address.
+/// Without it every other item fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_address_is_ejected_after_consecutive_connect_failures() {
+    let live = Upstream::echo().await;
+    let dead = format!("127.0.0.1:{}", common::upstream::free_port());
+    let config = |eject: &str| {
+        GateConfig::new(live.addr)
+            .route("concurrency = 1")
+            .toml()
+            .replace(
+                &format!("addresses = [\"{}\"]\n", live.addr),
+                &format!("addresses = [\"{}\", \"{dead}\"]\n{eject}", live.addr),
+            )
+    };
+    let failed = |reply: &client::Response| {
+        responses(reply)
+            .iter()
+            .filter(|r| r["status"] != 200)
+            .count()
+    };
+    let without = gate::start(&config("")).await;
+    let reply = client::post_json(without.addr, BATCH_PATH, &batch(items(20))).await;
+    assert_eq!(
+        failed(&reply),
+        10,
+        "round robin without ejection: every other item fails"
+    );
+    drop(without);
+
+    let gate = gate::start(&config("eject_after = 2\neject_for = \"30s\"\n")).await;
+    let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(20))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    assert_eq!(
+        failed(&reply),
+        2,
+        "two failures eject: {}",
+        reply.body_str()
+    );
+    let again = client::post_json(gate.addr, BATCH_PATH, &batch(items(20))).await;
+    assert_eq!(
+        failed(&again),
+        0,
+        "the next batch avoids the ejected address"
+    );
+    let metrics = common::prom::scrape(gate.admin).await;
+    let ejected = metrics.sum(
+        "batchgate_upstream_ejections_total",
+        &[("upstream", "api"), ("address", dead.as_str())],
+    );
+    assert_eq!(ejected, 1.0, "{}", metrics.text);
+}

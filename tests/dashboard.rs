@@ -39,6 +39,7 @@ const METRICS: &[(&str, bool)] = &[
     ("batchgate_admission_queued_items", false),
     ("batchgate_admission_held_bytes", false),
     ("batchgate_config_reloads_total", false),
+    ("batchgate_upstream_ejections_total", false),
     ("batchgate_config_info", false),
     ("batchgate_config_loaded_timestamp_seconds", false),
     ("batchgate_build_info", false),

@@ -101,6 +101,8 @@ pub struct UpstreamSection {
     pub idle_timeout: Option<String>,
     pub pool_size: Option<i64>,
     pub balance: Option<String>,
+    pub eject_after: Option<i64>,
+    pub eject_for: Option<String>,
     pub protocol: Option<String>,
     pub max_h2_streams: Option<i64>,
     pub tls: Option<bool>,

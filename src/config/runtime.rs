@@ -123,6 +123,10 @@ pub struct UpstreamConfig {
     pub pool_size: usize,
     /// How an item picks one of `addresses`.
     pub balance: Balance,
+    /// Consecutive connection failures that take an address out of the choice; 0: never.
+    pub eject_after: u32,
+    /// How long the first ejection lasts; each further one lasts once more.
+    pub eject_for: Duration,
     pub protocol: UpstreamProtocol,
     /// Streams one HTTP/2 connection may carry at once.
     pub max_h2_streams: usize,

@@ -387,6 +387,21 @@ fn upstream_config(
                 Balance::RoundRobin
             }
         },
+        eject_after: u32::try_from(bounded(
+            section.eject_after,
+            0,
+            0,
+            1000,
+            &at("eject_after"),
+            problems,
+        ))
+        .unwrap_or(0),
+        eject_for: duration(
+            &section.eject_for,
+            Duration::from_secs(10),
+            &at("eject_for"),
+            problems,
+        ),
         protocol: protocol(name, section, tls.is_some(), problems),
         max_h2_streams: bounded(
             section.max_h2_streams,
