@@ -303,6 +303,16 @@ pub fn config_loaded(sha256: &str) {
     }
 }
 
+/// Exports `upstream`'s ejection counters at 0, so "no ejection" is a value, not a gap.
+pub fn upstream_addresses(upstream: &str, addresses: &[std::net::SocketAddr]) {
+    if let Some(f) = families() {
+        for address in addresses {
+            f.upstream_ejections
+                .with_label_values(&[upstream, &address.to_string()]);
+        }
+    }
+}
+
 /// Counts one ejection of `address` of `upstream`.
 pub fn upstream_ejected(upstream: &str, address: &str) {
     if let Some(f) = families() {

@@ -120,7 +120,10 @@ impl UpstreamClient {
                 read: config.read_timeout,
                 write: config.write_timeout,
             },
-            metrics: UpstreamConnectionMetrics::new(&config.name),
+            metrics: {
+                crate::metrics::upstream_addresses(&config.name, &config.addresses);
+                UpstreamConnectionMetrics::new(&config.name)
+            },
             config,
         }
     }
