@@ -134,18 +134,7 @@ impl UpstreamClient {
     /// changed timeout does not cost a reconnect per item.
     pub fn renewed(config: Arc<UpstreamConfig>, old: &UpstreamClient) -> Self {
         let mut client = UpstreamClient::new(config);
-        let (a, b) = (&old.config, &client.config);
-        let same_connections = a.addresses == b.addresses
-            && a.protocol == b.protocol
-            && a.pool_size == b.pool_size
-            && a.idle_timeout == b.idle_timeout
-            && a.connect_timeout == b.connect_timeout
-            && match (&a.tls, &b.tls) {
-                (None, None) => true,
-                (Some(x), Some(y)) => same_tls(x, y),
-                _ => false,
-            };
-        if same_connections {
+        if same_connections(&old.config, &client.config) {
             client.pools = old.pools.clone();
             client.h2_connector = old.h2_connector.clone();
         }
@@ -429,19 +418,25 @@ impl Drop for InFlightAt<'_> {
 /// `new`: every setting equal, and the TLS files loaded to the same certificates (a renewed
 /// certificate under the same file name gets a new client).
 pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
-    old.name == new.name
-        && old.addresses == new.addresses
+    same_connections(old, new)
+        && old.name == new.name
         && old.host == new.host
-        && old.connect_timeout == new.connect_timeout
         && old.read_timeout == new.read_timeout
         && old.write_timeout == new.write_timeout
-        && old.idle_timeout == new.idle_timeout
-        && old.pool_size == new.pool_size
         && old.balance == new.balance
         && old.eject_after == new.eject_after
         && old.eject_for == new.eject_for
-        && old.protocol == new.protocol
         && old.max_h2_streams == new.max_h2_streams
+}
+
+/// Whether the connections (and idle pools) built for `old` would be the same for `new`:
+/// addresses, protocol, TLS, pool size and idle and connect timeouts.
+fn same_connections(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
+    old.addresses == new.addresses
+        && old.protocol == new.protocol
+        && old.pool_size == new.pool_size
+        && old.idle_timeout == new.idle_timeout
+        && old.connect_timeout == new.connect_timeout
         && match (&old.tls, &new.tls) {
             (None, None) => true,
             (Some(a), Some(b)) => same_tls(a, b),
