@@ -378,27 +378,29 @@ async fn many_reloads_under_load_leak_nothing() {
 async fn upstream_connections_survive_a_reload_when_they_can() {
     let (a, b) = (Upstream::echo().await, Upstream::echo().await);
     let config = GateConfig::new(a.addr).route("concurrency = 1");
-    let gate = config.start().await;
+    // One worker thread: one idle pool (each thread keeps its own).
+    let one_thread = |text: String| text.replace("threads = 2\n", "threads = 1\n");
+    let gate = gate::start(&one_thread(config.toml())).await;
     let conns = |up: &Upstream| {
         let mut ids: Vec<u64> = up.requests().iter().map(|r| r.conn_id).collect();
         ids.sort();
         ids.dedup();
         ids
     };
-    // One item at a time: each batch uses the one pooled connection (per worker thread).
+    // One item at a time: each batch uses the one pooled connection.
     for _ in 0..4 {
         assert_eq!(post(gate.addr, BATCH_PATH, 2).await.status, 200);
     }
     let before = conns(&a);
     // Unchanged upstream, another route limit.
-    gate.rewrite_config(&config.clone().route("max_items = 50").toml());
+    gate.rewrite_config(&one_thread(config.clone().route("max_items = 50").toml()));
     reload(&gate, "ok").await;
     for _ in 0..4 {
         assert_eq!(post(gate.addr, BATCH_PATH, 2).await.status, 200);
     }
     assert_eq!(conns(&a), before, "no new connection after a reload");
     // The same upstream with a longer read timeout keeps its pool too.
-    let slower = config.toml().replace(
+    let slower = one_thread(config.toml()).replace(
         "connect_timeout = \"1s\"\n",
         "connect_timeout = \"1s\"\nread_timeout = \"20s\"\n",
     );
@@ -409,7 +411,9 @@ async fn upstream_connections_survive_a_reload_when_they_can() {
     }
     assert_eq!(conns(&a), before, "a changed timeout keeps the connections");
     // A new address: its own connections.
-    gate.rewrite_config(&GateConfig::new(b.addr).route("concurrency = 1").toml());
+    gate.rewrite_config(&one_thread(
+        GateConfig::new(b.addr).route("concurrency = 1").toml(),
+    ));
     reload(&gate, "ok").await;
     assert_eq!(post(gate.addr, BATCH_PATH, 2).await.status, 200);
     assert_eq!(b.count(), 2);
