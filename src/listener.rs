@@ -152,15 +152,20 @@ impl<A> Listener<A> {
         stream: Stream,
         clock: &ClientClock,
     ) -> Option<Stream> {
+        // The handshake future owns the socket: it is dropped (and the client sees the close)
+        // only after the timeout is counted, so a scrape that follows the close sees it.
         let handshake = acceptor.accept(stream);
-        let tls = match tokio::time::timeout(self.limits.header_timeout, handshake).await {
-            Ok(Ok(tls)) => TlsConn::new(tls),
-            Ok(Err(error)) => {
-                clock.handshake_failed();
-                tracing::debug!("client TLS handshake failed: {error}");
-                return None;
-            }
-            Err(_) => {
+        tokio::pin!(handshake);
+        let tls = tokio::select! {
+            result = &mut handshake => match result {
+                Ok(tls) => TlsConn::new(tls),
+                Err(error) => {
+                    clock.handshake_failed();
+                    tracing::debug!("client TLS handshake failed: {error}");
+                    return None;
+                }
+            },
+            () = tokio::time::sleep(self.limits.header_timeout) => {
                 clock.handshake_timed_out();
                 return None;
             }
