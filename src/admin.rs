@@ -24,10 +24,15 @@ pub struct AdminApp {
     /// Name and first address of the default upstream, probed by `/readyz`; a reload
     /// replaces it (`crate::reload`).
     pub default_upstream: ReadinessTarget,
+    /// The upstream clients in effect: `/readyz` needs an address in the choice for each.
+    pub upstreams: UpstreamClients,
 }
 
 /// What `/readyz` probes, shared with the reloader.
 pub type ReadinessTarget = Arc<ArcSwapOption<(String, SocketAddr)>>;
+
+/// The upstream clients of the config in effect, for `/readyz` and the health checker.
+pub type UpstreamClients = Arc<dyn Fn() -> Vec<Arc<crate::upstream::UpstreamClient>> + Send + Sync>;
 
 /// The default upstream's name and first address in `config`.
 pub fn readiness_target(config: &crate::config::Config) -> Option<(String, SocketAddr)> {
@@ -57,14 +62,44 @@ impl ServeHttp for AdminApp {
 }
 
 impl AdminApp {
-    /// 200 when the default upstream accepts a TCP connection (or none is configured), 503
-    /// otherwise; the JSON body says which. Liveness belongs to `/healthz`.
+    /// Every upstream's addresses: health, ejection, and whether one is in the choice. An
+    /// upstream with active checks and none passing makes the instance not ready.
+    fn upstream_states(&self) -> (bool, Vec<serde_json::Value>) {
+        let mut ready = true;
+        let mut clients = (self.upstreams)();
+        clients.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        let states = clients
+            .iter()
+            .map(|client| {
+                let addresses = client.address_states();
+                let in_choice = addresses.iter().any(|(_, healthy, out)| *healthy && !out);
+                if client.is_checked() && !in_choice {
+                    ready = false;
+                }
+                json!({
+                    "name": client.config.name,
+                    "health_checked": client.is_checked(),
+                    "ready": in_choice,
+                    "addresses": addresses.iter().map(|(a, healthy, out)| json!({
+                        "address": a.to_string(), "healthy": healthy, "ejected": out,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        (ready, states)
+    }
+
+    /// 200 when the default upstream accepts a TCP connection (or none is configured) and
+    /// every upstream with health checks has an address passing them, 503 otherwise; the
+    /// JSON body says which. Liveness belongs to `/healthz`.
     async fn readiness(&self) -> Response<Vec<u8>> {
         let listeners: Vec<String> = self.listeners.iter().map(|a| a.to_string()).collect();
+        let (upstreams_ready, upstreams) = self.upstream_states();
         let target = self.default_upstream.load_full();
         let Some((name, addr)) = target.as_deref() else {
-            let body = json!({"ready": true, "config": "loaded", "listeners": listeners, "default_upstream": null});
-            return respond(200, "application/json", body.to_string().into_bytes());
+            let body = json!({"ready": upstreams_ready, "config": "loaded", "listeners": listeners, "default_upstream": null, "upstreams": upstreams});
+            let status = if upstreams_ready { 200 } else { 503 };
+            return respond(status, "application/json", body.to_string().into_bytes());
         };
         let probe =
             tokio::time::timeout(READY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
@@ -76,14 +111,16 @@ impl AdminApp {
                 Some(format!("no connection within {READY_CONNECT_TIMEOUT:?}")),
             ),
         };
+        let ready = reachable && upstreams_ready;
         let body = json!({
-            "ready": reachable,
+            "ready": ready,
             "config": "loaded",
             "listeners": listeners,
             "default_upstream": {"name": name, "address": addr.to_string(), "reachable": reachable, "error": error},
+            "upstreams": upstreams,
         });
         respond(
-            if reachable { 200 } else { 503 },
+            if ready { 200 } else { 503 },
             "application/json",
             body.to_string().into_bytes(),
         )

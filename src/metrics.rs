@@ -101,6 +101,11 @@ pub struct Families {
     pub client_tls_handshake_failures: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
+    pub upstream_address_up: IntGaugeVec,
+    pub upstream_health_checks: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub upstream_retries_skipped: IntCounterVec,
+    pub upstream_hedges: IntCounterVec,
     pub config_info: IntGaugeVec,
     pub config_loaded: IntGauge,
 }
@@ -226,8 +231,33 @@ fn register() -> prometheus::Result<Families> {
         )?,
         upstream_ejections: register_int_counter_vec!(
             "batchgate_upstream_ejections_total",
-            "Upstream addresses taken out of the item choice after eject_after consecutive connection failures (passive outlier ejection).",
+            "Upstream addresses taken out of the item choice after eject_after consecutive connection failures, or 5xx answers with eject_on_5xx (passive outlier ejection).",
             &["upstream", "address"]
+        )?,
+        upstream_address_up: register_int_gauge_vec!(
+            "batchgate_upstream_address_up",
+            "1 while an upstream address is in the item choice (passing its health checks, not ejected), 0 while it is out.",
+            &["upstream", "address"]
+        )?,
+        upstream_health_checks: register_int_counter_vec!(
+            "batchgate_upstream_health_checks_total",
+            "Active health checks of upstream addresses by result (pass, fail).",
+            &["upstream", "address", "result"]
+        )?,
+        upstream_retries: register_int_counter_vec!(
+            "batchgate_upstream_retries_total",
+            "Item attempts sent again, by the condition that caused it (connect, reset, timeout, or the status) and how the retry ended (success: an answer that needs no retry; failure).",
+            &["upstream", "reason", "result"]
+        )?,
+        upstream_retries_skipped: register_int_counter_vec!(
+            "batchgate_upstream_retries_skipped_total",
+            "Retries an item qualified for but did not get, by why: budget (the retry budget was spent), deadline (the wait would pass the item timeout or batch deadline), retry_after (the upstream asked to wait longer than max_retry_after), attempts (all attempts used).",
+            &["upstream", "reason"]
+        )?,
+        upstream_hedges: register_int_counter_vec!(
+            "batchgate_upstream_hedges_total",
+            "Hedged items (a second copy sent to another address after hedge_after) by result: won (the copy answered first), lost (the first attempt did), budget (not sent: the retry budget was spent).",
+            &["upstream", "result"]
         )?,
         config_info: register_int_gauge_vec!(
             "batchgate_config_info",
@@ -303,13 +333,88 @@ pub fn config_loaded(sha256: &str) {
     }
 }
 
-/// Exports `upstream`'s ejection counters at 0, so "no ejection" is a value, not a gap.
-pub fn upstream_addresses(upstream: &str, addresses: &[std::net::SocketAddr]) {
-    if let Some(f) = families() {
-        for address in addresses {
-            f.upstream_ejections
-                .with_label_values(&[upstream, &address.to_string()]);
+/// Exports `config`'s resilience series at their start values (ejections 0, addresses in
+/// the choice, no retry yet), so "nothing happened" is a value, not a gap.
+pub fn upstream_series(config: &crate::config::UpstreamConfig) {
+    let Some(f) = families() else {
+        return;
+    };
+    let upstream = config.name.as_str();
+    for address in &config.addresses {
+        let address = address.to_string();
+        f.upstream_ejections
+            .with_label_values(&[upstream, &address]);
+        f.upstream_address_up
+            .with_label_values(&[upstream, &address])
+            .set(1);
+        if config.health_check.is_some() {
+            for result in ["pass", "fail"] {
+                f.upstream_health_checks
+                    .with_label_values(&[upstream, &address, result]);
+            }
         }
+    }
+    if let Some(retry) = &config.retry {
+        for on in &retry.on {
+            for result in ["success", "failure"] {
+                f.upstream_retries
+                    .with_label_values(&[upstream, &on.label(), result]);
+            }
+        }
+        for reason in ["budget", "deadline", "retry_after", "attempts"] {
+            f.upstream_retries_skipped
+                .with_label_values(&[upstream, reason]);
+        }
+    }
+    for result in ["won", "lost", "budget"] {
+        f.upstream_hedges.with_label_values(&[upstream, result]);
+    }
+}
+
+/// Whether `address` of `upstream` is in the item choice now.
+pub fn address_up(upstream: &str, address: &str, up: bool) {
+    if let Some(f) = families() {
+        f.upstream_address_up
+            .with_label_values(&[upstream, address])
+            .set(i64::from(up));
+    }
+}
+
+/// Counts one active health check.
+pub fn health_checked(upstream: &str, address: &str, passed: bool) {
+    if let Some(f) = families() {
+        let result = if passed { "pass" } else { "fail" };
+        f.upstream_health_checks
+            .with_label_values(&[upstream, address, result])
+            .inc();
+    }
+}
+
+/// Counts one retry that was sent and how it ended.
+pub fn retried(upstream: &str, reason: &str, success: bool) {
+    if let Some(f) = families() {
+        let result = if success { "success" } else { "failure" };
+        f.upstream_retries
+            .with_label_values(&[upstream, reason, result])
+            .inc();
+    }
+}
+
+/// Counts one retry an item qualified for but did not get.
+pub fn retry_skipped(upstream: &str, reason: &'static str) {
+    if let Some(f) = families() {
+        f.upstream_retries_skipped
+            .with_label_values(&[upstream, reason])
+            .inc();
+    }
+}
+
+/// Counts one hedge decision.
+pub fn hedged(upstream: &str, result: &'static str) {
+    if let Some(f) = families() {
+        f.upstream_hedges
+            .with_label_values(&[upstream, result])
+            .inc();
     }
 }
 

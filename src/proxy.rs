@@ -147,6 +147,11 @@ pub struct Reconfigure {
 }
 
 impl Reconfigure {
+    /// The upstream clients of the config in effect (health checks, `/readyz`).
+    pub fn upstream_clients(&self) -> Vec<Arc<UpstreamClient>> {
+        self.live.load().clients.values().cloned().collect()
+    }
+
     /// Applies a validated config: limits first, then the new routing table in one swap.
     /// Requests already routed keep the old table; metric series of routes that are gone
     /// (or moved to another upstream) are removed.

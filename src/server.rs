@@ -5,12 +5,13 @@
 //! signals (SIGTERM graceful stop, SIGQUIT zero-downtime upgrade) and, in daemon mode, the
 //! pid file; SIGHUP reloads the config in place (`crate::reload`).
 
-use crate::admin::{readiness_target, AdminApp, ReadinessTarget};
+use crate::admin::{readiness_target, AdminApp, ReadinessTarget, UpstreamClients};
 use crate::config::Config;
 use crate::demo::DemoUpstream;
 use crate::listener::{Listener, Listeners};
 use crate::proxy::BatchGate;
 use crate::reload::Reloader;
+use crate::upstream::health::HealthChecker;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
@@ -102,9 +103,20 @@ pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
     ));
     let readiness: ReadinessTarget =
         Arc::new(ArcSwapOption::from_pointee(readiness_target(&config)));
+    let live = reconfigure.clone();
+    let upstreams: UpstreamClients = Arc::new(move || live.upstream_clients());
     if let Some(addr) = config.admin_listen {
-        server.add_service(admin_service(&config, addr, readiness.clone()));
+        server.add_service(admin_service(
+            &config,
+            addr,
+            readiness.clone(),
+            upstreams.clone(),
+        ));
     }
+    server.add_service(background_service(
+        "batchgate health checks",
+        HealthChecker { clients: upstreams },
+    ));
     if let Some(addr) = options.demo_upstream {
         server.add_service(one_thread_service(
             "batchgate demo upstream",
@@ -181,10 +193,12 @@ fn admin_service(
     config: &Config,
     addr: SocketAddr,
     readiness: ReadinessTarget,
+    upstreams: UpstreamClients,
 ) -> impl pingora::services::Service {
     let app = AdminApp {
         listeners: public_listeners(config).copied().collect(),
         default_upstream: readiness,
+        upstreams,
     };
     one_thread_service("batchgate admin", app, addr)
 }

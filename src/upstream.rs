@@ -5,17 +5,21 @@
 //! lean exchange (`h1`) on connections made by pingora's `TransportConnector` and kept in an
 //! idle pool per address (`pool`); h2c items go through pingora's HTTP/2 session and pool. A
 //! connection goes back to the pool only after its response was read to the end with its
-//! framing intact. The only retry is pingora's rule for a *reused* pooled connection that fails
-//! (the upstream closed it while idle), narrowed to what cannot do harm: it is tried once more
-//! on a new connection when nothing of the request was written, or when the method is
-//! idempotent and no byte of an answer arrived.
+//! framing intact. Below any policy, a *reused* pooled connection that fails (the upstream
+//! closed it while idle) is tried once more on a new connection, narrowed to what cannot do
+//! harm: when nothing of the request was written, or when the method is idempotent and no
+//! byte of an answer arrived. Above it, per upstream and opt-in: retries with a budget
+//! (`retry`), hedging (`send`), passive ejection (`eject`) and active health checks
+//! (`health`) decide which address an attempt goes to and whether there is another.
 
 mod eject;
 pub mod h1;
 mod h2;
+pub mod health;
 mod pool;
+mod retry;
 
-use crate::config::{Balance, UpstreamConfig, UpstreamProtocol};
+use crate::config::{Balance, RetryOn, UpstreamConfig, UpstreamProtocol};
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
@@ -28,6 +32,8 @@ use pingora::ErrorType;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Most bytes of an upstream response head (status line or pseudo-headers, and every header
 /// field) accepted, by every upstream client: HTTP/1.1 items (`h1`), h2c items (the h2
@@ -57,6 +63,10 @@ pub struct UpstreamClient {
     next_peer: AtomicUsize,
     /// Addresses out of the choice after consecutive connection failures.
     ejections: eject::Ejections,
+    /// Addresses out of the choice after failing their active checks.
+    health: Arc<health::Health>,
+    /// Retries and hedges of the last seconds, against the requests (`retry::Budget`).
+    budget: retry::Budget,
     /// Items in flight per address, counted only for `Balance::LeastOutstanding`.
     outstanding: Box<[AtomicUsize]>,
     /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
@@ -114,6 +124,14 @@ impl UpstreamClient {
                 config.eject_after,
                 config.eject_for,
             ),
+            health: Arc::new(health::Health::new(
+                config.addresses.len(),
+                config.health_check.clone(),
+            )),
+            budget: config.retry.as_ref().map_or_else(
+                || retry::Budget::new(0.2, 10),
+                |r| retry::Budget::new(r.budget, r.min_retries_per_second),
+            ),
             transport: TransportConnector::new(options()),
             h2_connector,
             timeouts: h1::Timeouts {
@@ -121,7 +139,7 @@ impl UpstreamClient {
                 write: config.write_timeout,
             },
             metrics: {
-                crate::metrics::upstream_addresses(&config.name, &config.addresses);
+                crate::metrics::upstream_series(&config);
                 UpstreamConnectionMetrics::new(&config.name)
             },
             config,
@@ -137,7 +155,12 @@ impl UpstreamClient {
         if same_connections(&old.config, &client.config) {
             client.pools = old.pools.clone();
             client.h2_connector = old.h2_connector.clone();
+            // The same addresses checked the same way: what the checks found still holds.
+            if old.config.health_check == client.config.health_check {
+                client.health = old.health.clone();
+            }
         }
+        client.publish_state();
         client
     }
 
@@ -148,14 +171,25 @@ impl UpstreamClient {
             .get(n % self.passthrough_peers.len().max(1))
     }
 
-    /// The address for the next item: in turn, or the one with the fewest items in flight
-    /// (scanning from the next in turn, so ties rotate).
-    fn choose(&self) -> usize {
+    /// The address for the next attempt: in turn, or the one with the fewest items in flight
+    /// (scanning from the next in turn, so ties rotate); never an ejected one, and not one
+    /// that fails its health checks or `avoid` (the address a retry or hedge comes from)
+    /// while another is left. When every address fails its checks, the checks are ignored
+    /// (Envoy's panic threshold): trying is better than failing every item unsent.
+    fn choose(&self, avoid: Option<usize>) -> usize {
         let len = self.peers.len().max(1);
         let start = self.next_peer.fetch_add(1, Ordering::Relaxed) % len;
-        let mut candidates = (0..len)
-            .map(|k| (start + k) % len)
-            .filter(|&i| !self.ejections.is_out(i));
+        let usable = |i: usize| !self.ejections.is_out(i) && Some(i) != avoid;
+        let healthy = (0..len).any(|i| usable(i) && self.health.is_healthy(i));
+        let in_choice = |i: usize| usable(i) && (!healthy || self.health.is_healthy(i));
+        let any_usable = (0..len).any(usable);
+        let mut candidates = (0..len).map(|k| (start + k) % len).filter(|&i| {
+            if any_usable {
+                in_choice(i)
+            } else {
+                !self.ejections.is_out(i)
+            }
+        });
         match self.config.balance {
             Balance::RoundRobin => candidates.next().unwrap_or(start),
             Balance::LeastOutstanding => candidates
@@ -168,9 +202,112 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends one request, retrying once only where a reused connection turned out stale.
-    pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
-        let n = self.choose();
+    /// Sends one item: one attempt, hedged after `call.hedge_after` when it is slow, tried
+    /// again as the upstream's retry policy allows (`retry`), always within the item timeout
+    /// and the batch deadline.
+    pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders, call: &Call) -> Outcome {
+        let until = (Instant::now() + batch.item_timeout).min(call.deadline);
+        let policy = self.config.retry.as_ref();
+        if policy.is_some() || call.hedge_after.is_some() {
+            self.budget.request();
+        }
+        let mut avoid = None;
+        let mut retried: Option<RetryOn> = None;
+        let mut attempt = 1;
+        loop {
+            let (n, outcome) = self.hedged(request, batch, call, avoid, until).await;
+            let Some(policy) = policy else {
+                return outcome;
+            };
+            let again = retry::reason(policy, &outcome, call.repeatable);
+            if let Some(previous) = retried.take() {
+                let success = again.is_none() && matches!(outcome, Outcome::Response(_));
+                crate::metrics::retried(&self.config.name, &previous.label(), success);
+            }
+            let Some(reason) = again else {
+                return outcome;
+            };
+            let skipped = |why| {
+                crate::metrics::retry_skipped(&self.config.name, why);
+                outcome.clone()
+            };
+            if attempt >= policy.attempts {
+                return skipped("attempts");
+            }
+            let Some(wait) = retry::wait(policy, &outcome, attempt) else {
+                return skipped("retry_after");
+            };
+            if Instant::now() + wait >= until {
+                return skipped("deadline");
+            }
+            if !self.budget.try_retry() {
+                return skipped("budget");
+            }
+            tokio::time::sleep(wait).await;
+            tracing::debug!(upstream = %self.config.name, reason = %reason.label(), attempt, "item retried");
+            retried = Some(reason);
+            avoid = Some(n);
+            attempt += 1;
+        }
+    }
+
+    /// One attempt, and after `hedge_after` a copy to another address when the item may be
+    /// sent twice and the budget allows: the first answer wins and the other is dropped
+    /// (cancelled); a failure waits for the other copy. Returns the address that answered.
+    async fn hedged(
+        &self,
+        request: &SubRequest,
+        batch: &BatchHeaders,
+        call: &Call,
+        avoid: Option<usize>,
+        until: Instant,
+    ) -> (usize, Outcome) {
+        let n = self.choose(avoid);
+        let first = self.attempt(n, request, batch);
+        let Some(delay) = call
+            .hedge_after
+            .filter(|_| call.repeatable && self.peers.len() > 1)
+        else {
+            return (n, first.await);
+        };
+        tokio::pin!(first);
+        tokio::select! {
+            outcome = &mut first => return (n, outcome),
+            () = tokio::time::sleep(delay) => {}
+        }
+        let m = self.choose(Some(n));
+        if m == n || Instant::now() >= until {
+            return (n, first.await);
+        }
+        if !self.budget.try_retry() {
+            crate::metrics::hedged(&self.config.name, "budget");
+            return (n, first.await);
+        }
+        let second = self.attempt(m, request, batch);
+        tokio::pin!(second);
+        let name = &self.config.name;
+        tokio::select! {
+            outcome = &mut first => {
+                if matches!(outcome, Outcome::Response(_)) {
+                    crate::metrics::hedged(name, "lost");
+                    return (n, outcome);
+                }
+                crate::metrics::hedged(name, "won");
+                (m, second.await)
+            }
+            outcome = &mut second => {
+                if matches!(outcome, Outcome::Response(_)) {
+                    crate::metrics::hedged(name, "won");
+                    return (m, outcome);
+                }
+                crate::metrics::hedged(name, "lost");
+                (n, first.await)
+            }
+        }
+    }
+
+    /// One attempt at address `n`, with its ejection bookkeeping.
+    async fn attempt(&self, n: usize, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
         let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
@@ -183,13 +320,14 @@ impl UpstreamClient {
             Some(connector) => self.send_h2(connector, peer, request, batch).await,
             None => self.send_h1(peer, pool, request, batch).await,
         };
-        match &outcome {
-            Outcome::Failed(f) if matches!(f.kind, FailureKind::Connect | FailureKind::Tls) => {
-                if self.ejections.failed(n) {
-                    self.count_ejection(n);
-                }
-            }
-            _ => self.ejections.succeeded(n),
+        let failed = match &outcome {
+            Outcome::Failed(f) => matches!(f.kind, FailureKind::Connect | FailureKind::Tls),
+            Outcome::Response(r) => self.config.eject_on_5xx && r.status >= 500,
+        };
+        if !failed {
+            self.ejections.succeeded(n);
+        } else if self.ejections.failed(n) {
+            self.count_ejection(n);
         }
         outcome
     }
@@ -201,8 +339,9 @@ impl UpstreamClient {
             .addresses
             .get(n)
             .map_or_else(String::new, |a| a.to_string());
-        tracing::warn!(upstream = %self.config.name, %address, "address ejected after consecutive connection failures");
+        tracing::warn!(upstream = %self.config.name, %address, "address ejected after consecutive failures");
         crate::metrics::upstream_ejected(&self.config.name, &address);
+        crate::metrics::address_up(&self.config.name, &address, false);
     }
 
     async fn send_h1(
@@ -333,18 +472,37 @@ pub struct BatchHeaders {
     pub item_timeout: std::time::Duration,
 }
 
+/// What one item may do beyond a single attempt, from its route and batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    /// The item may be sent twice (its method is one of the route's `idempotent_methods`).
+    pub repeatable: bool,
+    pub hedge_after: Option<Duration>,
+    /// The batch deadline: no retry or hedge starts that would end after it.
+    pub deadline: Instant,
+}
+
 /// One batch's view of an upstream: what the executor calls.
 pub struct BatchUpstream {
     pub client: Arc<UpstreamClient>,
     pub headers: BatchHeaders,
     /// The upstream's in-flight gauge, raised while an item is being sent.
     pub in_flight: Option<IntGauge>,
+    /// The route's `idempotent_methods`.
+    pub repeatable_methods: Arc<[Method]>,
+    pub hedge_after: Option<Duration>,
+    pub deadline: Instant,
 }
 
 impl Upstream for BatchUpstream {
     async fn send(&self, request: SubRequest) -> Outcome {
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
-        self.client.send(&request, &self.headers).await
+        let call = Call {
+            repeatable: self.repeatable_methods.contains(&request.method),
+            hedge_after: self.hedge_after,
+            deadline: self.deadline,
+        };
+        self.client.send(&request, &self.headers, &call).await
     }
 }
 
@@ -426,6 +584,9 @@ pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
         && old.balance == new.balance
         && old.eject_after == new.eject_after
         && old.eject_for == new.eject_for
+        && old.eject_on_5xx == new.eject_on_5xx
+        && old.retry == new.retry
+        && old.health_check == new.health_check
         && old.max_h2_streams == new.max_h2_streams
 }
 

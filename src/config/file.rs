@@ -103,6 +103,9 @@ pub struct UpstreamSection {
     pub balance: Option<String>,
     pub eject_after: Option<i64>,
     pub eject_for: Option<String>,
+    pub eject_on_5xx: Option<bool>,
+    pub retry: Option<RetrySection>,
+    pub health_check: Option<HealthCheckSection>,
     pub protocol: Option<String>,
     pub max_h2_streams: Option<i64>,
     pub tls: Option<bool>,
@@ -111,6 +114,49 @@ pub struct UpstreamSection {
     pub insecure_skip_verify: Option<bool>,
     pub client_cert_file: Option<String>,
     pub client_key_file: Option<String>,
+}
+
+/// `[upstreams.NAME.retry]`: retries per item (`config::resilience`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    pub attempts: Option<i64>,
+    pub on: Option<Vec<RetryOnValue>>,
+    pub backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub max_retry_after: Option<String>,
+    pub budget: Option<f64>,
+    pub min_retries_per_second: Option<i64>,
+}
+
+/// One `retry.on` entry: a condition name, or a status as a number or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RetryOnValue {
+    Name(String),
+    Status(i64),
+}
+
+impl RetryOnValue {
+    /// As written, for error messages.
+    pub fn shown(&self) -> String {
+        match self {
+            RetryOnValue::Name(name) => format!("{name:?}"),
+            RetryOnValue::Status(code) => code.to_string(),
+        }
+    }
+}
+
+/// `[upstreams.NAME.health_check]`: active checks of every address.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    pub path: Option<String>,
+    pub expect_status: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_after: Option<i64>,
+    pub unhealthy_after: Option<i64>,
 }
 
 /// `[[routes]]`: one batch endpoint. Dialect-specific keys are checked against `dialect`
@@ -132,6 +178,8 @@ pub struct RouteSection {
     pub max_reply_bytes: Option<i64>,
     pub forward_headers: Option<Vec<String>>,
     pub client_key: Option<String>,
+    pub idempotent_methods: Option<Vec<String>>,
+    pub hedge_after: Option<String>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,

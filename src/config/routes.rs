@@ -119,6 +119,8 @@ fn route_config(
         &["routes", i, "client_key"],
         problems,
     );
+    let idempotent_methods = super::resilience::idempotent_methods(section, i, problems);
+    let hedge_after = super::resilience::hedge_after(section, i, problems);
     let dialect = dialect_config(section, ctx, problems);
     check_dialect_keys(section, i, problems);
     let name = route_name(section, i, problems);
@@ -132,6 +134,8 @@ fn route_config(
         limits,
         forward_headers,
         client_key,
+        idempotent_methods: idempotent_methods.into(),
+        hedge_after,
         dialect: dialect?,
     })
 }

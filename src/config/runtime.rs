@@ -127,6 +127,12 @@ pub struct UpstreamConfig {
     pub eject_after: u32,
     /// How long the first ejection lasts; each further one lasts once more.
     pub eject_for: Duration,
+    /// 5xx answers count in the ejection streak too (Envoy's `consecutive_5xx`).
+    pub eject_on_5xx: bool,
+    /// Retries per item; `None`: none.
+    pub retry: Option<super::RetryPolicy>,
+    /// Active checks of every address; `None`: none (only passive ejection).
+    pub health_check: Option<super::HealthCheck>,
     pub protocol: UpstreamProtocol,
     /// Streams one HTTP/2 connection may carry at once.
     pub max_h2_streams: usize,
@@ -178,6 +184,11 @@ pub struct RouteConfig {
     pub forward_headers: Vec<HeaderName>,
     /// What tells this route's clients apart; `None`: `[server.admission] client_key`.
     pub client_key: Option<super::ClientKey>,
+    /// Methods whose items may be sent twice (retried after they may have reached the
+    /// upstream, or hedged).
+    pub idempotent_methods: std::sync::Arc<[http::Method]>,
+    /// A second copy of a slow idempotent item goes to another address after this long.
+    pub hedge_after: Option<Duration>,
     pub dialect: DialectConfig,
 }
 

@@ -402,6 +402,13 @@ fn upstream_config(
             &at("eject_for"),
             problems,
         ),
+        eject_on_5xx: section.eject_on_5xx.unwrap_or(false),
+        retry: super::resilience::retry_policy(name, section.retry.as_ref(), problems),
+        health_check: super::resilience::health_check(
+            name,
+            section.health_check.as_ref(),
+            problems,
+        ),
         protocol: protocol(name, section, tls.is_some(), problems),
         max_h2_streams: bounded(
             section.max_h2_streams,

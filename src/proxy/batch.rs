@@ -226,6 +226,9 @@ impl BatchGate {
             client: route.upstream.clone(),
             headers,
             in_flight: route.metrics.as_ref().map(|m| m.in_flight.clone()),
+            repeatable_methods: route.config.idempotent_methods.clone(),
+            hedge_after: route.config.hedge_after,
+            deadline: exec_limits.deadline,
         });
         // One span per batch; the executor's item spans are its children.
         let span = tracing::info_span!(
