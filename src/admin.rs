@@ -21,7 +21,7 @@ const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct AdminApp {
     /// The public listeners (reported by `/readyz`).
     pub listeners: Vec<SocketAddr>,
-    /// Name and first address of the default upstream, probed by `/readyz`; a reload
+    /// Name and addresses of the default upstream, probed by `/readyz`; a reload
     /// replaces it (`crate::reload`).
     pub default_upstream: ReadinessTarget,
     /// The upstream clients in effect: `/readyz` needs an address in the choice for each.
@@ -29,17 +29,26 @@ pub struct AdminApp {
 }
 
 /// What `/readyz` probes, shared with the reloader.
-pub type ReadinessTarget = Arc<ArcSwapOption<(String, SocketAddr)>>;
+pub type ReadinessTarget = Arc<ArcSwapOption<(String, Vec<SocketAddr>)>>;
 
 /// The upstream clients of the config in effect, for `/readyz` and the health checker.
 pub type UpstreamClients = Arc<dyn Fn() -> Vec<Arc<crate::upstream::UpstreamClient>> + Send + Sync>;
 
-/// The default upstream's name and first address in `config`.
-pub fn readiness_target(config: &crate::config::Config) -> Option<(String, SocketAddr)> {
+/// The default upstream's name and addresses in `config`.
+pub fn readiness_target(config: &crate::config::Config) -> Option<(String, Vec<SocketAddr>)> {
     config
         .default_upstream
         .and_then(|i| config.upstreams.get(i))
-        .and_then(|u| u.addresses.first().map(|a| (u.name.clone(), *a)))
+        .map(|u| (u.name.clone(), u.addresses.clone()))
+}
+
+/// A TCP connect to `addr` within `READY_CONNECT_TIMEOUT`.
+async fn probe(addr: SocketAddr) -> Result<(), String> {
+    match tokio::time::timeout(READY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection within {READY_CONNECT_TIMEOUT:?}")),
+    }
 }
 
 #[async_trait]
@@ -96,27 +105,28 @@ impl AdminApp {
         let listeners: Vec<String> = self.listeners.iter().map(|a| a.to_string()).collect();
         let (upstreams_ready, upstreams) = self.upstream_states();
         let target = self.default_upstream.load_full();
-        let Some((name, addr)) = target.as_deref() else {
+        let Some((name, addresses)) = target.as_deref() else {
             let body = json!({"ready": upstreams_ready, "config": "loaded", "listeners": listeners, "default_upstream": null, "upstreams": upstreams});
             let status = if upstreams_ready { 200 } else { 503 };
             return respond(status, "application/json", body.to_string().into_bytes());
         };
-        let probe =
-            tokio::time::timeout(READY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
-        let (reachable, error) = match probe {
-            Ok(Ok(_)) => (true, None),
-            Ok(Err(e)) => (false, Some(e.to_string())),
-            Err(_) => (
-                false,
-                Some(format!("no connection within {READY_CONNECT_TIMEOUT:?}")),
-            ),
-        };
+        // Every address at once: ready when one accepts; the report names the first that
+        // did, or the first address and why it did not.
+        let probes = futures_util::future::join_all(addresses.iter().map(|a| probe(*a))).await;
+        let reached = addresses.iter().zip(&probes).find(|(_, p)| p.is_ok());
+        let reachable = reached.is_some();
+        let addr = reached.map_or_else(|| addresses.first().copied(), |(a, _)| Some(*a));
+        let error = probes
+            .iter()
+            .find_map(|p| p.clone().err())
+            .filter(|_| !reachable);
+        let addr = addr.map(|a| a.to_string());
         let ready = reachable && upstreams_ready;
         let body = json!({
             "ready": ready,
             "config": "loaded",
             "listeners": listeners,
-            "default_upstream": {"name": name, "address": addr.to_string(), "reachable": reachable, "error": error},
+            "default_upstream": {"name": name, "address": addr, "reachable": reachable, "error": error},
             "upstreams": upstreams,
         });
         respond(

@@ -164,11 +164,10 @@ impl UpstreamClient {
         client
     }
 
-    /// The next pass-through peer, round robin.
+    /// The pass-through peer for the next request: chosen as an item's address is (balance,
+    /// ejections, health checks), so a failing address is left out for both.
     pub fn pick_peer(&self) -> Option<&HttpPeer> {
-        let n = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        self.passthrough_peers
-            .get(n % self.passthrough_peers.len().max(1))
+        self.passthrough_peers.get(self.choose(None))
     }
 
     /// The address for the next attempt: in turn, or the one with the fewest items in flight

@@ -411,7 +411,8 @@ async fn failing_health_checks_take_an_address_out_and_readyz_follows() {
     );
 }
 
-/// Without a path the check is a connection: a dead address is out before any item tried it.
+/// Without a path the check is a connection: a dead address is out before any item (or
+/// pass-through request) tried it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_check_keeps_items_off_a_dead_address() {
     let live = Upstream::echo().await;
@@ -437,6 +438,13 @@ async fn a_tcp_check_keeps_items_off_a_dead_address() {
         "{}",
         reply.body_str()
     );
+    for _ in 0..6 {
+        let passed = client::get(gate.addr, "/v2/file/get").await;
+        assert_eq!(
+            passed.status, 200,
+            "pass-through avoids the dead address too"
+        );
+    }
 }
 
 #[test]
@@ -459,4 +467,36 @@ fn resilience_settings_are_checked_with_their_keys() {
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
+}
+
+/// `eject_on_5xx`: an address answering 500 to everything is ejected after `eject_after`
+/// answers in a row, like one that refuses connections; without it, it stays in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eject_on_5xx_takes_an_address_answering_errors_out() {
+    let broken = Upstream::with_handler(|_| Reply::json(500, "{}")).await;
+    let good = Upstream::echo().await;
+    let addresses = [broken.addr.to_string(), good.addr.to_string()];
+    let text = config(
+        &addresses,
+        "eject_after = 2\neject_on_5xx = true",
+        &["concurrency = 1"],
+    );
+    let gate = gate::start(&text).await;
+    let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(20, "GET"))).await;
+    let errors = statuses(&reply).iter().filter(|s| **s == 500).count();
+    assert_eq!(errors, 2, "{}", reply.body_str());
+    let m = scrape(gate.admin).await;
+    let broken_address = broken.addr.to_string();
+    assert_eq!(
+        m.sum(
+            "batchgate_upstream_ejections_total",
+            &[("address", broken_address.as_str())]
+        ),
+        1.0
+    );
+    drop(gate);
+    let gate = gate::start(&config(&addresses, "eject_after = 2", &["concurrency = 1"])).await;
+    let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(20, "GET"))).await;
+    let errors = statuses(&reply).iter().filter(|s| **s == 500).count();
+    assert_eq!(errors, 10, "answers are not failures without eject_on_5xx");
 }
