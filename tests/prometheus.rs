@@ -38,6 +38,8 @@ const ALERTS: &[&str] = &[
     "BatchgateRejectionSpike",
     "BatchgateOverloaded",
     "BatchgateConfigReloadFailed",
+    "BatchgateUpstreamNoHealthyAddress",
+    "BatchgateRetryBudgetExhausted",
     "BatchgateDown",
 ];
 
@@ -185,7 +187,11 @@ async fn start_gate(upstream: &Upstream) -> Gate {
         .upstream("dead", dead)
         .route("max_items = 5")
         .route(r#"item_timeout = "200ms""#)
-        .toml();
+        .toml()
+        .replace(
+            "\n[[routes]]\n",
+            "\n[upstreams.dead.retry]\n[upstreams.dead.health_check]\ninterval = \"1s\"\nunhealthy_after = 1\n\n[[routes]]\n",
+        );
     text.push_str(&format!(
         "\n[[routes]]\nname = \"dead\"\npath = \"{DEAD_PATH}\"\ndialect = \"envelope\"\nupstream = \"dead\"\nbase_path = \"/v2\"\n"
     ));
@@ -422,6 +428,8 @@ async fn prometheus_answers_every_dashboard_query() {
             ("BatchgateItemErrorRatioHigh", "dead"),
             ("BatchgateItemErrorRatioHigh", "pds"),
             ("BatchgateRejectionSpike", "pds"),
+            // The dead upstream fails its health checks (no route label).
+            ("BatchgateUpstreamNoHealthyAddress", ""),
         ];
         let provoked = want.iter().all(|(name, route)| {
             active.contains(&(name.to_string(), route.to_string(), "pending".to_string()))
@@ -506,7 +514,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests() {
         None,
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 7 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 9 rules found"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
