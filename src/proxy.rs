@@ -310,14 +310,19 @@ impl ProxyHttp for BatchGate {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let live = self.live(ctx);
         let Some(passthrough) = &live.passthrough else {
             return Error::e_explain(HTTPStatus(404), "no default upstream");
         };
-        match passthrough.client.pick_peer() {
+        let req = session.req_header();
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let key = passthrough
+            .client
+            .hash_key(target, |name| req.headers.get(name).map(|v| v.as_bytes()));
+        match passthrough.client.pick_peer(key) {
             Some(peer) => Ok(Box::new(peer.clone())),
             None => Error::e_explain(HTTPStatus(502), "default upstream has no address"),
         }

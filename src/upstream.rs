@@ -12,6 +12,7 @@
 //! (`retry`), hedging (`send`), passive ejection (`eject`) and active health checks
 //! (`health`) decide which address an attempt goes to and whether there is another.
 
+mod choice;
 mod eject;
 pub mod h1;
 mod h2;
@@ -19,7 +20,7 @@ pub mod health;
 mod pool;
 mod retry;
 
-use crate::config::{Balance, RetryOn, UpstreamConfig, UpstreamProtocol};
+use crate::config::{Balance, HashOn, RetryOn, UpstreamConfig, UpstreamProtocol};
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
@@ -60,15 +61,14 @@ pub struct UpstreamClient {
     peers: Vec<HttpPeer>,
     /// The same addresses for pingora's pass-through proxy (see `passthrough_peer`).
     passthrough_peers: Vec<HttpPeer>,
-    next_peer: AtomicUsize,
+    /// The balance policy and its state.
+    chooser: choice::Chooser,
     /// Addresses out of the choice after consecutive connection failures.
     ejections: eject::Ejections,
     /// Addresses out of the choice after failing their active checks.
     health: Arc<health::Health>,
     /// Retries and hedges of the last seconds, against the requests (`retry::Budget`).
     budget: retry::Budget,
-    /// Items in flight per address, counted only for `Balance::LeastOutstanding`.
-    outstanding: Box<[AtomicUsize]>,
     /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
     transport: TransportConnector,
     /// Shared with the client a reload builds for the same connections (`renewed`).
@@ -113,12 +113,7 @@ impl UpstreamClient {
             peers,
             passthrough_peers,
             pools,
-            next_peer: AtomicUsize::new(0),
-            outstanding: config
-                .addresses
-                .iter()
-                .map(|_| AtomicUsize::new(0))
-                .collect(),
+            chooser: choice::Chooser::new(&config),
             ejections: eject::Ejections::new(
                 config.addresses.len(),
                 config.eject_after,
@@ -166,39 +161,50 @@ impl UpstreamClient {
 
     /// The pass-through peer for the next request: chosen as an item's address is (balance,
     /// ejections, health checks), so a failing address is left out for both.
-    pub fn pick_peer(&self) -> Option<&HttpPeer> {
-        self.passthrough_peers.get(self.choose(None))
+    pub fn pick_peer(&self, key: Option<&[u8]>) -> Option<&HttpPeer> {
+        self.passthrough_peers.get(self.choose(None, key))
     }
 
-    /// The address for the next attempt: in turn, or the one with the fewest items in flight
-    /// (scanning from the next in turn, so ties rotate); never an ejected one, and not one
-    /// that fails its health checks or `avoid` (the address a retry or hedge comes from)
-    /// while another is left. When every address fails its checks, the checks are ignored
-    /// (Envoy's panic threshold): trying is better than failing every item unsent.
-    fn choose(&self, avoid: Option<usize>) -> usize {
-        let len = self.peers.len().max(1);
-        let start = self.next_peer.fetch_add(1, Ordering::Relaxed) % len;
-        let usable = |i: usize| !self.ejections.is_out(i) && Some(i) != avoid;
-        let healthy = (0..len).any(|i| usable(i) && self.health.is_healthy(i));
-        let in_choice = |i: usize| usable(i) && (!healthy || self.health.is_healthy(i));
-        let any_usable = (0..len).any(usable);
-        let mut candidates = (0..len).map(|k| (start + k) % len).filter(|&i| {
-            if any_usable {
-                in_choice(i)
-            } else {
-                !self.ejections.is_out(i)
-            }
-        });
-        match self.config.balance {
-            Balance::RoundRobin => candidates.next().unwrap_or(start),
-            Balance::LeastOutstanding => candidates
-                .min_by_key(|&i| {
-                    self.outstanding
-                        .get(i)
-                        .map_or(usize::MAX, |n| n.load(Ordering::Relaxed))
-                })
-                .unwrap_or(start),
+    /// What `balance = "hash"` hashes for a request with this path and header lookup.
+    pub fn hash_key<'a>(
+        &self,
+        path: &'a str,
+        header: impl Fn(&HeaderName) -> Option<&'a [u8]>,
+    ) -> Option<&'a [u8]> {
+        match &self.config.balance {
+            Balance::Hash(HashOn::Path) => Some(path.as_bytes()),
+            Balance::Hash(HashOn::Header(name)) => header(name),
+            _ => None,
         }
+    }
+
+    /// The address for the next attempt (`choice`): never an ejected one, and not one that
+    /// fails its health checks or `avoid` (the address a retry or hedge comes from) while
+    /// another is left. When every address fails its checks, the checks are ignored (Envoy's
+    /// panic threshold): trying is better than failing every item unsent.
+    fn choose(&self, avoid: Option<usize>, key: Option<&[u8]>) -> usize {
+        let len = self.peers.len();
+        let usable = |i: usize| !self.ejections.is_out(i) && Some(i) != avoid;
+        let healthy_left = (0..len).any(|i| usable(i) && self.health.is_healthy(i));
+        self.chooser
+            .choose(key, |i| {
+                usable(i) && (!healthy_left || self.health.is_healthy(i))
+            })
+            .or_else(|| self.chooser.choose(key, |i| !self.ejections.is_out(i)))
+            .or_else(|| self.chooser.choose(key, |_| true))
+            .unwrap_or(0)
+    }
+
+    /// What `balance = "hash"` hashes for an item.
+    fn item_key<'a>(&self, request: &'a SubRequest, batch: &'a BatchHeaders) -> Option<&'a [u8]> {
+        self.hash_key(&request.path, |name| {
+            request
+                .headers
+                .iter()
+                .chain(&batch.common)
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_bytes())
+        })
     }
 
     /// Sends one item: one attempt, hedged after `call.hedge_after` when it is slow, tried
@@ -261,7 +267,8 @@ impl UpstreamClient {
         avoid: Option<usize>,
         until: Instant,
     ) -> (usize, Outcome) {
-        let n = self.choose(avoid);
+        let key = self.item_key(request, batch);
+        let n = self.choose(avoid, key);
         let first = self.attempt(n, request, batch);
         let Some(delay) = call
             .hedge_after
@@ -274,7 +281,7 @@ impl UpstreamClient {
             outcome = &mut first => return (n, outcome),
             () = tokio::time::sleep(delay) => {}
         }
-        let m = self.choose(Some(n));
+        let m = self.choose(Some(n), key);
         if m == n || Instant::now() >= until {
             return (n, first.await);
         }
@@ -311,8 +318,10 @@ impl UpstreamClient {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
         };
-        let _counted = (self.config.balance == Balance::LeastOutstanding)
-            .then(|| self.outstanding.get(n))
+        let _counted = self
+            .chooser
+            .counts_outstanding()
+            .then(|| self.chooser.outstanding.get(n))
             .flatten()
             .map(InFlightAt::new);
         let outcome = match &self.h2_connector {
@@ -581,6 +590,7 @@ pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
         && old.read_timeout == new.read_timeout
         && old.write_timeout == new.write_timeout
         && old.balance == new.balance
+        && old.weights == new.weights
         && old.eject_after == new.eject_after
         && old.eject_for == new.eject_for
         && old.eject_on_5xx == new.eject_on_5xx

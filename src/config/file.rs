@@ -101,6 +101,8 @@ pub struct UpstreamSection {
     pub idle_timeout: Option<String>,
     pub pool_size: Option<i64>,
     pub balance: Option<String>,
+    pub hash_on: Option<String>,
+    pub weights: Option<Vec<i64>>,
     pub eject_after: Option<i64>,
     pub eject_for: Option<String>,
     pub eject_on_5xx: Option<bool>,

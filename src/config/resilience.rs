@@ -1,9 +1,11 @@
-//! The upstream resilience settings (issue 15): `[upstreams.NAME.retry]`,
+//! The upstream resilience settings (issue 15): how an address is chosen (`balance`,
+//! `hash_on`, `weights`), `[upstreams.NAME.retry]`,
 //! `[upstreams.NAME.health_check]`, and the route keys that say which items may be sent twice
 //! (`idempotent_methods`) and whether slow ones are hedged (`hedge_after`).
 
-use super::file::{HealthCheckSection, RetryOnValue, RetrySection, RouteSection};
+use super::file::{HealthCheckSection, RetryOnValue, RetrySection, RouteSection, UpstreamSection};
 use super::runtime::Problems;
+use super::runtime::{Balance, HashOn};
 use super::values::{bounded, duration};
 use http::Method;
 use std::time::Duration;
@@ -286,6 +288,77 @@ pub(super) fn hedge_after(
         &["routes", i, "hedge_after"],
         problems,
     ))
+}
+
+/// `balance` and, for `"hash"`, `hash_on`.
+pub(super) fn balance(name: &str, section: &UpstreamSection, problems: &mut Problems) -> Balance {
+    let at = |key: &'static str| ["upstreams", name, key];
+    let balance = match section.balance.as_deref() {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_outstanding") => Balance::LeastOutstanding,
+        Some("hash") => Balance::Hash(hash_on(
+            section.hash_on.as_deref(),
+            &at("hash_on"),
+            problems,
+        )),
+        Some(other) => {
+            problems.push(
+                &at("balance"),
+                format!(
+                    "{other:?} is not a balance (\"round_robin\", \"least_outstanding\" or \"hash\")"
+                ),
+            );
+            Balance::RoundRobin
+        }
+    };
+    if section.hash_on.is_some() && !matches!(balance, Balance::Hash(_)) {
+        problems.push(&at("hash_on"), "only with balance = \"hash\"");
+    }
+    balance
+}
+
+fn hash_on(text: Option<&str>, at: &[&str], problems: &mut Problems) -> HashOn {
+    match text {
+        None | Some("path") => HashOn::Path,
+        Some(other) => match other
+            .strip_prefix("header:")
+            .and_then(|h| http::HeaderName::from_bytes(h.trim().as_bytes()).ok())
+        {
+            Some(header) => HashOn::Header(header),
+            None => {
+                problems.push(
+                    at,
+                    format!("{other:?} is not a hash key (\"path\" or \"header:NAME\")"),
+                );
+                HashOn::Path
+            }
+        },
+    }
+}
+
+/// `weights`: one per address, 1 to 100; all 1 when absent.
+pub(super) fn weights(name: &str, section: &UpstreamSection, problems: &mut Problems) -> Vec<u32> {
+    let Some(weights) = &section.weights else {
+        return vec![1; section.addresses.len()];
+    };
+    if weights.len() != section.addresses.len() {
+        problems.push(
+            &["upstreams", name, "weights"],
+            format!(
+                "{} weights for {} addresses: give one per address",
+                weights.len(),
+                section.addresses.len()
+            ),
+        );
+    }
+    weights
+        .iter()
+        .enumerate()
+        .map(|(j, w)| {
+            let at = ["upstreams", name, "weights", &j.to_string()];
+            u32::try_from(bounded(Some(*w), 1, 1, 100, &at, problems)).unwrap_or(1)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -123,6 +123,8 @@ pub struct UpstreamConfig {
     pub pool_size: usize,
     /// How an item picks one of `addresses`.
     pub balance: Balance,
+    /// One per address (1 when not configured): its share of the choice.
+    pub weights: Vec<u32>,
     /// Consecutive connection failures that take an address out of the choice; 0: never.
     pub eject_after: u32,
     /// How long the first ejection lasts; each further one lasts once more.
@@ -141,13 +143,26 @@ pub struct UpstreamConfig {
 }
 
 /// How an item picks one of an upstream's addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Balance {
-    /// In turn (the default).
+    /// In turn, by weight (the default).
     RoundRobin,
-    /// The address with the fewest items in flight from this process (ties in turn): a
-    /// slow address gets fewer items while it is slow.
+    /// The address with the fewest items in flight from this process per unit of weight
+    /// (ties in turn): a slow address gets fewer items while it is slow.
     LeastOutstanding,
+    /// Consistent hashing (ketama, by weight) of a key of each request: the same key goes to
+    /// the same address while it is in the choice.
+    Hash(HashOn),
+}
+
+/// The key `Balance::Hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The item's (or pass-through request's) path and query.
+    Path,
+    /// This header's value: the item's own, else the batch request's; requests without it
+    /// go round robin.
+    Header(http::HeaderName),
 }
 
 /// How batchgate talks to an upstream.

@@ -7,7 +7,7 @@
 use super::admission::admission_limits;
 use super::file::{FileConfig, ServerSection, UpstreamSection};
 use super::runtime::{
-    Balance, ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
+    ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
 };
 use super::tls::{listener_tls, upstream_tls, Findings, ListenerTls};
 use super::values::{bounded, duration, whole_seconds};
@@ -374,19 +374,8 @@ fn upstream_config(
             &at("pool_size"),
             problems,
         ),
-        balance: match section.balance.as_deref() {
-            None | Some("round_robin") => Balance::RoundRobin,
-            Some("least_outstanding") => Balance::LeastOutstanding,
-            Some(other) => {
-                problems.push(
-                    &at("balance"),
-                    format!(
-                        "{other:?} is not a balance (\"round_robin\" or \"least_outstanding\")"
-                    ),
-                );
-                Balance::RoundRobin
-            }
-        },
+        balance: super::resilience::balance(name, section, problems),
+        weights: super::resilience::weights(name, section, problems),
         eject_after: u32::try_from(bounded(
             section.eject_after,
             0,
