@@ -500,3 +500,63 @@ async fn eject_on_5xx_takes_an_address_answering_errors_out() {
     let errors = statuses(&reply).iter().filter(|s| **s == 500).count();
     assert_eq!(errors, 10, "answers are not failures without eject_on_5xx");
 }
+
+/// The "done when": one address dead, one flapping (every other request is cut off
+/// after it arrived), one good. With retries, passive ejection and health checks, every
+/// idempotent item of every batch is answered, retries stay within attempts, and the dead
+/// address ends up out of the choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dead_and_one_flapping_address_cost_no_idempotent_item() {
+    use std::sync::atomic::AtomicUsize;
+    let turn = Arc::new(AtomicUsize::new(0));
+    let flapping = Upstream::with_handler(move |req| {
+        if req.path == "/healthz" {
+            return Reply::json(200, "{}");
+        }
+        if turn.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            Reply::abort()
+        } else {
+            Reply::json(200, "{}")
+        }
+    })
+    .await;
+    let good = Upstream::echo().await;
+    let dead = dead_address();
+    let text = config(
+        &[good.addr.to_string(), flapping.addr.to_string(), dead.clone()],
+        "eject_after = 2\n[upstreams.api.retry]\nattempts = 3\nbackoff = \"1ms\"\n[upstreams.api.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_after = 2",
+        &["concurrency = 8"],
+    );
+    let gate = gate::start(&text).await;
+    for round in 0..5 {
+        let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(40, "GET"))).await;
+        assert_eq!(reply.status, 200);
+        let failed: Vec<_> = responses(&reply)
+            .into_iter()
+            .filter(|r| r["status"] != 200)
+            .collect();
+        assert!(failed.is_empty(), "round {round}: {failed:?}");
+    }
+    let m = scrape(gate.admin).await;
+    assert_eq!(
+        m.sum(
+            "batchgate_upstream_address_up",
+            &[("address", dead.as_str())]
+        ),
+        0.0,
+        "{}",
+        m.text
+    );
+    let items_sent = good.requests().len()
+        + flapping
+            .requests()
+            .iter()
+            .filter(|r| r.path != "/healthz")
+            .count();
+    assert!(items_sent >= 200, "{items_sent}");
+    let attempts_skipped = m.sum(
+        "batchgate_upstream_retries_skipped_total",
+        &[("reason", "attempts")],
+    );
+    assert_eq!(attempts_skipped, 0.0, "{}", m.text);
+}
