@@ -17,10 +17,11 @@ mod eject;
 pub mod h1;
 mod h2;
 pub mod health;
+mod latency;
 mod pool;
 mod retry;
 
-use crate::config::{Balance, HashOn, RetryOn, UpstreamConfig, UpstreamProtocol};
+use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamProtocol};
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
@@ -33,7 +34,6 @@ use pingora::ErrorType;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 
 /// Most bytes of an upstream response head (status line or pseudo-headers, and every header
@@ -69,6 +69,8 @@ pub struct UpstreamClient {
     health: Arc<health::Health>,
     /// Retries and hedges of the last seconds, against the requests (`retry::Budget`).
     budget: retry::Budget,
+    /// Recent answer latency, for `Hedge::Quantile`.
+    latency: latency::Latency,
     /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
     transport: TransportConnector,
     /// Shared with the client a reload builds for the same connections (`renewed`).
@@ -114,6 +116,7 @@ impl UpstreamClient {
             passthrough_peers,
             pools,
             chooser: choice::Chooser::new(&config),
+            latency: latency::Latency::default(),
             ejections: eject::Ejections::new(
                 config.addresses.len(),
                 config.eject_after,
@@ -270,10 +273,13 @@ impl UpstreamClient {
         let key = self.item_key(request, batch);
         let n = self.choose(avoid, key);
         let first = self.attempt(n, request, batch);
-        let Some(delay) = call
-            .hedge_after
-            .filter(|_| call.repeatable && self.peers.len() > 1)
-        else {
+        let delay = match call.hedge_after {
+            _ if !call.repeatable || self.peers.len() < 2 => None,
+            Some(Hedge::After(delay)) => Some(delay),
+            Some(Hedge::Quantile(q)) => self.latency.quantile(q),
+            None => None,
+        };
+        let Some(delay) = delay else {
             return (n, first.await);
         };
         tokio::pin!(first);
@@ -312,8 +318,9 @@ impl UpstreamClient {
         }
     }
 
-    /// One attempt at address `n`, with its ejection bookkeeping.
+    /// One attempt at address `n`, with its ejection and latency bookkeeping.
     async fn attempt(&self, n: usize, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
+        let started = Instant::now();
         let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
@@ -332,6 +339,9 @@ impl UpstreamClient {
             Outcome::Failed(f) => matches!(f.kind, FailureKind::Connect | FailureKind::Tls),
             Outcome::Response(r) => self.config.eject_on_5xx && r.status >= 500,
         };
+        if let Outcome::Response(_) = &outcome {
+            self.latency.record(started.elapsed());
+        }
         if !failed {
             self.ejections.succeeded(n);
         } else if self.ejections.failed(n) {
@@ -485,7 +495,7 @@ pub struct BatchHeaders {
 pub struct Call {
     /// The item may be sent twice (its method is one of the route's `idempotent_methods`).
     pub repeatable: bool,
-    pub hedge_after: Option<Duration>,
+    pub hedge_after: Option<Hedge>,
     /// The batch deadline: no retry or hedge starts that would end after it.
     pub deadline: Instant,
 }
@@ -498,7 +508,7 @@ pub struct BatchUpstream {
     pub in_flight: Option<IntGauge>,
     /// The route's `idempotent_methods`.
     pub repeatable_methods: Arc<[Method]>,
-    pub hedge_after: Option<Duration>,
+    pub hedge_after: Option<Hedge>,
     pub deadline: Instant,
 }
 

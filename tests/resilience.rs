@@ -452,7 +452,7 @@ fn resilience_settings_are_checked_with_their_keys() {
     let text = config(
         &["127.0.0.1:9".to_string()],
         "[upstreams.api.retry]\non = [\"connect\", 200, \"sometimes\"]\nbudget = 2.0\n[upstreams.api.health_check]\nexpect_status = \"2xx\"\ninterval = \"1s\"\ntimeout = \"2s\"",
-        &["idempotent_methods = [\"post\"]"],
+        &["idempotent_methods = [\"post\"]", "hedge_after = \"p20\""],
     );
     let out = gate::check(&text);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -464,6 +464,7 @@ fn resilience_settings_are_checked_with_their_keys() {
         "upstreams.api.health_check.expect_status: \"2xx\" is not a status",
         "upstreams.api.health_check.timeout: 2s is longer than the interval (1s)",
         "routes[0].idempotent_methods[0]: \"post\" is not an upper-case HTTP method",
+        "routes[0].hedge_after: \"p20\" is not a latency quantile from \"p50\" to \"p99.9\"",
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
@@ -559,4 +560,40 @@ async fn one_dead_and_one_flapping_address_cost_no_idempotent_item() {
         &[("reason", "attempts")],
     );
     assert_eq!(attempts_skipped, 0.0, "{}", m.text);
+}
+
+/// `hedge_after = "p50"`: no hedge until the upstream has answered enough items to know its
+/// latency; then items slower than the quantile get a copy, and a slow address stops
+/// slowing the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_on_a_latency_quantile_starts_once_the_latency_is_known() {
+    let slow = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(800)).await;
+    let fast = Upstream::echo().await;
+    let text = config(
+        &[slow.addr.to_string(), fast.addr.to_string()],
+        "",
+        &["concurrency = 40", "hedge_after = \"p50\""],
+    );
+    let gate = gate::start(&text).await;
+    let started = Instant::now();
+    let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(40, "GET"))).await;
+    assert!(statuses(&reply).iter().all(|s| *s == 200));
+    assert!(
+        started.elapsed() >= Duration::from_millis(750),
+        "no latency known yet: no hedge"
+    );
+    let started = Instant::now();
+    let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(40, "GET"))).await;
+    assert!(statuses(&reply).iter().all(|s| *s == 200));
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "hedged: {took:?}");
+    let m = scrape(gate.admin).await;
+    assert!(
+        m.value(
+            "batchgate_upstream_hedges_total",
+            &[("upstream", "api"), ("result", "won")]
+        ) >= 10.0,
+        "{}",
+        m.text
+    );
 }

@@ -21,7 +21,7 @@ pub use admission::{AdmissionLimits, ClientKey};
 pub use error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT, PDS_ERROR_FORMAT};
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use jsonrpc::{fold_case, method_key, usable_method};
-pub use resilience::{HealthCheck, RetryOn, RetryPolicy, DEFAULT_IDEMPOTENT_METHODS};
+pub use resilience::{HealthCheck, Hedge, RetryOn, RetryPolicy, DEFAULT_IDEMPOTENT_METHODS};
 pub use runtime::{
     Balance, ClientLimits, Config, DialectConfig, EnvelopeConfig, HashOn, JsonRpcConfig,
     JsonRpcProfile, ListenerTls, LogFormat, Problem, RouteConfig, RouteLimits, RpcError,

@@ -275,19 +275,42 @@ pub(super) fn idempotent_methods(
     methods
 }
 
-/// `hedge_after`: when a second copy of a slow idempotent item goes to another address.
+/// When a second copy of a slow idempotent item goes to another address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Hedge {
+    /// After this long.
+    After(Duration),
+    /// After the upstream's recent answers' quantile (0.5 to 0.999) of latency: only the
+    /// slowest items get a copy, whatever the upstream's usual speed.
+    Quantile(f64),
+}
+
+/// `hedge_after`: a duration (`"50ms"`) or a quantile of recent latency (`"p95"`).
 pub(super) fn hedge_after(
     section: &RouteSection,
     i: &str,
     problems: &mut Problems,
-) -> Option<Duration> {
-    section.hedge_after.as_ref()?;
-    Some(duration(
+) -> Option<Hedge> {
+    let text = section.hedge_after.as_ref()?;
+    let at = ["routes", i, "hedge_after"];
+    if let Some(percent) = text.strip_prefix('p') {
+        return match percent.parse::<f64>() {
+            Ok(p) if (50.0..=99.9).contains(&p) => Some(Hedge::Quantile(p / 100.0)),
+            _ => {
+                problems.push(
+                    &at,
+                    format!("{text:?} is not a latency quantile from \"p50\" to \"p99.9\""),
+                );
+                None
+            }
+        };
+    }
+    Some(Hedge::After(duration(
         &section.hedge_after,
         Duration::ZERO,
-        &["routes", i, "hedge_after"],
+        &at,
         problems,
-    ))
+    )))
 }
 
 /// `balance` and, for `"hash"`, `hash_on`.

@@ -203,7 +203,7 @@ pub struct RouteConfig {
     /// upstream, or hedged).
     pub idempotent_methods: std::sync::Arc<[http::Method]>,
     /// A second copy of a slow idempotent item goes to another address after this long.
-    pub hedge_after: Option<Duration>,
+    pub hedge_after: Option<super::Hedge>,
     pub dialect: DialectConfig,
 }
 
