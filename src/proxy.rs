@@ -129,12 +129,18 @@ pub struct BatchGate {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Connects a pass-through request tries before its error goes to the client.
+const PASSTHROUGH_CONNECT_TRIES: usize = 3;
+
 /// Per-request facts, filled as the request moves through pingora's phases.
 pub struct RequestCtx {
     started: Instant,
     batch: Option<BatchSummary>,
     /// The routing table this request was routed with.
     live: Option<Arc<Live>>,
+    /// Pass-through: the address index of the current attempt, and how many connects failed.
+    passthrough_address: Option<usize>,
+    passthrough_connect_failures: usize,
 }
 
 /// What a reload changes in a running `BatchGate` (`crate::reload`).
@@ -253,6 +259,8 @@ impl ProxyHttp for BatchGate {
             started: Instant::now(),
             batch: None,
             live: None,
+            passthrough_address: None,
+            passthrough_connect_failures: 0,
         }
     }
 
@@ -322,8 +330,13 @@ impl ProxyHttp for BatchGate {
         let key = passthrough
             .client
             .hash_key(target, |name| req.headers.get(name).map(|v| v.as_bytes()));
-        match passthrough.client.pick_peer(key) {
-            Some(peer) => Ok(Box::new(peer.clone())),
+        // After a failed connect, another address (as an item's retry would).
+        let avoid = ctx.passthrough_address;
+        match passthrough.client.pick_peer(avoid, key) {
+            Some((n, peer)) => {
+                ctx.passthrough_address = Some(n);
+                Ok(Box::new(peer.clone()))
+            }
             None => Error::e_explain(HTTPStatus(502), "default upstream has no address"),
         }
     }
@@ -356,12 +369,37 @@ impl ProxyHttp for BatchGate {
         Ok(())
     }
 
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let live = self.live(ctx);
+        if let (Some(passthrough), Some(n)) = (&live.passthrough, ctx.passthrough_address) {
+            passthrough.client.connect_failed(n);
+            // Nothing was sent: any method may go to another address, a bounded number of
+            // times (pingora's own bound, `max_retries`, is 16).
+            ctx.passthrough_connect_failures += 1;
+            let others = passthrough.client.config.addresses.len() > 1;
+            e.set_retry(others && ctx.passthrough_connect_failures < PASSTHROUGH_CONNECT_TRIES);
+        }
+        e
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let live = self.live(ctx);
+        if let (Some(passthrough), Some(n)) = (&live.passthrough, ctx.passthrough_address) {
+            passthrough
+                .client
+                .answered(n, upstream_response.status.as_u16());
+        }
         // pingora buffered the head within its own 1 MiB; the one head limit applies here
         // as on items.
         if crate::upstream::head_size(&upstream_response.headers)

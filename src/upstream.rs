@@ -164,8 +164,29 @@ impl UpstreamClient {
 
     /// The pass-through peer for the next request: chosen as an item's address is (balance,
     /// ejections, health checks), so a failing address is left out for both.
-    pub fn pick_peer(&self, key: Option<&[u8]>) -> Option<&HttpPeer> {
-        self.passthrough_peers.get(self.choose(None, key))
+    pub fn pick_peer(
+        &self,
+        avoid: Option<usize>,
+        key: Option<&[u8]>,
+    ) -> Option<(usize, &HttpPeer)> {
+        let n = self.choose(avoid, key);
+        self.passthrough_peers.get(n).map(|peer| (n, peer))
+    }
+
+    /// A pass-through connection to address `n` could not be made (ejection bookkeeping).
+    pub fn connect_failed(&self, n: usize) {
+        if self.ejections.failed(n) {
+            self.count_ejection(n);
+        }
+    }
+
+    /// A pass-through request to address `n` was answered with `status`.
+    pub fn answered(&self, n: usize, status: u16) {
+        if self.config.eject_on_5xx && status >= 500 {
+            self.connect_failed(n);
+        } else {
+            self.ejections.succeeded(n);
+        }
     }
 
     /// What `balance = "hash"` hashes for a request with this path and header lookup.

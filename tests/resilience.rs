@@ -597,3 +597,38 @@ async fn hedging_on_a_latency_quantile_starts_once_the_latency_is_known() {
         m.text
     );
 }
+
+/// Pass-through: a connection that cannot be made is tried on another address (nothing was
+/// sent, so any method), and the failures count toward the address's ejection as an item's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_moves_past_a_dead_address_and_ejects_it() {
+    let live = Upstream::echo().await;
+    let dead = dead_address();
+    let text = config(
+        &[dead.clone(), live.addr.to_string()],
+        "eject_after = 2",
+        &[],
+    );
+    let gate = gate::start(&text).await;
+    for i in 0..8 {
+        let reply = client::post(
+            gate.addr,
+            &format!("/v2/file/put?i={i}"),
+            "application/json",
+            b"{}",
+        )
+        .await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.body_str());
+    }
+    assert_eq!(live.count(), 8);
+    let m = scrape(gate.admin).await;
+    assert_eq!(
+        m.sum(
+            "batchgate_upstream_ejections_total",
+            &[("address", dead.as_str())]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+}
