@@ -141,6 +141,7 @@ pub struct RequestCtx {
     /// Pass-through: the address index of the current attempt, and how many connects failed.
     passthrough_address: Option<usize>,
     passthrough_connect_failures: usize,
+    passthrough_tried: crate::upstream::Tried,
 }
 
 /// What a reload changes in a running `BatchGate` (`crate::reload`).
@@ -261,6 +262,7 @@ impl ProxyHttp for BatchGate {
             live: None,
             passthrough_address: None,
             passthrough_connect_failures: 0,
+            passthrough_tried: crate::upstream::Tried::default(),
         }
     }
 
@@ -331,10 +333,10 @@ impl ProxyHttp for BatchGate {
             .client
             .hash_key(target, |name| req.headers.get(name).map(|v| v.as_bytes()));
         // After a failed connect, another address (as an item's retry would).
-        let avoid = ctx.passthrough_address;
-        match passthrough.client.pick_peer(avoid, key) {
+        match passthrough.client.pick_peer(ctx.passthrough_tried, key) {
             Some((n, peer)) => {
                 ctx.passthrough_address = Some(n);
+                ctx.passthrough_tried = ctx.passthrough_tried.with(n);
                 Ok(Box::new(peer.clone()))
             }
             None => Error::e_explain(HTTPStatus(502), "default upstream has no address"),

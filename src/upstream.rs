@@ -25,6 +25,7 @@ use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamPro
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
+pub use choice::Tried;
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
 use pingora::connectors::http::Connector;
@@ -164,12 +165,8 @@ impl UpstreamClient {
 
     /// The pass-through peer for the next request: chosen as an item's address is (balance,
     /// ejections, health checks), so a failing address is left out for both.
-    pub fn pick_peer(
-        &self,
-        avoid: Option<usize>,
-        key: Option<&[u8]>,
-    ) -> Option<(usize, &HttpPeer)> {
-        let n = self.choose(avoid, key);
+    pub fn pick_peer(&self, tried: Tried, key: Option<&[u8]>) -> Option<(usize, &HttpPeer)> {
+        let n = self.choose(tried, key);
         self.passthrough_peers.get(n).map(|peer| (n, peer))
     }
 
@@ -203,12 +200,12 @@ impl UpstreamClient {
     }
 
     /// The address for the next attempt (`choice`): never an ejected one, and not one that
-    /// fails its health checks or `avoid` (the address a retry or hedge comes from) while
+    /// fails its health checks or was `tried` already (by a retry's or hedge's item) while
     /// another is left. When every address fails its checks, the checks are ignored (Envoy's
     /// panic threshold): trying is better than failing every item unsent.
-    fn choose(&self, avoid: Option<usize>, key: Option<&[u8]>) -> usize {
+    fn choose(&self, tried: Tried, key: Option<&[u8]>) -> usize {
         let len = self.peers.len();
-        let usable = |i: usize| !self.ejections.is_out(i) && Some(i) != avoid;
+        let usable = |i: usize| !self.ejections.is_out(i) && !tried.contains(i);
         let healthy_left = (0..len).any(|i| usable(i) && self.health.is_healthy(i));
         self.chooser
             .choose(key, |i| {
@@ -237,7 +234,7 @@ impl UpstreamClient {
     pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders, call: &Call) -> Outcome {
         let hedges = call.repeatable && call.hedge_after.is_some();
         if self.config.retry.is_none() && !hedges {
-            let n = self.choose(None, self.item_key(request, batch));
+            let n = self.choose(Tried::default(), self.item_key(request, batch));
             return self.attempt(n, request, batch).await;
         }
         // Boxed: the retry loop holds up to two attempts at once (a hedge), and an item
@@ -257,11 +254,12 @@ impl UpstreamClient {
         if policy.is_some() || call.hedge_after.is_some() {
             self.budget.request();
         }
-        let mut avoid = None;
+        let mut tried = Tried::default();
         let mut retried: Option<RetryOn> = None;
         let mut attempt = 1;
         loop {
-            let (n, outcome) = self.hedged(request, batch, call, avoid, until).await;
+            let (used, outcome) = self.hedged(request, batch, call, tried, until).await;
+            tried = used;
             let Some(policy) = policy else {
                 return outcome;
             };
@@ -292,7 +290,6 @@ impl UpstreamClient {
             tokio::time::sleep(wait).await;
             tracing::debug!(upstream = %self.config.name, reason = %reason.label(), attempt, "item retried");
             retried = Some(reason);
-            avoid = Some(n);
             attempt += 1;
         }
     }
@@ -305,11 +302,12 @@ impl UpstreamClient {
         request: &SubRequest,
         batch: &BatchHeaders,
         call: &Call,
-        avoid: Option<usize>,
+        tried: Tried,
         until: Instant,
-    ) -> (usize, Outcome) {
+    ) -> (Tried, Outcome) {
         let key = self.item_key(request, batch);
-        let n = self.choose(avoid, key);
+        let n = self.choose(tried, key);
+        let tried = tried.with(n);
         let first = self.attempt(n, request, batch);
         let delay = match call.hedge_after {
             _ if !call.repeatable || self.peers.len() < 2 => None,
@@ -318,21 +316,22 @@ impl UpstreamClient {
             None => None,
         };
         let Some(delay) = delay else {
-            return (n, first.await);
+            return (tried, first.await);
         };
         tokio::pin!(first);
         tokio::select! {
-            outcome = &mut first => return (n, outcome),
+            outcome = &mut first => return (tried, outcome),
             () = tokio::time::sleep(delay) => {}
         }
-        let m = self.choose(Some(n), key);
+        let m = self.choose(tried, key);
         if m == n || Instant::now() >= until {
-            return (n, first.await);
+            return (tried, first.await);
         }
         if !self.budget.try_retry() {
             crate::metrics::hedged(&self.config.name, "budget");
-            return (n, first.await);
+            return (tried, first.await);
         }
+        let tried = tried.with(m);
         let second = self.attempt(m, request, batch);
         tokio::pin!(second);
         let name = &self.config.name;
@@ -340,18 +339,18 @@ impl UpstreamClient {
             outcome = &mut first => {
                 if matches!(outcome, Outcome::Response(_)) {
                     crate::metrics::hedged(name, "lost");
-                    return (n, outcome);
+                    return (tried, outcome);
                 }
                 crate::metrics::hedged(name, "won");
-                (m, second.await)
+                (tried, second.await)
             }
             outcome = &mut second => {
                 if matches!(outcome, Outcome::Response(_)) {
                     crate::metrics::hedged(name, "won");
-                    return (m, outcome);
+                    return (tried, outcome);
                 }
                 crate::metrics::hedged(name, "lost");
-                (n, first.await)
+                (tried, first.await)
             }
         }
     }

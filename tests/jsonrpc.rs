@@ -732,3 +732,47 @@ async fn single_call_is_relayed() {
     assert_eq!(resp.status, 500, "body: {}", lossy(&resp));
     assert_eq!(resp.body_str(), app_error_body("\"e\""));
 }
+
+/// JSON-RPC items are POSTs: a route of read-only methods declares them safe to repeat with
+/// `idempotent_methods = ["POST"]`, and a call that met a 503 on one address is answered by
+/// the other. Without the declaration the 503 goes back to the client as the call's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_declares_posts_repeatable_gets_its_calls_retried() {
+    let busy = Upstream::with_handler(|_| Reply::json(503, "{}")).await;
+    let good = Upstream::with_handler(rpc_server).await;
+    let calls = r#"[
+        {"jsonrpc": "2.0", "method": "sum", "params": [1, 2], "id": 1},
+        {"jsonrpc": "2.0", "method": "sum", "params": [3, 4], "id": 2}
+    ]"#;
+    let with_retry = |route_extra: &str| {
+        rpc_config(&[busy.addr, good.addr], route_extra).replace(
+            "connect_timeout = \"1s\"\n",
+            "connect_timeout = \"1s\"\n[upstreams.api.retry]\n",
+        )
+    };
+    let gate = gate::start(&with_retry(
+        "concurrency = 1\nidempotent_methods = [\"POST\"]",
+    ))
+    .await;
+    let reply = json_reply(&post(&gate, RPC_PATH, calls).await);
+    let results: Vec<Value> = reply
+        .as_array()
+        .expect("a batch reply")
+        .iter()
+        .map(|r| r["result"].clone())
+        .collect();
+    assert_eq!(results, vec![json!(3), json!(7)], "{reply}");
+    drop(gate);
+    busy.reset();
+    good.reset();
+    let gate = gate::start(&with_retry("concurrency = 1")).await;
+    let reply = json_reply(&post(&gate, RPC_PATH, calls).await);
+    let errors = reply
+        .as_array()
+        .expect("a batch reply")
+        .iter()
+        .filter(|r| r.get("error").is_some())
+        .count();
+    assert_eq!(errors, 1, "{reply}");
+    assert_eq!(busy.count() + good.count(), 2, "no call sent twice");
+}

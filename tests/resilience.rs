@@ -632,3 +632,22 @@ async fn pass_through_moves_past_a_dead_address_and_ejects_it() {
         m.text
     );
 }
+
+/// Nor past the batch deadline: with a long item timeout, the batch's own deadline stops a
+/// retry whose `Retry-After` would end after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_outlives_the_batch_deadline() {
+    let busy =
+        Upstream::with_handler(|_| Reply::json(503, "{}").with_header("Retry-After", "2")).await;
+    let text = config(
+        &[busy.addr.to_string()],
+        "[upstreams.api.retry]\nattempts = 5\nmax_retry_after = \"5s\"",
+        &["item_timeout = \"10s\"", "batch_timeout = \"1s\""],
+    );
+    let gate = gate::start(&text).await;
+    let started = Instant::now();
+    let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(1, "GET"))).await;
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(statuses(&reply), vec![503]);
+    assert_eq!(busy.count(), 1);
+}

@@ -9,6 +9,29 @@ use pingora_ketama::{Bucket, Continuum};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The addresses an item (or a pass-through request) was already sent to, so a retry or a
+/// hedge prefers the others (Envoy's `previous_hosts` predicate); indexes past 63 are not
+/// tracked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn with(self, i: usize) -> Tried {
+        Tried(self.0 | bit(i))
+    }
+
+    pub fn contains(self, i: usize) -> bool {
+        self.0 & bit(i) != 0
+    }
+}
+
+fn bit(i: usize) -> u64 {
+    u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u64.checked_shl(i))
+        .unwrap_or(0)
+}
+
 /// Points ketama puts on the ring per unit of weight (its default, from nginx).
 const POINTS_PER_WEIGHT: usize = 160;
 
@@ -119,6 +142,13 @@ fn smooth_schedule(weights: &[u32]) -> Box<[usize]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tried_addresses_are_a_set_and_far_ones_are_not_tracked() {
+        let tried = Tried::default().with(0).with(63).with(64);
+        assert!(tried.contains(0) && tried.contains(63));
+        assert!(!tried.contains(1) && !tried.contains(64));
+    }
 
     #[test]
     fn the_schedule_interleaves_by_weight() {
