@@ -371,6 +371,63 @@ pub fn upstream_series(config: &crate::config::UpstreamConfig) {
     }
 }
 
+/// Removes the resilience series of `old` that `new` (the same upstream after a reload, or
+/// `None`: it is gone) no longer has: addresses, retry reasons, the whole upstream. A gauge
+/// left behind would report a removed address out of the choice forever (and keep
+/// `BatchgateUpstreamNoHealthyAddress` firing).
+pub fn remove_upstream_series(
+    old: &crate::config::UpstreamConfig,
+    new: Option<&crate::config::UpstreamConfig>,
+) {
+    let Some(f) = families() else {
+        return;
+    };
+    let upstream = old.name.as_str();
+    for address in &old.addresses {
+        if new.is_some_and(|n| n.addresses.contains(address)) {
+            continue;
+        }
+        let address = address.to_string();
+        let _ = f
+            .upstream_ejections
+            .remove_label_values(&[upstream, &address]);
+        let _ = f
+            .upstream_address_up
+            .remove_label_values(&[upstream, &address]);
+        for result in ["pass", "fail"] {
+            let _ = f
+                .upstream_health_checks
+                .remove_label_values(&[upstream, &address, result]);
+        }
+    }
+    let kept_reasons = new
+        .and_then(|n| n.retry.as_ref())
+        .map(|r| r.on.clone())
+        .unwrap_or_default();
+    for on in old.retry.iter().flat_map(|r| &r.on) {
+        if kept_reasons.contains(on) {
+            continue;
+        }
+        for result in ["success", "failure"] {
+            let _ = f
+                .upstream_retries
+                .remove_label_values(&[upstream, &on.label(), result]);
+        }
+    }
+    if new.is_none_or(|n| n.retry.is_none()) {
+        for reason in ["budget", "deadline", "retry_after", "attempts"] {
+            let _ = f
+                .upstream_retries_skipped
+                .remove_label_values(&[upstream, reason]);
+        }
+    }
+    if new.is_none() {
+        for result in ["won", "lost", "budget"] {
+            let _ = f.upstream_hedges.remove_label_values(&[upstream, result]);
+        }
+    }
+}
+
 /// Whether `address` of `upstream` is in the item choice now.
 pub fn address_up(upstream: &str, address: &str, up: bool) {
     if let Some(f) = families() {

@@ -187,6 +187,13 @@ impl Reconfigure {
                 RouteMetrics::remove(route, upstream, kept.is_none());
             }
         }
+        for client in old.clients.values() {
+            let new = config
+                .upstreams
+                .iter()
+                .find(|u| u.name == client.config.name);
+            crate::metrics::remove_upstream_series(&client.config, new.map(|u| &**u));
+        }
         self.live.store(Arc::new(Live::build(config, Some(&old))));
     }
 }

@@ -441,3 +441,51 @@ async fn readiness_follows_the_reloaded_default_upstream() {
     assert_eq!(ready.status, 503, "{}", ready.body_str());
     assert_eq!(ready.json()["default_upstream"]["name"], "gone");
 }
+
+/// A reload that drops an address drops its series too: a removed address left at
+/// `batchgate_upstream_address_up 0` would keep `BatchgateUpstreamNoHealthyAddress` firing.
+/// The health state of the address that stays is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_address_leaves_no_series_behind() {
+    let live = Upstream::echo().await;
+    let dead = format!("127.0.0.1:{}", common::upstream::free_port());
+    let checks = "connect_timeout = \"1s\"\n[upstreams.api.health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_after = 1\n";
+    let both = GateConfig::new(live.addr)
+        .toml()
+        .replace(
+            &format!("addresses = [\"{}\"]\n", live.addr),
+            &format!("addresses = [\"{}\", \"{dead}\"]\n", live.addr),
+        )
+        .replace("connect_timeout = \"1s\"\n", checks);
+    let gate = gate::start(&both).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = common::prom::scrape(gate.admin).await;
+        if m.sum(
+            "batchgate_upstream_address_up",
+            &[("address", dead.as_str())],
+        ) == 0.0
+            && m.text.contains(&dead)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", m.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let one = GateConfig::new(live.addr)
+        .toml()
+        .replace("connect_timeout = \"1s\"\n", checks);
+    gate.rewrite_config(&one);
+    let after = reload(&gate, "ok").await;
+    assert!(!after.text.contains(&dead), "{}", after.text);
+    let live_address = live.addr.to_string();
+    assert_eq!(
+        after.sum(
+            "batchgate_upstream_address_up",
+            &[("address", live_address.as_str())]
+        ),
+        1.0
+    );
+    let ready = client::get(gate.admin, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body_str());
+}

@@ -178,7 +178,9 @@ impl UpstreamClient {
                 _ => {}
             }
         }
-        self.publish_state();
+        // The gauges are the checker's to publish (next tick), for the clients in effect
+        // only: a round that ends after a reload removed its address must not bring the
+        // address's series back.
     }
 
     /// Each address with whether it passes its checks and whether it is ejected.
@@ -205,7 +207,7 @@ impl UpstreamClient {
     }
 }
 
-/// How often the checker looks for due rounds and refreshes the state gauges.
+/// How often the checker looks for due rounds and publishes the state gauges.
 const TICK: Duration = Duration::from_millis(100);
 
 /// The background service that runs the due rounds of checks of the clients in effect.
@@ -218,22 +220,19 @@ impl pingora::services::background::BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            ticks = ticks.wrapping_add(1);
             for client in (self.clients)() {
                 if client.health.take_round() {
                     // A round lasts at most its timeout; rounds of one client do not overlap
                     // as long as the timeout is below the interval (config validation).
                     tokio::spawn(client.clone().check_round());
-                } else if ticks % 10 == 0 {
-                    // Ejections end by time: refresh the gauges about once a second.
-                    client.publish_state();
                 }
+                // Checks and ejections change the state, and ejections end by time.
+                client.publish_state();
             }
         }
     }
