@@ -103,3 +103,41 @@ async fn passthrough_to_h2c_upstream() {
     assert_eq!(seen[0].path, "/v2/things/7?x=1");
     assert_eq!(seen[0].method, "GET");
 }
+
+/// Active health checks speak the upstream's protocol: over h2c the check is a `GET` stream
+/// on the items' HTTP/2 session, and it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_h2c_to_an_h2c_upstream() {
+    let upstream = H2Upstream::start(Duration::ZERO, true).await;
+    let text = config(upstream.addr).replace(
+        "max_h2_streams = 100\n",
+        "max_h2_streams = 100\n[upstreams.api.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
+    );
+    let gate = common::gate::start(&text).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = common::prom::scrape(gate.admin).await;
+        let passed = m.sum(
+            "batchgate_upstream_health_checks_total",
+            &[("upstream", "api"), ("result", "pass")],
+        );
+        if passed >= 2.0 {
+            assert_eq!(
+                m.sum(
+                    "batchgate_upstream_health_checks_total",
+                    &[("result", "fail")]
+                ),
+                0.0
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", m.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let checks: Vec<_> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/healthz")
+        .collect();
+    assert!(checks.len() >= 2 && checks.iter().all(|r| r.method == "GET"));
+}
