@@ -84,6 +84,7 @@ fn bench_dialect<D: Dialect>(
         let body = body(n);
         let query = query(n);
         let request = BatchRequest {
+            authority: None,
             method: &Method::POST,
             query: query.as_deref(),
             headers: &headers,

@@ -6,6 +6,7 @@
 //! built from a `PathTemplate` (`template.rs`) that encodes ids instead of checking them.
 
 use http::header::{HeaderName, HeaderValue};
+use std::borrow::Cow;
 
 pub mod owned;
 mod template;
@@ -71,6 +72,8 @@ pub struct UrlGuard {
     prefixes: Option<Vec<String>>,
     /// Every batch route path, lower-cased, without a trailing '/'.
     batch_paths: Vec<String>,
+    /// `public_origins`: (scheme, authority) pairs, lower-cased, an item url may start with.
+    origins: Vec<(String, String)>,
 }
 
 impl UrlGuard {
@@ -83,6 +86,47 @@ impl UrlGuard {
             base_path,
             prefixes,
             batch_paths,
+            origins: Vec::new(),
+        }
+    }
+
+    /// Also takes item urls on these origins (`"https://api.example.com"`, validated by
+    /// config) as paths: the public names of a deployment behind a load balancer.
+    pub fn with_origins(mut self, origins: &[String]) -> Self {
+        self.origins = origins
+            .iter()
+            .filter_map(|o| o.split_once("://"))
+            .map(|(s, a)| (s.to_ascii_lowercase(), a.to_ascii_lowercase()))
+            .collect();
+        self
+    }
+
+    /// An absolute item url on the batch request's own origin (its `authority`, over http or
+    /// https) or on a configured public origin, as its origin-form path and query (what SDKs
+    /// such as Microsoft Graph's send); any other url unchanged, for `check` to judge. An
+    /// authority with userinfo is never ours.
+    pub fn origin_form<'a>(&self, url: &'a str, authority: Option<&str>) -> Cow<'a, str> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Cow::Borrowed(url);
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Cow::Borrowed(url);
+        }
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (host, path) = rest.split_at(end);
+        let ours = !host.is_empty()
+            && !host.contains('@')
+            && (authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+                || self
+                    .origins
+                    .iter()
+                    .any(|(s, a)| *s == scheme && a.eq_ignore_ascii_case(host)));
+        match path.as_bytes().first() {
+            _ if !ours => Cow::Borrowed(url),
+            Some(b'/') => Cow::Borrowed(path),
+            // `https://host?x` and `https://host`: the root.
+            _ => Cow::Owned(format!("/{path}")),
         }
     }
 
@@ -255,6 +299,36 @@ impl HeaderGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_own_or_configured_origins_become_paths() {
+        let g = UrlGuard::new("/v1.0".into(), None, vec![])
+            .with_origins(&["https://API.example.com".to_string()]);
+        let ours = Some("gate.local:8080");
+        assert_eq!(g.origin_form("http://gate.local:8080/me", ours), "/me");
+        assert_eq!(
+            g.origin_form("HTTPS://Gate.Local:8080/me?x=1", ours),
+            "/me?x=1"
+        );
+        assert_eq!(g.origin_form("http://gate.local:8080", ours), "/");
+        assert_eq!(g.origin_form("http://gate.local:8080?a", ours), "/?a");
+        assert_eq!(g.origin_form("https://api.example.com/me", ours), "/me");
+        for foreign in [
+            "http://api.example.com/me",
+            "http://gate.local/me",
+            "http://evil.example/me",
+            "http://user@gate.local:8080/me",
+            "ftp://gate.local:8080/me",
+            "//gate.local:8080/me",
+            "/me",
+        ] {
+            assert_eq!(g.origin_form(foreign, ours), foreign, "{foreign}");
+        }
+        assert_eq!(
+            g.origin_form("http://gate.local:8080/me", None),
+            "http://gate.local:8080/me"
+        );
+    }
 
     fn guard() -> UrlGuard {
         UrlGuard::new(

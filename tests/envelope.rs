@@ -627,3 +627,77 @@ async fn generated_request_id_is_shared_and_returned() {
     }
     assert_eq!(batch_ids.len(), 2, "each batch gets its own id");
 }
+
+/// Absolute item urls on the batch request's own origin (as the Microsoft Graph SDKs send
+/// them) or on a configured public origin are their path; every other absolute url is
+/// refused as before, and the path still goes through the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_origin_absolute_urls_are_paths_and_others_are_refused() {
+    let upstream = Upstream::echo().await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("public_origins = [\"https://api.example.com\"]")
+        .start()
+        .await;
+    // The test client sends `Host: 127.0.0.1`: that is the batch request's own origin.
+    let own = "http://127.0.0.1";
+    let body = batch(vec![
+        item("own", "GET", &format!("{own}/file/get?id=1")),
+        item("public", "GET", "https://api.example.com/file/get?id=2"),
+        item("foreign", "GET", "http://evil.example/file/get"),
+        item("userinfo", "GET", "http://me@127.0.0.1/file/get"),
+        item(
+            "other_port",
+            "GET",
+            &format!("http://{}/file/get", gate.addr),
+        ),
+        item("escape", "GET", &format!("{own}/file/../../admin")),
+    ]);
+    let reply = client::post_json(gate.addr, BATCH_PATH, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let statuses: Vec<(String, i64)> = responses(&reply)
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("own".to_string(), 200),
+            ("public".to_string(), 200),
+            ("foreign".to_string(), 400),
+            ("userinfo".to_string(), 400),
+            ("other_port".to_string(), 400),
+            ("escape".to_string(), 400),
+        ],
+        "{}",
+        reply.body_str()
+    );
+    let mut targets: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, vec!["/v2/file/get?id=1", "/v2/file/get?id=2"]);
+}
+
+#[test]
+fn public_origins_must_be_origins() {
+    let text = GateConfig::new("127.0.0.1:9".parse().expect("addr"))
+        .route("public_origins = [\"https://api.example.com/v1\", \"api.example.com\"]")
+        .toml();
+    let out = gate::check(&text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "routes[0].public_origins[0]: \"https://api.example.com/v1\" must be an origin"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("routes[0].public_origins[1]"), "{stderr}");
+}

@@ -41,15 +41,37 @@ pub(super) fn envelope_config(
             "an empty list would refuse every batch; leave the key out to allow any",
         );
     }
+    let origins = section.public_origins.clone().unwrap_or_default();
+    for (j, origin) in origins.iter().enumerate() {
+        if !is_origin(origin) {
+            problems.push(
+                &["routes", i, "public_origins", &j.to_string()],
+                format!("{origin:?} must be an origin such as \"https://api.example.com\" (scheme and host[:port], no path)"),
+            );
+        }
+    }
     let error_format = error_format(section, i, super::error_format::PDS_ERROR_FORMAT, problems);
     Some(EnvelopeConfig {
         error_format,
-        url_guard: UrlGuard::new(base_path.clone(), prefixes, batch_paths.to_vec()),
+        url_guard: UrlGuard::new(base_path.clone(), prefixes, batch_paths.to_vec())
+            .with_origins(&origins),
         base_path,
         allowed_methods,
         allowed_resources: section.allowed_resources.clone(),
         header_guard: HeaderGuard,
     })
+}
+
+/// `http://` or `https://` and a host[:port] of visible characters, nothing after it.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 fn base_path(section: &RouteSection, i: &str, problems: &mut Problems) -> String {

@@ -95,10 +95,8 @@ impl Dialect for Envelope {
             plan.meta.push(EnvelopeMeta {
                 id: request.body.slice_ref(id_raw.get().as_bytes()),
             });
-            plan.items.push(
-                self.sub_request(request.body, &fields)
-                    .map_err(Outcome::refused),
-            );
+            plan.items
+                .push(self.sub_request(request, &fields).map_err(Outcome::refused));
         }
         Ok(plan)
     }
@@ -200,7 +198,12 @@ impl Envelope {
         }
     }
 
-    fn sub_request(&self, body: &Bytes, fields: &ItemFields<'_>) -> Result<SubRequest, ItemError> {
+    fn sub_request(
+        &self,
+        request: &BatchRequest<'_>,
+        fields: &ItemFields<'_>,
+    ) -> Result<SubRequest, ItemError> {
+        let body = request.body;
         if fields
             .depends_on
             .is_some_and(|d| d.get() != "null" && d.get() != "[]")
@@ -216,6 +219,7 @@ impl Envelope {
         }
         let method = self.method(fields.method)?;
         let url = string_field(fields.url, "url", "InvalidParameter.Url")?;
+        let url = self.config.url_guard.origin_form(&url, request.authority);
         let path = self.config.url_guard.check(&url).map_err(|e| ItemError {
             status: e.status(),
             code: e.code(),

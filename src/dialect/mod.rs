@@ -77,6 +77,9 @@ pub struct BatchRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The whole request body; dialects slice it (`Bytes::slice_ref`) instead of copying.
     pub body: &'a Bytes,
+    /// The batch request's own authority (`Host`, or HTTP/2's `:authority`): an item url
+    /// naming it is the same origin (`UrlGuard::origin_form`).
+    pub authority: Option<&'a str>,
 }
 
 /// A whole-batch refusal.

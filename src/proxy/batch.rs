@@ -49,11 +49,17 @@ fn decode<D: Dialect>(
     dialect: &D,
     body: &bytes::Bytes,
 ) -> std::result::Result<Plan<D::Meta>, Rejection> {
+    let authority = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()));
     dialect.decode(&BatchRequest {
         method: &req.method,
         query: req.uri.query(),
         headers: &req.headers,
         body,
+        authority,
     })
 }
 

@@ -26,6 +26,7 @@ fn decode(body: &str) -> Result<Plan<EnvelopeMeta>, Rejection> {
     let headers = HeaderMap::new();
     let body = Bytes::copy_from_slice(body.as_bytes());
     envelope().decode(&BatchRequest {
+        authority: None,
         method: &Method::POST,
         query: None,
         headers: &headers,
@@ -142,6 +143,7 @@ fn per_item_errors_refuse_only_their_item() {
     let body = Bytes::from(body);
     let plan = e
         .decode(&BatchRequest {
+            authority: None,
             method: &Method::POST,
             query: None,
             headers: &headers,
@@ -359,6 +361,7 @@ fn depends_on_is_refused() {
     let body = Bytes::from_static(br#"{"resource":"file","requests":[{"id":"1","method":"GET","url":"/a"},{"id":"2","method":"GET","url":"/b","dependsOn":["1"]},{"id":"3","method":"GET","url":"/c","dependsOn":[]}]}"#);
     let plan = e
         .decode(&BatchRequest {
+            authority: None,
             method: &Method::POST,
             query: None,
             headers: &headers,

@@ -41,6 +41,7 @@ fn decode(
     let headers = headers(token);
     let body = Bytes::copy_from_slice(body.as_bytes());
     f.decode(&BatchRequest {
+        authority: None,
         method: &Method::GET,
         query,
         headers: &headers,
@@ -441,6 +442,7 @@ fn empty_required_values_are_missing() {
     let body = Bytes::new();
     let r = f
         .decode(&BatchRequest {
+            authority: None,
             method: &Method::GET,
             query: Some("group_id=1&accessory_ids=1"),
             headers: &headers,
