@@ -701,3 +701,41 @@ fn public_origins_must_be_origins() {
     );
     assert!(stderr.contains("routes[0].public_origins[1]"), "{stderr}");
 }
+
+/// `reply_body = "graph"`: bodies that are not JSON come back as one base64 string (Microsoft
+/// Graph's rule, which its SDKs decode by the item's `Content-Type`), JSON as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_body_rule_base64_encodes_every_non_json_body() {
+    use base64::Engine;
+    let upstream = Upstream::with_handler(|req| match req.path.as_str() {
+        "/v2/text" => Reply::text(200, "hello \"graph\""),
+        "/v2/photo" => Reply::bytes(200, "image/jpeg", &[0xff, 0xd8, 0xff, 0x00]),
+        _ => Reply::json(200, r#"{"id": 1}"#),
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("reply_body = \"graph\"")
+        .start()
+        .await;
+    let body = batch(vec![
+        item("text", "GET", "/text"),
+        item("photo", "GET", "/photo"),
+        item("json", "GET", "/json"),
+    ]);
+    let reply = client::post_json(gate.addr, BATCH_PATH, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let all = responses(&reply);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decoded = |r: &Value| {
+        b64.decode(r["body"].as_str().expect("a base64 string"))
+            .expect("base64")
+    };
+    assert_eq!(decoded(&all[0]), b"hello \"graph\"");
+    assert_eq!(decoded(&all[1]), [0xff, 0xd8, 0xff, 0x00]);
+    assert_eq!(all[2]["body"], json!({"id": 1}));
+    assert!(
+        !reply.body_str().contains("body_encoding"),
+        "{}",
+        reply.body_str()
+    );
+}

@@ -5,6 +5,7 @@
 
 use super::file::RouteSection;
 use super::routes::error_format;
+use super::runtime::BodyRule;
 use super::runtime::{EnvelopeConfig, Problems};
 use super::values::is_route_path;
 use crate::guard::{HeaderGuard, UrlGuard};
@@ -55,6 +56,17 @@ pub(super) fn envelope_config(
         error_format,
         url_guard: UrlGuard::new(base_path.clone(), prefixes, batch_paths.to_vec())
             .with_origins(&origins),
+        body_rule: match section.reply_body.as_deref() {
+            None | Some("pds") => BodyRule::Pds,
+            Some("graph") => BodyRule::Graph,
+            Some(other) => {
+                problems.push(
+                    &["routes", i, "reply_body"],
+                    format!("{other:?} is not a body rule (\"pds\" or \"graph\")"),
+                );
+                BodyRule::Pds
+            }
+        },
         base_path,
         allowed_methods,
         allowed_resources: section.allowed_resources.clone(),

@@ -188,6 +188,7 @@ pub struct RouteSection {
     pub allowed_resources: Option<Vec<String>>,
     pub allowed_url_prefixes: Option<Vec<String>>,
     pub public_origins: Option<Vec<String>>,
+    pub reply_body: Option<String>,
     // jsonrpc (`allowed_methods` above then names JSON-RPC methods)
     pub upstream_path: Option<String>,
     pub denied_methods: Option<Vec<String>>,

@@ -23,7 +23,7 @@ pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
 pub use jsonrpc::{fold_case, method_key, usable_method};
 pub use resilience::{HealthCheck, Hedge, RetryOn, RetryPolicy, DEFAULT_IDEMPOTENT_METHODS};
 pub use runtime::{
-    Balance, ClientLimits, Config, DialectConfig, EnvelopeConfig, HashOn, JsonRpcConfig,
+    Balance, BodyRule, ClientLimits, Config, DialectConfig, EnvelopeConfig, HashOn, JsonRpcConfig,
     JsonRpcProfile, ListenerTls, LogFormat, Problem, RouteConfig, RouteLimits, RpcError,
     ServerSettings, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };

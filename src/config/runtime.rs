@@ -226,6 +226,17 @@ impl DialectConfig {
     }
 }
 
+/// How bodies that are not JSON go into the reply (`routes[].reply_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyRule {
+    /// Text as a JSON string, other bytes base64 with `"body_encoding":"base64"`.
+    #[default]
+    Pds,
+    /// Microsoft Graph's: every body that is not JSON is a base64 string (the Graph SDKs
+    /// decode it by the item's `Content-Type`).
+    Graph,
+}
+
 /// Settings of an envelope (`POST /v2/batch`) route.
 #[derive(Debug, Clone)]
 pub struct EnvelopeConfig {
@@ -235,6 +246,8 @@ pub struct EnvelopeConfig {
     /// `None` accepts any `resource` (and a missing one).
     pub allowed_resources: Option<Vec<String>>,
     pub url_guard: UrlGuard,
+    /// How bodies that are not JSON go into replies (`reply_body`).
+    pub body_rule: BodyRule,
     pub header_guard: HeaderGuard,
     pub error_format: ErrorFormat,
 }

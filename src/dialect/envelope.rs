@@ -117,7 +117,7 @@ impl Dialect for Envelope {
             }
             out.extend_from_slice(b"{\"id\":");
             out.extend_from_slice(&meta.id);
-            write_outcome(&mut out, outcome);
+            write_outcome(&mut out, outcome, self.config.body_rule);
             out.push(b'}');
         }
         out.extend_from_slice(b"]}");
@@ -129,7 +129,10 @@ impl Dialect for Envelope {
     }
 
     fn reply_cost(&self) -> fn(&UpstreamResponse) -> usize {
-        reply_cost
+        match self.config.body_rule {
+            BodyRule::Pds => reply_cost,
+            BodyRule::Graph => reply::graph_reply_cost,
+        }
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {
@@ -471,10 +474,10 @@ fn string_field(
 
 mod reply;
 
-pub use reply::reply_cost;
 use reply::write_outcome;
 #[cfg(test)]
 use reply::{body_form, write_body, write_headers, BodyForm};
+pub use reply::{reply_cost, BodyRule};
 
 #[cfg(test)]
 mod tests;

@@ -3,18 +3,22 @@
 //! the exact encoded size the reply budget charges (`reply_cost`).
 
 use super::super::{is_json_content_type, strip_bom, Outcome, UpstreamResponse};
+pub use crate::config::BodyRule;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
 
 /// Writes `,"status":..,"headers":..,"body":..` for one item.
-pub(super) fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome) {
+pub(super) fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome, rule: BodyRule) {
     match outcome {
         Outcome::Response(response) => {
             out.extend_from_slice(format!(",\"status\":{}", response.status).as_bytes());
             write_headers(out, &response.headers);
-            write_body(out, &response.headers, &response.body);
+            match rule {
+                BodyRule::Pds => write_body(out, &response.headers, &response.body),
+                BodyRule::Graph => write_graph_body(out, &response.headers, &response.body),
+            }
         }
         Outcome::Failed(failure) => {
             let error = failure.http_error();
@@ -110,6 +114,37 @@ pub(super) fn write_body(out: &mut Vec<u8>, headers: &HeaderMap, body: &Bytes) {
             write_json_string(out, &base64::engine::general_purpose::STANDARD.encode(body));
         }
     }
+}
+
+/// Graph's rule: JSON as is, anything else (text included) one base64 string.
+fn write_graph_body(out: &mut Vec<u8>, headers: &HeaderMap, body: &Bytes) {
+    match body_form(headers, body) {
+        BodyForm::Absent => {}
+        BodyForm::Json(json) => {
+            out.extend_from_slice(b",\"body\":");
+            out.extend_from_slice(json);
+        }
+        BodyForm::Text(_) | BodyForm::Base64 => {
+            out.extend_from_slice(b",\"body\":");
+            write_json_string(out, &base64::engine::general_purpose::STANDARD.encode(body));
+        }
+    }
+}
+
+/// `reply_cost` under Graph's body rule (`write_graph_body`).
+pub fn graph_reply_cost(response: &UpstreamResponse) -> usize {
+    let body = match body_form(&response.headers, &response.body) {
+        BodyForm::Absent => 0,
+        BodyForm::Json(json) => json.len(),
+        BodyForm::Text(_) | BodyForm::Base64 => response.body.len().div_ceil(3) * 4 + 2 + 8,
+    };
+    headers_cost(response) + body
+}
+
+fn headers_cost(response: &UpstreamResponse) -> usize {
+    reply_headers(&response.headers)
+        .map(|(name, joined)| json_string_len(name.as_str()) + 1 + json_string_len(&joined) + 1)
+        .sum()
 }
 
 /// The bytes one response adds to an envelope reply: headers and body exactly as

@@ -11,6 +11,7 @@ const PDS_REQUEST: &str = r#"{"resource":"file","requests":[{"id":"93433894994ad
 fn envelope() -> Envelope {
     Envelope {
         config: Arc::new(EnvelopeConfig {
+            body_rule: Default::default(),
             base_path: "/v2".into(),
             allowed_methods: vec![Method::GET, Method::POST],
             allowed_resources: Some(vec!["file".into()]),
@@ -413,6 +414,22 @@ fn reply_cost_is_the_encoded_size() {
             "{content_type}: cost {cost} + {framing} vs {} written",
             written.len()
         );
+        // Graph's rule: the whole entry, headers and body, against its own cost.
+        let mut graph = Vec::new();
+        write_outcome(
+            &mut graph,
+            &Outcome::Response(response.clone()),
+            BodyRule::Graph,
+        );
+        let graph_cost = reply::graph_reply_cost(&response);
+        let framing = b",\"status\":200".len() + b",\"headers\":{}".len() + b",\"body\":".len();
+        assert!(
+            graph_cost + framing >= graph.len() && graph_cost + framing <= graph.len() + 24,
+            "graph {content_type}: cost {graph_cost} + {framing} vs {} written",
+            graph.len()
+        );
+        let text = String::from_utf8_lossy(&graph);
+        assert!(!text.contains("body_encoding"), "{text}");
     }
     let control = UpstreamResponse {
         status: 200,
