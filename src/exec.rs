@@ -56,6 +56,10 @@ pub struct Limits {
     /// Turns true when the reply must go out now (the server is shutting down): unfinished
     /// items are then reported like at the deadline.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// A sequential batch that stops at its first failure (`Order::Sequential`, with
+    /// `concurrency` 1): an item after a failed one (refused, failed, or answered 4xx/5xx)
+    /// is not sent and reports `NotRun`.
+    pub stop_on_failure: bool,
     /// One task per item, so work stealing can spread a batch over threads. Without work
     /// stealing every task of a batch lands on its own thread anyway, and polling the items
     /// inside the batch's task saves a spawn, a join and a cross-task wake-up per item.
@@ -96,6 +100,11 @@ pub async fn run<U: Upstream, O: Observer>(
                 collector.record(index, never_started());
                 continue;
             };
+            // With concurrency 1 every earlier item has finished once the permits came.
+            if limits.stop_on_failure && collector.failed_before(index) {
+                collector.record(index, Outcome::failed(FailureKind::NotRun, Sent::Nothing));
+                continue;
+            }
             running.push(start_item(
                 index, request, permits, limits, upstream, observer, queued,
             ));
@@ -273,6 +282,18 @@ impl Collector {
             .into_iter()
             .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
             .collect()
+    }
+
+    /// Whether an item before `index` failed (refused, failed, or answered 4xx/5xx).
+    fn failed_before(&self, index: usize) -> bool {
+        self.slots
+            .iter()
+            .take(index)
+            .flatten()
+            .any(|outcome| match outcome {
+                Outcome::Response(response) => response.status >= 400,
+                Outcome::Failed(_) => true,
+            })
     }
 
     fn finished(&mut self, done: Done) {

@@ -93,6 +93,8 @@ pub enum FailureKind {
     ReplyBudgetExceeded { limit: usize },
     /// The client went away; the item was not started or was abandoned.
     Cancelled,
+    /// A sequential batch stopped at an earlier item's failure; this one was never sent.
+    NotRun,
     /// batchgate itself failed while running the item (its task panicked).
     Internal,
 }
@@ -144,6 +146,7 @@ impl FailureKind {
             ResponseTooLarge { .. } => (502, "UpstreamResponseTooLarge", C::UpstreamError, Fault::Upstream, ""),
             ReplyBudgetExceeded { .. } => (502, "ReplyTooLarge", C::UpstreamError, Fault::Proxy, ""),
             Cancelled => (499, "Cancelled", C::Cancelled, Fault::Client, CANCELLED),
+            NotRun => (424, "FailedDependency.NotRun", C::Cancelled, Fault::Client, NOT_RUN),
             Internal => (502, "UpstreamFailed", C::UpstreamError, Fault::Proxy, INTERNAL),
         };
         Mapping { status, code, class, fault, message }
@@ -156,6 +159,7 @@ const CONNECT: &str = "could not connect to the upstream";
 const TLS: &str = "the TLS handshake with the upstream failed";
 const CONNECTION: &str = "the upstream connection failed";
 const CANCELLED: &str = "the client closed the connection";
+const NOT_RUN: &str = "not run: an earlier item of this sequential batch failed";
 const INTERNAL: &str = "internal error while running the item";
 
 impl Failure {
@@ -195,6 +199,7 @@ impl Failure {
             | ResponseTooLarge { .. }
             | ReplyBudgetExceeded { .. }
             | Cancelled
+            | NotRun
             | Internal => false,
         }
     }

@@ -739,3 +739,67 @@ async fn graph_body_rule_base64_encodes_every_non_json_body() {
         reply.body_str()
     );
 }
+
+/// `"sequential": true` runs items one after another in request order; with
+/// `"stop_on_failure": true` the items after the first failure are not sent (424
+/// `FailedDependency.NotRun`). The route keys of the same names set the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_batches_run_in_order_and_can_stop_at_a_failure() {
+    let upstream = Upstream::with_handler(|req| match req.path.as_str() {
+        "/v2/slow" => Reply::json(200, "{}").with_delay(100),
+        "/v2/fail" => Reply::json(500, "{}"),
+        _ => Reply::json(200, "{}"),
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("stop_on_failure = true")
+        .start()
+        .await;
+    let body = |extra: &str| {
+        format!(
+            r#"{{{extra}"requests":[{{"id":"a","method":"GET","url":"/slow"}},{{"id":"b","method":"GET","url":"/fail"}},{{"id":"c","method":"GET","url":"/last"}}]}}"#
+        )
+    };
+    let statuses = |reply: &client::Response| -> Vec<i64> {
+        responses(reply)
+            .iter()
+            .map(|r| r["status"].as_i64().unwrap_or(0))
+            .collect()
+    };
+    let reply = client::post_json(gate.addr, BATCH_PATH, &body(r#""sequential":true,"#)).await;
+    assert_eq!(
+        statuses(&reply),
+        vec![200, 500, 424],
+        "{}",
+        reply.body_str()
+    );
+    assert_eq!(
+        responses(&reply)[2]["body"]["code"],
+        "FailedDependency.NotRun"
+    );
+    let paths: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        vec!["/v2/slow", "/v2/fail"],
+        "in order, and /last never sent"
+    );
+
+    upstream.reset();
+    let reply = client::post_json(
+        gate.addr,
+        BATCH_PATH,
+        &body(r#""sequential":true,"stop_on_failure":false,"#),
+    )
+    .await;
+    assert_eq!(statuses(&reply), vec![200, 500, 200]);
+    let paths: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, vec!["/v2/slow", "/v2/fail", "/v2/last"]);
+
+    upstream.reset();
+    let reply = client::post_json(gate.addr, BATCH_PATH, &body("")).await;
+    assert_eq!(
+        statuses(&reply),
+        vec![200, 500, 200],
+        "concurrent by default"
+    );
+}

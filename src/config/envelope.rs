@@ -56,6 +56,8 @@ pub(super) fn envelope_config(
         error_format,
         url_guard: UrlGuard::new(base_path.clone(), prefixes, batch_paths.to_vec())
             .with_origins(&origins),
+        sequential: section.sequential.unwrap_or(false),
+        stop_on_failure: section.stop_on_failure.unwrap_or(false),
         body_rule: match section.reply_body.as_deref() {
             None | Some("pds") => BodyRule::Pds,
             Some("graph") => BodyRule::Graph,

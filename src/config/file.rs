@@ -189,6 +189,8 @@ pub struct RouteSection {
     pub allowed_url_prefixes: Option<Vec<String>>,
     pub public_origins: Option<Vec<String>>,
     pub reply_body: Option<String>,
+    pub sequential: Option<bool>,
+    pub stop_on_failure: Option<bool>,
     // jsonrpc (`allowed_methods` above then names JSON-RPC methods)
     pub upstream_path: Option<String>,
     pub denied_methods: Option<Vec<String>>,

@@ -270,13 +270,15 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
     const JSONRPC: &[&str] = &["jsonrpc"];
     const FANOUT: &[&str] = &["fanout"];
     let s = section;
-    let present: [(&str, bool, &[&str]); 17] = [
+    let present: [(&str, bool, &[&str]); 19] = [
         ("error_format", s.error_format.is_some(), &["envelope", "fanout"]),
         ("base_path", s.base_path.is_some(), ENVELOPE),
         ("allowed_resources", s.allowed_resources.is_some(), ENVELOPE),
         ("allowed_url_prefixes", s.allowed_url_prefixes.is_some(), ENVELOPE),
         ("public_origins", s.public_origins.is_some(), ENVELOPE),
         ("reply_body", s.reply_body.is_some(), ENVELOPE),
+        ("sequential", s.sequential.is_some(), ENVELOPE),
+        ("stop_on_failure", s.stop_on_failure.is_some(), ENVELOPE),
         ("allowed_methods", s.allowed_methods.is_some(), &["envelope", "jsonrpc"]),
         ("upstream_path", s.upstream_path.is_some(), JSONRPC),
         ("denied_methods", s.denied_methods.is_some(), JSONRPC),

@@ -248,6 +248,10 @@ pub struct EnvelopeConfig {
     pub url_guard: UrlGuard,
     /// How bodies that are not JSON go into replies (`reply_body`).
     pub body_rule: BodyRule,
+    /// Items run one after another unless a request says `"sequential": false`.
+    pub sequential: bool,
+    /// A sequential batch stops at its first failure unless a request says otherwise.
+    pub stop_on_failure: bool,
     pub header_guard: HeaderGuard,
     pub error_format: ErrorFormat,
 }

@@ -7,7 +7,7 @@
 //! dialect" for the body embedding rule.
 
 use super::{
-    is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemError, Outcome, Plan,
+    is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemError, Order, Outcome, Plan,
     Rejection, RejectionKind, Reply, SubRequest, UpstreamResponse,
 };
 use crate::config::EnvelopeConfig;
@@ -38,6 +38,11 @@ struct Body<'a> {
     resource: Option<&'a RawValue>,
     #[serde(borrow, default)]
     requests: Option<&'a RawValue>,
+    /// Per-request switches over the route's `sequential` and `stop_on_failure`.
+    #[serde(default)]
+    sequential: Option<bool>,
+    #[serde(default)]
+    stop_on_failure: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -70,8 +75,9 @@ impl Dialect for Envelope {
     type Meta = EnvelopeMeta;
 
     fn decode(&self, request: &BatchRequest<'_>) -> Result<Plan<EnvelopeMeta>, Rejection> {
-        let items = self.child_requests(request.body)?;
+        let (items, order) = self.child_requests(request.body)?;
         let mut plan = Plan {
+            order,
             meta: Vec::with_capacity(items.len()),
             items: Vec::with_capacity(items.len()),
         };
@@ -153,8 +159,17 @@ impl Dialect for Envelope {
 impl Envelope {
     /// The body's `requests`, each a raw JSON value, after the whole-batch checks: an object
     /// body, an allowed `resource`, 1 to `max_items` child requests.
-    fn child_requests<'b>(&self, body: &'b Bytes) -> Result<Vec<&'b RawValue>, Rejection> {
+    fn child_requests<'b>(&self, body: &'b Bytes) -> Result<(Vec<&'b RawValue>, Order), Rejection> {
         let parsed = outer_object(body)?;
+        let order = if parsed.sequential.unwrap_or(self.config.sequential) {
+            Order::Sequential {
+                stop_on_failure: parsed
+                    .stop_on_failure
+                    .unwrap_or(self.config.stop_on_failure),
+            }
+        } else {
+            Order::Concurrent
+        };
         self.check_resource(parsed.resource)?;
         let requests_error = |kind, message: String| Rejection::new(kind, CODE_REQUESTS, message);
         let requests = parsed.requests.ok_or_else(|| {
@@ -176,7 +191,7 @@ impl Envelope {
                 RejectionKind::TooManyItems,
                 format!("requests has {n} child requests; at most {max} are allowed"),
             )),
-            _ => Ok(items),
+            _ => Ok((items, order)),
         }
     }
 

@@ -7,7 +7,8 @@
 //! built, and what a failed part does (`on_item_error`).
 
 use super::{
-    BatchRequest, Dialect, ItemError, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest,
+    BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
+    SubRequest,
 };
 use crate::config::{FanoutConfig, FieldRule, OnItemError};
 use crate::guard::UnsafePathValue;
@@ -52,6 +53,7 @@ impl Dialect for Fanout {
         }
         let headers = self.headers(request)?;
         let mut plan = Plan {
+            order: Order::default(),
             meta: Vec::with_capacity(ids.len()),
             items: Vec::with_capacity(ids.len()),
         };

@@ -8,7 +8,8 @@
 //! profile. Upstream failures become the server errors of `UpstreamError`, one table.
 
 use super::{
-    BatchRequest, Dialect, ItemError, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest,
+    BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
+    SubRequest,
 };
 use crate::config::{fold_case, usable_method, JsonRpcConfig, RpcError};
 use bytes::Bytes;
@@ -87,6 +88,7 @@ impl Dialect for JsonRpc {
         if !text.starts_with('[') {
             // A single call: checked like an element, then relayed as is.
             let mut plan = Plan {
+                order: Order::default(),
                 meta: Vec::new(),
                 items: Vec::new(),
             };
@@ -97,6 +99,7 @@ impl Dialect for JsonRpc {
             serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?;
         self.check_batch(&elements)?;
         let mut plan = Plan {
+            order: Order::default(),
             meta: Vec::with_capacity(elements.len()),
             items: Vec::with_capacity(elements.len()),
         };

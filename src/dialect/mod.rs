@@ -109,6 +109,20 @@ impl Rejection {
 pub struct Plan<M> {
     pub meta: Vec<M>,
     pub items: Vec<Result<SubRequest, Outcome>>,
+    /// How the items run: concurrently (the default) or one after another.
+    pub order: Order,
+}
+
+/// How a batch's items run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Concurrently, within the route's `concurrency`.
+    #[default]
+    Concurrent,
+    /// One after another in request order (Tyk's `suppress_parallel_execution`, KrakenD's
+    /// `sequential`); with `stop_on_failure`, the items after the first failure (not 2xx or
+    /// 3xx) are not sent and answer 424 `FailedDependency.NotRun`.
+    Sequential { stop_on_failure: bool },
 }
 
 /// One reply, ready to write. `Content-Length` and `X-Request-Id` are added by the proxy.

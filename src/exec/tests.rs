@@ -57,6 +57,7 @@ fn item(delay_ms: u64) -> Result<SubRequest, Outcome> {
 
 fn limits(spawn_items: bool, concurrency: usize, item_ms: u64, batch_ms: u64) -> Limits {
     Limits {
+        stop_on_failure: false,
         concurrency,
         item_timeout: Duration::from_millis(item_ms),
         deadline: Instant::now() + Duration::from_millis(batch_ms),

@@ -79,6 +79,13 @@ fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
             Fault::Client,
         ),
         (
+            FailureKind::NotRun,
+            424,
+            "FailedDependency.NotRun",
+            ItemClass::Cancelled,
+            Fault::Client,
+        ),
+        (
             FailureKind::Internal,
             502,
             "UpstreamFailed",

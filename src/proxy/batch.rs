@@ -9,6 +9,7 @@ use super::body::read_batch;
 use super::{BatchGate, RequestCtx, Route};
 use crate::admission::Ticket;
 use crate::config::ClientKey;
+use crate::dialect::Order;
 use crate::dialect::{
     with_dialect, BatchRequest, Dialect, ItemClass, Outcome, Plan, Rejection, RejectionKind, Reply,
     SubRequest,
@@ -206,7 +207,14 @@ impl BatchGate {
             ticket,
         });
         let Some(outcomes) = self
-            .run_batch(session, route, plan.items, headers, &observer, &request_id)
+            .run_batch(
+                session,
+                route,
+                (plan.items, plan.order),
+                headers,
+                &observer,
+                &request_id,
+            )
             .await
         else {
             summary.cancelled(refused);
@@ -222,12 +230,12 @@ impl BatchGate {
         &self,
         session: &mut Session,
         route: &Route,
-        items: Vec<std::result::Result<SubRequest, Outcome>>,
+        (items, order): (Vec<std::result::Result<SubRequest, Outcome>>, Order),
         headers: BatchHeaders,
         observer: &Arc<BatchObserver>,
         request_id: &str,
     ) -> Option<Vec<Outcome>> {
-        let exec_limits = self.exec_limits(route);
+        let exec_limits = self.exec_limits(route, order);
         let upstream = Arc::new(BatchUpstream {
             client: route.upstream.clone(),
             headers,
@@ -251,11 +259,17 @@ impl BatchGate {
         watching_client(session, run).await
     }
 
-    /// The executor's limits for one batch of `route`: its deadline starts now.
-    fn exec_limits(&self, route: &Route) -> Limits {
+    /// The executor's limits for one batch of `route`: its deadline starts now. A
+    /// sequential batch runs one item at a time.
+    fn exec_limits(&self, route: &Route, order: Order) -> Limits {
         let limits = &route.config.limits;
+        let (concurrency, stop_on_failure) = match order {
+            Order::Concurrent => (limits.concurrency, false),
+            Order::Sequential { stop_on_failure } => (1, stop_on_failure),
+        };
         Limits {
-            concurrency: limits.concurrency,
+            concurrency,
+            stop_on_failure,
             item_timeout: limits.item_timeout,
             deadline: tokio::time::Instant::now() + limits.batch_timeout,
             max_reply_bytes: limits.max_reply_bytes,

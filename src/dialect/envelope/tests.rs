@@ -12,6 +12,8 @@ fn envelope() -> Envelope {
     Envelope {
         config: Arc::new(EnvelopeConfig {
             body_rule: Default::default(),
+            sequential: false,
+            stop_on_failure: false,
             base_path: "/v2".into(),
             allowed_methods: vec![Method::GET, Method::POST],
             allowed_resources: Some(vec!["file".into()]),
