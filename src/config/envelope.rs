@@ -114,15 +114,5 @@ fn envelope_methods(section: &RouteSection, i: &str, problems: &mut Problems) ->
             .map(|m| m.to_string())
             .collect()
     });
-    let mut allowed_methods = Vec::new();
-    for (j, name) in method_names.iter().enumerate() {
-        match Method::from_bytes(name.as_bytes()) {
-            Ok(m) if name.bytes().all(|b| b.is_ascii_uppercase()) => allowed_methods.push(m),
-            _ => problems.push(
-                &["routes", i, "allowed_methods", &j.to_string()],
-                format!("{name:?} is not an upper-case HTTP method"),
-            ),
-        }
-    }
-    allowed_methods
+    super::values::upper_case_methods(&method_names, &["routes", i, "allowed_methods"], problems)
 }

@@ -262,17 +262,7 @@ pub(super) fn idempotent_methods(
     let Some(names) = &section.idempotent_methods else {
         return DEFAULT_IDEMPOTENT_METHODS.to_vec();
     };
-    let mut methods = Vec::new();
-    for (j, name) in names.iter().enumerate() {
-        match Method::from_bytes(name.as_bytes()) {
-            Ok(m) if name.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(m),
-            _ => problems.push(
-                &["routes", i, "idempotent_methods", &j.to_string()],
-                format!("{name:?} is not an upper-case HTTP method"),
-            ),
-        }
-    }
-    methods
+    super::values::upper_case_methods(names, &["routes", i, "idempotent_methods"], problems)
 }
 
 /// When a second copy of a slow idempotent item goes to another address.

@@ -33,6 +33,27 @@ pub(super) fn bounded(
     }
 }
 
+/// HTTP methods written in upper case (`"GET"`), each wrong one a problem at `path[j]`.
+pub(super) fn upper_case_methods(
+    names: &[String],
+    path: &[&str],
+    problems: &mut Problems,
+) -> Vec<http::Method> {
+    let mut methods = Vec::new();
+    for (j, name) in names.iter().enumerate() {
+        match http::Method::from_bytes(name.as_bytes()) {
+            Ok(m) if name.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(m),
+            _ => {
+                let j = j.to_string();
+                let mut at = path.to_vec();
+                at.push(&j);
+                problems.push(&at, format!("{name:?} is not an upper-case HTTP method"));
+            }
+        }
+    }
+    methods
+}
+
 /// Longest duration any key accepts. Deadlines are `Instant + duration`, which panics on
 /// overflow, so an absurd value (`"3000000000000000h"`) must fail `check`, not every batch.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
