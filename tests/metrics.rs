@@ -245,8 +245,19 @@ async fn counters_move_exactly_as_the_traffic_implies() {
         SETTLE,
         "all batches and requests recorded",
         |s| {
+            // Every series the assertions below read, not one family standing for the rest:
+            // a scrape between two families' updates must not pass for the settled state.
+            let passed = |class| {
+                s.sum(
+                    "batchgate_passthrough_requests_total",
+                    &[("upstream", "api"), ("status_class", class)],
+                )
+            };
             s.sum("batchgate_batch_duration_seconds_count", &[]) == 8.0
+                && s.sum("batchgate_batches_total", &[]) == 8.0
                 && s.sum("batchgate_passthrough_duration_seconds_count", &[]) == 2.0
+                && passed("2xx") == 1.0
+                && passed("4xx") == 1.0
         },
     )
     .await;
