@@ -39,6 +39,7 @@ dialect = "envelope"
 allowed_methods = ["GET", "POST", "DELETE"]
 allowed_url_prefixes = ["/file/"]
 max_items = 20
+dependencies = "graph"
 [[routes]]
 path = "/rpc"
 dialect = "jsonrpc"
@@ -92,6 +93,24 @@ fn dialects() -> &'static Dialects {
             fanout: fanout.expect("fanout route"),
         }
     })
+}
+
+/// Dependencies the executor is given always admit an order: one list per item (or none at
+/// all), indices in range, none naming its own item, no cycle (checked by repeatedly taking
+/// an item whose dependencies are all taken).
+fn assert_dependency_order(after: &[Vec<usize>], items: usize) {
+    if after.is_empty() {
+        return;
+    }
+    assert_eq!(after.len(), items, "one dependency list per item");
+    for (item, dependencies) in after.iter().enumerate() {
+        assert!(dependencies.iter().all(|&d| d < items && d != item), "{after:?}");
+    }
+    let mut taken = vec![false; items];
+    for _ in 0..items {
+        let next = (0..items).find(|&i| !taken[i] && after[i].iter().all(|&d| taken[d]));
+        taken[next.expect("the dependencies have a cycle")] = true;
+    }
 }
 
 /// What every item a decoder lets through must look like, checked without the guard code.
@@ -244,6 +263,7 @@ pub fn envelope(data: &[u8]) {
     };
     assert_eq!(plan.meta.len(), plan.items.len());
     assert!(plan.items.len() <= d.max_items);
+    assert_dependency_order(&plan.after, plan.items.len());
     let outcomes: Vec<Outcome> = plan
         .items
         .iter()

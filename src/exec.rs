@@ -10,8 +10,11 @@
 //! thread anyway) or spawned one task each so work stealing can spread them
 //! (`Limits::spawn_items`); one loop drives both (`Running`).
 
+mod graph;
+
 use crate::item::{FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::permits::{ClientId, Permit, Permits};
+use graph::Graph;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,7 +97,8 @@ pub async fn run<U: Upstream, O: Observer>(
         // driven: they are what frees the permits).
         for (index, request) in to_send {
             let acquiring = acquire(&batch_permits, &global);
-            let permits = collect_until(acquiring, &mut running, &mut collector).await;
+            let permits =
+                collect_until(acquiring, &mut running, |done| collector.finished(done)).await;
             let Some(permits) = permits else {
                 // The permits are never closed; report it as cancellation if they ever are.
                 collector.record(index, never_started());
@@ -119,6 +123,81 @@ pub async fn run<U: Upstream, O: Observer>(
         () = stopped => false,
     };
     collector.close(running, finished)
+}
+
+/// Like [`run`], for a batch whose items depend on each other: `after[i]` lists the items
+/// item `i` waits for (checked by the dialect: in range, no cycle). An item starts once every
+/// item it depends on answered 2xx, lowest index first among those ready; when one of them
+/// did not, it answers `DependencyFailed` at once and is never sent, and so do the items
+/// waiting for it. Independent items still run concurrently within the same limits.
+pub async fn run_graph<U: Upstream, O: Observer>(
+    limits: &Limits,
+    global: Share<'_>,
+    items: Vec<Result<SubRequest, Outcome>>,
+    after: &[Vec<usize>],
+    upstream: &Arc<U>,
+    observer: &Arc<O>,
+) -> Vec<Outcome> {
+    let (slots, to_send) = partition(items);
+    let mut graph = Graph::new(to_send, after, &slots);
+    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let mut running = Running::new(limits.spawn_items);
+    let mut collector = Collector::new(slots, limits);
+    let queued = Instant::now();
+    let work = async {
+        loop {
+            while let Some((index, dependency)) = graph.take_blocked() {
+                let kind = FailureKind::DependencyFailed { dependency };
+                collector.record(index, Outcome::failed(kind, Sent::Nothing));
+                graph.finished(index, false);
+            }
+            let Some((index, request)) = graph.pop_ready() else {
+                match running.next().await {
+                    Some(done) => finish_node(&mut collector, &mut graph, done),
+                    // Nothing ready, nothing running: every item is answered.
+                    None => break,
+                }
+                continue;
+            };
+            let acquiring = acquire(&batch_permits, &global);
+            let finished = |done| finish_node(&mut collector, &mut graph, done);
+            let Some(permits) = collect_until(acquiring, &mut running, finished).await else {
+                collector.record(index, never_started());
+                graph.finished(index, false);
+                continue;
+            };
+            if limits.stop_on_failure && collector.failed_before(index) {
+                collector.record(index, Outcome::failed(FailureKind::NotRun, Sent::Nothing));
+                graph.finished(index, false);
+                continue;
+            }
+            running.push(start_item(
+                index, request, permits, limits, upstream, observer, queued,
+            ));
+        }
+    };
+    let stopped = stop_signal(limits.stop.clone());
+    let finished = tokio::select! {
+        result = tokio::time::timeout_at(limits.deadline, work) => result.is_ok(),
+        () = stopped => false,
+    };
+    collector.close(running, finished)
+}
+
+/// Records a finished item of a dependency run and tells the graph whether it succeeded (as
+/// recorded: a response dropped for the reply budget did not).
+fn finish_node(collector: &mut Collector, graph: &mut Graph, done: Done) {
+    // A panicked task leaves no index: its dependents stay waiting and are reported as
+    // internal failures when the run ends.
+    if let Some((index, outcome)) = done {
+        collector.record(index, outcome);
+        let ok = collector
+            .slots
+            .get(index)
+            .and_then(Option::as_ref)
+            .is_some_and(graph::succeeded);
+        graph.finished(index, ok);
+    }
 }
 
 /// An item whose permits never came.
@@ -328,14 +407,14 @@ impl Collector {
 async fn collect_until(
     acquiring: impl Future<Output = Option<ItemPermits>>,
     running: &mut Running<impl Future<Output = (usize, Outcome)> + Send + 'static>,
-    collector: &mut Collector,
+    mut finished: impl FnMut(Done),
 ) -> Option<ItemPermits> {
     tokio::pin!(acquiring);
     loop {
         tokio::select! {
             biased;
             permits = &mut acquiring => return permits,
-            Some(done) = running.next(), if !running.is_empty() => collector.finished(done),
+            Some(done) = running.next(), if !running.is_empty() => finished(done),
         }
     }
 }

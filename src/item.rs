@@ -95,6 +95,9 @@ pub enum FailureKind {
     Cancelled,
     /// A sequential batch stopped at an earlier item's failure; this one was never sent.
     NotRun,
+    /// An item this one depends on (by index in the batch) did not answer 2xx; this one was
+    /// never sent.
+    DependencyFailed { dependency: usize },
     /// batchgate itself failed while running the item (its task panicked).
     Internal,
 }
@@ -147,6 +150,7 @@ impl FailureKind {
             ReplyBudgetExceeded { .. } => (502, "ReplyTooLarge", C::UpstreamError, Fault::Proxy, ""),
             Cancelled => (499, "Cancelled", C::Cancelled, Fault::Client, CANCELLED),
             NotRun => (424, "FailedDependency.NotRun", C::Cancelled, Fault::Client, NOT_RUN),
+            DependencyFailed { .. } => (424, "FailedDependency", C::Cancelled, Fault::Client, DEPENDENCY),
             Internal => (502, "UpstreamFailed", C::UpstreamError, Fault::Proxy, INTERNAL),
         };
         Mapping { status, code, class, fault, message }
@@ -160,6 +164,7 @@ const TLS: &str = "the TLS handshake with the upstream failed";
 const CONNECTION: &str = "the upstream connection failed";
 const CANCELLED: &str = "the client closed the connection";
 const NOT_RUN: &str = "not run: an earlier item of this sequential batch failed";
+const DEPENDENCY: &str = "not run: an item it depends on did not succeed";
 const INTERNAL: &str = "internal error while running the item";
 
 impl Failure {
@@ -200,6 +205,7 @@ impl Failure {
             | ReplyBudgetExceeded { .. }
             | Cancelled
             | NotRun
+            | DependencyFailed { .. }
             | Internal => false,
         }
     }

@@ -58,6 +58,17 @@ pub(super) fn envelope_config(
             .with_origins(&origins),
         sequential: section.sequential.unwrap_or(false),
         stop_on_failure: section.stop_on_failure.unwrap_or(false),
+        dependencies: match section.dependencies.as_deref() {
+            None | Some("off") => false,
+            Some("graph") => true,
+            Some(other) => {
+                problems.push(
+                    &["routes", i, "dependencies"],
+                    format!("{other:?} is not a dependency rule (\"off\" or \"graph\")"),
+                );
+                false
+            }
+        },
         body_rule: match section.reply_body.as_deref() {
             None | Some("pds") => BodyRule::Pds,
             Some("graph") => BodyRule::Graph,

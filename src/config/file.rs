@@ -191,6 +191,7 @@ pub struct RouteSection {
     pub reply_body: Option<String>,
     pub sequential: Option<bool>,
     pub stop_on_failure: Option<bool>,
+    pub dependencies: Option<String>,
     // jsonrpc (`allowed_methods` above then names JSON-RPC methods)
     pub upstream_path: Option<String>,
     pub denied_methods: Option<Vec<String>>,

@@ -270,7 +270,7 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
     const JSONRPC: &[&str] = &["jsonrpc"];
     const FANOUT: &[&str] = &["fanout"];
     let s = section;
-    let present: [(&str, bool, &[&str]); 19] = [
+    let present: [(&str, bool, &[&str]); 20] = [
         ("error_format", s.error_format.is_some(), &["envelope", "fanout"]),
         ("base_path", s.base_path.is_some(), ENVELOPE),
         ("allowed_resources", s.allowed_resources.is_some(), ENVELOPE),
@@ -279,6 +279,7 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
         ("reply_body", s.reply_body.is_some(), ENVELOPE),
         ("sequential", s.sequential.is_some(), ENVELOPE),
         ("stop_on_failure", s.stop_on_failure.is_some(), ENVELOPE),
+        ("dependencies", s.dependencies.is_some(), ENVELOPE),
         ("allowed_methods", s.allowed_methods.is_some(), &["envelope", "jsonrpc"]),
         ("upstream_path", s.upstream_path.is_some(), JSONRPC),
         ("denied_methods", s.denied_methods.is_some(), JSONRPC),

@@ -252,6 +252,9 @@ pub struct EnvelopeConfig {
     pub sequential: bool,
     /// A sequential batch stops at its first failure unless a request says otherwise.
     pub stop_on_failure: bool,
+    /// Whether items' `dependsOn` / `depends_on` order the batch (`dependencies = "graph"`);
+    /// off, an item naming dependencies is refused (400), never run out of order.
+    pub dependencies: bool,
     pub header_guard: HeaderGuard,
     pub error_format: ErrorFormat,
 }

@@ -16,7 +16,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// An envelope route: its settings plus its item limit.
@@ -57,9 +57,27 @@ struct ItemFields<'a> {
     body: Option<&'a RawValue>,
     #[serde(borrow, default)]
     headers: Option<&'a RawValue>,
-    /// Microsoft Graph's ordering between items; not supported, so refused rather than ignored.
+    /// Microsoft Graph's ordering between items (`dependencies = "graph"`; refused otherwise,
+    /// never ignored).
     #[serde(borrow, default, rename = "dependsOn")]
     depends_on: Option<&'a RawValue>,
+    /// The same, as Graph's Python SDKs spell it.
+    #[serde(borrow, default, rename = "depends_on")]
+    depends_on_alias: Option<&'a RawValue>,
+}
+
+impl<'a> ItemFields<'a> {
+    /// The item's dependency list, under either spelling (not both).
+    fn dependencies(&self, index: usize) -> Result<Option<&'a RawValue>, Rejection> {
+        match (self.depends_on, self.depends_on_alias) {
+            (Some(_), Some(_)) => Err(Rejection::new(
+                RejectionKind::InvalidParameter,
+                depends::CODE_DEPENDS_ON,
+                format!("requests[{index}] gives both dependsOn and depends_on; give one"),
+            )),
+            (one, other) => Ok(one.or(other)),
+        }
+    }
 }
 
 /// Headers one item may set (Envoy's default `max_headers_count`); beyond it the item is a
@@ -80,8 +98,10 @@ impl Dialect for Envelope {
             order,
             meta: Vec::with_capacity(items.len()),
             items: Vec::with_capacity(items.len()),
+            after: Vec::new(),
         };
-        let mut seen_ids = HashSet::with_capacity(items.len());
+        let mut seen_ids = HashMap::with_capacity(items.len());
+        let mut dependency_lists = Vec::new();
         for (index, raw) in items.into_iter().enumerate() {
             let invalid_item = |detail: String| {
                 Rejection::new(
@@ -101,8 +121,17 @@ impl Dialect for Envelope {
             plan.meta.push(EnvelopeMeta {
                 id: request.body.slice_ref(id_raw.get().as_bytes()),
             });
-            plan.items
-                .push(self.sub_request(request, &fields).map_err(Outcome::refused));
+            let dependencies = fields.dependencies(index)?;
+            if self.config.dependencies {
+                dependency_lists.push(dependencies);
+            }
+            plan.items.push(
+                self.sub_request(request, &fields, dependencies)
+                    .map_err(Outcome::refused),
+            );
+        }
+        if self.config.dependencies {
+            plan.after = depends::resolve(&dependency_lists, &seen_ids)?;
         }
         Ok(plan)
     }
@@ -117,13 +146,17 @@ impl Dialect for Envelope {
             .sum();
         let mut out = Vec::with_capacity(size + 16);
         out.extend_from_slice(b"{\"responses\":[");
-        for (i, (meta, outcome)) in meta.iter().zip(outcomes.iter()).enumerate() {
+        let metas = meta;
+        for (i, (meta, outcome)) in metas.iter().zip(outcomes.iter()).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"id\":");
             out.extend_from_slice(&meta.id);
-            write_outcome(&mut out, outcome, self.config.body_rule);
+            match depends::named(outcome, &metas, &outcomes) {
+                Some(named) => write_outcome(&mut out, &named, self.config.body_rule),
+                None => write_outcome(&mut out, outcome, self.config.body_rule),
+            }
             out.push(b'}');
         }
         out.extend_from_slice(b"]}");
@@ -220,18 +253,17 @@ impl Envelope {
         &self,
         request: &BatchRequest<'_>,
         fields: &ItemFields<'_>,
+        dependencies: Option<&RawValue>,
     ) -> Result<SubRequest, ItemError> {
         let body = request.body;
-        if fields
-            .depends_on
-            .is_some_and(|d| d.get() != "null" && d.get() != "[]")
-        {
+        if !self.config.dependencies && depends::names_any(dependencies) {
             // Items run concurrently; silently dropping an ordering the client asked for
             // would reorder its writes.
             return Err(ItemError {
                 status: 400,
-                code: "InvalidParameter.DependsOn",
-                message: "dependsOn is not supported: items of a batch run independently"
+                code: depends::CODE_DEPENDS_ON,
+                message: "dependsOn is not enabled on this route (dependencies = \"graph\"): \
+                          items of a batch run independently"
                     .to_string(),
             });
         }
@@ -426,10 +458,12 @@ fn is_object(raw: &RawValue) -> bool {
     raw.get().starts_with('{')
 }
 
+/// The item's id, checked (a non-empty string, unique in the batch) and recorded in `seen`
+/// with the item's index.
 fn check_id<'a>(
     index: usize,
     raw: Option<&'a RawValue>,
-    seen: &mut HashSet<String>,
+    seen: &mut HashMap<String, usize>,
 ) -> Result<&'a RawValue, Rejection> {
     let refuse = |kind, message: String| Rejection::new(kind, CODE_ID, message);
     let Some(raw) = raw else {
@@ -456,7 +490,7 @@ fn check_id<'a>(
             format!("requests[{index}].id is empty"),
         ));
     }
-    if !seen.insert(id.clone()) {
+    if seen.insert(id.clone(), index).is_some() {
         return Err(refuse(
             RejectionKind::DuplicateId,
             format!("requests[{index}].id {id:?} is not unique in this batch"),
@@ -487,6 +521,7 @@ fn string_field(
     })
 }
 
+mod depends;
 mod reply;
 
 use reply::write_outcome;

@@ -54,6 +54,7 @@ impl Dialect for Fanout {
         let headers = self.headers(request)?;
         let mut plan = Plan {
             order: Order::default(),
+            after: Vec::new(),
             meta: Vec::with_capacity(ids.len()),
             items: Vec::with_capacity(ids.len()),
         };

@@ -89,6 +89,7 @@ impl Dialect for JsonRpc {
             // A single call: checked like an element, then relayed as is.
             let mut plan = Plan {
                 order: Order::default(),
+                after: Vec::new(),
                 meta: Vec::new(),
                 items: Vec::new(),
             };
@@ -100,6 +101,7 @@ impl Dialect for JsonRpc {
         self.check_batch(&elements)?;
         let mut plan = Plan {
             order: Order::default(),
+            after: Vec::new(),
             meta: Vec::with_capacity(elements.len()),
             items: Vec::with_capacity(elements.len()),
         };

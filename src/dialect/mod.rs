@@ -111,6 +111,9 @@ pub struct Plan<M> {
     pub items: Vec<Result<SubRequest, Outcome>>,
     /// How the items run: concurrently (the default) or one after another.
     pub order: Order,
+    /// Per item, the items it waits for (Graph's `dependsOn`, as indices); empty when no item
+    /// of the batch depends on another.
+    pub after: Vec<Vec<usize>>,
 }
 
 /// How a batch's items run.

@@ -331,3 +331,110 @@ both_ways! {
     dropped_items_do_not_use_up_the_budget => dropped_items_do_not_use_up_the_budget_in,
     stop_signal_answers_with_what_finished => stop_signal_answers_with_what_finished_in,
 }
+
+/// A fake whose `/fail<ms>` paths answer 500 after the delay; everything else as [`Fake`].
+#[derive(Default)]
+struct Failing(Fake);
+
+impl Upstream for Failing {
+    async fn send(&self, request: SubRequest) -> Outcome {
+        let fails = request.path.starts_with("/fail");
+        let request = SubRequest {
+            path: request.path.replace("/fail", "/"),
+            ..request
+        };
+        match self.0.send(request).await {
+            Outcome::Response(mut r) if fails => {
+                r.status = 500;
+                Outcome::Response(r)
+            }
+            other => other,
+        }
+    }
+}
+
+fn path_item(path: &str) -> Result<SubRequest, Outcome> {
+    Ok(SubRequest {
+        method: Method::GET,
+        path: path.to_string(),
+        headers: Vec::new(),
+        body: None,
+    })
+}
+
+/// Dependent items start only after what they depend on finished, independent items run
+/// alongside, and a failed dependency answers 424 at once, transitively, without sending.
+async fn dependencies_order_and_block_in(spawn: bool) {
+    let fake = Arc::new(Failing::default());
+    // 0 (30 ms) <- 1 (10 ms); 2 (fails after 10 ms, sent as /10) <- 3 <- 4; 5 independent (20 ms).
+    let items = vec![
+        path_item("/30"),
+        path_item("/10"),
+        path_item("/fail10"),
+        path_item("/5"),
+        path_item("/5"),
+        path_item("/20"),
+    ];
+    let after = [vec![], vec![0], vec![], vec![2], vec![3], vec![]];
+    let started = Instant::now();
+    let out = run_graph(
+        &limits(spawn, 4, 1000, 1000),
+        share(&Permits::new(10), &client()),
+        items,
+        &after,
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    // 0 then 1: 40 ms, while 2 and 5 ran beside them.
+    assert_eq!(started.elapsed(), Duration::from_millis(40));
+    assert_eq!(out[1].status(), 200);
+    assert_eq!(out[2].status(), 500);
+    for (index, dependency) in [(3, 2), (4, 3)] {
+        assert!(
+            matches!(&out[index], Outcome::Failed(f) if f.kind == FailureKind::DependencyFailed { dependency }),
+            "{:?}",
+            out[index]
+        );
+    }
+    let started = fake.0.started.lock().expect("test mutex").clone();
+    assert_eq!(started, ["/30", "/10", "/20", "/10"], "3 and 4 never sent");
+    assert_eq!(fake.0.peak.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dependencies_order_and_block_polled() {
+    dependencies_order_and_block_in(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dependencies_order_and_block_spawned() {
+    dependencies_order_and_block_in(true).await;
+}
+
+/// A dependency chain longer than the deadline: what did not start answers BatchDeadline.
+#[tokio::test(start_paused = true)]
+async fn dependencies_keep_the_batch_deadline() {
+    let fake = Arc::new(Fake::default());
+    let items = vec![item(30), item(30), item(30)];
+    let after = [vec![], vec![0], vec![1]];
+    let started = Instant::now();
+    let out = run_graph(
+        &limits(false, 3, 1000, 50),
+        share(&Permits::new(10), &client()),
+        items,
+        &after,
+        &fake,
+        &Arc::new(NoObserver),
+    )
+    .await;
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(out[0].status(), 200);
+    for late in &out[1..] {
+        assert!(
+            matches!(late, Outcome::Failed(f) if f.kind == FailureKind::BatchDeadline),
+            "{late:?}"
+        );
+    }
+    assert_eq!(fake.started.lock().expect("test mutex").len(), 2);
+}

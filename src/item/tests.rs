@@ -86,6 +86,13 @@ fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
             Fault::Client,
         ),
         (
+            FailureKind::DependencyFailed { dependency: 0 },
+            424,
+            "FailedDependency",
+            ItemClass::Cancelled,
+            Fault::Client,
+        ),
+        (
             FailureKind::Internal,
             502,
             "UpstreamFailed",

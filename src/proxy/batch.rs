@@ -210,7 +210,7 @@ impl BatchGate {
             .run_batch(
                 session,
                 route,
-                (plan.items, plan.order),
+                (plan.items, plan.order, plan.after),
                 headers,
                 &observer,
                 &request_id,
@@ -230,7 +230,11 @@ impl BatchGate {
         &self,
         session: &mut Session,
         route: &Route,
-        (items, order): (Vec<std::result::Result<SubRequest, Outcome>>, Order),
+        (items, order, after): (
+            Vec<std::result::Result<SubRequest, Outcome>>,
+            Order,
+            Vec<Vec<usize>>,
+        ),
         headers: BatchHeaders,
         observer: &Arc<BatchObserver>,
         request_id: &str,
@@ -255,8 +259,13 @@ impl BatchGate {
             permits: &self.permits,
             client: observer.ticket.client(),
         };
-        let run = exec::run(&exec_limits, share, items, &upstream, observer).instrument(span);
-        watching_client(session, run).await
+        if after.is_empty() {
+            let run = exec::run(&exec_limits, share, items, &upstream, observer);
+            watching_client(session, run.instrument(span)).await
+        } else {
+            let run = exec::run_graph(&exec_limits, share, items, &after, &upstream, observer);
+            watching_client(session, run.instrument(span)).await
+        }
     }
 
     /// The executor's limits for one batch of `route`: its deadline starts now. A

@@ -14,6 +14,7 @@ fn envelope() -> Envelope {
             body_rule: Default::default(),
             sequential: false,
             stop_on_failure: false,
+            dependencies: false,
             base_path: "/v2".into(),
             allowed_methods: vec![Method::GET, Method::POST],
             allowed_resources: Some(vec!["file".into()]),
@@ -439,4 +440,112 @@ fn reply_cost_is_the_encoded_size() {
         body: Bytes::from(vec![0x01; 1000]),
     };
     assert_eq!(reply_cost(&control), 6002);
+}
+
+fn graph_envelope() -> Envelope {
+    let mut e = envelope();
+    e.max_items = 10;
+    let mut config = (*e.config).clone();
+    config.dependencies = true;
+    e.config = Arc::new(config);
+    e
+}
+
+fn decode_with(e: &Envelope, body: &str) -> Result<Plan<EnvelopeMeta>, Rejection> {
+    let headers = HeaderMap::new();
+    let body = Bytes::copy_from_slice(body.as_bytes());
+    e.decode(&BatchRequest {
+        authority: None,
+        method: &Method::POST,
+        query: None,
+        headers: &headers,
+        body: &body,
+    })
+}
+
+/// With `dependencies = "graph"`, both spellings become indices for the executor; an item
+/// that names none leaves the plan without dependencies (the plain concurrent path).
+#[test]
+fn depends_on_lists_become_the_plan_order() {
+    let e = graph_envelope();
+    let plan = decode_with(&e, r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a"},{"id":"b","method":"GET","url":"/b","dependsOn":["a"]},{"id":"c","method":"GET","url":"/c","depends_on":["a","b"]}]}"#).expect("valid");
+    assert_eq!(plan.after, [vec![], vec![0], vec![0, 1]]);
+    assert!(plan.items.iter().all(Result::is_ok));
+    let plan = decode_with(
+        &e,
+        r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","dependsOn":[]}]}"#,
+    )
+    .expect("valid");
+    assert!(plan.after.is_empty());
+}
+
+/// Unknown ids, self-reference, cycles and both spellings at once refuse the whole batch
+/// before anything is sent.
+#[test]
+fn bad_dependency_graphs_refuse_the_batch() {
+    let e = graph_envelope();
+    for (body, says) in [
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","dependsOn":["zz"]}]}"#,
+            "not an id",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","dependsOn":["a"]}]}"#,
+            "its own id",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","dependsOn":["b"]},{"id":"b","method":"GET","url":"/b","dependsOn":["a"]}]}"#,
+            "cycle",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a"},{"id":"b","method":"GET","url":"/b","dependsOn":["a"],"depends_on":["a"]}]}"#,
+            "both",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a"},{"id":"b","method":"GET","url":"/b","dependsOn":"a"}]}"#,
+            "array of ids",
+        ),
+    ] {
+        let rejection = decode_with(&e, body).expect_err(body);
+        assert_eq!(rejection.code, "InvalidParameter.DependsOn", "{body}");
+        assert_eq!(rejection.kind, RejectionKind::InvalidParameter, "{body}");
+        assert!(
+            rejection.message.contains(says),
+            "{body}: {}",
+            rejection.message
+        );
+    }
+    // Off (the default), the alias is refused per item like dependsOn.
+    let plan = decode(r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","depends_on":["b"]}]}"#).expect("valid");
+    assert!(
+        matches!(&plan.items[0], Err(Outcome::Failed(Failure { kind: FailureKind::Refused(e), .. })) if e.code == "InvalidParameter.DependsOn")
+    );
+}
+
+/// A 424 names the dependency that did not succeed and what it answered.
+#[test]
+fn failed_dependency_reply_names_the_dependency() {
+    let e = graph_envelope();
+    let plan = decode_with(&e, r#"{"resource":"file","requests":[{"id":"first","method":"GET","url":"/a"},{"id":"second","method":"GET","url":"/b","dependsOn":["first"]}]}"#).expect("valid");
+    let outcomes = vec![
+        Outcome::Response(UpstreamResponse {
+            status: 404,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }),
+        Outcome::failed(
+            FailureKind::DependencyFailed { dependency: 0 },
+            Sent::Nothing,
+        ),
+    ];
+    let reply = e.encode(plan.meta, outcomes);
+    let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let second = &parsed["responses"][1];
+    assert_eq!(second["status"], 424);
+    assert_eq!(second["body"]["code"], "FailedDependency");
+    let message = second["body"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(r#"dependency "first" answered 404"#),
+        "{message}"
+    );
 }

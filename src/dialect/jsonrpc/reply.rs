@@ -139,9 +139,10 @@ pub(super) fn upstream_error(failure: &Failure) -> (UpstreamError, Option<String
         FailureKind::Connection | FailureKind::Internal => {
             (UpstreamError::ConnectionFailed, detail)
         }
-        FailureKind::Cancelled | FailureKind::NotRun | FailureKind::Refused(_) => {
-            (UpstreamError::ConnectionFailed, None)
-        }
+        FailureKind::Cancelled
+        | FailureKind::NotRun
+        | FailureKind::DependencyFailed { .. }
+        | FailureKind::Refused(_) => (UpstreamError::ConnectionFailed, None),
     }
 }
 
