@@ -8,6 +8,7 @@ use batchgate::config::{Config, DialectConfig};
 use batchgate::dialect::envelope::Envelope;
 use batchgate::dialect::fanout::Fanout;
 use batchgate::dialect::jsonrpc::JsonRpc;
+use batchgate::dialect::multipart::Multipart;
 use batchgate::dialect::{BatchRequest, Dialect, Outcome, UpstreamResponse};
 use batchgate::guard::{HeaderGuard, UrlGuard};
 use batchgate::metrics::RouteMetrics;
@@ -68,9 +69,11 @@ fn response(body: String) -> Outcome {
     })
 }
 
+#[allow(clippy::too_many_arguments)] // a bench table row: each argument is one column
 fn bench_dialect<D: Dialect>(
     c: &mut Criterion,
     name: &str,
+    content_type: &'static str,
     dialect: &D,
     body: impl Fn(usize) -> Bytes,
     query: impl Fn(usize) -> Option<String>,
@@ -79,6 +82,7 @@ fn bench_dialect<D: Dialect>(
     let mut group = c.benchmark_group(name);
     let mut headers = HeaderMap::new();
     headers.insert("x-auth-token", HeaderValue::from_static("token"));
+    headers.insert("content-type", HeaderValue::from_static(content_type));
     for &n in SIZES {
         group.throughput(Throughput::Elements(n as u64));
         let body = body(n);
@@ -130,6 +134,7 @@ fn dialects(c: &mut Criterion) {
                 bench_dialect(
                     c,
                     "envelope",
+                    "application/json",
                     &d,
                     envelope_body,
                     |_| None,
@@ -145,6 +150,7 @@ fn dialects(c: &mut Criterion) {
                 bench_dialect(
                     c,
                     "jsonrpc",
+                    "application/json",
                     &d,
                     jsonrpc_body,
                     |_| None,
@@ -160,14 +166,51 @@ fn dialects(c: &mut Criterion) {
                 bench_dialect(
                     c,
                     "fanout",
+                    "application/json",
                     &d,
                     |_| Bytes::new(),
                     move |n| Some(format!("group_id=1&accessory_ids={}", ids(n))),
                     |i| format!(r#"{{"url":"https://files.example/1/{i}"}}"#),
                 );
             }
+            // Not in conf/batchgate.toml; benched from conf/examples/google.toml below.
+            DialectConfig::Multipart(_) => {}
         }
     }
+    multipart(c);
+}
+
+/// The Google batch route of conf/examples/google.toml: parts of a GET each, as
+/// `BatchHttpRequest` writes them, answered with a small JSON body.
+fn multipart(c: &mut Criterion) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/examples/google.toml"
+    ))
+    .expect("conf/examples/google.toml");
+    let config: Config = text.parse().expect("valid config");
+    let Some(DialectConfig::Multipart(m)) = config.routes.first().map(|r| &r.dialect) else {
+        panic!("google.toml has a multipart route first");
+    };
+    let d = Multipart {
+        config: m.clone(),
+        max_items: 1000,
+    };
+    let body = |n: usize| {
+        let parts: String = (0..n)
+            .map(|i| format!("--BOUNDARY\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nMIME-Version: 1.0\r\nContent-ID: <9f3c+{i}>\r\n\r\nGET /drive/v3/files/{i:016x}?fields=id%2Cname&alt=json HTTP/1.1\r\nContent-Type: application/json\r\nMIME-Version: 1.0\r\naccept: application/json\r\naccept-encoding: gzip, deflate\r\nuser-agent: (gzip)\r\nx-goog-api-client: gdcl/2.150.0 gl-python/3.11.2\r\n\r\n\r\n"))
+            .collect();
+        Bytes::from(format!("{parts}--BOUNDARY--\r\n"))
+    };
+    bench_dialect(
+        c,
+        "multipart",
+        "multipart/mixed; boundary=BOUNDARY",
+        &d,
+        body,
+        |_| None,
+        |i| format!(r#"{{"id":"{i:016x}","name":"file {i}","kind":"drive#file"}}"#),
+    );
 }
 
 fn guards(c: &mut Criterion) {

@@ -12,6 +12,7 @@ use batchgate::config::{method_key, Config};
 use batchgate::dialect::envelope::Envelope;
 use batchgate::dialect::fanout::Fanout;
 use batchgate::dialect::jsonrpc::JsonRpc;
+use batchgate::dialect::multipart::Multipart;
 use batchgate::dialect::{
     BatchRequest, Dialect, Outcome, RouteDialect, SubRequest, UpstreamResponse,
 };
@@ -64,13 +65,22 @@ path = "/v2/item/{id}?group={group_id}"
 [routes.reply]
 list_field = "items"
 fields = { id = "$id", url = "/url" }
+[[routes]]
+path = "/file/batch"
+dialect = "multipart"
+allowed_methods = ["GET", "POST", "DELETE"]
+allowed_url_prefixes = ["/file/"]
+max_items = 20
+max_part_bytes = 4096
+max_part_head_bytes = 1024
 "#;
 
-/// The three dialects, built from one config through the real validation.
+/// The four dialects, built from one config through the real validation.
 struct Dialects {
     envelope: Envelope,
     jsonrpc: JsonRpc,
     fanout: Fanout,
+    multipart: Multipart,
 }
 
 fn dialects() -> &'static Dialects {
@@ -80,17 +90,20 @@ fn dialects() -> &'static Dialects {
         let mut envelope = None;
         let mut jsonrpc = None;
         let mut fanout = None;
+        let mut multipart = None;
         for route in &config.routes {
             match RouteDialect::new(&route.dialect, route.limits.max_items, "api") {
                 RouteDialect::Envelope(d) => envelope = Some(d),
                 RouteDialect::JsonRpc(d) => jsonrpc = Some(d),
                 RouteDialect::Fanout(d) => fanout = Some(d),
+                RouteDialect::Multipart(d) => multipart = Some(d),
             }
         }
         Dialects {
             envelope: envelope.expect("envelope route"),
             jsonrpc: jsonrpc.expect("jsonrpc route"),
             fanout: fanout.expect("fanout route"),
+            multipart: multipart.expect("multipart route"),
         }
     })
 }
@@ -104,7 +117,10 @@ fn assert_dependency_order(after: &[Vec<usize>], items: usize) {
     }
     assert_eq!(after.len(), items, "one dependency list per item");
     for (item, dependencies) in after.iter().enumerate() {
-        assert!(dependencies.iter().all(|&d| d < items && d != item), "{after:?}");
+        assert!(
+            dependencies.iter().all(|&d| d < items && d != item),
+            "{after:?}"
+        );
     }
     let mut taken = vec![false; items];
     for _ in 0..items {
@@ -380,6 +396,105 @@ pub fn fanout(data: &[u8]) {
         .collect();
     let reply = d.encode(plan.meta, outcomes);
     assert_json(&reply.body, "fanout");
+}
+
+/// Multipart: the first line is the batch's Content-Type, the rest its body. Every sent part
+/// is safe (a relative target resolves under `/file/`, the route's parent, and the route
+/// itself is never a target) with an allowed method; the reply is `multipart/mixed` with one
+/// part per request, its boundary declared, on no other line and in no part's bytes; a
+/// refused batch is answered with JSON.
+pub fn multipart(data: &[u8]) {
+    let d = &dialects().multipart;
+    let (content_type, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b""[..]),
+    };
+    let Ok(content_type) = HeaderValue::from_bytes(content_type) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, content_type);
+    let body = Bytes::copy_from_slice(body);
+    let plan = match d.decode(&request(&headers, None, &body, &Method::POST)) {
+        Ok(plan) => plan,
+        Err(rejection) => {
+            assert_json(&d.reject(&rejection).body, "multipart rejection");
+            return;
+        }
+    };
+    assert_eq!(plan.meta.len(), plan.items.len());
+    assert!(plan.items.len() <= d.max_items);
+    let outcomes: Vec<Outcome> = plan
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Ok(sub) => {
+                assert_safe(sub, "/file/");
+                let path = sub.path.split('?').next().unwrap_or_default();
+                assert!(
+                    path.trim_end_matches('/') != "/file/batch",
+                    "a nested batch: {:?}",
+                    sub.path
+                );
+                assert!(
+                    [Method::GET, Method::POST, Method::DELETE].contains(&sub.method),
+                    "method {} let through",
+                    sub.method
+                );
+                answer(i as u8, sub.body.as_deref().unwrap_or(data))
+            }
+            Err(decided) => decided.clone(),
+        })
+        .collect();
+    let n = outcomes.len();
+    let reply = d.encode(plan.meta, outcomes);
+    assert_multipart_reply(&reply, n);
+}
+
+/// A multipart reply, checked without the dialect's parser: `n` parts of `application/http`,
+/// each an HTTP/1.1 status line, between delimiters of the declared boundary, which occurs
+/// nowhere else.
+fn assert_multipart_reply(reply: &batchgate::dialect::Reply, n: usize) {
+    let content_type = reply.content_type.as_ref().expect("a content type");
+    let content_type = content_type.to_str().expect("ASCII content type");
+    let boundary = content_type
+        .strip_prefix("multipart/mixed; boundary=")
+        .expect("multipart/mixed with a boundary");
+    assert!(
+        (1..=70).contains(&boundary.len())
+            && boundary
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "boundary {boundary:?}"
+    );
+    let body = &reply.body[..];
+    let occurrences = memchr::memmem::find_iter(body, boundary.as_bytes()).count();
+    assert_eq!(
+        occurrences,
+        n + 1,
+        "the boundary occurs only on delimiter lines"
+    );
+    let opening = format!("--{boundary}\r\n");
+    let closing = format!("--{boundary}--\r\n");
+    assert!(body.ends_with(closing.as_bytes()), "no closing delimiter");
+    let parts = &body[..body.len() - closing.len()];
+    let mut count = 0;
+    for part in
+        memchr::memmem::find_iter(parts, opening.as_bytes()).map(|at| &parts[at + opening.len()..])
+    {
+        assert!(
+            part.starts_with(b"Content-Type: application/http\r\n"),
+            "part without its MIME type"
+        );
+        let head_end = memchr::memmem::find(part, b"\r\n\r\n").expect("MIME headers end");
+        assert!(
+            part[head_end + 4..].starts_with(b"HTTP/1.1 "),
+            "part without a status line"
+        );
+        count += 1;
+    }
+    assert_eq!(count, n, "one reply part per request");
 }
 
 /// An in-memory upstream connection: reads hand out the script in pieces whose sizes come

@@ -15,7 +15,7 @@ pub use template::{PathTemplate, UnsafePathValue};
 /// Why a child URL or header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuardError {
-    #[error("url must be an origin-form path starting with '/' (no scheme, authority or '//')")]
+    #[error("url must be an origin-form path starting with '/' (no scheme, authority or '//'), or an absolute url on this gateway's own origin under the route's base path")]
     NotOriginForm,
     #[error("url contains a control character, space or a character that must be percent-encoded (byte 0x{0:02x})")]
     InvalidCharacter(u8),
@@ -104,7 +104,10 @@ impl UrlGuard {
     /// An absolute item url on the batch request's own origin (its `authority`, over http or
     /// https) or on a configured public origin, as its origin-form path and query (what SDKs
     /// such as Microsoft Graph's send); any other url unchanged, for `check` to judge. An
-    /// authority with userinfo is never ours.
+    /// authority with userinfo is never ours. An absolute url holds the whole path, base path
+    /// included (`http://gate/v1.0/me` is relative `/me` under base path `/v1.0`): the base
+    /// path is taken off here, for `check` to put back, and an absolute url outside it is
+    /// left as it is (refused).
     pub fn origin_form<'a>(&self, url: &'a str, authority: Option<&str>) -> Cow<'a, str> {
         let Some((scheme, rest)) = url.split_once("://") else {
             return Cow::Borrowed(url);
@@ -122,8 +125,30 @@ impl UrlGuard {
                     .origins
                     .iter()
                     .any(|(s, a)| *s == scheme && a.eq_ignore_ascii_case(host)));
+        if !ours {
+            return Cow::Borrowed(url);
+        }
+        let path = if self.base_path.is_empty() {
+            path
+        } else {
+            let (path_only, query) = path.split_at(path.find('?').unwrap_or(path.len()));
+            if !has_path_prefix(path_only, &self.base_path) {
+                return Cow::Borrowed(url);
+            }
+            let rest = &path[self.base_path.len()..];
+            if self.base_path.ends_with('/') || rest.starts_with('/') {
+                // With a base path ending in '/' the rest lost its leading '/': put it back.
+                if rest.starts_with('/') {
+                    rest
+                } else {
+                    return Cow::Owned(format!("/{rest}"));
+                }
+            } else {
+                // The base path itself, maybe with a query: the root.
+                return Cow::Owned(format!("/{query}"));
+            }
+        };
         match path.as_bytes().first() {
-            _ if !ours => Cow::Borrowed(url),
             Some(b'/') => Cow::Borrowed(path),
             // `https://host?x` and `https://host`: the root.
             _ => Cow::Owned(format!("/{path}")),
@@ -305,15 +330,32 @@ mod tests {
         let g = UrlGuard::new("/v1.0".into(), None, vec![])
             .with_origins(&["https://API.example.com".to_string()]);
         let ours = Some("gate.local:8080");
-        assert_eq!(g.origin_form("http://gate.local:8080/me", ours), "/me");
+        assert_eq!(g.origin_form("http://gate.local:8080/v1.0/me", ours), "/me");
         assert_eq!(
-            g.origin_form("HTTPS://Gate.Local:8080/me?x=1", ours),
+            g.origin_form("HTTPS://Gate.Local:8080/v1.0/me?x=1", ours),
             "/me?x=1"
         );
-        assert_eq!(g.origin_form("http://gate.local:8080", ours), "/");
-        assert_eq!(g.origin_form("http://gate.local:8080?a", ours), "/?a");
-        assert_eq!(g.origin_form("https://api.example.com/me", ours), "/me");
+        assert_eq!(g.origin_form("http://gate.local:8080/v1.0", ours), "/");
+        assert_eq!(g.origin_form("http://gate.local:8080/v1.0?a", ours), "/?a");
+        assert_eq!(
+            g.origin_form("https://api.example.com/v1.0/me", ours),
+            "/me"
+        );
+        // Without a base path the url's path is the item's.
+        let bare = UrlGuard::new(String::new(), None, vec![]);
+        assert_eq!(bare.origin_form("http://gate.local:8080/me", ours), "/me");
+        assert_eq!(bare.origin_form("http://gate.local:8080", ours), "/");
+        assert_eq!(bare.origin_form("http://gate.local:8080?a", ours), "/?a");
+        let slash = UrlGuard::new("/v1.0/".into(), None, vec![]);
+        assert_eq!(
+            slash.origin_form("http://gate.local:8080/v1.0/me", ours),
+            "/me"
+        );
         for foreign in [
+            // Our origin, but outside the base path: not this route's to map.
+            "http://gate.local:8080/me",
+            "http://gate.local:8080/v1.00/me",
+            "http://gate.local:8080",
             "http://api.example.com/me",
             "http://gate.local/me",
             "http://evil.example/me",

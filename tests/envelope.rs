@@ -629,7 +629,8 @@ async fn generated_request_id_is_shared_and_returned() {
 }
 
 /// Absolute item urls on the batch request's own origin (as the Microsoft Graph SDKs send
-/// them) or on a configured public origin are their path; every other absolute url is
+/// them) or on a configured public origin are their path, which holds the route's base path
+/// (`/v2`) as on the wire; every other absolute url, and one outside the base path, is
 /// refused as before, and the path still goes through the guard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_origin_absolute_urls_are_paths_and_others_are_refused() {
@@ -641,8 +642,9 @@ async fn same_origin_absolute_urls_are_paths_and_others_are_refused() {
     // The test client sends `Host: 127.0.0.1`: that is the batch request's own origin.
     let own = "http://127.0.0.1";
     let body = batch(vec![
-        item("own", "GET", &format!("{own}/file/get?id=1")),
-        item("public", "GET", "https://api.example.com/file/get?id=2"),
+        item("own", "GET", &format!("{own}/v2/file/get?id=1")),
+        item("public", "GET", "https://api.example.com/v2/file/get?id=2"),
+        item("outside_base", "GET", &format!("{own}/file/get?id=3")),
         item("foreign", "GET", "http://evil.example/file/get"),
         item("userinfo", "GET", "http://me@127.0.0.1/file/get"),
         item(
@@ -650,7 +652,7 @@ async fn same_origin_absolute_urls_are_paths_and_others_are_refused() {
             "GET",
             &format!("http://{}/file/get", gate.addr),
         ),
-        item("escape", "GET", &format!("{own}/file/../../admin")),
+        item("escape", "GET", &format!("{own}/v2/file/../../admin")),
     ]);
     let reply = client::post_json(gate.addr, BATCH_PATH, &body).await;
     assert_eq!(reply.status, 200, "{}", reply.body_str());
@@ -668,6 +670,7 @@ async fn same_origin_absolute_urls_are_paths_and_others_are_refused() {
         vec![
             ("own".to_string(), 200),
             ("public".to_string(), 200),
+            ("outside_base".to_string(), 400),
             ("foreign".to_string(), 400),
             ("userinfo".to_string(), 400),
             ("other_port".to_string(), 400),

@@ -52,3 +52,10 @@ fn fanout_corpus() {
 fn h1_response_corpus() {
     replay("h1_response", props::h1_response);
 }
+
+/// Every multipart corpus input: sent parts pass the guards, replies re-split into one part
+/// per request under a boundary that occurs nowhere else, refusals are JSON.
+#[test]
+fn multipart_corpus() {
+    replay("multipart", props::multipart);
+}

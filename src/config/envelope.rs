@@ -88,7 +88,7 @@ pub(super) fn envelope_config(
 }
 
 /// `http://` or `https://` and a host[:port] of visible characters, nothing after it.
-fn is_origin(origin: &str) -> bool {
+pub(super) fn is_origin(origin: &str) -> bool {
     let Some((scheme, authority)) = origin.split_once("://") else {
         return false;
     };
@@ -99,7 +99,7 @@ fn is_origin(origin: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
-fn base_path(section: &RouteSection, i: &str, problems: &mut Problems) -> String {
+pub(super) fn base_path(section: &RouteSection, i: &str, problems: &mut Problems) -> String {
     // Default base path: the route's parent, so `/v2/batch` children `/file/get` reach
     // `/v2/file/get` (PDS) and `/v1.0/$batch` children `/me` reach `/v1.0/me` (Graph).
     let base_path = section.base_path.clone().unwrap_or_else(|| {
@@ -118,7 +118,11 @@ fn base_path(section: &RouteSection, i: &str, problems: &mut Problems) -> String
     base_path
 }
 
-fn envelope_methods(section: &RouteSection, i: &str, problems: &mut Problems) -> Vec<Method> {
+pub(super) fn envelope_methods(
+    section: &RouteSection,
+    i: &str,
+    problems: &mut Problems,
+) -> Vec<Method> {
     let method_names: Vec<String> = section.allowed_methods.clone().unwrap_or_else(|| {
         DEFAULT_ENVELOPE_METHODS
             .iter()

@@ -192,6 +192,10 @@ pub struct RouteSection {
     pub sequential: Option<bool>,
     pub stop_on_failure: Option<bool>,
     pub dependencies: Option<String>,
+    // multipart (with base_path, allowed_methods, allowed_url_prefixes, public_origins)
+    pub max_part_bytes: Option<i64>,
+    pub max_part_head_bytes: Option<i64>,
+    pub reply_content_id: Option<String>,
     // jsonrpc (`allowed_methods` above then names JSON-RPC methods)
     pub upstream_path: Option<String>,
     pub denied_methods: Option<Vec<String>>,

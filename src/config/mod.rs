@@ -10,6 +10,7 @@ mod error_format;
 pub mod fanout;
 pub mod file;
 mod jsonrpc;
+pub mod multipart;
 mod resilience;
 mod routes;
 pub mod runtime;

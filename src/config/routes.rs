@@ -10,6 +10,7 @@ use super::error_format::ErrorFormat;
 use super::fanout::fanout_config;
 use super::file::{FileConfig, RouteSection};
 use super::jsonrpc::jsonrpc_config;
+use super::multipart::multipart_config;
 use super::runtime::{DialectConfig, Problems, RouteConfig, RouteLimits};
 use super::server::lookup_upstream;
 use super::values::{bounded, duration, forwarded_header_names, is_route_path};
@@ -237,10 +238,12 @@ fn dialect_config(
             .map(|config| DialectConfig::JsonRpc(Arc::new(config))),
         "fanout" => fanout_config(section, ctx.index, problems)
             .map(|config| DialectConfig::Fanout(Arc::new(config))),
+        "multipart" => multipart_config(section, ctx.index, ctx.batch_paths, problems)
+            .map(|config| DialectConfig::Multipart(Arc::new(config))),
         other => {
             problems.push(
                 &["routes", ctx.index, "dialect"],
-                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\" or \"fanout\")"),
+                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\", \"fanout\" or \"multipart\")"),
             );
             None
         }
@@ -269,18 +272,23 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
     const ENVELOPE: &[&str] = &["envelope"];
     const JSONRPC: &[&str] = &["jsonrpc"];
     const FANOUT: &[&str] = &["fanout"];
+    const MULTIPART: &[&str] = &["multipart"];
+    const ITEM_URLS: &[&str] = &["envelope", "multipart"];
     let s = section;
-    let present: [(&str, bool, &[&str]); 20] = [
-        ("error_format", s.error_format.is_some(), &["envelope", "fanout"]),
-        ("base_path", s.base_path.is_some(), ENVELOPE),
+    let present: [(&str, bool, &[&str]); 23] = [
+        ("error_format", s.error_format.is_some(), &["envelope", "fanout", "multipart"]),
+        ("base_path", s.base_path.is_some(), ITEM_URLS),
         ("allowed_resources", s.allowed_resources.is_some(), ENVELOPE),
-        ("allowed_url_prefixes", s.allowed_url_prefixes.is_some(), ENVELOPE),
-        ("public_origins", s.public_origins.is_some(), ENVELOPE),
+        ("allowed_url_prefixes", s.allowed_url_prefixes.is_some(), ITEM_URLS),
+        ("public_origins", s.public_origins.is_some(), ITEM_URLS),
+        ("max_part_bytes", s.max_part_bytes.is_some(), MULTIPART),
+        ("max_part_head_bytes", s.max_part_head_bytes.is_some(), MULTIPART),
+        ("reply_content_id", s.reply_content_id.is_some(), MULTIPART),
         ("reply_body", s.reply_body.is_some(), ENVELOPE),
         ("sequential", s.sequential.is_some(), ENVELOPE),
         ("stop_on_failure", s.stop_on_failure.is_some(), ENVELOPE),
         ("dependencies", s.dependencies.is_some(), ENVELOPE),
-        ("allowed_methods", s.allowed_methods.is_some(), &["envelope", "jsonrpc"]),
+        ("allowed_methods", s.allowed_methods.is_some(), &["envelope", "jsonrpc", "multipart"]),
         ("upstream_path", s.upstream_path.is_some(), JSONRPC),
         ("denied_methods", s.denied_methods.is_some(), JSONRPC),
         ("profile", s.profile.is_some(), JSONRPC),

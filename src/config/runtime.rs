@@ -213,6 +213,7 @@ pub enum DialectConfig {
     Envelope(Arc<EnvelopeConfig>),
     JsonRpc(Arc<JsonRpcConfig>),
     Fanout(Arc<super::fanout::FanoutConfig>),
+    Multipart(Arc<super::multipart::MultipartConfig>),
 }
 
 impl DialectConfig {
@@ -222,6 +223,7 @@ impl DialectConfig {
             DialectConfig::Envelope(_) => "envelope",
             DialectConfig::JsonRpc(_) => "jsonrpc",
             DialectConfig::Fanout(_) => "fanout",
+            DialectConfig::Multipart(_) => "multipart",
         }
     }
 }

@@ -147,6 +147,7 @@ impl Dialect for Envelope {
         let mut out = Vec::with_capacity(size + 16);
         out.extend_from_slice(b"{\"responses\":[");
         let metas = meta;
+        let (rule, errors) = (self.config.body_rule, &self.config.error_format);
         for (i, (meta, outcome)) in metas.iter().zip(outcomes.iter()).enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -154,8 +155,8 @@ impl Dialect for Envelope {
             out.extend_from_slice(b"{\"id\":");
             out.extend_from_slice(&meta.id);
             match depends::named(outcome, &metas, &outcomes) {
-                Some(named) => write_outcome(&mut out, &named, self.config.body_rule),
-                None => write_outcome(&mut out, outcome, self.config.body_rule),
+                Some(named) => write_outcome(&mut out, &named, rule, errors),
+                None => write_outcome(&mut out, outcome, rule, errors),
             }
             out.push(b'}');
         }

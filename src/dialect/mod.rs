@@ -10,6 +10,7 @@
 pub mod envelope;
 pub mod fanout;
 pub mod jsonrpc;
+pub mod multipart;
 
 /// The item vocabulary, re-exported: dialects build `SubRequest`s and render `Outcome`s.
 pub use crate::item::{
@@ -28,6 +29,7 @@ pub enum RouteDialect {
     Envelope(envelope::Envelope),
     JsonRpc(jsonrpc::JsonRpc),
     Fanout(fanout::Fanout),
+    Multipart(multipart::Multipart),
 }
 
 /// Runs `$body` with `$d` bound to the route's dialect, whichever it is.
@@ -37,6 +39,7 @@ macro_rules! with_dialect {
             $crate::dialect::RouteDialect::Envelope($d) => $body,
             $crate::dialect::RouteDialect::JsonRpc($d) => $body,
             $crate::dialect::RouteDialect::Fanout($d) => $body,
+            $crate::dialect::RouteDialect::Multipart($d) => $body,
         }
     };
 }
@@ -57,6 +60,10 @@ impl RouteDialect {
                 upstream: upstream.to_string(),
             }),
             DialectConfig::Fanout(config) => RouteDialect::Fanout(fanout::Fanout {
+                config: config.clone(),
+                max_items,
+            }),
+            DialectConfig::Multipart(config) => RouteDialect::Multipart(multipart::Multipart {
                 config: config.clone(),
                 max_items,
             }),
@@ -214,6 +221,16 @@ pub trait Dialect: Send + Sync {
     /// checked separately, by `is_utf8_charset`).
     fn accepts_content_type(&self, value: &[u8]) -> bool {
         is_json_content_type(value)
+    }
+
+    /// The media type named in a 415 answer.
+    fn media_type_name(&self) -> &'static str {
+        "application/json"
+    }
+
+    /// Whether the body is JSON, so a `charset` other than UTF-8 is refused (415).
+    fn is_json(&self) -> bool {
+        true
     }
 }
 

@@ -133,17 +133,19 @@ fn check_head<D: Dialect>(
 /// Why the body's media type is refused, if it is.
 fn unsupported_media_type<D: Dialect>(content_type: Option<&[u8]>, dialect: &D) -> Option<String> {
     match content_type {
-        Some(value) if !dialect.accepts_content_type(value) => {
-            Some("the batch body must be sent with Content-Type: application/json".to_string())
-        }
-        Some(value) if !is_utf8_charset(value) => Some(format!(
+        Some(value) if !dialect.accepts_content_type(value) => Some(format!(
+            "the batch body must be sent with Content-Type: {}",
+            dialect.media_type_name()
+        )),
+        Some(value) if dialect.is_json() && !is_utf8_charset(value) => Some(format!(
             "the batch body must be UTF-8 JSON; Content-Type {:?} names another charset",
             String::from_utf8_lossy(value)
         )),
         Some(_) => None,
-        None if dialect.requires_content_type() => {
-            Some("the batch body must be sent with Content-Type: application/json".to_string())
-        }
+        None if dialect.requires_content_type() => Some(format!(
+            "the batch body must be sent with Content-Type: {}",
+            dialect.media_type_name()
+        )),
         None => None,
     }
 }

@@ -4,13 +4,21 @@
 
 use super::super::{is_json_content_type, strip_bom, Outcome, UpstreamResponse};
 pub use crate::config::BodyRule;
+use crate::config::ErrorFormat;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
 
-/// Writes `,"status":..,"headers":..,"body":..` for one item.
-pub(super) fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome, rule: BodyRule) {
+/// Writes `,"status":..,"headers":..,"body":..` for one item. An item batchgate answers
+/// itself (refused, failed, not run) has `{"code","message"}` as its body, or under Graph's
+/// rule the route's `error_format` with a JSON Content-Type, as Graph's own error items.
+pub(super) fn write_outcome(
+    out: &mut Vec<u8>,
+    outcome: &Outcome,
+    rule: BodyRule,
+    errors: &ErrorFormat,
+) {
     match outcome {
         Outcome::Response(response) => {
             out.extend_from_slice(format!(",\"status\":{}", response.status).as_bytes());
@@ -23,9 +31,18 @@ pub(super) fn write_outcome(out: &mut Vec<u8>, outcome: &Outcome, rule: BodyRule
         Outcome::Failed(failure) => {
             let error = failure.http_error();
             out.extend_from_slice(format!(",\"status\":{}", error.status).as_bytes());
-            out.extend_from_slice(b",\"body\":");
-            let body = serde_json::json!({"code": error.code, "message": error.message});
-            out.extend_from_slice(body.to_string().as_bytes());
+            match rule {
+                BodyRule::Pds => {
+                    out.extend_from_slice(b",\"body\":");
+                    let body = serde_json::json!({"code": error.code, "message": error.message});
+                    out.extend_from_slice(body.to_string().as_bytes());
+                }
+                BodyRule::Graph => {
+                    out.extend_from_slice(b",\"headers\":{\"content-type\":\"application/json\"}");
+                    out.extend_from_slice(b",\"body\":");
+                    out.extend_from_slice(&errors.render(error.code, &error.message));
+                }
+            }
         }
     }
 }

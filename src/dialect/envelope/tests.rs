@@ -423,6 +423,7 @@ fn reply_cost_is_the_encoded_size() {
             &mut graph,
             &Outcome::Response(response.clone()),
             BodyRule::Graph,
+            &crate::config::ErrorFormat::default(),
         );
         let graph_cost = reply::graph_reply_cost(&response);
         let framing = b",\"status\":200".len() + b",\"headers\":{}".len() + b",\"body\":".len();
@@ -546,6 +547,45 @@ fn failed_dependency_reply_names_the_dependency() {
     let message = second["body"]["message"].as_str().expect("message");
     assert!(
         message.contains(r#"dependency "first" answered 404"#),
+        "{message}"
+    );
+}
+
+/// Under Graph's body rule an item batchgate answers itself carries a JSON Content-Type and
+/// the route's error format, as Graph's own error items do; the PDS rule keeps
+/// `{"code","message"}`.
+#[test]
+fn graph_rule_error_items_use_the_error_format() {
+    let mut e = graph_envelope();
+    let mut config = (*e.config).clone();
+    config.body_rule = BodyRule::Graph;
+    config.error_format =
+        crate::config::ErrorFormat::new(r#"{"error":{"code":"{code}","message":"{message}"}}"#)
+            .expect("valid");
+    e.config = Arc::new(config);
+    let plan = decode_with(&e, r#"{"resource":"file","requests":[{"id":"1","method":"GET","url":"/a"},{"id":"2","method":"GET","url":"/b","dependsOn":["1"]}]}"#).expect("valid");
+    let outcomes = vec![
+        Outcome::Response(UpstreamResponse {
+            status: 404,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }),
+        Outcome::failed(
+            FailureKind::DependencyFailed { dependency: 0 },
+            Sent::Nothing,
+        ),
+    ];
+    let reply = e.encode(plan.meta, outcomes);
+    let parsed: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let second = &parsed["responses"][1];
+    assert_eq!(second["status"], 424);
+    assert_eq!(second["headers"]["content-type"], "application/json");
+    assert_eq!(second["body"]["error"]["code"], "FailedDependency");
+    let message = second["body"]["error"]["message"]
+        .as_str()
+        .expect("message");
+    assert!(
+        message.contains(r#"dependency "1" answered 404"#),
         "{message}"
     );
 }

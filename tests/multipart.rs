@@ -1,0 +1,204 @@
+//! The multipart dialect (Google API HTTP batch, OData `$batch`) against a real upstream:
+//! parts become upstream requests through the guards, the outer `Authorization` applies to
+//! parts that set none, the reply is `multipart/mixed` with `Content-ID: <response-ID>` and
+//! the upstream's status, headers and bytes; whole-batch errors come back as one JSON error.
+
+mod common;
+
+use common::client;
+use common::config::GateConfig;
+use common::gate;
+use common::upstream::{Reply, Upstream};
+use std::net::SocketAddr;
+
+const GOOGLE_PATH: &str = "/batch/drive/v3";
+
+/// The default test config plus a multipart route at [`GOOGLE_PATH`] with `extra` lines.
+fn config(upstream: SocketAddr, extra: &str) -> String {
+    let mut text = GateConfig::new(upstream).toml();
+    text.push_str(&format!(
+        "\n[[routes]]\nname = \"google\"\npath = \"{GOOGLE_PATH}\"\ndialect = \"multipart\"\nupstream = \"api\"\nmax_items = 5\n{extra}\n"
+    ));
+    text
+}
+
+/// The reply's parts as (MIME headers, HTTP status line, HTTP headers, body), read with a
+/// small splitter of this test's own (not the dialect's parser).
+fn parts(reply: &client::Response) -> Vec<(String, String, String, Vec<u8>)> {
+    let content_type = reply.header("content-type").expect("typed reply");
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .expect("a boundary")
+        .trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let body = &reply.body;
+    let text = String::from_utf8_lossy(body);
+    assert!(text.ends_with(&format!("{delimiter}--\r\n")), "{text}");
+    let mut out = Vec::new();
+    for chunk in text.split(&format!("{delimiter}\r\n")).skip(1) {
+        let chunk = chunk
+            .split(&format!("\r\n{delimiter}"))
+            .next()
+            .expect("part");
+        // The line break before the next delimiter belongs to it.
+        let chunk = chunk.strip_suffix("\r\n").unwrap_or(chunk);
+        let (mime, http) = chunk.split_once("\r\n\r\n").expect("MIME headers");
+        let (head, body) = http.split_once("\r\n\r\n").expect("HTTP head");
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        out.push((
+            mime.to_string(),
+            status.to_string(),
+            headers.to_string(),
+            body.as_bytes().to_vec(),
+        ));
+    }
+    out
+}
+
+fn part(content_id: &str, request: &str) -> String {
+    format!("--BOUNDARY\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <{content_id}>\r\n\r\n{request}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_batches_run_and_answer_multipart() {
+    let upstream = Upstream::with_handler(|req| match req.path.as_str() {
+        "/drive/v3/files/missing" => Reply::json(404, r#"{"error":{"code":404}}"#),
+        _ => {
+            let auth = req
+                .headers
+                .iter()
+                .find(|(n, _)| n == "authorization")
+                .map_or("none", |(_, v)| v.as_str());
+            let body = serde_json::json!({"path": req.target, "method": req.method, "auth": auth, "body": String::from_utf8_lossy(&req.body)});
+            Reply::json(200, &body.to_string())
+        }
+    })
+    .await;
+    let gate = gate::start(&config(upstream.addr, "")).await;
+    let body = [
+        part("id+1", "GET /drive/v3/files/a?alt=json HTTP/1.1\r\nAccept: application/json\r\n"),
+        part("id+2", "POST /drive/v3/files HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 12\r\nAuthorization: Bearer part\r\n\r\n{\"name\":\"x\"}"),
+        part("id+3", "GET /drive/v3/files/missing HTTP/1.1\r\n"),
+        part("id+4", "GET http://evil.example/steal HTTP/1.1\r\n"),
+    ]
+    .concat()
+        + "--BOUNDARY--\r\n";
+    let reply = client::request(
+        gate.addr,
+        "POST",
+        GOOGLE_PATH,
+        &[
+            ("Content-Type", "multipart/mixed; boundary=BOUNDARY"),
+            ("Authorization", "Bearer outer"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let parts = parts(&reply);
+    assert_eq!(parts.len(), 4);
+    let ids: Vec<&str> = parts
+        .iter()
+        .map(|(mime, ..)| {
+            mime.lines()
+                .find_map(|l| l.strip_prefix("Content-ID: "))
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "<response-id+1>",
+            "<response-id+2>",
+            "<response-id+3>",
+            "<response-id+4>"
+        ]
+    );
+    let statuses: Vec<&str> = parts.iter().map(|(_, s, ..)| s.as_str()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 400 Bad Request"
+        ]
+    );
+    let first: serde_json::Value = serde_json::from_slice(&parts[0].3).expect("JSON");
+    assert_eq!(first["path"], "/drive/v3/files/a?alt=json");
+    assert_eq!(
+        first["auth"], "Bearer outer",
+        "the outer Authorization applies to every part"
+    );
+    let second: serde_json::Value = serde_json::from_slice(&parts[1].3).expect("JSON");
+    assert_eq!(
+        second["auth"], "Bearer part",
+        "a part's own Authorization wins"
+    );
+    assert_eq!(second["body"], "{\"name\":\"x\"}");
+    assert_eq!(parts[2].3, br#"{"error":{"code":404}}"#, "bytes unchanged");
+    assert!(parts[2]
+        .2
+        .to_ascii_lowercase()
+        .contains("content-type: application/json"));
+    assert!(
+        String::from_utf8_lossy(&parts[3].3).contains("InvalidParameter.Url")
+            || String::from_utf8_lossy(&parts[3].3).contains("Url")
+    );
+    let paths: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), 3, "the foreign url never left: {paths:?}");
+    assert!(!paths.iter().any(|p| p.contains("steal")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_batch_errors_are_one_json_error() {
+    let upstream = Upstream::echo().await;
+    let gate = gate::start(&config(upstream.addr, "")).await;
+    let one = part("1", "GET /drive/v3/files/a HTTP/1.1\r\n");
+    for (content_type, body, status, code) in [
+        ("multipart/mixed", format!("{one}--BOUNDARY--"), 400, "InvalidArgument.Boundary"),
+        ("multipart/mixed; boundary=BOUNDARY", one.clone(), 400, "InvalidArgument.Body"),
+        ("multipart/mixed; boundary=BOUNDARY", format!("{}--BOUNDARY--", one.repeat(6)), 400, "InvalidArgument.Part"),
+        ("multipart/mixed; boundary=BOUNDARY", "--BOUNDARY\r\nContent-Type: multipart/mixed; boundary=cs\r\n\r\n--cs--\r\n--BOUNDARY--".to_string(), 400, "Unsupported.ChangeSet"),
+        ("application/json", "{}".to_string(), 415, "UnsupportedMediaType"),
+    ] {
+        let reply = client::post(gate.addr, GOOGLE_PATH, content_type, body.as_bytes()).await;
+        assert_eq!(reply.status, status, "{content_type}: {}", reply.body_str());
+        let json = reply.json();
+        let got = json["error"]["status"].as_str().unwrap_or_default();
+        assert!(got == code || (code == "InvalidArgument.Part" && got.contains("Part")), "{content_type}: {json}");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing of a refused batch was sent"
+    );
+}
+
+/// OData: relative targets resolve against the service root, and `reply_content_id = "same"`
+/// answers with the request's own Content-ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odata_relative_targets_and_same_content_ids() {
+    let upstream = Upstream::echo().await;
+    let mut text = GateConfig::new(upstream.addr).toml();
+    text.push_str("\n[[routes]]\nname = \"odata\"\npath = \"/odata/$batch\"\ndialect = \"multipart\"\nupstream = \"api\"\nreply_content_id = \"same\"\n");
+    let gate = gate::start(&text).await;
+    let body = "--batch_1\nContent-Type: application/http\nContent-ID: 1\n\nGET Customers('ALFKI') HTTP/1.1\nAccept: application/json\n\n\n--batch_1--\n";
+    let reply = client::post(
+        gate.addr,
+        "/odata/$batch",
+        "multipart/mixed;boundary=batch_1",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let parts = parts(&reply);
+    assert!(
+        parts[0].0.lines().any(|l| l == "Content-ID: 1"),
+        "the request's Content-ID as it was written: {}",
+        parts[0].0
+    );
+    let echoed: serde_json::Value = serde_json::from_slice(&parts[0].3).expect("JSON");
+    assert_eq!(echoed["path"], "/odata/Customers('ALFKI')");
+}
