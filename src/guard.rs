@@ -101,6 +101,13 @@ impl UrlGuard {
         self
     }
 
+    /// Whether `host` (a `Host` value) is the authority of one of the `public_origins`.
+    pub fn is_public_authority(&self, host: &str) -> bool {
+        self.origins
+            .iter()
+            .any(|(_, a)| a.eq_ignore_ascii_case(host))
+    }
+
     /// An absolute item url on the batch request's own origin (its `authority`, over http or
     /// https) or on a configured public origin, as its origin-form path and query (what SDKs
     /// such as Microsoft Graph's send); any other url unchanged, for `check` to judge. An

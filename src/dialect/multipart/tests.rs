@@ -275,3 +275,21 @@ fn reply_is_multipart_with_response_ids_and_bytes_unchanged() {
         .body
         .ends_with(format!("--{boundary}--\r\n").as_bytes()));
 }
+
+/// Behind a load balancer a part names the public origin in its `Host` (and urls): taken as
+/// ours when it is one of `public_origins`; any other host is still refused.
+#[test]
+fn a_public_origin_host_is_ours() {
+    let mut m = multipart();
+    let mut config = (*m.config).clone();
+    config.url_guard = config
+        .url_guard
+        .with_origins(&["https://api.example.com".to_string()]);
+    m.config = Arc::new(config);
+    let body = "--b0\r\nContent-Type: application/http\r\n\r\nGET /odata/a HTTP/1.1\r\nHost: API.example.com\r\n\r\n--b0\r\nContent-Type: application/http\r\n\r\nGET /odata/b HTTP/1.1\r\nHost: other.example.com\r\n\r\n--b0--";
+    let plan = decode_as(&m, "multipart/mixed; boundary=b0", body).expect("valid batch");
+    assert_eq!(plan.items[0].as_ref().expect("sent").path, "/odata/a");
+    assert!(
+        matches!(&plan.items[1], Err(Outcome::Failed(f)) if f.http_error().code == "InvalidArgument.Host")
+    );
+}
