@@ -147,6 +147,13 @@ async fn run() {
     })
     .await;
     let batch0_cpu = gate.cpu_seconds() - cpu_before;
+    // The same 100 calls as one Google-style multipart batch.
+    let cpu_before = gate.cpu_seconds();
+    let multipart0 = closed_loop(gate.addr, 4, load_time, None, |_| {
+        multipart_request("/fast/multipart")
+    })
+    .await;
+    let multipart0_cpu = gate.cpu_seconds() - cpu_before;
     // The same batches against h2c upstreams (items multiplexed as HTTP/2 streams).
     let cpu_before = gate.cpu_seconds();
     let h2_batch10 = closed_loop(gate.addr, 1, load_time / 2, None, |_| {
@@ -215,6 +222,14 @@ async fn run() {
         &batch0,
         ITEMS,
         Some(batch0_cpu),
+    );
+    row(
+        "multipart batch of 100 via batchgate",
+        "0 ms",
+        4,
+        &multipart0,
+        ITEMS,
+        Some(multipart0_cpu),
     );
     row(
         "batch of 100 via batchgate, h2c upstream",
@@ -479,18 +494,26 @@ async fn peer_only(only: &str, fast: &FastUpstream, slow: &FastUpstream, load_ti
     }
 }
 
-/// Runs one named scenario (`batch0`, `pass`, `h2batch0`, `batch10`) and prints its CPU cost.
+/// Runs one named scenario (`batch0`, `multipart0`, `pass`, `h2batch0`, `batch10`) and prints
+/// its CPU cost.
 async fn profile_only(only: &str, gate: &Gate, load_time: Duration) {
     eprintln!("batchgate pid {}", gate.child.id());
     let (path, clients, items) = match only {
         "batch0" => (Some("/fast/batch"), 4, ITEMS),
         "h2batch0" => (Some("/h2fast/batch"), 4, ITEMS),
         "batch10" => (Some("/slow/batch"), 1, ITEMS),
+        "multipart0" => (Some("/fast/multipart"), 4, ITEMS),
         _ => (None, 32, 1),
     };
     let local = only == "local";
     let cpu_before = gate.cpu_seconds();
     let stats = match path {
+        Some(path) if only == "multipart0" => {
+            closed_loop(gate.addr, clients, load_time, None, |_| {
+                multipart_request(path)
+            })
+            .await
+        }
         Some(path) => {
             closed_loop(gate.addr, clients, load_time, None, |_| batch_request(path)).await
         }
@@ -618,6 +641,23 @@ fn batch_of(path: &str, n: usize) -> Call {
         } else {
             |status, _| status == 200
         },
+    }
+}
+
+/// One Google-style `multipart/mixed` batch of the same 100 calls (`application/http` parts
+/// with Content-IDs). Correct when every part says 200.
+fn multipart_request(path: &str) -> Call {
+    let item_body = r#"{"domain_id":"1","drive_id":"1"}"#;
+    let mut body = String::new();
+    for i in 0..ITEMS {
+        body.push_str(&format!("--BOUNDARY\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <bench+{i}>\r\n\r\nPOST /v2/file/get HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{item_body}\r\n", item_body.len()));
+    }
+    body.push_str("--BOUNDARY--\r\n");
+    let mut raw = format!("POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: multipart/mixed; boundary=BOUNDARY\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    raw.extend_from_slice(body.as_bytes());
+    Call {
+        raw,
+        check: |status, body| status == 200 && count(body, b"HTTP/1.1 200 OK") == ITEMS,
     }
 }
 
@@ -1006,6 +1046,14 @@ path = "/fast/batch"
 dialect = "envelope"
 upstream = "fast"
 base_path = "/v2"
+max_items = 100
+concurrency = 100
+
+[[routes]]
+name = "fast_multipart"
+path = "/fast/multipart"
+dialect = "multipart"
+upstream = "fast"
 max_items = 100
 concurrency = 100
 
