@@ -202,3 +202,82 @@ async fn odata_relative_targets_and_same_content_ids() {
     let echoed: serde_json::Value = serde_json::from_slice(&parts[0].3).expect("JSON");
     assert_eq!(echoed["path"], "/odata/Customers('ALFKI')");
 }
+
+/// Hostile peers: an upstream answer holding the request's boundary and binary bytes stays
+/// one part of a reply that still splits right (a fresh boundary); an upstream that never
+/// answers costs its part a 504 at the item timeout, not the batch; a batch body over
+/// `max_body_bytes` is one 413 in the route's format and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_upstream_answers_and_oversized_batches() {
+    let upstream = Upstream::with_handler(|req| match req.path.as_str() {
+        "/drive/v3/files/hang" => Reply::hang(),
+        _ => Reply::bytes(
+            200,
+            "application/octet-stream",
+            b"\r\n--BOUNDARY\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200 OK\r\n\r\n\x00\xff--BOUNDARY--\r\n",
+        ),
+    })
+    .await;
+    let gate = gate::start(&config(
+        upstream.addr,
+        "item_timeout = \"300ms\"\nmax_body_bytes = 4096",
+    ))
+    .await;
+    let body = [
+        part("1", "GET /drive/v3/files/forged HTTP/1.1\r\n"),
+        part("2", "GET /drive/v3/files/hang HTTP/1.1\r\n"),
+    ]
+    .concat()
+        + "--BOUNDARY--\r\n";
+    let started = std::time::Instant::now();
+    let reply = client::post(
+        gate.addr,
+        GOOGLE_PATH,
+        "multipart/mixed; boundary=BOUNDARY",
+        body.as_bytes(),
+    )
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let content_type = reply.header("content-type").unwrap_or_default();
+    assert!(
+        !content_type.contains("boundary=BOUNDARY"),
+        "{content_type}"
+    );
+    let parts = parts(&reply);
+    assert_eq!(parts.len(), 2, "{}", reply.body_str());
+    let forged: &[u8] = b"\r\n--BOUNDARY\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 200 OK\r\n\r\n\x00\xff--BOUNDARY--\r\n";
+    assert!(
+        reply.body.windows(forged.len()).any(|w| w == forged),
+        "the upstream's bytes unchanged inside the reply"
+    );
+    assert_eq!(parts[0].1, "HTTP/1.1 200 OK");
+    assert_eq!(parts[1].1, "HTTP/1.1 504 Gateway Timeout");
+    let error: serde_json::Value = serde_json::from_slice(&parts[1].3).expect("JSON error");
+    assert!(error["error"]["status"].is_string(), "{error}");
+
+    let sent_before = upstream.requests().len();
+    let big = [part(
+        "1",
+        &format!(
+            "POST /drive/v3/files HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{}",
+            "x".repeat(5000)
+        ),
+    )]
+    .concat()
+        + "--BOUNDARY--\r\n";
+    let reply = client::post(
+        gate.addr,
+        GOOGLE_PATH,
+        "multipart/mixed; boundary=BOUNDARY",
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 413, "{}", reply.body_str());
+    assert!(reply.json()["error"]["message"].is_string());
+    assert_eq!(
+        upstream.requests().len(),
+        sent_before,
+        "nothing of it was sent"
+    );
+}
