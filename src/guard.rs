@@ -61,6 +61,17 @@ impl GuardError {
     }
 }
 
+/// A guard's refusal is the item's answer: its status, code and message.
+impl From<GuardError> for crate::item::ItemError {
+    fn from(e: GuardError) -> Self {
+        crate::item::ItemError {
+            status: e.status(),
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Longest child URL accepted; longer ones are refused rather than truncated.
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 

@@ -23,15 +23,7 @@ pub(super) fn envelope_config(
 ) -> Option<EnvelopeConfig> {
     let base_path = base_path(section, i, problems);
     let allowed_methods = envelope_methods(section, i, problems);
-    let prefixes = section.allowed_url_prefixes.clone();
-    for (j, prefix) in prefixes.iter().flatten().enumerate() {
-        if !is_route_path(prefix) {
-            problems.push(
-                &["routes", i, "allowed_url_prefixes", &j.to_string()],
-                format!("{prefix:?} must be an absolute path such as \"/file/\""),
-            );
-        }
-    }
+    let prefixes = url_prefixes(section, i, "/file/", problems);
     if section
         .allowed_resources
         .as_ref()
@@ -42,15 +34,7 @@ pub(super) fn envelope_config(
             "an empty list would refuse every batch; leave the key out to allow any",
         );
     }
-    let origins = section.public_origins.clone().unwrap_or_default();
-    for (j, origin) in origins.iter().enumerate() {
-        if !is_origin(origin) {
-            problems.push(
-                &["routes", i, "public_origins", &j.to_string()],
-                format!("{origin:?} must be an origin such as \"https://api.example.com\" (scheme and host[:port], no path)"),
-            );
-        }
-    }
+    let origins = public_origins(section, i, problems);
     let error_format = error_format(section, i, super::error_format::PDS_ERROR_FORMAT, problems);
     Some(EnvelopeConfig {
         error_format,
@@ -88,7 +72,44 @@ pub(super) fn envelope_config(
 }
 
 /// `http://` or `https://` and a host[:port] of visible characters, nothing after it.
-pub(super) fn is_origin(origin: &str) -> bool {
+/// `allowed_url_prefixes`, each an absolute path (`example` shows one in the error).
+pub(super) fn url_prefixes(
+    section: &RouteSection,
+    i: &str,
+    example: &str,
+    problems: &mut Problems,
+) -> Option<Vec<String>> {
+    let prefixes = section.allowed_url_prefixes.clone();
+    for (j, prefix) in prefixes.iter().flatten().enumerate() {
+        if !is_route_path(prefix) {
+            problems.push(
+                &["routes", i, "allowed_url_prefixes", &j.to_string()],
+                format!("{prefix:?} must be an absolute path such as {example:?}"),
+            );
+        }
+    }
+    prefixes
+}
+
+/// `public_origins`, each an origin.
+pub(super) fn public_origins(
+    section: &RouteSection,
+    i: &str,
+    problems: &mut Problems,
+) -> Vec<String> {
+    let origins = section.public_origins.clone().unwrap_or_default();
+    for (j, origin) in origins.iter().enumerate() {
+        if !is_origin(origin) {
+            problems.push(
+                &["routes", i, "public_origins", &j.to_string()],
+                format!("{origin:?} must be an origin such as \"https://api.example.com\" (scheme and host[:port], no path)"),
+            );
+        }
+    }
+    origins
+}
+
+fn is_origin(origin: &str) -> bool {
     let Some((scheme, authority)) = origin.split_once("://") else {
         return false;
     };

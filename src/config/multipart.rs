@@ -2,7 +2,7 @@
 //! `multipart/mixed` of `application/http` parts): where part paths go, which methods and
 //! url prefixes are allowed, the part limits, and how reply parts name their request.
 
-use super::envelope::{envelope_methods, is_origin};
+use super::envelope::{envelope_methods, public_origins, url_prefixes};
 use super::file::RouteSection;
 use super::routes::error_format;
 use super::runtime::Problems;
@@ -60,24 +60,8 @@ pub(super) fn multipart_config(
             format!("{base_path:?} must be empty or an absolute path without a trailing '/'"),
         );
     }
-    let prefixes = section.allowed_url_prefixes.clone();
-    for (j, prefix) in prefixes.iter().flatten().enumerate() {
-        if !is_route_path(prefix) {
-            problems.push(
-                &["routes", i, "allowed_url_prefixes", &j.to_string()],
-                format!("{prefix:?} must be an absolute path such as \"/drive/v3/\""),
-            );
-        }
-    }
-    let origins = section.public_origins.clone().unwrap_or_default();
-    for (j, origin) in origins.iter().enumerate() {
-        if !is_origin(origin) {
-            problems.push(
-                &["routes", i, "public_origins", &j.to_string()],
-                format!("{origin:?} must be an origin such as \"https://api.example.com\" (scheme and host[:port], no path)"),
-            );
-        }
-    }
+    let prefixes = url_prefixes(section, i, "/drive/v3/", problems);
+    let origins = public_origins(section, i, problems);
     let at = |key: &'static str| vec!["routes", i, key];
     let max_part_bytes = bounded(
         section.max_part_bytes,

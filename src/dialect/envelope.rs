@@ -7,8 +7,8 @@
 //! dialect" for the body embedding rule.
 
 use super::{
-    is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemError, Order, Outcome, Plan,
-    Rejection, RejectionKind, Reply, SubRequest, UpstreamResponse,
+    allowed_method, is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemError, Order,
+    Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest, UpstreamResponse,
 };
 use crate::config::EnvelopeConfig;
 use bytes::Bytes;
@@ -271,11 +271,7 @@ impl Envelope {
         let method = self.method(fields.method)?;
         let url = string_field(fields.url, "url", "InvalidParameter.Url")?;
         let url = self.config.url_guard.origin_form(&url, request.authority);
-        let path = self.config.url_guard.check(&url).map_err(|e| ItemError {
-            status: e.status(),
-            code: e.code(),
-            message: e.to_string(),
-        })?;
+        let path = self.config.url_guard.check(&url)?;
         let headers = self.headers(fields.headers)?;
         let child_body = match fields.body {
             Some(raw) if raw.get() != "null" => Some(body.slice_ref(raw.get().as_bytes())),
@@ -295,28 +291,7 @@ impl Envelope {
 
     fn method(&self, raw: Option<&RawValue>) -> Result<Method, ItemError> {
         let name = string_field(raw, "method", "InvalidParameter.Method")?;
-        let upper = name.to_ascii_uppercase();
-        match self
-            .config
-            .allowed_methods
-            .iter()
-            .find(|m| m.as_str() == upper)
-        {
-            Some(m) => Ok(m.clone()),
-            None => Err(ItemError {
-                status: 405,
-                code: "MethodNotAllowed",
-                message: format!(
-                    "method {name:?} is not allowed here (allowed: {})",
-                    self.config
-                        .allowed_methods
-                        .iter()
-                        .map(Method::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }),
-        }
+        allowed_method(&self.config.allowed_methods, &name)
     }
 
     fn headers(
@@ -351,15 +326,7 @@ impl Envelope {
         name: &str,
         value: &str,
     ) -> Result<(http::HeaderName, HeaderValue), ItemError> {
-        let (name, value) = self
-            .config
-            .header_guard
-            .check(name, value)
-            .map_err(|e| ItemError {
-                status: e.status(),
-                code: e.code(),
-                message: e.to_string(),
-            })?;
+        let (name, value) = self.config.header_guard.check(name, value)?;
         let bytes = value.as_bytes();
         if name == CONTENT_TYPE && !(is_json_content_type(bytes) && is_utf8_charset(bytes)) {
             return Err(ItemError {

@@ -234,6 +234,27 @@ pub trait Dialect: Send + Sync {
     }
 }
 
+/// An item's method under the route's method policy (case-insensitive), or its 405 naming
+/// the allowed ones.
+pub fn allowed_method(allowed: &[Method], name: &str) -> Result<Method, ItemError> {
+    let upper = name.to_ascii_uppercase();
+    match allowed.iter().find(|m| m.as_str() == upper) {
+        Some(method) => Ok(method.clone()),
+        None => Err(ItemError {
+            status: 405,
+            code: "MethodNotAllowed",
+            message: format!(
+                "method {name:?} is not allowed here (allowed: {})",
+                allowed
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
 /// The media type of a Content-Type value, lower-cased, without parameters.
 pub fn media_type(value: &[u8]) -> Option<String> {
     let essence = value

@@ -14,8 +14,8 @@ mod parse;
 mod reply;
 
 use super::{
-    media_type, BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection, RejectionKind,
-    Reply, SubRequest,
+    allowed_method, media_type, BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection,
+    RejectionKind, Reply, SubRequest,
 };
 use crate::config::multipart::MultipartConfig;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -276,28 +276,7 @@ impl Multipart {
     }
 
     fn method(&self, name: &str) -> Result<Method, ItemError> {
-        let upper = name.to_ascii_uppercase();
-        match self
-            .config
-            .allowed_methods
-            .iter()
-            .find(|m| m.as_str() == upper)
-        {
-            Some(method) => Ok(method.clone()),
-            None => Err(part_error(
-                405,
-                "MethodNotAllowed",
-                format!(
-                    "method {name:?} is not allowed here (allowed: {})",
-                    self.config
-                        .allowed_methods
-                        .iter()
-                        .map(Method::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-        }
+        allowed_method(&self.config.allowed_methods, name)
     }
 
     /// The part's target as an origin-form path checked by the url guard: an absolute url on
@@ -320,11 +299,7 @@ impl Multipart {
         } else {
             target.into_owned()
         };
-        self.config.url_guard.check(&target).map_err(|e| ItemError {
-            status: e.status(),
-            code: e.code(),
-            message: e.to_string(),
-        })
+        Ok(self.config.url_guard.check(&target)?)
     }
 
     /// A part's `Host` may only name the batch request's own authority.
@@ -359,14 +334,7 @@ impl Multipart {
                 format!("header {name:?} is not UTF-8"),
             )
         })?;
-        self.config
-            .header_guard
-            .check(name, text)
-            .map_err(|e| ItemError {
-                status: e.status(),
-                code: e.code(),
-                message: e.to_string(),
-            })
+        Ok(self.config.header_guard.check(name, text)?)
     }
 }
 
