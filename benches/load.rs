@@ -112,7 +112,14 @@ async fn run() {
     warm_up(&gate, &fast).await;
     if let Ok(only) = std::env::var("LOAD_ONLY") {
         // Profiling aid: one scenario, with batchgate's pid printed for `perf record -p`.
+        let opened = |u: &Arc<AtomicU64>| u.load(Ordering::Relaxed);
+        let before = (opened(&fast.connections), opened(&h2_fast.connections));
         profile_only(&only, &gate, load_time).await;
+        println!(
+            "upstream connections opened during the run: HTTP/1.1 {}, h2c {}",
+            opened(&fast.connections) - before.0,
+            opened(&h2_fast.connections) - before.1
+        );
         return;
     }
 

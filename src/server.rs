@@ -142,6 +142,7 @@ fn pingora_conf(config: &Config) -> ServerConf {
         work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        upstream_keepalive_pool_size: passthrough_pool_size(config),
         ..ServerConf::default()
     };
     if let Some(pid_file) = &config.server.pid_file {
@@ -151,6 +152,19 @@ fn pingora_conf(config: &Config) -> ServerConf {
         conf.upgrade_sock = sock.clone();
     }
     conf
+}
+
+/// Idle pass-through connections per thread: the default upstream's `pool_size` for each of
+/// its addresses, as items keep (pingora multiplies it by `threads`). Sized at start; a reload
+/// that grows the pool or adds addresses takes effect at the next restart or upgrade.
+fn passthrough_pool_size(config: &Config) -> usize {
+    const PINGORA_DEFAULT: usize = 128;
+    config
+        .default_upstream
+        .and_then(|n| config.upstreams.get(n))
+        .map_or(PINGORA_DEFAULT, |upstream| {
+            upstream.pool_size.saturating_mul(upstream.addresses.len())
+        })
 }
 
 fn pingora_opt(options: &StartOptions) -> Opt {

@@ -78,6 +78,8 @@ pub struct UpstreamClient {
     pools: Arc<[pool::Pool]>,
     /// h2c and h2: pingora's HTTP/2 sessions (`None` for HTTP/1.1 upstreams).
     h2_connector: Option<Arc<Connector>>,
+    /// One per address: h2 streams are taken in turn (`h2::SessionGate`).
+    h2_gates: Arc<[h2::SessionGate]>,
     timeouts: h1::Timeouts,
     metrics: Option<UpstreamConnectionMetrics>,
 }
@@ -133,6 +135,11 @@ impl UpstreamClient {
             ),
             transport: TransportConnector::new(options()),
             h2_connector,
+            h2_gates: config
+                .addresses
+                .iter()
+                .map(|_| h2::SessionGate::default())
+                .collect(),
             timeouts: h1::Timeouts {
                 read: config.read_timeout,
                 write: config.write_timeout,
@@ -154,6 +161,7 @@ impl UpstreamClient {
         if same_connections(&old.config, &client.config) {
             client.pools = old.pools.clone();
             client.h2_connector = old.h2_connector.clone();
+            client.h2_gates = old.h2_gates.clone();
             // The same addresses checked the same way: what the checks found still holds.
             if old.config.health_check == client.config.health_check {
                 client.health = old.health.clone();
@@ -369,7 +377,7 @@ impl UpstreamClient {
             .flatten()
             .map(InFlightAt::new);
         let outcome = match &self.h2_connector {
-            Some(connector) => self.send_h2(connector, peer, request, batch).await,
+            Some(connector) => self.send_h2(connector, n, peer, request, batch).await,
             None => self.send_h1(peer, pool, request, batch).await,
         };
         let failed = match &outcome {
@@ -452,14 +460,20 @@ impl UpstreamClient {
         }
     }
 
+    /// One item to address `n` (`peer`) over HTTP/2.
     async fn send_h2(
         &self,
         connector: &Connector,
+        n: usize,
         peer: &HttpPeer,
         request: &SubRequest,
         batch: &BatchHeaders,
     ) -> Outcome {
-        let failure = match h2::exchange(connector, peer, request, batch, |reused| {
+        let Some(gate) = self.h2_gates.get(n) else {
+            let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
+            return Outcome::Failed(failure.with_detail("the upstream has no address"));
+        };
+        let failure = match h2::exchange(connector, gate, peer, request, batch, |reused| {
             self.count_connection(reused)
         })
         .await
@@ -476,7 +490,7 @@ impl UpstreamClient {
                 if !error.retry() {
                     return Outcome::Failed(h2::pingora_failure(&error, sent));
                 }
-                match h2::exchange(connector, peer, request, batch, |reused| {
+                match h2::exchange(connector, gate, peer, request, batch, |reused| {
                     self.count_connection(reused)
                 })
                 .await

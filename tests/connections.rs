@@ -181,3 +181,46 @@ async fn idle_connections_are_closed_after_idle_timeout() {
     let resp = client::post_json(gate.addr, BATCH_PATH, &items(4)).await;
     assert_eq!(statuses(&resp), vec![200; 4]);
 }
+
+/// With no `pool_size` set, the pool keeps what the load needs: three keep-alive clients
+/// sending 100-item batches side by side (300 items in flight at once; the old fixed 128 per
+/// thread closed the surplus after every batch and the next batch opened it again) open their
+/// connections once, and later batches reuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_pool_keeps_what_concurrent_batches_use() {
+    const BATCHES: usize = 5;
+    let upstream = Upstream::with_handler(|req| echo(req).with_delay(30)).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route("concurrency = 100")
+        .start()
+        .await;
+    // A client connection stays on the worker thread that accepted it, and so do the upstream
+    // connections its items open (per-thread pools): each client's later batches find theirs.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = gate.addr;
+            tokio::spawn(async move {
+                let mut conn = Conn::connect(addr).await;
+                let json = [("Content-Type", "application/json")];
+                for _ in 0..BATCHES {
+                    let reply = conn
+                        .request("POST", BATCH_PATH, &json, items(100).as_bytes())
+                        .await;
+                    assert_eq!(reply.status, 200, "{}", reply.body_str());
+                    assert_eq!(statuses(&reply), vec![200; 100]);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client");
+    }
+    assert_eq!(upstream.count(), 3 * BATCHES * 100);
+    let opened = upstream.connections();
+    // 300 for the first batches; a few more where one client's batch starts before another's
+    // has handed its connections back.
+    assert!(
+        opened <= 330,
+        "1,500 items, at most 300 at once, opened {opened} upstream connections"
+    );
+}

@@ -141,3 +141,38 @@ async fn health_checks_speak_h2c_to_an_h2c_upstream() {
         .collect();
     assert!(checks.len() >= 2 && checks.iter().all(|r| r.method == "GET"));
 }
+
+/// A burst of items on a cold pool shares a few connections: 300 items of three batches arrive
+/// at once, and the streams of one connection are used (up to `max_h2_streams`) before the
+/// next connection is opened, instead of each item finding the pool empty and connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_items_shares_a_few_connections() {
+    let upstream = H2Upstream::start(Duration::from_millis(50), false).await;
+    let config = config(upstream.addr).replace("concurrency = 20", "concurrency = 100");
+    let gate = common::gate::start(&config).await;
+    for round in 0..3 {
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                let addr = gate.addr;
+                tokio::spawn(async move {
+                    let reply = common::client::post_json(addr, "/v2/batch", &batch(100)).await;
+                    assert_eq!(reply.status, 200, "round {round}: {}", reply.body_str());
+                    let json = reply.json();
+                    let responses = json["responses"].as_array().expect("responses").clone();
+                    assert!(responses.iter().all(|r| r["status"] == 200), "{json}");
+                })
+            })
+            .collect();
+        for client in clients {
+            client.await.expect("client");
+        }
+    }
+    assert_eq!(upstream.requests.load(Ordering::Relaxed), 900);
+    let connections = upstream.connections.load(Ordering::Relaxed);
+    // 300 streams at once need 3 connections of 100; a few more when streams of a finishing
+    // batch and a starting one overlap.
+    assert!(
+        connections <= 8,
+        "900 items, at most 300 at once, over {connections} connections"
+    );
+}

@@ -125,7 +125,7 @@ impl UpstreamClient {
         };
         let exchange = async {
             match &self.h2_connector {
-                Some(connector) => self.send_h2(connector, peer, &request, &batch).await,
+                Some(connector) => self.send_h2(connector, n, peer, &request, &batch).await,
                 None => self.send_h1(peer, pool, &request, &batch).await,
             }
         };
