@@ -16,6 +16,7 @@ mod choice;
 mod eject;
 pub mod h1;
 mod h2;
+mod h2_streams;
 pub mod health;
 mod latency;
 mod pool;
@@ -78,8 +79,9 @@ pub struct UpstreamClient {
     pools: Arc<[pool::Pool]>,
     /// h2c and h2: pingora's HTTP/2 sessions (`None` for HTTP/1.1 upstreams).
     h2_connector: Option<Arc<Connector>>,
-    /// One per address: h2 streams are taken in turn (`h2::SessionGate`).
-    h2_gates: Arc<[h2::SessionGate]>,
+    /// One per address: h2 connections opened in turn (`h2_streams`); h2c ones are ours.
+    h2_gates: Arc<[h2_streams::SessionGate]>,
+    h2c_connections: Arc<[h2_streams::H2cConnections]>,
     timeouts: h1::Timeouts,
     metrics: Option<UpstreamConnectionMetrics>,
 }
@@ -138,7 +140,12 @@ impl UpstreamClient {
             h2_gates: config
                 .addresses
                 .iter()
-                .map(|_| h2::SessionGate::default())
+                .map(|_| Default::default())
+                .collect(),
+            h2c_connections: config
+                .addresses
+                .iter()
+                .map(|_| Default::default())
                 .collect(),
             timeouts: h1::Timeouts {
                 read: config.read_timeout,
@@ -162,6 +169,7 @@ impl UpstreamClient {
             client.pools = old.pools.clone();
             client.h2_connector = old.h2_connector.clone();
             client.h2_gates = old.h2_gates.clone();
+            client.h2c_connections = old.h2c_connections.clone();
             // The same addresses checked the same way: what the checks found still holds.
             if old.config.health_check == client.config.health_check {
                 client.health = old.health.clone();
@@ -469,11 +477,25 @@ impl UpstreamClient {
         request: &SubRequest,
         batch: &BatchHeaders,
     ) -> Outcome {
-        let Some(gate) = self.h2_gates.get(n) else {
+        let streams = match self.config.protocol {
+            UpstreamProtocol::H2c => {
+                self.h2c_connections
+                    .get(n)
+                    .map(|connections| h2_streams::Streams::H2c {
+                        connections,
+                        transport: &self.transport,
+                    })
+            }
+            _ => self
+                .h2_gates
+                .get(n)
+                .map(|gate| h2_streams::Streams::Pingora { connector, gate }),
+        };
+        let Some(streams) = streams else {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
         };
-        let failure = match h2::exchange(connector, gate, peer, request, batch, |reused| {
+        let failure = match h2::exchange(streams, peer, request, batch, |reused| {
             self.count_connection(reused)
         })
         .await
@@ -490,7 +512,7 @@ impl UpstreamClient {
                 if !error.retry() {
                     return Outcome::Failed(h2::pingora_failure(&error, sent));
                 }
-                match h2::exchange(connector, gate, peer, request, batch, |reused| {
+                match h2::exchange(streams, peer, request, batch, |reused| {
                     self.count_connection(reused)
                 })
                 .await

@@ -176,3 +176,87 @@ async fn a_burst_of_items_shares_a_few_connections() {
         "900 items, at most 300 at once, over {connections} connections"
     );
 }
+
+/// An h2c address whose accept queue is full (SYNs dropped, so connects time out): the first
+/// item's connect fails after `connect_timeout`, and the items queued behind it for a
+/// connection fail with it instead of each waiting out a connect timeout of its own in turn
+/// (50 x 300 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_queued_behind_a_failed_connect_fail_with_it() {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Fill the accept queue; nothing ever accepts.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    let config = config(addr)
+        .replace("concurrency = 20", "concurrency = 100")
+        .replace(
+            "protocol = \"h2c\"",
+            "protocol = \"h2c\"\nconnect_timeout = \"300ms\"",
+        );
+    let gate = common::gate::start(&config).await;
+    let started = std::time::Instant::now();
+    let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(50)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let json = reply.json();
+    let responses = json["responses"].as_array().expect("responses");
+    assert_eq!(responses.len(), 50);
+    for item in responses {
+        assert_eq!(item["status"], 502, "{item}");
+        assert_eq!(item["body"]["code"], "UpstreamConnectFailed", "{item}");
+    }
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "50 items behind one failed connect took {elapsed:?}"
+    );
+    drop(held);
+}
+
+/// A connection found idle for longer than `idle_timeout` is closed and not used again; within
+/// it, the next batch reuses the open one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2c_connections_are_closed_after_idle_timeout() {
+    let upstream = H2Upstream::start(Duration::ZERO, false).await;
+    let config = config(upstream.addr)
+        .replace(
+            "protocol = \"h2c\"",
+            "protocol = \"h2c\"\nidle_timeout = \"300ms\"",
+        )
+        .replace("concurrency = 20", "concurrency = 1");
+    let gate = common::gate::start(&config).await;
+    let send = || async {
+        let reply = common::client::post_json(gate.addr, "/v2/batch", &batch(3)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body_str());
+    };
+    send().await;
+    send().await;
+    assert_eq!(
+        upstream.connections.load(Ordering::Relaxed),
+        1,
+        "reused within idle_timeout"
+    );
+    // The first look finds it idle; a later one past idle_timeout closes it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    send().await;
+    assert_eq!(
+        upstream.connections.load(Ordering::Relaxed),
+        2,
+        "a connection idle past idle_timeout is replaced"
+    );
+}

@@ -423,13 +423,23 @@ pub async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str)
         header.insert_header(name, value)?;
     }
     let has_body = !reply.body.is_empty();
-    session
+    let mut written = session
         .write_response_header(Box::new(header), !has_body)
-        .await?;
-    if has_body {
-        session
+        .await;
+    if has_body && written.is_ok() {
+        written = session
             .write_response_body(Some(reply.body.clone()), true)
-            .await?;
+            .await;
+    }
+    if let Err(e) = written {
+        // The client went away (or stopped reading) before its reply was out: nothing is
+        // wrong with the proxy, so no error for pingora to log as one; the connection, with
+        // part of a reply on it, is not kept.
+        session.set_keepalive(None);
+        tracing::debug!(
+            request_id,
+            "the reply could not be written to the client: {e}"
+        );
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! and body written, the final response head read past interim answers and held to the one
 //! head limit, the body read with the item's cap. Failures say how much was sent.
 
+use super::h2_streams::Streams;
 use super::{
     connect_failure, head_size, item_content_length, item_request_headers, kept_response_header,
     BatchHeaders, MAX_INTERIM_RESPONSES, MAX_RESPONSE_HEAD_BYTES, PREALLOCATE_LIMIT,
@@ -10,65 +11,21 @@ use crate::item::{Failure, FailureKind, Sent, SubRequest, UpstreamResponse};
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::Method;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Streams for one address are taken one caller at a time.
-///
-/// pingora's h2 pool takes a connection out while it opens a stream on it and puts it back
-/// after; a caller arriving in between finds no connection and opens one of its own. A batch's
-/// items all arrive at once, so without a turn each burst opened dozens of connections (and a
-/// burst of connects can overflow the upstream's accept queue: 1 s SYN retries, connect
-/// timeouts). In turn, the first caller opens the connection and the others get streams on it
-/// until its stream limit, then the next connection is opened.
-#[derive(Default)]
-pub(super) struct SessionGate {
-    turn: tokio::sync::Mutex<()>,
-    /// Counts failed attempts: callers that waited behind one fail with it rather than each
-    /// trying its own connect after the other (100 items x `connect_timeout`).
-    failures: AtomicU64,
-}
-
-impl SessionGate {
-    async fn session(
-        &self,
-        connector: &Connector,
-        peer: &HttpPeer,
-    ) -> pingora::Result<(HttpSession, bool)> {
-        let failures = self.failures.load(Ordering::Acquire);
-        let _turn = self.turn.lock().await;
-        if self.failures.load(Ordering::Acquire) != failures {
-            return pingora::Error::e_explain(
-                ErrorType::ConnectError,
-                "a connection to this address failed while this item waited for one",
-            );
-        }
-        let session = connector.get_http_session(peer).await;
-        if session.is_err() {
-            self.failures.fetch_add(1, Ordering::Release);
-        }
-        session
-    }
-}
-
-/// One item as an HTTP/2 stream through pingora's session; `reused` is told whether the
-/// session came from the pool.
+/// One item as an HTTP/2 stream from `streams`; `count` is told whether it went on a
+/// connection that was already open.
 pub(super) async fn exchange(
-    connector: &Connector,
-    gate: &SessionGate,
+    streams: Streams<'_>,
     peer: &HttpPeer,
     request: &SubRequest,
     batch: &BatchHeaders,
     count: impl FnOnce(bool),
 ) -> Result<UpstreamResponse, H2Error> {
-    let (mut session, reused) = gate
-        .session(connector, peer)
-        .await
-        .map_err(H2Error::Connect)?;
+    let (mut session, reused) = streams.session(peer).await.map_err(H2Error::Connect)?;
     count(reused);
     let failed = |sent| {
         move |error| H2Error::Pingora {
@@ -83,9 +40,7 @@ pub(super) async fn exchange(
     let has_body = request.method != Method::HEAD && !matches!(status, 204 | 304);
     let limit = batch.max_response_bytes;
     let body = read_body(&mut session, &headers, has_body, limit, &failed(Sent::All)).await?;
-    connector
-        .release_http_session(session, peer, peer.options.idle_timeout)
-        .await;
+    streams.release(session, peer).await;
     Ok(UpstreamResponse {
         status,
         headers,
