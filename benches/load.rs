@@ -1,5 +1,7 @@
 //! End-to-end load benchmark: a fast upstream, the release batchgate binary and a load client,
-//! all on 127.0.0.1, reported side by side in one run.
+//! all on 127.0.0.1, reported side by side in one run. This is the in-process variant (the
+//! upstream and the client live in this benchmark's process); `benches/sidebyside.rs` measures
+//! against peers and an upstream that are all separate processes.
 //!
 //! Run: `cargo bench --bench load` (about a minute; everything it starts, it stops).
 //! Scenarios:

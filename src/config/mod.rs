@@ -281,6 +281,23 @@ dialect = "envelope"
         assert_eq!(config.default_upstream, Some(0));
     }
 
+    /// Idle connections kept follow what can be in flight unless `pool_size` says otherwise.
+    #[test]
+    fn pool_size_defaults_to_max_in_flight() {
+        let config: Config = MINIMAL.parse().expect("valid");
+        assert_eq!(config.upstreams[0].pool_size, config.server.max_in_flight);
+        assert_eq!(config.upstreams[0].pool_size, 1024);
+        let text = format!("[server]\nmax_in_flight = 300\n{MINIMAL}");
+        let config: Config = text.parse().expect("valid");
+        assert_eq!(config.upstreams[0].pool_size, 300);
+        let text = text.replace(
+            "addresses = [\"127.0.0.1:9000\"]",
+            "addresses = [\"127.0.0.1:9000\"]\npool_size = 16",
+        );
+        let config: Config = text.parse().expect("valid");
+        assert_eq!(config.upstreams[0].pool_size, 16);
+    }
+
     #[test]
     fn unknown_key_names_line_and_key() {
         let text = format!("{MINIMAL}max_itemz = 5\n");
