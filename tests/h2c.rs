@@ -260,3 +260,56 @@ async fn idle_h2c_connections_are_closed_after_idle_timeout() {
         "a connection idle past idle_timeout is replaced"
     );
 }
+
+/// An upstream that answers before it has read the item's body and then resets the stream
+/// (RFC 9113 section 8.1; nginx does so for every location that does not read the body):
+/// the body write fails, but the answer is the item's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_before_the_whole_body_is_the_items_answer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    // The body is never read: its flow-control window stays shut.
+                    let _unread = request.into_body();
+                    let response = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(())
+                        .expect("response");
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ = send.send_data(bytes::Bytes::from_static(H2_BODY), true);
+                    }
+                }
+            });
+        }
+    });
+    let gate = common::gate::start(&config(addr)).await;
+    // 200 KiB per item: more than the 64 KiB stream window the upstream never opens.
+    let filler = "x".repeat(200 * 1024);
+    let items: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"id":"{i}","method":"POST","url":"/file/get","body":{{"pad":"{filler}"}}}}"#
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"requests":[{}]}}"#, items.join(","));
+    let reply = common::client::post_json(gate.addr, "/v2/batch", &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let json = reply.json();
+    for item in json["responses"].as_array().expect("responses") {
+        assert_eq!(item["status"], 200, "{item}");
+        assert_eq!(
+            item["body"],
+            serde_json::from_slice::<serde_json::Value>(H2_BODY).expect("json")
+        );
+    }
+}

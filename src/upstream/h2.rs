@@ -13,7 +13,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::Method;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::ErrorType;
 
 /// One item as an HTTP/2 stream from `streams`; `count` is told whether it went on a
@@ -34,8 +34,13 @@ pub(super) async fn exchange(
             sent,
         }
     };
-    write_request(&mut session, request, batch, &failed).await?;
-    let (status, headers) = read_final_header(&mut session, &failed(Sent::Maybe)).await?;
+    let written = write_request(&mut session, request, batch, peer.tls(), &failed).await;
+    let head_read = match written {
+        Ok(()) => false,
+        Err(write_failed) => answered_anyway(&mut session, write_failed).await?,
+    };
+    let (status, headers) =
+        read_final_header(&mut session, head_read, &failed(Sent::Maybe)).await?;
     // HEAD, 204 and 304 declare the representation's length but carry no body.
     let has_body = request.method != Method::HEAD && !matches!(status, 204 | 304);
     let limit = batch.max_response_bytes;
@@ -48,14 +53,49 @@ pub(super) async fn exchange(
     })
 }
 
+/// After a failed write, whether the upstream answered anyway (`Ok(true)`: its head is read).
+/// A server may send a complete response before it has the whole body and then reset the
+/// stream with NO_ERROR (RFC 9113 section 8.1; nginx does so for every location that does not
+/// read the body); the body write then fails with "cannot reserve capacity", and the answer
+/// is the item's. A stream refused unprocessed (a GOAWAY whose last stream id is below it,
+/// which nginx sends after `keepalive_requests` streams, or REFUSED_STREAM) reads as an error
+/// pingora marks retryable (sections 6.8 and 8.7), so the item is sent again on another
+/// connection. A write timeout stays a timeout.
+async fn answered_anyway(
+    session: &mut HttpSession,
+    write_failed: H2Error,
+) -> Result<bool, H2Error> {
+    if let H2Error::Pingora { error, .. } = &write_failed {
+        if matches!(error.etype(), ErrorType::WriteTimedout) {
+            return Err(write_failed);
+        }
+    }
+    match session.read_response_header().await {
+        Ok(()) => Ok(true),
+        Err(error) if error.retry.retry() => Err(H2Error::Pingora {
+            error,
+            reused: true,
+            sent: Sent::Maybe,
+        }),
+        Err(_) => Err(write_failed),
+    }
+}
+
 /// The request head and body, with how much may have left when a write fails.
 async fn write_request<F: Fn(Box<pingora::Error>) -> H2Error>(
     session: &mut HttpSession,
     request: &SubRequest,
     batch: &BatchHeaders,
+    tls: bool,
     failed: &impl Fn(Sent) -> F,
 ) -> Result<(), H2Error> {
-    let header = request_header(request, batch).map_err(failed(Sent::Nothing))?;
+    let mut header = request_header(request, batch, tls).map_err(failed(Sent::Nothing))?;
+    if matches!(session, HttpSession::H1(_)) {
+        // `protocol = "h2"` whose upstream declined h2 in ALPN: HTTP/1.1 needs its Host.
+        header
+            .insert_header(HOST, batch.host.clone())
+            .map_err(failed(Sent::Nothing))?;
+    }
     session
         .write_request_header(Box::new(header))
         .await
@@ -105,11 +145,14 @@ async fn read_body(
 /// protocol, which an item cannot use.
 async fn read_final_header(
     session: &mut HttpSession,
+    mut head_read: bool,
     fail: &impl Fn(Box<pingora::Error>) -> H2Error,
 ) -> Result<(u16, http::HeaderMap), H2Error> {
     let mut interim = 0;
     loop {
-        session.read_response_header().await.map_err(fail)?;
+        if !std::mem::take(&mut head_read) {
+            session.read_response_header().await.map_err(fail)?;
+        }
         let Some(header) = session.response_header() else {
             return Err(H2Error::Protocol("no response header".to_string()));
         };
@@ -157,13 +200,28 @@ fn compact_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     compact
 }
 
-fn request_header(request: &SubRequest, batch: &BatchHeaders) -> pingora::Result<RequestHeader> {
+/// The item's head. The authority travels as `:authority` only: pingora would send a `host`
+/// header beside it, which nginx (1.22) answers 400 "client sent duplicate host header", and
+/// RFC 9113 section 8.3.1 has clients use `:authority` instead.
+fn request_header(
+    request: &SubRequest,
+    batch: &BatchHeaders,
+    tls: bool,
+) -> pingora::Result<RequestHeader> {
     let mut header = RequestHeader::build(
         request.method.clone(),
         request.path.as_bytes(),
-        Some(request.headers.len() + batch.common.len() + 2),
+        Some(request.headers.len() + batch.common.len() + 1),
     )?;
-    header.insert_header(HOST, batch.host.clone())?;
+    let uri = http::Uri::builder()
+        .scheme(if tls { "https" } else { "http" })
+        .authority(batch.host.as_bytes())
+        .path_and_query(request.path.as_str())
+        .build()
+        .map_err(|e| {
+            pingora::Error::because(ErrorType::InvalidHTTPHeader, "item authority or path", e)
+        })?;
+    header.set_uri(uri);
     for (name, value) in item_request_headers(request, batch) {
         header.append_header(name.clone(), value.clone())?;
     }
