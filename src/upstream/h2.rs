@@ -25,8 +25,37 @@ pub(super) async fn exchange(
     batch: &BatchHeaders,
     count: impl FnOnce(bool),
 ) -> Result<UpstreamResponse, H2Error> {
-    let (mut session, reused) = streams.session(peer).await.map_err(H2Error::Connect)?;
+    let (mut session, reused, conn) = streams.session(peer).await.map_err(H2Error::Connect)?;
     count(reused);
+    let result = on_stream(&mut session, reused, peer, request, batch).await;
+    if let (Err(H2Error::Pingora { error, .. }), Some(conn)) = (&result, &conn) {
+        if going_away(error) {
+            // Its other streams and the retry must not be opened on it.
+            conn.mark_shutdown();
+        }
+    }
+    if result.is_ok() {
+        streams.release(session, peer).await;
+    }
+    result
+}
+
+/// Whether an error says the upstream is closing the connection (GOAWAY).
+fn going_away(error: &pingora::Error) -> bool {
+    error
+        .root_cause()
+        .downcast_ref::<h2::Error>()
+        .is_some_and(h2::Error::is_go_away)
+}
+
+/// The exchange on one stream.
+async fn on_stream(
+    session: &mut HttpSession,
+    reused: bool,
+    peer: &HttpPeer,
+    request: &SubRequest,
+    batch: &BatchHeaders,
+) -> Result<UpstreamResponse, H2Error> {
     let failed = |sent| {
         move |error| H2Error::Pingora {
             error,
@@ -34,18 +63,16 @@ pub(super) async fn exchange(
             sent,
         }
     };
-    let written = write_request(&mut session, request, batch, peer.tls(), &failed).await;
+    let written = write_request(session, request, batch, peer.tls(), &failed).await;
     let head_read = match written {
         Ok(()) => false,
-        Err(write_failed) => answered_anyway(&mut session, write_failed).await?,
+        Err(write_failed) => answered_anyway(session, write_failed).await?,
     };
-    let (status, headers) =
-        read_final_header(&mut session, head_read, &failed(Sent::Maybe)).await?;
+    let (status, headers) = read_final_header(session, head_read, &failed(Sent::Maybe)).await?;
     // HEAD, 204 and 304 declare the representation's length but carry no body.
     let has_body = request.method != Method::HEAD && !matches!(status, 204 | 304);
     let limit = batch.max_response_bytes;
-    let body = read_body(&mut session, &headers, has_body, limit, &failed(Sent::All)).await?;
-    streams.release(session, peer).await;
+    let body = read_body(session, &headers, has_body, limit, &failed(Sent::All)).await?;
     Ok(UpstreamResponse {
         status,
         headers,

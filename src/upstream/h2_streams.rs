@@ -44,17 +44,24 @@ pub(super) enum Streams<'a> {
 }
 
 impl Streams<'_> {
-    /// A stream, and whether its connection was already open.
-    pub(super) async fn session(self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
+    /// A stream, whether its connection was already open, and (h2c) that connection, to be
+    /// marked going away when a stream learns it is.
+    pub(super) async fn session(
+        self,
+        peer: &HttpPeer,
+    ) -> pingora::Result<(HttpSession, bool, Option<ConnectionRef>)> {
         match self {
             Streams::H2c {
                 connections,
                 transport,
             } => {
-                let (stream, reused) = connections.stream(transport, peer).await?;
-                Ok((HttpSession::H2(stream), reused))
+                let (stream, reused, conn) = connections.stream(transport, peer).await?;
+                Ok((HttpSession::H2(stream), reused, Some(conn)))
             }
-            Streams::Pingora { connector, gate } => gate.session(connector, peer).await,
+            Streams::Pingora { connector, gate } => {
+                let (session, reused) = gate.session(connector, peer).await?;
+                Ok((session, reused, None))
+            }
         }
     }
 
@@ -139,28 +146,29 @@ impl H2cConnections {
         &self,
         transport: &TransportConnector,
         peer: &HttpPeer,
-    ) -> pingora::Result<(Http2Session, bool)> {
+    ) -> pingora::Result<(Http2Session, bool, ConnectionRef)> {
         let idle_timeout = peer.options.idle_timeout.unwrap_or(Duration::MAX);
-        if let Some(stream) = self.reuse(idle_timeout).await {
-            return Ok((stream, true));
+        if let Some((stream, conn)) = self.reuse(idle_timeout).await {
+            return Ok((stream, true, conn));
         }
         self.turns
             .take(|| async {
                 // Whoever had the turn before may have opened a connection with room.
-                if let Some(stream) = self.reuse(idle_timeout).await {
-                    return Ok((stream, true));
+                if let Some((stream, conn)) = self.reuse(idle_timeout).await {
+                    return Ok((stream, true, conn));
                 }
-                Ok((self.connect(transport, peer).await?, false))
+                let (stream, conn) = self.connect(transport, peer).await?;
+                Ok((stream, false, conn))
             })
             .await
     }
 
     /// A stream on an open connection with a free slot.
-    async fn reuse(&self, idle_timeout: Duration) -> Option<Http2Session> {
+    async fn reuse(&self, idle_timeout: Duration) -> Option<(Http2Session, ConnectionRef)> {
         for _ in 0..PICKS {
             let conn = self.pick(idle_timeout)?;
             match conn.spawn_stream().await {
-                Ok(Some(stream)) => return Some(stream),
+                Ok(Some(stream)) => return Some((stream, conn)),
                 // Full after all (taken meanwhile) or going away: the next one.
                 Ok(None) => {}
                 Err(_) => conn.mark_shutdown(),
@@ -192,7 +200,7 @@ impl H2cConnections {
         &self,
         transport: &TransportConnector,
         peer: &HttpPeer,
-    ) -> pingora::Result<Http2Session> {
+    ) -> pingora::Result<(Http2Session, ConnectionRef)> {
         let tcp = transport.new_stream(peer).await?;
         let mut settings = H2HandshakeSettings::new();
         settings.max_streams = peer.options.max_h2_streams;
@@ -205,9 +213,9 @@ impl H2cConnections {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Open {
-                conn,
+                conn: conn.clone(),
                 idle_since: None,
             });
-        Ok(stream)
+        Ok((stream, conn))
     }
 }
