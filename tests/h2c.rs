@@ -76,6 +76,13 @@ async fn batch_items_travel_as_h2_streams() {
     assert!(seen
         .iter()
         .all(|r| r.method == "POST" && r.path == "/v2/file/get"));
+    // The authority travels as `:authority` alone, never also as a `host` header.
+    assert!(
+        seen.iter()
+            .all(|r| r.authority.is_some() && r.host_headers == 0),
+        "{:?}",
+        seen.first()
+    );
     let mut bodies: Vec<String> = seen
         .iter()
         .take(20)

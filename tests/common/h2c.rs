@@ -18,6 +18,8 @@ pub struct H2Request {
     pub method: String,
     pub path: String,
     pub authority: Option<String>,
+    /// `host` header fields beside `:authority` (nginx answers 400 to a request with both).
+    pub host_headers: usize,
     pub body: Vec<u8>,
 }
 
@@ -100,6 +102,7 @@ async fn serve(
                         .map(|p| p.to_string())
                         .unwrap_or_default(),
                     authority: parts.uri.authority().map(|a| a.to_string()),
+                    host_headers: parts.headers.get_all(http::header::HOST).iter().count(),
                     body: bytes,
                 });
             }
