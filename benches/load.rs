@@ -32,6 +32,11 @@ mod tls;
 #[path = "load/overload.rs"]
 mod overload;
 
+// CPU of started processes, free ports, stopping them (shared with `sidebyside.rs`).
+#[path = "load/procs.rs"]
+mod procs;
+use procs::{family_cpu_seconds, free_port, process_cpu_seconds};
+
 // The h2c test upstream; the benchmark does not read its request log.
 #[path = "../tests/common/h2c.rs"]
 #[allow(dead_code)]
@@ -1173,17 +1178,7 @@ batch_timeout = "60s"
 impl Drop for Gate {
     fn drop(&mut self) {
         // SIGTERM first (graceful stop, lets a wrapping profiler write its output), then kill.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        for _ in 0..150 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        procs::stop(&mut self.child, Duration::from_secs(15));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -1248,46 +1243,14 @@ impl Nginx {
 
     /// CPU of the master and its workers, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let master = self.master.id();
-        let mut total = process_cpu_seconds(master);
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-                let ppid = after
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.parse::<u32>().ok());
-                if ppid == Some(master) {
-                    total += process_cpu_seconds(pid);
-                }
-            }
-        }
-        total
+        family_cpu_seconds(self.master.id())
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM to the master stops the workers too (SIGKILL would orphan them).
-        let _ = Command::new("kill")
-            .arg(self.master.id().to_string())
-            .status();
-        for _ in 0..50 {
-            if matches!(self.master.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.master.kill();
-        let _ = self.master.wait();
+        procs::stop(&mut self.master, Duration::from_secs(5));
         // Workers exit when the master is gone; give them a moment, then clean up.
         std::thread::sleep(Duration::from_millis(200));
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -1450,21 +1413,6 @@ impl Drop for BatchRequestPeer {
     }
 }
 
-/// utime + stime of one process, in seconds (clock ticks of 10 ms).
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 async fn warm_up(gate: &Gate, fast: &FastUpstream) {
     let _ = closed_loop(gate.addr, 8, Duration::from_millis(500), Some(20), |_| {
         batch_request("/fast/batch")
@@ -1478,11 +1426,4 @@ async fn warm_up(gate: &Gate, fast: &FastUpstream) {
         upstream_call()
     })
     .await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }

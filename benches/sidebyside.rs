@@ -27,6 +27,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+// CPU of started processes, free ports, stopping them (shared with `load.rs`).
+#[path = "load/procs.rs"]
+mod procs;
+use procs::{family_cpu_seconds, free_port, process_cpu_seconds};
+
 /// Items per batch.
 const ITEMS: usize = 100;
 /// What the upstream answers (57 bytes, as in `benches/load.rs`).
@@ -179,13 +184,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn find(paths: &[&'static str]) -> Option<&'static str> {
     paths.iter().copied().find(|p| Path::new(p).exists())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// The 100 PDS-style items of `benches/load.rs`, as one envelope batch.
@@ -689,29 +687,14 @@ impl Server for Nginx {
 
     /// The master and its workers.
     fn cpu_seconds(&self) -> f64 {
-        let master = self.master.id();
-        process_cpu_seconds(master)
-            + children(master)
-                .into_iter()
-                .map(process_cpu_seconds)
-                .sum::<f64>()
+        family_cpu_seconds(self.master.id())
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM to the master stops the workers too.
-        let _ = Command::new("kill")
-            .arg(self.master.id().to_string())
-            .status();
-        for _ in 0..50 {
-            if matches!(self.master.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.master.kill();
-        let _ = self.master.wait();
+        procs::stop(&mut self.master, Duration::from_secs(5));
         if std::env::var_os("SIDE_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -850,36 +833,6 @@ impl Drop for Gate {
             }
         }
     }
-}
-
-/// Pids whose parent is `parent`.
-fn children(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent)
-        })
-        .collect()
-}
-
-/// utime + stime of one process, in seconds (clock ticks of 10 ms).
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The standalone upstream for machines without nginx: blocking threads, one per connection,
