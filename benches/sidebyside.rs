@@ -42,6 +42,10 @@ fn main() {
         standalone::serve(&spec);
         return;
     }
+    if let Ok(spec) = std::env::var("SIDE_BARE_PINGORA_ROLE") {
+        bare::serve(&spec);
+        return;
+    }
     let Some(wrk) = find(&["/usr/bin/wrk", "/usr/local/bin/wrk"]) else {
         println!("sidebyside: wrk is not installed (apt-get install wrk); nothing measured");
         return;
@@ -54,7 +58,11 @@ fn main() {
     let nginx = find(&["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]);
     let lua = nginx.is_some() && Path::new(LUA_MODULE).exists() && Path::new(NDK_MODULE).exists();
 
-    let upstream = Upstream::start(nginx.filter(|_| lua), &dir);
+    // `SIDE_UPSTREAM=standalone` measures against the standalone upstream even where nginx
+    // is installed (a thread per connection: 100 parallel 10 ms calls take 10 ms, where one
+    // nginx worker serialises their CPU).
+    let standalone = std::env::var("SIDE_UPSTREAM").is_ok_and(|u| u == "standalone");
+    let upstream = Upstream::start(nginx.filter(|_| lua && !standalone), &dir);
     upstream.wait_ready();
     let gate = Gate::start(&upstream, &dir);
     let proxy = nginx.map(|n| Nginx::start(n, "proxy", &nginx_proxy_config(&upstream), &dir));
@@ -119,8 +127,11 @@ fn main() {
         report("batch of 100, 0 ms upstream, 4 clients", "item", &runs);
     }
     if wants("pass0") {
+        let bare = BarePingora::start(&upstream, &dir);
+        bare.wait_ready();
         let contenders: Vec<&dyn Server> = std::iter::once(&gate as &dyn Server)
             .chain(proxy.iter().map(|p| p as &dyn Server))
+            .chain(std::iter::once(&bare as &dyn Server))
             .collect();
         for server in &contenders {
             warm.run(server.port(), "/v2/hello", 32, None);
@@ -919,5 +930,109 @@ mod standalone {
                 return;
             }
         }
+    }
+}
+
+/// The floor pingora itself sets for pass-through: pingora's own proxy with nothing of
+/// batchgate's (no filters, metrics, deadlines or connection caps), the same pingora version,
+/// threads, runtime flavour (`work_stealing = false`) and keep-alive pool size as batchgate's
+/// defaults. Run as this benchmark re-executed with
+/// `SIDE_BARE_PINGORA_ROLE=listen_port,upstream_port,threads,work_stealing,dir`.
+mod bare {
+    use async_trait::async_trait;
+    use pingora::prelude::*;
+    use pingora::server::configuration::{Opt, ServerConf};
+
+    struct Bare(String);
+
+    #[async_trait]
+    impl ProxyHttp for Bare {
+        type CTX = ();
+        fn new_ctx(&self) {}
+        async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+            Ok(Box::new(HttpPeer::new(
+                self.0.as_str(),
+                false,
+                String::new(),
+            )))
+        }
+    }
+
+    pub fn serve(spec: &str) {
+        let parts: Vec<&str> = spec.split(',').collect();
+        let [listen, upstream, threads, work_stealing, dir] = parts[..] else {
+            panic!("SIDE_BARE_PINGORA_ROLE: {spec}");
+        };
+        let conf = ServerConf {
+            threads: threads.parse().unwrap_or(2),
+            work_stealing: work_stealing == "true",
+            upstream_keepalive_pool_size: 1024,
+            pid_file: format!("{dir}/bare.pid"),
+            upgrade_sock: format!("{dir}/bare.sock"),
+            grace_period_seconds: Some(1),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        server.bootstrap();
+        let mut proxy =
+            http_proxy_service(&server.configuration, Bare(format!("127.0.0.1:{upstream}")));
+        proxy.add_tcp(&format!("127.0.0.1:{listen}"));
+        server.add_service(proxy);
+        server.run_forever();
+    }
+}
+
+/// The bare pingora proxy (`mod bare`) as a separate process.
+struct BarePingora {
+    port: u16,
+    child: Child,
+}
+
+impl BarePingora {
+    fn start(upstream: &Upstream, dir: &Path) -> BarePingora {
+        let dir = dir.join("bare");
+        std::fs::create_dir_all(&dir).expect("bare dir");
+        let port = free_port();
+        let threads: usize = env_or("BATCHGATE_THREADS", 2);
+        let work_stealing: bool = env_or("BARE_WORK_STEALING", false);
+        let child = Command::new(std::env::current_exe().expect("own path"))
+            .env(
+                "SIDE_BARE_PINGORA_ROLE",
+                format!(
+                    "{port},{},{threads},{work_stealing},{}",
+                    upstream.fast_port,
+                    dir.display()
+                ),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bare pingora");
+        BarePingora { port, child }
+    }
+
+    fn wait_ready(&self) {
+        wait_for_port(self.port);
+    }
+}
+
+impl Server for BarePingora {
+    fn name(&self) -> String {
+        "pingora alone".into()
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(self.child.id())
+    }
+}
+
+impl Drop for BarePingora {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -26,6 +26,7 @@
 //! - [`listener`]: client connections: the per-listener cap and the idle, head and body
 //!   read deadlines around pingora's HTTP server.
 //! - [`metrics`]: every Prometheus family, with per-route handles resolved once.
+//! - [`logs`]: the log subscriber, and the pingora line that is counted instead of logged.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on the admin listener.
 //! - [`demo`]: the built-in demo upstream behind `batchgate demo`.
 //! - [`server`]: builds the pingora server and its services from a config.
@@ -52,6 +53,7 @@ pub mod exec;
 pub mod guard;
 pub mod item;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 pub mod permits;
 pub mod proxy;

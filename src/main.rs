@@ -2,7 +2,7 @@
 //! logging, loads the config and hands over to `server`; nothing else lives here.
 
 use anyhow::Context;
-use batchgate::config::{Config, LogFormat};
+use batchgate::config::Config;
 use batchgate::server::{self, StartOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -211,7 +211,7 @@ fn route_lines(config: &Config, out: &mut String) {
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = Config::from_path(path)?;
-    init_logging(&config).context("setting up logging")?;
+    batchgate::logs::init(&config).context("setting up logging")?;
     Ok(config)
 }
 
@@ -298,20 +298,4 @@ fn print_demo_help(config: &Config, addr: std::net::SocketAddr) {
     println!("a JSON-RPC batch:\n  curl -s http://{listen}/jsonrpc -H 'Content-Type: application/json' \\\n    -d '[{{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2,4],\"id\":\"1\"}},{{\"jsonrpc\":\"2.0\",\"method\":\"subtract\",\"params\":[42,23],\"id\":2}}]'");
     println!("an id-list fan-out:\n  curl -s 'http://{listen}/v2/servicerequest/accessorys/access-urls?group_id=1&accessory_ids=1,2' -H 'X-Auth-Token: demo'");
     println!("and a pass-through call:\n  curl -s http://{listen}/v2/hello");
-}
-
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
-        _ => EnvFilter::try_new(config.server.log_level.as_deref().unwrap_or("info"))?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match config.server.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!(e))
 }

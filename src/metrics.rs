@@ -10,8 +10,9 @@ use crate::item::RejectionKind;
 use crate::item::{ItemClass, Outcome};
 use crate::listener::Phase;
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -93,6 +94,8 @@ pub struct Families {
     pub rejections: IntCounterVec,
     pub passthrough: IntCounterVec,
     pub passthrough_duration: HistogramVec,
+    pub passthrough_upstream_requests: IntCounterVec,
+    pub pool_reuse_races: IntCounter,
     pub upstream_requests: IntCounterVec,
     pub client_connections: IntGaugeVec,
     pub client_connections_refused: IntCounterVec,
@@ -193,6 +196,15 @@ fn register() -> prometheus::Result<Families> {
             "Time to proxy one pass-through request.",
             &["upstream"],
             LATENCY_BUCKETS.to_vec()
+        )?,
+        passthrough_upstream_requests: register_int_counter_vec!(
+            "batchgate_passthrough_upstream_requests_total",
+            "Pass-through requests sent to an upstream, by whether the connection was reused from pingora's pool or newly opened.",
+            &["upstream", "connection"]
+        )?,
+        pool_reuse_races: register_int_counter!(
+            "batchgate_passthrough_pool_reuse_races_total",
+            "Pooled pass-through connections pingora found still held by their idle watcher on another thread, closed and replaced by a new connection (pingora logs these as 'failed to acquire reusable stream').",
         )?,
         upstream_requests: register_int_counter_vec!(
             "batchgate_upstream_requests_total",
@@ -630,6 +642,8 @@ impl UpstreamConnectionMetrics {
 pub struct PassthroughMetrics {
     requests: Vec<IntCounter>,
     duration: Histogram,
+    new_connection: IntCounter,
+    reused_connection: IntCounter,
 }
 
 impl PassthroughMetrics {
@@ -641,7 +655,22 @@ impl PassthroughMetrics {
                 .map(|c| f.passthrough.with_label_values(&[upstream, c]))
                 .collect(),
             duration: f.passthrough_duration.with_label_values(&[upstream]),
+            new_connection: f
+                .passthrough_upstream_requests
+                .with_label_values(&[upstream, "new"]),
+            reused_connection: f
+                .passthrough_upstream_requests
+                .with_label_values(&[upstream, "reused"]),
         })
+    }
+
+    /// Counts one request sent upstream (a retry counts again, on its new connection).
+    pub fn sent(&self, reused: bool) {
+        if reused {
+            self.reused_connection.inc();
+        } else {
+            self.new_connection.inc();
+        }
     }
 
     /// Counts one proxied request; `status` is `None` when no response was sent.

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::header::HOST;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
@@ -378,6 +379,22 @@ impl ProxyHttp for BatchGate {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let live = self.live(ctx);
+        if let Some(metrics) = live.passthrough.as_ref().and_then(|p| p.metrics.as_ref()) {
+            metrics.sent(reused);
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -470,6 +487,21 @@ impl ProxyHttp for BatchGate {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A client that left before its answer was written is not the proxy's error (nginx logs
+    /// "client prematurely closed connection" at info): pingora's ERROR line for it is
+    /// dropped, the request is counted with `status_class="error"` and logged at debug.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        let client_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if client_gone {
+            tracing::debug!("pass-through client left before its answer: {e}");
+        }
+        client_gone
     }
 
     async fn logging(

@@ -289,3 +289,42 @@ async fn expect_100_continue_with_oversized_body_gets_413_without_continue() {
     assert_rejected(&resp, 413, "RequestEntityTooLarge");
     assert_eq!(upstream.count(), 0);
 }
+
+/// Proves a client that hangs up while its pass-through request waits for the upstream is
+/// not logged as the proxy's error (pingora's "Fail to proxy: Downstream ..." ERROR line),
+/// while an upstream failure still is, and both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_is_not_an_error_line_but_a_failing_upstream_is() {
+    let upstream = Upstream::with_handler(|req| match req.path.as_str() {
+        "/v2/slow" => Reply::text(200, "late").with_delay(400),
+        "/v2/abort" => Reply::abort(),
+        _ => Reply::text(200, "ok"),
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr).start().await;
+
+    let mut stream = TcpStream::connect(gate.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /v2/slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    // The upstream answers after 400 ms, to nobody.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(upstream.count(), 1, "the request reached the upstream");
+
+    let resp = client::get(gate.addr, "/v2/abort").await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(client::get(gate.addr, "/v2/hello").await.status, 200);
+
+    let stderr = gate.stderr();
+    assert!(
+        !stderr.contains("Downstream"),
+        "the client's hang-up was logged as an error:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Fail to proxy"),
+        "the upstream failure was not logged:\n{stderr}"
+    );
+}
