@@ -41,7 +41,8 @@
 //! one `DialectConfig` variant with its validation (`config/NEW.rs`) and its name in
 //! `config/routes.rs`; a fuzz target in `fuzz/`. The proxy, the executor, the upstream client,
 //! the metrics and the listener need nothing.
-#![forbid(unsafe_code)]
+// One audited exception: duplicating an accepted socket's descriptor (`listener/workers.rs`).
+#![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin;

@@ -20,12 +20,15 @@
 //! the clock is unarmed: reads then only watch for the client leaving.
 
 mod clock;
+mod rehome;
 mod stream;
 mod tls;
+mod workers;
 
 pub use clock::{body_deadline, ClientClock, Phase};
 pub use stream::DeadlineStream;
 pub use tls::TlsConn;
+pub use workers::{WorkerService, Workers};
 
 use crate::config::{ClientLimits, ListenerTls};
 use crate::metrics::ClientMetrics;
@@ -58,9 +61,9 @@ struct Slot {
 }
 
 /// An open connection, counted until it is dropped.
-struct Open<'a>(&'a Slot);
+struct Open(Arc<Slot>);
 
-impl Drop for Open<'_> {
+impl Drop for Open {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(metrics) = &self.0.metrics {
@@ -70,11 +73,11 @@ impl Drop for Open<'_> {
 }
 
 /// Wraps pingora's HTTP app: counts and caps connections per listener and gives each one a
-/// `ClientClock`.
-pub struct Listener<A> {
-    app: Arc<A>,
+/// `ClientClock`; with workers, hands each connection to one (`workers.rs`).
+pub struct Listener<A: Send + Sync + 'static> {
+    serving: Serving<A>,
     limits: ClientLimits,
-    slots: Vec<Slot>,
+    slots: Vec<Arc<Slot>>,
     /// Cleartext connections may open with the HTTP/2 preface (`server.h2c`).
     h2c: bool,
 }
@@ -87,16 +90,40 @@ pub struct Listeners<'a> {
     pub h2c: bool,
 }
 
-impl<A> Listener<A> {
+/// Where accepted connections are served.
+enum Serving<A: Send + Sync + 'static> {
+    /// Right here, on the accepting service's threads (with work stealing).
+    Inline(Arc<A>),
+    /// On the least busy per-thread worker, for the connection's whole life.
+    Workers(Arc<Workers<A>>),
+}
+
+impl<A: Send + Sync + 'static> Listener<A> {
+    /// Serves connections on the accepting service's own threads.
     pub fn new(app: A, limits: ClientLimits, listeners: Listeners<'_>) -> Self {
+        Self::serving(Serving::Inline(Arc::new(app)), limits, listeners)
+    }
+
+    /// Hands every connection to one of `workers`.
+    pub fn with_workers(
+        workers: Arc<Workers<A>>,
+        limits: ClientLimits,
+        listeners: Listeners<'_>,
+    ) -> Self {
+        Self::serving(Serving::Workers(workers), limits, listeners)
+    }
+
+    fn serving(serving: Serving<A>, limits: ClientLimits, listeners: Listeners<'_>) -> Self {
         let acceptor = listeners
             .tls_settings
             .map(|tls| TlsAcceptor::from(tls.config.clone()));
-        let slot = |addr: &SocketAddr, tls: Option<TlsAcceptor>| Slot {
-            addr: *addr,
-            tls,
-            open: AtomicUsize::new(0),
-            metrics: ClientMetrics::new(&addr.to_string()),
+        let slot = |addr: &SocketAddr, tls: Option<TlsAcceptor>| {
+            Arc::new(Slot {
+                addr: *addr,
+                tls,
+                open: AtomicUsize::new(0),
+                metrics: ClientMetrics::new(&addr.to_string()),
+            })
         };
         let plain = listeners.plain.iter().map(|addr| slot(addr, None));
         let tls = listeners
@@ -104,7 +131,7 @@ impl<A> Listener<A> {
             .iter()
             .map(|addr| slot(addr, acceptor.clone()));
         Listener {
-            app: Arc::new(app),
+            serving,
             limits,
             slots: plain.chain(tls).collect(),
             h2c: listeners.h2c,
@@ -113,11 +140,11 @@ impl<A> Listener<A> {
 
     /// The configured listener a connection arrived on: same port, and the same address or a
     /// wildcard one (`0.0.0.0:8080` accepts on `127.0.0.1:8080`).
-    fn slot(&self, stream: &Stream) -> Option<&Slot> {
+    fn slot(&self, stream: &Stream) -> Option<&Arc<Slot>> {
         let local = stream
             .get_socket_digest()
             .and_then(|digest| digest.local_addr().and_then(|a| a.as_inet().copied()));
-        let matches = |slot: &&Slot| match local {
+        let matches = |slot: &&Arc<Slot>| match local {
             Some(local) => {
                 slot.addr.port() == local.port()
                     && (slot.addr.ip() == local.ip() || slot.addr.ip().is_unspecified())
@@ -128,7 +155,7 @@ impl<A> Listener<A> {
     }
 
     /// Counts a new connection in, or `None` when the listener is full.
-    fn enter<'s>(&self, slot: &'s Slot) -> Option<Open<'s>> {
+    fn enter(&self, slot: &Arc<Slot>) -> Option<Open> {
         if slot.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
             slot.open.fetch_sub(1, Ordering::Relaxed);
             if let Some(metrics) = &slot.metrics {
@@ -139,11 +166,30 @@ impl<A> Listener<A> {
         if let Some(metrics) = &slot.metrics {
             metrics.open.inc();
         }
-        Some(Open(slot))
+        Some(Open(slot.clone()))
     }
 }
 
-impl<A> Listener<A> {
+impl<A: ServerApp + Send + Sync + 'static> Listener<A> {
+    /// Serves one counted connection with `app`: its clock, its TLS handshake or h2c
+    /// preface, then every request on it.
+    async fn serve(
+        &self,
+        app: &Arc<A>,
+        slot: &Slot,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let clock = ClientClock::new(self.limits, slot.metrics.clone());
+        let stream = match &slot.tls {
+            Some(acceptor) => self.accept_tls(acceptor, stream, &clock).await?,
+            None => self.plain(stream, &clock).await?,
+        };
+        let stream: Stream = Box::new(DeadlineStream::new(stream, clock));
+        // pingora's HTTP app serves every request of the connection before it returns.
+        ServerApp::process_new(app, stream, shutdown).await
+    }
+
     /// The TLS handshake, within the header timeout: a client that opens connections and
     /// never finishes a handshake holds each one no longer than one that never sends a head.
     async fn accept_tls(
@@ -200,25 +246,52 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let slot = self.slot(&stream)?;
-        let Some(_open) = self.enter(slot) else {
+        let slot = self.slot(&stream)?.clone();
+        let Some(open) = self.enter(&slot) else {
             // Over the cap: say so, then close. The answer fits a fresh socket's buffer, so
             // the write does not wait; the connection never reaches pingora.
             let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(REFUSED)).await;
             return None;
         };
-        let clock = ClientClock::new(self.limits, slot.metrics.clone());
-        let stream = match &slot.tls {
-            Some(acceptor) => self.accept_tls(acceptor, stream, &clock).await?,
-            None => self.plain(stream, &clock).await?,
+        let workers = match &self.serving {
+            Serving::Inline(app) => {
+                let reuse = self.serve(app, &slot, stream, shutdown).await;
+                drop(open);
+                return reuse;
+            }
+            Serving::Workers(workers) => workers,
         };
-        let stream: Stream = Box::new(DeadlineStream::new(stream, clock));
-        // pingora's HTTP app serves every request of the connection before it returns.
-        ServerApp::process_new(&self.app, stream, shutdown).await
+        let on = workers.assign();
+        let app = on.worker().app.clone();
+        let Some(handle) = on.worker().handle().cloned() else {
+            // Only before the worker's runtime started (the acceptor waits for them all).
+            let reuse = self.serve(&app, &slot, stream, shutdown).await;
+            drop((open, on));
+            return reuse;
+        };
+        let this = self.clone();
+        let shutdown = shutdown.clone();
+        // The connection now lives on the worker: this accept task is done.
+        handle.spawn(async move {
+            let stream = rehome::rehome(stream);
+            let mut reuse = this.serve(&app, &slot, stream, &shutdown).await;
+            while let Some(stream) = reuse {
+                reuse = ServerApp::process_new(&app, stream, &shutdown).await;
+            }
+            drop((open, on));
+        });
+        None
     }
 
     async fn cleanup(&self) {
         // pingora wakes parked keep-alive reads here at shutdown.
-        self.app.cleanup().await
+        match &self.serving {
+            Serving::Inline(app) => app.cleanup().await,
+            Serving::Workers(workers) => {
+                for app in workers.apps() {
+                    app.cleanup().await;
+                }
+            }
+        }
     }
 }

@@ -112,7 +112,8 @@ impl Live {
     }
 }
 
-/// The proxy service.
+/// The proxy service. Clones share everything (routes, permits, admission): one per worker.
+#[derive(Clone)]
 pub struct BatchGate {
     live: Arc<ArcSwap<Live>>,
     /// `server.max_in_flight` item permits, granted round-robin across clients.
@@ -193,6 +194,11 @@ impl Reconfigure {
                 .upstreams
                 .iter()
                 .find(|u| u.name == client.config.name);
+            // `Live::build` keeps the client only with the same settings.
+            let kept = new.is_some_and(|u| crate::upstream::same_settings(&client.config, u));
+            if !kept {
+                client.retire();
+            }
             crate::metrics::remove_upstream_series(&client.config, new.map(|u| &**u));
         }
         self.live.store(Arc::new(Live::build(config, Some(&old))));

@@ -8,7 +8,7 @@
 use crate::admin::{readiness_target, AdminApp, ReadinessTarget, UpstreamClients};
 use crate::config::Config;
 use crate::demo::DemoUpstream;
-use crate::listener::{Listener, Listeners};
+use crate::listener::{Listener, Listeners, Workers};
 use crate::proxy::BatchGate;
 use crate::reload::Reloader;
 use crate::upstream::health::HealthChecker;
@@ -18,7 +18,7 @@ use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -93,7 +93,7 @@ pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let gate = BatchGate::new(&config, stop_rx);
     let reconfigure = gate.reconfigure();
-    server.add_service(proxy_service(&server, &config, gate));
+    add_proxy(&mut server, &config, gate);
     server.add_service(background_service(
         "batchgate shutdown notice",
         ShutdownNotice {
@@ -177,25 +177,76 @@ fn pingora_opt(options: &StartOptions) -> Opt {
 
 /// The proxy on every cleartext and TLS listener. Every client connection is counted,
 /// capped, given read deadlines and, on TLS listeners, its handshake (`listener.rs`).
-fn proxy_service(
-    server: &Server,
-    config: &Config,
-    gate: BatchGate,
-) -> impl pingora::services::Service {
-    let mut app = pingora::proxy::http_proxy(&server.configuration, gate);
-    app.server_options = Some(http_options(config));
-    app.h2_options = Some(h2_options(config));
+///
+/// Without work stealing and with more than one thread, the listeners are in a one-thread
+/// acceptor and every connection is served by one of `threads` workers, each with its own
+/// app, connector and pass-through pool (`listener/workers.rs`); otherwise one service runs
+/// `threads` threads (one shared pool).
+fn add_proxy(server: &mut Server, config: &Config, gate: BatchGate) {
     let listeners = Listeners {
         plain: &config.server.listen,
         tls: &config.server.tls_listen,
         tls_settings: config.server.tls.as_ref(),
         h2c: config.server.h2c,
     };
-    let app = Listener::new(app, config.server.client, listeners);
-    let mut proxy = Service::new("batchgate proxy".to_string(), app);
+    let limits = config.server.client;
+    let threads = config.server.threads;
+    if config.server.work_stealing || threads <= 1 {
+        let app = proxy_app(&server.configuration, config, gate);
+        let listener = Listener::new(app, limits, listeners);
+        server.add_service(listening_service(listener, config, None));
+        return;
+    }
+    // Each worker's connector is sized for the one thread that uses it (pingora multiplies
+    // `upstream_keepalive_pool_size` by `threads`).
+    let mut one_thread = pingora_conf(config);
+    one_thread.threads = 1;
+    let one_thread = Arc::new(one_thread);
+    let apps = (0..threads)
+        .map(|_| proxy_app(&one_thread, config, gate.clone()))
+        .collect();
+    let workers = Workers::new(apps);
+    let worker_services: Vec<_> = workers
+        .services()
+        .into_iter()
+        .enumerate()
+        .map(|(i, worker)| {
+            let mut service =
+                GenBackgroundService::new(format!("batchgate worker {i}"), Arc::new(worker));
+            service.threads = Some(1);
+            server.add_service(service)
+        })
+        .collect();
+    let listener = Listener::with_workers(workers, limits, listeners);
+    let acceptor = server.add_service(listening_service(listener, config, Some(1)));
+    for worker in &worker_services {
+        acceptor.add_dependency(worker);
+    }
+}
+
+/// pingora's proxy over `gate`, with batchgate's HTTP/1 and HTTP/2 server options.
+fn proxy_app(
+    conf: &Arc<ServerConf>,
+    config: &Config,
+    gate: BatchGate,
+) -> pingora::proxy::HttpProxy<BatchGate> {
+    let mut app = pingora::proxy::http_proxy(conf, gate);
+    app.server_options = Some(http_options(config));
+    app.h2_options = Some(h2_options(config));
+    app
+}
+
+/// The service holding the public listeners, on `threads` threads (default: the server's).
+fn listening_service(
+    listener: Listener<pingora::proxy::HttpProxy<BatchGate>>,
+    config: &Config,
+    threads: Option<usize>,
+) -> Service<Listener<pingora::proxy::HttpProxy<BatchGate>>> {
+    let mut proxy = Service::new("batchgate proxy".to_string(), listener);
     for addr in public_listeners(config) {
         proxy.add_tcp(&addr.to_string());
     }
+    proxy.threads = threads;
     proxy
 }
 

@@ -84,6 +84,9 @@ pub struct UpstreamClient {
     h2c_connections: Arc<[h2_streams::H2cConnections]>,
     timeouts: h1::Timeouts,
     metrics: Option<UpstreamConnectionMetrics>,
+    /// Set by the reload that replaced or removed this client (`retire`); held while a
+    /// series naming its addresses is written (`record_series`).
+    retired: std::sync::Mutex<bool>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -155,7 +158,25 @@ impl UpstreamClient {
                 crate::metrics::upstream_series(&config);
                 UpstreamConnectionMetrics::new(&config.name)
             },
+            retired: std::sync::Mutex::new(false),
             config,
+        }
+    }
+
+    /// Marks this client as replaced by a reload, before the reload removes the series of
+    /// its addresses: a health check round, an ejection or a retry that ends later must not
+    /// bring them back (an address left at `address_up 0` keeps an alert firing).
+    pub fn retire(&self) {
+        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Runs `record`, a write to a series that names this client, unless it was retired.
+    /// The lock orders it against `retire`: a write either lands before the series are
+    /// removed (and goes with them) or is skipped.
+    pub(crate) fn record_series(&self, record: impl FnOnce()) {
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        if !*retired {
+            record();
         }
     }
 
@@ -282,13 +303,15 @@ impl UpstreamClient {
             let again = retry::reason(policy, &outcome, call.repeatable);
             if let Some(previous) = retried.take() {
                 let success = again.is_none() && matches!(outcome, Outcome::Response(_));
-                crate::metrics::retried(&self.config.name, &previous.label(), success);
+                self.record_series(|| {
+                    crate::metrics::retried(&self.config.name, &previous.label(), success);
+                });
             }
             let Some(reason) = again else {
                 return outcome;
             };
             let skipped = |why| {
-                crate::metrics::retry_skipped(&self.config.name, why);
+                self.record_series(|| crate::metrics::retry_skipped(&self.config.name, why));
                 outcome.clone()
             };
             if attempt >= policy.attempts {
@@ -344,7 +367,7 @@ impl UpstreamClient {
             return (tried, first.await);
         }
         if !self.budget.try_retry() {
-            crate::metrics::hedged(&self.config.name, "budget");
+            self.record_series(|| crate::metrics::hedged(&self.config.name, "budget"));
             return (tried, first.await);
         }
         let tried = tried.with(m);
@@ -354,18 +377,18 @@ impl UpstreamClient {
         tokio::select! {
             outcome = &mut first => {
                 if matches!(outcome, Outcome::Response(_)) {
-                    crate::metrics::hedged(name, "lost");
+                    self.record_series(|| crate::metrics::hedged(name, "lost"));
                     return (tried, outcome);
                 }
-                crate::metrics::hedged(name, "won");
+                self.record_series(|| crate::metrics::hedged(name, "won"));
                 (tried, second.await)
             }
             outcome = &mut second => {
                 if matches!(outcome, Outcome::Response(_)) {
-                    crate::metrics::hedged(name, "won");
+                    self.record_series(|| crate::metrics::hedged(name, "won"));
                     return (tried, outcome);
                 }
-                crate::metrics::hedged(name, "lost");
+                self.record_series(|| crate::metrics::hedged(name, "lost"));
                 (tried, first.await)
             }
         }
@@ -411,8 +434,10 @@ impl UpstreamClient {
             .get(n)
             .map_or_else(String::new, |a| a.to_string());
         tracing::warn!(upstream = %self.config.name, %address, "address ejected after consecutive failures");
-        crate::metrics::upstream_ejected(&self.config.name, &address);
-        crate::metrics::address_up(&self.config.name, &address, false);
+        self.record_series(|| {
+            crate::metrics::upstream_ejected(&self.config.name, &address);
+            crate::metrics::address_up(&self.config.name, &address, false);
+        });
     }
 
     async fn send_h1(

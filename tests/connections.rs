@@ -224,3 +224,51 @@ async fn default_pool_keeps_what_concurrent_batches_use() {
         "1,500 items, at most 300 at once, opened {opened} upstream connections"
     );
 }
+
+/// Pass-through on two worker threads: each client connection is served by one worker with
+/// its own pingora pool, so the upstream connection its request used is back in that pool,
+/// on that thread, for its next request. Sixteen keep-alive clients sending 150 requests each
+/// (2,400) open about one upstream connection each; pingora's one pool shared by its threads
+/// handed connections across threads and dropped some in the hand-over ("failed to acquire
+/// reusable stream", counted in `batchgate_passthrough_pool_reuse_races_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_connections_stay_with_their_worker() {
+    const CLIENTS: usize = 16;
+    const EACH: usize = 150;
+    let upstream = Upstream::echo().await;
+    let gate = GateConfig::new(upstream.addr).start().await;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = gate.addr;
+            tokio::spawn(async move {
+                let mut conn = Conn::connect(addr).await;
+                for i in 0..EACH {
+                    let reply = conn
+                        .request("GET", &format!("/v2/p/{c}/{i}"), &[], b"")
+                        .await;
+                    assert_eq!(reply.status, 200, "{}", reply.body_str());
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("client");
+    }
+    assert_eq!(upstream.count(), CLIENTS * EACH);
+    let metrics = scrape(gate.admin).await;
+    let races = metrics.sum("batchgate_passthrough_pool_reuse_races_total", &[]);
+    let new = metrics.sum(
+        "batchgate_passthrough_upstream_requests_total",
+        &[("connection", "new")],
+    );
+    let opened = upstream.connections();
+    assert_eq!(races, 0.0, "pooled connections dropped in a hand-over");
+    assert_eq!(new, opened as f64, "every new connection is counted");
+    // One per client, and a few where a request starts before another's has handed its
+    // connection back on the same worker.
+    assert!(
+        opened <= CLIENTS as u64 + 4,
+        "{} requests from {CLIENTS} clients opened {opened} upstream connections",
+        CLIENTS * EACH
+    );
+}

@@ -167,7 +167,9 @@ impl UpstreamClient {
                 .addresses
                 .get(n)
                 .map_or_else(String::new, ToString::to_string);
-            crate::metrics::health_checked(&self.config.name, &address, result.is_ok());
+            self.record_series(|| {
+                crate::metrics::health_checked(&self.config.name, &address, result.is_ok());
+            });
             match (self.health.record(n, result.is_ok()), &result) {
                 (Some(false), Err(why)) => {
                     tracing::warn!(upstream = %self.config.name, %address, "address failed its health check {} times in a row, out of the choice: {why}", check.unhealthy_after);
@@ -180,7 +182,7 @@ impl UpstreamClient {
         }
         // The gauges are the checker's to publish (next tick), for the clients in effect
         // only: a round that ends after a reload removed its address must not bring the
-        // address's series back.
+        // address's series back (`record_series`).
     }
 
     /// Each address with whether it passes its checks and whether it is ejected.
@@ -202,7 +204,9 @@ impl UpstreamClient {
     pub fn publish_state(&self) {
         for (n, address) in self.config.addresses.iter().enumerate() {
             let up = self.health.is_healthy(n) && !self.ejections.is_out(n);
-            crate::metrics::address_up(&self.config.name, &address.to_string(), up);
+            self.record_series(|| {
+                crate::metrics::address_up(&self.config.name, &address.to_string(), up);
+            });
         }
     }
 }
