@@ -23,8 +23,8 @@
 //! - [`proxy`]: the pingora `ProxyHttp` impl wiring the above, plus pass-through; its
 //!   routing table is swapped whole by a reload.
 //! - [`reload`]: SIGHUP: read, validate and apply the config file in place.
-//! - [`listener`]: client connections: the per-listener cap and the idle, head and body
-//!   read deadlines around pingora's HTTP server.
+//! - [`listener`]: client connections: the per-listener cap, the idle, head and body
+//!   read deadlines around pingora's HTTP server, and the per-thread workers that serve them.
 //! - [`metrics`]: every Prometheus family, with per-route handles resolved once.
 //! - [`logs`]: the log subscriber, and the pingora line that is counted instead of logged.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on the admin listener.
@@ -41,7 +41,7 @@
 //! one `DialectConfig` variant with its validation (`config/NEW.rs`) and its name in
 //! `config/routes.rs`; a fuzz target in `fuzz/`. The proxy, the executor, the upstream client,
 //! the metrics and the listener need nothing.
-// One audited exception: duplicating an accepted socket's descriptor (`listener/workers.rs`).
+// One audited exception: duplicating an accepted socket's descriptor (`listener/rehome.rs`).
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 

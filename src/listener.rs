@@ -6,7 +6,9 @@
 //! accepted connection is wrapped twice, around pingora's HTTP app and around its socket:
 //!
 //! * `Listener` counts open connections per listener and refuses new ones beyond
-//!   `server.max_client_connections` (a 503 and a close, counted);
+//!   `server.max_client_connections` (a 503 and a close, counted), then serves the
+//!   connection right there or hands it to a per-thread worker (`workers.rs`), which
+//!   re-registers its socket on its own event loop (`rehome.rs`);
 //! * `DeadlineStream` gives every read of the connection a deadline from its `ClientClock`:
 //!   waiting for a request (`client_idle_timeout`), the whole request head
 //!   (`client_header_timeout`, from its first byte; on a new connection from the accept), and
@@ -28,7 +30,7 @@ mod workers;
 pub use clock::{body_deadline, ClientClock, Phase};
 pub use stream::DeadlineStream;
 pub use tls::TlsConn;
-pub use workers::{WorkerService, Workers};
+pub use workers::Workers;
 
 use crate::config::{ClientLimits, ListenerTls};
 use crate::metrics::ClientMetrics;
