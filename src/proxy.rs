@@ -20,6 +20,7 @@ use batch::{request_id, write_reply, BatchSummary};
 use bytes::Bytes;
 use http::header::HOST;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -268,6 +269,11 @@ fn build_route(
 #[async_trait]
 impl ProxyHttp for BatchGate {
     type CTX = RequestCtx;
+
+    /// No downstream modules: pingora's default is a response-compression module at level
+    /// 0, which compresses nothing but still costs every request a context allocation and
+    /// its header and body filter calls. batchgate passes bodies through as they are.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {

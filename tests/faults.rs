@@ -408,6 +408,39 @@ async fn idle_client_connections_are_closed() {
     );
 }
 
+/// Each request moves the idle deadline on: a client that comes back within
+/// `client_idle_timeout` every time is never cut off, and is closed one idle timeout after
+/// its last answer. (The timer is armed lazily and moved on when it fires early: closing at
+/// the first request's deadline would be the bug this catches.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_deadline_moves_with_every_request() {
+    let upstream = Scripted::start(upstream_with(|_| vec![Step::write(OK)])).await;
+    let gate = gate_for(&upstream, &[], &["client_idle_timeout = \"1s\""]).await;
+    let mut conn = Conn::connect(gate.addr).await;
+    for round in 0..4 {
+        let answer = conn.request("GET", "/v2/ok", &[], b"").await;
+        assert_eq!(answer.status, 200, "round {round}");
+        if round < 3 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    let last_answer = Instant::now();
+    assert!(
+        conn.is_closed(Duration::from_secs(5)).await,
+        "still open after 5 s"
+    );
+    let waited = last_answer.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "closed {waited:?} after the last answer"
+    );
+    let metrics = scrape(gate.admin).await;
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "idle")]),
+        1.0
+    );
+}
+
 /// A half-sent request head, and a head trickled one byte every 200 ms, are cut off at
 /// `client_header_timeout` from their first byte, however steadily the bytes come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
