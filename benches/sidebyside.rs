@@ -485,7 +485,9 @@ impl Upstream {
     fn describe(&self) -> &'static str {
         match self.process {
             Process::Nginx(_) => "nginx 1 worker (separate process)",
-            Process::Standalone(_) => "standalone upstream (separate process; nginx not installed)",
+            Process::Standalone(_) => {
+                "standalone upstream (separate process; SIDE_UPSTREAM=standalone, or no nginx with lua)"
+            }
         }
     }
 
