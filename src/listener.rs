@@ -36,17 +36,16 @@ use crate::config::{ClientLimits, ListenerTls};
 use crate::metrics::ClientMetrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::Peek;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use stream::H2_PREFACE;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsAcceptor;
-
-/// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 section 3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a connection over the cap is told before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 37\r\nConnection: close\r\n\r\ntoo many connections, try again later";
@@ -184,12 +183,20 @@ impl<A: ServerApp + Send + Sync + 'static> Listener<A> {
     ) -> Option<Stream> {
         let clock = ClientClock::new(self.limits, slot.metrics.clone());
         let stream = match &slot.tls {
-            Some(acceptor) => self.accept_tls(acceptor, stream, &clock).await?,
-            None => self.plain(stream, &clock).await?,
+            Some(acceptor) => {
+                let tls = self.accept_tls(acceptor, stream, &clock).await?;
+                DeadlineStream::new(tls, clock)
+            }
+            None => {
+                let mut plain = DeadlineStream::new(stream, clock);
+                if self.h2c {
+                    sniff_h2c(&mut plain).await?;
+                }
+                plain
+            }
         };
-        let stream: Stream = Box::new(DeadlineStream::new(stream, clock));
         // pingora's HTTP app serves every request of the connection before it returns.
-        ServerApp::process_new(app, stream, shutdown).await
+        ServerApp::process_new(app, Box::new(stream), shutdown).await
     }
 
     /// The TLS handshake, within the header timeout: a client that opens connections and
@@ -223,22 +230,18 @@ impl<A: ServerApp + Send + Sync + 'static> Listener<A> {
         }
         Some(Box::new(tls))
     }
+}
 
-    /// A cleartext connection; with `h2c`, one that opens with the HTTP/2 preface is
-    /// multiplexed (pingora peeks the same bytes to choose its h2 server).
-    async fn plain(&self, mut stream: Stream, clock: &ClientClock) -> Option<Stream> {
-        if self.h2c {
-            let mut preface = [0u8; H2_PREFACE.len()];
-            let peeked =
-                tokio::time::timeout(self.limits.header_timeout, stream.try_peek(&mut preface));
-            if let Ok(Ok(true)) = peeked.await {
-                if preface == H2_PREFACE {
-                    clock.multiplexed();
-                }
-            }
-        }
-        Some(stream)
+/// With `h2c`, a cleartext connection that opens with the HTTP/2 preface is multiplexed
+/// (pingora peeks the same bytes, which the stream keeps, to choose its h2 server). `None`:
+/// the client sent nothing before its header deadline, or left.
+async fn sniff_h2c(stream: &mut DeadlineStream) -> Option<()> {
+    let mut preface = [0u8; H2_PREFACE.len()];
+    stream.try_peek(&mut preface).await.ok()?;
+    if preface == H2_PREFACE {
+        stream.clock().multiplexed();
     }
+    Some(())
 }
 
 #[async_trait]

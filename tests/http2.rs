@@ -169,3 +169,98 @@ async fn http2_refusals_use_the_dialect_error_format() {
     }
     assert_eq!(backend.count(), 0);
 }
+
+/// The h2c listener, with short client read timeouts.
+fn config_with_timeouts(upstream: &str) -> String {
+    config(upstream).replace(
+        "h2c = true\n",
+        "h2c = true\nclient_idle_timeout = \"1s\"\nclient_header_timeout = \"1s\"\n",
+    )
+}
+
+/// Reads until the server closes, or `wait` passes; whether it closed, and what it sent.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, wait: Duration) -> (bool, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, got),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => return (false, got),
+        }
+    }
+}
+
+/// On an h2c listener every cleartext request is first peeked for the HTTP/2 preface. An
+/// HTTP/1.0 request shorter than the preface's 24 bytes is answered at once (it is not held
+/// waiting for bytes that never come), and a keep-alive HTTP/1.1 client that goes quiet is
+/// closed after `client_idle_timeout` like on any listener (the peek is a read under the
+/// connection's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_on_an_h2c_listener_keeps_its_deadlines() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Upstream::echo().await;
+    let gate = common::gate::start(&config_with_timeouts(&backend.host_port())).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let short = b"GET /x HTTP/1.0\r\n\r\n";
+    assert!(short.len() < 24);
+    tcp.write_all(short).await.expect("write");
+    let started = Instant::now();
+    let (closed, answer) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(closed && answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut conn = common::client::Conn::connect(gate.addr).await;
+    assert_eq!(conn.request("GET", "/x", &[], b"").await.status, 200);
+    let answered = Instant::now();
+    assert!(
+        conn.is_closed(Duration::from_secs(5)).await,
+        "an idle keep-alive connection is still open after 5 s"
+    );
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "idle")]),
+        1.0
+    );
+}
+
+/// A client that sends the start of the HTTP/2 preface and stops is closed after
+/// `client_header_timeout`, and counted, as a stalled HTTP/1 head is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2c_preface_is_cut_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Upstream::echo().await;
+    let gate = common::gate::start(&config_with_timeouts(&backend.host_port())).await;
+    let mut tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let (closed, _) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed, "still open after 5 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "head")]),
+        1.0
+    );
+}

@@ -318,7 +318,10 @@ async fn a_client_that_leaves_is_not_an_error_line_but_a_failing_upstream_is() {
     assert_eq!(resp.status, 502);
     assert_eq!(client::get(gate.addr, "/v2/hello").await.status, 200);
 
-    let stderr = gate.stderr();
+    // pingora logs the failure after writing the 502.
+    let stderr = gate
+        .stderr_until("Fail to proxy", Duration::from_secs(5))
+        .await;
     assert!(
         !stderr.contains("Downstream"),
         "the client's hang-up was logged as an error:\n{stderr}"

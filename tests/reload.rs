@@ -145,7 +145,9 @@ async fn an_invalid_file_changes_nothing_and_is_reported() {
         loaded,
         "the config in effect is unchanged"
     );
-    let stderr = gate.stderr();
+    let stderr = gate
+        .stderr_until("routes[0].max_items", Duration::from_secs(5))
+        .await;
     assert!(
         stderr.contains("config reload refused, nothing changed")
             && stderr.contains("routes[0].max_items: 0 is not allowed"),
@@ -212,7 +214,10 @@ async fn the_reload_command_applies_and_reports_what_needs_an_upgrade() {
         400,
         "InvalidParameter.Requests",
     );
-    let stderr = gate.stderr();
+    // The reload is counted just before it is logged.
+    let stderr = gate
+        .stderr_until("needs an upgrade", Duration::from_secs(5))
+        .await;
     assert!(
         stderr.contains("server.threads changed, which needs an upgrade"),
         "{stderr}"

@@ -31,6 +31,8 @@ pub struct DeadlineStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// Started when a write first cannot make progress, dropped when one does.
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes `try_peek` read (at most one HTTP/2 preface), handed out again by the next reads.
+    peeked: Vec<u8>,
 }
 
 impl DeadlineStream {
@@ -83,25 +85,43 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if !this.peeked.is_empty() {
+            // Already counted by the clock when the peek read them.
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(&this.peeked[..n]);
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_read_counted(cx, buf)
+    }
+}
+
+impl DeadlineStream {
+    /// A read from the socket, counted by the clock and failed once its deadline passes.
+    fn poll_read_counted(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if this.clock.on_read(buf.filled().len() - before) {
+                if self.clock.on_read(buf.filled().len() - before) {
                     return Poll::Ready(Ok(()));
                 }
                 // Over the head limit: say so if the socket takes it at once, then fail the
                 // read so pingora closes the connection without buffering more.
-                if let Some(metrics) = &this.clock.metrics {
+                if let Some(metrics) = &self.clock.metrics {
                     metrics.head_too_large.inc();
                 }
-                let _ = Pin::new(&mut this.inner).poll_write(cx, HEAD_TOO_LARGE);
+                let _ = Pin::new(&mut self.inner).poll_write(cx, HEAD_TOO_LARGE);
                 Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "the request head exceeds client_max_head_bytes",
                 )))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.poll_deadline(cx),
+            Poll::Pending => self.poll_deadline(cx),
         }
     }
 }
@@ -113,6 +133,7 @@ impl DeadlineStream {
             clock,
             timer: None,
             write_timer: None,
+            peeked: Vec::new(),
         }
     }
 
@@ -229,9 +250,46 @@ impl GetSocketDigest for DeadlineStream {
     }
 }
 
+/// The first bytes of an HTTP/2 connection (RFC 9113 section 3.4).
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[async_trait]
 impl Peek for DeadlineStream {
+    /// With h2c, pingora peeks the start of every request on a cleartext connection for the
+    /// HTTP/2 preface. The peek reads like any other read: under the clock's deadline (the
+    /// header timeout of a new connection, the idle timeout between keep-alive requests) and
+    /// counted towards the head. It stops as soon as the bytes can no longer be the preface,
+    /// so a short HTTP/1 request (`GET / HTTP/1.0` and two CRLFs is 18 bytes) is not held
+    /// waiting for 24, and what it read is kept for the next reads even if the peek is
+    /// dropped half-way. `buf` gets the bytes read, zero-filled past them; `Err` when the
+    /// client closed before sending anything or the deadline passed.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        let preface_sized = buf.len() == H2_PREFACE.len();
+        while self.peeked.len() < buf.len()
+            && (!preface_sized || H2_PREFACE.starts_with(&self.peeked))
+        {
+            let mut chunk = [0u8; 64];
+            let want = (buf.len() - self.peeked.len()).min(chunk.len());
+            let read = std::future::poll_fn(|cx| {
+                let mut chunk = ReadBuf::new(&mut chunk[..want]);
+                self.poll_read_counted(cx, &mut chunk)
+                    .map_ok(|()| chunk.filled().len())
+            })
+            .await?;
+            if read == 0 {
+                break;
+            }
+            self.peeked.extend_from_slice(&chunk[..read]);
+        }
+        if self.peeked.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the client closed before a request",
+            ));
+        }
+        let n = self.peeked.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.peeked[..n]);
+        buf[n..].fill(0);
+        Ok(true)
     }
 }

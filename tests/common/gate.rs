@@ -203,6 +203,19 @@ impl Gate {
         read_or_empty(&self.dir.join("stderr.log"))
     }
 
+    /// The child's stderr once it contains `needle`, or as it is after `timeout`: a log line
+    /// can be written just after the answer or counter a test waited for.
+    pub async fn stderr_until(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) || tokio::time::Instant::now() >= deadline {
+                return stderr;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Contents of the child's stdout so far.
     pub fn stdout(&self) -> String {
         read_or_empty(&self.dir.join("stdout.log"))
