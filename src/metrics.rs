@@ -383,6 +383,38 @@ pub fn upstream_series(config: &crate::config::UpstreamConfig) {
     }
 }
 
+/// A resilience series an upstream client writes, named for the reload rule of which ones
+/// outlive a reload (`series_survives`).
+pub enum UpstreamSeries<'a> {
+    /// `address_up`, ejections and health checks of one address.
+    Address(&'a std::net::SocketAddr),
+    /// Retries for one reason.
+    Retried(&'a crate::config::RetryOn),
+    /// Retries skipped (budget, deadline, `Retry-After`, attempts).
+    RetrySkipped,
+    /// Hedges.
+    Hedged,
+}
+
+/// Whether `series` of `old` is still an upstream's after a reload to `new` (the same
+/// upstream's new settings, or `None`: it is gone). The one rule for both what a reload
+/// removes (`remove_upstream_series`) and what a replaced client may still write
+/// (`UpstreamClient::record_series`).
+pub fn series_survives(
+    new: Option<&crate::config::UpstreamConfig>,
+    series: &UpstreamSeries<'_>,
+) -> bool {
+    let Some(new) = new else {
+        return false;
+    };
+    match series {
+        UpstreamSeries::Address(address) => new.addresses.contains(address),
+        UpstreamSeries::Retried(on) => new.retry.as_ref().is_some_and(|r| r.on.contains(on)),
+        UpstreamSeries::RetrySkipped => new.retry.is_some(),
+        UpstreamSeries::Hedged => true,
+    }
+}
+
 /// Removes the resilience series of `old` that `new` (the same upstream after a reload, or
 /// `None`: it is gone) no longer has: addresses, retry reasons, the whole upstream. A gauge
 /// left behind would report a removed address out of the choice forever (and keep
@@ -396,7 +428,7 @@ pub fn remove_upstream_series(
     };
     let upstream = old.name.as_str();
     for address in &old.addresses {
-        if new.is_some_and(|n| n.addresses.contains(address)) {
+        if series_survives(new, &UpstreamSeries::Address(address)) {
             continue;
         }
         let address = address.to_string();
@@ -412,12 +444,8 @@ pub fn remove_upstream_series(
                 .remove_label_values(&[upstream, &address, result]);
         }
     }
-    let kept_reasons = new
-        .and_then(|n| n.retry.as_ref())
-        .map(|r| r.on.clone())
-        .unwrap_or_default();
     for on in old.retry.iter().flat_map(|r| &r.on) {
-        if kept_reasons.contains(on) {
+        if series_survives(new, &UpstreamSeries::Retried(on)) {
             continue;
         }
         for result in ["success", "failure"] {
@@ -426,14 +454,14 @@ pub fn remove_upstream_series(
                 .remove_label_values(&[upstream, &on.label(), result]);
         }
     }
-    if new.is_none_or(|n| n.retry.is_none()) {
+    if !series_survives(new, &UpstreamSeries::RetrySkipped) {
         for reason in ["budget", "deadline", "retry_after", "attempts"] {
             let _ = f
                 .upstream_retries_skipped
                 .remove_label_values(&[upstream, reason]);
         }
     }
-    if new.is_none() {
+    if !series_survives(new, &UpstreamSeries::Hedged) {
         for result in ["won", "lost", "budget"] {
             let _ = f.upstream_hedges.remove_label_values(&[upstream, result]);
         }
@@ -704,5 +732,66 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod survival_tests {
+    use super::{series_survives, UpstreamSeries};
+    use crate::config::{Config, RetryOn, UpstreamConfig};
+    use std::sync::Arc;
+
+    fn upstream(addresses: &str, retry: &str) -> Arc<UpstreamConfig> {
+        let text = format!(
+            "[upstreams.api]\naddresses = [{addresses}]\nread_timeout = \"2s\"\n{retry}\n[[routes]]\npath = \"/v2/batch\"\ndialect = \"envelope\"\n"
+        );
+        let config: Config = text.parse().expect("valid");
+        config.upstreams[0].clone()
+    }
+
+    /// What a replaced client may still write is what the reload kept: the same addresses
+    /// and retry reasons of the same upstream, nothing of a removed one.
+    #[test]
+    fn a_reload_keeps_exactly_the_series_the_new_settings_still_have() {
+        let old = upstream(
+            r#""127.0.0.1:9000", "127.0.0.1:9001""#,
+            "[upstreams.api.retry]\non = [\"connect\", 503]\n",
+        );
+        let new = upstream(
+            r#""127.0.0.1:9000""#,
+            "[upstreams.api.retry]\non = [\"connect\"]\n",
+        );
+        let kept = &old.addresses[0];
+        let removed = &old.addresses[1];
+        let on = old.retry.as_ref().expect("retry").on.clone();
+        let (connect, status) = (&on[0], &on[1]);
+        assert!(matches!(connect, RetryOn::Connect), "{connect:?}");
+        let new = Some(&*new);
+        assert!(series_survives(new, &UpstreamSeries::Address(kept)));
+        assert!(!series_survives(new, &UpstreamSeries::Address(removed)));
+        assert!(series_survives(new, &UpstreamSeries::Retried(connect)));
+        assert!(!series_survives(new, &UpstreamSeries::Retried(status)));
+        assert!(series_survives(new, &UpstreamSeries::RetrySkipped));
+        assert!(series_survives(new, &UpstreamSeries::Hedged));
+
+        let without_retry = upstream(r#""127.0.0.1:9000""#, "");
+        let without_retry = Some(&*without_retry);
+        assert!(!series_survives(
+            without_retry,
+            &UpstreamSeries::Retried(connect)
+        ));
+        assert!(!series_survives(
+            without_retry,
+            &UpstreamSeries::RetrySkipped
+        ));
+
+        for series in [
+            UpstreamSeries::Address(kept),
+            UpstreamSeries::Retried(connect),
+            UpstreamSeries::RetrySkipped,
+            UpstreamSeries::Hedged,
+        ] {
+            assert!(!series_survives(None, &series), "the upstream is gone");
+        }
     }
 }

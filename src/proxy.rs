@@ -198,7 +198,7 @@ impl Reconfigure {
             // `Live::build` keeps the client only with the same settings.
             let kept = new.is_some_and(|u| crate::upstream::same_settings(&client.config, u));
             if !kept {
-                client.retire();
+                client.retire(new);
             }
             crate::metrics::remove_upstream_series(&client.config, new.map(|u| &**u));
         }

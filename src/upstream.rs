@@ -25,6 +25,7 @@ mod retry;
 use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamProtocol};
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
+use crate::metrics::UpstreamSeries;
 use crate::metrics::{InFlight, UpstreamConnectionMetrics};
 pub use choice::Tried;
 use http::header::{HeaderName, HeaderValue};
@@ -84,9 +85,10 @@ pub struct UpstreamClient {
     h2c_connections: Arc<[h2_streams::H2cConnections]>,
     timeouts: h1::Timeouts,
     metrics: Option<UpstreamConnectionMetrics>,
-    /// Set by the reload that replaced or removed this client (`retire`); held while a
-    /// series naming its addresses is written (`record_series`).
-    retired: std::sync::Mutex<bool>,
+    /// Set by the reload that replaced or removed this client (`retire`) to the upstream's
+    /// new settings (`None`: removed); held while one of its series is written
+    /// (`record_series`).
+    retired: std::sync::Mutex<Option<Retired>>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -96,6 +98,9 @@ impl std::fmt::Debug for UpstreamClient {
             .finish()
     }
 }
+
+/// A client a reload replaced: the upstream's settings after that reload (`None`: removed).
+struct Retired(Option<Arc<UpstreamConfig>>);
 
 impl UpstreamClient {
     pub fn new(config: Arc<UpstreamConfig>) -> Self {
@@ -158,24 +163,30 @@ impl UpstreamClient {
                 crate::metrics::upstream_series(&config);
                 UpstreamConnectionMetrics::new(&config.name)
             },
-            retired: std::sync::Mutex::new(false),
+            retired: std::sync::Mutex::new(None),
             config,
         }
     }
 
-    /// Marks this client as replaced by a reload, before the reload removes the series of
-    /// its addresses: a health check round, an ejection or a retry that ends later must not
-    /// bring them back (an address left at `address_up 0` keeps an alert firing).
-    pub fn retire(&self) {
-        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    /// Marks this client as replaced by a reload (`new`: the upstream's settings after it,
+    /// `None`: removed), before the reload removes the series that are gone: a health check
+    /// round, an ejection or a retry that ends later must not bring them back (an address
+    /// left at `address_up 0` keeps an alert firing), while the series that stay (the same
+    /// address, the same retry reason) still count what the old client's last items do.
+    pub fn retire(&self, new: Option<&Arc<UpstreamConfig>>) {
+        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Retired(new.cloned()));
     }
 
-    /// Runs `record`, a write to a series that names this client, unless it was retired.
-    /// The lock orders it against `retire`: a write either lands before the series are
-    /// removed (and goes with them) or is skipped.
-    pub(crate) fn record_series(&self, record: impl FnOnce()) {
+    /// Runs `record`, a write to `series` of this client, unless a reload retired the client
+    /// and removed that series. The lock orders it against `retire`: a write either lands
+    /// before the series is removed (and goes with it) or is skipped.
+    pub(crate) fn record_series(&self, series: UpstreamSeries<'_>, record: impl FnOnce()) {
         let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        if !*retired {
+        let survives = match &*retired {
+            None => true,
+            Some(Retired(new)) => crate::metrics::series_survives(new.as_deref(), &series),
+        };
+        if survives {
             record();
         }
     }
@@ -303,7 +314,7 @@ impl UpstreamClient {
             let again = retry::reason(policy, &outcome, call.repeatable);
             if let Some(previous) = retried.take() {
                 let success = again.is_none() && matches!(outcome, Outcome::Response(_));
-                self.record_series(|| {
+                self.record_series(UpstreamSeries::Retried(&previous), || {
                     crate::metrics::retried(&self.config.name, &previous.label(), success);
                 });
             }
@@ -311,7 +322,9 @@ impl UpstreamClient {
                 return outcome;
             };
             let skipped = |why| {
-                self.record_series(|| crate::metrics::retry_skipped(&self.config.name, why));
+                self.record_series(UpstreamSeries::RetrySkipped, || {
+                    crate::metrics::retry_skipped(&self.config.name, why);
+                });
                 outcome.clone()
             };
             if attempt >= policy.attempts {
@@ -367,7 +380,9 @@ impl UpstreamClient {
             return (tried, first.await);
         }
         if !self.budget.try_retry() {
-            self.record_series(|| crate::metrics::hedged(&self.config.name, "budget"));
+            self.record_series(UpstreamSeries::Hedged, || {
+                crate::metrics::hedged(&self.config.name, "budget")
+            });
             return (tried, first.await);
         }
         let tried = tried.with(m);
@@ -377,18 +392,18 @@ impl UpstreamClient {
         tokio::select! {
             outcome = &mut first => {
                 if matches!(outcome, Outcome::Response(_)) {
-                    self.record_series(|| crate::metrics::hedged(name, "lost"));
+                    self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "lost"));
                     return (tried, outcome);
                 }
-                self.record_series(|| crate::metrics::hedged(name, "won"));
+                self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "won"));
                 (tried, second.await)
             }
             outcome = &mut second => {
                 if matches!(outcome, Outcome::Response(_)) {
-                    self.record_series(|| crate::metrics::hedged(name, "won"));
+                    self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "won"));
                     return (tried, outcome);
                 }
-                self.record_series(|| crate::metrics::hedged(name, "lost"));
+                self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "lost"));
                 (tried, first.await)
             }
         }
@@ -428,13 +443,12 @@ impl UpstreamClient {
 
     /// Logs and counts that address `n` was taken out of the choice.
     fn count_ejection(&self, n: usize) {
-        let address = self
-            .config
-            .addresses
-            .get(n)
-            .map_or_else(String::new, |a| a.to_string());
+        let Some(socket) = self.config.addresses.get(n) else {
+            return;
+        };
+        let address = socket.to_string();
         tracing::warn!(upstream = %self.config.name, %address, "address ejected after consecutive failures");
-        self.record_series(|| {
+        self.record_series(UpstreamSeries::Address(socket), || {
             crate::metrics::upstream_ejected(&self.config.name, &address);
             crate::metrics::address_up(&self.config.name, &address, false);
         });

@@ -74,6 +74,16 @@ struct Rehomed {
     inner: BufWriter<TcpConn>,
 }
 
+impl Drop for Rehomed {
+    /// What is still buffered goes out if the socket takes it now, as pingora's own stream
+    /// does when dropped: a path that writes and then drops the stream loses nothing.
+    fn drop(&mut self) {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncWriteExt;
+        let _ = self.inner.flush().now_or_never();
+    }
+}
+
 impl AsyncRead for Rehomed {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -10,6 +10,7 @@
 use super::{BatchHeaders, UpstreamClient};
 use crate::config::HealthCheck;
 use crate::item::{Outcome, SubRequest};
+use crate::metrics::UpstreamSeries;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,12 +163,11 @@ impl UpstreamClient {
             async move { (n, client.check_address(n, check).await) }
         });
         for (n, result) in futures_util::future::join_all(checks).await {
-            let address = self
-                .config
-                .addresses
-                .get(n)
-                .map_or_else(String::new, ToString::to_string);
-            self.record_series(|| {
+            let Some(socket) = self.config.addresses.get(n) else {
+                continue;
+            };
+            let address = socket.to_string();
+            self.record_series(UpstreamSeries::Address(socket), || {
                 crate::metrics::health_checked(&self.config.name, &address, result.is_ok());
             });
             match (self.health.record(n, result.is_ok()), &result) {
@@ -204,7 +204,7 @@ impl UpstreamClient {
     pub fn publish_state(&self) {
         for (n, address) in self.config.addresses.iter().enumerate() {
             let up = self.health.is_healthy(n) && !self.ejections.is_out(n);
-            self.record_series(|| {
+            self.record_series(UpstreamSeries::Address(address), || {
                 crate::metrics::address_up(&self.config.name, &address.to_string(), up);
             });
         }
