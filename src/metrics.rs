@@ -396,8 +396,8 @@ pub enum UpstreamSeries<'a> {
     Hedged,
 }
 
-/// Whether `series` of `old` is still an upstream's after a reload to `new` (the same
-/// upstream's new settings, or `None`: it is gone). The one rule for both what a reload
+/// Whether an upstream's `series` outlives a reload that gave the upstream the settings
+/// `new` (`None`: the reload removed it). The one rule for both what a reload
 /// removes (`remove_upstream_series`) and what a replaced client may still write
 /// (`UpstreamClient::record_series`).
 pub fn series_survives(

@@ -76,27 +76,7 @@ impl DeadlineStream {
         }
         Poll::Pending
     }
-}
 
-impl AsyncRead for DeadlineStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if !this.peeked.is_empty() {
-            // Already counted by the clock when the peek read them.
-            let n = this.peeked.len().min(buf.remaining());
-            buf.put_slice(&this.peeked[..n]);
-            this.peeked.drain(..n);
-            return Poll::Ready(Ok(()));
-        }
-        this.poll_read_counted(cx, buf)
-    }
-}
-
-impl DeadlineStream {
     /// A read from the socket, counted by the clock and failed once its deadline passes.
     fn poll_read_counted(
         &mut self,
@@ -123,6 +103,24 @@ impl DeadlineStream {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => self.poll_deadline(cx),
         }
+    }
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.peeked.is_empty() {
+            // Already counted by the clock when the peek read them.
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(&this.peeked[..n]);
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_read_counted(cx, buf)
     }
 }
 
@@ -271,9 +269,9 @@ impl Peek for DeadlineStream {
             let mut chunk = [0u8; 64];
             let want = (buf.len() - self.peeked.len()).min(chunk.len());
             let read = std::future::poll_fn(|cx| {
-                let mut chunk = ReadBuf::new(&mut chunk[..want]);
-                self.poll_read_counted(cx, &mut chunk)
-                    .map_ok(|()| chunk.filled().len())
+                let mut window = ReadBuf::new(&mut chunk[..want]);
+                self.poll_read_counted(cx, &mut window)
+                    .map_ok(|()| window.filled().len())
             })
             .await?;
             if read == 0 {
