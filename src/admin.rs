@@ -56,6 +56,11 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         // Health checkers often speak HTTP/1.0 and read until the server closes; others
         // pipeline their probes. Answer both the way the public listener does.
+        // The head is in and admin requests carry no body worth a deadline of its own: from
+        // here the connection waits for its next request under the idle timeout.
+        if let Some(clock) = crate::listener::ClientClock::of_http(session) {
+            clock.request_done();
+        }
         if session.req_header().version == http::Version::HTTP_10 {
             session.set_keepalive(None);
         } else {

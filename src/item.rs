@@ -66,8 +66,9 @@ pub enum Outcome {
 pub struct Failure {
     pub kind: FailureKind,
     pub sent: Sent,
-    /// The underlying error in words (the connector's, the parser's), for the reply's detail
-    /// and the logs; `None` where the kind says it all.
+    /// The underlying error in words (the connector's, the parser's), for the logs; `None`
+    /// where the kind says it all. Replies carry it only where the mapping says it is the
+    /// client's business (`http_error`).
     pub detail: Option<String>,
 }
 
@@ -129,6 +130,10 @@ struct Mapping {
     fault: Fault,
     /// The message before any detail.
     message: &'static str,
+    /// Whether the failure's detail is the client's business (which of its items a dependent
+    /// waited for). Every other detail names addresses, OS errors or parser internals: it goes
+    /// to the logs, never into a reply.
+    public_detail: bool,
 }
 
 impl FailureKind {
@@ -153,7 +158,8 @@ impl FailureKind {
             DependencyFailed { .. } => (424, "FailedDependency", C::Cancelled, Fault::Client, DEPENDENCY),
             Internal => (502, "UpstreamFailed", C::UpstreamError, Fault::Proxy, INTERNAL),
         };
-        Mapping { status, code, class, fault, message }
+        let public_detail = matches!(self, DependencyFailed { .. });
+        Mapping { status, code, class, fault, message, public_detail }
     }
 }
 
@@ -223,8 +229,8 @@ impl Failure {
             (FailureKind::ReplyBudgetExceeded { limit }, _) => {
                 format!("the batch reply would exceed {limit} bytes")
             }
-            (_, Some(detail)) => format!("{}: {detail}", mapping.message),
-            (_, None) => mapping.message.to_string(),
+            (_, Some(detail)) if mapping.public_detail => format!("{}: {detail}", mapping.message),
+            _ => mapping.message.to_string(),
         };
         ItemError {
             status: mapping.status,
@@ -264,6 +270,11 @@ impl ItemClass {
         ItemClass::Rejected,
         ItemClass::Cancelled,
     ];
+
+    /// Whether an item of this class failed: anything but a 2xx or 3xx answer.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, ItemClass::Status2xx | ItemClass::Status3xx)
+    }
 
     /// The `outcome` label.
     pub fn as_str(self) -> &'static str {
@@ -315,7 +326,7 @@ impl Outcome {
 
     /// Whether the item counts as a failure in a batch summary.
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Outcome::Response(r) if r.status < 400)
+        self.class().is_failure()
     }
 
     /// What went wrong, if the item has no answer.

@@ -30,6 +30,8 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on the admin listener.
 //! - [`demo`]: the built-in demo upstream behind `batchgate demo`.
 //! - [`server`]: builds the pingora server and its services from a config.
+//! - [`instance`]: the running instance as commands see it: listeners claimed before start,
+//!   the pid file (pid and config path), verified before anything is signalled.
 //!
 //! Imports point down only: `item` (and `config`, which is data) at the bottom; `dialect`
 //! reads `config` and `item`; `exec` (with `permits`), `upstream` and `metrics` know `item`
@@ -52,6 +54,7 @@ pub mod demo;
 pub mod dialect;
 pub mod exec;
 pub mod guard;
+pub mod instance;
 pub mod item;
 pub mod listener;
 pub mod logs;

@@ -24,8 +24,10 @@ pub fn init(config: &Config) -> anyhow::Result<()> {
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
         _ => EnvFilter::try_new(config.server.log_level.as_deref().unwrap_or("info"))?,
     };
+    // Colour only on a terminal: a file or journald would keep the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match config.server.log_format {
         LogFormat::Json => builder

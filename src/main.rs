@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use batchgate::config::Config;
+use batchgate::instance;
 use batchgate::server::{self, StartOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -47,9 +48,17 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate a config file, then tell the running instance (found through the file's
-    /// pid_file) to reload it in place (SIGHUP); exit 1 without signalling if it is invalid.
+    /// Validate a config file, then tell the running instance serving it (found through the
+    /// file's pid_file, and verified) to reload it in place (SIGHUP); exit 1 without
+    /// signalling if the file is invalid or no batchgate serves it.
     Reload {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the pid of the running batchgate serving a config file (from its pid_file, and
+    /// verified); exit 1 with the reason if none does. For upgrades: name the old process
+    /// before the new one rewrites the pid file.
+    Pid {
         #[arg(short, long)]
         config: PathBuf,
     },
@@ -65,6 +74,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Reload { config } => reload(&config),
+        Command::Pid { config } => print_pid(&config),
         Command::Run {
             config,
             upgrade,
@@ -100,9 +110,10 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Checks the file like `check`, then sends SIGHUP to the pid in its pid file. The running
-/// instance validates the file again itself (it may have changed in between) and logs and
-/// counts the outcome.
+/// Checks the file like `check`, then sends SIGHUP to the batchgate that its pid file names,
+/// once `instance::find` has verified that it is one and that it serves this very file. The
+/// running instance validates the file again itself (it may have changed in between) and logs
+/// and counts the outcome.
 fn reload(path: &std::path::Path) -> ExitCode {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
@@ -114,23 +125,37 @@ fn reload(path: &std::path::Path) -> ExitCode {
         }
     };
     let pid_file = server::pid_file(&config);
-    let pid = std::fs::read_to_string(&pid_file)
-        .map_err(|e| format!("cannot read the pid file {pid_file}: {e}"))
-        .and_then(|text| {
-            text.trim()
-                .parse::<i32>()
-                .ok()
-                .filter(|pid| *pid > 0)
-                .ok_or_else(|| format!("the pid file {pid_file} holds no pid: {text:?}"))
+    let sent = instance::find(pid_file.as_ref(), path)
+        .map_err(|why| format!("{why}\nnot reloaded: nothing was signalled"))
+        .and_then(|pid| {
+            kill(Pid::from_raw(pid), Signal::SIGHUP)
+                .map(|()| pid)
+                .map_err(|e| format!("cannot signal pid {pid} (from {pid_file}): {e}"))
         });
-    let sent = pid.and_then(|pid| {
-        kill(Pid::from_raw(pid), Signal::SIGHUP)
-            .map(|()| pid)
-            .map_err(|e| format!("cannot signal pid {pid} (from {pid_file}): {e}"))
-    });
     match sent {
         Ok(pid) => {
             println!("{}: ok, sha256 {}\nsent SIGHUP to pid {pid}; the result is in its log and in batchgate_config_reloads_total", path.display(), config.sha256);
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("{why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the verified pid of the batchgate serving `path`.
+fn print_pid(path: &std::path::Path) -> ExitCode {
+    let config = match Config::from_path(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match instance::find(server::pid_file(&config).as_ref(), path) {
+        Ok(pid) => {
+            println!("{pid}");
             ExitCode::SUCCESS
         }
         Err(why) => {
@@ -223,11 +248,53 @@ fn run(path: &std::path::Path, options: StartOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    serve(config, path, &options)
+}
+
+/// Claims the listeners, then runs the server until it stops. Every way out that is not a
+/// clean stop is one line on stderr and a non-zero exit, before the process reports anything
+/// (`/readyz` lists only listeners that are bound).
+fn serve(config: Config, path: &std::path::Path, options: &StartOptions) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    tracing::info!(config = %path.display(), "batchgate starting");
-    server::build(config, path, &options).run_forever()
+    let addrs = server::listen_addresses(&config, options);
+    // An upgrade takes its sockets over from the running process, which holds them.
+    if !options.upgrade {
+        if let Err(line) = instance::check_can_listen(&addrs) {
+            eprintln!("{line}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let pid_file = std::path::PathBuf::from(server::pid_file(&config));
+    exit_when_a_listener_fails(pid_file.clone());
+    let path = instance::absolute(path);
+    let listening: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    tracing::info!(config = %path.display(), listeners = ?listening, "batchgate starting");
+    server::build(config, &path, options).run(pingora::server::RunArgs::default());
+    instance::remove_pid_file(&pid_file);
+    ExitCode::SUCCESS
+}
+
+/// pingora builds each listening service in its own runtime, and a bind that fails there
+/// panics one thread while the rest of the process serves on. Such a panic ends the process
+/// with the one line that says why.
+fn exit_when_a_listener_fails(pid_file: std::path::PathBuf) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(line) = instance::listener_failure(message) {
+            eprintln!("{line}");
+            instance::remove_pid_file(&pid_file);
+            std::process::exit(1);
+        }
+        default_hook(info);
+    }));
 }
 
 fn demo(path: &std::path::Path) -> ExitCode {
@@ -245,12 +312,16 @@ fn demo(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    print_demo_help(&config, addr);
     let options = StartOptions {
         demo_upstream: Some(addr),
         ..StartOptions::default()
     };
-    server::build(config, path, &options).run_forever()
+    if let Err(line) = instance::check_can_listen(&server::listen_addresses(&config, &options)) {
+        eprintln!("{line}");
+        return ExitCode::FAILURE;
+    }
+    print_demo_help(&config, addr);
+    serve(config, path, &options)
 }
 
 /// Where the demo serves its API: the default upstream's first address, which must be a

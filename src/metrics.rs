@@ -92,6 +92,7 @@ pub struct Families {
     pub items_in_flight: IntGaugeVec,
     pub permit_wait: HistogramVec,
     pub rejections: IntCounterVec,
+    pub reply_fields_missing: IntCounterVec,
     pub passthrough: IntCounterVec,
     pub passthrough_duration: HistogramVec,
     pub passthrough_upstream_requests: IntCounterVec,
@@ -185,6 +186,11 @@ fn register() -> prometheus::Result<Families> {
             "batchgate_rejections_total",
             "Whole batches refused before anything was sent, by reason.",
             &["route", "reason"]
+        )?,
+        reply_fields_missing: register_int_counter_vec!(
+            "batchgate_reply_fields_missing_total",
+            "Reply fields an upstream answer lacked, written as null (fan-out missing_field = \"null\").",
+            &["route"]
         )?,
         passthrough: register_int_counter_vec!(
             "batchgate_passthrough_requests_total",
@@ -543,6 +549,7 @@ pub struct RouteMetrics {
     pub in_flight: IntGauge,
     permit_wait: Histogram,
     rejections: Vec<IntCounter>,
+    fields_missing: IntCounter,
 }
 
 impl RouteMetrics {
@@ -567,6 +574,7 @@ impl RouteMetrics {
                 .iter()
                 .map(|k| f.rejections.with_label_values(&[route, k.as_str()]))
                 .collect(),
+            fields_missing: f.reply_fields_missing.with_label_values(&[route]),
         })
     }
 
@@ -596,6 +604,7 @@ impl RouteMetrics {
         for kind in REJECTION_KINDS {
             let _ = f.rejections.remove_label_values(&[route, kind.as_str()]);
         }
+        let _ = f.reply_fields_missing.remove_label_values(&[route]);
     }
 
     /// Counts a finished batch.
@@ -612,6 +621,13 @@ impl RouteMetrics {
     /// Counts one item's final outcome.
     pub fn item(&self, outcome: &Outcome) {
         self.item_class(outcome.class());
+    }
+
+    /// Counts reply fields written as null because an upstream answer lacked them.
+    pub fn fields_missing(&self, n: usize) {
+        if n > 0 {
+            self.fields_missing.inc_by(n as u64);
+        }
     }
 
     /// Counts one item by outcome class.

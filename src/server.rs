@@ -21,7 +21,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,12 +81,12 @@ fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Option
 /// `config` came from: SIGHUP reloads it.
 pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
     let conf = pingora_conf(&config);
+    let pid_file = PidFile {
+        path: PathBuf::from(&conf.pid_file),
+        config: path.to_path_buf(),
+    };
     if !options.daemon {
-        // pingora writes the pid file only when it daemonizes; `batchgate reload` finds a
-        // foreground instance through it too.
-        if let Err(e) = std::fs::write(&conf.pid_file, format!("{}\n", std::process::id())) {
-            tracing::warn!(pid_file = %conf.pid_file, "cannot write the pid file, batchgate reload will not find this instance: {e}");
-        }
+        pid_file.write();
     }
     let mut server = Server::new_with_opt_and_conf(pingora_opt(options), conf);
     server.bootstrap();
@@ -124,11 +124,46 @@ pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
             addr,
         ));
     }
+    if options.daemon {
+        // pingora's daemon writes the bare pid after forking; this names the config beside it.
+        server.add_service(background_service("batchgate pid file", pid_file));
+    }
     server.add_service(background_service(
         "batchgate reload",
         Reloader::new(path.to_path_buf(), reconfigure, readiness, config),
     ));
     server
+}
+
+/// Every address this process listens on: the public and TLS listeners, the admin listener
+/// and the demo upstream.
+pub fn listen_addresses(config: &Config, options: &StartOptions) -> Vec<SocketAddr> {
+    public_listeners(config)
+        .copied()
+        .chain(config.admin_listen)
+        .chain(options.demo_upstream)
+        .collect()
+}
+
+/// The pid file `batchgate reload` and `batchgate pid` read (`crate::instance`).
+struct PidFile {
+    path: PathBuf,
+    config: PathBuf,
+}
+
+impl PidFile {
+    fn write(&self) {
+        if let Err(e) = crate::instance::write_pid_file(&self.path, &self.config) {
+            tracing::warn!(pid_file = %self.path.display(), "cannot write the pid file, batchgate reload will not find this instance: {e}");
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PidFile {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.write();
+    }
 }
 
 /// The pid file `config` names (pingora's default when it names none).
@@ -254,6 +289,12 @@ fn public_listeners(config: &Config) -> impl Iterator<Item = &SocketAddr> {
     config.server.listen.iter().chain(&config.server.tls_listen)
 }
 
+/// Open connections the admin listener takes: scrapers and probes need a handful, and idle
+/// ones beyond it must not take the descriptors the public listeners need.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The admin app on its own listener and thread, its connections capped and given the same
+/// read deadlines as the public ones.
 fn admin_service(
     config: &Config,
     addr: SocketAddr,
@@ -265,7 +306,25 @@ fn admin_service(
         default_upstream: readiness,
         upstreams,
     };
-    one_thread_service("batchgate admin", app, addr)
+    let limits = crate::config::ClientLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..config.server.client
+    };
+    let addrs = [addr];
+    let listener = Listener::new(
+        HttpServer::new_app(app),
+        limits,
+        Listeners {
+            plain: &addrs,
+            tls: &[],
+            tls_settings: None,
+            h2c: false,
+        },
+    );
+    let mut service = Service::new("batchgate admin".to_string(), listener);
+    service.add_tcp(&addr.to_string());
+    service.threads = Some(1);
+    service
 }
 
 /// A small HTTP app on one address with one thread of its own.

@@ -270,3 +270,99 @@ async fn check_rejects_unusable_durations() {
     let out = gate::check(&config);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// Proves `check` catches what `run` would fail on or silently misread (issue 26): a log
+/// filter that is a bare word (`verbose` would enable only a target of that name and turn
+/// every other line off), two listeners on one address (also inside a wildcard), and an X.509
+/// v1 certificate, named as such instead of "key does not match".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_catches_what_run_would_fail_on() {
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let config = GateConfig::new(upstream)
+        .server(r#"log_level = "verbose""#)
+        .toml();
+    assert_rejected_at(
+        &gate::check(&config),
+        line_of(&config, "log_level"),
+        13,
+        "server.log_level",
+    );
+    for good in ["debug", "warn,batchgate=debug", "info,pingora_core=off"] {
+        let config = GateConfig::new(upstream)
+            .server(&format!("log_level = {good:?}"))
+            .toml();
+        let out = gate::check(&config);
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", text(&out.stderr));
+    }
+
+    let config = GateConfig::new(upstream)
+        .toml()
+        .replace("{admin}", "{listen}");
+    let out = gate::check(&config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("admin.listen") && text(&out.stderr).contains("also a listener"),
+        "{}",
+        text(&out.stderr)
+    );
+    let config = GateConfig::new(upstream).toml().replace(
+        r#"listen = ["{listen}"]"#,
+        r#"listen = ["0.0.0.0:18080", "127.0.0.1:18080"]"#,
+    );
+    let out = gate::check(&config);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("also a listener"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let config = GateConfig::new(upstream).toml().replace(
+        "[admin]",
+        &format!(
+            "tls_listen = [\"127.0.0.1:18443\"]\n[[server.tls.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[admin]",
+            fixtures.join("v1.pem").display(),
+            fixtures.join("v1.key").display()
+        ),
+    );
+    let out = gate::check(&config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("X.509 v1") && !text(&out.stderr).contains("does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Proves an empty file and a file without routes pass with a warning saying what the
+/// instance would do, and that an invalid default upstream is one problem, not also a false
+/// "no upstream" on every route that falls back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_empty_configs_and_does_not_cascade() {
+    let out = gate::check("");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("every request is answered 404"),
+        "{}",
+        text(&out.stderr)
+    );
+    let config = "[upstreams.api]\naddresses = [\"127.0.0.1:9\"]\n";
+    let out = gate::check(config);
+    assert!(
+        text(&out.stderr).contains("no routes: nothing is unpacked"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let config = GateConfig::new(upstream)
+        .toml()
+        .replace("\"127.0.0.1:9\"", "\"no-such-host.invalid:80\"")
+        .replace("upstream = \"api\"\nbase_path", "base_path");
+    let out = gate::check(&config);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one problem: {stderr}");
+    assert!(stderr.contains("upstreams.api"), "{stderr}");
+}

@@ -28,6 +28,7 @@ const METRICS: &[(&str, bool)] = &[
     ("batchgate_max_in_flight", false),
     ("batchgate_permit_wait_seconds", true),
     ("batchgate_rejections_total", true),
+    ("batchgate_reply_fields_missing_total", true),
     ("batchgate_passthrough_requests_total", false),
     ("batchgate_passthrough_duration_seconds", false),
     ("batchgate_passthrough_upstream_requests_total", false),

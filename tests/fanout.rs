@@ -55,6 +55,7 @@ fn per_id(req: &RecordedRequest) -> Reply {
         "500" => Reply::text(500, "internal error"),
         "slow" => ok.with_delay(3000),
         "bad-utf8" => Reply::bytes(200, "application/json", b"{\"url\":\"\xff\"}"),
+        "no-url" => Reply::json(200, r#"{"link":"elsewhere"}"#),
         _ => match id
             .strip_prefix('d')
             .and_then(|rest| rest.split('-').next())
@@ -243,6 +244,53 @@ async fn on_item_error_fail() {
         assert_eq!(resp.header("x-batch-partial"), None);
     }
     assert_complete(&get_ids(&gate, &["1", "2"]).await, HUAWEI_REPLY);
+}
+
+/// Proves a part whose 2xx reply lacks a field the reply promises is counted either way:
+/// `missing_field = "null"` (the default) writes `null` and counts
+/// `batchgate_reply_fields_missing_total`; `"error"` fails the part as
+/// `UpstreamReplyFieldMissing`, counted as an `upstream_error` item, the batch partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_reply_field_is_counted() {
+    let upstream = Upstream::with_handler(per_id).await;
+    let gate = gate::start(&huawei_config(&[upstream.addr], "include", 16)).await;
+    let resp = get_ids(&gate, &["1", "no-url"]).await;
+    assert_eq!(resp.status, 200, "{}", lossy(&resp));
+    assert_eq!(
+        resp.json()["accessory_urls"][1],
+        json!({"accessory_url": null, "accessory_id": "no-url"})
+    );
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.sum("batchgate_reply_fields_missing_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("batchgate_items_total", &[("outcome", "2xx")]),
+        2.0
+    );
+
+    let config = edit(
+        &huawei_config(&[upstream.addr], "include", 16),
+        "list_field = \"accessory_urls\"",
+        "list_field = \"accessory_urls\"\nmissing_field = \"error\"",
+    );
+    let gate = gate::start(&config).await;
+    let resp = get_ids(&gate, &["1", "no-url"]).await;
+    assert_eq!(resp.header("x-batch-partial"), Some("1/2"));
+    let failed = &resp.json()["accessory_urls"][1];
+    assert_eq!(
+        failed["error"]["code"], "UpstreamReplyFieldMissing",
+        "{failed}"
+    );
+    assert_eq!(failed["error"]["status"], 502, "{failed}");
+    let metrics = common::prom::scrape(gate.admin).await;
+    let items = |outcome| metrics.sum("batchgate_items_total", &[("outcome", outcome)]);
+    assert_eq!((items("upstream_error"), items("2xx")), (1.0, 1.0));
+    assert_eq!(
+        metrics.sum("batchgate_batches_total", &[("result", "partial")]),
+        1.0
+    );
 }
 
 /// Proves `on_item_error = "omit"`: the failing part (404, 500, timeout) is left out, the rest

@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::client::{self, Response};
 use common::gate;
@@ -465,7 +466,9 @@ fn assert_server_error(entry: &Value, code: i64, reason: &str, id: &Value) {
 /// Proves each upstream failure of one element (item timeout → -32001, non-JSON 200 → -32002,
 /// non-2xx without a JSON-RPC body → -32003 with data.status, wrong id → -32004) is reported
 /// for that element only, while its neighbours are still answered; and that an application
-/// error sent with HTTP 500 and a proper JSON-RPC body is relayed untouched.
+/// error sent with HTTP 500 and a proper JSON-RPC body is relayed untouched. An answer that
+/// came with 200 but could not be used (not JSON-RPC, another id) counts as `upstream_error`
+/// and makes its batch partial, not `2xx` and `ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_per_element() {
     let (upstream, gate) = rpc_setup().await;
@@ -513,23 +516,70 @@ async fn upstream_failures_per_element() {
         }
     }
     assert_eq!(upstream.count(), 15, "every element was sent");
+    let metrics = common::prom::scrape(gate.admin).await;
+    let items = |outcome: &str| {
+        metrics
+            .get(
+                "batchgate_items_total",
+                &[("route", "rpc"), ("upstream", "api"), ("outcome", outcome)],
+            )
+            .unwrap_or(0.0)
+    };
+    assert_eq!(items("upstream_error"), 2.0, "garbage and wrong_id");
+    assert_eq!(items("timeout"), 1.0);
+    assert_eq!(
+        items("5xx"),
+        2.0,
+        "http503 and the relayed application error"
+    );
+    assert_eq!(items("2xx"), 10.0, "the neighbours only");
+    let batches = |result: &str| {
+        metrics
+            .get(
+                "batchgate_batches_total",
+                &[("route", "rpc"), ("result", result)],
+            )
+            .unwrap_or(0.0)
+    };
+    assert_eq!((batches("partial"), batches("ok")), (5.0, 0.0));
 }
 
 /// Proves a refused connection fails only the elements that went to the dead address
 /// (-32000, data.reason "connect_error") while the others are answered: the upstream has
-/// one live and one refusing address, so round robin sends half the elements to each.
+/// one live and one refusing address, so round robin sends half the elements to each. The
+/// reply names no address and no OS error; the batch's log line does, with its request id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_per_element() {
     let upstream = Upstream::with_handler(rpc_server).await;
     let dead = refused_addr().await;
-    let gate = gate::start(&rpc_config(&[upstream.addr, dead], "concurrency = 1")).await;
+    let gate = gate::start_with_env(
+        &rpc_config(&[upstream.addr, dead], "concurrency = 1"),
+        &[("RUST_LOG", "warn,batchgate::batch=info")],
+    )
+    .await;
     let body = r#"[
         {"jsonrpc":"2.0","method":"sum","params":[1,1],"id":1},
         {"jsonrpc":"2.0","method":"sum","params":[2,2],"id":2},
         {"jsonrpc":"2.0","method":"sum","params":[3,3],"id":3},
         {"jsonrpc":"2.0","method":"sum","params":[4,4],"id":4}
     ]"#;
-    let reply = json_reply(&post(&gate, RPC_PATH, body).await);
+    let resp = post(&gate, RPC_PATH, body).await;
+    let text = resp.body_str();
+    for internal in [
+        dead.to_string(),
+        "os error".to_string(),
+        "refused".to_string(),
+    ] {
+        assert!(!text.contains(&internal), "{internal:?} in {text}");
+    }
+    let request_id = resp.header("x-request-id").unwrap_or("?").to_string();
+    let log = gate.stderr_until("detail=", Duration::from_secs(5)).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains(&request_id))
+        .unwrap_or_else(|| panic!("no batch line with {request_id}: {log}"));
+    assert!(line.contains(&dead.to_string()), "{line}");
+    let reply = json_reply(&resp);
     let items = reply.as_array().unwrap_or_else(|| panic!("{reply}"));
     assert_eq!(items.len(), 4, "{reply}");
     let mut answered = HashSet::new();

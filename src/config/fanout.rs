@@ -32,7 +32,18 @@ pub struct FanoutConfig {
     /// `None`: each element is the per-id reply as it came.
     pub fields: Option<Vec<(String, FieldSource)>>,
     pub on_item_error: OnItemError,
+    pub missing_field: MissingField,
     pub error_format: ErrorFormat,
+}
+
+/// What a field whose JSON pointer names nothing in a part's reply becomes. Either way it is
+/// counted (`batchgate_reply_fields_missing_total`, or the part as `upstream_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingField {
+    /// `null` in the element.
+    Null,
+    /// The part fails: an upstream that leaves out a field the reply promises is broken.
+    Error,
 }
 
 /// Length rules for one parameter or header.
@@ -104,6 +115,7 @@ pub(super) fn fanout_config(
     let reply = required(&section.reply, i, "reply", "list_field", problems)?;
     let fields = reply_fields(reply, i, problems);
     let on_item_error = on_item_error(section, i, problems);
+    let missing_field = missing_field(reply, i, problems);
     let max_id_length = max_id_length(ids, i, problems);
     let error_format = error_format(section, i, HUAWEI_ERROR_FORMAT, problems);
     if problems.0.len() != before {
@@ -121,6 +133,7 @@ pub(super) fn fanout_config(
         list_field: reply.list_field.clone(),
         fields,
         on_item_error,
+        missing_field,
         error_format,
     })
 }
@@ -229,6 +242,20 @@ fn on_item_error(section: &RouteSection, i: &str, problems: &mut Problems) -> On
                 format!("{other:?} is not \"fail\", \"omit\" or \"include\""),
             );
             OnItemError::Include
+        }
+    }
+}
+
+fn missing_field(reply: &FanoutReplySection, i: &str, problems: &mut Problems) -> MissingField {
+    match reply.missing_field.as_deref() {
+        None | Some("null") => MissingField::Null,
+        Some("error") => MissingField::Error,
+        Some(other) => {
+            problems.push(
+                &["routes", i, "reply", "missing_field"],
+                format!("{other:?} is not \"null\" or \"error\""),
+            );
+            MissingField::Null
         }
     }
 }

@@ -249,6 +249,9 @@ pub struct FanoutReplySection {
     /// Element fields in order: `"$id"`, or a JSON pointer into the per-id reply (`""` is
     /// the whole reply). Without `fields`, each element is the per-id reply as it came.
     pub fields: Option<toml::Table>,
+    /// A field whose pointer names nothing in a part's reply: `"null"` (the default) or
+    /// `"error"` (the part fails as `UpstreamReplyFieldMissing`).
+    pub missing_field: Option<String>,
 }
 
 /// `[routes.profile]` of a jsonrpc route: where a vendor differs from the specification.

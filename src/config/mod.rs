@@ -20,7 +20,7 @@ mod values;
 
 pub use admission::{AdmissionLimits, ClientKey};
 pub use error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT, PDS_ERROR_FORMAT};
-pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, OnItemError};
+pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, MissingField, OnItemError};
 pub use jsonrpc::{fold_case, method_key, usable_method};
 pub use resilience::{HealthCheck, Hedge, RetryOn, RetryPolicy, DEFAULT_IDEMPOTENT_METHODS};
 pub use runtime::{

@@ -157,7 +157,11 @@ fn route_upstream(
             problems,
         ),
         None => {
-            if ctx.default_upstream.is_none() {
+            // A default upstream that is named but invalid has its own problems reported;
+            // saying there is none would be a second, false one.
+            let default_named =
+                ctx.file.server.default_upstream.is_some() || ctx.file.upstreams.len() == 1;
+            if ctx.default_upstream.is_none() && !default_named {
                 problems.push(
                     &path,
                     "no upstream named and no server.default_upstream to fall back to",

@@ -336,6 +336,39 @@ impl Problems {
     }
 }
 
+/// Two listeners of this process on one address (or one inside a wildcard on the same port)
+/// cannot both be bound: the second would fail `run` after `check` passed.
+fn listener_clashes(server: &ServerSettings, admin: Option<SocketAddr>, problems: &mut Problems) {
+    let named = server
+        .listen
+        .iter()
+        .map(|a| ("listen", *a))
+        .chain(server.tls_listen.iter().map(|a| ("tls_listen", *a)))
+        .chain(admin.map(|a| ("admin.listen", a)));
+    let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
+    for (key, addr) in named {
+        let clash = seen.iter().find(|(_, other)| {
+            other.port() == addr.port()
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        });
+        if let Some((other_key, other)) = clash {
+            let path: Vec<&str> = if key == "admin.listen" {
+                vec!["admin", "listen"]
+            } else {
+                vec!["server", key]
+            };
+            problems.push(
+                &path,
+                format!("{addr} is also a listener in {other_key} ({other}): each listener needs its own address and port"),
+            );
+        }
+        seen.push((key, addr));
+    }
+}
+
 /// Validates a parsed file, returning the runtime config or every problem found.
 pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>> {
     let mut problems = Problems::default();
@@ -347,8 +380,17 @@ pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>
     let server = server_settings(&file.server, &mut found);
     let (upstreams, upstream_index) = upstreams(&file, &mut found);
     let admin_listen = admin_listen(&file, &mut problems);
+    listener_clashes(&server, admin_listen, &mut problems);
     let default_upstream = default_upstream(&file, &upstream_index, &mut problems);
     let routes = routes(&file, &upstream_index, default_upstream, &mut problems);
+    if file.routes.is_empty() {
+        let what = if file.upstreams.is_empty() {
+            "no routes and no upstreams: every request is answered 404"
+        } else {
+            "no routes: nothing is unpacked, every request is passed through"
+        };
+        warnings.push(&["routes"], what);
+    }
     if problems.0.is_empty() {
         let config = Config {
             server,

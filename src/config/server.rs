@@ -260,7 +260,7 @@ fn log_format(section: &ServerSection, problems: &mut Problems) -> LogFormat {
         }
     };
     if let Some(level) = &section.log_level {
-        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+        if !is_log_filter(level) {
             problems.push(
                 &["server", "log_level"],
                 format!("{level:?} is not a log filter (e.g. \"info\" or \"batchgate=debug\")"),
@@ -268,6 +268,22 @@ fn log_format(section: &ServerSection, problems: &mut Problems) -> LogFormat {
         }
     }
     log_format
+}
+
+/// Level names a log filter directive may end in.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// A filter `tracing` reads as meant: comma-separated directives, each a level (`info`) or
+/// `target=level`. A bare word that is no level (`verbose`) is a valid `tracing` directive
+/// that enables only a target of that name, which turns every other line off: refused.
+fn is_log_filter(filter: &str) -> bool {
+    let directives_are_levels = filter.split(',').map(str::trim).all(|directive| {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+    });
+    directives_are_levels && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
 }
 
 pub(super) fn admin_listen(file: &FileConfig, problems: &mut Problems) -> Option<SocketAddr> {

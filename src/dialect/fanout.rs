@@ -85,17 +85,27 @@ impl Dialect for Fanout {
     fn encode(&self, meta: Vec<FanoutMeta>, outcomes: Vec<Outcome>) -> Reply {
         let mut elements = Vec::with_capacity(meta.len());
         let mut failed = 0;
-        for (meta, outcome) in meta.iter().zip(outcomes.iter()) {
+        let mut unusable = Vec::new();
+        let mut fields_missing = 0;
+        for (index, (meta, outcome)) in meta.iter().zip(outcomes.iter()).enumerate() {
             let failure = match self.element(&meta.id, outcome) {
                 Ok(element) => {
-                    elements.push(element);
+                    fields_missing += element.fields_missing;
+                    elements.push(element.bytes);
                     continue;
                 }
                 Err(failure) => failure,
             };
             failed += 1;
+            if matches!(outcome, Outcome::Response(_)) {
+                unusable.push(index);
+            }
             match self.config.on_item_error {
-                OnItemError::Fail => return self.failed_reply(&meta.id, &failure),
+                OnItemError::Fail => {
+                    let mut reply = self.failed_reply(&meta.id, &failure);
+                    reply.unusable = unusable;
+                    return reply;
+                }
                 OnItemError::Omit => {}
                 OnItemError::Include => elements.push(self.error_element(&meta.id, &failure)),
             }
@@ -106,6 +116,8 @@ impl Dialect for Fanout {
                 reply.headers.push((PARTIAL_HEADER, value));
             }
         }
+        reply.unusable = unusable;
+        reply.fields_missing = fields_missing;
         reply
     }
 

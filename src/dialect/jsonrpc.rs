@@ -120,11 +120,18 @@ impl Dialect for JsonRpc {
         let mut out = Vec::with_capacity(outcomes.len() * 64 + 2);
         out.push(b'[');
         let mut replies = 0;
-        for (meta, outcome) in meta.iter().zip(outcomes.iter()) {
+        let mut unusable = Vec::new();
+        for (index, (meta, outcome)) in meta.iter().zip(outcomes.iter()).enumerate() {
             let reply = match &meta.kind {
                 Element::Notification | Element::Refused(None) => continue,
                 Element::Refused(Some(error)) => error.clone(),
-                Element::Call { id } => self.element_reply(id, outcome),
+                Element::Call { id } => {
+                    let (reply, replaced) = self.element_reply(id, outcome);
+                    if replaced {
+                        unusable.push(index);
+                    }
+                    reply
+                }
             };
             if replies > 0 {
                 out.push(b',');
@@ -136,7 +143,9 @@ impl Dialect for JsonRpc {
             return Reply::empty(204);
         }
         out.push(b']');
-        Reply::json(200, out)
+        let mut reply = Reply::json(200, out);
+        reply.unusable = unusable;
+        reply
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {
@@ -294,11 +303,13 @@ impl JsonRpc {
         allowed && !config.denied_methods.iter().any(|m| m == method)
     }
 
-    /// The reply entry for a sent call: the upstream's object as it came, or a server error.
-    fn element_reply(&self, id: &Bytes, outcome: &Outcome) -> Bytes {
+    /// The reply entry for a sent call: the upstream's object as it came, or a server error;
+    /// and whether that error replaced an answer the upstream gave (one that is not a
+    /// JSON-RPC response for this call, whatever its HTTP status).
+    fn element_reply(&self, id: &Bytes, outcome: &Outcome) -> (Bytes, bool) {
         let failure = match outcome {
             Outcome::Response(response) => match check_reply(id, response.status, &response.body) {
-                Ok(object) => return response.body.slice_ref(object),
+                Ok(object) => return (response.body.slice_ref(object), false),
                 Err(kind) => (kind, Some(response.status), None),
             },
             Outcome::Failed(failure) => {
@@ -314,14 +325,15 @@ impl JsonRpc {
         if let Some(detail) = detail {
             data["detail"] = json!(detail);
         }
-        error_object(
+        let object = error_object(
             &RpcError {
                 code: kind.code(),
                 message: kind.message().to_string(),
             },
             Some(data),
             id,
-        )
+        );
+        (object, status.is_some())
     }
 
     /// A single call: the upstream's answer as it came, or an error object with the id.
@@ -334,6 +346,8 @@ impl JsonRpc {
                 content_type: response.headers.get(CONTENT_TYPE).cloned(),
                 body: response.body.clone(),
                 headers: Vec::new(),
+                unusable: Vec::new(),
+                fields_missing: 0,
             },
             (kind, failure) => {
                 let id = match kind {
@@ -341,7 +355,7 @@ impl JsonRpc {
                     _ => Bytes::from_static(b"null"),
                 };
                 let status = failure.status();
-                Reply::json(status, self.element_reply(&id, failure))
+                Reply::json(status, self.element_reply(&id, failure).0)
             }
         }
     }

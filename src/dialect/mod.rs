@@ -144,6 +144,13 @@ pub struct Reply {
     pub body: Bytes,
     /// Extra response headers (e.g. `Allow` on 405).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The items (by index) whose upstream answer the dialect could not use (not its format,
+    /// not the call's id, not JSON) and answered with an error in its place: the batch counts
+    /// them as `upstream_error`, whatever status the upstream gave.
+    pub unusable: Vec<usize>,
+    /// Fields the reply promises that an upstream answer lacked, written as `null` (fan-out
+    /// `missing_field = "null"`): counted, so a broken upstream shows.
+    pub fields_missing: usize,
 }
 
 impl Reply {
@@ -164,6 +171,8 @@ impl Reply {
             content_type: Some(HeaderValue::from_static("application/json")),
             body: body.into(),
             headers: Vec::new(),
+            unusable: Vec::new(),
+            fields_missing: 0,
         }
     }
 
@@ -174,6 +183,8 @@ impl Reply {
             content_type: None,
             body: Bytes::new(),
             headers: Vec::new(),
+            unusable: Vec::new(),
+            fields_missing: 0,
         }
     }
 }

@@ -119,13 +119,29 @@ fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
     }
 }
 
-/// The detail (the connector's or parser's words) follows the message; limits are named.
+/// The detail (the connector's or parser's words, naming addresses and OS errors) stays out
+/// of the message, except a dependency's, which is the client's own; limits are named.
 #[test]
-fn messages_carry_the_detail_and_the_limit() {
+fn messages_keep_internal_detail_out_and_name_the_limit() {
+    let refused = failure(FailureKind::Connect, Sent::Nothing)
+        .with_detail("Fail to connect to 127.0.0.1:29000 cause: Connection refused (os error 111)");
+    assert_eq!(
+        refused.http_error().message,
+        "could not connect to the upstream"
+    );
     let timeout = failure(FailureKind::Timeout, Sent::All).with_detail("timed out reading");
     assert_eq!(
         timeout.http_error().message,
-        "the upstream did not answer in time: timed out reading"
+        "the upstream did not answer in time"
+    );
+    let dependency = failure(
+        FailureKind::DependencyFailed { dependency: 0 },
+        Sent::Nothing,
+    )
+    .with_detail("dependency a answered 500");
+    assert_eq!(
+        dependency.http_error().message,
+        "not run: an item it depends on did not succeed: dependency a answered 500"
     );
     let big = failure(FailureKind::ResponseTooLarge { limit: 7 }, Sent::All).with_detail("x");
     assert_eq!(

@@ -92,7 +92,12 @@ impl ClientClock {
     /// The clock of the connection a request came on (`None` for connections that were not
     /// accepted through a `Listener`, which only tests build).
     pub fn of(session: &pingora::proxy::Session) -> Option<&ClientClock> {
-        let stream = session.downstream_session.stream()?;
+        Self::of_http(&session.downstream_session)
+    }
+
+    /// The clock of the connection an HTTP session (of the proxy or of a plain app) is on.
+    pub fn of_http(session: &pingora::protocols::http::ServerSession) -> Option<&ClientClock> {
+        let stream = session.stream()?;
         let wrapped = (**stream).as_any().downcast_ref::<DeadlineStream>()?;
         Some(wrapped.clock())
     }

@@ -41,6 +41,9 @@ pub struct BatchSummary {
     status: u16,
     result: BatchResult,
     rejection: Option<RejectionKind>,
+    /// The first failed item's detail (the connector's words: addresses, OS errors), which
+    /// replies never carry.
+    detail: Option<String>,
     metrics: Option<Arc<RouteMetrics>>,
 }
 
@@ -75,6 +78,7 @@ impl BatchSummary {
             status: 0,
             result: BatchResult::Rejected,
             rejection: None,
+            detail: None,
             metrics: route.metrics.clone(),
         }
     }
@@ -99,17 +103,39 @@ impl BatchSummary {
         }
     }
 
-    /// Every item has its outcome: count them and name the batch's result.
-    fn completed(&mut self, outcomes: &[Outcome]) {
-        if let Some(metrics) = &self.metrics {
-            outcomes.iter().for_each(|o| metrics.item(o));
+    /// Every item has its outcome and the reply is encoded: count them and name the batch's
+    /// result. An item whose upstream answer the dialect could not use (`Reply::unusable`) is
+    /// an `upstream_error` and a failure, whatever status the upstream gave.
+    fn completed(&mut self, mut classes: Vec<ItemClass>, reply: &Reply) {
+        for &index in &reply.unusable {
+            if let Some(class) = classes.get_mut(index) {
+                if !class.is_failure() {
+                    *class = ItemClass::UpstreamError;
+                }
+            }
         }
-        self.failures = outcomes.iter().filter(|o| o.is_failure()).count();
+        if let Some(metrics) = &self.metrics {
+            classes.iter().for_each(|class| metrics.item_class(*class));
+            metrics.fields_missing(reply.fields_missing);
+        }
+        self.failures = classes.iter().filter(|class| class.is_failure()).count();
         self.result = match self.failures {
             0 => BatchResult::Ok,
             n if n == self.items => BatchResult::Failed,
             _ => BatchResult::Partial,
         };
+    }
+
+    /// Keeps the first failed item's detail for the log line.
+    fn failure_detail(&mut self, outcomes: &[Outcome]) {
+        self.detail = outcomes.iter().enumerate().find_map(|(index, outcome)| {
+            let failure = outcome.failure()?;
+            let detail = failure.detail.as_deref()?;
+            Some(format!(
+                "item {index}: {}: {detail}",
+                failure.http_error().code
+            ))
+        });
     }
 
     /// Records the batch's metrics and writes its one log line.
@@ -129,6 +155,7 @@ impl BatchSummary {
             status = self.status,
             result = self.result.as_str(),
             reason = self.rejection.map(RejectionKind::as_str),
+            detail = self.detail.as_deref(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "batch"
         );
@@ -220,8 +247,10 @@ impl BatchGate {
             summary.cancelled(refused);
             return Ok(());
         };
-        summary.completed(&outcomes);
+        let classes = outcomes.iter().map(Outcome::class).collect();
+        summary.failure_detail(&outcomes);
         let reply = dialect.encode(plan.meta, outcomes);
+        summary.completed(classes, &reply);
         finish(session, summary, &reply, &request_id).await
     }
 
@@ -345,6 +374,7 @@ impl Observer for BatchObserver {
                 batch_size = self.batch_size,
                 status,
                 outcome = outcome.class().as_str(),
+                detail = outcome.failure().and_then(|f| f.detail.as_deref()),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 "item"
             );

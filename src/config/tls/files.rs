@@ -33,6 +33,16 @@ pub(super) fn certificate(
     found: &mut Findings<'_>,
 ) -> Option<Loaded> {
     let chain = pem_certs(&section.cert_file, path, found)?;
+    if let Some(version) = chain.first().and_then(|leaf| old_version(leaf)) {
+        found.problems.push(
+            path,
+            format!(
+                "{}: the certificate is X.509 v{version}, which TLS libraries refuse; make a v3 one (openssl x509 -req ... -extfile with subjectAltName, or openssl req -x509 -addext subjectAltName=DNS:NAME)",
+                section.cert_file
+            ),
+        );
+        return None;
+    }
     let key = private_key(&section.key_file, path, found)?;
     let key_der = key.secret_der().to_vec();
     let signing = match default_provider().key_provider.load_private_key(key) {
@@ -62,6 +72,14 @@ pub(super) fn certificate(
         names,
         key_der,
     })
+}
+
+/// The X.509 version of a certificate older than v3 (a v1 certificate has no extensions: no
+/// subject alternative name, no basic constraints), `None` for v3 or what does not parse.
+fn old_version(der: &CertificateDer<'_>) -> Option<u32> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let version = cert.version().0 + 1;
+    (version < 3).then_some(version)
 }
 
 /// Every certificate in a PEM file (at least one).

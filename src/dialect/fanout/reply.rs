@@ -4,14 +4,21 @@
 
 use super::super::{ItemError, Outcome};
 use super::Fanout;
-use crate::config::FieldSource;
+use crate::config::{FieldSource, MissingField};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::HashMap;
 
+/// One part's list element, and how many of its fields the part's reply lacked (written as
+/// `null`).
+pub(super) struct Element {
+    pub bytes: Vec<u8>,
+    pub fields_missing: usize,
+}
+
 impl Fanout {
     /// The element for a successful part, or why the part failed.
-    pub(super) fn element(&self, id: &str, outcome: &Outcome) -> Result<Vec<u8>, ItemError> {
+    pub(super) fn element(&self, id: &str, outcome: &Outcome) -> Result<Element, ItemError> {
         let response = match outcome {
             Outcome::Response(r) if (200..300).contains(&r.status) => r,
             Outcome::Response(r) => {
@@ -37,10 +44,21 @@ impl Fanout {
         std::str::from_utf8(body).map_err(|_| invalid())?;
         let Some(fields) = &self.config.fields else {
             serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| invalid())?;
-            return Ok(body.to_vec());
+            return Ok(Element {
+                bytes: body.to_vec(),
+                fields_missing: 0,
+            });
         };
         let reply: &RawValue = serde_json::from_slice(body).map_err(|_| invalid())?;
-        Ok(picked_fields(fields, id, reply, body.len()))
+        match picked_fields(fields, id, reply, body.len()) {
+            Ok(element) => Ok(element),
+            Err(partial) if self.config.missing_field == MissingField::Error => Err(ItemError {
+                status: 502,
+                code: "UpstreamReplyFieldMissing",
+                message: format!("the upstream reply has nothing at {:?}", partial.pointer),
+            }),
+            Err(partial) => Ok(partial.element),
+        }
     }
 
     /// `{"<id field>": id, "error": {"status","code","message"}}` for `on_item_error = "include"`.
@@ -62,33 +80,54 @@ impl Fanout {
     }
 }
 
+/// An element with at least one field its reply lacked (written as `null`), and the first
+/// such field's pointer.
+struct Partial<'f> {
+    element: Element,
+    pointer: &'f str,
+}
+
 /// The configured fields of one element, written by hand: the fields keep the order of the
 /// config file, and each value is the upstream's JSON text (number spelling and key order
-/// survive).
-fn picked_fields(
-    fields: &[(String, FieldSource)],
+/// survive). `Err` when a pointer named nothing (its field is `null` in the element).
+fn picked_fields<'f>(
+    fields: &'f [(String, FieldSource)],
     id: &str,
     reply: &RawValue,
     size: usize,
-) -> Vec<u8> {
-    let mut element = Vec::with_capacity(size + 32);
-    element.push(b'{');
+) -> Result<Element, Partial<'f>> {
+    let mut bytes = Vec::with_capacity(size + 32);
+    let mut missing: Option<&'f str> = None;
+    let mut fields_missing = 0;
+    bytes.push(b'{');
     for (i, (name, source)) in fields.iter().enumerate() {
         if i > 0 {
-            element.push(b',');
+            bytes.push(b',');
         }
-        element.extend_from_slice(Value::from(name.as_str()).to_string().as_bytes());
-        element.push(b':');
+        bytes.extend_from_slice(Value::from(name.as_str()).to_string().as_bytes());
+        bytes.push(b':');
         let value = match source {
             FieldSource::Id => Value::from(id).to_string(),
-            FieldSource::Pointer(pointer) => raw_pointer(reply, pointer)
-                .map_or("null", RawValue::get)
-                .to_string(),
+            FieldSource::Pointer(pointer) => match raw_pointer(reply, pointer) {
+                Some(value) => value.get().to_string(),
+                None => {
+                    fields_missing += 1;
+                    missing.get_or_insert(pointer);
+                    "null".to_string()
+                }
+            },
         };
-        element.extend_from_slice(value.as_bytes());
+        bytes.extend_from_slice(value.as_bytes());
     }
-    element.push(b'}');
-    element
+    bytes.push(b'}');
+    let element = Element {
+        bytes,
+        fields_missing,
+    };
+    match missing {
+        None => Ok(element),
+        Some(pointer) => Err(Partial { element, pointer }),
+    }
 }
 
 /// RFC 6901 JSON pointer lookup on JSON text (`""` is the whole value); `None` when a token

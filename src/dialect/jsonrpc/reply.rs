@@ -126,19 +126,17 @@ fn same_id(reply: &Value, sent: &Value) -> bool {
     }
 }
 
-/// JSON-RPC's rendering of a failure: its server error code, and the detail for `data`.
+/// JSON-RPC's rendering of a failure: its server error code, and the detail for `data` (a
+/// limit; never the connector's words, which name addresses and go to the logs).
 pub(super) fn upstream_error(failure: &Failure) -> (UpstreamError, Option<String>) {
-    let detail = failure.detail.clone();
     match failure.kind {
-        FailureKind::Timeout | FailureKind::BatchDeadline => (UpstreamError::Timeout, detail),
-        FailureKind::Connect | FailureKind::Tls => (UpstreamError::ConnectError, detail),
+        FailureKind::Timeout | FailureKind::BatchDeadline => (UpstreamError::Timeout, None),
+        FailureKind::Connect | FailureKind::Tls => (UpstreamError::ConnectError, None),
         FailureKind::ResponseTooLarge { limit } | FailureKind::ReplyBudgetExceeded { limit } => (
             UpstreamError::TooLarge,
             Some(format!("limit {limit} bytes")),
         ),
-        FailureKind::Connection | FailureKind::Internal => {
-            (UpstreamError::ConnectionFailed, detail)
-        }
+        FailureKind::Connection | FailureKind::Internal => (UpstreamError::ConnectionFailed, None),
         FailureKind::Cancelled
         | FailureKind::NotRun
         | FailureKind::DependencyFailed { .. }

@@ -81,6 +81,8 @@ pub(super) fn encode(
         ),
         body: Bytes::from(out),
         headers: Vec::new(),
+        unusable: Vec::new(),
+        fields_missing: 0,
     }
 }
 

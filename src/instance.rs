@@ -1,0 +1,270 @@
+//! The running instance on this host, as commands outside it see it: the listeners it must
+//! hold before it reports anything, and its pid file.
+//!
+//! The pid file names the process (first line, what systemd's `PIDFile=` reads) and the
+//! absolute path of the config file it serves (second line). It is written at start, and
+//! removed when the process exits if it still names this process (after an upgrade it names
+//! the new one). `batchgate reload` and `batchgate pid` signal or print a pid only after
+//! [`find`] has checked that it is a batchgate serving that very file: a pid file left behind
+//! by a crash, whose pid now belongs to another program, names nothing.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Binds every address once and lets go, so an address that is taken (or not this host's)
+/// fails the start with one line before anything is reported, instead of a listener thread
+/// that gives up after pingora's 30 retries while the rest of the process stays up.
+pub fn check_can_listen(addrs: &[SocketAddr]) -> Result<(), String> {
+    for (i, addr) in addrs.iter().enumerate() {
+        if addrs[..i].contains(addr) {
+            return Err(format!("cannot listen on {addr}: named twice"));
+        }
+        // std sets SO_REUSEADDR like pingora does, so a port whose old connections linger
+        // in TIME_WAIT is not mistaken for a port in use.
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The one line for a listener pingora could not build after all (an address taken in the
+/// moment between [`check_can_listen`] and pingora's own bind, or a socket an upgrade did not
+/// hand over): the panic message pingora's listening service dies with, if it is that one.
+pub fn listener_failure(panic_message: &str) -> Option<String> {
+    let detail = panic_message.strip_prefix("Failed to build listeners")?;
+    let detail = detail.trim_start_matches([':', ' ']);
+    Some(format!("cannot listen: {}", detail.trim()))
+}
+
+/// The config file as the instance records it: absolute, so a daemon (whose working directory
+/// is `/`) and a later `reload` from another directory agree. Symbolic links are kept, not
+/// resolved: a Kubernetes ConfigMap swaps the link's target on every update.
+pub fn absolute(config: &Path) -> PathBuf {
+    std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf())
+}
+
+/// Writes `pid_file` for this process serving `config`.
+pub fn write_pid_file(pid_file: &Path, config: &Path) -> io::Result<()> {
+    let text = format!("{}\n{}\n", std::process::id(), absolute(config).display());
+    std::fs::write(pid_file, text)
+}
+
+/// Removes `pid_file` if it still names this process.
+pub fn remove_pid_file(pid_file: &Path) {
+    let ours = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| parse(&text))
+        .is_some_and(|(pid, _)| pid == std::process::id() as i32);
+    if ours {
+        let _ = std::fs::remove_file(pid_file);
+    }
+}
+
+/// Why no instance could be named.
+#[derive(Debug)]
+pub enum NotFound {
+    /// No pid file, or not readable.
+    NoPidFile { pid_file: PathBuf, error: io::Error },
+    /// The file holds no pid.
+    Garbled { pid_file: PathBuf },
+    /// The pid is not running, or is a process that started after the file was written, or
+    /// is not batchgate.
+    Stale { pid_file: PathBuf, pid: i32 },
+    /// A batchgate runs, but serves another file (a reload would read that one).
+    OtherConfig { pid: i32, serves: PathBuf },
+}
+
+impl fmt::Display for NotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotFound::NoPidFile { pid_file, error } => write!(
+                f,
+                "not running: cannot read the pid file {}: {error}",
+                pid_file.display()
+            ),
+            NotFound::Garbled { pid_file } => {
+                write!(f, "not running: the pid file {} holds no pid", pid_file.display())
+            }
+            NotFound::Stale { pid_file, pid } => write!(
+                f,
+                "not running (stale pid file): {} names pid {pid}, which is not a batchgate started before the file was written",
+                pid_file.display()
+            ),
+            NotFound::OtherConfig { pid, serves } => write!(
+                f,
+                "the batchgate in this pid file (pid {pid}) serves {}, not this file; a reload reads the file an instance was started with (use `batchgate run -u -c FILE` to switch files)",
+                serves.display()
+            ),
+        }
+    }
+}
+
+/// The pid of the batchgate that `pid_file` names and that serves `config`.
+pub fn find(pid_file: &Path, config: &Path) -> Result<i32, NotFound> {
+    let text = std::fs::read_to_string(pid_file).map_err(|error| NotFound::NoPidFile {
+        pid_file: pid_file.to_path_buf(),
+        error,
+    })?;
+    let (pid, serves) = parse(&text).ok_or_else(|| NotFound::Garbled {
+        pid_file: pid_file.to_path_buf(),
+    })?;
+    let written = std::fs::metadata(pid_file)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    if !is_batchgate_started_by(pid, written) {
+        return Err(NotFound::Stale {
+            pid_file: pid_file.to_path_buf(),
+            pid,
+        });
+    }
+    // A file written before the config path was recorded names no config: trust the pid.
+    if let Some(serves) = serves {
+        if !same_file(&serves, config) {
+            return Err(NotFound::OtherConfig { pid, serves });
+        }
+    }
+    Ok(pid)
+}
+
+/// The pid and, when recorded, the config path.
+fn parse(text: &str) -> Option<(i32, Option<PathBuf>)> {
+    let mut lines = text.lines();
+    let pid = lines
+        .next()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)?;
+    let config = lines
+        .next()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from);
+    Some((pid, config))
+}
+
+/// Two names of one config file: the same absolute path, or the same file once links are
+/// followed.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if absolute(a) == absolute(b) {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Slack for the clock ticks and whole seconds the kernel reports a start time in.
+const START_TIME_SLACK: Duration = Duration::from_secs(1);
+
+/// Whether `pid` runs the same program as this one (by file name, as `/proc/PID/exe` names
+/// it; a replaced binary reads "NAME (deleted)") and started no later than `written`. A pid
+/// that was reused after the instance died belongs to a process started after its file.
+fn is_batchgate_started_by(pid: i32, written: SystemTime) -> bool {
+    let Some(name) = program_name(&format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let ours = std::env::current_exe()
+        .ok()
+        .and_then(|exe| program_name(&exe.to_string_lossy()));
+    if Some(name) != ours {
+        return false;
+    }
+    start_time(pid).is_some_and(|started| started <= written + START_TIME_SLACK)
+}
+
+/// The file name of the program at `exe` (a `/proc/PID/exe` link or a path).
+fn program_name(exe: &str) -> Option<String> {
+    let target = std::fs::read_link(exe).unwrap_or_else(|_| PathBuf::from(exe));
+    let name = target.file_name()?.to_string_lossy().into_owned();
+    Some(name.trim_end_matches(" (deleted)").to_string())
+}
+
+/// When `pid` started: the boot time plus its start in clock ticks (`/proc/PID/stat` field 22).
+fn start_time(pid: i32) -> Option<SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let boot: u64 = boot
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let since_boot = Duration::from_millis(ticks * 1000 / per_second);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This test process is a live process started before any file it writes: found; the
+    /// same file naming a process that started later (pid 1 is older, so use a fake future
+    /// write time check the other way round) is stale.
+    #[test]
+    fn a_live_pid_is_checked_by_program_and_start_time() {
+        let me = std::process::id() as i32;
+        let now = SystemTime::now();
+        // The test binary is not named batchgate, but it is the program that asks here.
+        assert!(is_batchgate_started_by(me, now));
+        let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(
+            !is_batchgate_started_by(me, long_ago),
+            "started after the file"
+        );
+        assert!(!is_batchgate_started_by(1, now), "another program");
+        assert!(!is_batchgate_started_by(i32::MAX, now), "no such process");
+    }
+
+    #[test]
+    fn the_pid_file_holds_pid_and_config() {
+        assert_eq!(
+            parse("12\n/etc/b.toml\n"),
+            Some((12, Some("/etc/b.toml".into())))
+        );
+        assert_eq!(parse("12\n"), Some((12, None)));
+        assert_eq!(parse(" 7 "), Some((7, None)));
+        assert_eq!(parse("x\n"), None);
+        assert_eq!(parse("-3\n"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn pingoras_listener_panic_becomes_one_line() {
+        let line = listener_failure(
+            "Failed to build listeners: BindError context: bind() failed, after retries, 127.0.0.1:8080 still in use cause: Address already in use (os error 98)",
+        );
+        assert_eq!(
+            line.as_deref(),
+            Some("cannot listen: BindError context: bind() failed, after retries, 127.0.0.1:8080 still in use cause: Address already in use (os error 98)")
+        );
+        assert_eq!(listener_failure("index out of bounds"), None);
+    }
+
+    #[test]
+    fn an_address_in_use_or_named_twice_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = check_can_listen(&[addr]).expect_err("in use");
+        assert!(
+            error.starts_with(&format!("cannot listen on {addr}: ")),
+            "{error}"
+        );
+        drop(taken);
+        assert_eq!(check_can_listen(&[addr]), Ok(()));
+        assert!(check_can_listen(&[addr, addr])
+            .expect_err("twice")
+            .contains("named twice"));
+    }
+}
