@@ -42,13 +42,25 @@ pub fn readiness_target(config: &crate::config::Config) -> Option<(String, Vec<S
         .map(|u| (u.name.clone(), u.addresses.clone()))
 }
 
-/// A TCP connect to `addr` within `READY_CONNECT_TIMEOUT`.
+/// A TCP connect to `addr` within `READY_CONNECT_TIMEOUT`, for an upstream whose client is
+/// not (yet) in effect.
 async fn probe(addr: SocketAddr) -> Result<(), String> {
     match tokio::time::timeout(READY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no connection within {READY_CONNECT_TIMEOUT:?}")),
     }
+}
+
+/// `/readyz?exclude=upstreams` (the form Kubernetes' own API server takes): readiness of this
+/// instance alone, for a load balancer's or Kubernetes' probe. An upstream blip then turns
+/// no pod unready (which would drain every pod at once and turn a blip into an outage);
+/// `/readyz` with the upstreams stays for dashboards and alerts.
+fn excludes_upstreams(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "exclude=upstreams" || pair == "exclude=upstream")
+    })
 }
 
 #[async_trait]
@@ -69,6 +81,9 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/metrics" => metrics(),
             "/healthz" => text(200, "ok\n"),
+            "/readyz" if excludes_upstreams(session.req_header().uri.query()) => {
+                self.listeners_ready()
+            }
             "/readyz" => self.readiness().await,
             _ => text(404, "not found: try /metrics, /healthz or /readyz\n"),
         }
@@ -103,7 +118,16 @@ impl AdminApp {
         (ready, states)
     }
 
-    /// 200 when the default upstream accepts a TCP connection (or none is configured) and
+    /// 200: the config is loaded and every listener is bound (the process exits when one
+    /// cannot be), so an instance that answers is ready to take traffic.
+    fn listeners_ready(&self) -> Response<Vec<u8>> {
+        let listeners: Vec<String> = self.listeners.iter().map(|a| a.to_string()).collect();
+        let body = json!({"ready": true, "config": "loaded", "listeners": listeners, "upstreams": "excluded"});
+        respond(200, "application/json", body.to_string().into_bytes())
+    }
+
+    /// 200 when the default upstream accepts a connection, its TLS handshake included (or
+    /// none is configured), and
     /// every upstream with health checks has an address passing them, 503 otherwise; the
     /// JSON body says which. Liveness belongs to `/healthz`.
     async fn readiness(&self) -> Response<Vec<u8>> {
@@ -115,9 +139,21 @@ impl AdminApp {
             let status = if upstreams_ready { 200 } else { 503 };
             return respond(status, "application/json", body.to_string().into_bytes());
         };
-        // Every address at once: ready when one accepts; the report names the first that
-        // did, or the first address and why it did not.
-        let probes = futures_util::future::join_all(addresses.iter().map(|a| probe(*a))).await;
+        // Every address at once, through the upstream's own connector (TLS included): ready
+        // when one accepts; the report names the first that did, or the first address and
+        // why it did not.
+        let clients = (self.upstreams)();
+        let client = clients.iter().find(|c| c.config.name == *name);
+        let addresses = client.map_or(addresses.as_slice(), |c| c.config.addresses.as_slice());
+        let probes = futures_util::future::join_all(addresses.iter().enumerate().map(
+            |(n, addr)| async move {
+                match client {
+                    Some(client) => client.reach(n, READY_CONNECT_TIMEOUT).await,
+                    None => probe(*addr).await,
+                }
+            },
+        ))
+        .await;
         let reached = addresses.iter().zip(&probes).find(|(_, p)| p.is_ok());
         let reachable = reached.is_some();
         let addr = reached.map_or_else(|| addresses.first().copied(), |(a, _)| Some(*a));

@@ -177,6 +177,9 @@ impl Ticket {
         if held > 0 {
             self.bytes.fetch_add(held, Ordering::Relaxed);
             self.admission.held_bytes.fetch_add(held, Ordering::Relaxed);
+            // Live: a full budget admits nothing, so waiting for the next admission to
+            // publish would leave the gauge wherever the last one left it.
+            self.admission.publish();
         }
     }
 
@@ -251,6 +254,22 @@ impl Admission {
             remaining: AtomicUsize::new(items),
             bytes: AtomicUsize::new(bytes),
         })
+    }
+
+    /// The refusal every batch of `client` would get now, whatever its size, decided before
+    /// its body is read (`bytes` is its declared length, 0 when unknown): the conditions
+    /// are checked for one item, and a batch with more items can only do worse. Under a
+    /// burst this is what keeps a refusal from costing the read and decode of its body.
+    pub fn refuse_early(&self, client: &ClientId, bytes: usize) -> Option<Refused> {
+        let finished = self.finished.load(Ordering::Relaxed);
+        let mut state = self.lock();
+        let rate = state.drain.sample(finished, Instant::now());
+        let refused = self.check(&state, client, 1, bytes, rate).err();
+        drop(state);
+        if refused.is_some() {
+            self.publish();
+        }
+        refused
     }
 
     /// The conditions, in the order a client can act on them.

@@ -193,7 +193,7 @@ fn the_kubernetes_manifests_validate_and_match_the_repository() {
         "terminationGracePeriodSeconds {granted} <= {needed}"
     );
     for probe in [
-        "path: /readyz",
+        "path: /readyz?exclude=upstreams",
         "path: /healthz",
         "port: admin",
         "mountPath: /tmp",

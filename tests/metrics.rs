@@ -657,4 +657,22 @@ async fn health_and_readiness_endpoints() {
         "{json}"
     );
     assert_eq!(client::get(down.admin, "/healthz").await.status, 200);
+    // The probe a load balancer or Kubernetes uses leaves the upstreams out: a down API turns
+    // no instance unready (which would drain them all at once).
+    let own = client::get(down.admin, "/readyz?exclude=upstreams").await;
+    assert_eq!(own.status, 200, "{}", own.body_str());
+    assert_eq!(own.json()["listeners"][0], down.addr.to_string());
+
+    // A TLS upstream that accepts TCP but fails every handshake is not ready: readiness
+    // includes the handshake, as items need it.
+    let plain = Upstream::echo().await;
+    let tls = GateConfig::new(plain.addr).toml().replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\ntls = true\nsni = \"api.test\"",
+    );
+    let mut tls = common::gate::start(&tls).await;
+    tls.wait_admin().await;
+    let ready = client::get(tls.admin, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body_str());
+    assert_eq!(ready.json()["default_upstream"]["reachable"], false);
 }

@@ -228,6 +228,48 @@ async fn permits_take_turns_between_a_flood_and_a_light_client() {
     assert_eq!(flood_busy, 48, "the flood is served in full, only later");
 }
 
+/// When no batch could be admitted (here: the queue is full), a batch is refused from its
+/// head: the 503 comes at once although its body never arrives, and the connection is then
+/// closed (its unread body cannot be taken for a next request). Without this, every refusal
+/// under a burst first reads and decodes a body it throws away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_cannot_be_admitted_is_refused_from_its_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = slow_upstream(1000).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("max_in_flight = 1")
+        .server("[server.admission]")
+        .server("max_queued_items = 1")
+        .route("concurrency = 10")
+        .start()
+        .await;
+    let first = tokio::spawn({
+        let addr = gate.addr;
+        async move { client::post_json(addr, BATCH_PATH, &batch(items(2))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut socket = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {BATCH_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"requests\":["
+    );
+    socket.write_all(head.as_bytes()).await.expect("write");
+    let mut reply = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_millis(700), socket.read_to_end(&mut reply)).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        read.is_ok(),
+        "no answer and no close without the body: {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("ServiceUnavailable.QueueFull"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
+    assert_eq!(first.await.expect("first").status, 200);
+    assert_eq!(upstream.count(), 2, "the refused batch sent nothing");
+}
+
 /// Responses kept for a running batch's reply count against `max_held_bytes` like bodies:
 /// while one batch holds a large answer and waits for its slow item, a batch whose body alone
 /// would fit is refused with 503 `memory`; once the reply is written it is admitted.
@@ -259,6 +301,11 @@ async fn kept_responses_count_against_the_memory_budget() {
     let small = batch(items(1));
     let refused = client::post_json(gate.addr, BATCH_PATH, &small).await;
     assert_rejected(&refused, 503, "ServiceUnavailable.Memory");
+    // The gauge follows the kept answer, though no batch was admitted since it came.
+    let held = scrape(gate.admin)
+        .await
+        .value("batchgate_admission_held_bytes", &[]);
+    assert!(held >= 1900.0, "held bytes gauge {held}");
     let first = first.await.expect("first");
     assert_eq!(first.status, 200, "{}", first.body_str());
     let again = client::post_json(gate.addr, BATCH_PATH, &small).await;

@@ -7,7 +7,7 @@
 
 use super::body::read_batch;
 use super::{BatchGate, RequestCtx, Route};
-use crate::admission::Ticket;
+use crate::admission::{Refused, Ticket};
 use crate::config::ClientKey;
 use crate::dialect::Order;
 use crate::dialect::{
@@ -163,26 +163,6 @@ impl BatchSummary {
 }
 
 impl BatchGate {
-    /// Admission of a decoded batch (`crate::admission`): a ticket, or the refusal as a
-    /// whole-batch rejection with its `Retry-After`.
-    fn admit(
-        &self,
-        session: &Session,
-        route: &Route,
-        items: usize,
-        bytes: usize,
-    ) -> std::result::Result<Ticket, Rejection> {
-        let client = client_id(session, &route.client_key);
-        self.admission
-            .admit(client, items, bytes)
-            .map_err(|refused| {
-                let kind = refused.why.kind();
-                let mut rejection = Rejection::new(kind, refused.why.code(), refused.why.message());
-                rejection.retry_after = Some(refused.retry_after);
-                rejection
-            })
-    }
-
     pub(super) async fn serve_route(
         &self,
         session: &mut Session,
@@ -201,14 +181,23 @@ impl BatchGate {
     ) -> Result<()> {
         let request_id = request_id(session.req_header());
         let summary = ctx.batch.insert(BatchSummary::new(route, &request_id));
-        let read = read_batch(session, route, dialect, &self.client_limits)
+        let client = client_id(session, &route.client_key);
+        let admission = |declared: Option<usize>| {
+            self.admission
+                .refuse_early(&client, declared.unwrap_or(0))
+                .map(refusal)
+        };
+        let read = read_batch(session, route, dialect, &self.client_limits, admission)
             .await
             .inspect_err(|e| summary.client_left(e))?;
         let decoded = read.and_then(|body| {
             let plan = decode(session.req_header(), dialect, &body)?;
             let refused = plan.items.iter().filter(|item| item.is_err()).count();
             let to_send = plan.items.len() - refused;
-            let ticket = self.admit(session, route, to_send, body.len())?;
+            let ticket = self
+                .admission
+                .admit(client, to_send, body.len())
+                .map_err(refusal)?;
             Ok((plan, refused, ticket))
         });
         let (plan, refused, ticket) = match decoded {
@@ -316,6 +305,18 @@ impl BatchGate {
             spawn_items: self.spawn_items,
         }
     }
+}
+
+/// An admission refusal (`crate::admission`) as a whole-batch rejection with its
+/// `Retry-After`.
+fn refusal(refused: Refused) -> Rejection {
+    let mut rejection = Rejection::new(
+        refused.why.kind(),
+        refused.why.code(),
+        refused.why.message(),
+    );
+    rejection.retry_after = Some(refused.retry_after);
+    rejection
 }
 
 /// Awaits `run` while watching the client: `None` as soon as it closes or resets (the run is

@@ -20,14 +20,16 @@ use pingora::proxy::Session;
 /// costs seven copies.
 const INITIAL_BODY_CAPACITY: usize = 8 * 1024;
 
-/// Checks method, media type and size, answers `Expect: 100-continue`, reads the body.
-/// `client` gives the body its deadline where the connection's clock cannot (an HTTP/2
-/// stream: its connection carries other requests at the same time).
+/// Checks method, media type and size, asks `admission` (given the declared length) whether
+/// any batch could be admitted now, answers `Expect: 100-continue`, reads the body. `client`
+/// gives the body its deadline where the connection's clock cannot (an HTTP/2 stream: its
+/// connection carries other requests at the same time).
 pub(super) async fn read_batch<D: Dialect>(
     session: &mut Session,
     route: &Route,
     dialect: &D,
     client: &ClientLimits,
+    admission: impl FnOnce(Option<usize>) -> Option<Rejection>,
 ) -> Result<std::result::Result<Bytes, Rejection>> {
     let header = session.req_header();
     let declared = declared_length(header);
@@ -37,7 +39,9 @@ pub(super) async fn read_batch<D: Dialect>(
     let has_body = header.headers.contains_key(TRANSFER_ENCODING)
         || (header.headers.contains_key(CONTENT_LENGTH) && declared != Some(0));
     let limit = route.config.limits.max_body_bytes;
-    if let Some(rejection) = check_head(header, dialect, declared, has_body, limit) {
+    let refused =
+        check_head(header, dialect, declared, has_body, limit).or_else(|| admission(declared));
+    if let Some(rejection) = refused {
         // A body left unread means this connection cannot carry another request; without
         // one, the connection stays open like after any other answer.
         if has_body {

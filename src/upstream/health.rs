@@ -102,12 +102,7 @@ impl UpstreamClient {
             return Err("no such address".into());
         };
         let Some(path) = &check.path else {
-            let connect = self.transport.new_stream(peer);
-            return match tokio::time::timeout(check.timeout, connect).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no connection within {:?}", check.timeout)),
-            };
+            return self.reach(n, check.timeout).await;
         };
         let request = SubRequest {
             method: http::Method::GET,
@@ -139,6 +134,20 @@ impl UpstreamClient {
             Ok(Outcome::Response(r)) => Err(format!("status {}", r.status)),
             Ok(Outcome::Failed(f)) => Err(f.detail.unwrap_or_else(|| format!("{:?}", f.kind))),
             Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        }
+    }
+
+    /// A connection to address `n` within `timeout`, its TLS handshake included when the
+    /// upstream speaks TLS (an address that accepts TCP but fails every handshake is not
+    /// reachable for items either); closed at once.
+    pub async fn reach(&self, n: usize, timeout: std::time::Duration) -> Result<(), String> {
+        let Some(peer) = self.peers.get(n) else {
+            return Err("no such address".into());
+        };
+        match tokio::time::timeout(timeout, self.transport.new_stream(peer)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {timeout:?}")),
         }
     }
 
