@@ -4,8 +4,9 @@
 //! `concurrency` of one batch and at most the global permits across all batches (granted
 //! round-robin across clients, `crate::permits`).
 //! When the batch deadline passes, the reply is built at once: unfinished items become
-//! `DeadlineExceeded`. Dropping the future returned by `run` (client gone) aborts every item,
-//! so items waiting for a permit are never started. Items are either polled inside the
+//! `DeadlineExceeded`. Dropping the future returned by `run` (client gone) never starts the
+//! items waiting for a permit; those already sent run to their end in the background with
+//! their permits (`Running`'s `Drop`). Items are either polled inside the
 //! batch's own task (the default: without work stealing a batch's tasks would all share its
 //! thread anyway) or spawned one task each so work stealing can spread them
 //! (`Limits::spawn_items`); one loop drives both (`Running`).
@@ -218,6 +219,29 @@ enum Running<F: Future<Output = (usize, Outcome)> + Send + 'static> {
 /// and is reported as an internal failure).
 type Done = Option<(usize, Outcome)>;
 
+/// Items still running when their batch ends early (the client left or reset its stream, the
+/// batch deadline passed, shutdown) are not cut off: they may already be on the wire, and the
+/// upstream works on them either way. They run to their end (at most `item_timeout`) in the
+/// background, keeping their permits until then, so cancelled batches can neither push
+/// upstream concurrency past `max_in_flight` nor throw away connections in mid-exchange (the
+/// next item reuses them). Items still waiting for permits never start: their wait is
+/// dropped with the batch.
+impl<F: Future<Output = (usize, Outcome)> + Send + 'static> Drop for Running<F> {
+    fn drop(&mut self) {
+        match self {
+            Running::Spawned(tasks) => tasks.detach_all(),
+            Running::Polled(items) if !items.is_empty() => {
+                let items = std::mem::take(items);
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    use futures_util::StreamExt;
+                    runtime.spawn(items.for_each(|_| async {}));
+                }
+            }
+            Running::Polled(_) => {}
+        }
+    }
+}
+
 impl<F: Future<Output = (usize, Outcome)> + Send + 'static> Running<F> {
     fn new(spawn: bool) -> Self {
         if spawn {
@@ -335,8 +359,8 @@ impl Collector {
         }
     }
 
-    /// Keeps what finished just before the deadline; dropping the rest cancels (or aborts)
-    /// them, and their owned permits go back with them.
+    /// Keeps what finished just before the deadline; the rest run to their end in the
+    /// background with their permits (`Running`'s `Drop`), their answers unused.
     fn close<F>(mut self, mut running: Running<F>, finished: bool) -> Vec<Outcome>
     where
         F: Future<Output = (usize, Outcome)> + Send + 'static,
@@ -440,7 +464,8 @@ async fn acquire(batch: &Arc<Semaphore>, global: &Share<'_>) -> Option<ItemPermi
     })
 }
 
-/// Held by an item task for its whole life; dropped on completion, timeout or abort.
+/// Held by an item for its whole life, also after its batch was cancelled; dropped on
+/// completion or timeout.
 struct ItemPermits {
     _batch: OwnedSemaphorePermit,
     _global: Permit,

@@ -22,6 +22,7 @@
 //! the clock is unarmed: reads then only watch for the client leaving.
 
 mod clock;
+mod h2_frames;
 mod rehome;
 mod stream;
 mod tls;
@@ -139,19 +140,12 @@ impl<A: Send + Sync + 'static> Listener<A> {
         }
     }
 
-    /// The configured listener a connection arrived on: same port, and the same address or a
-    /// wildcard one (`0.0.0.0:8080` accepts on `127.0.0.1:8080`).
+    /// The configured listener a connection arrived on.
     fn slot(&self, stream: &Stream) -> Option<&Arc<Slot>> {
         let local = stream
             .get_socket_digest()
             .and_then(|digest| digest.local_addr().and_then(|a| a.as_inet().copied()));
-        let matches = |slot: &&Arc<Slot>| match local {
-            Some(local) => {
-                slot.addr.port() == local.port()
-                    && (slot.addr.ip() == local.ip() || slot.addr.ip().is_unspecified())
-            }
-            None => false,
-        };
+        let matches = |slot: &&Arc<Slot>| local.is_some_and(|local| accepted_on(slot.addr, local));
         self.slots.iter().find(matches).or(self.slots.first())
     }
 
@@ -230,6 +224,14 @@ impl<A: ServerApp + Send + Sync + 'static> Listener<A> {
         }
         Some(Box::new(tls))
     }
+}
+
+/// Whether a connection whose local address is `local` arrived on the listener configured as
+/// `listener`: same port, and the same address or a wildcard one (`0.0.0.0:8080` accepts on
+/// `127.0.0.1:8080`).
+pub fn accepted_on(listener: SocketAddr, local: SocketAddr) -> bool {
+    listener.port() == local.port()
+        && (listener.ip() == local.ip() || listener.ip().is_unspecified())
 }
 
 /// With `h2c`, a cleartext connection that opens with the HTTP/2 preface is multiplexed

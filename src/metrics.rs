@@ -93,6 +93,7 @@ pub struct Families {
     pub permit_wait: HistogramVec,
     pub rejections: IntCounterVec,
     pub reply_fields_missing: IntCounterVec,
+    pub client_h2_premature_resets: IntCounterVec,
     pub passthrough: IntCounterVec,
     pub passthrough_duration: HistogramVec,
     pub passthrough_upstream_requests: IntCounterVec,
@@ -186,6 +187,11 @@ fn register() -> prometheus::Result<Families> {
             "batchgate_rejections_total",
             "Whole batches refused before anything was sent, by reason.",
             &["route", "reason"]
+        )?,
+        client_h2_premature_resets: register_int_counter_vec!(
+            "batchgate_client_h2_premature_reset_closes_total",
+            "HTTP/2 client connections closed for resetting too many streams within 1 s of opening them (server.client_h2_max_premature_resets).",
+            &["listener"]
         )?,
         reply_fields_missing: register_int_counter_vec!(
             "batchgate_reply_fields_missing_total",
@@ -296,6 +302,7 @@ pub struct ClientMetrics {
     pub refused: IntCounter,
     pub head_too_large: IntCounter,
     pub send_timed_out: IntCounter,
+    pub h2_premature_resets: IntCounter,
     pub handshake_timed_out: IntCounter,
     pub handshake_failed: IntCounter,
     timeouts: Vec<IntCounter>,
@@ -309,6 +316,7 @@ impl ClientMetrics {
             refused: f.client_connections_refused.with_label_values(&[listener]),
             head_too_large: f.client_heads_too_large.with_label_values(&[listener]),
             send_timed_out: f.client_timeouts.with_label_values(&[listener, "send"]),
+            h2_premature_resets: f.client_h2_premature_resets.with_label_values(&[listener]),
             handshake_timed_out: f
                 .client_timeouts
                 .with_label_values(&[listener, "handshake"]),
@@ -526,6 +534,16 @@ pub fn upstream_ejected(upstream: &str, address: &str) {
     if let Some(f) = families() {
         f.upstream_ejections
             .with_label_values(&[upstream, address])
+            .inc();
+    }
+}
+
+/// Counts a client that stopped taking its answer for `client_send_timeout` on an HTTP/2
+/// stream of `listener` (HTTP/1 connections count it in their `ClientMetrics`).
+pub fn client_send_timed_out(listener: &str) {
+    if let Some(f) = families() {
+        f.client_timeouts
+            .with_label_values(&[listener, "send"])
             .inc();
     }
 }

@@ -16,7 +16,7 @@ use crate::metrics::{PassthroughMetrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use batch::{request_id, write_reply, BatchSummary};
+use batch::{request_id, BatchSummary};
 use bytes::Bytes;
 use http::header::HOST;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -123,6 +123,9 @@ pub struct BatchGate {
     admission: Arc<crate::admission::Admission>,
     /// Client deadlines, for the requests whose connection clock cannot hold them (HTTP/2).
     client_limits: crate::config::ClientLimits,
+    /// The public listeners, to label what HTTP/2 streams count (their connection's own
+    /// clock is out of reach through pingora's HTTP/2 session).
+    listeners: Arc<[std::net::SocketAddr]>,
     /// Write one log line per item (`server.item_log`).
     item_log: Arc<AtomicBool>,
     /// A task per item only when work stealing can spread them (see `exec::Limits`).
@@ -222,6 +225,13 @@ impl BatchGate {
                 config.server.max_in_flight,
             )),
             client_limits: config.server.client,
+            listeners: config
+                .server
+                .listen
+                .iter()
+                .chain(&config.server.tls_listen)
+                .copied()
+                .collect(),
             item_log: Arc::new(AtomicBool::new(config.server.item_log)),
             spawn_items: config.server.work_stealing,
             stop,
@@ -235,6 +245,24 @@ impl BatchGate {
             permits: self.permits.clone(),
             admission: self.admission.clone(),
             item_log: self.item_log.clone(),
+        }
+    }
+
+    /// Counts an HTTP/2 stream cut because its client took nothing for `client_send_timeout`,
+    /// under the listener its connection arrived on.
+    pub(crate) fn client_send_timed_out(&self, session: &Session) {
+        let local = session
+            .downstream_session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| s.local_addr().and_then(|a| a.as_inet().copied()));
+        let listener = local.and_then(|local| {
+            self.listeners
+                .iter()
+                .find(|l| crate::listener::accepted_on(**l, local))
+        });
+        if let Some(listener) = listener {
+            crate::metrics::client_send_timed_out(&listener.to_string());
         }
     }
 
@@ -297,6 +325,13 @@ impl ProxyHttp for BatchGate {
         if let Some(clock) = ClientClock::of(session) {
             clock.head_done(body_follows);
         }
+        // An HTTP/2 write waits on the client's flow-control window, not on the socket the
+        // connection's clock watches: without its own timeout, a client that grants no window
+        // holds the answer, its memory and its upstream connection for ever.
+        if session.downstream_session.is_http2() {
+            let timeout = self.client_limits.send_timeout;
+            session.downstream_session.set_write_timeout(Some(timeout));
+        }
         Ok(())
     }
 
@@ -332,7 +367,7 @@ impl ProxyHttp for BatchGate {
                 Bytes::from_static(br#"{"code":"NotFound","message":"no batch route matches and no default upstream is configured"}"#),
             );
             let id = request_id(session.req_header());
-            write_reply(session, &reply, &id).await?;
+            self.write_reply(session, &reply, &id).await?;
             return Ok(true);
         }
         Ok(false)
@@ -504,8 +539,14 @@ impl ProxyHttp for BatchGate {
     /// A client that left before its answer was written is not the proxy's error (nginx logs
     /// "client prematurely closed connection" at info): pingora's ERROR line for it is
     /// dropped, the request is counted with `status_class="error"` and logged at debug.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        let client_gone = e.esource() == &ErrorSource::Downstream
+    fn suppress_error_log(&self, session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        let downstream = e.esource() == &ErrorSource::Downstream;
+        if downstream && e.etype() == &ErrorType::WriteTimedout {
+            self.client_send_timed_out(session);
+            tracing::debug!("pass-through client took nothing for client_send_timeout: {e}");
+            return true;
+        }
+        let client_gone = downstream
             && matches!(
                 e.etype(),
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError

@@ -39,6 +39,7 @@ const METRICS: &[(&str, bool)] = &[
     ("batchgate_client_timeouts_total", false),
     ("batchgate_client_heads_too_large_total", false),
     ("batchgate_client_tls_handshake_failures_total", false),
+    ("batchgate_client_h2_premature_reset_closes_total", false),
     ("batchgate_admission_queued_items", false),
     ("batchgate_admission_held_bytes", false),
     ("batchgate_config_reloads_total", false),

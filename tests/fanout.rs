@@ -288,7 +288,7 @@ async fn a_missing_reply_field_is_counted() {
     let items = |outcome| metrics.sum("batchgate_items_total", &[("outcome", outcome)]);
     assert_eq!((items("upstream_error"), items("2xx")), (1.0, 1.0));
     assert_eq!(
-        metrics.sum("batchgate_batches_total", &[("result", "partial")]),
+        metrics.sum("batchgate_batches_total", &[("outcome", "partial")]),
         1.0
     );
 }

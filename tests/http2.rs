@@ -264,3 +264,171 @@ async fn a_stalled_h2c_preface_is_cut_at_the_header_timeout() {
         1.0
     );
 }
+
+/// A client that grants no flow-control window (`INITIAL_WINDOW_SIZE = 0`, never a
+/// WINDOW_UPDATE) gets its reply's HEADERS but no DATA: the stream is reset once no byte
+/// could be written for `client_send_timeout`, counted as a `send` timeout, and what the reply
+/// held is released (the admission's held bytes go back to zero), while another client on
+/// the same listener is answered all along (issue 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_grants_no_window_is_cut_at_the_send_timeout() {
+    let backend = Upstream::echo().await;
+    let text = config(&backend.host_port())
+        .replace("h2c = true", "h2c = true\nclient_send_timeout = \"1s\"");
+    let gate = common::gate::start(&text).await;
+    let tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let items: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"id":"{i}","method":"GET","url":"/v2/file/{i}?pad={}"}}"#,
+                "p".repeat(500)
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"requests":[{}]}}"#, items.join(","));
+    let (response, mut send) = client
+        .send_request(post(gate.addr, body.len()), false)
+        .expect("send");
+    send.send_data(Bytes::from(body), true).expect("body");
+    let started = Instant::now();
+    let response = response.await.expect("reply head");
+    assert_eq!(response.status(), 200);
+    let mut reply = response.into_body();
+    let cut = tokio::time::timeout(Duration::from_secs(5), reply.data()).await;
+    let error = match cut {
+        Ok(Some(Err(e))) => e,
+        other => panic!("no reset within 5 s: {other:?}"),
+    };
+    assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // Another client is served meanwhile and after.
+    let other = common::client::post_json(
+        gate.addr,
+        "/v2/batch",
+        r#"{"requests":[{"id":"1","method":"GET","url":"/v2/x"}]}"#,
+    )
+    .await;
+    assert_eq!(other.status, 200);
+    let metrics =
+        common::prom::scrape_until(gate.admin, Duration::from_secs(5), "cut counted", |s| {
+            s.sum("batchgate_client_timeouts_total", &[("phase", "send")]) >= 1.0
+        })
+        .await;
+    assert_eq!(metrics.value("batchgate_admission_held_bytes", &[]), 0.0);
+}
+
+/// Opens a stream carrying a two-item batch (each item takes 300 ms upstream) and resets it
+/// 20 ms later; `Err` once the connection is gone.
+async fn open_and_reset(
+    client: &mut h2::client::SendRequest<Bytes>,
+    addr: std::net::SocketAddr,
+) -> Result<(), h2::Error> {
+    let body = r#"{"requests":[{"id":"1","method":"GET","url":"/v2/a"},{"id":"2","method":"GET","url":"/v2/b"}]}"#;
+    let mut ready = client.clone().ready().await?;
+    let (_response, mut send) = ready.send_request(post(addr, body.len()), false)?;
+    send.send_data(Bytes::from_static(body.as_bytes()), true)?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    send.send_reset(h2::Reason::CANCEL);
+    *client = ready;
+    Ok(())
+}
+
+/// A client that opens streams and resets each right after (HEADERS then RST_STREAM 20 ms
+/// later, the "rapid reset" follow-up) gets its connection closed once it has done so
+/// `client_h2_max_premature_resets` times (counted), and the items its cancelled batches had
+/// already sent keep their permits until they end: the upstream never sees more than
+/// `max_in_flight` at once, and no queued item of a reset batch is ever sent (issue 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_right_after_they_open_are_bounded() {
+    let backend = Upstream::with_handler(|_| {
+        common::upstream::Reply::json(200, "{}").with_delay(300)
+    })
+    .await;
+    let text = config(&backend.host_port()).replace(
+        "h2c = true",
+        "h2c = true\nmax_in_flight = 4\nclient_h2_max_premature_resets = 10",
+    );
+    let gate = common::gate::start(&text).await;
+    let tcp = tokio::net::TcpStream::connect(gate.addr).await.expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut opened = 0;
+    for _ in 0..200 {
+        if open_and_reset(&mut client, gate.addr).await.is_err() {
+            break;
+        }
+        opened += 1;
+    }
+    assert!(
+        (10..40).contains(&opened),
+        "closed after {opened} reset streams"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(closed.is_ok(), "the connection is closed");
+    let metrics = common::prom::scrape_until(gate.admin, Duration::from_secs(5), "counted", |s| {
+        s.sum("batchgate_client_h2_premature_reset_closes_total", &[]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.sum("batchgate_client_h2_premature_reset_closes_total", &[]),
+        1.0
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(backend.peak() <= 4, "upstream peak {} > max_in_flight", backend.peak());
+    // Another client is served as usual.
+    let reply = common::client::post_json(
+        gate.addr,
+        "/v2/batch",
+        r#"{"requests":[{"id":"1","method":"GET","url":"/v2/x"}]}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+}
+
+/// An HTTP/2 request head that stalls (a HEADERS frame without END_HEADERS, and no
+/// CONTINUATION) is cut at `client_header_timeout` like an HTTP/1.1 head, counted as a
+/// `head` timeout; it used to wait for the 60 s idle timeout, uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_header_block_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Upstream::echo().await;
+    let text = config(&backend.host_port())
+        .replace("h2c = true", "h2c = true\nclient_header_timeout = \"1s\"");
+    let gate = common::gate::start(&text).await;
+    let mut tcp = tokio::net::TcpStream::connect(gate.addr).await.expect("connect");
+    // Preface, empty SETTINGS, then HEADERS on stream 1 with END_STREAM but not END_HEADERS
+    // (flags 0x1) and a one-byte block (an indexed `:method: GET`).
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x01\x01\x01\0\0\0\x01\x82")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the connection is closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let metrics = common::prom::scrape_until(gate.admin, Duration::from_secs(5), "counted", |s| {
+        s.sum("batchgate_client_timeouts_total", &[("phase", "head")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "head")]),
+        1.0
+    );
+}

@@ -533,15 +533,24 @@ async fn upstream_failures_per_element() {
         "http503 and the relayed application error"
     );
     assert_eq!(items("2xx"), 10.0, "the neighbours only");
-    let batches = |result: &str| {
-        metrics
+    // A batch is counted once its reply is out (pingora's logging phase): wait for the last.
+    let batches = |scrape: &common::prom::Scrape, outcome: &str| {
+        scrape
             .get(
                 "batchgate_batches_total",
-                &[("route", "rpc"), ("result", result)],
+                &[("route", "rpc"), ("outcome", outcome)],
             )
             .unwrap_or(0.0)
     };
-    assert_eq!((batches("partial"), batches("ok")), (5.0, 0.0));
+    let metrics =
+        common::prom::scrape_until(gate.admin, Duration::from_secs(5), "5 batches", |s| {
+            batches(s, "partial") + batches(s, "ok") >= 5.0
+        })
+        .await;
+    assert_eq!(
+        (batches(&metrics, "partial"), batches(&metrics, "ok")),
+        (5.0, 0.0)
+    );
 }
 
 /// Proves a refused connection fails only the elements that went to the dead address

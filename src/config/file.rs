@@ -44,6 +44,7 @@ pub struct ServerSection {
     pub max_client_connections: Option<i64>,
     pub client_max_head_bytes: Option<i64>,
     pub client_max_h2_streams: Option<i64>,
+    pub client_h2_max_premature_resets: Option<i64>,
     pub client_send_timeout: Option<String>,
     pub tls_listen: Option<Vec<String>>,
     pub h2c: Option<bool>,

@@ -107,6 +107,9 @@ pub struct ClientLimits {
     pub send_timeout: Duration,
     /// Requests one HTTP/2 client connection may have open at once (its SETTINGS).
     pub max_h2_streams: usize,
+    /// Streams an HTTP/2 client may reset within 1 s of opening them before its connection
+    /// is closed (once they are also half of its streams).
+    pub max_h2_premature_resets: u64,
 }
 
 /// One upstream API.

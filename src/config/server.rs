@@ -41,6 +41,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_POOL_SIZE: i64 = 100_000;
 /// Concurrent streams per h2c connection unless configured.
 pub const DEFAULT_MAX_H2_STREAMS: usize = 100;
+/// Streams an HTTP/2 client may reset right after opening them before its connection closes
+/// (Envoy closes at half of 500 streams; the ratio rule keeps a client that cancels now and
+/// then, a browser leaving a page, far from it).
+pub const DEFAULT_H2_MAX_PREMATURE_RESETS: usize = 100;
 
 /// How long a kept-alive client connection may wait for its next request (nginx's
 /// `keepalive_timeout` is 75 s, Envoy's HTTP `idle_timeout` 1 h; an idle connection costs a
@@ -215,6 +219,14 @@ fn client_limits(section: &ServerSection, problems: &mut Problems) -> ClientLimi
             &["server", "client_max_h2_streams"],
             problems,
         ),
+        max_h2_premature_resets: bounded(
+            section.client_h2_max_premature_resets,
+            DEFAULT_H2_MAX_PREMATURE_RESETS,
+            1,
+            1_000_000,
+            &["server", "client_h2_max_premature_resets"],
+            problems,
+        ) as u64,
     }
 }
 

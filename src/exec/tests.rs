@@ -182,7 +182,9 @@ async fn deadline_returns_partial_results_in(spawn: bool) {
     assert_eq!(global.in_use(), 0);
 }
 
-/// Dropping the batch (client gone) aborts queued items and returns every permit.
+/// Dropping the batch (client gone) never starts its queued items; the two already sent keep
+/// their permits until their exchanges end (so cancelled batches cannot push the upstream
+/// past the global limit), then every permit is back.
 async fn cancellation_stops_unstarted_items_and_frees_permits_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let global = Permits::new(8);
@@ -192,6 +194,9 @@ async fn cancellation_stops_unstarted_items_and_frees_permits_in(spawn: bool) {
     let observer = Arc::new(NoObserver);
     let batch = run(&l, share(&global, &me), items, &fake, &observer);
     let _ = tokio::time::timeout(Duration::from_millis(150), batch).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(global.in_use(), 2, "sent items keep their permits");
+    assert_eq!(fake.started.lock().expect("test mutex").len(), 4);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(fake.started.lock().expect("test mutex").len(), 4);
     assert_eq!(global.in_use(), 0);
@@ -291,9 +296,12 @@ async fn stop_signal_answers_with_what_finished_in(spawn: bool) {
         out[2].failure_kind(),
         Some(FailureKind::BatchDeadline)
     ));
-    // Aborted tasks drop their permits when the runtime next runs them.
+    // The item already sent runs to its end with its permit; the queued one never started.
     tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(global.in_use(), 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(global.in_use(), 0);
+    assert_eq!(fake.started.lock().expect("test mutex").len(), 2);
 }
 
 /// Every scenario above, run both ways: items polled inside the batch's task (the default,

@@ -3,6 +3,7 @@
 //! socket wrapper (`stream.rs`), which enforces it, and the proxy's filters, which move it
 //! from phase to phase.
 
+use super::h2_frames::Pending;
 use super::stream::DeadlineStream;
 use crate::config::ClientLimits;
 use crate::metrics::ClientMetrics;
@@ -69,6 +70,8 @@ struct ClockState {
     head_bytes: usize,
     /// The phase whose deadline passed, once one has.
     expired: Option<Phase>,
+    /// The connection speaks HTTP/2: its frames set the deadlines (`h2_frames.rs`).
+    multiplexed: bool,
 }
 
 impl ClientClock {
@@ -84,6 +87,7 @@ impl ClientClock {
                 body_bytes: 0,
                 head_bytes: 0,
                 expired: None,
+                multiplexed: false,
             }),
             metrics,
         }
@@ -138,13 +142,40 @@ impl ClientClock {
     }
 
     /// The connection speaks HTTP/2: its requests are streams that share it, so no one
-    /// request's phase is the connection's. Per-connection read deadlines stop; pingora's
-    /// `h2_idle_timeout` (set to `client_idle_timeout`) closes it when no stream is open, and
-    /// the send timeout still holds.
+    /// request's phase is the connection's. From here its frames set the read deadline
+    /// (`frames_pending`): a half-received frame or header block has the header timeout (a
+    /// DATA frame the body timeout); pingora's `h2_idle_timeout` (set to
+    /// `client_idle_timeout`) closes it when no stream is open, and the send timeout holds.
     pub fn multiplexed(&self) {
         let mut state = self.lock();
         state.phase = Phase::Answering;
         state.deadline = None;
+        state.multiplexed = true;
+    }
+
+    pub(super) fn is_multiplexed(&self) -> bool {
+        self.lock().multiplexed
+    }
+
+    /// An HTTP/2 connection's deadline after its latest frames: none while nothing is half
+    /// received.
+    pub(super) fn frames_pending(&self, pending: Pending) {
+        let mut state = self.lock();
+        let (phase, deadline) = match pending {
+            Pending::Nothing => (Phase::Answering, None),
+            Pending::Head(since) => (Phase::Head, Some(since + self.limits.header_timeout)),
+            Pending::Body(since) => (Phase::Body, Some(since + self.limits.body_timeout)),
+        };
+        state.phase = phase;
+        state.deadline = deadline;
+    }
+
+    /// The HTTP/2 connection is closed for resetting too many streams right after opening
+    /// them (counted).
+    pub(super) fn premature_resets(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.h2_premature_resets.inc();
+        }
     }
 
     /// The TLS handshake failed (counted; the connection is dropped).
@@ -173,6 +204,11 @@ impl ClientClock {
             return true;
         }
         let mut state = self.lock();
+        // HTTP/2 frames set their own deadlines (`frames_pending`); no head limit applies
+        // to a connection's stream of frames (pingora bounds each header block).
+        if state.multiplexed {
+            return true;
+        }
         match state.phase {
             Phase::Idle => {
                 state.phase = Phase::Head;

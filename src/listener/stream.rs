@@ -3,6 +3,7 @@
 //! progress for `client_send_timeout` fails. Everything else is delegated to the socket.
 
 use super::clock::ClientClock;
+use super::h2_frames::FrameWatch;
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -33,6 +34,8 @@ pub struct DeadlineStream {
     write_timer: Option<Pin<Box<Sleep>>>,
     /// Bytes `try_peek` read (at most one HTTP/2 preface), handed out again by the next reads.
     peeked: Vec<u8>,
+    /// On an HTTP/2 connection, the client's frames as they pass (`h2_frames.rs`).
+    frames: Option<FrameWatch>,
 }
 
 impl DeadlineStream {
@@ -113,14 +116,48 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if !this.peeked.is_empty() {
+        let before = buf.filled().len();
+        let read = if !this.peeked.is_empty() {
             // Already counted by the clock when the peek read them.
             let n = this.peeked.len().min(buf.remaining());
             buf.put_slice(&this.peeked[..n]);
             this.peeked.drain(..n);
-            return Poll::Ready(Ok(()));
+            Poll::Ready(Ok(()))
+        } else {
+            this.poll_read_counted(cx, buf)
+        };
+        if matches!(read, Poll::Ready(Ok(()))) {
+            return this.watch_frames(&buf.filled()[before..]);
         }
-        this.poll_read_counted(cx, buf)
+        read
+    }
+}
+
+impl DeadlineStream {
+    /// On an HTTP/2 connection, reads the client's frame heads from `bytes`: what is half
+    /// received sets the connection's deadline, and a connection that resets too many
+    /// streams right after opening them is closed (the read fails).
+    fn watch_frames(&mut self, bytes: &[u8]) -> Poll<std::io::Result<()>> {
+        if self.frames.is_none() {
+            if !self.clock.is_multiplexed() {
+                return Poll::Ready(Ok(()));
+            }
+            let max = self.clock.limits.max_h2_premature_resets;
+            self.frames = Some(FrameWatch::new(max));
+        }
+        let Some(frames) = &mut self.frames else {
+            return Poll::Ready(Ok(()));
+        };
+        frames.feed(bytes, tokio::time::Instant::now());
+        if frames.too_many_premature_resets() {
+            self.clock.premature_resets();
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the client reset too many streams right after opening them",
+            )));
+        }
+        self.clock.frames_pending(frames.pending());
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -132,6 +169,7 @@ impl DeadlineStream {
             timer: None,
             write_timer: None,
             peeked: Vec::new(),
+            frames: None,
         }
     }
 

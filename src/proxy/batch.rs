@@ -208,7 +208,7 @@ impl BatchGate {
                 let reply = dialect
                     .reject(&rejection)
                     .with_retry_after(rejection.retry_after);
-                return finish(session, summary, &reply, &request_id).await;
+                return finish(self, session, summary, &reply, &request_id).await;
             }
         };
         summary.items = plan.items.len();
@@ -240,7 +240,7 @@ impl BatchGate {
         summary.failure_detail(&outcomes);
         let reply = dialect.encode(plan.meta, outcomes);
         summary.completed(classes, &reply);
-        finish(session, summary, &reply, &request_id).await
+        finish(self, session, summary, &reply, &request_id).await
     }
 
     /// Runs the items; `None` when the client went away (every item task is then aborted).
@@ -384,13 +384,14 @@ impl Observer for BatchObserver {
 }
 
 async fn finish(
+    gate: &BatchGate,
     session: &mut Session,
     summary: &mut BatchSummary,
     reply: &Reply,
     request_id: &str,
 ) -> Result<()> {
     summary.status = reply.status;
-    write_reply(session, reply, request_id).await
+    gate.write_reply(session, reply, request_id).await
 }
 
 /// Headers every child of this batch carries.
@@ -440,39 +441,68 @@ pub fn request_id(req: &RequestHeader) -> String {
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
-/// Writes a complete reply with `Content-Length` (keep-alive survives) and `X-Request-Id`.
-pub async fn write_reply(session: &mut Session, reply: &Reply, request_id: &str) -> Result<()> {
-    let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
-    if let Some(content_type) = &reply.content_type {
-        header.insert_header(CONTENT_TYPE, content_type)?;
-    }
-    if reply.status != 204 {
-        header.insert_header(CONTENT_LENGTH, reply.body.len())?;
-    }
-    header.insert_header(REQUEST_ID, request_id)?;
-    for (name, value) in &reply.headers {
-        header.insert_header(name, value)?;
-    }
-    let has_body = !reply.body.is_empty();
-    let mut written = session
-        .write_response_header(Box::new(header), !has_body)
-        .await;
-    if has_body && written.is_ok() {
-        written = session
-            .write_response_body(Some(reply.body.clone()), true)
+/// Largest piece of a reply body handed to an HTTP/2 stream at once: its write timeout then
+/// measures a stall (no window granted), not the time a large reply takes.
+const H2_REPLY_PIECE: usize = 64 * 1024;
+
+impl BatchGate {
+    /// Writes a complete reply with `Content-Length` (keep-alive survives) and `X-Request-Id`.
+    pub(crate) async fn write_reply(
+        &self,
+        session: &mut Session,
+        reply: &Reply,
+        request_id: &str,
+    ) -> Result<()> {
+        let h2 = session.downstream_session.is_http2();
+        let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
+        if let Some(content_type) = &reply.content_type {
+            header.insert_header(CONTENT_TYPE, content_type)?;
+        }
+        if reply.status != 204 {
+            header.insert_header(CONTENT_LENGTH, reply.body.len())?;
+        }
+        header.insert_header(REQUEST_ID, request_id)?;
+        for (name, value) in &reply.headers {
+            header.insert_header(name, value)?;
+        }
+        let has_body = !reply.body.is_empty();
+        let mut written = session
+            .write_response_header(Box::new(header), !has_body)
             .await;
+        let piece = if h2 {
+            H2_REPLY_PIECE
+        } else {
+            reply.body.len().max(1)
+        };
+        let mut at = 0;
+        while has_body && written.is_ok() && at < reply.body.len() {
+            let end = (at + piece).min(reply.body.len());
+            let last = end == reply.body.len();
+            written = session
+                .write_response_body(Some(reply.body.slice(at..end)), last)
+                .await;
+            at = end;
+        }
+        if let Err(e) = written {
+            // The client went away (or stopped reading) before its reply was out: nothing is
+            // wrong with the proxy, so no error for pingora to log as one; the connection, with
+            // part of a reply on it, is not kept.
+            session.set_keepalive(None);
+            if h2 && e.etype() == &ErrorType::WriteTimedout {
+                // The stream goes now, with the reply it holds; its connection and the
+                // client's other streams stay.
+                session
+                    .downstream_session
+                    .shutdown_with_reason(h2::Reason::CANCEL);
+                self.client_send_timed_out(session);
+            }
+            tracing::debug!(
+                request_id,
+                "the reply could not be written to the client: {e}"
+            );
+        }
+        Ok(())
     }
-    if let Err(e) = written {
-        // The client went away (or stopped reading) before its reply was out: nothing is
-        // wrong with the proxy, so no error for pingora to log as one; the connection, with
-        // part of a reply on it, is not kept.
-        session.set_keepalive(None);
-        tracing::debug!(
-            request_id,
-            "the reply could not be written to the client: {e}"
-        );
-    }
-    Ok(())
 }
 
 /// Longest header value (or forwarded address) that tells clients apart; longer ones are cut.

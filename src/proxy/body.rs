@@ -169,7 +169,12 @@ async fn read_body<D: Dialect>(
     let started = tokio::time::Instant::now();
     loop {
         let read = session.read_request_body();
-        let deadline = own_deadline.and_then(|l| body_deadline(l, started, body.len() as u64));
+        // The whole body within the body timeout and minimum rate, and (as over HTTP/1.1,
+        // nginx's `client_body_timeout`) each read within the body timeout of the last.
+        let deadline = own_deadline.and_then(|limits| {
+            let whole = body_deadline(limits, started, body.len() as u64)?;
+            Some(whole.min(tokio::time::Instant::now() + limits.body_timeout))
+        });
         let read = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
                 Ok(read) => read,
