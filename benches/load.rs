@@ -18,6 +18,8 @@
 //! * TLS (`load/tls.rs`): clients over TLS (kept-alive and one connection per request) and
 //!   items to a TLS upstream, beside nginx doing the same TLS work.
 //!
+//! * burst (`LOAD_ONLY=burst`, `load/overload.rs`): 6000 batches at once into a full queue:
+//!   batchgate's CPU per refusal and a pass-through probe meanwhile;
 //! * overload (`LOAD_ONLY=overload`, `load/overload.rs`): open-loop batches at 0.5x-10x the
 //!   capacity of a small batchgate, with admission on and off; `LOAD_ONLY=soak` runs 80% of
 //!   capacity for `SOAK_SECONDS` (default 120) and samples RSS and file descriptors.
@@ -87,6 +89,16 @@ async fn run() {
     let h2_slow = h2c::H2Upstream::start(Duration::from_millis(10), false).await;
     if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "overload") {
         overload_only(&slow, load_time).await;
+        return;
+    }
+    if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "burst") {
+        // Refusals must be cheap: admission decides from the request head (issue 26).
+        let gate = overload::start_gate(
+            slow.addr,
+            "max_client_connections = 10000\n[server.admission]\nqueue_budget = \"2s\"",
+        );
+        gate.wait_ready().await;
+        overload::burst(&gate, "admission (queue_budget 2 s)").await;
         return;
     }
     if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "soak") {

@@ -189,6 +189,42 @@ impl Ticket {
     }
 }
 
+/// The bytes of a batch body read so far, released when dropped (the batch's admission then
+/// holds them, or it was refused).
+#[derive(Debug)]
+pub struct BodyBytes {
+    admission: Arc<Admission>,
+    bytes: usize,
+}
+
+impl BodyBytes {
+    /// `n` more bytes arrived; refused when they would take the held bytes past the budget.
+    pub fn grow(&mut self, n: usize) -> Result<(), Refused> {
+        let max = self.admission.lock().limits.max_held_bytes;
+        let held = self.admission.held_bytes.fetch_add(n, Ordering::Relaxed) + n;
+        self.bytes += n;
+        self.admission.publish();
+        if held > max {
+            return Err(Refused {
+                why: Refusal::Memory,
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BodyBytes {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.admission
+                .held_bytes
+                .fetch_sub(self.bytes, Ordering::Relaxed);
+            self.admission.publish();
+        }
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let remaining = self.remaining.swap(0, Ordering::Relaxed);
@@ -254,6 +290,16 @@ impl Admission {
             remaining: AtomicUsize::new(items),
             bytes: AtomicUsize::new(bytes),
         })
+    }
+
+    /// A count of the bytes of one batch body as it is read, held against `max_held_bytes`
+    /// like admitted batches' bytes: bodies half sent over many connections and HTTP/2
+    /// streams then hold at most the budget, not connections × streams × `max_body_bytes`.
+    pub fn body_bytes(self: &Arc<Self>) -> BodyBytes {
+        BodyBytes {
+            admission: self.clone(),
+            bytes: 0,
+        }
     }
 
     /// The refusal every batch of `client` would get now, whatever its size, decided before

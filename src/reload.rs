@@ -62,6 +62,14 @@ impl Reloader {
         let result = match Config::from_path(&self.path) {
             Err(error) => Reloaded::Refused(error.to_string()),
             Ok(config) => {
+                if !current.routes.is_empty() && config.routes.is_empty() {
+                    // Valid, but most likely a file caught half-written by an editor or a
+                    // copy: say so loudly (it still applies, as the file says).
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        "config reload removes every batch route: batches are now passed through unchanged; write config files to a temporary name and rename them into place"
+                    );
+                }
                 let needs_upgrade = needs_upgrade(&current, &config);
                 self.target.apply(&config);
                 self.readiness

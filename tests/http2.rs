@@ -353,16 +353,16 @@ async fn open_and_reset(
 /// `max_in_flight` at once, and no queued item of a reset batch is ever sent (issue 26).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_reset_right_after_they_open_are_bounded() {
-    let backend = Upstream::with_handler(|_| {
-        common::upstream::Reply::json(200, "{}").with_delay(300)
-    })
-    .await;
+    let backend =
+        Upstream::with_handler(|_| common::upstream::Reply::json(200, "{}").with_delay(300)).await;
     let text = config(&backend.host_port()).replace(
         "h2c = true",
         "h2c = true\nmax_in_flight = 4\nclient_h2_max_premature_resets = 10",
     );
     let gate = common::gate::start(&text).await;
-    let tcp = tokio::net::TcpStream::connect(gate.addr).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
     let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let connection = tokio::spawn(connection);
     let mut opened = 0;
@@ -387,7 +387,11 @@ async fn streams_reset_right_after_they_open_are_bounded() {
         1.0
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(backend.peak() <= 4, "upstream peak {} > max_in_flight", backend.peak());
+    assert!(
+        backend.peak() <= 4,
+        "upstream peak {} > max_in_flight",
+        backend.peak()
+    );
     // Another client is served as usual.
     let reply = common::client::post_json(
         gate.addr,
@@ -408,12 +412,16 @@ async fn a_stalled_h2_header_block_is_cut_at_the_header_timeout() {
     let text = config(&backend.host_port())
         .replace("h2c = true", "h2c = true\nclient_header_timeout = \"1s\"");
     let gate = common::gate::start(&text).await;
-    let mut tcp = tokio::net::TcpStream::connect(gate.addr).await.expect("connect");
+    let mut tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
     // Preface, empty SETTINGS, then HEADERS on stream 1 with END_STREAM but not END_HEADERS
     // (flags 0x1) and a one-byte block (an indexed `:method: GET`).
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x01\x01\x01\0\0\0\x01\x82")
-        .await
-        .expect("write");
+    tcp.write_all(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x01\x01\x01\0\0\0\x01\x82",
+    )
+    .await
+    .expect("write");
     let started = Instant::now();
     let mut sink = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;

@@ -343,3 +343,45 @@ async fn the_forwarded_key_counts_by_the_last_hop() {
     assert_eq!(other.status, 200, "{}", other.body_str());
     assert_eq!(first.await.expect("first").status, 200);
 }
+
+/// Bodies still being read count against `max_held_bytes` too: while one client trickles a
+/// batch body it never finishes, another whose body would take the total over the budget is
+/// refused with 503 `memory`; once the first connection is gone, it is admitted. Memory for
+/// half-sent bodies is so bounded by configuration, whatever the number of connections and
+/// HTTP/2 streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_being_read_count_against_the_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = slow_upstream(0).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("[server.admission]")
+        .server("max_held_bytes = 2048")
+        .start()
+        .await;
+    let mut stalled = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let body = format!("{{\"requests\":[{}", " ".repeat(1500));
+    let head = format!(
+        "POST {BATCH_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1600\r\n\r\n"
+    );
+    stalled.write_all(head.as_bytes()).await.expect("head");
+    stalled.write_all(body.as_bytes()).await.expect("body");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = scrape(gate.admin)
+        .await
+        .value("batchgate_admission_held_bytes", &[]);
+    assert!(held >= 1500.0, "the half-read body is held: {held}");
+    let padded = batch(vec![item_with_body(
+        "1",
+        "POST",
+        "/file/get",
+        json!({"pad": "x".repeat(700)}),
+    )]);
+    let refused = client::post_json(gate.addr, BATCH_PATH, &padded).await;
+    assert_rejected(&refused, 503, "ServiceUnavailable.Memory");
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = client::post_json(gate.addr, BATCH_PATH, &padded).await;
+    assert_eq!(again.status, 200, "{}", again.body_str());
+}

@@ -329,3 +329,99 @@ async fn light_client(addr: SocketAddr, stop: Instant) -> Mutex<Vec<Duration>> {
     }
     latencies
 }
+
+/// Batches in the burst scenario, all sent at once, each on its own connection.
+const BURST: usize = 6000;
+
+/// The burst: `BURST` 100-item batches at once against a gate already busy with a full queue
+/// (the flood keeps `max_in_flight` and the queue filled), so nearly all of them are refused.
+/// Prints batchgate's CPU per refusal (its CPU over the burst, less what the same time costs
+/// with the flood alone, over the refusals) and a pass-through probe's latency meanwhile.
+pub async fn burst(gate: &Gate, label: &str) {
+    let stop = Instant::now() + Duration::from_secs(30);
+    let filling = tokio::spawn(fill(gate.addr, stop));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The flood alone, for as long as the burst will take (measured below, about a second).
+    let window = Duration::from_secs(2);
+    let before = gate.cpu_seconds();
+    tokio::time::sleep(window).await;
+    let flood_cpu_per_second = (gate.cpu_seconds() - before) / window.as_secs_f64();
+
+    let call = Arc::new(flood_call());
+    let probe_latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let before = gate.cpu_seconds();
+    let probe = tokio::spawn(probe_passthrough(
+        gate.addr,
+        started + Duration::from_millis(1500),
+        probe_latencies.clone(),
+    ));
+    let outcomes: Vec<_> = (0..BURST)
+        .map(|_| {
+            let (addr, call) = (gate.addr, call.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn::connect(&Target::Plain(addr)).await.ok()?;
+                match tokio::time::timeout(DEADLINE * 2, conn.send(&call.raw)).await {
+                    Ok(Ok((status, _))) => Some(status),
+                    // Refused from the head, the connection closes over the unread body: the
+                    // client may see the reset before the answer.
+                    Ok(Err(_)) => Some(0),
+                    Err(_) => None,
+                }
+            })
+        })
+        .collect();
+    let mut refused = 0u64;
+    let mut reset = 0u64;
+    let mut admitted = 0u64;
+    let mut lost = 0u64;
+    for outcome in outcomes {
+        match outcome.await.ok().flatten() {
+            Some(503 | 429) => refused += 1,
+            Some(0) => reset += 1,
+            Some(_) => admitted += 1,
+            None => lost += 1,
+        }
+    }
+    let took = started.elapsed();
+    let cpu = gate.cpu_seconds() - before;
+    let _ = probe.await;
+    filling.abort();
+    let refusals = refused + reset;
+    let extra = (cpu - flood_cpu_per_second * took.as_secs_f64()).max(0.0);
+    let probe = Mutex::new(std::mem::take(&mut *probe_latencies.lock().expect("probe")));
+    println!();
+    println!("burst, {label}: {BURST} batches of 100 items at once, each on its own connection, into a full queue");
+    println!("| answered in s | refused (503/429) | reset before the answer | admitted | lost | batchgate CPU s | CPU per refusal us (flood's own CPU removed) | pass-through probe max / p99 ms |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {:.2} | {refused} | {reset} | {admitted} | {lost} | {cpu:.2} | {:.0} | {:.1} / {:.1} |",
+        took.as_secs_f64(),
+        extra / refusals.max(1) as f64 * 1e6,
+        quantile(&probe, 1.0),
+        quantile(&probe, 0.99),
+    );
+}
+
+/// Keeps `max_in_flight` busy and the queue full until `stop`: 40 clients, each a 100-item
+/// batch after another.
+async fn fill(addr: SocketAddr, stop: Instant) {
+    let call = Arc::new(flood_call());
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                while Instant::now() < stop {
+                    let Ok(mut conn) = Conn::connect(&Target::Plain(addr)).await else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    while Instant::now() < stop && conn.send(&call.raw).await.is_ok() {}
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        let _ = client.await;
+    }
+}

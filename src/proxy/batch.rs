@@ -187,13 +187,17 @@ impl BatchGate {
                 .refuse_early(&client, declared.unwrap_or(0))
                 .map(refusal)
         };
-        let read = read_batch(session, route, dialect, &self.client_limits, admission)
+        let mut held = self.admission.body_bytes();
+        let limits = &self.client_limits;
+        let read = read_batch(session, route, dialect, limits, admission, &mut held)
             .await
             .inspect_err(|e| summary.client_left(e))?;
         let decoded = read.and_then(|body| {
             let plan = decode(session.req_header(), dialect, &body)?;
             let refused = plan.items.iter().filter(|item| item.is_err()).count();
             let to_send = plan.items.len() - refused;
+            // The admission holds the body's bytes from here (or refuses it).
+            drop(held);
             let ticket = self
                 .admission
                 .admit(client, to_send, body.len())
@@ -309,7 +313,7 @@ impl BatchGate {
 
 /// An admission refusal (`crate::admission`) as a whole-batch rejection with its
 /// `Retry-After`.
-fn refusal(refused: Refused) -> Rejection {
+pub(super) fn refusal(refused: Refused) -> Rejection {
     let mut rejection = Rejection::new(
         refused.why.kind(),
         refused.why.code(),

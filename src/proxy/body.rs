@@ -6,6 +6,7 @@
 //! unread body would otherwise be taken for the next request.
 
 use super::Route;
+use crate::admission::BodyBytes;
 use crate::config::ClientLimits;
 use crate::dialect::{is_utf8_charset, Dialect, Rejection, RejectionKind};
 use crate::listener::{body_deadline, ClientClock, Phase};
@@ -30,6 +31,7 @@ pub(super) async fn read_batch<D: Dialect>(
     dialect: &D,
     client: &ClientLimits,
     admission: impl FnOnce(Option<usize>) -> Option<Rejection>,
+    held: &mut BodyBytes,
 ) -> Result<std::result::Result<Bytes, Rejection>> {
     let header = session.req_header();
     let declared = declared_length(header);
@@ -53,7 +55,7 @@ pub(super) async fn read_batch<D: Dialect>(
         session.write_continue_response().await?;
     }
     let own_deadline = ClientClock::of(session).is_none().then_some(client);
-    let read = read_body(session, dialect, declared, limit, own_deadline).await;
+    let read = read_body(session, dialect, declared, limit, own_deadline, held).await;
     // Read (or refused, and the connection then closes): no deadline while the batch runs.
     if let Some(clock) = ClientClock::of(session) {
         clock.body_done();
@@ -154,14 +156,16 @@ fn unsupported_media_type<D: Dialect>(content_type: Option<&[u8]>, dialect: &D) 
     }
 }
 
-/// Reads the body, refusing it as soon as it grows past `limit`; with `own_deadline`, also
-/// once it is later than the body timeout and minimum rate allow.
+/// Reads the body, refusing it as soon as it grows past `limit` or its bytes would take the
+/// admission's held bytes past the memory budget (`held`); with `own_deadline`, also once it
+/// is later than the body timeout and minimum rate allow.
 async fn read_body<D: Dialect>(
     session: &mut Session,
     dialect: &D,
     declared: Option<usize>,
     limit: usize,
     own_deadline: Option<&ClientLimits>,
+    held: &mut BodyBytes,
 ) -> Result<std::result::Result<BytesMut, Rejection>> {
     // Reserve little up front: a declared length is only a claim, and a client that
     // declares `max_body_bytes` and then sends nothing should not hold that much per connection.
@@ -190,6 +194,10 @@ async fn read_body<D: Dialect>(
         if body.len() + chunk.len() > limit {
             session.set_keepalive(None);
             return Ok(Err(too_large(limit)));
+        }
+        if let Err(refused) = held.grow(chunk.len()) {
+            session.set_keepalive(None);
+            return Ok(Err(super::batch::refusal(refused)));
         }
         body.extend_from_slice(&chunk);
     }
