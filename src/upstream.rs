@@ -533,37 +533,43 @@ impl UpstreamClient {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
         };
-        let failure = match h2::exchange(streams, peer, request, batch, |reused| {
-            self.count_connection(reused)
-        })
-        .await
-        {
-            Ok(response) => return Outcome::Response(response),
-            Err(h2::H2Error::Pingora {
-                mut error,
-                reused,
-                sent,
-            }) => {
-                // pingora's rule: `ReusedOnly` errors are retryable only on a reused pooled
-                // connection, i.e. the upstream closed it while idle and saw nothing.
-                error.retry.decide_reuse(reused);
-                if !error.retry() {
-                    return Outcome::Failed(h2::pingora_failure(&error, sent));
+        // A stream the upstream refused unprocessed (a graceful GOAWAY whose last stream id
+        // is below it, REFUSED_STREAM, or a pooled connection it had closed) goes to the next
+        // connection: nothing of it was acted on, so it may go again whatever its method,
+        // until it is answered, fails otherwise, or runs out of `UNPROCESSED_ATTEMPTS` (an
+        // upstream that takes one stream per connection needs one round per item in flight).
+        let mut attempts = 0;
+        let failure = loop {
+            attempts += 1;
+            let exchanged = h2::exchange(streams, peer, request, batch, |reused| {
+                self.count_connection(reused)
+            })
+            .await;
+            match exchanged {
+                Ok(response) => return Outcome::Response(response),
+                Err(h2::H2Error::Pingora {
+                    mut error,
+                    reused,
+                    sent,
+                }) => {
+                    // pingora's rule: `ReusedOnly` errors are retryable only on a reused
+                    // pooled connection, i.e. the upstream closed it while idle and saw nothing.
+                    error.retry.decide_reuse(reused);
+                    if !error.retry() || attempts >= UNPROCESSED_ATTEMPTS {
+                        return Outcome::Failed(h2::pingora_failure(&error, sent));
+                    }
                 }
-                match h2::exchange(streams, peer, request, batch, |reused| {
-                    self.count_connection(reused)
-                })
-                .await
-                {
-                    Ok(response) => return Outcome::Response(response),
-                    Err(second) => second,
-                }
+                Err(other) => break other,
             }
-            Err(other) => other,
         };
         Outcome::Failed(failure.into_failure())
     }
 }
+
+/// Attempts of one HTTP/2 item whose stream the upstream refused unprocessed, before the
+/// refusal is its answer. Each round opens at most one connection per address, shared by
+/// every item waiting (`h2_streams.rs`).
+const UNPROCESSED_ATTEMPTS: u32 = 32;
 
 /// The one rule, for every upstream protocol, of which response headers an item keeps: what
 /// describes the resource. Hop-by-hop headers and `Content-Length` describe this message on
