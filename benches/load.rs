@@ -93,12 +93,10 @@ async fn run() {
     }
     if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "burst") {
         // Refusals must be cheap: admission decides from the request head (issue 26).
-        let gate = overload::start_gate(
-            slow.addr,
-            "max_client_connections = 10000\n[server.admission]\nqueue_budget = \"2s\"",
-        );
+        let stuck = start_upstream(Duration::from_secs(30)).await;
+        let gate = overload::start_burst_gate(stuck.addr, fast.addr);
         gate.wait_ready().await;
-        overload::burst(&gate, "admission (queue_budget 2 s)").await;
+        overload::burst(&gate, "queue full").await;
         return;
     }
     if std::env::var("LOAD_ONLY").is_ok_and(|o| o == "soak") {

@@ -616,3 +616,36 @@ pub fn h1_response(data: &[u8]) {
         );
     }
 }
+
+/// The HTTP/2 frame-head reader on arbitrary client bytes (first byte: the size of the pieces
+/// they arrive in, 1..=64): read whole or in pieces, it sees the same streams, the same
+/// premature resets and the same half-received frame; it never remembers more streams than
+/// its bound; and it never panics.
+pub fn h2_frames(data: &[u8]) {
+    use batchgate::listener::{FrameWatch, Pending, MAX_REMEMBERED_STREAMS};
+    let Some((&control, bytes)) = data.split_first() else {
+        return;
+    };
+    let piece = usize::from(control & 0x3f) + 1;
+    let now = tokio::time::Instant::now();
+    let mut whole = FrameWatch::new(3);
+    whole.feed(bytes, now);
+    let mut pieces = FrameWatch::new(3);
+    for chunk in bytes.chunks(piece) {
+        pieces.feed(chunk, now);
+        assert!(pieces.remembered() <= MAX_REMEMBERED_STREAMS);
+    }
+    assert_eq!(whole.counts(), pieces.counts());
+    assert_eq!(
+        whole.too_many_premature_resets(),
+        pieces.too_many_premature_resets()
+    );
+    let kind = |p: Pending| match p {
+        Pending::Nothing => 0,
+        Pending::Head(_) => 1,
+        Pending::Body(_) => 2,
+    };
+    assert_eq!(kind(whole.pending()), kind(pieces.pending()));
+    let (streams, premature) = whole.counts();
+    assert!(premature <= streams);
+}

@@ -29,6 +29,7 @@ mod tls;
 mod workers;
 
 pub use clock::{body_deadline, ClientClock, Phase};
+pub use h2_frames::{FrameWatch, Pending, MAX_REMEMBERED_STREAMS};
 pub use stream::DeadlineStream;
 pub use tls::TlsConn;
 pub use workers::Workers;

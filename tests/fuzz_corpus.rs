@@ -59,3 +59,10 @@ fn h1_response_corpus() {
 fn multipart_corpus() {
     replay("multipart", props::multipart);
 }
+
+/// Every HTTP/2 frame-head corpus input: the same streams, resets and half-received frame
+/// whatever pieces the bytes come in; bounded memory.
+#[test]
+fn h2_frames_corpus() {
+    replay("h2_frames", props::h2_frames);
+}

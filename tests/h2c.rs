@@ -330,7 +330,9 @@ async fn an_answer_sent_before_the_whole_body_is_the_items_answer() {
 async fn streams_refused_by_a_graceful_goaway_go_to_a_new_connection() {
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let answered = Arc::new(AtomicU64::new(0));
     let connections = Arc::new(AtomicU64::new(0));
@@ -377,6 +379,10 @@ async fn streams_refused_by_a_graceful_goaway_go_to_a_new_connection() {
     let responses = json["responses"].as_array().expect("responses");
     let failed: Vec<_> = responses.iter().filter(|r| r["status"] != 200).collect();
     assert!(failed.is_empty(), "{failed:?}");
-    assert_eq!(answered.load(Ordering::Relaxed), 16, "each item answered once");
+    assert_eq!(
+        answered.load(Ordering::Relaxed),
+        16,
+        "each item answered once"
+    );
     server.abort();
 }

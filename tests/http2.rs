@@ -440,3 +440,33 @@ async fn a_stalled_h2_header_block_is_cut_at_the_header_timeout() {
         1.0
     );
 }
+
+/// A stream that sends a large part of its body at once and then nothing is cut one body
+/// timeout after its last read, as over HTTP/1.1, not only at the whole-body deadline (which
+/// 100 KB at `client_body_min_rate` 1000 B/s would put 100 s out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_body_that_stops_after_a_burst_gets_408_after_one_body_timeout() {
+    let backend = Upstream::echo().await;
+    let text = config(&backend.host_port())
+        .replace("client_body_min_rate = 0", "client_body_min_rate = 1000");
+    let gate = common::gate::start(&text).await;
+    let mut client = connect(gate.addr).await;
+    let (stalled, mut body) = client
+        .send_request(post(gate.addr, 200_000), false)
+        .expect("send");
+    let mut burst = b"{\"requests\":[".to_vec();
+    burst.resize(100_000, b' ');
+    body.send_data(Bytes::from(burst), false).expect("data");
+    let started = Instant::now();
+    let stalled = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("an answer within 10 s")
+        .expect("response");
+    assert_eq!(stalled.status(), 408);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(body);
+}

@@ -333,24 +333,77 @@ async fn light_client(addr: SocketAddr, stop: Instant) -> Mutex<Vec<Duration>> {
 /// Batches in the burst scenario, all sent at once, each on its own connection.
 const BURST: usize = 6000;
 
-/// The burst: `BURST` 100-item batches at once against a gate already busy with a full queue
-/// (the flood keeps `max_in_flight` and the queue filled), so nearly all of them are refused.
-/// Prints batchgate's CPU per refusal (its CPU over the burst, less what the same time costs
-/// with the flood alone, over the refusals) and a pass-through probe's latency meanwhile.
-pub async fn burst(gate: &Gate, label: &str) {
-    let stop = Instant::now() + Duration::from_secs(30);
-    let filling = tokio::spawn(fill(gate.addr, stop));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // The flood alone, for as long as the burst will take (measured below, about a second).
-    let window = Duration::from_secs(2);
-    let before = gate.cpu_seconds();
-    tokio::time::sleep(window).await;
-    let flood_cpu_per_second = (gate.cpu_seconds() - before) / window.as_secs_f64();
+/// A batchgate whose queue stays full: the route's upstream (`stuck`) answers after 30 s,
+/// `max_in_flight` and the queue hold 100 items each, so two 100-item batches fill both and
+/// every later batch is refused until they end. Pass-through goes to `fast`.
+pub fn start_burst_gate(stuck: SocketAddr, fast: SocketAddr) -> Gate {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let dir = std::env::temp_dir().join(format!("batchgate-burst-{}", std::process::id()));
+    let config = format!(
+        r#"
+[server]
+listen = ["{addr}"]
+threads = 2
+max_in_flight = 100
+max_client_connections = 10000
+default_upstream = "fast"
+pid_file = "{dir}/batchgate.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+grace_period = "1s"
+graceful_shutdown_timeout = "1s"
 
+[server.admission]
+max_queued_items = 100
+client_key = "header:x-api-key"
+
+[admin]
+enabled = false
+
+[upstreams.fast]
+addresses = ["{fast}"]
+
+[upstreams.stuck]
+addresses = ["{stuck}"]
+read_timeout = "60s"
+
+[[routes]]
+name = "slow"
+path = "/slow/batch"
+dialect = "envelope"
+upstream = "stuck"
+base_path = "/v2"
+max_items = 100
+concurrency = 100
+item_timeout = "60s"
+batch_timeout = "60s"
+"#,
+        dir = dir.display(),
+    );
+    Gate::spawn(&config, addr, addr, dir)
+}
+
+/// The burst: two batches of two clients fill the queue, then `BURST` 100-item batches of a
+/// third come at once, each on its own connection, and every one is refused. Prints
+/// batchgate's CPU per refusal (all of its CPU over the burst: the queued items only wait)
+/// and a pass-through probe's latency meanwhile.
+pub async fn burst(gate: &Gate, label: &str) {
     let call = Arc::new(flood_call());
+    let filling: Vec<_> = ["fill-a", "fill-b"]
+        .into_iter()
+        .map(|key| {
+            let addr = gate.addr;
+            let call = with_header(batch_request("/slow/batch"), &format!("X-Api-Key: {key}"));
+            tokio::spawn(async move {
+                if let Ok(mut conn) = Conn::connect(&Target::Plain(addr)).await {
+                    let _ = conn.send(&call.raw).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let probe_latencies = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
-    let before = gate.cpu_seconds();
+    let before = super::procs::process_cpu_split(gate.child.id());
     let probe = tokio::spawn(probe_passthrough(
         gate.addr,
         started + Duration::from_millis(1500),
@@ -373,55 +426,37 @@ pub async fn burst(gate: &Gate, label: &str) {
         .collect();
     let mut refused = 0u64;
     let mut reset = 0u64;
-    let mut admitted = 0u64;
+    let mut other = 0u64;
     let mut lost = 0u64;
     for outcome in outcomes {
         match outcome.await.ok().flatten() {
             Some(503 | 429) => refused += 1,
             Some(0) => reset += 1,
-            Some(_) => admitted += 1,
+            Some(_) => other += 1,
             None => lost += 1,
         }
     }
     let took = started.elapsed();
-    let cpu = gate.cpu_seconds() - before;
+    let after = super::procs::process_cpu_split(gate.child.id());
+    let (user, system) = (after.0 - before.0, after.1 - before.1);
+    let cpu = user + system;
     let _ = probe.await;
-    filling.abort();
-    let refusals = refused + reset;
-    let extra = (cpu - flood_cpu_per_second * took.as_secs_f64()).max(0.0);
+    for fill in filling {
+        fill.abort();
+    }
     let probe = Mutex::new(std::mem::take(&mut *probe_latencies.lock().expect("probe")));
     println!();
     println!("burst, {label}: {BURST} batches of 100 items at once, each on its own connection, into a full queue");
-    println!("| answered in s | refused (503/429) | reset before the answer | admitted | lost | batchgate CPU s | CPU per refusal us (flood's own CPU removed) | pass-through probe max / p99 ms |");
+    println!("| answered in s | refused (503/429) | reset before the answer | other | lost | batchgate CPU s | CPU per refusal us (user + system) | pass-through probe max / p99 ms |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let per = |seconds: f64| seconds / (refused + reset).max(1) as f64 * 1e6;
     println!(
-        "| {:.2} | {refused} | {reset} | {admitted} | {lost} | {cpu:.2} | {:.0} | {:.1} / {:.1} |",
+        "| {:.2} | {refused} | {reset} | {other} | {lost} | {cpu:.2} | {:.0} ({:.0} + {:.0}) | {:.1} / {:.1} |",
         took.as_secs_f64(),
-        extra / refusals.max(1) as f64 * 1e6,
+        per(cpu),
+        per(user),
+        per(system),
         quantile(&probe, 1.0),
         quantile(&probe, 0.99),
     );
-}
-
-/// Keeps `max_in_flight` busy and the queue full until `stop`: 40 clients, each a 100-item
-/// batch after another.
-async fn fill(addr: SocketAddr, stop: Instant) {
-    let call = Arc::new(flood_call());
-    let clients: Vec<_> = (0..40)
-        .map(|_| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                while Instant::now() < stop {
-                    let Ok(mut conn) = Conn::connect(&Target::Plain(addr)).await else {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    while Instant::now() < stop && conn.send(&call.raw).await.is_ok() {}
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        let _ = client.await;
-    }
 }

@@ -6,6 +6,12 @@ use std::time::Duration;
 
 /// utime + stime of one process, in seconds (clock ticks of 10 ms).
 pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = process_cpu_split(pid);
+    user + system
+}
+
+/// utime and stime of one process, in seconds.
+pub fn process_cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -16,7 +22,7 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 /// CPU of `parent` and its children (nginx: the master and its workers), in seconds.

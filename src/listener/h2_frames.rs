@@ -32,7 +32,7 @@ pub const PREMATURE_RESET_WINDOW: Duration = Duration::from_secs(1);
 
 /// Streams remembered for the reset rule: a client cannot make this list grow without bound
 /// by opening streams faster than the window ages them out; the oldest go first.
-const MAX_REMEMBERED_STREAMS: usize = 1024;
+pub const MAX_REMEMBERED_STREAMS: usize = 1024;
 
 /// Which deadline the frames so far leave the connection under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +166,16 @@ impl FrameWatch {
     /// `max_premature`, and at least half of all it opened.
     pub fn too_many_premature_resets(&self) -> bool {
         self.premature >= self.max_premature && self.premature * 2 >= self.streams
+    }
+
+    /// Streams opened and streams reset prematurely so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.streams, self.premature)
+    }
+
+    /// Streams remembered for the reset rule (at most `MAX_REMEMBERED_STREAMS`).
+    pub fn remembered(&self) -> usize {
+        self.opened.len()
     }
 
     /// What is half received, and since when.
