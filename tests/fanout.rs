@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::client::{self, Response};
 use common::gate;
@@ -284,13 +285,13 @@ async fn a_missing_reply_field_is_counted() {
         "{failed}"
     );
     assert_eq!(failed["error"]["status"], 502, "{failed}");
-    let metrics = common::prom::scrape(gate.admin).await;
+    // The batch is counted once its reply is out (pingora's logging phase).
+    let metrics = common::prom::scrape_until(gate.admin, Duration::from_secs(5), "batch", |s| {
+        s.sum("batchgate_batches_total", &[("outcome", "partial")]) >= 1.0
+    })
+    .await;
     let items = |outcome| metrics.sum("batchgate_items_total", &[("outcome", outcome)]);
     assert_eq!((items("upstream_error"), items("2xx")), (1.0, 1.0));
-    assert_eq!(
-        metrics.sum("batchgate_batches_total", &[("outcome", "partial")]),
-        1.0
-    );
 }
 
 /// Proves `on_item_error = "omit"`: the failing part (404, 500, timeout) is left out, the rest

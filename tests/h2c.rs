@@ -335,11 +335,9 @@ async fn streams_refused_by_a_graceful_goaway_go_to_a_new_connection() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let answered = Arc::new(AtomicU64::new(0));
-    let connections = Arc::new(AtomicU64::new(0));
-    let (a, c) = (answered.clone(), connections.clone());
+    let a = answered.clone();
     let server = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            c.fetch_add(1, Ordering::Relaxed);
             let a = a.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(socket).await else {
