@@ -628,9 +628,9 @@ pub fn h2_frames(data: &[u8]) {
     };
     let piece = usize::from(control & 0x3f) + 1;
     let now = tokio::time::Instant::now();
-    let mut whole = FrameWatch::new(3);
+    let mut whole = FrameWatch::new(3, now);
     whole.feed(bytes, now);
-    let mut pieces = FrameWatch::new(3);
+    let mut pieces = FrameWatch::new(3, now);
     for chunk in bytes.chunks(piece) {
         pieces.feed(chunk, now);
         assert!(pieces.remembered() <= MAX_REMEMBERED_STREAMS);

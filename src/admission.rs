@@ -194,13 +194,15 @@ impl Ticket {
 #[derive(Debug)]
 pub struct BodyBytes {
     admission: Arc<Admission>,
+    /// `max_held_bytes` when the body began (a reload applies to the next body).
+    max: usize,
     bytes: usize,
 }
 
 impl BodyBytes {
     /// `n` more bytes arrived; refused when they would take the held bytes past the budget.
     pub fn grow(&mut self, n: usize) -> Result<(), Refused> {
-        let max = self.admission.lock().limits.max_held_bytes;
+        let max = self.max;
         let held = self.admission.held_bytes.fetch_add(n, Ordering::Relaxed) + n;
         self.bytes += n;
         self.admission.publish();
@@ -298,6 +300,7 @@ impl Admission {
     pub fn body_bytes(self: &Arc<Self>) -> BodyBytes {
         BodyBytes {
             admission: self.clone(),
+            max: self.lock().limits.max_held_bytes,
             bytes: 0,
         }
     }

@@ -225,7 +225,8 @@ type Done = Option<(usize, Outcome)>;
 /// background, keeping their permits until then, so cancelled batches can neither push
 /// upstream concurrency past `max_in_flight` nor throw away connections in mid-exchange (the
 /// next item reuses them). Items still waiting for permits never start: their wait is
-/// dropped with the batch.
+/// dropped with the batch. (Outside a tokio runtime, which batches never are, polled items
+/// would be dropped instead.)
 impl<F: Future<Output = (usize, Outcome)> + Send + 'static> Drop for Running<F> {
     fn drop(&mut self) {
         match self {

@@ -2,9 +2,10 @@
 //! hold before it reports anything, and its pid file.
 //!
 //! The pid file names the process (first line, what systemd's `PIDFile=` reads) and the
-//! absolute path of the config file it serves (second line). It is written at start, and
-//! removed when the process exits if it still names this process (after an upgrade it names
-//! the new one). `batchgate reload` and `batchgate pid` signal or print a pid only after
+//! absolute path of the config file it serves (second line). It is written once the process
+//! handles SIGHUP (`crate::reload`; before, a SIGHUP would end it), whole (a temporary file
+//! renamed over it), and removed when the process exits if it still names this process (after
+//! an upgrade it names the new one). `batchgate reload` and `batchgate pid` signal or print a pid only after
 //! [`find`] has checked that it is a batchgate serving that very file: a pid file left behind
 //! by a crash, whose pid now belongs to another program, names nothing.
 
@@ -18,13 +19,18 @@ use std::time::{Duration, SystemTime};
 /// fails the start with one line before anything is reported, instead of a listener thread
 /// that gives up after pingora's 30 retries while the rest of the process stays up.
 pub fn check_can_listen(addrs: &[SocketAddr]) -> Result<(), String> {
+    // All held until the last is bound, so two of our own that cannot coexist (a wildcard
+    // and an address inside it, `[::]` and `0.0.0.0` on one port) fail here too.
+    let mut held = Vec::with_capacity(addrs.len());
     for (i, addr) in addrs.iter().enumerate() {
         if addrs[..i].contains(addr) {
             return Err(format!("cannot listen on {addr}: named twice"));
         }
         // std sets SO_REUSEADDR like pingora does, so a port whose old connections linger
         // in TIME_WAIT is not mistaken for a port in use.
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        held.push(listener);
     }
     Ok(())
 }
@@ -45,10 +51,16 @@ pub fn absolute(config: &Path) -> PathBuf {
     std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf())
 }
 
-/// Writes `pid_file` for this process serving `config`.
+/// Writes `pid_file` for this process serving `config`: a temporary file beside it, renamed
+/// over it, so a reader never sees half of it.
 pub fn write_pid_file(pid_file: &Path, config: &Path) -> io::Result<()> {
     let text = format!("{}\n{}\n", std::process::id(), absolute(config).display());
-    std::fs::write(pid_file, text)
+    let mut temporary = pid_file.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, pid_file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
 }
 
 /// Removes `pid_file` if it still names this process.
@@ -67,8 +79,11 @@ pub fn remove_pid_file(pid_file: &Path) {
 pub enum NotFound {
     /// No pid file, or not readable.
     NoPidFile { pid_file: PathBuf, error: io::Error },
-    /// The file holds no pid.
+    /// The file holds no pid, or no config path (pingora's daemon writes the bare pid before
+    /// batchgate can take SIGHUP: not an instance to signal yet).
     Garbled { pid_file: PathBuf },
+    /// `/proc` does not say what the pid runs (another user's process).
+    Unreadable { pid: i32, error: io::Error },
     /// The pid is not running, or is a process that started after the file was written, or
     /// is not batchgate.
     Stale { pid_file: PathBuf, pid: i32 },
@@ -84,9 +99,15 @@ impl fmt::Display for NotFound {
                 "not running: cannot read the pid file {}: {error}",
                 pid_file.display()
             ),
-            NotFound::Garbled { pid_file } => {
-                write!(f, "not running: the pid file {} holds no pid", pid_file.display())
-            }
+            NotFound::Garbled { pid_file } => write!(
+                f,
+                "not running: the pid file {} holds no pid and config file (an instance still starting?)",
+                pid_file.display()
+            ),
+            NotFound::Unreadable { pid, error } => write!(
+                f,
+                "cannot tell what pid {pid} runs ({error}): run this as the instance's user"
+            ),
             NotFound::Stale { pid_file, pid } => write!(
                 f,
                 "not running (stale pid file): {} names pid {pid}, which is not a batchgate started before the file was written",
@@ -107,23 +128,22 @@ pub fn find(pid_file: &Path, config: &Path) -> Result<i32, NotFound> {
         pid_file: pid_file.to_path_buf(),
         error,
     })?;
-    let (pid, serves) = parse(&text).ok_or_else(|| NotFound::Garbled {
+    let garbled = || NotFound::Garbled {
         pid_file: pid_file.to_path_buf(),
-    })?;
+    };
+    let (pid, serves) = parse(&text).ok_or_else(garbled)?;
+    let serves = serves.ok_or_else(garbled)?;
     let written = std::fs::metadata(pid_file)
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    if !is_batchgate_started_by(pid, written) {
+    if !is_batchgate_started_by(pid, written)? {
         return Err(NotFound::Stale {
             pid_file: pid_file.to_path_buf(),
             pid,
         });
     }
-    // A file written before the config path was recorded names no config: trust the pid.
-    if let Some(serves) = serves {
-        if !same_file(&serves, config) {
-            return Err(NotFound::OtherConfig { pid, serves });
-        }
+    if !same_file(&serves, config) {
+        return Err(NotFound::OtherConfig { pid, serves });
     }
     Ok(pid)
 }
@@ -163,23 +183,25 @@ const START_TIME_SLACK: Duration = Duration::from_secs(1);
 /// Whether `pid` runs the same program as this one (by file name, as `/proc/PID/exe` names
 /// it; a replaced binary reads "NAME (deleted)") and started no later than `written`. A pid
 /// that was reused after the instance died belongs to a process started after its file.
-fn is_batchgate_started_by(pid: i32, written: SystemTime) -> bool {
-    let Some(name) = program_name(&format!("/proc/{pid}/exe")) else {
-        return false;
+fn is_batchgate_started_by(pid: i32, written: SystemTime) -> Result<bool, NotFound> {
+    let target = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(target) => target,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(NotFound::Unreadable { pid, error: e });
+        }
+        // No such process (or a kernel thread, which has no program).
+        Err(_) => return Ok(false),
     };
-    let ours = std::env::current_exe()
-        .ok()
-        .and_then(|exe| program_name(&exe.to_string_lossy()));
-    if Some(name) != ours {
-        return false;
+    let ours = std::env::current_exe().ok();
+    if ours.as_deref().and_then(program_name) != program_name(&target) {
+        return Ok(false);
     }
-    start_time(pid).is_some_and(|started| started <= written + START_TIME_SLACK)
+    Ok(start_time(pid).is_some_and(|started| started <= written + START_TIME_SLACK))
 }
 
-/// The file name of the program at `exe` (a `/proc/PID/exe` link or a path).
-fn program_name(exe: &str) -> Option<String> {
-    let target = std::fs::read_link(exe).unwrap_or_else(|_| PathBuf::from(exe));
-    let name = target.file_name()?.to_string_lossy().into_owned();
+/// The file name of the program at `path`, as `/proc` shows it.
+fn program_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
     Some(name.trim_end_matches(" (deleted)").to_string())
 }
 
@@ -209,22 +231,19 @@ fn start_time(pid: i32) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
-    /// This test process is a live process started before any file it writes: found; the
-    /// same file naming a process that started later (pid 1 is older, so use a fake future
-    /// write time check the other way round) is stale.
+    /// The asking program's own pid passes when the file was written after it started, and not
+    /// when written before; pid 1 (another program) and a pid that does not exist never pass.
     #[test]
     fn a_live_pid_is_checked_by_program_and_start_time() {
         let me = std::process::id() as i32;
         let now = SystemTime::now();
+        let started_by = |pid, written| is_batchgate_started_by(pid, written).unwrap_or(false);
         // The test binary is not named batchgate, but it is the program that asks here.
-        assert!(is_batchgate_started_by(me, now));
+        assert!(started_by(me, now));
         let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert!(
-            !is_batchgate_started_by(me, long_ago),
-            "started after the file"
-        );
-        assert!(!is_batchgate_started_by(1, now), "another program");
-        assert!(!is_batchgate_started_by(i32::MAX, now), "no such process");
+        assert!(!started_by(me, long_ago), "started after the file");
+        assert!(!started_by(1, now), "another program");
+        assert!(!started_by(i32::MAX, now), "no such process");
     }
 
     #[test]
@@ -266,5 +285,11 @@ mod tests {
         assert!(check_can_listen(&[addr, addr])
             .expect_err("twice")
             .contains("named twice"));
+        let wildcard = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+        let inside = check_can_listen(&[wildcard, addr]).expect_err("inside the wildcard");
+        assert!(
+            inside.starts_with(&format!("cannot listen on {addr}: ")),
+            "{inside}"
+        );
     }
 }

@@ -33,6 +33,9 @@ pub enum Reloaded {
 /// Reloads the file it was started from; one reload at a time.
 pub struct Reloader {
     path: PathBuf,
+    /// Written once SIGHUP is handled: before, a SIGHUP would end the process (its default
+    /// action), so nothing may name this process to `batchgate reload` yet.
+    pid_file: PathBuf,
     target: Reconfigure,
     /// What `/readyz` probes: the default upstream of the config in effect.
     readiness: ReadinessTarget,
@@ -43,6 +46,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         path: PathBuf,
+        pid_file: PathBuf,
         target: Reconfigure,
         readiness: ReadinessTarget,
         current: Config,
@@ -50,6 +54,7 @@ impl Reloader {
         crate::metrics::config_loaded(&current.sha256);
         Reloader {
             path,
+            pid_file,
             target,
             readiness,
             current: Mutex::new(current),
@@ -148,6 +153,11 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        // Now (after pingora's bootstrap, so an upgrade has its sockets, and after daemonizing)
+        // this process may be named: `batchgate reload` finds it through this file.
+        if let Err(e) = crate::instance::write_pid_file(&self.pid_file, &self.path) {
+            tracing::warn!(pid_file = %self.pid_file.display(), "cannot write the pid file, batchgate reload will not find this instance: {e}");
+        }
         loop {
             tokio::select! {
                 got = hangups.recv() => {

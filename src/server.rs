@@ -81,13 +81,7 @@ fn h2_options(config: &Config) -> pingora::protocols::http::v2::server::H2Option
 /// `config` came from: SIGHUP reloads it.
 pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
     let conf = pingora_conf(&config);
-    let pid_file = PidFile {
-        path: PathBuf::from(&conf.pid_file),
-        config: path.to_path_buf(),
-    };
-    if !options.daemon {
-        pid_file.write();
-    }
+    let pid_file = PathBuf::from(&conf.pid_file);
     let mut server = Server::new_with_opt_and_conf(pingora_opt(options), conf);
     server.bootstrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -124,13 +118,9 @@ pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
             addr,
         ));
     }
-    if options.daemon {
-        // pingora's daemon writes the bare pid after forking; this names the config beside it.
-        server.add_service(background_service("batchgate pid file", pid_file));
-    }
     server.add_service(background_service(
         "batchgate reload",
-        Reloader::new(path.to_path_buf(), reconfigure, readiness, config),
+        Reloader::new(path.to_path_buf(), pid_file, reconfigure, readiness, config),
     ));
     server
 }
@@ -143,27 +133,6 @@ pub fn listen_addresses(config: &Config, options: &StartOptions) -> Vec<SocketAd
         .chain(config.admin_listen)
         .chain(options.demo_upstream)
         .collect()
-}
-
-/// The pid file `batchgate reload` and `batchgate pid` read (`crate::instance`).
-struct PidFile {
-    path: PathBuf,
-    config: PathBuf,
-}
-
-impl PidFile {
-    fn write(&self) {
-        if let Err(e) = crate::instance::write_pid_file(&self.path, &self.config) {
-            tracing::warn!(pid_file = %self.path.display(), "cannot write the pid file, batchgate reload will not find this instance: {e}");
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for PidFile {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        self.write();
-    }
 }
 
 /// The pid file `config` names (pingora's default when it names none).

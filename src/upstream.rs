@@ -533,9 +533,9 @@ impl UpstreamClient {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
         };
-        // A stream the upstream refused unprocessed (a graceful GOAWAY whose last stream id
-        // is below it, REFUSED_STREAM, or a pooled connection it had closed) goes to the next
-        // connection: nothing of it was acted on, so it may go again whatever its method,
+        // An error pingora marks retryable (a pooled connection the upstream had closed, a
+        // refused stream) is tried once more on another connection. A stream the upstream
+        // refused unprocessed (`h2::refused_unprocessed`) goes on to the next connection
         // until it is answered, fails otherwise, or runs out of `UNPROCESSED_ATTEMPTS` (an
         // upstream that takes one stream per connection needs one round per item in flight).
         let mut attempts = 0;
@@ -555,7 +555,11 @@ impl UpstreamClient {
                     // pingora's rule: `ReusedOnly` errors are retryable only on a reused
                     // pooled connection, i.e. the upstream closed it while idle and saw nothing.
                     error.retry.decide_reuse(reused);
-                    if !error.retry() || attempts >= UNPROCESSED_ATTEMPTS {
+                    let again = match attempts {
+                        1 => error.retry(),
+                        n => n < UNPROCESSED_ATTEMPTS && h2::refused_unprocessed(&error),
+                    };
+                    if !again {
                         return Outcome::Failed(h2::pingora_failure(&error, sent));
                     }
                 }

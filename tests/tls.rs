@@ -677,3 +677,53 @@ async fn a_handshake_that_never_finishes_is_cut_off_at_the_header_timeout() {
     let timeouts = metrics.sum("batchgate_client_timeouts_total", &[("phase", "handshake")]);
     assert_eq!(timeouts, 1.0, "{}", metrics.text);
 }
+
+/// A client that completes the TLS handshake choosing h2 (ALPN) and then sends nothing, not
+/// even the HTTP/2 preface, is cut at `client_header_timeout` like one that sends no request
+/// head (pingora's h2 handshake has no timeout of its own), counted as a `head` timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_sends_no_preface_is_cut_at_the_header_timeout() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new("silent-h2");
+    let server = ca.server("a", &["a.test"], Validity::Current);
+    let backend = Upstream::echo().await;
+    let config = listener_config(&certificate(&server), &backend.host_port()).replace(
+        "graceful_shutdown_timeout = \"1s\"",
+        "graceful_shutdown_timeout = \"1s\"\nclient_header_timeout = \"1s\"",
+    );
+    let gate = common::gate::start(&config).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.ca_der()).expect("test CA");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("a.test").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the connection is closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let metrics = common::prom::scrape_until(gate.admin, Duration::from_secs(5), "counted", |s| {
+        s.sum("batchgate_client_timeouts_total", &[("phase", "head")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "head")]),
+        1.0
+    );
+}

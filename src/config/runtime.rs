@@ -350,13 +350,7 @@ fn listener_clashes(server: &ServerSettings, admin: Option<SocketAddr>, problems
         .chain(admin.map(|a| ("admin.listen", a)));
     let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
     for (key, addr) in named {
-        let clash = seen.iter().find(|(_, other)| {
-            other.port() == addr.port()
-                && other.is_ipv4() == addr.is_ipv4()
-                && (other.ip() == addr.ip()
-                    || other.ip().is_unspecified()
-                    || addr.ip().is_unspecified())
-        });
+        let clash = seen.iter().find(|(_, other)| share_a_port(other, &addr));
         if let Some((other_key, other)) = clash {
             let path: Vec<&str> = if key == "admin.listen" {
                 vec!["admin", "listen"]
@@ -370,6 +364,17 @@ fn listener_clashes(server: &ServerSettings, admin: Option<SocketAddr>, problems
         }
         seen.push((key, addr));
     }
+}
+
+/// Whether two listening addresses take one port: the same address, a wildcard and an address
+/// inside it, or `[::]` (dual-stack on Linux) and any IPv4 address.
+fn share_a_port(a: &SocketAddr, b: &SocketAddr) -> bool {
+    let dual_stack = |x: &SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+            || dual_stack(a)
+            || dual_stack(b))
 }
 
 /// Validates a parsed file, returning the runtime config or every problem found.

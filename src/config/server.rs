@@ -289,12 +289,16 @@ const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 /// `target=level`. A bare word that is no level (`verbose`) is a valid `tracing` directive
 /// that enables only a target of that name, which turns every other line off: refused.
 fn is_log_filter(filter: &str) -> bool {
-    let directives_are_levels = filter.split(',').map(str::trim).all(|directive| {
-        let level = directive
-            .rsplit_once('=')
-            .map_or(directive, |(_, level)| level);
-        LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
-    });
+    let directives_are_levels = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty())
+        .all(|directive| {
+            let level = directive
+                .rsplit_once('=')
+                .map_or(directive, |(_, level)| level);
+            LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+        });
     directives_are_levels && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
 }
 

@@ -143,13 +143,15 @@ impl ClientClock {
 
     /// The connection speaks HTTP/2: its requests are streams that share it, so no one
     /// request's phase is the connection's. From here its frames set the read deadline
-    /// (`frames_pending`): a half-received frame or header block has the header timeout (a
-    /// DATA frame the body timeout); pingora's `h2_idle_timeout` (set to
+    /// (`frames_pending`): the preface and a half-received frame or header block have the
+    /// header timeout (a DATA frame the body timeout); pingora's `h2_idle_timeout` (set to
     /// `client_idle_timeout`) closes it when no stream is open, and the send timeout holds.
     pub fn multiplexed(&self) {
         let mut state = self.lock();
-        state.phase = Phase::Answering;
-        state.deadline = None;
+        // Until the client's preface and first frames are in: a TLS client that picked h2
+        // and then sends nothing is cut like one that sends no request head.
+        state.phase = Phase::Head;
+        state.deadline = Some(Instant::now() + self.limits.header_timeout);
         state.multiplexed = true;
     }
 

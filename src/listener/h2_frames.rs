@@ -8,7 +8,11 @@
 //! * count streams the client resets soon after opening them ("premature resets", the
 //!   CVE-2023-44487 follow-up that Envoy and nginx bound): each costs a request the upstream
 //!   may already work on, and a connection that does it `client_h2_max_premature_resets`
-//!   times, for at least half of its streams, is closed.
+//!   times, for at least half of its streams, is closed. A client that mixes in twice as
+//!   many streams it lets finish stays under the ratio (as under Envoy's rule); what each
+//!   reset can cost is then bounded by `max_in_flight`, since a cancelled batch's sent items
+//!   keep their permits. Only the client's frames are seen: a reset of a stream the server
+//!   had already answered also counts (clients rarely reset finished streams).
 //!
 //! Nothing here decides what a frame means to HTTP; pingora's h2 server still parses and
 //! checks every byte.
@@ -49,6 +53,8 @@ pub enum Pending {
 #[derive(Debug)]
 pub struct FrameWatch {
     preface_left: usize,
+    /// When the watch began: the preface is due one header timeout after it.
+    started: Instant,
     head: [u8; FRAME_HEAD_LEN],
     head_len: usize,
     payload_left: usize,
@@ -57,8 +63,9 @@ pub struct FrameWatch {
     current: Option<(Option<u8>, Instant)>,
     /// A header block is open since then (waiting for END_HEADERS).
     header_block: Option<Instant>,
-    /// Recently opened streams and when.
-    opened: VecDeque<(u32, Instant)>,
+    /// Recently opened streams (ids ascending, as clients must open them), when, and
+    /// whether the client has reset it.
+    opened: VecDeque<(u32, Instant, bool)>,
     highest_stream: u32,
     streams: u64,
     premature: u64,
@@ -66,11 +73,12 @@ pub struct FrameWatch {
 }
 
 impl FrameWatch {
-    /// A watch from the first byte of the connection (its preface); `max_premature` is
-    /// `client_h2_max_premature_resets`.
-    pub fn new(max_premature: u64) -> Self {
+    /// A watch from the first byte of the connection (its preface), begun at `now`;
+    /// `max_premature` is `client_h2_max_premature_resets`.
+    pub fn new(max_premature: u64, now: Instant) -> Self {
         FrameWatch {
             preface_left: PREFACE_LEN,
+            started: now,
             head: [0; FRAME_HEAD_LEN],
             head_len: 0,
             payload_left: 0,
@@ -142,23 +150,27 @@ impl FrameWatch {
         while self
             .opened
             .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) > PREMATURE_RESET_WINDOW)
+            .is_some_and(|(_, at, _)| now.duration_since(*at) > PREMATURE_RESET_WINDOW)
         {
             self.opened.pop_front();
         }
         if self.opened.len() == MAX_REMEMBERED_STREAMS {
             self.opened.pop_front();
         }
-        self.opened.push_back((stream, now));
+        self.opened.push_back((stream, now, false));
     }
 
+    /// A reset of `stream`: premature when it opened within the window (each stream counts
+    /// once, however often it is reset).
     fn reset(&mut self, stream: u32, now: Instant) {
-        let young = self.opened.iter().position(|(id, at)| {
-            *id == stream && now.duration_since(*at) <= PREMATURE_RESET_WINDOW
-        });
-        if let Some(i) = young {
-            self.opened.remove(i);
-            self.premature += 1;
+        let Ok(i) = self.opened.binary_search_by_key(&stream, |(id, _, _)| *id) else {
+            return;
+        };
+        if let Some((_, at, reset)) = self.opened.get_mut(i) {
+            if !*reset && now.duration_since(*at) <= PREMATURE_RESET_WINDOW {
+                *reset = true;
+                self.premature += 1;
+            }
         }
     }
 
@@ -180,6 +192,9 @@ impl FrameWatch {
 
     /// What is half received, and since when.
     pub fn pending(&self) -> Pending {
+        if self.preface_left > 0 {
+            return Pending::Head(self.started);
+        }
         if let Some(since) = self.header_block {
             return Pending::Head(since);
         }
@@ -211,7 +226,7 @@ mod tests {
     #[test]
     fn premature_resets_are_counted_and_bounded() {
         let t0 = Instant::now();
-        let mut watch = FrameWatch::new(3);
+        let mut watch = FrameWatch::new(3, t0);
         watch.feed(PREFACE, t0);
         for id in [1u32, 3, 5] {
             watch.feed(&frame(HEADERS, END_HEADERS | 0x1, id, b"hdr"), t0);
@@ -241,7 +256,8 @@ mod tests {
     fn partial_frames_and_open_header_blocks_are_pending() {
         let t0 = Instant::now();
         let later = t0 + Duration::from_millis(5);
-        let mut watch = FrameWatch::new(100);
+        let mut watch = FrameWatch::new(100, t0);
+        assert_eq!(watch.pending(), Pending::Head(t0), "the preface is due");
         for byte in PREFACE {
             watch.feed(&[*byte], t0);
         }
@@ -267,7 +283,7 @@ mod tests {
     #[test]
     fn remembered_streams_are_bounded() {
         let t0 = Instant::now();
-        let mut watch = FrameWatch::new(100);
+        let mut watch = FrameWatch::new(100, t0);
         watch.feed(PREFACE, t0);
         for n in 0..5000u32 {
             watch.feed(&frame(HEADERS, END_HEADERS, 2 * n + 1, b""), t0);

@@ -143,7 +143,7 @@ impl DeadlineStream {
                 return Poll::Ready(Ok(()));
             }
             let max = self.clock.limits.max_h2_premature_resets;
-            self.frames = Some(FrameWatch::new(max));
+            self.frames = Some(FrameWatch::new(max, tokio::time::Instant::now()));
         }
         let Some(frames) = &mut self.frames else {
             return Poll::Ready(Ok(()));

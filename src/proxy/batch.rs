@@ -247,7 +247,8 @@ impl BatchGate {
         finish(self, session, summary, &reply, &request_id).await
     }
 
-    /// Runs the items; `None` when the client went away (every item task is then aborted).
+    /// Runs the items; `None` when the client went away (queued items then never start; sent
+    /// ones run to their end with their permits, `exec`).
     async fn run_batch(
         &self,
         session: &mut Session,
@@ -324,8 +325,8 @@ pub(super) fn refusal(refused: Refused) -> Rejection {
 }
 
 /// Awaits `run` while watching the client: `None` as soon as it closes or resets (the run is
-/// then dropped, which aborts its items). Pipelined bytes are not an error (pipelining is
-/// on): they stay pending.
+/// then dropped: its queued items never start, its sent ones finish in the background).
+/// Pipelined bytes are not an error (pipelining is on): they stay pending.
 async fn watching_client(
     session: &mut Session,
     run: impl std::future::Future<Output = Vec<Outcome>>,

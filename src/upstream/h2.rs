@@ -40,6 +40,23 @@ pub(super) async fn exchange(
     result
 }
 
+/// Whether the upstream refused the stream before processing any of it: a graceful GOAWAY
+/// (NO_ERROR) whose last stream id is below it, or REFUSED_STREAM (RFC 9113 sections 6.8 and
+/// 8.7). Such a stream may go again whatever its method, on another connection.
+pub(super) fn refused_unprocessed(error: &pingora::Error) -> bool {
+    error
+        .root_cause()
+        .downcast_ref::<h2::Error>()
+        .is_some_and(|e| {
+            e.is_remote()
+                && match e.reason() {
+                    Some(h2::Reason::NO_ERROR) => e.is_go_away(),
+                    Some(h2::Reason::REFUSED_STREAM) => e.is_reset(),
+                    _ => false,
+                }
+        })
+}
+
 /// Whether an error says the upstream is closing the connection (GOAWAY).
 fn going_away(error: &pingora::Error) -> bool {
     error

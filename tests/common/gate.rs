@@ -162,14 +162,21 @@ async fn try_start(config_toml: &str, envs: &[(&str, &str)]) -> Result<Gate, Str
         dir,
     };
 
-    // The admin listener is checked too, unless the config turns it off.
+    // The admin listener is checked too, unless the config turns it off; and the pid file,
+    // written once the gate handles SIGHUP, when the config keeps it in `{tmp}`.
     let admin_enabled = !text.contains("enabled = false");
+    let pid_file = gate.dir.join("batchgate.pid");
+    let pid_file = text
+        .contains(&pid_file.display().to_string())
+        .then_some(pid_file);
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
         // Ready when the gate itself listens on `addr`: a connect alone could reach another
         // process that took the port first.
         let admin_ready = !admin_enabled || listens_on(gate.pid(), admin.port());
+        let pid_written = pid_file.as_ref().is_none_or(|f| f.exists());
         if admin_ready
+            && pid_written
             && listens_on(gate.pid(), addr.port())
             && tokio::net::TcpStream::connect(addr).await.is_ok()
         {
