@@ -494,3 +494,25 @@ async fn a_removed_address_leaves_no_series_behind() {
     let ready = client::get(gate.admin, "/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.body_str());
 }
+
+/// A file caught half-written can still be valid TOML: a reload that removes every batch
+/// route is applied (the file says so) but logged as a warning naming the likely cause, so
+/// the operator sees why batches are suddenly passed through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_every_route_warns() {
+    let upstream = Upstream::echo().await;
+    let config = GateConfig::new(upstream.addr);
+    let gate = config.start().await;
+    let text = config.toml();
+    let cut = text.find("[[routes]]").expect("a route");
+    gate.rewrite_config(&text[..cut]);
+    reload(&gate, "ok").await;
+    let stderr = gate
+        .stderr_until("removes every batch route", Duration::from_secs(5))
+        .await;
+    assert!(
+        stderr.contains("config reload removes every batch route")
+            && stderr.contains("temporary name"),
+        "{stderr}"
+    );
+}
