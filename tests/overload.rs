@@ -385,3 +385,43 @@ async fn bodies_being_read_count_against_the_memory_budget() {
     let again = client::post_json(gate.addr, BATCH_PATH, &padded).await;
     assert_eq!(again.status, 200, "{}", again.body_str());
 }
+
+/// A small batch refused from its head keeps its kept-alive connection: the 503 comes first,
+/// the body is then drained unread (never decoded, nothing sent), and the same connection
+/// carries the client's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_batch_refused_from_its_head_keeps_the_connection() {
+    let upstream = slow_upstream(1000).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("max_in_flight = 1")
+        .server("[server.admission]")
+        .server("max_queued_items = 1")
+        .route("concurrency = 10")
+        .start()
+        .await;
+    let first = tokio::spawn({
+        let addr = gate.addr;
+        async move { client::post_json(addr, BATCH_PATH, &batch(items(2))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = common::client::Conn::connect(gate.addr).await;
+    let body = batch(items(1));
+    let headers = [("content-type", "application/json")];
+    let refused = conn
+        .request("POST", BATCH_PATH, &headers, body.as_bytes())
+        .await;
+    assert_rejected(&refused, 503, "ServiceUnavailable.QueueFull");
+    let again = conn.request("GET", "/v2/hello", &[], b"").await;
+    assert_eq!(
+        again.status,
+        200,
+        "the connection carried on: {}",
+        again.body_str()
+    );
+    assert_eq!(first.await.expect("first").status, 200);
+    assert_eq!(
+        upstream.count(),
+        3,
+        "two items and the pass-through, nothing of the refused batch"
+    );
+}

@@ -441,6 +441,7 @@ pub async fn burst(gate: &Gate, label: &str) {
     let (user, system) = (after.0 - before.0, after.1 - before.1);
     let cpu = user + system;
     let _ = probe.await;
+    let kept = kept_alive_refusals(gate, &call).await;
     for fill in filling {
         fill.abort();
     }
@@ -459,4 +460,51 @@ pub async fn burst(gate: &Gate, label: &str) {
         quantile(&probe, 1.0),
         quantile(&probe, 0.99),
     );
+    let (refusals, closed, user, system) = kept;
+    println!(
+        "kept-alive: {KEPT_CONNECTIONS} connections x {KEPT_BATCHES} batches, {refusals} refused, {closed} connections closed: CPU per refusal {:.0} us ({:.0} + {:.0})",
+        (user + system) / refusals.max(1) as f64 * 1e6,
+        user / refusals.max(1) as f64 * 1e6,
+        system / refusals.max(1) as f64 * 1e6,
+    );
+}
+
+const KEPT_CONNECTIONS: usize = 200;
+const KEPT_BATCHES: usize = 30;
+
+/// The same refusals over kept-alive connections (a client library's pool): the refusal
+/// drains the small body and the connection carries the next batch. Returns the refusals,
+/// the connections that were closed, and batchgate's user and system CPU seconds.
+async fn kept_alive_refusals(gate: &Gate, call: &Arc<super::Call>) -> (u64, u64, f64, f64) {
+    let mut conns = Vec::with_capacity(KEPT_CONNECTIONS);
+    for _ in 0..KEPT_CONNECTIONS {
+        if let Ok(conn) = Conn::connect(&Target::Plain(gate.addr)).await {
+            conns.push(conn);
+        }
+    }
+    let before = super::procs::process_cpu_split(gate.child.id());
+    let clients: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut refused = 0u64;
+                for _ in 0..KEPT_BATCHES {
+                    match conn.send(&call.raw).await {
+                        Ok((503 | 429, _)) => refused += 1,
+                        _ => return (refused, 1u64),
+                    }
+                }
+                (refused, 0)
+            })
+        })
+        .collect();
+    let (mut refused, mut closed) = (0, 0);
+    for client in clients {
+        let (r, c) = client.await.unwrap_or((0, 1));
+        refused += r;
+        closed += c;
+    }
+    let after = super::procs::process_cpu_split(gate.child.id());
+    (refused, closed, after.0 - before.0, after.1 - before.1)
 }
