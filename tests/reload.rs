@@ -51,7 +51,12 @@ async fn reload(gate: &Gate, result: &str) -> Scrape {
     scrape_until(gate.admin, Duration::from_secs(10), "reload counted", |s| {
         reloads(s, result) > before
     })
-    .await
+    .await;
+    // A scrape gathers family after family: the one that saw the reload counted may have
+    // gathered the families sorted before `batchgate_config_reloads_total` (route series,
+    // `batchgate_config_info`) just before the reload changed them. One started after it
+    // is consistent.
+    scrape(gate.admin).await
 }
 
 /// A second route at `/v3/batch` named `v3`, to `upstream`.
