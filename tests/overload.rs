@@ -228,13 +228,9 @@ async fn permits_take_turns_between_a_flood_and_a_light_client() {
     assert_eq!(flood_busy, 48, "the flood is served in full, only later");
 }
 
-/// When no batch could be admitted (here: the queue is full), a batch is refused from its
-/// head: the 503 comes at once although its body never arrives, and the connection is then
-/// closed (its unread body cannot be taken for a next request). Without this, every refusal
-/// under a burst first reads and decodes a body it throws away.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_that_cannot_be_admitted_is_refused_from_its_head() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A gate whose one permit and one queue place are taken (by a two-item batch to an upstream
+/// that answers after a second, still running), and that batch.
+async fn full_queue() -> (Upstream, Gate, tokio::task::JoinHandle<Response>) {
     let upstream = slow_upstream(1000).await;
     let gate = GateConfig::new(upstream.addr)
         .server("max_in_flight = 1")
@@ -248,6 +244,17 @@ async fn a_batch_that_cannot_be_admitted_is_refused_from_its_head() {
         async move { client::post_json(addr, BATCH_PATH, &batch(items(2))).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
+    (upstream, gate, first)
+}
+
+/// When no batch could be admitted (here: the queue is full), a batch is refused from its
+/// head: the 503 comes at once although its body never arrives, and the connection is then
+/// closed (its unread body cannot be taken for a next request). Without this, every refusal
+/// under a burst first reads and decodes a body it throws away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_cannot_be_admitted_is_refused_from_its_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, gate, first) = full_queue().await;
     let mut socket = tokio::net::TcpStream::connect(gate.addr)
         .await
         .expect("connect");
@@ -391,19 +398,7 @@ async fn bodies_being_read_count_against_the_memory_budget() {
 /// carries the client's next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_batch_refused_from_its_head_keeps_the_connection() {
-    let upstream = slow_upstream(1000).await;
-    let gate = GateConfig::new(upstream.addr)
-        .server("max_in_flight = 1")
-        .server("[server.admission]")
-        .server("max_queued_items = 1")
-        .route("concurrency = 10")
-        .start()
-        .await;
-    let first = tokio::spawn({
-        let addr = gate.addr;
-        async move { client::post_json(addr, BATCH_PATH, &batch(items(2))).await }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (upstream, gate, first) = full_queue().await;
     let mut conn = common::client::Conn::connect(gate.addr).await;
     let body = batch(items(1));
     let headers = [("content-type", "application/json")];

@@ -495,3 +495,27 @@ impl Conn {
         }
     }
 }
+
+/// Reads `conn` until the gate closes it; asserts that happened 0.9 to 3 s after `started`
+/// (a 1 s `client_header_timeout`) and that the gate at `admin` counted it, once, as a `head`
+/// timeout.
+pub async fn assert_cut_at_a_one_second_head_timeout(
+    conn: &mut (impl AsyncRead + Unpin),
+    started: std::time::Instant,
+    admin: SocketAddr,
+) {
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the connection is closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let head = [("phase", "head")];
+    let metrics = super::prom::scrape_until(admin, Duration::from_secs(5), "counted", |s| {
+        s.sum("batchgate_client_timeouts_total", &head) >= 1.0
+    })
+    .await;
+    assert_eq!(metrics.sum("batchgate_client_timeouts_total", &head), 1.0);
+}
