@@ -7,6 +7,7 @@ use super::h2_frames::Pending;
 use super::stream::DeadlineStream;
 use crate::config::ClientLimits;
 use crate::metrics::ClientMetrics;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -57,6 +58,9 @@ pub struct ClientClock {
     pub(super) limits: ClientLimits,
     state: Mutex<ClockState>,
     pub(super) metrics: Option<ClientMetrics>,
+    /// The connection speaks HTTP/2: its frames set the deadlines (`h2_frames.rs`). Outside
+    /// the lock: every read asks, and it is set once.
+    multiplexed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -70,8 +74,6 @@ struct ClockState {
     head_bytes: usize,
     /// The phase whose deadline passed, once one has.
     expired: Option<Phase>,
-    /// The connection speaks HTTP/2: its frames set the deadlines (`h2_frames.rs`).
-    multiplexed: bool,
 }
 
 impl ClientClock {
@@ -87,8 +89,8 @@ impl ClientClock {
                 body_bytes: 0,
                 head_bytes: 0,
                 expired: None,
-                multiplexed: false,
             }),
+            multiplexed: AtomicBool::new(false),
             metrics,
         }
     }
@@ -152,11 +154,11 @@ impl ClientClock {
         // and then sends nothing is cut like one that sends no request head.
         state.phase = Phase::Head;
         state.deadline = Some(Instant::now() + self.limits.header_timeout);
-        state.multiplexed = true;
+        self.multiplexed.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn is_multiplexed(&self) -> bool {
-        self.lock().multiplexed
+        self.multiplexed.load(Ordering::Relaxed)
     }
 
     /// An HTTP/2 connection's deadline after its latest frames: none while nothing is half
@@ -205,12 +207,12 @@ impl ClientClock {
         if n == 0 {
             return true;
         }
-        let mut state = self.lock();
         // HTTP/2 frames set their own deadlines (`frames_pending`); no head limit applies
         // to a connection's stream of frames (pingora bounds each header block).
-        if state.multiplexed {
+        if self.is_multiplexed() {
             return true;
         }
+        let mut state = self.lock();
         match state.phase {
             Phase::Idle => {
                 state.phase = Phase::Head;

@@ -5,9 +5,9 @@
 //! in `body.rs`, before the dialect sees a byte; what they look like on the wire is still the
 //! dialect's `reject`.
 
-use super::body::read_batch;
+use super::body::{read_batch, refusal};
 use super::{BatchGate, RequestCtx, Route};
-use crate::admission::{Refused, Ticket};
+use crate::admission::Ticket;
 use crate::config::ClientKey;
 use crate::dialect::Order;
 use crate::dialect::{
@@ -310,18 +310,6 @@ impl BatchGate {
             spawn_items: self.spawn_items,
         }
     }
-}
-
-/// An admission refusal (`crate::admission`) as a whole-batch rejection with its
-/// `Retry-After`.
-pub(super) fn refusal(refused: Refused) -> Rejection {
-    let mut rejection = Rejection::new(
-        refused.why.kind(),
-        refused.why.code(),
-        refused.why.message(),
-    );
-    rejection.retry_after = Some(refused.retry_after);
-    rejection
 }
 
 /// Awaits `run` while watching the client: `None` as soon as it closes or resets (the run is

@@ -1,12 +1,14 @@
 //! Reading a batch request before any dialect sees it: the whole-batch checks every dialect
-//! shares (method, media type, size, `Expect: 100-continue`) and the body, read with a cap.
+//! shares (method, media type, size, `Expect: 100-continue`), admission asked from the head,
+//! and the body, read with a cap and counted against the memory budget.
 //!
-//! A refusal here is a `Rejection` value; what it looks like on the wire is still the
-//! dialect's `reject`. A refusal before the body is read also closes the connection, as the
-//! unread body would otherwise be taken for the next request.
+//! A refusal here is a `Rejection` value (admission's `Refused` becomes one in `refusal`);
+//! what it looks like on the wire is still the dialect's `reject`. A refusal before the body
+//! is read closes the connection, as the unread body would otherwise be taken for the next
+//! request, except that admission drains a small declared body to keep it.
 
 use super::Route;
-use crate::admission::BodyBytes;
+use crate::admission::{BodyBytes, Refused};
 use crate::config::ClientLimits;
 use crate::dialect::{is_utf8_charset, Dialect, Rejection, RejectionKind};
 use crate::listener::{body_deadline, ClientClock, Phase};
@@ -215,7 +217,7 @@ async fn read_body<D: Dialect>(
         }
         if let Err(refused) = held.grow(chunk.len()) {
             session.set_keepalive(None);
-            return Ok(Err(super::batch::refusal(refused)));
+            return Ok(Err(refusal(refused)));
         }
         body.extend_from_slice(&chunk);
     }
@@ -273,4 +275,16 @@ fn too_large(limit: usize) -> Rejection {
         "RequestEntityTooLarge",
         format!("the batch body exceeds {limit} bytes"),
     )
+}
+
+/// An admission refusal (`crate::admission`) as a whole-batch rejection with its
+/// `Retry-After`.
+pub(super) fn refusal(refused: Refused) -> Rejection {
+    let mut rejection = Rejection::new(
+        refused.why.kind(),
+        refused.why.code(),
+        refused.why.message(),
+    );
+    rejection.retry_after = Some(refused.retry_after);
+    rejection
 }
