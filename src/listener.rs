@@ -23,13 +23,15 @@
 
 mod clock;
 mod h2_frames;
+mod h2_streams;
 mod rehome;
 mod stream;
 mod tls;
 mod workers;
 
-pub use clock::{body_deadline, ClientClock, Phase};
+pub use clock::{body_deadline, next_read_deadline, ClientClock, Phase};
 pub use h2_frames::{FrameWatch, Pending, MAX_REMEMBERED_STREAMS};
+pub use h2_streams::{body_read_started, body_received, WatchedStreams};
 pub use stream::DeadlineStream;
 pub use tls::TlsConn;
 pub use workers::Workers;
@@ -233,6 +235,22 @@ impl<A: ServerApp + Send + Sync + 'static> Listener<A> {
 pub fn accepted_on(listener: SocketAddr, local: SocketAddr) -> bool {
     listener.port() == local.port()
         && (listener.ip() == local.ip() || listener.ip().is_unspecified())
+}
+
+/// Which of `listeners` an HTTP session's connection arrived on (HTTP/2 streams, whose
+/// connection's `ClientClock` they cannot reach, count their timeouts against it).
+pub fn listener_of(
+    session: &pingora::protocols::http::ServerSession,
+    listeners: &[SocketAddr],
+) -> Option<SocketAddr> {
+    let local = session
+        .digest()
+        .and_then(|d| d.socket_digest.as_ref())
+        .and_then(|s| s.local_addr().and_then(|a| a.as_inet().copied()))?;
+    listeners
+        .iter()
+        .copied()
+        .find(|listener| accepted_on(*listener, local))
 }
 
 /// With `h2c`, a cleartext connection that opens with the HTTP/2 preface is multiplexed

@@ -538,12 +538,13 @@ pub fn upstream_ejected(upstream: &str, address: &str) {
     }
 }
 
-/// Counts a client that stopped taking its answer for `client_send_timeout` on an HTTP/2
-/// stream of `listener` (HTTP/1 connections count it in their `ClientMetrics`).
-pub fn client_send_timed_out(listener: &str) {
+/// Counts an HTTP/2 stream of `listener` cut for a client timeout: `send` (it stopped taking
+/// its answer) or `body` (its pass-through body stalled). HTTP/1 connections count theirs in
+/// their `ClientMetrics`.
+pub fn client_stream_timed_out(listener: &str, phase: &str) {
     if let Some(f) = families() {
         f.client_timeouts
-            .with_label_values(&[listener, "send"])
+            .with_label_values(&[listener, phase])
             .inc();
     }
 }

@@ -251,18 +251,9 @@ impl BatchGate {
     /// Counts an HTTP/2 stream cut because its client took nothing for `client_send_timeout`,
     /// under the listener its connection arrived on.
     pub(crate) fn client_send_timed_out(&self, session: &Session) {
-        let local = session
-            .downstream_session
-            .digest()
-            .and_then(|d| d.socket_digest.as_ref())
-            .and_then(|s| s.local_addr().and_then(|a| a.as_inet().copied()));
-        let listener = local.and_then(|local| {
-            self.listeners
-                .iter()
-                .find(|l| crate::listener::accepted_on(**l, local))
-        });
+        let listener = crate::listener::listener_of(&session.downstream_session, &self.listeners);
         if let Some(listener) = listener {
-            crate::metrics::client_send_timed_out(&listener.to_string());
+            crate::metrics::client_stream_timed_out(&listener.to_string(), "send");
         }
     }
 
@@ -338,7 +329,7 @@ impl ProxyHttp for BatchGate {
     async fn request_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -347,6 +338,7 @@ impl ProxyHttp for BatchGate {
                 clock.body_done();
             }
         }
+        crate::listener::body_received(body.as_ref().map_or(0, Bytes::len), end_of_stream);
         Ok(())
     }
 
@@ -405,6 +397,11 @@ impl ProxyHttp for BatchGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         passthrough::prepare_request(session.req_header(), upstream_request)?;
+        // An HTTP/2 body is passed on from here, on its own deadline (HTTP/1 bodies are timed
+        // by their connection's clock).
+        if !session.is_body_done() {
+            crate::listener::body_read_started(&self.client_limits);
+        }
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())

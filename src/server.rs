@@ -8,7 +8,7 @@
 use crate::admin::{readiness_target, AdminApp, ReadinessTarget, UpstreamClients};
 use crate::config::Config;
 use crate::demo::DemoUpstream;
-use crate::listener::{Listener, Listeners, Workers};
+use crate::listener::{Listener, Listeners, WatchedStreams, Workers};
 use crate::proxy::BatchGate;
 use crate::reload::Reloader;
 use crate::upstream::health::HealthChecker;
@@ -228,24 +228,24 @@ fn add_proxy(server: &mut Server, config: &Config, gate: BatchGate) {
     }
 }
 
-/// pingora's proxy over `gate`, with batchgate's HTTP/1 and HTTP/2 server options.
-fn proxy_app(
-    conf: &Arc<ServerConf>,
-    config: &Config,
-    gate: BatchGate,
-) -> pingora::proxy::HttpProxy<BatchGate> {
+/// The app behind the public listeners.
+type ProxyApp = WatchedStreams<pingora::proxy::HttpProxy<BatchGate>>;
+
+/// pingora's proxy over `gate`, with batchgate's HTTP/1 and HTTP/2 server options and a body
+/// deadline on each HTTP/2 request it passes through (`listener/h2_streams.rs`).
+fn proxy_app(conf: &Arc<ServerConf>, config: &Config, gate: BatchGate) -> ProxyApp {
     let mut app = pingora::proxy::http_proxy(conf, gate);
     app.server_options = Some(http_options(config));
     app.h2_options = Some(h2_options(config));
-    app
+    WatchedStreams::new(app, public_listeners(config).copied().collect())
 }
 
 /// The service holding the public listeners, on `threads` threads (default: the server's).
 fn listening_service(
-    listener: Listener<pingora::proxy::HttpProxy<BatchGate>>,
+    listener: Listener<ProxyApp>,
     config: &Config,
     threads: Option<usize>,
-) -> Service<Listener<pingora::proxy::HttpProxy<BatchGate>>> {
+) -> Service<Listener<ProxyApp>> {
     let mut proxy = Service::new("batchgate proxy".to_string(), listener);
     for addr in public_listeners(config) {
         proxy.add_tcp(&addr.to_string());

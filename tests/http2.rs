@@ -455,3 +455,114 @@ async fn an_h2_body_that_stops_after_a_burst_gets_408_after_one_body_timeout() {
     );
     drop(body);
 }
+
+/// A pass-through request over HTTP/2 whose body stalls is reset (CANCEL) one body timeout
+/// after its last piece and counted as a `body` timeout, while other streams on the busy
+/// connection are served; the upstream connection it held is closed. pingora reads HTTP/2
+/// bodies with no timeout, and the connection's clock cannot time one stream: before, such a
+/// stream held its upstream connection for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_pass_through_body_over_h2_is_reset_at_the_body_timeout() {
+    let backend = Upstream::echo().await;
+    let text =
+        config(&backend.host_port()).replace("[admin]", "default_upstream = \"api\"\n\n[admin]");
+    let gate = common::gate::start(&text).await;
+    let mut client = connect(gate.addr).await;
+    let upload = http::Request::builder()
+        .method("PUT")
+        .uri(format!("http://{}/v2/files/1", gate.addr))
+        .header("content-length", 1000)
+        .body(())
+        .expect("request");
+    let (stalled, mut body) = client.send_request(upload, false).expect("send");
+    body.send_data(Bytes::from_static(b"the first part"), false)
+        .expect("data");
+    let started = Instant::now();
+    // The upstream has the request head and the first part, on a connection of its own.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while backend.open_connections() < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(backend.open_connections(), 1);
+    // Other streams keep the connection busy and are served meanwhile.
+    let mut client = client.ready().await.expect("ready");
+    for _ in 0..3 {
+        let get = http::Request::builder()
+            .uri(format!("http://{}/v2/other", gate.addr))
+            .body(())
+            .expect("request");
+        let (quick, _) = client.send_request(get, true).expect("send");
+        let quick = tokio::time::timeout(Duration::from_secs(2), quick)
+            .await
+            .expect("quick answer")
+            .expect("response");
+        assert_eq!(quick.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let reset = tokio::time::timeout(Duration::from_secs(5), stalled)
+        .await
+        .expect("the stalled stream ends in time")
+        .expect_err("it is reset, not answered");
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let metrics = common::prom::scrape_until(gate.admin, Duration::from_secs(2), "counted", |s| {
+        s.sum("batchgate_client_timeouts_total", &[("phase", "body")]) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "body")]),
+        1.0
+    );
+    // The upstream connection that carried the partial body is closed (the GETs' pooled
+    // connection may stay).
+    let closed = || backend.connections() - backend.open_connections() as u64;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while closed() < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        closed(),
+        1,
+        "the stalled upload's upstream connection is closed"
+    );
+    assert!(backend.requests().iter().all(|r| r.method == "GET"));
+    drop(body);
+}
+
+/// An HTTP/2 pass-through upload that keeps coming, slower than the body timeout in all
+/// but above `client_body_min_rate`, is passed on whole: the deadline moves with each piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_pass_through_body_over_h2_is_not_cut() {
+    let backend = Upstream::echo().await;
+    let text = config(&backend.host_port())
+        .replace("client_body_min_rate = 0", "client_body_min_rate = 1000")
+        .replace("[admin]", "default_upstream = \"api\"\n\n[admin]");
+    let gate = common::gate::start(&text).await;
+    let client = connect(gate.addr).await;
+    let mut client = client.ready().await.expect("ready");
+    let upload = http::Request::builder()
+        .method("PUT")
+        .uri(format!("http://{}/v2/files/1", gate.addr))
+        .header("content-length", 3000)
+        .body(())
+        .expect("request");
+    let (answer, mut body) = client.send_request(upload, false).expect("send");
+    let started = Instant::now();
+    for piece in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        body.send_data(Bytes::from(vec![b'a'; 500]), piece == 5)
+            .expect("data");
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("an answer")
+        .expect("answered, not reset");
+    assert_eq!(answer.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(2400));
+    let upload = backend.wait_for_count(1, Duration::from_secs(1)).await;
+    assert_eq!(upload[0].body.len(), 3000);
+}

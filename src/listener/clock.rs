@@ -51,6 +51,23 @@ pub fn body_deadline(limits: &ClientLimits, started: Instant, bytes: u64) -> Opt
     started.checked_add(limits.body_timeout.saturating_add(earned))
 }
 
+/// When the next read of a body that began at `started`, with `bytes` so far, must deliver
+/// (asked at `now`, just after the last read): within the body timeout of that read (nginx's
+/// `client_body_timeout`), and no later than the whole body's `body_deadline`. Bodies read
+/// outside a connection's clock (HTTP/2 streams) take their deadline from here.
+pub fn next_read_deadline(
+    limits: &ClientLimits,
+    started: Instant,
+    bytes: u64,
+    now: Instant,
+) -> Option<Instant> {
+    let whole = body_deadline(limits, started, bytes)?;
+    Some(
+        now.checked_add(limits.body_timeout)
+            .map_or(whole, |next| whole.min(next)),
+    )
+}
+
 /// One connection's read deadlines, shared by its socket wrapper and the proxy's filters
 /// (both run on the connection's task, so the lock is never contended).
 #[derive(Debug)]

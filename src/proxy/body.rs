@@ -11,7 +11,7 @@ use super::Route;
 use crate::admission::{BodyBytes, Refused};
 use crate::config::ClientLimits;
 use crate::dialect::{is_utf8_charset, Dialect, Rejection, RejectionKind};
-use crate::listener::{body_deadline, ClientClock, Phase};
+use crate::listener::{next_read_deadline, ClientClock, Phase};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING};
 use pingora::http::RequestHeader;
@@ -196,8 +196,8 @@ async fn read_body<D: Dialect>(
         // The whole body within the body timeout and minimum rate, and (as over HTTP/1.1,
         // nginx's `client_body_timeout`) each read within the body timeout of the last.
         let deadline = own_deadline.and_then(|limits| {
-            let whole = body_deadline(limits, started, body.len() as u64)?;
-            Some(whole.min(tokio::time::Instant::now() + limits.body_timeout))
+            let now = tokio::time::Instant::now();
+            next_read_deadline(limits, started, body.len() as u64, now)
         });
         let read = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
