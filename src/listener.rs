@@ -22,6 +22,7 @@
 //! the clock is unarmed: reads then only watch for the client leaving.
 
 mod clock;
+mod h2_conn;
 mod h2_frames;
 mod h2_streams;
 mod rehome;
@@ -31,7 +32,7 @@ mod workers;
 
 pub use clock::{body_deadline, next_read_deadline, ClientClock, Phase};
 pub use h2_frames::{FrameWatch, Pending, MAX_REMEMBERED_STREAMS};
-pub use h2_streams::{body_read_started, body_received, WatchedStreams};
+pub use h2_streams::{body_read_started, body_received};
 pub use stream::DeadlineStream;
 pub use tls::TlsConn;
 pub use workers::Workers;
@@ -39,7 +40,7 @@ pub use workers::Workers;
 use crate::config::{ClientLimits, ListenerTls};
 use crate::metrics::ClientMetrics;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::Peek;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -168,7 +169,7 @@ impl<A: Send + Sync + 'static> Listener<A> {
     }
 }
 
-impl<A: ServerApp + Send + Sync + 'static> Listener<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
     /// Serves one counted connection with `app`: its clock, its TLS handshake or h2c
     /// preface, then every request on it.
     async fn serve(
@@ -192,7 +193,12 @@ impl<A: ServerApp + Send + Sync + 'static> Listener<A> {
                 plain
             }
         };
-        // pingora's HTTP app serves every request of the connection before it returns.
+        // HTTP/2 connections are served by batchgate's own loop; HTTP/1 ones by pingora's
+        // app, which serves every request of the connection before it returns.
+        if stream.clock().is_multiplexed() {
+            h2_conn::serve(app, stream, shutdown, slot.addr).await;
+            return None;
+        }
         ServerApp::process_new(app, Box::new(stream), shutdown).await
     }
 
@@ -266,7 +272,7 @@ async fn sniff_h2c(stream: &mut DeadlineStream) -> Option<()> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,

@@ -8,7 +8,7 @@
 use crate::admin::{readiness_target, AdminApp, ReadinessTarget, UpstreamClients};
 use crate::config::Config;
 use crate::demo::DemoUpstream;
-use crate::listener::{Listener, Listeners, WatchedStreams, Workers};
+use crate::listener::{Listener, Listeners, Workers};
 use crate::proxy::BatchGate;
 use crate::reload::Reloader;
 use crate::upstream::health::HealthChecker;
@@ -229,15 +229,14 @@ fn add_proxy(server: &mut Server, config: &Config, gate: BatchGate) {
 }
 
 /// The app behind the public listeners.
-type ProxyApp = WatchedStreams<pingora::proxy::HttpProxy<BatchGate>>;
+type ProxyApp = pingora::proxy::HttpProxy<BatchGate>;
 
-/// pingora's proxy over `gate`, with batchgate's HTTP/1 and HTTP/2 server options and a body
-/// deadline on each HTTP/2 request it passes through (`listener/h2_streams.rs`).
+/// pingora's proxy over `gate`, with batchgate's HTTP/1 and HTTP/2 server options.
 fn proxy_app(conf: &Arc<ServerConf>, config: &Config, gate: BatchGate) -> ProxyApp {
     let mut app = pingora::proxy::http_proxy(conf, gate);
     app.server_options = Some(http_options(config));
     app.h2_options = Some(h2_options(config));
-    WatchedStreams::new(app, public_listeners(config).copied().collect())
+    app
 }
 
 /// The service holding the public listeners, on `threads` threads (default: the server's).

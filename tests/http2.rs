@@ -347,7 +347,7 @@ async fn open_and_reset(
 }
 
 /// A client that opens streams and resets each right after (HEADERS then RST_STREAM 20 ms
-/// later, the "rapid reset" follow-up) gets its connection closed once it has done so
+/// later, the "rapid reset" follow-up) gets `GOAWAY(ENHANCE_YOUR_CALM)` once it has done so
 /// `client_h2_max_premature_resets` times (counted), and the items its cancelled batches had
 /// already sent keep their permits until they end: the upstream never sees more than
 /// `max_in_flight` at once, and no queued item of a reset batch is ever sent (issue 26).
@@ -376,8 +376,13 @@ async fn streams_reset_right_after_they_open_are_bounded() {
         (10..40).contains(&opened),
         "closed after {opened} reset streams"
     );
-    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
-    assert!(closed.is_ok(), "the connection is closed");
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the connection is closed")
+        .expect("the connection task ran");
+    let goaway = closed.expect_err("closed with an error code");
+    assert!(goaway.is_go_away() && goaway.is_remote(), "{goaway}");
+    assert_eq!(goaway.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
     let metrics = common::prom::scrape_until(gate.admin, Duration::from_secs(5), "counted", |s| {
         s.sum("batchgate_client_h2_premature_reset_closes_total", &[]) >= 1.0
     })
@@ -565,4 +570,92 @@ async fn a_slow_steady_pass_through_body_over_h2_is_not_cut() {
     assert!(started.elapsed() >= Duration::from_millis(2400));
     let upload = backend.wait_for_count(1, Duration::from_secs(1)).await;
     assert_eq!(upload[0].body.len(), 3000);
+}
+
+/// Requests pingora rejects as malformed (a `Host` that contradicts `:authority`) are
+/// answered 400 and leave the other streams alone, up to 32 on one connection; the 32nd
+/// ends it with `GOAWAY(PROTOCOL_ERROR)`, as pingora's own accept loop bounds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_h2_requests_are_bounded_per_connection() {
+    let backend = Upstream::echo().await;
+    let text =
+        config(&backend.host_port()).replace("[admin]", "default_upstream = \"api\"\n\n[admin]");
+    let gate = common::gate::start(&text).await;
+    let tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let malformed = || {
+        http::Request::builder()
+            .uri(format!("http://{}/v2/things", gate.addr))
+            .header("host", "other.example")
+            .body(())
+            .expect("request")
+    };
+    for sent in 1..=31 {
+        client = client.ready().await.expect("ready");
+        let (answer, _) = client.send_request(malformed(), true).expect("send");
+        let refused = answer.await.expect("answered");
+        assert_eq!(refused.status(), 400, "{sent}");
+    }
+    // A well-formed request on the same connection is still served.
+    client = client.ready().await.expect("ready");
+    let get = http::Request::builder()
+        .uri(format!("http://{}/v2/things", gate.addr))
+        .body(())
+        .expect("request");
+    let (answer, _) = client.send_request(get, true).expect("send");
+    assert_eq!(answer.await.expect("answered").status(), 200);
+    client = client.ready().await.expect("ready");
+    let (last, _) = client.send_request(malformed(), true).expect("send");
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the connection is closed")
+        .expect("the connection task ran");
+    let goaway = closed.expect_err("closed with an error code");
+    assert_eq!(
+        goaway.reason(),
+        Some(h2::Reason::PROTOCOL_ERROR),
+        "{goaway}"
+    );
+    assert!(last.await.is_err());
+    assert_eq!(backend.count(), 1);
+}
+
+/// At shutdown (SIGTERM) an HTTP/2 connection gets a graceful GOAWAY: the stream it has
+/// running is still answered within `grace_period`, then the connection closes cleanly
+/// instead of being cut when the grace period ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_an_h2_connection_with_a_graceful_goaway() {
+    let backend =
+        Upstream::with_handler(|_| common::upstream::Reply::json(200, "{}").with_delay(500)).await;
+    let text = config(&backend.host_port()).replace(
+        "[admin]",
+        "default_upstream = \"api\"\ngrace_period = \"3s\"\n\n[admin]",
+    );
+    let gate = common::gate::start(&text).await;
+    let tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let get = http::Request::builder()
+        .uri(format!("http://{}/v2/slow", gate.addr))
+        .body(())
+        .expect("request");
+    let (answer, _) = client.send_request(get, true).expect("send");
+    backend.wait_for_count(1, Duration::from_secs(2)).await;
+    gate.signal("TERM");
+    let answer = tokio::time::timeout(Duration::from_secs(4), answer)
+        .await
+        .expect("answered before the process exits")
+        .expect("answered, not reset");
+    assert_eq!(answer.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(4), connection)
+        .await
+        .expect("the connection closes")
+        .expect("the connection task ran");
+    assert!(closed.is_ok(), "closed with GOAWAY(NO_ERROR): {closed:?}");
 }

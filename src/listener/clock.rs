@@ -8,8 +8,9 @@ use super::stream::DeadlineStream;
 use crate::config::ClientLimits;
 use crate::metrics::ClientMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Which read deadline a connection is under.
@@ -78,6 +79,9 @@ pub struct ClientClock {
     /// The connection speaks HTTP/2: its frames set the deadlines (`h2_frames.rs`). Outside
     /// the lock: every read asks, and it is set once.
     multiplexed: AtomicBool,
+    /// Notified when an HTTP/2 client resets too many streams right after opening them: its
+    /// connection's loop (`h2_conn.rs`) then sends GOAWAY.
+    calm: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -108,6 +112,7 @@ impl ClientClock {
                 expired: None,
             }),
             multiplexed: AtomicBool::new(false),
+            calm: Arc::new(Notify::new()),
             metrics,
         }
     }
@@ -163,7 +168,7 @@ impl ClientClock {
     /// The connection speaks HTTP/2: its requests are streams that share it, so no one
     /// request's phase is the connection's. From here its frames set the read deadline
     /// (`frames_pending`): the preface and a half-received frame or header block have the
-    /// header timeout (a DATA frame the body timeout); pingora's `h2_idle_timeout` (set to
+    /// header timeout (a DATA frame the body timeout); its loop's `h2_idle_timeout` (set to
     /// `client_idle_timeout`) closes it when no stream is open, and the send timeout holds.
     pub fn multiplexed(&self) {
         let mut state = self.lock();
@@ -191,12 +196,18 @@ impl ClientClock {
         state.deadline = deadline;
     }
 
-    /// The HTTP/2 connection is closed for resetting too many streams right after opening
-    /// them (counted).
+    /// The HTTP/2 client reset too many streams right after opening them: counted, and its
+    /// connection told to send GOAWAY and close.
     pub(super) fn premature_resets(&self) {
         if let Some(metrics) = &self.metrics {
             metrics.h2_premature_resets.inc();
         }
+        self.calm.notify_one();
+    }
+
+    /// Notified when the client has reset too many streams right after opening them.
+    pub(super) fn calm_requested(&self) -> Arc<Notify> {
+        self.calm.clone()
     }
 
     /// The TLS handshake failed (counted; the connection is dropped).

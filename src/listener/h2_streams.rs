@@ -6,17 +6,16 @@
 //! that opens a stream, sends part of a body and then nothing (while the connection stays
 //! busy or just open) would hold the stream, its upstream connection and their buffers for
 //! ever. Batches read their bodies with their own per-read deadline (`proxy/body.rs`); for
-//! the rest, every HTTP/2 request runs inside `WatchedStreams`, which gives it a `BodyWatch`.
+//! the rest, every HTTP/2 request runs under a `BodyWatch` (`serve_stream`).
 //! The proxy arms it when it starts to pass the body on (`body_read_started`) and moves it
 //! on with every piece (`body_received`); when its deadline passes, the request's task is
 //! dropped, which resets the stream (`CANCEL`), as Envoy resets a stream whose idle timeout
 //! passes once its answer can no longer be a 408.
 
 use super::clock::next_read_deadline;
+use super::Phase;
 use crate::config::ClientLimits;
-use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::protocols::http::v2::server::H2Options;
+use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use std::net::SocketAddr;
@@ -103,59 +102,23 @@ pub fn body_received(bytes: usize, end: bool) {
     });
 }
 
-/// pingora's HTTP app with a `BodyWatch` around each of its HTTP/2 requests; HTTP/1
-/// requests pass straight through.
-pub struct WatchedStreams<A> {
-    app: Arc<A>,
-    /// The public listeners, to count a reset stream against the one it came on.
-    listeners: Vec<SocketAddr>,
-}
-
-impl<A> WatchedStreams<A> {
-    pub fn new(app: A, listeners: Vec<SocketAddr>) -> Self {
-        WatchedStreams {
-            app: Arc::new(app),
-            listeners,
+/// Serves one HTTP/2 request with `app` under a `BodyWatch`. `listener`: the one its
+/// connection arrived on, to count a reset.
+pub(super) async fn serve_stream<A: HttpServerApp + Send + Sync + 'static>(
+    app: &Arc<A>,
+    session: ServerSession,
+    shutdown: &ShutdownWatch,
+    listener: SocketAddr,
+) {
+    let watch = Arc::new(BodyWatch::default());
+    let request = WATCH.scope(watch.clone(), app.process_new_http(session, shutdown));
+    tokio::select! {
+        _ = request => {}
+        () = watch.expired() => {
+            // The request's future, its stream and its upstream connection are dropped
+            // here: h2 resets the stream with CANCEL.
+            crate::metrics::client_stream_timed_out(&listener.to_string(), Phase::Body.as_str());
+            tracing::debug!("HTTP/2 pass-through body stalled past client_body_timeout; stream reset");
         }
-    }
-}
-
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for WatchedStreams<A> {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        if !session.is_http2() {
-            return self.app.process_new_http(session, shutdown).await;
-        }
-        let listener = super::listener_of(&session, &self.listeners);
-        let watch = Arc::new(BodyWatch::default());
-        let request = WATCH.scope(watch.clone(), self.app.process_new_http(session, shutdown));
-        tokio::select! {
-            reuse = request => reuse,
-            () = watch.expired() => {
-                // The request's future, its stream and its upstream connection are dropped
-                // here: h2 resets the stream with CANCEL.
-                if let Some(listener) = listener {
-                    crate::metrics::client_stream_timed_out(&listener.to_string(), super::Phase::Body.as_str());
-                }
-                tracing::debug!("HTTP/2 pass-through body stalled past client_body_timeout; stream reset");
-                None
-            }
-        }
-    }
-
-    fn h2_options(&self) -> Option<H2Options> {
-        self.app.h2_options()
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.app.server_options()
-    }
-
-    async fn http_cleanup(&self) {
-        self.app.http_cleanup().await;
     }
 }

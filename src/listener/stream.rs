@@ -36,6 +36,9 @@ pub struct DeadlineStream {
     peeked: Vec<u8>,
     /// On an HTTP/2 connection, the client's frames as they pass (`h2_frames.rs`).
     frames: Option<FrameWatch>,
+    /// The client reset too many streams right after opening them: nothing more is read
+    /// from it while its connection sends GOAWAY and closes.
+    calming: bool,
 }
 
 impl DeadlineStream {
@@ -116,6 +119,9 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.calming {
+            return this.poll_deadline(cx);
+        }
         let before = buf.filled().len();
         let read = if !this.peeked.is_empty() {
             // Already counted by the clock when the peek read them.
@@ -135,8 +141,8 @@ impl AsyncRead for DeadlineStream {
 
 impl DeadlineStream {
     /// On an HTTP/2 connection, reads the client's frame heads from `bytes`: what is half
-    /// received sets the connection's deadline, and a connection that resets too many
-    /// streams right after opening them is closed (the read fails).
+    /// received sets the connection's deadline, and a client that resets too many streams
+    /// right after opening them is read no more (its connection's loop sends GOAWAY).
     fn watch_frames(&mut self, bytes: &[u8]) -> Poll<std::io::Result<()>> {
         if self.frames.is_none() {
             if !self.clock.is_multiplexed() {
@@ -151,10 +157,7 @@ impl DeadlineStream {
         frames.feed(bytes, tokio::time::Instant::now());
         if frames.too_many_premature_resets() {
             self.clock.premature_resets();
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the client reset too many streams right after opening them",
-            )));
+            self.calming = true;
         }
         self.clock.frames_pending(frames.pending());
         Poll::Ready(Ok(()))
@@ -170,6 +173,7 @@ impl DeadlineStream {
             write_timer: None,
             peeked: Vec::new(),
             frames: None,
+            calming: false,
         }
     }
 
