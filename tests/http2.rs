@@ -659,3 +659,39 @@ async fn shutdown_drains_an_h2_connection_with_a_graceful_goaway() {
         .expect("the connection task ran");
     assert!(closed.is_ok(), "closed with GOAWAY(NO_ERROR): {closed:?}");
 }
+
+/// An HTTP/2 connection with no stream open is closed after `client_idle_timeout`, counted
+/// from its last stream's end (a busy connection is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_closed_after_the_idle_timeout() {
+    let backend =
+        Upstream::with_handler(|_| common::upstream::Reply::json(200, "{}").with_delay(1_500))
+            .await;
+    let text = config_with_timeouts(&backend.host_port())
+        .replace("[admin]", "default_upstream = \"api\"\n\n[admin]");
+    let gate = common::gate::start(&text).await;
+    let tcp = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let mut connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    // One stream that outlasts the idle timeout: the connection stays open for it.
+    let get = http::Request::builder()
+        .uri(format!("http://{}/v2/slow", gate.addr))
+        .body(())
+        .expect("request");
+    let (answer, _) = client.send_request(get, true).expect("send");
+    let answer = answer.await.expect("answered");
+    assert_eq!(answer.status(), 200);
+    let ended = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(4), &mut connection)
+        .await
+        .expect("closed once idle");
+    let idle = ended.elapsed();
+    assert!(closed.is_ok());
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+}
