@@ -10,7 +10,6 @@ use crate::metrics::ClientMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Which read deadline a connection is under.
@@ -79,9 +78,10 @@ pub struct ClientClock {
     /// The connection speaks HTTP/2: its frames set the deadlines (`h2_frames.rs`). Outside
     /// the lock: every read asks, and it is set once.
     multiplexed: AtomicBool,
-    /// Notified when an HTTP/2 client resets too many streams right after opening them: its
-    /// connection's loop (`h2_conn.rs`) then sends GOAWAY.
-    calm: Arc<Notify>,
+    /// Set when an HTTP/2 client resets too many streams right after opening them: its
+    /// connection's loop (`h2_conn.rs`) then sends GOAWAY. Set while that loop polls the
+    /// connection (h2 reads the socket only there), so the loop looks after each poll.
+    calm: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -112,7 +112,7 @@ impl ClientClock {
                 expired: None,
             }),
             multiplexed: AtomicBool::new(false),
-            calm: Arc::new(Notify::new()),
+            calm: Arc::new(AtomicBool::new(false)),
             metrics,
         }
     }
@@ -202,11 +202,11 @@ impl ClientClock {
         if let Some(metrics) = &self.metrics {
             metrics.h2_premature_resets.inc();
         }
-        self.calm.notify_one();
+        self.calm.store(true, Ordering::Relaxed);
     }
 
-    /// Notified when the client has reset too many streams right after opening them.
-    pub(super) fn calm_requested(&self) -> Arc<Notify> {
+    /// Raised once the client has reset too many streams right after opening them.
+    pub(super) fn calm_requested(&self) -> Arc<AtomicBool> {
         self.calm.clone()
     }
 

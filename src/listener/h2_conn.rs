@@ -9,7 +9,7 @@
 //! and nginx answer the "rapid reset" pattern, and each stream runs under a `BodyWatch`
 //! (`h2_streams.rs`).
 
-use super::h2_streams;
+use super::h2_streams::{self, OpenStreams};
 use super::stream::DeadlineStream;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::HttpSession as H2Session;
@@ -18,10 +18,8 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Ssl, Stream};
 use pingora::server::ShutdownWatch;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Streams pingora may reject as malformed (a forbidden byte in `:path`, conflicting
 /// `Content-Length`) before the connection is closed: pingora's own loop allows 32.
@@ -68,12 +66,14 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
                     closing = true;
                     continue;
                 }
-                () = calm.notified() => {
+                next = H2Session::from_h2_conn(&mut conn, digest.clone()) => next,
+                // Raised only while the branch above polls the connection, so looked at
+                // right after it.
+                () = raised(&calm) => {
                     conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                     closing = true;
                     continue;
                 }
-                next = H2Session::from_h2_conn(&mut conn, digest.clone()) => next,
                 () = open.idle_for(idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
                     // Nothing open for the idle timeout: close at once (a graceful GOAWAY
                     // could wait on a peer that is gone).
@@ -96,49 +96,26 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
                 }
             }
             Ok(Some(H2Accept::Session(session))) => {
-                let app = app.clone();
-                let shutdown = shutdown.clone();
-                let guard = open.enter();
-                tokio::spawn(async move {
-                    let session = ServerSession::new_http2(session);
-                    h2_streams::serve_stream(&app, session, &shutdown, listener).await;
-                    drop(guard);
-                });
+                tokio::spawn(h2_streams::serve_stream(
+                    app.clone(),
+                    ServerSession::new_http2(session),
+                    shutdown.clone(),
+                    listener,
+                    open.enter(),
+                ));
             }
         }
     }
 }
 
-/// The connection's streams being served, to tell a busy connection from an idle one.
-#[derive(Default)]
-struct OpenStreams {
-    count: AtomicUsize,
-    none_left: Notify,
-}
-
-/// One stream being served; the count drops with it.
-struct StreamGuard(Arc<OpenStreams>);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_one();
+/// Ready once `flag` is raised. It registers no waker: the flag is raised only during a
+/// poll of the same task, which polls this right after.
+fn raised(flag: &AtomicBool) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| {
+        if flag.load(Ordering::Relaxed) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
-    }
-}
-
-impl OpenStreams {
-    fn enter(self: &Arc<Self>) -> StreamGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        StreamGuard(self.clone())
-    }
-
-    /// Resolves once no stream has been open for `timeout` (cancelled, and so restarted,
-    /// whenever the loop accepts one).
-    async fn idle_for(&self, timeout: Duration) {
-        while self.count.load(Ordering::Acquire) != 0 {
-            self.none_left.notified().await;
-        }
-        tokio::time::sleep(timeout).await;
-    }
+    })
 }
