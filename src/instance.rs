@@ -7,11 +7,13 @@
 //! renamed over it), and removed when the process exits if it still names this process (after
 //! an upgrade it names the new one). `batchgate reload` and `batchgate pid` signal or print a pid only after
 //! [`find`] has checked that it is a batchgate serving that very file: a pid file left behind
-//! by a crash, whose pid now belongs to another program, names nothing.
+//! by a crash, whose pid now belongs to another program, names nothing, and the signal goes
+//! through a pidfd opened before the check (no window in which the pid could be reused).
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -122,8 +124,67 @@ impl fmt::Display for NotFound {
     }
 }
 
-/// The pid of the batchgate that `pid_file` names and that serves `config`.
-pub fn find(pid_file: &Path, config: &Path) -> Result<i32, NotFound> {
+/// A batchgate found through its pid file, held by a pidfd opened *before* it was verified:
+/// a signal sent through it reaches that process or none, never one that took its pid since
+/// (where the kernel has no pidfds, before Linux 5.3, `kill` by pid is the fallback).
+#[derive(Debug)]
+pub struct Instance {
+    pub pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Instance {
+    /// Sends SIGHUP (a reload).
+    pub fn hang_up(&self) -> io::Result<()> {
+        match &self.pidfd {
+            Some(pidfd) => pidfd_send_signal(pidfd, nix::libc::SIGHUP),
+            None => nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .map_err(io::Error::from),
+        }
+    }
+}
+
+/// A pidfd for `pid`: `Ok(None)` where the kernel has none, `Err` when no such process runs.
+#[allow(unsafe_code)]
+fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the
+    // descriptor is owned by nothing else.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(nix::libc::ENOSYS) => Ok(None),
+            _ => Err(error),
+        };
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is closed only by this OwnedFd.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+#[allow(unsafe_code)]
+fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: a live descriptor, a signal number, no siginfo (the kernel fills it as kill
+    // does) and no flags.
+    let sent = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The batchgate that `pid_file` names and that serves `config`.
+pub fn find(pid_file: &Path, config: &Path) -> Result<Instance, NotFound> {
     let text = std::fs::read_to_string(pid_file).map_err(|error| NotFound::NoPidFile {
         pid_file: pid_file.to_path_buf(),
         error,
@@ -133,19 +194,23 @@ pub fn find(pid_file: &Path, config: &Path) -> Result<i32, NotFound> {
     };
     let (pid, serves) = parse(&text).ok_or_else(garbled)?;
     let serves = serves.ok_or_else(garbled)?;
+    let stale = || NotFound::Stale {
+        pid_file: pid_file.to_path_buf(),
+        pid,
+    };
+    // Opened before anything is checked: if the pid is reused after this, the pidfd still
+    // names the process that was checked (gone), and the signal fails instead of landing.
+    let pidfd = pidfd_open(pid).map_err(|_| stale())?;
     let written = std::fs::metadata(pid_file)
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
     if !is_batchgate_started_by(pid, written)? {
-        return Err(NotFound::Stale {
-            pid_file: pid_file.to_path_buf(),
-            pid,
-        });
+        return Err(stale());
     }
     if !same_file(&serves, config) {
         return Err(NotFound::OtherConfig { pid, serves });
     }
-    Ok(pid)
+    Ok(Instance { pid, pidfd })
 }
 
 /// The pid and, when recorded, the config path.
@@ -230,6 +295,31 @@ fn start_time(pid: i32) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A signal through the pidfd reaches the process it was opened on, and fails once that
+    /// process is gone, whatever now runs under its pid; no process, no pidfd.
+    #[test]
+    fn a_pidfd_names_one_process_for_good() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid).expect("pidfd_open");
+        let instance = Instance { pid, pidfd };
+        if instance.pidfd.is_none() {
+            eprintln!("no pidfds on this kernel: nothing to test");
+            let _ = child.kill();
+            return;
+        }
+        instance.hang_up().expect("signal the live child");
+        // SIGHUP's default action ends the sleep; once reaped, its pid is free.
+        let status = child.wait().expect("wait");
+        assert!(!status.success());
+        let error = instance.hang_up().expect_err("the process is gone");
+        assert_eq!(error.raw_os_error(), Some(nix::libc::ESRCH));
+        assert!(pidfd_open(pid).is_err(), "no process, no pidfd");
+    }
 
     /// The asking program's own pid passes when the file was written after it started, and not
     /// when written before; pid 1 (another program) and a pid that does not exist never pass.

@@ -115,8 +115,6 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// running instance validates the file again itself (it may have changed in between) and logs
 /// and counts the outcome.
 fn reload(path: &std::path::Path) -> ExitCode {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let config = match Config::from_path(path) {
         Ok(config) => config,
         Err(e) => {
@@ -127,8 +125,10 @@ fn reload(path: &std::path::Path) -> ExitCode {
     let pid_file = server::pid_file(&config);
     let sent = instance::find(pid_file.as_ref(), path)
         .map_err(|why| format!("{why}\nnot reloaded: nothing was signalled"))
-        .and_then(|pid| {
-            kill(Pid::from_raw(pid), Signal::SIGHUP)
+        .and_then(|instance| {
+            let pid = instance.pid;
+            instance
+                .hang_up()
                 .map(|()| pid)
                 .map_err(|e| format!("cannot signal pid {pid} (from {pid_file}): {e}"))
         });
@@ -154,8 +154,8 @@ fn print_pid(path: &std::path::Path) -> ExitCode {
         }
     };
     match instance::find(server::pid_file(&config).as_ref(), path) {
-        Ok(pid) => {
-            println!("{pid}");
+        Ok(instance) => {
+            println!("{}", instance.pid);
             ExitCode::SUCCESS
         }
         Err(why) => {
