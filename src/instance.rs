@@ -310,6 +310,7 @@ mod tests {
         if instance.pidfd.is_none() {
             eprintln!("no pidfds on this kernel: nothing to test");
             let _ = child.kill();
+            let _ = child.wait();
             return;
         }
         instance.hang_up().expect("signal the live child");
