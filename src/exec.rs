@@ -26,8 +26,13 @@ use tracing::Instrument;
 
 /// Sends one sub-request and reports what happened. Implemented over pingora's connector in
 /// `upstream.rs`, and by in-memory fakes in tests.
+///
+/// The executor decides when an item must be done (`until`: its start plus the item
+/// timeout) and sets no timer of its own: `send` resolves by `until`, with a `Timeout`
+/// failure if nothing answered, so the upstream client knows which address did not answer
+/// (a silent address is ejected like one that refuses).
 pub trait Upstream: Send + Sync + 'static {
-    fn send(&self, request: SubRequest) -> impl Future<Output = Outcome> + Send;
+    fn send(&self, request: SubRequest, until: Instant) -> impl Future<Output = Outcome> + Send;
 }
 
 /// Hooks for metrics and logs; the executor itself records nothing.
@@ -481,10 +486,7 @@ async fn run_item<U: Upstream, O: Observer>(
     observer: Arc<O>,
 ) -> (usize, Outcome) {
     let started = Instant::now();
-    let outcome = match tokio::time::timeout(item_timeout, upstream.send(request)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::failed(FailureKind::Timeout, Sent::Maybe),
-    };
+    let outcome = upstream.send(request, started + item_timeout).await;
     let elapsed = started.elapsed();
     let span = tracing::Span::current();
     if !span.is_disabled() {

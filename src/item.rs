@@ -195,27 +195,6 @@ impl Failure {
         self.kind.mapping().fault
     }
 
-    /// Whether sending the request again cannot do anything twice that the client did not
-    /// ask for: nothing reached the upstream, or the method is idempotent (RFC 9110 section
-    /// 9.2.2) and the failure was the upstream's.
-    pub fn retryable(&self, idempotent: bool) -> bool {
-        use FailureKind::*;
-        match self.kind {
-            // A handshake sent nothing of the request; another peer may hold a good
-            // certificate.
-            Connect | Tls => true,
-            Timeout | Connection => self.sent == Sent::Nothing || idempotent,
-            Refused(_)
-            | BatchDeadline
-            | ResponseTooLarge { .. }
-            | ReplyBudgetExceeded { .. }
-            | Cancelled
-            | NotRun
-            | DependencyFailed { .. }
-            | Internal => false,
-        }
-    }
-
     /// Status, code and message for dialects that report one per item.
     pub fn http_error(&self) -> ItemError {
         if let FailureKind::Refused(error) = &self.kind {

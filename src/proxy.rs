@@ -11,6 +11,7 @@ mod passthrough;
 
 use crate::config::{Config, RouteConfig};
 use crate::dialect::{Reply, RouteDialect, UpstreamResponse};
+use crate::item::{FailureKind, Outcome, Sent};
 use crate::listener::{ClientClock, Phase};
 use crate::metrics::{PassthroughMetrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
@@ -147,6 +148,9 @@ pub struct RequestCtx {
     /// Pass-through: the address index of the current attempt, and how many connects failed.
     passthrough_address: Option<usize>,
     passthrough_connect_failures: usize,
+    /// Pass-through: the current attempt is connected, and its answer's head arrived.
+    passthrough_connected: bool,
+    passthrough_answered: bool,
     passthrough_tried: crate::upstream::Tried,
 }
 
@@ -301,6 +305,8 @@ impl ProxyHttp for BatchGate {
             live: None,
             passthrough_address: None,
             passthrough_connect_failures: 0,
+            passthrough_connected: false,
+            passthrough_answered: false,
             passthrough_tried: crate::upstream::Tried::default(),
         }
     }
@@ -383,6 +389,8 @@ impl ProxyHttp for BatchGate {
         match passthrough.client.pick_peer(ctx.passthrough_tried, key) {
             Some((n, peer)) => {
                 ctx.passthrough_address = Some(n);
+                ctx.passthrough_connected = false;
+                ctx.passthrough_answered = false;
                 ctx.passthrough_tried = ctx.passthrough_tried.with(n);
                 Ok(Box::new(peer.clone()))
             }
@@ -432,6 +440,7 @@ impl ProxyHttp for BatchGate {
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.passthrough_connected = true;
         let live = self.live(ctx);
         if let Some(metrics) = live.passthrough.as_ref().and_then(|p| p.metrics.as_ref()) {
             metrics.sent(reused);
@@ -448,12 +457,16 @@ impl ProxyHttp for BatchGate {
     ) -> Box<Error> {
         let live = self.live(ctx);
         if let (Some(passthrough), Some(n)) = (&live.passthrough, ctx.passthrough_address) {
-            passthrough.client.connect_failed(n);
-            // Nothing was sent: any method may go to another address, a bounded number of
-            // times (pingora's own bound, `max_retries`, is 16).
+            let failed = Outcome::failed(FailureKind::Connect, Sent::Nothing);
+            passthrough.client.passthrough_outcome(n, &failed);
+            // Nothing was sent: another address may take it, a bounded number of times
+            // (pingora's own bound, `max_retries`, is 16).
             ctx.passthrough_connect_failures += 1;
             let others = passthrough.client.config.addresses.len() > 1;
-            e.set_retry(others && ctx.passthrough_connect_failures < PASSTHROUGH_CONNECT_TRIES);
+            let again = crate::upstream::may_send_again(Sent::Nothing, false);
+            e.set_retry(
+                again && others && ctx.passthrough_connect_failures < PASSTHROUGH_CONNECT_TRIES,
+            );
         }
         e
     }
@@ -466,9 +479,13 @@ impl ProxyHttp for BatchGate {
     ) -> Result<()> {
         let live = self.live(ctx);
         if let (Some(passthrough), Some(n)) = (&live.passthrough, ctx.passthrough_address) {
-            passthrough
-                .client
-                .answered(n, upstream_response.status.as_u16());
+            ctx.passthrough_answered = true;
+            let answered = Outcome::Response(UpstreamResponse {
+                status: upstream_response.status.as_u16(),
+                headers: http::HeaderMap::new(),
+                body: Bytes::new(),
+            });
+            passthrough.client.passthrough_outcome(n, &answered);
         }
         // pingora buffered the head within its own 1 MiB; the one head limit applies here
         // as on items.
@@ -502,12 +519,30 @@ impl ProxyHttp for BatchGate {
         &self,
         session: &mut Session,
         e: &pingora::Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         // A pass-through body whose deadline passed is the client's slowness, not a malformed
         // request: 408, as nginx's client_body_timeout answers.
         let body_expired =
             ClientClock::of(session).is_some_and(|clock| clock.expired() == Some(Phase::Body));
+        // Connected, and the address failed before its answer's head: it counts against the
+        // address like an item's reset or timeout (connect failures were counted already).
+        let live = self.live(ctx);
+        let unanswered = ctx.passthrough_connected && !ctx.passthrough_answered;
+        if let (Some(passthrough), Some(n), true, ErrorSource::Upstream) = (
+            &live.passthrough,
+            ctx.passthrough_address,
+            unanswered,
+            e.esource(),
+        ) {
+            let kind = match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => FailureKind::Timeout,
+                _ => FailureKind::Connection,
+            };
+            passthrough
+                .client
+                .passthrough_outcome(n, &Outcome::failed(kind, Sent::Maybe));
+        }
         // Otherwise pingora's own mapping: the status an error names, 502 for the upstream's
         // fault, nothing for a client that is gone, 400 for its other faults, 500 for ours.
         let code = match e.etype() {

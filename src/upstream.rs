@@ -5,13 +5,16 @@
 //! lean exchange (`h1`) on connections made by pingora's `TransportConnector` and kept in an
 //! idle pool per address (`pool`); h2c items go through pingora's HTTP/2 session and pool. A
 //! connection goes back to the pool only after its response was read to the end with its
-//! framing intact. Below any policy, a *reused* pooled connection that fails (the upstream
-//! closed it while idle) is tried once more on a new connection, narrowed to what cannot do
-//! harm: when nothing of the request was written, or when the method is idempotent and no
-//! byte of an answer arrived. Above it, per upstream and opt-in: retries with a budget
-//! (`retry`), hedging (`send`), passive ejection (`eject`) and active health checks
-//! (`health`) decide which address an attempt goes to and whether there is another.
+//! framing intact. Below any policy, a *reused* pooled connection that fails before any
+//! answer (the upstream closed it while idle) is tried once more on a new connection. Above
+//! it, per upstream and opt-in: retries with a budget (`retry`), hedging (`send`), passive
+//! ejection (`eject`) and active health checks (`health`) decide which address an attempt
+//! goes to and whether there is another. Whether a second attempt is safe, and whether an
+//! attempt failed its address, is decided in `attempt` for all of them. An item is answered
+//! by the instant the executor gives (`Call::until`); attempts still running then fail
+//! their addresses.
 
+mod attempt;
 mod choice;
 mod eject;
 pub mod h1;
@@ -26,6 +29,7 @@ use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamPro
 use crate::exec::Upstream;
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics, UpstreamSeries};
+pub use attempt::may_send_again;
 pub use choice::Tried;
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
@@ -34,7 +38,8 @@ use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use prometheus::IntGauge;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -217,20 +222,10 @@ impl UpstreamClient {
         self.passthrough_peers.get(n).map(|peer| (n, peer))
     }
 
-    /// A pass-through connection to address `n` could not be made (ejection bookkeeping).
-    pub fn connect_failed(&self, n: usize) {
-        if self.ejections.failed(n) {
-            self.count_ejection(n);
-        }
-    }
-
-    /// A pass-through request to address `n` was answered with `status`.
-    pub fn answered(&self, n: usize, status: u16) {
-        if self.config.eject_on_5xx && status >= 500 {
-            self.connect_failed(n);
-        } else {
-            self.ejections.succeeded(n);
-        }
+    /// How a pass-through request to address `n` ended, for ejection: its connection failed,
+    /// it was answered (the status), or it failed after connecting and before an answer.
+    pub fn passthrough_outcome(&self, n: usize, outcome: &Outcome) {
+        self.address_outcome(n, outcome);
     }
 
     /// What `balance = "hash"` hashes for a request with this path and header lookup.
@@ -276,17 +271,42 @@ impl UpstreamClient {
     }
 
     /// Sends one item: one attempt, hedged after `call.hedge_after` when it is slow, tried
-    /// again as the upstream's retry policy allows (`retry`), always within the item timeout
-    /// and the batch deadline.
+    /// again as the upstream's retry policy allows (`retry`), and answered by `call.until`
+    /// (the item timeout): an attempt still running then fails its address like an error.
     pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders, call: &Call) -> Outcome {
-        let hedges = call.repeatable && call.hedge_after.is_some();
+        let attempting = Attempting::default();
+        let hedges =
+            attempt::may_send_again(Sent::Maybe, call.repeatable) && call.hedge_after.is_some();
         if self.config.retry.is_none() && !hedges {
             let n = self.choose(Tried::default(), self.item_key(request, batch));
-            return self.attempt(n, request, batch).await;
+            let attempt = self.attempt(n, request, batch, call, &attempting);
+            tokio::pin!(attempt);
+            return self.answered_by(call.until, attempt, &attempting).await;
         }
         // Boxed: the retry loop holds up to two attempts at once (a hedge), and an item
-        // future that large costs every item its copies (measured: +25% CPU per item).
-        Box::pin(self.send_with_policy(request, batch, call)).await
+        // future that large costs every item its copies (docs/PERFORMANCE.md).
+        let attempts = Box::pin(self.send_with_policy(request, batch, call, &attempting));
+        self.answered_by(call.until, attempts, &attempting).await
+    }
+
+    /// `attempts` by `until`, or a timeout that fails every address still attempting (read
+    /// while the attempts are alive: dropping them clears `attempting`).
+    async fn answered_by<F: Future<Output = Outcome> + Unpin>(
+        &self,
+        until: Instant,
+        mut attempts: F,
+        attempting: &Attempting,
+    ) -> Outcome {
+        match tokio::time::timeout_at(until, &mut attempts).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let timed_out = Outcome::failed(FailureKind::Timeout, Sent::Maybe);
+                for n in attempting.addresses() {
+                    self.address_outcome(n, &timed_out);
+                }
+                timed_out
+            }
+        }
     }
 
     /// `send` with retries or hedging.
@@ -295,8 +315,9 @@ impl UpstreamClient {
         request: &SubRequest,
         batch: &BatchHeaders,
         call: &Call,
+        attempting: &Attempting,
     ) -> Outcome {
-        let until = (Instant::now() + batch.item_timeout).min(call.deadline);
+        let until = call.until.min(call.deadline);
         let policy = self.config.retry.as_ref();
         if policy.is_some() || call.hedge_after.is_some() {
             self.budget.request();
@@ -305,7 +326,9 @@ impl UpstreamClient {
         let mut retried: Option<RetryOn> = None;
         let mut attempt = 1;
         loop {
-            let (used, outcome) = self.hedged(request, batch, call, tried, until).await;
+            let (used, outcome) = self
+                .hedged(request, batch, call, tried, until, attempting)
+                .await;
             tried = used;
             let Some(policy) = policy else {
                 return outcome;
@@ -355,13 +378,16 @@ impl UpstreamClient {
         call: &Call,
         tried: Tried,
         until: Instant,
+        attempting: &Attempting,
     ) -> (Tried, Outcome) {
         let key = self.item_key(request, batch);
         let n = self.choose(tried, key);
         let tried = tried.with(n);
-        let first = self.attempt(n, request, batch);
+        let first = self.attempt(n, request, batch, call, attempting);
+        // A copy while the first is running: as if the first may have reached the upstream.
+        let may_copy = attempt::may_send_again(Sent::Maybe, call.repeatable);
         let delay = match call.hedge_after {
-            _ if !call.repeatable || self.peers.len() < 2 => None,
+            _ if !may_copy || self.peers.len() < 2 => None,
             Some(Hedge::After(delay)) => Some(delay),
             Some(Hedge::Quantile(q)) => self.latency.quantile(q),
             None => None,
@@ -385,7 +411,7 @@ impl UpstreamClient {
             return (tried, first.await);
         }
         let tried = tried.with(m);
-        let second = self.attempt(m, request, batch);
+        let second = self.attempt(m, request, batch, call, attempting);
         tokio::pin!(second);
         let name = &self.config.name;
         tokio::select! {
@@ -408,9 +434,18 @@ impl UpstreamClient {
         }
     }
 
-    /// One attempt at address `n`, with its ejection and latency bookkeeping.
-    async fn attempt(&self, n: usize, request: &SubRequest, batch: &BatchHeaders) -> Outcome {
+    /// One attempt at address `n`, with its ejection and latency bookkeeping; `attempting`
+    /// holds `n` while it runs.
+    async fn attempt(
+        &self,
+        n: usize,
+        request: &SubRequest,
+        batch: &BatchHeaders,
+        call: &Call,
+        attempting: &Attempting,
+    ) -> Outcome {
         let started = Instant::now();
+        let _running = attempting.enter(n);
         let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
@@ -421,23 +456,39 @@ impl UpstreamClient {
             .then(|| self.chooser.outstanding.get(n))
             .flatten()
             .map(InFlightAt::new);
-        let outcome = match &self.h2_connector {
-            Some(connector) => self.send_h2(connector, n, peer, request, batch).await,
-            None => self.send_h1(peer, pool, request, batch).await,
-        };
-        let failed = match &outcome {
-            Outcome::Failed(f) => matches!(f.kind, FailureKind::Connect | FailureKind::Tls),
-            Outcome::Response(r) => self.config.eject_on_5xx && r.status >= 500,
-        };
+        let outcome = self.exchange(n, peer, pool, request, batch, call).await;
         if let Outcome::Response(_) = &outcome {
             self.latency.record(started.elapsed());
         }
-        if !failed {
+        self.address_outcome(n, &outcome);
+        outcome
+    }
+
+    /// One exchange with address `n` over the upstream's protocol: what items and health
+    /// checks both send.
+    async fn exchange(
+        &self,
+        n: usize,
+        peer: &HttpPeer,
+        pool: &pool::Pool,
+        request: &SubRequest,
+        batch: &BatchHeaders,
+        call: &Call,
+    ) -> Outcome {
+        match &self.h2_connector {
+            Some(connector) => self.send_h2(connector, n, peer, request, batch, call).await,
+            None => self.send_h1(peer, pool, request, batch, call).await,
+        }
+    }
+
+    /// Ejection bookkeeping for an attempt at address `n` (an item's or a pass-through
+    /// request's) that ended with `outcome`.
+    fn address_outcome(&self, n: usize, outcome: &Outcome) {
+        if !attempt::address_failed(outcome, self.config.eject_on_5xx) {
             self.ejections.succeeded(n);
         } else if self.ejections.failed(n) {
             self.count_ejection(n);
         }
-        outcome
     }
 
     /// Logs and counts that address `n` was taken out of the choice.
@@ -459,19 +510,19 @@ impl UpstreamClient {
         pool: &pool::Pool,
         request: &SubRequest,
         batch: &BatchHeaders,
+        call: &Call,
     ) -> Outcome {
         if let Some(conn) = pool.take() {
             self.count_connection(true);
             match self.exchange_h1(conn, pool, request, batch).await {
                 Ok(response) => return Outcome::Response(response),
-                // The pooled connection turned out dead: once more, on a new connection, if
-                // the upstream cannot have acted on the request (nothing of it left), or if
-                // acting twice is harmless (an idempotent method, RFC 9112 section 9.3.1)
-                // and no answer had started. A POST that may have reached the upstream gets
-                // an error rather than a second try: nothing is done twice.
+                // The pooled connection turned out dead (closed before any answer: the
+                // upstream closed it while idle): once more on a new connection, when that
+                // is safe (RFC 9112 section 9.3.1). A POST that may have reached the
+                // upstream gets an error rather than a second try: nothing is done twice.
                 Err(error)
-                    if error.unsent()
-                        || (error.nothing_received() && request.method.is_idempotent()) => {}
+                    if (error.unsent() || error.nothing_received())
+                        && attempt::may_send_again(error.sent(), call.repeatable) => {}
                 Err(error) => return Outcome::Failed(h1_failure(error)),
             }
         }
@@ -514,6 +565,7 @@ impl UpstreamClient {
         peer: &HttpPeer,
         request: &SubRequest,
         batch: &BatchHeaders,
+        call: &Call,
     ) -> Outcome {
         let streams = match self.config.protocol {
             UpstreamProtocol::H2c => {
@@ -555,10 +607,14 @@ impl UpstreamClient {
                     // pingora's rule: `ReusedOnly` errors are retryable only on a reused
                     // pooled connection, i.e. the upstream closed it while idle and saw nothing.
                     error.retry.decide_reuse(reused);
-                    let again = match attempts {
+                    let trigger = match attempts {
                         1 => error.retry(),
                         n => n < UNPROCESSED_ATTEMPTS && h2::refused_unprocessed(&error),
                     };
+                    // What pingora marks retryable the upstream did not process (a stream it
+                    // refused, a connection it had closed): as good as nothing sent.
+                    let sent = if error.retry() { Sent::Nothing } else { sent };
+                    let again = trigger && attempt::may_send_again(sent, call.repeatable);
                     if !again {
                         return Outcome::Failed(h2::pingora_failure(&error, sent));
                     }
@@ -619,6 +675,8 @@ pub struct Call {
     pub hedge_after: Option<Hedge>,
     /// The batch deadline: no retry or hedge starts that would end after it.
     pub deadline: Instant,
+    /// When the item must be answered (its start plus the item timeout).
+    pub until: Instant,
 }
 
 /// One batch's view of an upstream: what the executor calls.
@@ -634,12 +692,13 @@ pub struct BatchUpstream {
 }
 
 impl Upstream for BatchUpstream {
-    async fn send(&self, request: SubRequest) -> Outcome {
+    async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
         let call = Call {
             repeatable: self.repeatable_methods.contains(&request.method),
             hedge_after: self.hedge_after,
             deadline: self.deadline,
+            until,
         };
         self.client.send(&request, &self.headers, &call).await
     }
@@ -694,6 +753,36 @@ pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
 
 /// The item connectors' options: pool size, and for TLS the CA file and client certificate,
 /// loaded once here (config validation has read them) instead of per connection.
+/// The addresses an item has an attempt running at (at most two: a hedge), as bits like
+/// `Tried`: when the item's time runs out, each of them failed to answer.
+#[derive(Default)]
+struct Attempting(AtomicU64);
+
+impl Attempting {
+    fn enter(&self, n: usize) -> RunningAt<'_> {
+        let bit = u32::try_from(n)
+            .ok()
+            .and_then(|n| 1u64.checked_shl(n))
+            .unwrap_or(0);
+        self.0.fetch_or(bit, Ordering::Relaxed);
+        RunningAt(self, bit)
+    }
+
+    fn addresses(&self) -> impl Iterator<Item = usize> {
+        let bits = self.0.load(Ordering::Relaxed);
+        (0..64).filter(move |n| bits & (1 << n) != 0)
+    }
+}
+
+/// Address `n`'s attempt, running until dropped (answered, failed or cut off).
+struct RunningAt<'a>(&'a Attempting, u64);
+
+impl Drop for RunningAt<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_and(!self.1, Ordering::Relaxed);
+    }
+}
+
 /// One item in flight at an address, for `Balance::LeastOutstanding`; dropped (also when
 /// the item is cancelled) it is no longer counted.
 struct InFlightAt<'a>(&'a AtomicUsize);

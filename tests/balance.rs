@@ -308,3 +308,75 @@ fn weights_and_hash_keys_are_checked() {
         "{stderr}"
     );
 }
+
+/// Three addresses, one of which accepts every request and then closes the connection
+/// without an answer (or, second run, never answers): with `eject_after = 2` it fails two
+/// items, is ejected like an address nobody listens on, and the rest go to the others. Before,
+/// only connect and TLS failures counted: a resetting or silent address kept its share of
+/// items for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resetting_or_silent_address_is_ejected() {
+    for (bad_reply, failure) in [(Reply::abort(), 502), (Reply::hang(), 504)] {
+        let good_a = Upstream::echo().await;
+        let good_b = Upstream::echo().await;
+        let bad = Upstream::with_handler(move |_| bad_reply.clone()).await;
+        let text = upstream_config(
+            &[good_a.addr, good_b.addr, bad.addr],
+            "eject_after = 2\neject_for = \"30s\"\n",
+        )
+        .replace(
+            "concurrency = 1",
+            "concurrency = 1\nitem_timeout = \"300ms\"",
+        );
+        let gate = gate::start(&text).await;
+        let reply = client::post_json(gate.addr, BATCH_PATH, &batch(items(30))).await;
+        assert_eq!(reply.status, 200, "{}", reply.body_str());
+        let failed: Vec<_> = responses(&reply)
+            .iter()
+            .filter(|r| r["status"] != 200)
+            .map(|r| r["status"].clone())
+            .collect();
+        assert_eq!(
+            failed,
+            vec![Value::from(failure); 2],
+            "{}",
+            reply.body_str()
+        );
+        assert_eq!(bad.count(), 2, "the bad address saw two items");
+        let again = client::post_json(gate.addr, BATCH_PATH, &batch(items(30))).await;
+        assert!(responses(&again).iter().all(|r| r["status"] == 200));
+        let metrics = common::prom::scrape(gate.admin).await;
+        let ejected = metrics.sum(
+            "batchgate_upstream_ejections_total",
+            &[("address", bad.addr.to_string().as_str())],
+        );
+        assert_eq!(ejected, 1.0, "{}", metrics.text);
+    }
+}
+
+/// Pass-through counts the same failures against an address as items do: a default-upstream
+/// address that accepts and then closes without answering fails two requests and is ejected;
+/// the rest go to the good address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resetting_address_is_ejected_from_pass_through() {
+    let good = Upstream::echo().await;
+    let bad = Upstream::with_handler(|_| Reply::abort()).await;
+    let gate = gate::start(&upstream_config(
+        &[good.addr, bad.addr],
+        "eject_after = 2\neject_for = \"30s\"\n",
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(client::get(gate.addr, "/v2/things").await.status);
+    }
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(failed, 2, "{statuses:?}");
+    assert_eq!(bad.count(), 2);
+    let metrics = common::prom::scrape(gate.admin).await;
+    let ejected = metrics.sum(
+        "batchgate_upstream_ejections_total",
+        &[("address", bad.addr.to_string().as_str())],
+    );
+    assert_eq!(ejected, 1.0, "{}", metrics.text);
+}

@@ -28,16 +28,31 @@ struct Fake {
 }
 
 impl Upstream for Fake {
-    async fn send(&self, request: SubRequest) -> Outcome {
+    async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
+        tokio::time::timeout_at(until, self.answer(request))
+            .await
+            .unwrap_or_else(|_| Outcome::failed(FailureKind::Timeout, Sent::Maybe))
+    }
+}
+
+impl Fake {
+    async fn answer(&self, request: SubRequest) -> Outcome {
+        // Counted out also when the timeout drops this future.
+        struct Leaving<'a>(&'a AtomicUsize);
+        impl Drop for Leaving<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         self.started
             .lock()
             .expect("test mutex")
             .push(request.path.clone());
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let _leaving = Leaving(&self.in_flight);
         self.peak.fetch_max(now, Ordering::SeqCst);
         let ms: u64 = request.path.trim_start_matches('/').parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         Outcome::Response(UpstreamResponse {
             status: 200,
             headers: HeaderMap::new(),
@@ -345,13 +360,13 @@ both_ways! {
 struct Failing(Fake);
 
 impl Upstream for Failing {
-    async fn send(&self, request: SubRequest) -> Outcome {
+    async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
         let fails = request.path.starts_with("/fail");
         let request = SubRequest {
             path: request.path.replace("/fail", "/"),
             ..request
         };
-        match self.0.send(request).await {
+        match self.0.send(request, until).await {
             Outcome::Response(mut r) if fails => {
                 r.status = 500;
                 Outcome::Response(r)

@@ -156,33 +156,6 @@ fn messages_keep_internal_detail_out_and_name_the_limit() {
     );
 }
 
-/// A retry is safe when nothing reached the upstream, or when the method is idempotent
-/// and the upstream failed; never for what the client or a limit decided.
-#[test]
-fn retryable_follows_what_was_sent_and_the_method() {
-    let connect = failure(FailureKind::Connect, Sent::Nothing);
-    assert!(connect.retryable(false));
-    let reset_unsent = failure(FailureKind::Connection, Sent::Nothing);
-    assert!(reset_unsent.retryable(false));
-    let reset_sent = failure(FailureKind::Connection, Sent::Maybe);
-    assert!(!reset_sent.retryable(false));
-    assert!(reset_sent.retryable(true));
-    let timeout = failure(FailureKind::Timeout, Sent::All);
-    assert!(!timeout.retryable(false) && timeout.retryable(true));
-    for kind in [
-        FailureKind::BatchDeadline,
-        FailureKind::Cancelled,
-        FailureKind::ResponseTooLarge { limit: 1 },
-        FailureKind::ReplyBudgetExceeded { limit: 1 },
-        FailureKind::Internal,
-    ] {
-        assert!(
-            !failure(kind.clone(), Sent::Nothing).retryable(true),
-            "{kind:?}"
-        );
-    }
-}
-
 /// An upstream answer's status is the item's status, whatever it is.
 #[test]
 fn a_response_is_not_a_failure_below_400() {

@@ -7,7 +7,7 @@
 //! The checks are driven by `HealthChecker`, one background service that walks the clients
 //! of the config in effect, so a reload's new clients are checked and dropped ones are not.
 
-use super::{BatchHeaders, UpstreamClient};
+use super::{BatchHeaders, Call, UpstreamClient};
 use crate::config::HealthCheck;
 use crate::item::{Outcome, SubRequest};
 use crate::metrics::UpstreamSeries;
@@ -119,13 +119,15 @@ impl UpstreamClient {
             max_response_bytes: 64 * 1024,
             item_timeout: check.timeout,
         };
-        let exchange = async {
-            match &self.h2_connector {
-                Some(connector) => self.send_h2(connector, n, peer, &request, &batch).await,
-                None => self.send_h1(peer, pool, &request, &batch).await,
-            }
+        let until = tokio::time::Instant::now() + check.timeout;
+        let call = Call {
+            repeatable: true,
+            hedge_after: None,
+            deadline: until,
+            until,
         };
-        match tokio::time::timeout(check.timeout, exchange).await {
+        let exchange = self.exchange(n, peer, pool, &request, &batch, &call);
+        match tokio::time::timeout_at(until, exchange).await {
             Ok(Outcome::Response(r))
                 if (check.expect_status.0..=check.expect_status.1).contains(&r.status) =>
             {

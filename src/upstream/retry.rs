@@ -9,21 +9,23 @@ use crate::item::{FailureKind, Outcome, Sent};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Why an attempt is tried again: the condition of the policy it met.
+/// Why an attempt is tried again: the condition of the policy it met, when sending it
+/// again is safe (`attempt::may_send_again`).
 pub fn reason(policy: &RetryPolicy, outcome: &Outcome, repeatable: bool) -> Option<RetryOn> {
-    let condition = match outcome {
-        Outcome::Response(response) => RetryOn::Status(response.status),
-        Outcome::Failed(failure) => match (&failure.kind, failure.sent) {
-            // Nothing reached the upstream: safe for every method.
-            (FailureKind::Connect | FailureKind::Tls, _) => RetryOn::Connect,
-            (FailureKind::Connection, Sent::Nothing) => RetryOn::Reset,
-            // It may have reached the upstream: only what may be done twice.
-            (FailureKind::Connection, Sent::Maybe) if repeatable => RetryOn::Reset,
-            (FailureKind::Timeout, _) if repeatable => RetryOn::Timeout,
-            _ => return None,
-        },
+    let (condition, sent) = match outcome {
+        // An answer the policy retries on (a 503) may follow work the upstream did.
+        Outcome::Response(response) => (RetryOn::Status(response.status), Sent::Maybe),
+        Outcome::Failed(failure) => {
+            let condition = match failure.kind {
+                FailureKind::Connect | FailureKind::Tls => RetryOn::Connect,
+                FailureKind::Connection => RetryOn::Reset,
+                FailureKind::Timeout => RetryOn::Timeout,
+                _ => return None,
+            };
+            (condition, failure.sent)
+        }
     };
-    let safe = matches!(condition, RetryOn::Connect | RetryOn::Reset) || repeatable;
+    let safe = super::attempt::may_send_again(sent, repeatable);
     (safe && policy.on.contains(&condition)).then_some(condition)
 }
 
@@ -196,7 +198,12 @@ mod tests {
         let timeout = failed(FailureKind::Timeout, Sent::Maybe);
         assert_eq!(reason(&p, &timeout, true), None, "not in `on`");
         let cut = failed(FailureKind::Connection, Sent::All);
-        assert_eq!(reason(&p, &cut, true), None, "an answer began");
+        assert_eq!(reason(&p, &cut, false), None, "a POST that was acted on");
+        assert_eq!(
+            reason(&p, &cut, true),
+            Some(RetryOn::Reset),
+            "a cut answer to what may be done twice"
+        );
     }
 
     #[test]
