@@ -3,6 +3,7 @@
 //! Served by pingora's `ServeHttp` app on its own service (own address, own thread), so a
 //! scrape never competes with batch traffic for the proxy's accept loop.
 
+use crate::upstream::UpstreamClients;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use http::Response;
@@ -30,9 +31,6 @@ pub struct AdminApp {
 
 /// What `/readyz` probes, shared with the reloader.
 pub type ReadinessTarget = Arc<ArcSwapOption<(String, Vec<SocketAddr>)>>;
-
-/// The upstream clients of the config in effect, for `/readyz` and the health checker.
-pub type UpstreamClients = Arc<dyn Fn() -> Vec<Arc<crate::upstream::UpstreamClient>> + Send + Sync>;
 
 /// The default upstream's name and addresses in `config`.
 pub fn readiness_target(config: &crate::config::Config) -> Option<(String, Vec<SocketAddr>)> {
@@ -70,7 +68,7 @@ impl ServeHttp for AdminApp {
         // pipeline their probes. Answer both the way the public listener does.
         // The head is in and admin requests carry no body worth a deadline of its own: from
         // here the connection waits for its next request under the idle timeout.
-        if let Some(clock) = crate::listener::ClientClock::of_http(session) {
+        if let Some(clock) = crate::listener::clock_of_http(session) {
             clock.request_done();
         }
         if session.req_header().version == http::Version::HTTP_10 {

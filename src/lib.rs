@@ -8,7 +8,8 @@
 //!                        └──► pingora pass-through                                │ cancellation
 //! client ◄── reply bytes ◄── dialect.encode ◄── [Outcome] ◄──────────────────────┘
 //! ```
-//! - [`config`]: the TOML file (strict serde types) and its validated runtime form.
+//! - [`config`]: the TOML file (strict serde types) and its validated runtime form, each
+//!   section's runtime type and checks in the section's file.
 //! - [`item`]: the vocabulary every layer shares: `SubRequest`, `UpstreamResponse`,
 //!   `Outcome`, the typed `Failure` with the one table mapping it to status, code, class and
 //!   fault, and `RejectionKind`. The executor, the upstream client and the metrics import it,
@@ -35,8 +36,11 @@
 //!
 //! Imports point down only: `item` (and `config`, which is data) at the bottom; `dialect`
 //! reads `config` and `item`; `exec` (with `permits`), `upstream` and `metrics` know `item`
-//! and no dialect;
-//! `proxy` and `server` wire everything.
+//! and no dialect; `admin` reads `upstream`, never the reverse; `proxy` and `server` wire
+//! everything. The same holds among the children of one module (`listener::clock` does not
+//! know `listener::stream`; in `config`, `problems` and `values` are at the bottom and the
+//! driver `validate` on top); a module's own file and its children are one unit. The test in
+//! `layout.rs` reads the source and fails on any two modules that import each other.
 //!
 //! Adding a dialect touches: `dialect/NEW.rs` (decode, encode, reject); in `dialect/mod.rs`
 //! one `RouteDialect` variant with its arm in `RouteDialect::new` and in `with_dialect!`;
@@ -64,3 +68,6 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod upstream;
+
+#[cfg(test)]
+mod layout;

@@ -18,7 +18,7 @@
 //!   stops reading its answer).
 //!
 //! The proxy moves the clock between phases (`ClientClock::head_done`, `body_done`,
-//! `request_done`), reaching it through `ClientClock::of`. While a request is being answered
+//! `request_done`), reaching it through `clock_of`. While a request is being answered
 //! the clock is unarmed: reads then only watch for the client leaving.
 
 mod clock;
@@ -33,7 +33,7 @@ mod workers;
 pub use clock::{body_deadline, next_read_deadline, ClientClock, Phase};
 pub use h2_frames::{FrameWatch, Pending, MAX_REMEMBERED_STREAMS};
 pub use h2_streams::{body_read_started, body_received};
-pub use stream::DeadlineStream;
+pub use stream::{clock_of, clock_of_http, DeadlineStream};
 pub use tls::TlsConn;
 pub use workers::Workers;
 
@@ -128,7 +128,10 @@ impl<A: Send + Sync + 'static> Listener<A> {
                 addr: *addr,
                 tls,
                 open: AtomicUsize::new(0),
-                metrics: ClientMetrics::new(&addr.to_string()),
+                metrics: ClientMetrics::new(
+                    &addr.to_string(),
+                    &Phase::WITH_DEADLINE.map(Phase::as_str),
+                ),
             })
         };
         let plain = listeners.plain.iter().map(|addr| slot(addr, None));

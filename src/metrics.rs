@@ -8,7 +8,6 @@
 
 use crate::item::RejectionKind;
 use crate::item::{ItemClass, Outcome};
-use crate::listener::Phase;
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -309,7 +308,9 @@ pub struct ClientMetrics {
 }
 
 impl ClientMetrics {
-    pub fn new(listener: &str) -> Option<Self> {
+    /// `phases`: the labels of the read phases that have a deadline, in the order
+    /// `timed_out` indexes them (the listener's `Phase`).
+    pub fn new(listener: &str, phases: &[&str]) -> Option<Self> {
         let f = families()?;
         Some(ClientMetrics {
             open: f.client_connections.with_label_values(&[listener]),
@@ -323,19 +324,16 @@ impl ClientMetrics {
             handshake_failed: f
                 .client_tls_handshake_failures
                 .with_label_values(&[listener]),
-            timeouts: Phase::WITH_DEADLINE
+            timeouts: phases
                 .iter()
-                .map(|phase| {
-                    f.client_timeouts
-                        .with_label_values(&[listener, phase.as_str()])
-                })
+                .map(|phase| f.client_timeouts.with_label_values(&[listener, phase]))
                 .collect(),
         })
     }
 
-    /// Counts a connection whose deadline passed in `phase`.
-    pub fn timed_out(&self, phase: Phase) {
-        if let Some(counter) = self.timeouts.get(phase as usize) {
+    /// Counts a connection whose deadline passed in phase `phase` (an index into `phases`).
+    pub fn timed_out(&self, phase: usize) {
+        if let Some(counter) = self.timeouts.get(phase) {
             counter.inc();
         }
     }

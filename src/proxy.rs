@@ -12,7 +12,7 @@ mod passthrough;
 use crate::config::{Config, RouteConfig};
 use crate::dialect::{Reply, RouteDialect, UpstreamResponse};
 use crate::item::{FailureKind, Outcome, Sent};
-use crate::listener::{ClientClock, Phase};
+use crate::listener::{clock_of, Phase};
 use crate::metrics::{PassthroughMetrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
 use arc_swap::ArcSwap;
@@ -319,7 +319,7 @@ impl ProxyHttp for BatchGate {
         // The head is in: from here the body has its own deadline, or, without a body (or
         // once upgraded to a tunnel, which has no request framing), there is none.
         let body_follows = !session.is_upgrade_req() && !session.is_body_empty();
-        if let Some(clock) = ClientClock::of(session) {
+        if let Some(clock) = clock_of(session) {
             clock.head_done(body_follows);
         }
         // An HTTP/2 write waits on the client's flow-control window, not on the socket the
@@ -340,7 +340,7 @@ impl ProxyHttp for BatchGate {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if end_of_stream {
-            if let Some(clock) = ClientClock::of(session) {
+            if let Some(clock) = clock_of(session) {
                 clock.body_done();
             }
         }
@@ -524,7 +524,7 @@ impl ProxyHttp for BatchGate {
         // A pass-through body whose deadline passed is the client's slowness, not a malformed
         // request: 408, as nginx's client_body_timeout answers.
         let body_expired =
-            ClientClock::of(session).is_some_and(|clock| clock.expired() == Some(Phase::Body));
+            clock_of(session).is_some_and(|clock| clock.expired() == Some(Phase::Body));
         // Connected, and the address failed before its answer's head: it counts against the
         // address like an item's reset or timeout (connect failures were counted already).
         let live = self.live(ctx);
@@ -596,7 +596,7 @@ impl ProxyHttp for BatchGate {
         ctx: &mut RequestCtx,
     ) {
         // The answer is out; the connection now waits for its next request (if it is kept).
-        if let Some(clock) = ClientClock::of(session) {
+        if let Some(clock) = clock_of(session) {
             clock.request_done();
         }
         let elapsed = ctx.started.elapsed();

@@ -5,13 +5,14 @@
 //! signals (SIGTERM graceful stop, SIGQUIT zero-downtime upgrade) and, in daemon mode, the
 //! pid file; SIGHUP reloads the config in place (`crate::reload`).
 
-use crate::admin::{readiness_target, AdminApp, ReadinessTarget, UpstreamClients};
+use crate::admin::{readiness_target, AdminApp, ReadinessTarget};
 use crate::config::Config;
 use crate::demo::DemoUpstream;
 use crate::listener::{Listener, Listeners, Workers};
 use crate::proxy::BatchGate;
 use crate::reload::Reloader;
 use crate::upstream::health::HealthChecker;
+use crate::upstream::UpstreamClients;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;

@@ -62,6 +62,10 @@ pub fn head_size(headers: &http::HeaderMap) -> usize {
 /// Most bytes reserved for a response body before they arrive.
 const PREALLOCATE_LIMIT: usize = 64 * 1024;
 
+/// The upstream clients of the config in effect (a reload swaps them), for the health
+/// checker and `/readyz`.
+pub type UpstreamClients = Arc<dyn Fn() -> Vec<Arc<UpstreamClient>> + Send + Sync>;
+
 /// One upstream: its peers and its connection pool.
 pub struct UpstreamClient {
     pub config: Arc<UpstreamConfig>,

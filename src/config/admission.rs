@@ -2,7 +2,7 @@
 //! body memory admitted batches may hold, and each client's share (see `crate::admission`).
 
 use super::file::AdmissionSection;
-use super::runtime::Problems;
+use super::problems::Problems;
 use super::values::{bounded, duration};
 use http::header::HeaderName;
 use std::time::Duration;

@@ -3,10 +3,9 @@
 //!
 //! The URL and header guards are compiled here, once, from those settings.
 
+use super::error_format::{error_format, ErrorFormat};
 use super::file::RouteSection;
-use super::routes::error_format;
-use super::runtime::BodyRule;
-use super::runtime::{EnvelopeConfig, Problems};
+use super::problems::Problems;
 use super::values::is_route_path;
 use crate::guard::{HeaderGuard, UrlGuard};
 use http::Method;
@@ -151,4 +150,37 @@ pub(super) fn envelope_methods(
             .collect()
     });
     super::values::upper_case_methods(&method_names, &["routes", i, "allowed_methods"], problems)
+}
+
+/// How bodies that are not JSON go into the reply (`routes[].reply_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyRule {
+    /// Text as a JSON string, other bytes base64 with `"body_encoding":"base64"`.
+    #[default]
+    Pds,
+    /// Microsoft Graph's: every body that is not JSON is a base64 string (the Graph SDKs
+    /// decode it by the item's `Content-Type`).
+    Graph,
+}
+
+/// Settings of an envelope (`POST /v2/batch`) route.
+#[derive(Debug, Clone)]
+pub struct EnvelopeConfig {
+    /// Prefix joined to each child `url` (PDS: `/file/get` is served at `/v2/file/get`).
+    pub base_path: String,
+    pub allowed_methods: Vec<Method>,
+    /// `None` accepts any `resource` (and a missing one).
+    pub allowed_resources: Option<Vec<String>>,
+    pub url_guard: UrlGuard,
+    /// How bodies that are not JSON go into replies (`reply_body`).
+    pub body_rule: BodyRule,
+    /// Items run one after another unless a request says `"sequential": false`.
+    pub sequential: bool,
+    /// A sequential batch stops at its first failure unless a request says otherwise.
+    pub stop_on_failure: bool,
+    /// Whether items' `dependsOn` / `depends_on` order the batch (`dependencies = "graph"`);
+    /// off, an item naming dependencies is refused (400), never run out of order.
+    pub dependencies: bool,
+    pub header_guard: HeaderGuard,
+    pub error_format: ErrorFormat,
 }

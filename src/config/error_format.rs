@@ -1,6 +1,8 @@
 //! The configurable shape of a whole-request error body (`error_format` on envelope and
 //! fanout routes): a small JSON template, checked once when the config is loaded.
 
+use super::file::RouteSection;
+use super::problems::Problems;
 use bytes::Bytes;
 
 /// The JSON shape of a whole-request error, from a small template such as
@@ -58,4 +60,18 @@ impl Default for ErrorFormat {
             template: PDS_ERROR_FORMAT.to_string(),
         }
     }
+}
+
+/// A route's `error_format`, or `default`; a template that does not check is a problem.
+pub(super) fn error_format(
+    section: &RouteSection,
+    i: &str,
+    default: &str,
+    problems: &mut Problems,
+) -> ErrorFormat {
+    let template = section.error_format.as_deref().unwrap_or(default);
+    ErrorFormat::new(template).unwrap_or_else(|why| {
+        problems.push(&["routes", i, "error_format"], why);
+        ErrorFormat::default()
+    })
 }

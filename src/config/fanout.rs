@@ -1,12 +1,11 @@
 //! Validation of fanout routes: the id list, parameter and header rules, the per-id request
 //! template and the reply mapping, all declared in the config file.
 
-use super::error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT};
+use super::error_format::{error_format, ErrorFormat, HUAWEI_ERROR_FORMAT};
 use super::file::{
     FanoutIdsSection, FanoutReplySection, FanoutRequestSection, FieldRuleSection, RouteSection,
 };
-use super::routes::error_format;
-use super::runtime::Problems;
+use super::problems::Problems;
 use super::values::unforwardable;
 use crate::guard::PathTemplate;
 use http::header::HeaderName;

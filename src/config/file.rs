@@ -1,7 +1,7 @@
 //! The configuration file as the operator writes it: serde types that mirror the TOML text.
 //!
 //! Every table denies unknown keys so a typo is an error, not a silently ignored setting.
-//! Nothing here is validated beyond its TOML type; `runtime.rs` turns these into checked
+//! Nothing here is validated beyond its TOML type; `validate.rs` turns these into checked
 //! runtime types and reports every problem with its key path.
 
 use serde::Deserialize;

@@ -3,7 +3,7 @@
 //! rule for comparing method names (`method_key`), which the dialect applies to calls.
 
 use super::file::{JsonRpcProfileSection, RouteSection};
-use super::runtime::{JsonRpcConfig, JsonRpcProfile, Problems, RpcError, JSONRPC_INVALID_REQUEST};
+use super::problems::Problems;
 use super::values::is_target;
 
 pub(super) fn jsonrpc_config(
@@ -153,3 +153,39 @@ pub fn usable_method(name: &str) -> bool {
     };
     !name.is_empty() && name.trim() == name && !name.chars().any(invisible)
 }
+
+/// Settings of a JSON-RPC 2.0 batch route.
+#[derive(Debug, Clone)]
+pub struct JsonRpcConfig {
+    /// Path each element is POSTed to upstream.
+    pub upstream_path: String,
+    /// `None` allows every method not denied.
+    pub allowed_methods: Option<Vec<String>>,
+    pub denied_methods: Vec<String>,
+    pub profile: JsonRpcProfile,
+}
+
+/// A JSON-RPC error code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+/// Where a vendor's JSON-RPC batch handling differs from the specification.
+#[derive(Debug, Clone)]
+pub struct JsonRpcProfile {
+    /// Answer to a batch with more than `max_items` elements.
+    pub too_many: RpcError,
+    /// Answer to an empty array.
+    pub empty: RpcError,
+    /// Wrap batch-level errors in a one-element array (some clients need an array back
+    /// whenever they sent one).
+    pub batch_errors_as_array: bool,
+    /// Refuse an element whose id repeats an earlier one.
+    pub unique_ids: bool,
+}
+
+/// Specification defaults: `-32600 Invalid Request` for an empty batch (section 6) and, as
+/// the specification sets no limit, the same for an oversized one.
+pub const JSONRPC_INVALID_REQUEST: i64 = -32600;

@@ -11,23 +11,38 @@ pub mod fanout;
 pub mod file;
 mod jsonrpc;
 pub mod multipart;
+mod problems;
 mod resilience;
 mod routes;
-pub mod runtime;
 mod server;
 mod tls;
+mod validate;
 mod values;
 
 pub use admission::{AdmissionLimits, ClientKey};
+pub use envelope::{BodyRule, EnvelopeConfig, DEFAULT_ENVELOPE_METHODS};
 pub use error_format::{ErrorFormat, HUAWEI_ERROR_FORMAT, PDS_ERROR_FORMAT};
 pub use fanout::{FanoutConfig, FieldRule, FieldSource, HeaderRule, MissingField, OnItemError};
 pub use jsonrpc::{fold_case, method_key, usable_method};
-pub use resilience::{HealthCheck, Hedge, RetryOn, RetryPolicy, DEFAULT_IDEMPOTENT_METHODS};
-pub use runtime::{
-    Balance, BodyRule, ClientLimits, Config, DialectConfig, EnvelopeConfig, HashOn, JsonRpcConfig,
-    JsonRpcProfile, ListenerTls, LogFormat, Problem, RouteConfig, RouteLimits, RpcError,
-    ServerSettings, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+pub use jsonrpc::{JsonRpcConfig, JsonRpcProfile, RpcError};
+pub use problems::Problem;
+pub use resilience::{
+    Balance, HashOn, HealthCheck, Hedge, RetryOn, RetryPolicy, DEFAULT_IDEMPOTENT_METHODS,
 };
+pub use routes::{
+    DialectConfig, RouteConfig, RouteLimits, DEFAULT_BATCH_TIMEOUT, DEFAULT_CONCURRENCY,
+    DEFAULT_FORWARD_HEADERS, DEFAULT_ITEM_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_ITEM_RESPONSE_BYTES, DEFAULT_MAX_REPLY_BYTES,
+};
+pub use server::{
+    ClientLimits, LogFormat, ServerSettings, UpstreamConfig, UpstreamProtocol,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
+    DEFAULT_GRACE_PERIOD, DEFAULT_IDLE_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_H2_STREAMS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_THREADS,
+};
+pub use tls::{ListenerTls, UpstreamTls};
+pub use validate::Config;
+pub use values::parse_duration;
 
 use std::fmt;
 use std::path::Path;
@@ -102,7 +117,7 @@ impl Config {
             }])
         })?;
         let document = || toml_edit::ImDocument::parse(text).ok();
-        let (mut config, warnings) = runtime::validate(parsed)
+        let (mut config, warnings) = validate::validate(parsed)
             .map_err(|problems| invalid(locate_all(document().as_ref(), text, problems)))?;
         config.sha256 = sha256_hex(text);
         config.warnings = locate_all(document().as_ref(), text, warnings)

@@ -3,9 +3,9 @@
 //! url prefixes are allowed, the part limits, and how reply parts name their request.
 
 use super::envelope::{envelope_methods, public_origins, url_prefixes};
+use super::error_format::error_format;
 use super::file::RouteSection;
-use super::routes::error_format;
-use super::runtime::Problems;
+use super::problems::Problems;
 use super::values::{bounded, is_route_path};
 use super::ErrorFormat;
 use crate::guard::{HeaderGuard, UrlGuard};

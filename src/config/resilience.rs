@@ -4,8 +4,7 @@
 //! (`idempotent_methods`) and whether slow ones are hedged (`hedge_after`).
 
 use super::file::{HealthCheckSection, RetryOnValue, RetrySection, RouteSection, UpstreamSection};
-use super::runtime::Problems;
-use super::runtime::{Balance, HashOn};
+use super::problems::Problems;
 use super::values::{bounded, duration};
 use http::Method;
 use std::time::Duration;
@@ -372,6 +371,29 @@ pub(super) fn weights(name: &str, section: &UpstreamSection, problems: &mut Prob
             u32::try_from(bounded(Some(*w), 1, 1, 100, &at, problems)).unwrap_or(1)
         })
         .collect()
+}
+
+/// How an item picks one of an upstream's addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn, by weight (the default).
+    RoundRobin,
+    /// The address with the fewest items in flight from this process per unit of weight
+    /// (ties in turn): a slow address gets fewer items while it is slow.
+    LeastOutstanding,
+    /// Consistent hashing (ketama, by weight) of a key of each request: the same key goes to
+    /// the same address while it is in the choice.
+    Hash(HashOn),
+}
+
+/// The key `Balance::Hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The item's (or pass-through request's) path and query.
+    Path,
+    /// This header's value: the item's own, else the batch request's; requests without it
+    /// go round robin.
+    Header(http::HeaderName),
 }
 
 #[cfg(test)]

@@ -6,14 +6,16 @@
 //! error rather than a setting that silently does nothing.
 
 use super::envelope::envelope_config;
-use super::error_format::ErrorFormat;
+use super::envelope::EnvelopeConfig;
 use super::fanout::fanout_config;
 use super::file::{FileConfig, RouteSection};
 use super::jsonrpc::jsonrpc_config;
+use super::jsonrpc::JsonRpcConfig;
 use super::multipart::multipart_config;
-use super::runtime::{DialectConfig, Problems, RouteConfig, RouteLimits};
+use super::problems::Problems;
 use super::server::lookup_upstream;
 use super::values::{bounded, duration, forwarded_header_names, is_route_path};
+use http::header::HeaderName;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,16 +315,54 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
     }
 }
 
-/// The route's `error_format`, or `default`.
-pub(super) fn error_format(
-    section: &RouteSection,
-    i: &str,
-    default: &str,
-    problems: &mut Problems,
-) -> ErrorFormat {
-    let template = section.error_format.as_deref().unwrap_or(default);
-    ErrorFormat::new(template).unwrap_or_else(|why| {
-        problems.push(&["routes", i, "error_format"], why);
-        ErrorFormat::default()
-    })
+/// Limits every batch route has, whatever its dialect.
+#[derive(Debug, Clone)]
+pub struct RouteLimits {
+    pub max_items: usize,
+    pub concurrency: usize,
+    pub item_timeout: Duration,
+    pub batch_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_item_response_bytes: usize,
+    pub max_reply_bytes: usize,
+}
+
+/// One batch route.
+#[derive(Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: String,
+    pub upstream: usize,
+    pub limits: RouteLimits,
+    /// Outer request headers copied into every child.
+    pub forward_headers: Vec<HeaderName>,
+    /// What tells this route's clients apart; `None`: `[server.admission] client_key`.
+    pub client_key: Option<super::ClientKey>,
+    /// Methods whose items may be sent twice (retried after they may have reached the
+    /// upstream, or hedged).
+    pub idempotent_methods: std::sync::Arc<[http::Method]>,
+    /// A second copy of a slow idempotent item goes to another address after this long.
+    pub hedge_after: Option<super::Hedge>,
+    pub dialect: DialectConfig,
+}
+
+/// Dialect-specific settings of a route, shared with the route's dialect as they are.
+#[derive(Debug)]
+pub enum DialectConfig {
+    Envelope(Arc<EnvelopeConfig>),
+    JsonRpc(Arc<JsonRpcConfig>),
+    Fanout(Arc<super::fanout::FanoutConfig>),
+    Multipart(Arc<super::multipart::MultipartConfig>),
+}
+
+impl DialectConfig {
+    /// The name used in the config file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DialectConfig::Envelope(_) => "envelope",
+            DialectConfig::JsonRpc(_) => "jsonrpc",
+            DialectConfig::Fanout(_) => "fanout",
+            DialectConfig::Multipart(_) => "multipart",
+        }
+    }
 }

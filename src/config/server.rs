@@ -6,9 +6,9 @@
 
 use super::admission::admission_limits;
 use super::file::{FileConfig, ServerSection, UpstreamSection};
-use super::runtime::{
-    ClientLimits, LogFormat, Problems, ServerSettings, UpstreamConfig, UpstreamProtocol,
-};
+use super::problems::Problems;
+use super::resilience::Balance;
+use super::tls::UpstreamTls;
 use super::tls::{listener_tls, upstream_tls, Findings, ListenerTls};
 use super::values::{bounded, duration, whole_seconds};
 use std::collections::BTreeMap;
@@ -531,4 +531,108 @@ pub(super) fn lookup_upstream(
             None
         }
     }
+}
+
+/// Output format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Process-level settings.
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    /// One multi-thread runtime (true) or one single-thread runtime per thread (false).
+    pub work_stealing: bool,
+    pub max_in_flight: usize,
+    /// The bounded queue in front of the permits (`[server.admission]`).
+    pub admission: super::admission::AdmissionLimits,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub log_format: LogFormat,
+    pub log_level: Option<String>,
+    /// One log line per item (batch id, item index, batch size, status, duration).
+    pub item_log: bool,
+    /// Deadlines and the connection cap for client connections.
+    pub client: ClientLimits,
+    /// Listeners that speak TLS (with `tls`), besides the cleartext `listen` ones.
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls: Option<ListenerTls>,
+    /// `[server.tls]` as written: tells a reload whether it changed (`crate::reload`).
+    pub tls_source: String,
+    /// Cleartext listeners also take HTTP/2 with prior knowledge (h2c).
+    pub h2c: bool,
+}
+
+/// What a client connection may hold the proxy for (`listener.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Waiting for the next request on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// The whole request head, from its first byte (on a new connection: from the accept).
+    pub header_timeout: Duration,
+    /// The request body: this long, plus one second per `body_min_rate` bytes received.
+    pub body_timeout: Duration,
+    /// Bytes per second that extend the body deadline; 0 makes it a fixed deadline.
+    pub body_min_rate: u64,
+    /// Open connections per listener; beyond it new connections are refused.
+    pub max_connections: usize,
+    /// Bytes a request head may take (pingora's own limit is 1 MiB per head).
+    pub max_head_bytes: usize,
+    /// How long a write to the client may make no progress (the client reads nothing).
+    pub send_timeout: Duration,
+    /// Requests one HTTP/2 client connection may have open at once (its SETTINGS).
+    pub max_h2_streams: usize,
+    /// Streams an HTTP/2 client may reset within 1 s of opening them before its connection
+    /// is closed (once they are also half of its streams).
+    pub max_h2_premature_resets: u64,
+}
+
+/// One upstream API.
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub addresses: Vec<SocketAddr>,
+    /// `Host` sent upstream; `None` keeps the client's.
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_size: usize,
+    /// How an item picks one of `addresses`.
+    pub balance: Balance,
+    /// One per address (1 when not configured): its share of the choice.
+    pub weights: Vec<u32>,
+    /// Consecutive connection failures that take an address out of the choice; 0: never.
+    pub eject_after: u32,
+    /// How long the first ejection lasts; each further one lasts once more.
+    pub eject_for: Duration,
+    /// 5xx answers count in the ejection streak too (Envoy's `consecutive_5xx`).
+    pub eject_on_5xx: bool,
+    /// Retries per item; `None`: none.
+    pub retry: Option<super::RetryPolicy>,
+    /// Active checks of every address; `None`: none (only passive ejection).
+    pub health_check: Option<super::HealthCheck>,
+    pub protocol: UpstreamProtocol,
+    /// Streams one HTTP/2 connection may carry at once.
+    pub max_h2_streams: usize,
+    /// TLS to this upstream; `None` is cleartext.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How batchgate talks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: many items share one connection.
+    H2c,
+    /// HTTP/2 over TLS, offered through ALPN (HTTP/1.1 if the upstream declines).
+    H2,
 }

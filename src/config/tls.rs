@@ -10,7 +10,7 @@ mod files;
 mod sni;
 
 use super::file::{ServerTlsSection, TlsCertificateSection, UpstreamSection};
-use super::runtime::Problems;
+use super::problems::Problems;
 use files::{certificate, pem_certs, root_store, Loaded};
 use pingora::utils::tls::{CertKey, WrappedX509};
 use rustls::crypto::ring::default_provider;

@@ -4,7 +4,7 @@
 //! Each check reports its own problem under the key path it is given and returns a usable
 //! default, so validation keeps going and the operator sees every mistake at once.
 
-use super::runtime::Problems;
+use super::problems::Problems;
 use crate::guard::HeaderGuard;
 use http::header::HeaderName;
 use std::time::Duration;

@@ -4,7 +4,6 @@
 //! from phase to phase.
 
 use super::h2_frames::Pending;
-use super::stream::DeadlineStream;
 use crate::config::ClientLimits;
 use crate::metrics::ClientMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,19 +114,6 @@ impl ClientClock {
             calm: Arc::new(AtomicBool::new(false)),
             metrics,
         }
-    }
-
-    /// The clock of the connection a request came on (`None` for connections that were not
-    /// accepted through a `Listener`, which only tests build).
-    pub fn of(session: &pingora::proxy::Session) -> Option<&ClientClock> {
-        Self::of_http(&session.downstream_session)
-    }
-
-    /// The clock of the connection an HTTP session (of the proxy or of a plain app) is on.
-    pub fn of_http(session: &pingora::protocols::http::ServerSession) -> Option<&ClientClock> {
-        let stream = session.stream()?;
-        let wrapped = (**stream).as_any().downcast_ref::<DeadlineStream>()?;
-        Some(wrapped.clock())
     }
 
     fn lock(&self) -> MutexGuard<'_, ClockState> {
@@ -275,7 +261,7 @@ impl ClientClock {
             state.phase
         };
         if let Some(metrics) = &self.metrics {
-            metrics.timed_out(phase);
+            metrics.timed_out(phase as usize);
         }
     }
 }

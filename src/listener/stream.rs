@@ -164,6 +164,20 @@ impl DeadlineStream {
     }
 }
 
+/// The clock of the connection a proxied request came on (`None` for connections that were
+/// not accepted through a `Listener`, which only tests build, and for HTTP/2 streams, whose
+/// connection's clock no one stream may move).
+pub fn clock_of(session: &pingora::proxy::Session) -> Option<&ClientClock> {
+    clock_of_http(&session.downstream_session)
+}
+
+/// The clock of the connection an HTTP session (of the proxy or of a plain app) is on.
+pub fn clock_of_http(session: &pingora::protocols::http::ServerSession) -> Option<&ClientClock> {
+    let stream = session.stream()?;
+    let wrapped = (**stream).as_any().downcast_ref::<DeadlineStream>()?;
+    Some(wrapped.clock())
+}
+
 impl DeadlineStream {
     pub(super) fn new(inner: Stream, clock: ClientClock) -> Self {
         DeadlineStream {

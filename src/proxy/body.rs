@@ -11,7 +11,7 @@ use super::Route;
 use crate::admission::{BodyBytes, Refused};
 use crate::config::ClientLimits;
 use crate::dialect::{is_utf8_charset, Dialect, Rejection, RejectionKind};
-use crate::listener::{next_read_deadline, ClientClock, Phase};
+use crate::listener::{clock_of, next_read_deadline, ClientClock, Phase};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING};
 use pingora::http::RequestHeader;
@@ -74,10 +74,10 @@ pub(super) async fn read_batch<D: Dialect>(
     if has_body && expects_continue(header) {
         session.write_continue_response().await?;
     }
-    let own_deadline = ClientClock::of(session).is_none().then_some(client);
+    let own_deadline = clock_of(session).is_none().then_some(client);
     let read = read_body(session, dialect, declared, limit, own_deadline, held).await;
     // Read (or refused, and the connection then closes): no deadline while the batch runs.
-    if let Some(clock) = ClientClock::of(session) {
+    if let Some(clock) = clock_of(session) {
         clock.body_done();
     }
     let mut body = match read? {
@@ -231,7 +231,7 @@ fn body_error<D: Dialect, T>(
     dialect: &D,
     e: Box<Error>,
 ) -> Result<std::result::Result<T, Rejection>> {
-    let expired = ClientClock::of(session).and_then(ClientClock::expired);
+    let expired = clock_of(session).and_then(ClientClock::expired);
     if expired == Some(Phase::Body) {
         // Too slow for `client_body_timeout`: 408 in the route's format, then close (the
         // rest of the body would be taken for the next request).

@@ -227,7 +227,7 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// The background service that runs the due rounds of checks of the clients in effect.
 pub struct HealthChecker {
-    pub clients: crate::admin::UpstreamClients,
+    pub clients: super::UpstreamClients,
 }
 
 #[async_trait::async_trait]
