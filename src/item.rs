@@ -156,7 +156,7 @@ impl FailureKind {
             Cancelled => (499, "Cancelled", C::Cancelled, Fault::Client, CANCELLED),
             NotRun => (424, "FailedDependency.NotRun", C::Cancelled, Fault::Client, NOT_RUN),
             DependencyFailed { .. } => (424, "FailedDependency", C::Cancelled, Fault::Client, DEPENDENCY),
-            Internal => (502, "UpstreamFailed", C::UpstreamError, Fault::Proxy, INTERNAL),
+            Internal => (500, "InternalError", C::Internal, Fault::Proxy, INTERNAL),
         };
         let public_detail = matches!(self, DependencyFailed { .. });
         Mapping { status, code, class, fault, message, public_detail }
@@ -233,11 +233,14 @@ pub enum ItemClass {
     UpstreamError,
     Rejected,
     Cancelled,
+    /// batchgate itself failed (an item task panicked): not the upstream's doing, so not in
+    /// the upstream error alert; a bug to report.
+    Internal,
 }
 
 impl ItemClass {
     /// Every class, in discriminant order.
-    pub const ALL: [ItemClass; 10] = [
+    pub const ALL: [ItemClass; 11] = [
         ItemClass::Status2xx,
         ItemClass::Status3xx,
         ItemClass::Status4xx,
@@ -248,6 +251,7 @@ impl ItemClass {
         ItemClass::UpstreamError,
         ItemClass::Rejected,
         ItemClass::Cancelled,
+        ItemClass::Internal,
     ];
 
     /// Whether an item of this class failed: anything but a 2xx or 3xx answer.
@@ -268,6 +272,7 @@ impl ItemClass {
             ItemClass::UpstreamError => "upstream_error",
             ItemClass::Rejected => "rejected",
             ItemClass::Cancelled => "cancelled",
+            ItemClass::Internal => "internal",
         }
     }
 }

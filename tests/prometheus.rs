@@ -40,6 +40,7 @@ const ALERTS: &[&str] = &[
     "BatchgateConfigReloadFailed",
     "BatchgateUpstreamNoHealthyAddress",
     "BatchgateRetryBudgetExhausted",
+    "BatchgateInternalError",
     "BatchgateDown",
 ];
 
@@ -514,7 +515,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests() {
         None,
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 9 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 10 rules found"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

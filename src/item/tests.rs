@@ -94,9 +94,9 @@ fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
         ),
         (
             FailureKind::Internal,
-            502,
-            "UpstreamFailed",
-            ItemClass::UpstreamError,
+            500,
+            "InternalError",
+            ItemClass::Internal,
             Fault::Proxy,
         ),
     ];

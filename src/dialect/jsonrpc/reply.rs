@@ -20,6 +20,8 @@ pub enum UpstreamError {
     IdMismatch,
     ConnectionFailed,
     TooLarge,
+    /// batchgate failed itself: JSON-RPC's own "Internal error".
+    Internal,
 }
 
 impl UpstreamError {
@@ -32,6 +34,7 @@ impl UpstreamError {
             UpstreamError::IdMismatch => -32004,
             UpstreamError::ConnectionFailed => -32005,
             UpstreamError::TooLarge => -32006,
+            UpstreamError::Internal => -32603,
         }
     }
 
@@ -44,6 +47,7 @@ impl UpstreamError {
             UpstreamError::IdMismatch => "Upstream reply id mismatch",
             UpstreamError::ConnectionFailed => "Upstream connection failed",
             UpstreamError::TooLarge => "Upstream reply too large",
+            UpstreamError::Internal => "Internal error",
         }
     }
 }
@@ -136,7 +140,8 @@ pub(super) fn upstream_error(failure: &Failure) -> (UpstreamError, Option<String
             UpstreamError::TooLarge,
             Some(format!("limit {limit} bytes")),
         ),
-        FailureKind::Connection | FailureKind::Internal => (UpstreamError::ConnectionFailed, None),
+        FailureKind::Connection => (UpstreamError::ConnectionFailed, None),
+        FailureKind::Internal => (UpstreamError::Internal, None),
         FailureKind::Cancelled
         | FailureKind::NotRun
         | FailureKind::DependencyFailed { .. }
@@ -157,6 +162,7 @@ pub(super) fn reason(kind: UpstreamError, outcome: &Outcome) -> &'static str {
         UpstreamError::IdMismatch => "id_mismatch",
         UpstreamError::ConnectionFailed => "connection_failed",
         UpstreamError::TooLarge => "too_large",
+        UpstreamError::Internal => "internal",
     }
 }
 
