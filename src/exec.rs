@@ -83,60 +83,17 @@ pub struct Share<'a> {
 
 /// Runs every item and returns one outcome per item, in input order. Items that are already
 /// decided (`Err(outcome)`: refused by the dialect) are passed through and never sent.
+///
+/// `after[i]` lists the items item `i` waits for (checked by the dialect: in range, no
+/// cycle; empty or missing: none). An item starts once every item it depends on answered 2xx;
+/// when one of them did not, it answers `DependencyFailed` at once and is never sent, and so
+/// do the items waiting for it. Among the items ready, the lowest index starts first, and
+/// permits are taken just before an item starts: without dependencies items start in request
+/// order (a deadline then cuts off the end of a batch, not a random part of it), and an item
+/// that never got its permits was never started. While the next item waits for them, the
+/// running items keep being collected (and, when they are polled here, driven: they are what
+/// frees the permits).
 pub async fn run<U: Upstream, O: Observer>(
-    limits: &Limits,
-    global: Share<'_>,
-    items: Vec<Result<SubRequest, Outcome>>,
-    upstream: &Arc<U>,
-    observer: &Arc<O>,
-) -> Vec<Outcome> {
-    let (slots, to_send) = partition(items);
-    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-    let mut running = Running::new(limits.spawn_items);
-    let mut collector = Collector::new(slots, limits);
-    let queued = Instant::now();
-    let work = async {
-        // Permits are taken in item order, before each item starts: items start in request
-        // order (a deadline then cuts off the end of a batch, not a random part of it), and
-        // an item that never got its permits was never started. While the next item waits
-        // for them, the running items keep being collected (and, when they are polled here,
-        // driven: they are what frees the permits).
-        for (index, request) in to_send {
-            let acquiring = acquire(&batch_permits, &global);
-            let permits =
-                collect_until(acquiring, &mut running, |done| collector.finished(done)).await;
-            let Some(permits) = permits else {
-                // The permits are never closed; report it as cancellation if they ever are.
-                collector.record(index, never_started());
-                continue;
-            };
-            // With concurrency 1 every earlier item has finished once the permits came.
-            if limits.stop_on_failure && collector.failed_before(index) {
-                collector.record(index, Outcome::failed(FailureKind::NotRun, Sent::Nothing));
-                continue;
-            }
-            running.push(start_item(
-                index, request, permits, limits, upstream, observer, queued,
-            ));
-        }
-        while let Some(done) = running.next().await {
-            collector.finished(done);
-        }
-    };
-    let stopped = stop_signal(limits.stop.clone());
-    let finished = tokio::select! {
-        result = tokio::time::timeout_at(limits.deadline, work) => result.is_ok(),
-        () = stopped => false,
-    };
-    collector.close(running, finished)
-}
-
-/// Like [`run`], for a batch whose items depend on each other: `after[i]` lists the items
-/// item `i` waits for (checked by the dialect: in range, no cycle). An item starts once every
-/// item it depends on answered 2xx, lowest index first among those ready; when one of them
-/// did not, it answers `DependencyFailed` at once and is never sent, and so do the items
-/// waiting for it. Independent items still run concurrently within the same limits.
-pub async fn run_graph<U: Upstream, O: Observer>(
     limits: &Limits,
     global: Share<'_>,
     items: Vec<Result<SubRequest, Outcome>>,
@@ -168,10 +125,12 @@ pub async fn run_graph<U: Upstream, O: Observer>(
             let acquiring = acquire(&batch_permits, &global);
             let finished = |done| finish_node(&mut collector, &mut graph, done);
             let Some(permits) = collect_until(acquiring, &mut running, finished).await else {
+                // The permits are never closed; report it as cancellation if they ever are.
                 collector.record(index, never_started());
                 graph.finished(index, false);
                 continue;
             };
+            // With concurrency 1 every earlier item has finished once the permits came.
             if limits.stop_on_failure && collector.failed_before(index) {
                 collector.record(index, Outcome::failed(FailureKind::NotRun, Sent::Nothing));
                 graph.finished(index, false);
@@ -190,8 +149,8 @@ pub async fn run_graph<U: Upstream, O: Observer>(
     collector.close(running, finished)
 }
 
-/// Records a finished item of a dependency run and tells the graph whether it succeeded (as
-/// recorded: a response dropped for the reply budget did not).
+/// Records a finished item and tells the graph whether it succeeded (as recorded: a response
+/// dropped for the reply budget did not).
 fn finish_node(collector: &mut Collector, graph: &mut Graph, done: Done) {
     // A panicked task leaves no index: its dependents stay waiting and are reported as
     // internal failures when the run ends.

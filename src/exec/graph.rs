@@ -1,6 +1,7 @@
 //! Dependencies between the items of one batch (Microsoft Graph's `dependsOn`): which item
 //! may start next, and which can no longer run because an item it depends on did not succeed.
-//! The executor's `run_graph` asks it; it does no I/O and keeps no clock.
+//! The executor's one loop asks it (with no dependencies every item is ready at once, lowest
+//! index first); it does no I/O and keeps no clock.
 
 use crate::item::{Outcome, SubRequest};
 use std::cmp::Reverse;

@@ -61,6 +61,17 @@ impl Fake {
     }
 }
 
+/// `run` without dependencies between the items.
+async fn run_plain<U: Upstream, O: Observer>(
+    limits: &Limits,
+    global: Share<'_>,
+    items: Vec<Result<SubRequest, Outcome>>,
+    upstream: &Arc<U>,
+    observer: &Arc<O>,
+) -> Vec<Outcome> {
+    run(limits, global, items, &[], upstream, observer).await
+}
+
 fn item(delay_ms: u64) -> Result<SubRequest, Outcome> {
     Ok(SubRequest {
         method: Method::GET,
@@ -94,7 +105,7 @@ fn body(outcome: &Outcome) -> String {
 async fn keeps_input_order_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let items = vec![item(30), item(10), item(20)];
-    let out = run(
+    let out = run_plain(
         &limits(spawn, 3, 1000, 1000),
         share(&Permits::new(10), &client()),
         items,
@@ -111,7 +122,7 @@ async fn bounds_batch_concurrency_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let items = (0..10).map(|_| item(10)).collect();
     let started = Instant::now();
-    run(
+    run_plain(
         &limits(spawn, 3, 1000, 1000),
         share(&Permits::new(100), &client()),
         items,
@@ -132,7 +143,7 @@ async fn bounds_global_in_flight_across_batches_in(spawn: bool) {
     let observer = Arc::new(NoObserver);
     let l = limits(spawn, 10, 1000, 1000);
     let batch = || {
-        run(
+        run_plain(
             &l,
             share(&global, &me),
             (0..10).map(|_| item(5)).collect(),
@@ -149,7 +160,7 @@ async fn bounds_global_in_flight_across_batches_in(spawn: bool) {
 /// An item over its timeout becomes `TimedOut`; the others are unaffected.
 async fn item_timeout_is_per_item_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let out = run(
+    let out = run_plain(
         &limits(spawn, 2, 50, 1000),
         share(&Permits::new(10), &client()),
         vec![item(10), item(500)],
@@ -169,7 +180,7 @@ async fn deadline_returns_partial_results_in(spawn: bool) {
     let me = client();
     let started = Instant::now();
     let items = vec![item(10), item(100), item(100), item(100)];
-    let out = run(
+    let out = run_plain(
         &limits(spawn, 1, 1000, 150),
         share(&global, &me),
         items,
@@ -207,7 +218,7 @@ async fn cancellation_stops_unstarted_items_and_frees_permits_in(spawn: bool) {
     let items = (0..10).map(|_| item(100)).collect();
     let l = limits(spawn, 2, 1000, 10_000);
     let observer = Arc::new(NoObserver);
-    let batch = run(&l, share(&global, &me), items, &fake, &observer);
+    let batch = run_plain(&l, share(&global, &me), items, &fake, &observer);
     let _ = tokio::time::timeout(Duration::from_millis(150), batch).await;
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(global.in_use(), 2, "sent items keep their permits");
@@ -225,7 +236,7 @@ async fn decided_items_are_not_sent_in(spawn: bool) {
         code: "MethodNotAllowed",
         message: String::new(),
     });
-    let out = run(
+    let out = run_plain(
         &limits(spawn, 2, 1000, 1000),
         share(&Permits::new(10), &client()),
         vec![Err(refused), item(1)],
@@ -242,7 +253,7 @@ async fn reply_budget_caps_total_bytes_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let mut l = limits(spawn, 1, 1000, 1000);
     l.max_reply_bytes = 5; // each body is 2-3 bytes ("/1", "/2", ...)
-    let out = run(
+    let out = run_plain(
         &l,
         share(&Permits::new(10), &client()),
         vec![item(1), item(2), item(3)],
@@ -263,7 +274,7 @@ async fn dropped_items_do_not_use_up_the_budget_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
     let mut l = limits(spawn, 1, 1000, 10_000);
     l.max_reply_bytes = 5; // bodies are the paths: "/1" (2 bytes), "/1000" (5), "/2" (2)
-    let out = run(
+    let out = run_plain(
         &l,
         share(&Permits::new(10), &client()),
         vec![item(1), item(1000), item(2)],
@@ -293,7 +304,7 @@ async fn stop_signal_answers_with_what_finished_in(spawn: bool) {
         let _ = stop.send(true);
     });
     let started = Instant::now();
-    let out = run(
+    let out = run_plain(
         &l,
         share(&global, &me),
         vec![item(10), item(1000), item(1000)],
@@ -400,7 +411,7 @@ async fn dependencies_order_and_block_in(spawn: bool) {
     ];
     let after = [vec![], vec![0], vec![], vec![2], vec![3], vec![]];
     let started = Instant::now();
-    let out = run_graph(
+    let out = run(
         &limits(spawn, 4, 1000, 1000),
         share(&Permits::new(10), &client()),
         items,
@@ -442,7 +453,7 @@ async fn dependencies_keep_the_batch_deadline() {
     let items = vec![item(30), item(30), item(30)];
     let after = [vec![], vec![0], vec![1]];
     let started = Instant::now();
-    let out = run_graph(
+    let out = run(
         &limits(false, 3, 1000, 50),
         share(&Permits::new(10), &client()),
         items,

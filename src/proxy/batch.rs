@@ -282,13 +282,8 @@ impl BatchGate {
             permits: &self.permits,
             client: observer.ticket.client(),
         };
-        if after.is_empty() {
-            let run = exec::run(&exec_limits, share, items, &upstream, observer);
-            watching_client(session, run.instrument(span)).await
-        } else {
-            let run = exec::run_graph(&exec_limits, share, items, &after, &upstream, observer);
-            watching_client(session, run.instrument(span)).await
-        }
+        let run = exec::run(&exec_limits, share, items, &after, &upstream, observer);
+        watching_client(session, run.instrument(span)).await
     }
 
     /// The executor's limits for one batch of `route`: its deadline starts now. A
