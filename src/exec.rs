@@ -28,9 +28,8 @@ use tracing::Instrument;
 /// `upstream.rs`, and by in-memory fakes in tests.
 ///
 /// The executor decides when an item must be done (`until`: its start plus the item
-/// timeout) and sets no timer of its own: `send` resolves by `until`, with a `Timeout`
-/// failure if nothing answered, so the upstream client knows which address did not answer
-/// (a silent address is ejected like one that refuses).
+/// timeout) and stops waiting then (the item is a `Timeout`). The upstream is told, so no
+/// retry starts past it and an attempt cut off there counts against its address.
 pub trait Upstream: Send + Sync + 'static {
     fn send(&self, request: SubRequest, until: Instant) -> impl Future<Output = Outcome> + Send;
 }
@@ -445,7 +444,11 @@ async fn run_item<U: Upstream, O: Observer>(
     observer: Arc<O>,
 ) -> (usize, Outcome) {
     let started = Instant::now();
-    let outcome = upstream.send(request, started + item_timeout).await;
+    let until = started + item_timeout;
+    let outcome = match tokio::time::timeout_at(until, upstream.send(request, until)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::failed(FailureKind::Timeout, Sent::Maybe),
+    };
     let elapsed = started.elapsed();
     let span = tracing::Span::current();
     if !span.is_disabled() {

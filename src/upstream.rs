@@ -10,9 +10,8 @@
 //! it, per upstream and opt-in: retries with a budget (`retry`), hedging (`send`), passive
 //! ejection (`eject`) and active health checks (`health`) decide which address an attempt
 //! goes to and whether there is another. Whether a second attempt is safe, and whether an
-//! attempt failed its address, is decided in `attempt` for all of them. An item is answered
-//! by the instant the executor gives (`Call::until`); attempts still running then fail
-//! their addresses.
+//! attempt failed its address, is decided in `attempt` for all of them. The executor stops
+//! waiting for an item at `Call::until`; an attempt it cuts off there fails its address.
 
 mod attempt;
 mod choice;
@@ -38,8 +37,7 @@ use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use prometheus::IntGauge;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -275,42 +273,18 @@ impl UpstreamClient {
     }
 
     /// Sends one item: one attempt, hedged after `call.hedge_after` when it is slow, tried
-    /// again as the upstream's retry policy allows (`retry`), and answered by `call.until`
-    /// (the item timeout): an attempt still running then fails its address like an error.
+    /// again as the upstream's retry policy allows (`retry`); the executor stops waiting at
+    /// `call.until` (the item timeout).
     pub async fn send(&self, request: &SubRequest, batch: &BatchHeaders, call: &Call) -> Outcome {
-        let attempting = Attempting::default();
         let hedges =
             attempt::may_send_again(Sent::Maybe, call.repeatable) && call.hedge_after.is_some();
         if self.config.retry.is_none() && !hedges {
             let n = self.choose(Tried::default(), self.item_key(request, batch));
-            let attempt = self.attempt(n, request, batch, call, &attempting);
-            tokio::pin!(attempt);
-            return self.answered_by(call.until, attempt, &attempting).await;
+            return self.attempt(n, request, batch, call).await;
         }
         // Boxed: the retry loop holds up to two attempts at once (a hedge), and an item
         // future that large costs every item its copies (docs/PERFORMANCE.md).
-        let attempts = Box::pin(self.send_with_policy(request, batch, call, &attempting));
-        self.answered_by(call.until, attempts, &attempting).await
-    }
-
-    /// `attempts` by `until`, or a timeout that fails every address still attempting (read
-    /// while the attempts are alive: dropping them clears `attempting`).
-    async fn answered_by<F: Future<Output = Outcome> + Unpin>(
-        &self,
-        until: Instant,
-        mut attempts: F,
-        attempting: &Attempting,
-    ) -> Outcome {
-        match tokio::time::timeout_at(until, &mut attempts).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                let timed_out = Outcome::failed(FailureKind::Timeout, Sent::Maybe);
-                for n in attempting.addresses() {
-                    self.address_outcome(n, &timed_out);
-                }
-                timed_out
-            }
-        }
+        Box::pin(self.send_with_policy(request, batch, call)).await
     }
 
     /// `send` with retries or hedging.
@@ -319,7 +293,6 @@ impl UpstreamClient {
         request: &SubRequest,
         batch: &BatchHeaders,
         call: &Call,
-        attempting: &Attempting,
     ) -> Outcome {
         let until = call.until.min(call.deadline);
         let policy = self.config.retry.as_ref();
@@ -330,9 +303,7 @@ impl UpstreamClient {
         let mut retried: Option<RetryOn> = None;
         let mut attempt = 1;
         loop {
-            let (used, outcome) = self
-                .hedged(request, batch, call, tried, until, attempting)
-                .await;
+            let (used, outcome) = self.hedged(request, batch, call, tried, until).await;
             tried = used;
             let Some(policy) = policy else {
                 return outcome;
@@ -382,12 +353,11 @@ impl UpstreamClient {
         call: &Call,
         tried: Tried,
         until: Instant,
-        attempting: &Attempting,
     ) -> (Tried, Outcome) {
         let key = self.item_key(request, batch);
         let n = self.choose(tried, key);
         let tried = tried.with(n);
-        let first = self.attempt(n, request, batch, call, attempting);
+        let first = self.attempt(n, request, batch, call);
         // A copy while the first is running: as if the first may have reached the upstream.
         let may_copy = attempt::may_send_again(Sent::Maybe, call.repeatable);
         let delay = match call.hedge_after {
@@ -415,7 +385,7 @@ impl UpstreamClient {
             return (tried, first.await);
         }
         let tried = tried.with(m);
-        let second = self.attempt(m, request, batch, call, attempting);
+        let second = self.attempt(m, request, batch, call);
         tokio::pin!(second);
         let name = &self.config.name;
         tokio::select! {
@@ -438,18 +408,23 @@ impl UpstreamClient {
         }
     }
 
-    /// One attempt at address `n`, with its ejection and latency bookkeeping; `attempting`
-    /// holds `n` while it runs.
+    /// One attempt at address `n`, with its ejection and latency bookkeeping. An attempt cut
+    /// off at the item's `until` (the executor stops waiting then) fails its address like a
+    /// timeout: a silent address is ejected like one that refuses.
     async fn attempt(
         &self,
         n: usize,
         request: &SubRequest,
         batch: &BatchHeaders,
         call: &Call,
-        attempting: &Attempting,
     ) -> Outcome {
         let started = Instant::now();
-        let _running = attempting.enter(n);
+        let cut_off = CutOff {
+            client: self,
+            address: n,
+            until: call.until,
+            armed: true,
+        };
         let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
             let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
             return Outcome::Failed(failure.with_detail("the upstream has no address"));
@@ -461,6 +436,7 @@ impl UpstreamClient {
             .flatten()
             .map(InFlightAt::new);
         let outcome = self.exchange(n, peer, pool, request, batch, call).await;
+        cut_off.disarm();
         if let Outcome::Response(_) = &outcome {
             self.latency.record(started.elapsed());
         }
@@ -757,33 +733,28 @@ pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
 
 /// The item connectors' options: pool size, and for TLS the CA file and client certificate,
 /// loaded once here (config validation has read them) instead of per connection.
-/// The addresses an item has an attempt running at (at most two: a hedge), as bits like
-/// `Tried`: when the item's time runs out, each of them failed to answer.
-#[derive(Default)]
-struct Attempting(AtomicU64);
+/// An attempt at `address` that has not ended. Dropped armed at or after `until` (the
+/// executor's item timeout cut it off), its address failed to answer in time; dropped
+/// earlier (a hedge's other copy answered first), nothing is counted.
+struct CutOff<'a> {
+    client: &'a UpstreamClient,
+    address: usize,
+    until: Instant,
+    armed: bool,
+}
 
-impl Attempting {
-    fn enter(&self, n: usize) -> RunningAt<'_> {
-        let bit = u32::try_from(n)
-            .ok()
-            .and_then(|n| 1u64.checked_shl(n))
-            .unwrap_or(0);
-        self.0.fetch_or(bit, Ordering::Relaxed);
-        RunningAt(self, bit)
-    }
-
-    fn addresses(&self) -> impl Iterator<Item = usize> {
-        let bits = self.0.load(Ordering::Relaxed);
-        (0..64).filter(move |n| bits & (1 << n) != 0)
+impl CutOff<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
     }
 }
 
-/// Address `n`'s attempt, running until dropped (answered, failed or cut off).
-struct RunningAt<'a>(&'a Attempting, u64);
-
-impl Drop for RunningAt<'_> {
+impl Drop for CutOff<'_> {
     fn drop(&mut self) {
-        self.0 .0.fetch_and(!self.1, Ordering::Relaxed);
+        if self.armed && Instant::now() >= self.until {
+            let timed_out = Outcome::failed(FailureKind::Timeout, Sent::Maybe);
+            self.client.address_outcome(self.address, &timed_out);
+        }
     }
 }
 

@@ -44,23 +44,27 @@ impl Graph {
         for (index, request) in to_send {
             waiting[index] = Some(request);
         }
-        let mut dependents = vec![Vec::new(); count];
-        let mut pending = vec![0; count];
-        for (item, dependencies) in after.iter().enumerate().take(count) {
+        // Most batches have no dependencies: then nothing but `waiting` and `ready` is kept
+        // (every lookup of the others is by `get`, and finds nothing to do).
+        let edges = after.iter().any(|dependencies| !dependencies.is_empty());
+        let per_item = if edges { count } else { 0 };
+        let mut dependents = vec![Vec::new(); per_item];
+        let mut pending = vec![0; per_item];
+        for (item, dependencies) in after.iter().enumerate().take(per_item) {
             for &dependency in dependencies.iter().filter(|&&d| d < count) {
                 dependents[dependency].push(item);
                 pending[item] += 1;
             }
         }
         let ready = (0..count)
-            .filter(|&i| pending[i] == 0 && waiting[i].is_some())
+            .filter(|&i| pending.get(i).is_none_or(|&p| p == 0) && waiting[i].is_some())
             .map(Reverse)
             .collect();
         let mut graph = Graph {
             waiting,
             dependents,
             pending,
-            blocked_by: vec![None; count],
+            blocked_by: vec![None; per_item],
             ready,
             blocked: Vec::new(),
         };
