@@ -40,7 +40,7 @@ mod procs;
 use procs::{family_cpu_seconds, free_port, process_cpu_seconds};
 
 // The h2c test upstream; the benchmark does not read its request log.
-#[path = "../tests/common/h2c.rs"]
+#[path = "../tests/it/common/h2c.rs"]
 #[allow(dead_code)]
 mod h2c;
 

@@ -1,4 +1,4 @@
-//! Properties the fuzz targets check, shared with `tests/fuzz_corpus.rs`, which replays the
+//! Properties the fuzz targets check, shared with `tests/it/fuzz_corpus.rs`, which replays the
 //! committed corpus as ordinary tests (no fuzzing in CI). Each function takes arbitrary bytes
 //! and panics when a property does not hold; "no panic" alone is not the bar:
 //!

@@ -3,7 +3,7 @@
 //! handshake cost), and items to a TLS upstream. Certificates come from a test CA made at
 //! start (rcgen); the TLS upstream is a TLS front (in this process) before the 0 ms upstream.
 
-#[path = "../../tests/common/tls.rs"]
+#[path = "../../tests/it/common/tls.rs"]
 #[allow(dead_code)]
 mod pki;
 

@@ -5,7 +5,7 @@
 // stat) instead of `Record<string, unknown>`, so their keys are checked too.
 //
 // `npm run check` (or: node gen.mjs && npx --no-install tsc -p .) fails on a misspelled key,
-// a value of the wrong type or a value outside an enum. tests/dashboard.rs runs it.
+// a value of the wrong type or a value outside an enum. tests/it/dashboard.rs runs it.
 
 import type {
   Dashboard,

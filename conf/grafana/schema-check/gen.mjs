@@ -5,7 +5,7 @@
 // with `satisfies` catches both.
 //
 //   node gen.mjs                      ../batchgate.json -> dashboard.gen.ts (what check.ts imports)
-//   node gen.mjs IN.json OUT.gen.ts   any other file (tests/dashboard.rs checks broken copies)
+//   node gen.mjs IN.json OUT.gen.ts   any other file (tests/it/dashboard.rs checks broken copies)
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -6,7 +6,7 @@
 //! Without the binaries these tests print a skip message, except under `CI=true`, where they
 //! fail and say how to install them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::Write;

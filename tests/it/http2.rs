@@ -3,7 +3,7 @@
 //! requests, and a stream whose body stalls gets 408 in the body timeout although its
 //! connection is busy with others (the per-connection clock cannot time one stream).
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::upstream::Upstream;

@@ -1,7 +1,7 @@
 //! `batchgate check`: every shipped config is accepted; unknown keys and invalid values are
 //! rejected with exit code 1 and a `FILE:LINE:COL: key` location on stderr.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

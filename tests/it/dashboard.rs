@@ -4,7 +4,7 @@
 //! through the `${datasource}` variable), every panel queries batchgate's metrics through the
 //! job / instance / route variables, and the layout is sound.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! specification, the Limelight Origin Storage profile, each upstream failure kind per element,
 //! and how elements travel upstream (exact bytes, ids, refusals, concurrency).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

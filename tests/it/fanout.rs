@@ -3,7 +3,7 @@
 //! failing part, request validation, hostile ids, concurrency and order, and the generic
 //! `users.toml` example.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! when a pooled connection turns out closed, and idle connections closed after
 //! `idle_timeout`. The upstream counts the TCP connections it accepts and holds open.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

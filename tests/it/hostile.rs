@@ -4,7 +4,7 @@
 //! spellings of an id, and fan-out ids that must not be rounded or patched with U+FFFD.
 //! Every test also checks that the process did not panic.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

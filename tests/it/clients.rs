@@ -9,7 +9,7 @@
 //! `.ci/run` makes it and sets `BATCHGATE_CLIENTS_PYTHON`; locally `target/clients-venv` is
 //! used when it exists. Without one the tests skip with a note, except in CI, where they fail.
 
-mod common;
+use crate::common;
 
 use common::gate;
 use common::upstream::{RecordedRequest, Reply, Upstream};
@@ -194,7 +194,7 @@ fn check_graph(parsed: &Value, upstream: &Upstream) {
     assert_eq!(statuses, expected, "{parsed}");
     // Graph encodes a non-JSON body as one base64 string; the SDK decodes it. (A JSON
     // object body comes out as None in kiota-serialization-json 1.16.0, kiota-python
-    // issue 737, so JSON bodies are checked on the wire by tests/dependencies.rs.)
+    // issue 737, so JSON bodies are checked on the wire by tests/it/dependencies.rs.)
     assert_eq!(responses["5"]["body"], "hello", "{parsed}");
     let headers = responses["4"]["headers"].to_string().to_ascii_lowercase();
     assert!(headers.contains("application/json"), "{parsed}");

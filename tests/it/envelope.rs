@@ -1,7 +1,7 @@
 //! The envelope dialect end to end: the PDS contract, order and ids, whole-batch refusals,
 //! per-item refusals next to successful items, and the headers batchgate gives children.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Everything that is not a batch: pass-through to the default upstream unchanged, the 404
 //! without a default upstream, keep-alive between batches and `Expect: 100-continue`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! the built-in demo upstream answers every example it prints (an envelope batch, a JSON-RPC
 //! batch, an id-list fan-out and a pass-through call). Only the ports are changed, to free ones.
 
-mod common;
+use crate::common;
 
 use common::upstream::free_port;
 use std::process::{Command, Stdio};

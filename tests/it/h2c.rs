@@ -1,7 +1,7 @@
 //! Upstreams spoken to over cleartext HTTP/2 (`protocol = "h2c"`): batch items and
 //! pass-through requests are multiplexed as streams over pooled connections.
 
-mod common;
+use crate::common;
 
 use common::h2c::{H2Upstream, H2_BODY};
 use std::sync::atomic::Ordering;

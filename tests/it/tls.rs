@@ -3,7 +3,7 @@
 //! connections reused; TLS listeners chosen by SNI, with mTLS and a minimum version,
 //! answering curl over HTTP/2 and HTTP/1.1; h2c with prior knowledge; `check` on bad files.
 
-mod common;
+use crate::common;
 
 use common::prom::scrape;
 use common::tls::{curl, TestCa, TlsFront, Validity};

@@ -2,7 +2,7 @@
 //! `balance = "least_outstanding"` to send items where fewer are in flight, so a slow
 //! address gets fewer of a batch's items while it is slow.
 
-mod common;
+use crate::common;
 
 use common::batch::{batch, item, responses, BATCH_PATH};
 use common::client;

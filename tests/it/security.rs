@@ -1,7 +1,7 @@
 //! Hostile child URLs and headers: each is refused in its own slot and never reaches the
 //! upstream (asserted on the upstream's request log), while the valid items still go out.
 
-mod common;
+use crate::common;
 
 use common::batch::{
     assert_item_error, batch, by_id, item, item_with_headers, responses, BATCH_PATH,

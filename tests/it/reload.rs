@@ -2,7 +2,7 @@
 //! dropping a request, refuse an invalid one without changing anything, and many reloads
 //! under load leak nothing. Every test runs the real binary and rewrites its real file.
 
-mod common;
+use crate::common;
 
 use common::batch::{assert_rejected, batch, item, responses, BATCH_PATH};
 use common::client;

@@ -1,7 +1,7 @@
 //! Limits: per-batch and global concurrency, parallelism, item timeout, batch deadline,
 //! upstream failures (refused port, 500, oversized body) and cancellation on disconnect.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

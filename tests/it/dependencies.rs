@@ -3,7 +3,7 @@
 //! did not answer 2xx makes its dependents 424 without sending them; a bad graph is refused
 //! before anything is sent.
 
-mod common;
+use crate::common;
 
 use common::batch::{responses, BATCH_PATH};
 use common::client;

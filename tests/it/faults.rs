@@ -4,7 +4,7 @@
 //! connections come back (the in-flight gauge is 0 again, a later batch is served) and that
 //! other clients are unaffected while it happens.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

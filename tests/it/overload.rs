@@ -3,7 +3,7 @@
 //! nothing sent upstream), a light client is not held behind a capped flood, and refusals
 //! stop as soon as the load drops.
 
-mod common;
+use crate::common;
 
 use common::batch::{assert_rejected, batch, item, item_with_body, responses, BATCH_PATH};
 use common::client::{self, Response};

@@ -3,7 +3,7 @@
 //! parts that set none, the reply is `multipart/mixed` with `Content-ID: <response-ID>` and
 //! the upstream's status, headers and bytes; whole-batch errors come back as one JSON error.
 
-mod common;
+use crate::common;
 
 use common::client;
 use common::config::GateConfig;

@@ -1,7 +1,7 @@
 //! Graceful shutdown: a batch still running when SIGTERM's grace period is about to end
 //! answers with what has finished instead of being cut off without a reply.
 
-mod common;
+use crate::common;
 
 use common::config::GateConfig;
 use common::upstream::{Reply, Upstream};

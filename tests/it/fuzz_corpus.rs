@@ -3,7 +3,7 @@
 //! every input the fuzzer found interesting keeps being checked. Fuzzing itself is
 //! `cargo +nightly fuzz run <target>` in `fuzz/` (docs/RELIABILITY.md).
 
-#[path = "../fuzz/props.rs"]
+#[path = "../../fuzz/props.rs"]
 mod props;
 
 use std::path::Path;

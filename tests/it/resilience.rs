@@ -2,7 +2,7 @@
 //! per item (which failures, which methods, `Retry-After`, the budget, the deadline), hedging,
 //! and active health checks with `/readyz`.
 
-mod common;
+use crate::common;
 
 use common::batch::{batch, item, responses, BATCH_PATH};
 use common::client;

@@ -2,7 +2,7 @@
 //! exactly what the traffic implies, label sets stay bounded whatever paths and ids clients
 //! send, and `/healthz` / `/readyz` answer as documented.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

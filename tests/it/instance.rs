@@ -3,7 +3,7 @@
 //! away on exit, and is verified before `reload` or `pid` name anything, so no command signals
 //! a process that is not the batchgate serving that file.
 
-mod common;
+use crate::common;
 
 use common::config::GateConfig;
 use common::gate;

@@ -2,7 +2,7 @@
 //! large declared length, clients that leave with a reset, forged identity headers on
 //! pass-through.
 
-mod common;
+use crate::common;
 
 use common::config::GateConfig;
 use common::upstream::{Reply, Upstream};
