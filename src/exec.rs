@@ -13,7 +13,7 @@
 
 mod graph;
 
-use crate::item::{FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
+use crate::item::{FailureKind, Outcome, Sent, SubRequest, Upstream, UpstreamResponse};
 use crate::permits::{ClientId, Permit, Permits};
 use graph::Graph;
 use std::future::Future;
@@ -23,16 +23,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
-
-/// Sends one sub-request and reports what happened. Implemented over pingora's connector in
-/// `upstream.rs`, and by in-memory fakes in tests.
-///
-/// The executor decides when an item must be done (`until`: its start plus the item
-/// timeout) and stops waiting then (the item is a `Timeout`). The upstream is told, so no
-/// retry starts past it and an attempt cut off there counts against its address.
-pub trait Upstream: Send + Sync + 'static {
-    fn send(&self, request: SubRequest, until: Instant) -> impl Future<Output = Outcome> + Send;
-}
 
 /// Hooks for metrics and logs; the executor itself records nothing.
 pub trait Observer: Send + Sync + 'static {

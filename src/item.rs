@@ -8,6 +8,19 @@
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
+use std::future::Future;
+use tokio::time::Instant;
+
+/// Sends one sub-request and reports what happened: the seam between the executor and the
+/// upstream client, here with the vocabulary so neither imports the other. Implemented over
+/// pingora's connector in `upstream.rs`, and by in-memory fakes in the executor's tests.
+///
+/// The executor decides when an item must be done (`until`: its start plus the item
+/// timeout) and stops waiting then (the item is a `Timeout`). The upstream is told, so no
+/// retry starts past it and an attempt cut off there counts against its address.
+pub trait Upstream: Send + Sync + 'static {
+    fn send(&self, request: SubRequest, until: Instant) -> impl Future<Output = Outcome> + Send;
+}
 
 /// One request to send upstream, already checked by the guards.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@
 //!   section's runtime type and checks in the section's file.
 //! - [`item`]: the vocabulary every layer shares: `SubRequest`, `UpstreamResponse`,
 //!   `Outcome`, the typed `Failure` with the one table mapping it to status, code, class and
-//!   fault, and `RejectionKind`. The executor, the upstream client and the metrics import it,
+//!   fault, `RejectionKind`, and `Upstream`, the seam the executor sends items through. The executor, the upstream client and the metrics import it,
 //!   never a dialect.
 //! - [`dialect`]: pure decode/encode per batch dialect (`envelope`, `jsonrpc`, `fanout`).
 //! - [`guard`]: what a sub-request may be (URL and header rules against SSRF and smuggling).

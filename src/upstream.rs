@@ -25,8 +25,7 @@ mod pool;
 mod retry;
 
 use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamProtocol};
-use crate::exec::Upstream;
-use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
+use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, Upstream, UpstreamResponse};
 use crate::metrics::{InFlight, UpstreamConnectionMetrics, UpstreamSeries};
 pub use attempt::may_send_again;
 pub use choice::Tried;
