@@ -25,8 +25,8 @@ mod pool;
 mod retry;
 
 use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamProtocol};
-use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, Upstream, UpstreamResponse};
-use crate::metrics::{InFlight, UpstreamConnectionMetrics, UpstreamSeries};
+use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
+use crate::metrics::{UpstreamConnectionMetrics, UpstreamSeries};
 pub use attempt::may_send_again;
 pub use choice::Tried;
 use http::header::{HeaderName, HeaderValue};
@@ -35,7 +35,6 @@ use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
-use prometheus::IntGauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -656,31 +655,6 @@ pub struct Call {
     pub deadline: Instant,
     /// When the item must be answered (its start plus the item timeout).
     pub until: Instant,
-}
-
-/// One batch's view of an upstream: what the executor calls.
-pub struct BatchUpstream {
-    pub client: Arc<UpstreamClient>,
-    pub headers: BatchHeaders,
-    /// The upstream's in-flight gauge, raised while an item is being sent.
-    pub in_flight: Option<IntGauge>,
-    /// The route's `idempotent_methods`.
-    pub repeatable_methods: Arc<[Method]>,
-    pub hedge_after: Option<Hedge>,
-    pub deadline: Instant,
-}
-
-impl Upstream for BatchUpstream {
-    async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
-        let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
-        let call = Call {
-            repeatable: self.repeatable_methods.contains(&request.method),
-            hedge_after: self.hedge_after,
-            deadline: self.deadline,
-            until,
-        };
-        self.client.send(&request, &self.headers, &call).await
-    }
 }
 
 /// A connection that could not be made: nothing was sent. A failed TLS handshake is its own

@@ -8,22 +8,26 @@
 use super::body::{read_batch, refusal};
 use super::{BatchGate, RequestCtx, Route};
 use crate::admission::Ticket;
-use crate::config::ClientKey;
+use crate::config::{ClientKey, Hedge};
 use crate::dialect::Order;
 use crate::dialect::{
     with_dialect, BatchRequest, Dialect, ItemClass, Outcome, Plan, Rejection, RejectionKind, Reply,
     SubRequest,
 };
 use crate::exec::{self, Limits, Observer};
-use crate::metrics::{BatchResult, RouteMetrics};
+use crate::item::Upstream;
+use crate::metrics::{BatchResult, InFlight, RouteMetrics};
 use crate::permits::ClientId;
-use crate::upstream::{BatchHeaders, BatchUpstream};
+use crate::upstream::{BatchHeaders, Call, UpstreamClient};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use prometheus::IntGauge;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Header carrying the batch's request id, in and out.
@@ -529,4 +533,30 @@ fn client_id(session: &Session, key: &ClientKey) -> ClientId {
         || ClientId::from(""),
         |addr| ClientId::from(addr.ip().to_string()),
     )
+}
+
+/// One batch's view of its route's upstream client: what the executor sends items through
+/// (the client knows no batch).
+pub struct BatchUpstream {
+    pub client: Arc<UpstreamClient>,
+    pub headers: BatchHeaders,
+    /// The upstream's in-flight gauge, raised while an item is being sent.
+    pub in_flight: Option<IntGauge>,
+    /// The route's `idempotent_methods`.
+    pub repeatable_methods: Arc<[Method]>,
+    pub hedge_after: Option<Hedge>,
+    pub deadline: Instant,
+}
+
+impl Upstream for BatchUpstream {
+    async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
+        let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
+        let call = Call {
+            repeatable: self.repeatable_methods.contains(&request.method),
+            hedge_after: self.hedge_after,
+            deadline: self.deadline,
+            until,
+        };
+        self.client.send(&request, &self.headers, &call).await
+    }
 }
