@@ -22,6 +22,7 @@ mod h2_streams;
 pub mod health;
 mod latency;
 mod pool;
+mod reload;
 mod retry;
 
 use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamProtocol};
@@ -35,6 +36,7 @@ use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+pub use reload::same_settings;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -92,7 +94,7 @@ pub struct UpstreamClient {
     /// Set by the reload that replaced or removed this client (`retire`) to the upstream's
     /// new settings (`None`: removed); held while one of its series is written
     /// (`record_series`).
-    retired: std::sync::Mutex<Option<Retired>>,
+    retired: reload::Retirement,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -102,9 +104,6 @@ impl std::fmt::Debug for UpstreamClient {
             .finish()
     }
 }
-
-/// A client a reload replaced: the upstream's settings after that reload (`None`: removed).
-struct Retired(Option<Arc<UpstreamConfig>>);
 
 impl UpstreamClient {
     pub fn new(config: Arc<UpstreamConfig>) -> Self {
@@ -167,32 +166,21 @@ impl UpstreamClient {
                 crate::metrics::upstream_series(&config);
                 UpstreamConnectionMetrics::new(&config.name)
             },
-            retired: std::sync::Mutex::new(None),
+            retired: reload::Retirement::default(),
             config,
         }
     }
 
     /// Marks this client as replaced by a reload (`new`: the upstream's settings after it,
-    /// `None`: removed), before the reload removes the series that are gone: a health check
-    /// round, an ejection or a retry that ends later must not bring them back (an address
-    /// left at `address_up 0` keeps an alert firing), while the series that stay (the same
-    /// address, the same retry reason) still count what the old client's last items do.
+    /// `None`: removed); see `reload::Retirement`.
     pub fn retire(&self, new: Option<&Arc<UpstreamConfig>>) {
-        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Retired(new.cloned()));
+        self.retired.retire(new);
     }
 
     /// Runs `record`, a write to `series` of this client, unless a reload retired the client
-    /// and removed that series. The lock orders it against `retire`: a write either lands
-    /// before the series is removed (and goes with it) or is skipped.
+    /// and removed that series.
     pub(crate) fn record_series(&self, series: UpstreamSeries<'_>, record: impl FnOnce()) {
-        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        let survives = match &*retired {
-            None => true,
-            Some(Retired(new)) => crate::metrics::series_survives(new.as_deref(), &series),
-        };
-        if survives {
-            record();
-        }
+        self.retired.record(series, record);
     }
 
     /// The client for `config` after a reload changed some of `old`'s settings. When the
@@ -201,7 +189,7 @@ impl UpstreamClient {
     /// changed timeout does not cost a reconnect per item.
     pub fn renewed(config: Arc<UpstreamConfig>, old: &UpstreamClient) -> Self {
         let mut client = UpstreamClient::new(config);
-        if same_connections(&old.config, &client.config) {
+        if reload::same_connections(&old.config, &client.config) {
             client.pools = old.pools.clone();
             client.h2_connector = old.h2_connector.clone();
             client.h2_gates = old.h2_gates.clone();
@@ -746,63 +734,6 @@ impl Drop for InFlightAt<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Whether a reload may keep the client built for `old` (and its pooled connections) for
-/// `new`: every setting equal, and the TLS files loaded to the same certificates (a renewed
-/// certificate under the same file name gets a new client).
-pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
-    same_connections(old, new)
-        && old.name == new.name
-        && old.host == new.host
-        && old.read_timeout == new.read_timeout
-        && old.write_timeout == new.write_timeout
-        && old.balance == new.balance
-        && old.weights == new.weights
-        && old.eject_after == new.eject_after
-        && old.eject_for == new.eject_for
-        && old.eject_on_5xx == new.eject_on_5xx
-        && old.retry == new.retry
-        && old.health_check == new.health_check
-        && old.max_h2_streams == new.max_h2_streams
-}
-
-/// Whether the connections (and idle pools) built for `old` would be the same for `new`:
-/// addresses, protocol, TLS, pool size and idle and connect timeouts.
-fn same_connections(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
-    old.addresses == new.addresses
-        && old.protocol == new.protocol
-        && old.pool_size == new.pool_size
-        && old.idle_timeout == new.idle_timeout
-        && old.connect_timeout == new.connect_timeout
-        && match (&old.tls, &new.tls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => same_tls(a, b),
-            _ => false,
-        }
-}
-
-fn same_tls(a: &crate::config::UpstreamTls, b: &crate::config::UpstreamTls) -> bool {
-    use pingora::utils::tls::get_serial;
-    let serials = |tls: &crate::config::UpstreamTls| {
-        tls.ca.as_ref().map(|certs| {
-            certs
-                .iter()
-                .map(|c| get_serial(c).unwrap_or_default())
-                .collect::<Vec<_>>()
-        })
-    };
-    let client = |tls: &crate::config::UpstreamTls| {
-        tls.client_cert
-            .as_ref()
-            .map(|c| (c.serial(), c.key().clone()))
-    };
-    a.sni == b.sni
-        && a.verify == b.verify
-        && a.ca_file == b.ca_file
-        && a.client_cert_files == b.client_cert_files
-        && serials(a) == serials(b)
-        && client(a) == client(b)
 }
 
 fn connector_options(config: &UpstreamConfig) -> ConnectorOptions {
