@@ -6,7 +6,7 @@ use crate::common;
 
 use common::upstream::free_port;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Demo {
     child: std::process::Child,
@@ -53,11 +53,10 @@ async fn the_demo_answers_every_example_it_prints() {
         .expect("start the demo");
     let _demo = Demo { child, dir };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "the demo did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually_async(Duration::from_secs(20), "the demo accepts", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
 
     let envelope = r#"{"resource":"file","requests":[{"id":"93433894994ad2e1","method":"POST","url":"/file/get","headers":{"Content-Type":"application/json"},"body":{"domain_id":"1","drive_id":"1"}},{"id":"2","method":"POST","url":"/file/list","body":{"drive_id":"1"}}]}"#;
     let reply = common::client::post_json(addr, "/v2/batch", envelope).await;

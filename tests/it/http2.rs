@@ -484,11 +484,12 @@ async fn a_stalled_pass_through_body_over_h2_is_reset_at_the_body_timeout() {
         .expect("data");
     let started = Instant::now();
     // The upstream has the request head and the first part, on a connection of its own.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while backend.open_connections() < 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(backend.open_connections(), 1);
+    common::eventually(
+        Duration::from_secs(2),
+        "the upload's upstream connection",
+        || backend.open_connections() == 1,
+    )
+    .await;
     // Other streams keep the connection busy and are served meanwhile.
     let mut client = client.ready().await.expect("ready");
     for _ in 0..3 {
@@ -525,15 +526,12 @@ async fn a_stalled_pass_through_body_over_h2_is_reset_at_the_body_timeout() {
     // The upstream connection that carried the partial body is closed (the GETs' pooled
     // connection may stay).
     let closed = || backend.connections() - backend.open_connections() as u64;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while closed() < 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        closed(),
-        1,
-        "the stalled upload's upstream connection is closed"
-    );
+    common::eventually(
+        Duration::from_secs(2),
+        "the upload's upstream connection closed",
+        || closed() == 1,
+    )
+    .await;
     assert!(backend.requests().iter().all(|r| r.method == "GET"));
     drop(body);
 }

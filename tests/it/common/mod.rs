@@ -17,8 +17,46 @@
 //! * [`prom`] — parsing `/metrics` (Prometheus text format), finding the Prometheus tools,
 //!   reading the Grafana dashboard.
 //!
-//! Each test binary uses only a subset of it, hence `dead_code` is allowed.
+//! * [`eventually`] — waiting on real state (an upstream counter, a scraped gauge, a port
+//!   that accepts) instead of sleeping for a guessed time.
+//!
+//! Not every test module uses all of it, hence `dead_code` is allowed.
 #![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+/// How often `eventually` looks again.
+const EVENTUALLY_EVERY: Duration = Duration::from_millis(20);
+
+/// Waits until `ready()` holds, looking every 20 ms; panics with `what` (and the time it
+/// waited) if it does not within `within`. For state that changes in another process or task.
+pub async fn eventually(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(EVENTUALLY_EVERY).await;
+    }
+}
+
+/// `eventually` for a check that is itself asynchronous (a connect, a scrape).
+pub async fn eventually_async<F: Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(EVENTUALLY_EVERY).await;
+    }
+}
 
 pub mod batch;
 pub mod client;
