@@ -30,17 +30,10 @@ fn python() -> Option<PathBuf> {
     if python.exists() {
         return Some(python);
     }
-    assert!(
-        std::env::var_os("CI").is_none() && std::env::var_os("BATCHGATE_CI_TOOLS").is_none(),
-        "no client venv at {} (.ci/run makes it from tests/clients/requirements.txt)",
-        python.display()
-    );
-    eprintln!(
-        "skipped: no client venv at {} (python3 -m venv target/clients-venv && \
-         target/clients-venv/bin/pip install -r tests/clients/requirements.txt)",
-        python.display()
-    );
-    None
+    common::missing(
+        &format!("the client venv at {}", python.display()),
+        "run `python3 -m venv target/clients-venv && target/clients-venv/bin/pip install -r tests/clients/requirements.txt`",
+    )
 }
 
 /// Runs `tests/clients/SCRIPT ARGS` and returns the JSON line it printed; panics with its

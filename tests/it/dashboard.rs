@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use common::prom::{dashboard, in_ci, panels, repo_file, require_tool};
+use common::prom::{dashboard, panels, repo_file, require_tool};
 use serde_json::{json, Value};
 
 /// The two tsc tests share `dashboard.gen.ts`; run them one at a time.
@@ -96,18 +96,10 @@ fn schema_tools() -> Option<()> {
         .iter()
         .all(|p| modules.join(p).is_file());
     if !installed {
-        let hint = "cd conf/grafana/schema-check && npm ci";
-        if in_ci() {
-            panic!(
-                "{} is missing and CI=true: run `{hint}` (.ci/run does)",
-                modules.display()
-            );
-        }
-        eprintln!(
-            "SKIP: {} is missing; run `{hint}` to run this test",
-            modules.display()
+        return common::missing(
+            &modules.display().to_string(),
+            "run `cd conf/grafana/schema-check && npm ci`",
         );
-        return None;
     }
     Some(())
 }

@@ -19,19 +19,10 @@ fn read(rel: &str) -> String {
 
 /// The tool on PATH, or `None` (skipping) outside CI.
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none() && std::env::var_os("BATCHGATE_CI_TOOLS").is_none(),
-            "{name} is not installed (.ci/run installs it)"
-        );
-        eprintln!("skipped: {name} is not installed");
-    }
-    found
+    crate::common::prom::require_tool(
+        name,
+        "bash .ci/run (it installs every tool these tests use)",
+    )
 }
 
 fn run(command: &mut Command) -> String {

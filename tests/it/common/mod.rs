@@ -26,6 +26,25 @@
 use std::future::Future;
 use std::time::Duration;
 
+/// Whether every external tool a test needs must be there (a CI run: `CI=true`, or
+/// `.ci/run`'s `BATCHGATE_CI_TOOLS`): a missing one then fails its test instead of skipping it.
+pub fn tools_required() -> bool {
+    let set =
+        |name: &str| std::env::var(name).is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    set("CI") || set("BATCHGATE_CI_TOOLS")
+}
+
+/// The one rule for something a test needs from outside (a tool, a venv, installed packages)
+/// that is not there: under CI a panic saying how to install it; elsewhere a `SKIP` line on
+/// stderr, and `None` for the test to return on.
+pub fn missing<T>(what: &str, install: &str) -> Option<T> {
+    if tools_required() {
+        panic!("{what} is missing: {install} (.ci/run does)");
+    }
+    eprintln!("SKIP: {what} is missing; {install} to run this test");
+    None
+}
+
 /// How often `eventually` looks again.
 const EVENTUALLY_EVERY: Duration = Duration::from_millis(20);
 

@@ -240,13 +240,7 @@ pub fn repo_file(rel: &str) -> PathBuf {
     repo().join(rel)
 }
 
-/// Whether this is a CI run (`CI=true`), where a missing tool is a failure, not a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-/// Finds `name` on `PATH`. Missing: under CI a panic saying how to install it; otherwise a
-/// skip message on stderr and `None`.
+/// Finds `name` on `PATH`; missing, `common::missing` decides (fail under CI, else skip).
 pub fn require_tool(name: &str, install_hint: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -254,15 +248,12 @@ pub fn require_tool(name: &str, install_hint: &str) -> Option<PathBuf> {
         .into_iter()
         .map(|dir| dir.join(name))
         .find(|p| p.is_file());
-    if found.is_none() {
-        if in_ci() {
-            panic!("`{name}` not found on PATH and CI=true: install it with `{install_hint}` (.ci/run does)");
-        }
-        eprintln!(
-            "SKIP: `{name}` not found on PATH; install it with `{install_hint}` to run this test"
-        );
-    }
-    found
+    found.or_else(|| {
+        super::missing(
+            &format!("`{name}` on PATH"),
+            &format!("install it with `{install_hint}`"),
+        )
+    })
 }
 
 /// The Grafana dashboard as JSON.
