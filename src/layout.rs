@@ -236,17 +236,12 @@ fn edges(modules: &BTreeMap<ModPath, Source>) -> Vec<(ModPath, ModPath, String)>
     // Re-exports first: `pub use a::b::Name;` and `pub use a::{Name, Other};`.
     let mut exports = BTreeMap::new();
     for (module, source) in modules {
-        for (at, _) in source.code.match_indices("pub use ") {
-            for path in paths_at(&source.code, at + "pub use ".len()) {
-                if let Some(name) = path.last().filter(|n| n.as_str() != "*") {
-                    exports.insert((module.clone(), name.clone()), path.clone());
-                }
-            }
-        }
-        for (at, _) in source.code.match_indices("pub(crate) use ") {
-            for path in paths_at(&source.code, at + "pub(crate) use ".len()) {
-                if let Some(name) = path.last().filter(|n| n.as_str() != "*") {
-                    exports.insert((module.clone(), name.clone()), path.clone());
+        for keyword in ["pub use ", "pub(crate) use "] {
+            for (at, _) in source.code.match_indices(keyword) {
+                for path in paths_at(&source.code, at + keyword.len()) {
+                    if let Some(name) = path.last().filter(|n| n.as_str() != "*") {
+                        exports.insert((module.clone(), name.clone()), path.clone());
+                    }
                 }
             }
         }

@@ -28,16 +28,8 @@ struct Fake {
 }
 
 impl Upstream for Fake {
-    async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
-        tokio::time::timeout_at(until, self.answer(request))
-            .await
-            .unwrap_or_else(|_| Outcome::failed(FailureKind::Timeout, Sent::Maybe))
-    }
-}
-
-impl Fake {
-    async fn answer(&self, request: SubRequest) -> Outcome {
-        // Counted out also when the timeout drops this future.
+    async fn send(&self, request: SubRequest, _until: Instant) -> Outcome {
+        // Counted out also when the executor's item timeout drops this future.
         struct Leaving<'a>(&'a AtomicUsize);
         impl Drop for Leaving<'_> {
             fn drop(&mut self) {
