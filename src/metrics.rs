@@ -357,47 +357,9 @@ pub fn config_loaded(sha256: &str) {
     }
 }
 
-/// Exports `config`'s resilience series at their start values (ejections 0, addresses in
-/// the choice, no retry yet), so "nothing happened" is a value, not a gap.
-pub fn upstream_series(config: &crate::config::UpstreamConfig) {
-    let Some(f) = families() else {
-        return;
-    };
-    let upstream = config.name.as_str();
-    for address in &config.addresses {
-        let address = address.to_string();
-        f.upstream_ejections
-            .with_label_values(&[upstream, &address]);
-        f.upstream_address_up
-            .with_label_values(&[upstream, &address])
-            .set(1);
-        if config.health_check.is_some() {
-            for result in ["pass", "fail"] {
-                f.upstream_health_checks
-                    .with_label_values(&[upstream, &address, result]);
-            }
-        }
-    }
-    if let Some(retry) = &config.retry {
-        for on in &retry.on {
-            for result in ["success", "failure"] {
-                f.upstream_retries
-                    .with_label_values(&[upstream, &on.label(), result]);
-            }
-        }
-        for reason in ["budget", "deadline", "retry_after", "attempts"] {
-            f.upstream_retries_skipped
-                .with_label_values(&[upstream, reason]);
-        }
-    }
-    for result in ["won", "lost", "budget"] {
-        f.upstream_hedges.with_label_values(&[upstream, result]);
-    }
-}
-
 /// A resilience series an upstream client writes, named for the reload rule of which ones
 /// outlive a reload (`series_survives`).
-pub enum UpstreamSeries<'a> {
+enum UpstreamSeries<'a> {
     /// `address_up`, ejections and health checks of one address.
     Address(&'a std::net::SocketAddr),
     /// Retries for one reason.
@@ -409,10 +371,8 @@ pub enum UpstreamSeries<'a> {
 }
 
 /// Whether an upstream's `series` outlives a reload that gave the upstream the settings
-/// `new` (`None`: the reload removed it). The one rule for both what a reload
-/// removes (`remove_upstream_series`) and what a replaced client may still write
-/// (`UpstreamClient::record_series`).
-pub fn series_survives(
+/// `new` (`None`: the reload removed it): what a reload removes (`remove_upstream_series`).
+fn series_survives(
     new: Option<&crate::config::UpstreamConfig>,
     series: &UpstreamSeries<'_>,
 ) -> bool {
@@ -467,72 +427,16 @@ pub fn remove_upstream_series(
         }
     }
     if !series_survives(new, &UpstreamSeries::RetrySkipped) {
-        for reason in ["budget", "deadline", "retry_after", "attempts"] {
+        for reason in RetrySkipped::ALL.map(RetrySkipped::label) {
             let _ = f
                 .upstream_retries_skipped
                 .remove_label_values(&[upstream, reason]);
         }
     }
     if !series_survives(new, &UpstreamSeries::Hedged) {
-        for result in ["won", "lost", "budget"] {
+        for result in Hedged::ALL.map(Hedged::label) {
             let _ = f.upstream_hedges.remove_label_values(&[upstream, result]);
         }
-    }
-}
-
-/// Whether `address` of `upstream` is in the item choice now.
-pub fn address_up(upstream: &str, address: &str, up: bool) {
-    if let Some(f) = families() {
-        f.upstream_address_up
-            .with_label_values(&[upstream, address])
-            .set(i64::from(up));
-    }
-}
-
-/// Counts one active health check.
-pub fn health_checked(upstream: &str, address: &str, passed: bool) {
-    if let Some(f) = families() {
-        let result = if passed { "pass" } else { "fail" };
-        f.upstream_health_checks
-            .with_label_values(&[upstream, address, result])
-            .inc();
-    }
-}
-
-/// Counts one retry that was sent and how it ended.
-pub fn retried(upstream: &str, reason: &str, success: bool) {
-    if let Some(f) = families() {
-        let result = if success { "success" } else { "failure" };
-        f.upstream_retries
-            .with_label_values(&[upstream, reason, result])
-            .inc();
-    }
-}
-
-/// Counts one retry an item qualified for but did not get.
-pub fn retry_skipped(upstream: &str, reason: &'static str) {
-    if let Some(f) = families() {
-        f.upstream_retries_skipped
-            .with_label_values(&[upstream, reason])
-            .inc();
-    }
-}
-
-/// Counts one hedge decision.
-pub fn hedged(upstream: &str, result: &'static str) {
-    if let Some(f) = families() {
-        f.upstream_hedges
-            .with_label_values(&[upstream, result])
-            .inc();
-    }
-}
-
-/// Counts one ejection of `address` of `upstream`.
-pub fn upstream_ejected(upstream: &str, address: &str) {
-    if let Some(f) = families() {
-        f.upstream_ejections
-            .with_label_values(&[upstream, address])
-            .inc();
     }
 }
 
@@ -673,27 +577,198 @@ impl RouteMetrics {
     }
 }
 
-/// Item requests sent to one upstream, by whether their connection came from the pool.
-pub struct UpstreamConnectionMetrics {
-    new: IntCounter,
-    reused: IntCounter,
+/// One upstream client's series, resolved when the client is built and exported at their
+/// start values (no ejection, every address in the choice, no retry yet: "nothing happened"
+/// is a value, not a gap). Each event is then an increment, not a label lookup. A reload that
+/// removes one of these series (`remove_upstream_series`) detaches its handle: a replaced
+/// client's late writes (a health round or retry that ends after the reload) land nowhere
+/// instead of bringing the series back, while the series that stay are shared with the new
+/// client and still count them.
+pub struct UpstreamMetrics {
+    requests_new: IntCounter,
+    requests_reused: IntCounter,
+    /// Per address, in the order of the upstream's addresses.
+    addresses: Vec<AddressMetrics>,
+    /// Per retry reason the policy has: after a retry, success and failure.
+    retries: Vec<(crate::config::RetryOn, IntCounter, IntCounter)>,
+    /// Per `RetrySkipped` reason; empty without a retry policy.
+    retries_skipped: Vec<IntCounter>,
+    /// Per `Hedged` result.
+    hedges: Vec<IntCounter>,
 }
 
-impl UpstreamConnectionMetrics {
-    pub fn new(upstream: &str) -> Option<Self> {
+struct AddressMetrics {
+    up: IntGauge,
+    ejections: IntCounter,
+    /// Passed and failed checks, with active health checks.
+    checks: Option<(IntCounter, IntCounter)>,
+}
+
+/// Why an item that qualified for a retry did not get one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySkipped {
+    Budget,
+    Deadline,
+    RetryAfter,
+    Attempts,
+}
+
+impl RetrySkipped {
+    const ALL: [RetrySkipped; 4] = [
+        RetrySkipped::Budget,
+        RetrySkipped::Deadline,
+        RetrySkipped::RetryAfter,
+        RetrySkipped::Attempts,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RetrySkipped::Budget => "budget",
+            RetrySkipped::Deadline => "deadline",
+            RetrySkipped::RetryAfter => "retry_after",
+            RetrySkipped::Attempts => "attempts",
+        }
+    }
+}
+
+/// What a hedge decision came to: the copy answered first (`Won`), the first attempt did
+/// (`Lost`), or the retry budget allowed no copy (`Budget`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hedged {
+    Won,
+    Lost,
+    Budget,
+}
+
+impl Hedged {
+    const ALL: [Hedged; 3] = [Hedged::Won, Hedged::Lost, Hedged::Budget];
+
+    fn label(self) -> &'static str {
+        match self {
+            Hedged::Won => "won",
+            Hedged::Lost => "lost",
+            Hedged::Budget => "budget",
+        }
+    }
+}
+
+impl UpstreamMetrics {
+    pub fn new(config: &crate::config::UpstreamConfig) -> Option<Self> {
         let f = families()?;
-        Some(UpstreamConnectionMetrics {
-            new: f.upstream_requests.with_label_values(&[upstream, "new"]),
-            reused: f.upstream_requests.with_label_values(&[upstream, "reused"]),
+        let upstream = config.name.as_str();
+        let addresses = config
+            .addresses
+            .iter()
+            .map(|address| {
+                let address = address.to_string();
+                let labels = [upstream, address.as_str()];
+                let up = f.upstream_address_up.with_label_values(&labels);
+                up.set(1);
+                let check = |result| {
+                    f.upstream_health_checks
+                        .with_label_values(&[upstream, &address, result])
+                };
+                AddressMetrics {
+                    up,
+                    ejections: f.upstream_ejections.with_label_values(&labels),
+                    checks: config
+                        .health_check
+                        .is_some()
+                        .then(|| (check("pass"), check("fail"))),
+                }
+            })
+            .collect();
+        let retry = config.retry.as_ref();
+        let retries = retry.map_or_else(Vec::new, |retry| {
+            retry
+                .on
+                .iter()
+                .map(|on| {
+                    let counter = |result| {
+                        f.upstream_retries
+                            .with_label_values(&[upstream, &on.label(), result])
+                    };
+                    (*on, counter("success"), counter("failure"))
+                })
+                .collect()
+        });
+        let retries_skipped = match retry {
+            Some(_) => RetrySkipped::ALL
+                .iter()
+                .map(|why| {
+                    f.upstream_retries_skipped
+                        .with_label_values(&[upstream, why.label()])
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Some(UpstreamMetrics {
+            requests_new: f.upstream_requests.with_label_values(&[upstream, "new"]),
+            requests_reused: f.upstream_requests.with_label_values(&[upstream, "reused"]),
+            addresses,
+            retries,
+            retries_skipped,
+            hedges: Hedged::ALL
+                .iter()
+                .map(|result| {
+                    f.upstream_hedges
+                        .with_label_values(&[upstream, result.label()])
+                })
+                .collect(),
         })
     }
 
-    /// Counts one request (a retry counts again, on its new connection).
+    /// Counts one item request (a retry counts again, on its new connection).
     pub fn request(&self, reused: bool) {
         if reused {
-            self.reused.inc();
+            self.requests_reused.inc();
         } else {
-            self.new.inc();
+            self.requests_new.inc();
+        }
+    }
+
+    /// Whether address `n` is in the item choice now.
+    pub fn address_up(&self, n: usize, up: bool) {
+        if let Some(address) = self.addresses.get(n) {
+            address.up.set(i64::from(up));
+        }
+    }
+
+    /// Counts an ejection of address `n` (which takes it out of the choice).
+    pub fn ejected(&self, n: usize) {
+        if let Some(address) = self.addresses.get(n) {
+            address.ejections.inc();
+            address.up.set(0);
+        }
+    }
+
+    /// Counts one active health check of address `n`.
+    pub fn health_checked(&self, n: usize, passed: bool) {
+        if let Some((pass, fail)) = self.addresses.get(n).and_then(|a| a.checks.as_ref()) {
+            if passed { pass } else { fail }.inc();
+        }
+    }
+
+    /// Counts one retry for `reason` by how it ended.
+    pub fn retried(&self, reason: crate::config::RetryOn, success: bool) {
+        if let Some((_, ok, failed)) = self.retries.iter().find(|(on, ..)| *on == reason) {
+            if success { ok } else { failed }.inc();
+        }
+    }
+
+    /// Counts one retry an item qualified for but did not get.
+    pub fn retry_skipped(&self, why: RetrySkipped) {
+        let n = RetrySkipped::ALL.iter().position(|w| *w == why);
+        if let Some(counter) = n.and_then(|n| self.retries_skipped.get(n)) {
+            counter.inc();
+        }
+    }
+
+    /// Counts one hedge decision.
+    pub fn hedged(&self, result: Hedged) {
+        let n = Hedged::ALL.iter().position(|r| *r == result);
+        if let Some(counter) = n.and_then(|n| self.hedges.get(n)) {
+            counter.inc();
         }
     }
 }

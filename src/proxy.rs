@@ -202,11 +202,8 @@ impl Reconfigure {
                 .upstreams
                 .iter()
                 .find(|u| u.name == client.config.name);
-            // `Live::build` keeps the client only with the same settings.
-            let kept = new.is_some_and(|u| crate::upstream::same_settings(&client.config, u));
-            if !kept {
-                client.retire(new);
-            }
+            // A replaced client's handles to the removed series are detached by this: its
+            // late writes land nowhere (`metrics::UpstreamMetrics`).
             crate::metrics::remove_upstream_series(&client.config, new.map(|u| &**u));
         }
         self.live.store(Arc::new(Live::build(config, Some(&old))));

@@ -16,49 +16,30 @@
 mod attempt;
 mod choice;
 mod eject;
+mod exchange_error;
 pub mod h1;
 mod h2;
 mod h2_streams;
 pub mod health;
 mod latency;
+mod message;
 mod pool;
 mod reload;
 mod retry;
+mod transport;
 
-use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig, UpstreamProtocol};
-use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
-use crate::metrics::{UpstreamConnectionMetrics, UpstreamSeries};
+use crate::config::{Balance, HashOn, Hedge, RetryOn, UpstreamConfig};
+use crate::item::{FailureKind, Outcome, Sent, SubRequest};
+use crate::metrics::{Hedged, RetrySkipped, UpstreamMetrics};
 pub use attempt::may_send_again;
 pub use choice::Tried;
 use http::header::{HeaderName, HeaderValue};
-use http::Method;
-use pingora::connectors::http::Connector;
-use pingora::connectors::{ConnectorOptions, TransportConnector};
+pub use message::{head_size, MAX_RESPONSE_HEAD_BYTES};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::ErrorType;
 pub use reload::same_settings;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
-
-/// Most bytes of an upstream response head (status line or pseudo-headers, and every header
-/// field) accepted, by every upstream client: HTTP/1.1 items (`h1`), h2c items (the h2
-/// `max_header_list_size` we advertise) and pass-through (checked on the parsed head). nginx's
-/// `proxy_buffer_size` default is 4-8 KiB and Envoy's `max_response_headers_kb` 60 KiB.
-pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
-
-/// The bytes a parsed response head took on the wire, near enough: every field's name and
-/// value plus its `: ` and CRLF. For the clients that parse heads themselves (pingora's h2
-/// and HTTP/1.1 pass-through), which bound what they buffer with their own, larger limits.
-pub fn head_size(headers: &http::HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum()
-}
-
-/// Most bytes reserved for a response body before they arrive.
-const PREALLOCATE_LIMIT: usize = 64 * 1024;
 
 /// The upstream clients of the config in effect (a reload swaps them), for the health
 /// checker and `/readyz`.
@@ -67,7 +48,8 @@ pub type UpstreamClients = Arc<dyn Fn() -> Vec<Arc<UpstreamClient>> + Send + Syn
 /// One upstream: its peers and its connection pool.
 pub struct UpstreamClient {
     pub config: Arc<UpstreamConfig>,
-    peers: Vec<HttpPeer>,
+    /// The connections to the addresses, one protocol's.
+    transport: transport::Transport,
     /// The same addresses for pingora's pass-through proxy (see `passthrough_peer`).
     passthrough_peers: Vec<HttpPeer>,
     /// The balance policy and its state.
@@ -80,21 +62,8 @@ pub struct UpstreamClient {
     budget: retry::Budget,
     /// Recent answer latency, for `Hedge::Quantile`.
     latency: latency::Latency,
-    /// HTTP/1.1: pingora makes the connections, one idle pool per peer keeps them.
-    transport: TransportConnector,
-    /// Shared with the client a reload builds for the same connections (`renewed`).
-    pools: Arc<[pool::Pool]>,
-    /// h2c and h2: pingora's HTTP/2 sessions (`None` for HTTP/1.1 upstreams).
-    h2_connector: Option<Arc<Connector>>,
-    /// One per address: h2 connections opened in turn (`h2_streams`); h2c ones are ours.
-    h2_gates: Arc<[h2_streams::SessionGate]>,
-    h2c_connections: Arc<[h2_streams::H2cConnections]>,
-    timeouts: h1::Timeouts,
-    metrics: Option<UpstreamConnectionMetrics>,
-    /// Set by the reload that replaced or removed this client (`retire`) to the upstream's
-    /// new settings (`None`: removed); held while one of its series is written
-    /// (`record_series`).
-    retired: reload::Retirement,
+    /// Its series, resolved once (none without a metrics registry).
+    metrics: Option<UpstreamMetrics>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -107,30 +76,14 @@ impl std::fmt::Debug for UpstreamClient {
 
 impl UpstreamClient {
     pub fn new(config: Arc<UpstreamConfig>) -> Self {
-        let peers: Vec<HttpPeer> = config
-            .addresses
-            .iter()
-            .map(|addr| peer(&config, *addr))
-            .collect();
-        let options = || Some(connector_options(&config));
-        let h2_connector = matches!(
-            config.protocol,
-            UpstreamProtocol::H2c | UpstreamProtocol::H2
-        )
-        .then(|| Arc::new(Connector::new(options())));
-        let pools = peers
-            .iter()
-            .map(|_| pool::Pool::new(config.pool_size, config.idle_timeout))
-            .collect();
         let passthrough_peers = config
             .addresses
             .iter()
-            .map(|addr| passthrough_peer(&config, *addr))
+            .map(|addr| transport::passthrough_peer(&config, *addr))
             .collect();
         UpstreamClient {
-            peers,
+            transport: transport::Transport::new(&config),
             passthrough_peers,
-            pools,
             chooser: choice::Chooser::new(&config),
             latency: latency::Latency::default(),
             ejections: eject::Ejections::new(
@@ -146,41 +99,9 @@ impl UpstreamClient {
                 || retry::Budget::new(0.2, 10),
                 |r| retry::Budget::new(r.budget, r.min_retries_per_second),
             ),
-            transport: TransportConnector::new(options()),
-            h2_connector,
-            h2_gates: config
-                .addresses
-                .iter()
-                .map(|_| Default::default())
-                .collect(),
-            h2c_connections: config
-                .addresses
-                .iter()
-                .map(|_| Default::default())
-                .collect(),
-            timeouts: h1::Timeouts {
-                read: config.read_timeout,
-                write: config.write_timeout,
-            },
-            metrics: {
-                crate::metrics::upstream_series(&config);
-                UpstreamConnectionMetrics::new(&config.name)
-            },
-            retired: reload::Retirement::default(),
+            metrics: UpstreamMetrics::new(&config),
             config,
         }
-    }
-
-    /// Marks this client as replaced by a reload (`new`: the upstream's settings after it,
-    /// `None`: removed); see `reload::Retirement`.
-    pub fn retire(&self, new: Option<&Arc<UpstreamConfig>>) {
-        self.retired.retire(new);
-    }
-
-    /// Runs `record`, a write to `series` of this client, unless a reload retired the client
-    /// and removed that series.
-    pub(crate) fn record_series(&self, series: UpstreamSeries<'_>, record: impl FnOnce()) {
-        self.retired.record(series, record);
     }
 
     /// The client for `config` after a reload changed some of `old`'s settings. When the
@@ -190,10 +111,7 @@ impl UpstreamClient {
     pub fn renewed(config: Arc<UpstreamConfig>, old: &UpstreamClient) -> Self {
         let mut client = UpstreamClient::new(config);
         if reload::same_connections(&old.config, &client.config) {
-            client.pools = old.pools.clone();
-            client.h2_connector = old.h2_connector.clone();
-            client.h2_gates = old.h2_gates.clone();
-            client.h2c_connections = old.h2c_connections.clone();
+            client.transport.keep_connections(&old.transport);
             // The same addresses checked the same way: what the checks found still holds.
             if old.config.health_check == client.config.health_check {
                 client.health = old.health.clone();
@@ -234,7 +152,7 @@ impl UpstreamClient {
     /// another is left. When every address fails its checks, the checks are ignored (Envoy's
     /// panic threshold): trying is better than failing every item unsent.
     fn choose(&self, tried: Tried, key: Option<&[u8]>) -> usize {
-        let len = self.peers.len();
+        let len = self.config.addresses.len();
         let usable = |i: usize| !self.ejections.is_out(i) && !tried.contains(i);
         let healthy_left = (0..len).any(|i| usable(i) && self.health.is_healthy(i));
         self.chooser
@@ -297,30 +215,26 @@ impl UpstreamClient {
             let again = retry::reason(policy, &outcome, call.repeatable);
             if let Some(previous) = retried.take() {
                 let success = again.is_none() && matches!(outcome, Outcome::Response(_));
-                self.record_series(UpstreamSeries::Retried(&previous), || {
-                    crate::metrics::retried(&self.config.name, &previous.label(), success);
-                });
+                self.count(|m| m.retried(previous, success));
             }
             let Some(reason) = again else {
                 return outcome;
             };
             let skipped = |why| {
-                self.record_series(UpstreamSeries::RetrySkipped, || {
-                    crate::metrics::retry_skipped(&self.config.name, why);
-                });
+                self.count(|m| m.retry_skipped(why));
                 outcome.clone()
             };
             if attempt >= policy.attempts {
-                return skipped("attempts");
+                return skipped(RetrySkipped::Attempts);
             }
             let Some(wait) = retry::wait(policy, &outcome, attempt) else {
-                return skipped("retry_after");
+                return skipped(RetrySkipped::RetryAfter);
             };
             if Instant::now() + wait >= until {
-                return skipped("deadline");
+                return skipped(RetrySkipped::Deadline);
             }
             if !self.budget.try_retry() {
-                return skipped("budget");
+                return skipped(RetrySkipped::Budget);
             }
             tokio::time::sleep(wait).await;
             tracing::debug!(upstream = %self.config.name, reason = %reason.label(), attempt, "item retried");
@@ -347,7 +261,7 @@ impl UpstreamClient {
         // A copy while the first is running: as if the first may have reached the upstream.
         let may_copy = attempt::may_send_again(Sent::Maybe, call.repeatable);
         let delay = match call.hedge_after {
-            _ if !may_copy || self.peers.len() < 2 => None,
+            _ if !may_copy || self.config.addresses.len() < 2 => None,
             Some(Hedge::After(delay)) => Some(delay),
             Some(Hedge::Quantile(q)) => self.latency.quantile(q),
             None => None,
@@ -365,30 +279,27 @@ impl UpstreamClient {
             return (tried, first.await);
         }
         if !self.budget.try_retry() {
-            self.record_series(UpstreamSeries::Hedged, || {
-                crate::metrics::hedged(&self.config.name, "budget")
-            });
+            self.count(|m| m.hedged(Hedged::Budget));
             return (tried, first.await);
         }
         let tried = tried.with(m);
         let second = self.attempt(m, request, batch, call);
         tokio::pin!(second);
-        let name = &self.config.name;
         tokio::select! {
             outcome = &mut first => {
                 if matches!(outcome, Outcome::Response(_)) {
-                    self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "lost"));
+                    self.count(|m| m.hedged(Hedged::Lost));
                     return (tried, outcome);
                 }
-                self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "won"));
+                self.count(|m| m.hedged(Hedged::Won));
                 (tried, second.await)
             }
             outcome = &mut second => {
                 if matches!(outcome, Outcome::Response(_)) {
-                    self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "won"));
+                    self.count(|m| m.hedged(Hedged::Won));
                     return (tried, outcome);
                 }
-                self.record_series(UpstreamSeries::Hedged, || crate::metrics::hedged(name, "lost"));
+                self.count(|m| m.hedged(Hedged::Lost));
                 (tried, first.await)
             }
         }
@@ -411,17 +322,13 @@ impl UpstreamClient {
             until: call.until,
             armed: true,
         };
-        let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
-            let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
-            return Outcome::Failed(failure.with_detail("the upstream has no address"));
-        };
         let _counted = self
             .chooser
             .counts_outstanding()
             .then(|| self.chooser.outstanding.get(n))
             .flatten()
             .map(InFlightAt::new);
-        let outcome = self.exchange(n, peer, pool, request, batch, call).await;
+        let outcome = self.exchange(n, request, batch, call.repeatable).await;
         cut_off.disarm();
         if let Outcome::Response(_) = &outcome {
             self.latency.record(started.elapsed());
@@ -435,15 +342,25 @@ impl UpstreamClient {
     async fn exchange(
         &self,
         n: usize,
-        peer: &HttpPeer,
-        pool: &pool::Pool,
         request: &SubRequest,
         batch: &BatchHeaders,
-        call: &Call,
+        repeatable: bool,
     ) -> Outcome {
-        match &self.h2_connector {
-            Some(connector) => self.send_h2(connector, n, peer, request, batch, call).await,
-            None => self.send_h1(peer, pool, request, batch, call).await,
+        let count = |reused| self.count(|m| m.request(reused));
+        match self
+            .transport
+            .exchange(n, request, batch, repeatable, count)
+            .await
+        {
+            Ok(response) => Outcome::Response(response),
+            Err(error) => Outcome::Failed(error.into()),
+        }
+    }
+
+    /// Writes to this upstream's series (none without a metrics registry).
+    fn count(&self, write: impl FnOnce(&UpstreamMetrics)) {
+        if let Some(metrics) = &self.metrics {
+            write(metrics);
         }
     }
 
@@ -464,162 +381,9 @@ impl UpstreamClient {
         };
         let address = socket.to_string();
         tracing::warn!(upstream = %self.config.name, %address, "address ejected after consecutive failures");
-        self.record_series(UpstreamSeries::Address(socket), || {
-            crate::metrics::upstream_ejected(&self.config.name, &address);
-            crate::metrics::address_up(&self.config.name, &address, false);
-        });
-    }
-
-    async fn send_h1(
-        &self,
-        peer: &HttpPeer,
-        pool: &pool::Pool,
-        request: &SubRequest,
-        batch: &BatchHeaders,
-        call: &Call,
-    ) -> Outcome {
-        if let Some(conn) = pool.take() {
-            self.count_connection(true);
-            match self.exchange_h1(conn, pool, request, batch).await {
-                Ok(response) => return Outcome::Response(response),
-                // The pooled connection turned out dead (closed before any answer: the
-                // upstream closed it while idle): once more on a new connection, when that
-                // is safe (RFC 9112 section 9.3.1). A POST that may have reached the
-                // upstream gets an error rather than a second try: nothing is done twice.
-                Err(error)
-                    if (error.unsent() || error.nothing_received())
-                        && attempt::may_send_again(error.sent(), call.repeatable) => {}
-                Err(error) => return Outcome::Failed(h1_failure(error)),
-            }
-        }
-        let conn = match self.transport.new_stream(peer).await {
-            Ok(stream) => pool::Conn::new(stream),
-            Err(error) => return Outcome::Failed(connect_failure(&error)),
-        };
-        self.count_connection(false);
-        match self.exchange_h1(conn, pool, request, batch).await {
-            Ok(response) => Outcome::Response(response),
-            Err(error) => Outcome::Failed(h1_failure(error)),
-        }
-    }
-
-    async fn exchange_h1(
-        &self,
-        mut conn: pool::Conn,
-        pool: &pool::Pool,
-        request: &SubRequest,
-        batch: &BatchHeaders,
-    ) -> Result<UpstreamResponse, h1::ExchangeError> {
-        let exchanged = h1::exchange(&mut conn.stream, request, batch, self.timeouts).await?;
-        if exchanged.reusable {
-            pool.put(conn);
-        }
-        Ok(exchanged.response)
-    }
-
-    fn count_connection(&self, reused: bool) {
-        if let Some(metrics) = &self.metrics {
-            metrics.request(reused);
-        }
-    }
-
-    /// One item to address `n` (`peer`) over HTTP/2.
-    async fn send_h2(
-        &self,
-        connector: &Connector,
-        n: usize,
-        peer: &HttpPeer,
-        request: &SubRequest,
-        batch: &BatchHeaders,
-        call: &Call,
-    ) -> Outcome {
-        let streams = match self.config.protocol {
-            UpstreamProtocol::H2c => {
-                self.h2c_connections
-                    .get(n)
-                    .map(|connections| h2_streams::Streams::H2c {
-                        connections,
-                        transport: &self.transport,
-                    })
-            }
-            _ => self
-                .h2_gates
-                .get(n)
-                .map(|gate| h2_streams::Streams::Pingora { connector, gate }),
-        };
-        let Some(streams) = streams else {
-            let failure = Failure::new(FailureKind::Connect, Sent::Nothing);
-            return Outcome::Failed(failure.with_detail("the upstream has no address"));
-        };
-        // An error pingora marks retryable (a pooled connection the upstream had closed, a
-        // refused stream) is tried once more on another connection. A stream the upstream
-        // refused unprocessed (`h2::refused_unprocessed`) goes on to the next connection
-        // until it is answered, fails otherwise, or runs out of `UNPROCESSED_ATTEMPTS` (an
-        // upstream that takes one stream per connection needs one round per item in flight).
-        let mut attempts = 0;
-        let failure = loop {
-            attempts += 1;
-            let exchanged = h2::exchange(streams, peer, request, batch, |reused| {
-                self.count_connection(reused)
-            })
-            .await;
-            match exchanged {
-                Ok(response) => return Outcome::Response(response),
-                Err(h2::H2Error::Pingora {
-                    mut error,
-                    reused,
-                    sent,
-                }) => {
-                    // pingora's rule: `ReusedOnly` errors are retryable only on a reused
-                    // pooled connection, i.e. the upstream closed it while idle and saw nothing.
-                    error.retry.decide_reuse(reused);
-                    let trigger = match attempts {
-                        1 => error.retry(),
-                        n => n < UNPROCESSED_ATTEMPTS && h2::refused_unprocessed(&error),
-                    };
-                    // What pingora marks retryable the upstream did not process (a stream it
-                    // refused, a connection it had closed): as good as nothing sent.
-                    let sent = if error.retry() { Sent::Nothing } else { sent };
-                    let again = trigger && attempt::may_send_again(sent, call.repeatable);
-                    if !again {
-                        return Outcome::Failed(h2::pingora_failure(&error, sent));
-                    }
-                }
-                Err(other) => break other,
-            }
-        };
-        Outcome::Failed(failure.into_failure())
+        self.count(|m| m.ejected(n));
     }
 }
-
-/// Attempts of one HTTP/2 item whose stream the upstream refused unprocessed, before the
-/// refusal is its answer. Each round opens at most one connection per address, shared by
-/// every item waiting (`h2_streams.rs`).
-const UNPROCESSED_ATTEMPTS: u32 = 32;
-
-/// The one rule, for every upstream protocol, of which response headers an item keeps: what
-/// describes the resource. Hop-by-hop headers and `Content-Length` describe this message on
-/// this connection (the body's length is known once it is read).
-pub(crate) fn kept_response_header(name: &str) -> bool {
-    !name.eq_ignore_ascii_case("content-length")
-        && !HOP_BY_HOP_RESPONSE
-            .iter()
-            .any(|hop| name.eq_ignore_ascii_case(hop))
-}
-
-/// Interim (1xx) answers accepted before the final one, on every upstream protocol.
-pub(crate) const MAX_INTERIM_RESPONSES: usize = 8;
-
-/// Response headers about the connection rather than the resource.
-const HOP_BY_HOP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-];
 
 /// Headers every item of one batch carries, built once per batch.
 #[derive(Debug, Clone)]
@@ -645,55 +409,6 @@ pub struct Call {
     pub until: Instant,
 }
 
-/// A connection that could not be made: nothing was sent. A failed TLS handshake is its own
-/// kind: the fix is a certificate or a name, not the network.
-fn connect_failure(error: &pingora::Error) -> Failure {
-    let kind = match error.etype() {
-        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::TLSWantX509Lookup => {
-            FailureKind::Tls
-        }
-        _ => FailureKind::Connect,
-    };
-    Failure::new(kind, Sent::Nothing).with_detail(error.to_string())
-}
-
-/// A timeout is a timeout wherever it fires: the item timeout (in the executor) or a shorter
-/// per-read or per-write one here.
-fn h1_failure(error: h1::ExchangeError) -> Failure {
-    let kind = match error {
-        h1::ExchangeError::TooLarge(limit) => FailureKind::ResponseTooLarge { limit },
-        h1::ExchangeError::Timeout(_) => FailureKind::Timeout,
-        _ => FailureKind::Connection,
-    };
-    Failure::new(kind, error.sent()).with_detail(error.to_string())
-}
-
-/// The one rule, for every upstream protocol, of which headers an item request carries
-/// besides `Host`: the batch-wide ones (forwarded, `X-Forwarded-For`, `X-Request-Id`) unless
-/// the item sets the same name itself (its own wins), then the item's own, repeats kept.
-pub(crate) fn item_request_headers<'a>(
-    request: &'a SubRequest,
-    batch: &'a BatchHeaders,
-) -> impl Iterator<Item = &'a (HeaderName, HeaderValue)> {
-    batch
-        .common
-        .iter()
-        .filter(|(name, _)| !request.headers.iter().any(|(n, _)| n == name))
-        .chain(request.headers.iter())
-}
-
-/// The `Content-Length` an item request declares: its body's, or 0 for a bodiless POST, PUT
-/// or PATCH (servers may refuse those without one); none for other bodiless methods.
-pub(crate) fn item_content_length(request: &SubRequest) -> Option<usize> {
-    match &request.body {
-        Some(body) => Some(body.len()),
-        None if matches!(request.method, Method::POST | Method::PUT | Method::PATCH) => Some(0),
-        None => None,
-    }
-}
-
-/// The item connectors' options: pool size, and for TLS the CA file and client certificate,
-/// loaded once here (config validation has read them) instead of per connection.
 /// An attempt at `address` that has not ended. Dropped armed at or after `until` (the
 /// executor's item timeout cut it off), its address failed to answer in time; dropped
 /// earlier (a hedge's other copy answered first), nothing is counted.
@@ -734,53 +449,4 @@ impl Drop for InFlightAt<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn connector_options(config: &UpstreamConfig) -> ConnectorOptions {
-    let mut options = ConnectorOptions::new(config.pool_size);
-    if let Some(tls) = &config.tls {
-        options.ca_file = tls.ca_file.clone();
-        options.cert_key_file = tls.client_cert_files.clone();
-    }
-    options
-}
-
-/// A peer for one address with the upstream's timeouts and TLS settings, for the item
-/// clients (whose connectors hold the CA and client certificate).
-pub fn peer(config: &UpstreamConfig, addr: std::net::SocketAddr) -> HttpPeer {
-    let sni = config.tls.as_ref().map(|tls| tls.sni.clone());
-    let mut peer = HttpPeer::new(addr, sni.is_some(), sni.unwrap_or_default());
-    peer.options.connection_timeout = Some(config.connect_timeout);
-    peer.options.read_timeout = Some(config.read_timeout);
-    peer.options.write_timeout = Some(config.write_timeout);
-    peer.options.idle_timeout = Some(config.idle_timeout);
-    if let Some(tls) = &config.tls {
-        peer.options.verify_cert = tls.verify;
-        peer.options.verify_hostname = tls.verify;
-    }
-    match config.protocol {
-        // ALPN offers only what the items speak, so the upstream cannot pick the other.
-        UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
-        // Prior knowledge: no ALPN on cleartext, so pingora's h2 connector trusts (2, 2).
-        UpstreamProtocol::H2c => peer.options.set_http_version(2, 2),
-        // ALPN h2 first, HTTP/1.1 if the upstream declines it.
-        UpstreamProtocol::H2 => peer.options.set_http_version(2, 1),
-    }
-    if config.protocol != UpstreamProtocol::Http1 {
-        peer.options.max_h2_streams = config.max_h2_streams;
-    }
-    peer
-}
-
-/// The pass-through peer: the item peer plus the CA and client certificate per peer, since
-/// pingora's proxy has one connector for every upstream.
-pub fn passthrough_peer(config: &UpstreamConfig, addr: std::net::SocketAddr) -> HttpPeer {
-    let mut peer = peer(config, addr);
-    if let Some(tls) = &config.tls {
-        peer.options.ca = tls.ca.clone();
-        peer.client_cert_key = tls.client_cert.clone();
-        // Pass-through relays what the client spoke; pingora's proxy negotiates per request.
-        peer.options.set_http_version(1, 1);
-    }
-    peer
 }

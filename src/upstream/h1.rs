@@ -11,7 +11,11 @@
 //! by the rule the RFC gives and the connection is not reused; anything it cannot frame is an
 //! error, never a guess.
 
-use super::{item_content_length, item_request_headers, BatchHeaders};
+use super::attempt::may_send_again;
+use super::exchange_error::ExchangeError;
+use super::message::{item_content_length, item_request_headers, PREALLOCATE_LIMIT};
+use super::pool::{Conn, Pool};
+use super::BatchHeaders;
 use crate::item::{Sent, SubRequest, UpstreamResponse};
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
@@ -33,12 +37,10 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// A body up to this size is copied behind the head so both leave in one `write`.
 const COALESCE_LIMIT: usize = 64 * 1024;
-/// Most bytes reserved for a response body before they arrive.
-const PREALLOCATE_LIMIT: usize = 64 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, Error)]
-pub enum ExchangeError {
+pub enum H1Error {
     /// The connection failed or closed. `nothing_received` is true when not one byte of a
     /// response arrived: on a reused connection that usually means the upstream closed it
     /// while idle. `sent` says how much of the request left before the failure.
@@ -65,7 +67,7 @@ pub enum ExchangeError {
     TooLarge(usize),
 }
 
-impl ExchangeError {
+impl H1Error {
     /// True when the connection failed before any byte of an answer arrived: pingora's rule
     /// for a stale pooled connection. The request may still have been acted on (the upstream
     /// could have crashed after processing it), so only idempotent requests are sent again
@@ -73,10 +75,10 @@ impl ExchangeError {
     pub fn nothing_received(&self) -> bool {
         matches!(
             self,
-            ExchangeError::Io {
+            H1Error::Io {
                 nothing_received: true,
                 ..
-            } | ExchangeError::Closed {
+            } | H1Error::Closed {
                 nothing_received: true,
                 ..
             }
@@ -93,16 +95,83 @@ impl ExchangeError {
     /// answer began; nothing only when not a byte was written; otherwise unknown.
     pub fn sent(&self) -> Sent {
         match self {
-            ExchangeError::Io { sent, .. } => *sent,
-            ExchangeError::Closed {
+            H1Error::Io { sent, .. } => *sent,
+            H1Error::Closed {
                 nothing_received: true,
                 ..
             } => Sent::Maybe,
             // A timeout does not say whether the request had all left or an answer begun.
-            ExchangeError::Timeout(_) => Sent::Maybe,
+            H1Error::Timeout(_) => Sent::Maybe,
             _ => Sent::All,
         }
     }
+}
+
+impl From<H1Error> for ExchangeError {
+    /// A timeout is a timeout wherever it fires: the item timeout (in the executor) or a
+    /// shorter per-read or per-write one here.
+    fn from(error: H1Error) -> ExchangeError {
+        let sent = error.sent();
+        match error {
+            H1Error::TooLarge(limit) => ExchangeError::TooLarge { limit },
+            H1Error::Timeout(_) => ExchangeError::Timeout {
+                sent,
+                detail: error.to_string(),
+            },
+            _ => ExchangeError::Broken {
+                sent,
+                detail: error.to_string(),
+            },
+        }
+    }
+}
+
+/// One item over HTTP/1.1: on an idle pooled connection when there is one, else on a new one
+/// (`connect`); the connection goes back to `pool` only when its response was read to the end
+/// with its framing intact. A pooled connection that fails before any answer (the upstream
+/// closed it while idle) is replaced by a new one and the request sent again when that is safe
+/// (RFC 9112 section 9.3.1): a POST that may have reached the upstream gets an error rather
+/// than a second try.
+pub(super) async fn send<F: Future<Output = pingora::Result<pingora::protocols::Stream>>>(
+    connect: impl FnOnce() -> F,
+    pool: &Pool,
+    request: &SubRequest,
+    batch: &BatchHeaders,
+    timeouts: Timeouts,
+    repeatable: bool,
+    count: impl Fn(bool),
+) -> Result<UpstreamResponse, ExchangeError> {
+    if let Some(conn) = pool.take() {
+        count(true);
+        match on_connection(conn, pool, request, batch, timeouts).await {
+            Ok(response) => return Ok(response),
+            Err(error)
+                if (error.unsent() || error.nothing_received())
+                    && may_send_again(error.sent(), repeatable) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let conn = match connect().await {
+        Ok(stream) => Conn::new(stream),
+        Err(error) => return Err(ExchangeError::connect(&error)),
+    };
+    count(false);
+    Ok(on_connection(conn, pool, request, batch, timeouts).await?)
+}
+
+/// One exchange on `conn`, which goes back to `pool` when it may carry another request.
+async fn on_connection(
+    mut conn: Conn,
+    pool: &Pool,
+    request: &SubRequest,
+    batch: &BatchHeaders,
+    timeouts: Timeouts,
+) -> Result<UpstreamResponse, H1Error> {
+    let exchanged = exchange(&mut conn.stream, request, batch, timeouts).await?;
+    if exchanged.reusable {
+        pool.put(conn);
+    }
+    Ok(exchanged.response)
 }
 
 /// What a failure was doing when it happened while the request was being written.
@@ -143,7 +212,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     request: &SubRequest,
     batch: &BatchHeaders,
     timeouts: Timeouts,
-) -> Result<Exchanged, ExchangeError> {
+) -> Result<Exchanged, H1Error> {
     let mut written = 0usize;
     let write = write_request(stream, request, batch, &mut written);
     match bounded(Timeouts::armed(timeouts.write, batch.item_timeout), write).await {
@@ -155,14 +224,14 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 Sent::Maybe
             };
             let nothing_received = true;
-            return Err(ExchangeError::Io {
+            return Err(H1Error::Io {
                 context: WRITING,
                 source,
                 nothing_received,
                 sent,
             });
         }
-        None => return Err(ExchangeError::Timeout(WRITING)),
+        None => return Err(H1Error::Timeout(WRITING)),
     }
     let mut reader = Reader {
         stream,

@@ -1,13 +1,17 @@
-//! h2c items over pingora's HTTP/2 session and pool: one stream per item, the request head
-//! and body written, the final response head read past interim answers and held to the one
-//! head limit, the body read with the item's cap. Failures say how much was sent.
+//! Items over HTTP/2 (h2c, and h2 over TLS) on pingora's HTTP/2 session: one stream per item,
+//! the request head and body written, the final response head read past interim answers and
+//! held to the one head limit, the body read with the item's cap; a stream the upstream did
+//! not process goes again (`send`). Failures say how much was sent.
 
+use super::attempt::may_send_again;
+use super::exchange_error::ExchangeError;
 use super::h2_streams::Streams;
-use super::{
-    connect_failure, head_size, item_content_length, item_request_headers, kept_response_header,
-    BatchHeaders, MAX_INTERIM_RESPONSES, MAX_RESPONSE_HEAD_BYTES, PREALLOCATE_LIMIT,
+use super::message::{
+    head_size, item_content_length, item_request_headers, kept_response_header,
+    MAX_INTERIM_RESPONSES, MAX_RESPONSE_HEAD_BYTES, PREALLOCATE_LIMIT,
 };
-use crate::item::{Failure, FailureKind, Sent, SubRequest, UpstreamResponse};
+use super::BatchHeaders;
+use crate::item::{Sent, SubRequest, UpstreamResponse};
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::Method;
@@ -16,14 +20,62 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::ErrorType;
 
-/// One item as an HTTP/2 stream from `streams`; `count` is told whether it went on a
-/// connection that was already open.
-pub(super) async fn exchange(
+/// One item over HTTP/2, on a stream from `streams`. An error pingora marks retryable (a
+/// pooled connection the upstream had closed, a refused stream) is tried once more on another
+/// connection. A stream the upstream refused unprocessed (`refused_unprocessed`) goes on to
+/// the next connection until it is answered, fails otherwise, or runs out of
+/// `UNPROCESSED_ATTEMPTS` (an upstream that takes one stream per connection needs one round per
+/// item in flight).
+pub(super) async fn send(
     streams: Streams<'_>,
     peer: &HttpPeer,
     request: &SubRequest,
     batch: &BatchHeaders,
-    count: impl FnOnce(bool),
+    repeatable: bool,
+    count: impl Fn(bool),
+) -> Result<UpstreamResponse, ExchangeError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match exchange(streams, peer, request, batch, &count).await {
+            Ok(response) => return Ok(response),
+            Err(H2Error::Pingora {
+                mut error,
+                reused,
+                sent,
+            }) => {
+                // pingora's rule: `ReusedOnly` errors are retryable only on a reused pooled
+                // connection, i.e. the upstream closed it while idle and saw nothing.
+                error.retry.decide_reuse(reused);
+                let trigger = match attempts {
+                    1 => error.retry(),
+                    n => n < UNPROCESSED_ATTEMPTS && refused_unprocessed(&error),
+                };
+                // What pingora marks retryable the upstream did not process (a stream it
+                // refused, a connection it had closed): as good as nothing sent.
+                let sent = if error.retry() { Sent::Nothing } else { sent };
+                if !(trigger && may_send_again(sent, repeatable)) {
+                    return Err(pingora_error(&error, sent));
+                }
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+}
+
+/// Attempts of one HTTP/2 item whose stream the upstream refused unprocessed, before the
+/// refusal is its answer. Each round opens at most one connection per address, shared by
+/// every item waiting (`h2_streams.rs`).
+const UNPROCESSED_ATTEMPTS: u32 = 32;
+
+/// One item as an HTTP/2 stream from `streams`; `count` is told whether it went on a
+/// connection that was already open.
+async fn exchange(
+    streams: Streams<'_>,
+    peer: &HttpPeer,
+    request: &SubRequest,
+    batch: &BatchHeaders,
+    count: &impl Fn(bool),
 ) -> Result<UpstreamResponse, H2Error> {
     let (mut session, reused, conn) = streams.session(peer).await.map_err(H2Error::Connect)?;
     count(reused);
@@ -43,7 +95,7 @@ pub(super) async fn exchange(
 /// Whether the upstream refused the stream before processing any of it: a graceful GOAWAY
 /// (NO_ERROR) whose last stream id is below it, or REFUSED_STREAM (RFC 9113 sections 6.8 and
 /// 8.7). Such a stream may go again whatever its method, on another connection.
-pub(super) fn refused_unprocessed(error: &pingora::Error) -> bool {
+fn refused_unprocessed(error: &pingora::Error) -> bool {
     error
         .root_cause()
         .downcast_ref::<h2::Error>()
@@ -275,7 +327,7 @@ fn request_header(
     Ok(header)
 }
 
-/// Why an h2c exchange failed, before it becomes an item `Failure`.
+/// Why an HTTP/2 exchange failed, before it becomes an `ExchangeError`.
 pub(super) enum H2Error {
     Connect(Box<pingora::Error>),
     Pingora {
@@ -288,26 +340,27 @@ pub(super) enum H2Error {
     TooLarge(usize),
 }
 
-impl H2Error {
-    pub(super) fn into_failure(self) -> Failure {
-        match self {
-            H2Error::Connect(error) => connect_failure(&error),
-            H2Error::Pingora { error, sent, .. } => pingora_failure(&error, sent),
-            H2Error::Protocol(why) => {
-                Failure::new(FailureKind::Connection, Sent::All).with_detail(why)
-            }
-            H2Error::TooLarge(limit) => {
-                Failure::new(FailureKind::ResponseTooLarge { limit }, Sent::All)
-            }
+impl From<H2Error> for ExchangeError {
+    fn from(error: H2Error) -> ExchangeError {
+        match error {
+            H2Error::Connect(error) => ExchangeError::connect(&error),
+            H2Error::Pingora { error, sent, .. } => pingora_error(&error, sent),
+            H2Error::Protocol(detail) => ExchangeError::Broken {
+                sent: Sent::All,
+                detail,
+            },
+            H2Error::TooLarge(limit) => ExchangeError::TooLarge { limit },
         }
     }
 }
 
-/// What an error from pingora's h2 session becomes (timeouts as in `h1_failure`).
-pub(super) fn pingora_failure(error: &pingora::Error, sent: Sent) -> Failure {
-    let kind = match error.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => FailureKind::Timeout,
-        _ => FailureKind::Connection,
-    };
-    Failure::new(kind, sent).with_detail(error.to_string())
+/// What an error from pingora's h2 session becomes (a timeout is a timeout, as in `h1`).
+fn pingora_error(error: &pingora::Error, sent: Sent) -> ExchangeError {
+    let detail = error.to_string();
+    match error.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            ExchangeError::Timeout { sent, detail }
+        }
+        _ => ExchangeError::Broken { sent, detail },
+    }
 }

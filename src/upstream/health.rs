@@ -7,10 +7,9 @@
 //! The checks are driven by `HealthChecker`, one background service that walks the clients
 //! of the config in effect, so a reload's new clients are checked and dropped ones are not.
 
-use super::{BatchHeaders, Call, UpstreamClient};
+use super::{BatchHeaders, UpstreamClient};
 use crate::config::HealthCheck;
-use crate::item::{Outcome, SubRequest};
-use crate::metrics::UpstreamSeries;
+use crate::item::{Failure, Outcome, SubRequest};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,9 +97,6 @@ impl UpstreamClient {
     /// One check of address `n`: a new connection, or `GET path` answered within
     /// `expect_status`, all within `timeout`.
     async fn check_address(&self, n: usize, check: &HealthCheck) -> Result<(), String> {
-        let (Some(peer), Some(pool)) = (self.peers.get(n), self.pools.get(n)) else {
-            return Err("no such address".into());
-        };
         let Some(path) = &check.path else {
             return self.reach(n, check.timeout).await;
         };
@@ -119,15 +115,8 @@ impl UpstreamClient {
             max_response_bytes: 64 * 1024,
             item_timeout: check.timeout,
         };
-        let until = tokio::time::Instant::now() + check.timeout;
-        let call = Call {
-            repeatable: true,
-            hedge_after: None,
-            deadline: until,
-            until,
-        };
-        let exchange = self.exchange(n, peer, pool, &request, &batch, &call);
-        match tokio::time::timeout_at(until, exchange).await {
+        let exchange = self.exchange(n, &request, &batch, true);
+        match tokio::time::timeout(check.timeout, exchange).await {
             Ok(Outcome::Response(r))
                 if (check.expect_status.0..=check.expect_status.1).contains(&r.status) =>
             {
@@ -143,12 +132,9 @@ impl UpstreamClient {
     /// upstream speaks TLS (an address that accepts TCP but fails every handshake is not
     /// reachable for items either); closed at once.
     pub async fn reach(&self, n: usize, timeout: std::time::Duration) -> Result<(), String> {
-        let Some(peer) = self.peers.get(n) else {
-            return Err("no such address".into());
-        };
-        match tokio::time::timeout(timeout, self.transport.new_stream(peer)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+        match tokio::time::timeout(timeout, self.transport.reach(n)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::from(e).detail.unwrap_or_default()),
             Err(_) => Err(format!("no connection within {timeout:?}")),
         }
     }
@@ -168,7 +154,7 @@ impl UpstreamClient {
         let Some(check) = self.health.check.clone() else {
             return;
         };
-        let checks = (0..self.peers.len()).map(|n| {
+        let checks = (0..self.config.addresses.len()).map(|n| {
             let check = &check;
             let client = &self;
             async move { (n, client.check_address(n, check).await) }
@@ -178,9 +164,7 @@ impl UpstreamClient {
                 continue;
             };
             let address = socket.to_string();
-            self.record_series(UpstreamSeries::Address(socket), || {
-                crate::metrics::health_checked(&self.config.name, &address, result.is_ok());
-            });
+            self.count(|m| m.health_checked(n, result.is_ok()));
             match (self.health.record(n, result.is_ok()), &result) {
                 (Some(false), Err(why)) => {
                     tracing::warn!(upstream = %self.config.name, %address, "address failed its health check {} times in a row, out of the choice: {why}", check.unhealthy_after);
@@ -192,8 +176,8 @@ impl UpstreamClient {
             }
         }
         // The gauges are the checker's to publish (next tick), for the clients in effect
-        // only: a round that ends after a reload removed its address must not bring the
-        // address's series back (`record_series`).
+        // only; a round that ends after a reload removed its address writes to a detached
+        // series (`metrics::UpstreamMetrics`).
     }
 
     /// Each address with whether it passes its checks and whether it is ejected.
@@ -213,11 +197,9 @@ impl UpstreamClient {
 
     /// Sets the per-address "in the choice" gauge from the health and ejection state.
     pub fn publish_state(&self) {
-        for (n, address) in self.config.addresses.iter().enumerate() {
+        for n in 0..self.config.addresses.len() {
             let up = self.health.is_healthy(n) && !self.ejections.is_out(n);
-            self.record_series(UpstreamSeries::Address(address), || {
-                crate::metrics::address_up(&self.config.name, &address.to_string(), up);
-            });
+            self.count(|m| m.address_up(n, up));
         }
     }
 }

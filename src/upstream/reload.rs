@@ -1,45 +1,9 @@
 //! What a reload does to an upstream client: whether the client built for the old settings
-//! may be kept whole (`same_settings`) or its connections at least (`same_connections`), and
-//! a replaced client's `Retirement`, which keeps its late writes off the series the reload
-//! removed.
+//! may be kept whole (`same_settings`) or its connections at least (`same_connections`). A
+//! replaced client's late metric writes need no rule here: its series are handles, and the
+//! ones the reload removes are detached (`metrics::UpstreamMetrics`).
 
 use crate::config::UpstreamConfig;
-use crate::metrics::UpstreamSeries;
-use std::sync::{Arc, Mutex};
-
-/// A client's place in reloads: in effect, or replaced by one (with the upstream's settings
-/// after it; `None`: removed).
-#[derive(Debug, Default)]
-pub(super) struct Retirement(Mutex<Option<Retired>>);
-
-/// A client a reload replaced: the upstream's settings after that reload (`None`: removed).
-#[derive(Debug)]
-struct Retired(Option<Arc<UpstreamConfig>>);
-
-impl Retirement {
-    /// The client is replaced (before the reload removes the series that are gone): a health
-    /// check round, an ejection or a retry that ends later must not bring them back (an
-    /// address left at `address_up 0` keeps an alert firing), while the series that stay
-    /// (the same address, the same retry reason) still count what the old client's last
-    /// items do.
-    pub(super) fn retire(&self, new: Option<&Arc<UpstreamConfig>>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Retired(new.cloned()));
-    }
-
-    /// Runs `record`, a write to `series`, unless the client was retired and that series
-    /// removed. The lock orders it against `retire`: a write either lands before the series
-    /// is removed (and goes with it) or is skipped.
-    pub(super) fn record(&self, series: UpstreamSeries<'_>, record: impl FnOnce()) {
-        let retired = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let survives = match &*retired {
-            None => true,
-            Some(Retired(new)) => crate::metrics::series_survives(new.as_deref(), &series),
-        };
-        if survives {
-            record();
-        }
-    }
-}
 
 /// Whether a reload may keep the client built for `old` (and its pooled connections) for
 /// `new`: every setting equal, and the TLS files loaded to the same certificates (a renewed

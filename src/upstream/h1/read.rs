@@ -2,12 +2,12 @@
 //! httparse and held to the head limit, interim answers skipped, and the body framed per
 //! RFC 9112 section 6.3 (length, chunked with bounded lines and trailers, or until close).
 
-use super::super::{kept_response_header, MAX_INTERIM_RESPONSES};
 use super::{
-    bounded, ExchangeError, Exchanged, MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES,
-    MAX_TRAILER_BYTES, PREALLOCATE_LIMIT, READ_CHUNK,
+    bounded, Exchanged, H1Error, MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES, MAX_TRAILER_BYTES,
+    PREALLOCATE_LIMIT, READ_CHUNK,
 };
 use crate::item::{Sent, UpstreamResponse};
+use crate::upstream::message::{kept_response_header, MAX_INTERIM_RESPONSES};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
@@ -57,7 +57,7 @@ pub(super) struct Reader<'s, S> {
 
 impl<S: AsyncRead + Unpin> Reader<'_, S> {
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
-    async fn fill(&mut self, context: &'static str) -> Result<usize, ExchangeError> {
+    async fn fill(&mut self, context: &'static str) -> Result<usize, H1Error> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
@@ -66,7 +66,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 self.received |= n > 0;
                 Ok(n)
             }
-            Some(Err(source)) => Err(ExchangeError::Io {
+            Some(Err(source)) => Err(H1Error::Io {
                 context,
                 source,
                 nothing_received: !self.received,
@@ -76,14 +76,14 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                     Sent::Maybe
                 },
             }),
-            None => Err(ExchangeError::Timeout(context)),
+            None => Err(H1Error::Timeout(context)),
         }
     }
 
     /// Like `fill`, but the end of the stream is an error.
-    async fn fill_some(&mut self, context: &'static str) -> Result<(), ExchangeError> {
+    async fn fill_some(&mut self, context: &'static str) -> Result<(), H1Error> {
         if self.fill(context).await? == 0 {
-            return Err(ExchangeError::Closed {
+            return Err(H1Error::Closed {
                 context,
                 nothing_received: !self.received,
             });
@@ -95,7 +95,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         &mut self,
         is_head: bool,
         limit: usize,
-    ) -> Result<Exchanged, ExchangeError> {
+    ) -> Result<Exchanged, H1Error> {
         let head = self.read_final_head().await?;
         // HEAD, 204 and 304 declare the representation's length but carry no body, and
         // need no length to keep the connection (a 204 must not even send one).
@@ -132,25 +132,25 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
 
     /// The final response head, past interim answers (100 Continue, 103 Early Hints) a
     /// client skips; 101 would switch the connection to a protocol an item cannot use.
-    async fn read_final_head(&mut self) -> Result<HeadInfo, ExchangeError> {
+    async fn read_final_head(&mut self) -> Result<HeadInfo, H1Error> {
         for _ in 0..=MAX_INTERIM_RESPONSES {
             let head = self.read_head().await?;
             match head.status {
                 101 => {
                     let why = "the upstream switched protocols".to_string();
-                    return Err(ExchangeError::Protocol(why));
+                    return Err(H1Error::Protocol(why));
                 }
                 100..=199 => continue,
                 _ => return Ok(head),
             }
         }
-        Err(ExchangeError::Protocol(format!(
+        Err(H1Error::Protocol(format!(
             "more than {MAX_INTERIM_RESPONSES} interim (1xx) answers"
         )))
     }
 
     /// Reads and parses one response head, consuming it from the buffer.
-    async fn read_head(&mut self) -> Result<HeadInfo, ExchangeError> {
+    async fn read_head(&mut self) -> Result<HeadInfo, H1Error> {
         // Where to look for the end of the head next: parsing again from the start after
         // every read would be quadratic in a head that trickles in.
         let mut searched: usize = 0;
@@ -184,9 +184,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                     }
                     Ok(httparse::Status::Partial) => {}
                     Err(e) => {
-                        return Err(ExchangeError::Protocol(format!(
-                            "malformed response head: {e}"
-                        )))
+                        return Err(H1Error::Protocol(format!("malformed response head: {e}")))
                     }
                 }
             }
@@ -195,9 +193,9 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         }
     }
 
-    async fn read_sized(&mut self, len: usize, limit: usize) -> Result<Bytes, ExchangeError> {
+    async fn read_sized(&mut self, len: usize, limit: usize) -> Result<Bytes, H1Error> {
         if len > limit {
-            return Err(ExchangeError::TooLarge(limit));
+            return Err(H1Error::TooLarge(limit));
         }
         // The common case: the whole body arrived with the head. Copy it out so the body does
         // not keep the read buffer alive (one buffer per held item adds up with 100k items).
@@ -214,11 +212,11 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         Ok(fitted(body))
     }
 
-    async fn read_to_close(&mut self, limit: usize) -> Result<Bytes, ExchangeError> {
+    async fn read_to_close(&mut self, limit: usize) -> Result<Bytes, H1Error> {
         let mut body = BytesMut::new();
         loop {
             if body.len() + self.buf.len() > limit {
-                return Err(ExchangeError::TooLarge(limit));
+                return Err(H1Error::TooLarge(limit));
             }
             body.extend_from_slice(&self.buf.split());
             if self.fill("in the middle of the response body").await? == 0 {
@@ -228,7 +226,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// Decodes a chunked body (RFC 9112 section 7.1); extensions and trailers are dropped.
-    async fn read_chunked(&mut self, limit: usize) -> Result<Bytes, ExchangeError> {
+    async fn read_chunked(&mut self, limit: usize) -> Result<Bytes, H1Error> {
         let mut body = BytesMut::new();
         loop {
             let line = self.read_line(MAX_CHUNK_LINE, "in a chunk size").await?;
@@ -237,7 +235,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 break;
             }
             if body.len().saturating_add(size) > limit {
-                return Err(ExchangeError::TooLarge(limit));
+                return Err(H1Error::TooLarge(limit));
             }
             body.reserve(size.min(PREALLOCATE_LIMIT));
             let mut remaining = size;
@@ -251,7 +249,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             }
             let end = self.read_line(2, "after a chunk").await?;
             if !end.is_empty() {
-                return Err(ExchangeError::Protocol(
+                return Err(H1Error::Protocol(
                     "a chunk is longer than its size".to_string(),
                 ));
             }
@@ -265,7 +263,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             }
             trailer_bytes += line.len() + 2;
             if trailer_bytes > MAX_TRAILER_BYTES {
-                return Err(ExchangeError::Protocol(format!(
+                return Err(H1Error::Protocol(format!(
                     "the trailers exceed {MAX_TRAILER_BYTES} bytes"
                 )));
             }
@@ -273,11 +271,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// One CRLF-terminated line without its CRLF, at most `max` bytes long.
-    async fn read_line(
-        &mut self,
-        max: usize,
-        context: &'static str,
-    ) -> Result<BytesMut, ExchangeError> {
+    async fn read_line(&mut self, max: usize, context: &'static str) -> Result<BytesMut, H1Error> {
         let mut searched = 0;
         loop {
             if let Some(at) = self
@@ -286,7 +280,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 .and_then(|rest| memchr::memmem::find(rest, b"\r\n"))
             {
                 if searched + at > max {
-                    return Err(ExchangeError::Protocol(format!(
+                    return Err(H1Error::Protocol(format!(
                         "a line {context} exceeds {max} bytes"
                     )));
                 }
@@ -296,7 +290,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             }
             searched = self.buf.len().saturating_sub(1);
             if self.buf.len() > max {
-                return Err(ExchangeError::Protocol(format!(
+                return Err(H1Error::Protocol(format!(
                     "a line {context} exceeds {max} bytes"
                 )));
             }
@@ -318,13 +312,13 @@ pub(super) fn fitted(body: BytesMut) -> Bytes {
 }
 
 /// The hexadecimal size at the start of a chunk-size line; extensions after `;` are ignored.
-pub(super) fn parse_chunk_size(line: &[u8]) -> Result<usize, ExchangeError> {
+pub(super) fn parse_chunk_size(line: &[u8]) -> Result<usize, H1Error> {
     let digits = line
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default()
         .trim_ascii();
-    let invalid = || ExchangeError::Protocol("invalid chunk size".to_string());
+    let invalid = || H1Error::Protocol("invalid chunk size".to_string());
     if digits.is_empty() || digits.len() > 15 {
         return Err(invalid());
     }
@@ -335,17 +329,17 @@ pub(super) fn parse_chunk_size(line: &[u8]) -> Result<usize, ExchangeError> {
     usize::from_str_radix(text, 16).map_err(|_| invalid())
 }
 
-pub(super) fn head_too_large() -> ExchangeError {
-    ExchangeError::Protocol(format!("the response head exceeds {MAX_HEAD_BYTES} bytes"))
+pub(super) fn head_too_large() -> H1Error {
+    H1Error::Protocol(format!("the response head exceeds {MAX_HEAD_BYTES} bytes"))
 }
 
 /// Status, kept headers, framing and persistence from a parsed head.
-pub(super) fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, ExchangeError> {
+pub(super) fn head_info(parsed: &httparse::Response<'_, '_>) -> Result<HeadInfo, H1Error> {
     let status = parsed
         .code
-        .ok_or_else(|| ExchangeError::Protocol("no status code".to_string()))?;
+        .ok_or_else(|| H1Error::Protocol("no status code".to_string()))?;
     if status < 100 {
-        return Err(ExchangeError::Protocol(format!(
+        return Err(H1Error::Protocol(format!(
             "status code {status} is not an HTTP status"
         )));
     }
@@ -393,7 +387,7 @@ pub(super) struct FramingFields {
 }
 
 impl FramingFields {
-    fn observe(&mut self, name: &str, value: &[u8]) -> Result<(), ExchangeError> {
+    fn observe(&mut self, name: &str, value: &[u8]) -> Result<(), H1Error> {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if name.eq_ignore_ascii_case("content-length") {
             for part in tokens() {
@@ -418,9 +412,9 @@ impl FramingFields {
     }
 
     /// How the body is delimited, and whether the connection may carry another request.
-    fn decide(self, http10: bool) -> Result<(Framing, bool), ExchangeError> {
+    fn decide(self, http10: bool) -> Result<(Framing, bool), H1Error> {
         if self.conflicting_length && !self.has_transfer_encoding {
-            return Err(ExchangeError::Protocol(
+            return Err(H1Error::Protocol(
                 "conflicting Content-Length values".to_string(),
             ));
         }
@@ -448,8 +442,8 @@ impl FramingFields {
     }
 }
 
-pub(super) fn parse_length(value: &[u8]) -> Result<usize, ExchangeError> {
-    let invalid = || ExchangeError::Protocol("invalid Content-Length".to_string());
+pub(super) fn parse_length(value: &[u8]) -> Result<usize, H1Error> {
+    let invalid = || H1Error::Protocol("invalid Content-Length".to_string());
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(invalid());
     }

@@ -60,10 +60,7 @@ async fn conflicting_lengths_are_refused_and_repeated_equal_ones_accepted() {
         Send::Whole,
     )
     .await;
-    assert!(
-        matches!(result, Err(ExchangeError::Protocol(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
     let (result, _) = run(
         get(),
         b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nab",
@@ -78,10 +75,7 @@ async fn conflicting_lengths_are_refused_and_repeated_equal_ones_accepted() {
     ] {
         let answer: &'static [u8] = answer;
         let (result, _) = run(get(), answer, Send::Whole).await;
-        assert!(
-            matches!(result, Err(ExchangeError::Protocol(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
     }
 }
 
@@ -98,7 +92,7 @@ async fn malformed_chunk_sizes_are_protocol_errors() {
         assert!(
             matches!(
                 result,
-                Err(ExchangeError::Protocol(_)) | Err(ExchangeError::TooLarge(_))
+                Err(H1Error::Protocol(_)) | Err(H1Error::TooLarge(_))
             ),
             "{}: {result:?}",
             String::from_utf8_lossy(answer)
@@ -114,7 +108,7 @@ async fn bodies_over_the_limit_are_refused_however_they_are_framed() {
         Send::Whole,
     )
     .await;
-    assert!(matches!(result, Err(ExchangeError::TooLarge(LIMIT))));
+    assert!(matches!(result, Err(H1Error::TooLarge(LIMIT))));
 
     static CHUNKED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let chunked = CHUNKED.get_or_init(|| {
@@ -128,7 +122,7 @@ async fn bodies_over_the_limit_are_refused_however_they_are_framed() {
         answer
     });
     let (result, _) = run(get(), chunked, Send::Whole).await;
-    assert!(matches!(result, Err(ExchangeError::TooLarge(LIMIT))));
+    assert!(matches!(result, Err(H1Error::TooLarge(LIMIT))));
 
     static UNTIL_CLOSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let until_close = UNTIL_CLOSE.get_or_init(|| {
@@ -137,7 +131,7 @@ async fn bodies_over_the_limit_are_refused_however_they_are_framed() {
         answer
     });
     let (result, _) = run(get(), until_close, Send::ThenClose).await;
-    assert!(matches!(result, Err(ExchangeError::TooLarge(LIMIT))));
+    assert!(matches!(result, Err(H1Error::TooLarge(LIMIT))));
 }
 
 #[tokio::test]
@@ -183,21 +177,15 @@ async fn a_close_before_any_answer_is_retryable_and_a_close_mid_body_is_not() {
     .await;
     let error = result.expect_err("closed");
     assert!(!error.nothing_received(), "{error}");
-    assert!(matches!(error, ExchangeError::Closed { .. }));
+    assert!(matches!(error, H1Error::Closed { .. }));
 }
 
 #[tokio::test]
 async fn malformed_or_oversized_heads_are_protocol_errors() {
     let (result, _) = run(get(), b"HTTP/1.1 2OO OK\r\n\r\n", Send::Whole).await;
-    assert!(
-        matches!(result, Err(ExchangeError::Protocol(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
     let (result, _) = run(get(), b"SSH-2.0-OpenSSH\r\n\r\n", Send::Whole).await;
-    assert!(
-        matches!(result, Err(ExchangeError::Protocol(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
 
     static HUGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let huge = HUGE.get_or_init(|| {
@@ -208,10 +196,7 @@ async fn malformed_or_oversized_heads_are_protocol_errors() {
         answer
     });
     let (result, _) = run(get(), huge, Send::Whole).await;
-    assert!(
-        matches!(result, Err(ExchangeError::Protocol(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
 }
 
 #[tokio::test]
@@ -229,10 +214,7 @@ async fn a_silent_upstream_times_out() {
         write: Duration::from_secs(1),
     };
     let result = exchange(&mut client, &get(), &batch(), timeouts).await;
-    assert!(
-        matches!(result, Err(ExchangeError::Timeout(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Timeout(_))), "{result:?}");
     // Nothing of an answer came: the upstream may or may not have acted on it.
     assert_eq!(result.err().map(|e| e.sent()), Some(Sent::Maybe));
     server.abort();
@@ -317,10 +299,7 @@ async fn status_codes_below_100_and_endless_interim_answers_are_refused() {
         Send::Whole,
     )
     .await;
-    assert!(
-        matches!(result, Err(ExchangeError::Protocol(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
 
     static INTERIM: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let interim = INTERIM.get_or_init(|| {
@@ -332,10 +311,7 @@ async fn status_codes_below_100_and_endless_interim_answers_are_refused() {
         answer
     });
     let (result, _) = run(get(), interim, Send::Whole).await;
-    assert!(
-        matches!(result, Err(ExchangeError::Protocol(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
 }
 
 #[tokio::test]
@@ -348,10 +324,7 @@ async fn an_overlong_chunk_line_is_refused_even_when_it_arrives_whole() {
         answer
     });
     let (result, _) = run(get(), long, Send::Whole).await;
-    assert!(
-        matches!(result, Err(ExchangeError::Protocol(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(H1Error::Protocol(_))), "{result:?}");
 }
 
 #[test]
@@ -401,7 +374,7 @@ async fn a_body_over_the_coalescing_limit_goes_out_whole_after_the_head() {
 /// Runs one exchange against a server that writes `writes` one after the other (each
 /// pausing briefly) and never closes; returns the result and how many bytes the server
 /// managed to write before the client gave up.
-async fn run_writes(writes: Vec<Vec<u8>>) -> (Result<Exchanged, ExchangeError>, usize) {
+async fn run_writes(writes: Vec<Vec<u8>>) -> (Result<Exchanged, H1Error>, usize) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
@@ -424,8 +397,8 @@ async fn run_writes(writes: Vec<Vec<u8>>) -> (Result<Exchanged, ExchangeError>, 
     (result, sent)
 }
 
-fn head_too_large(result: &Result<Exchanged, ExchangeError>) -> bool {
-    matches!(result, Err(ExchangeError::Protocol(why)) if why.contains("head exceeds"))
+fn head_too_large(result: &Result<Exchanged, H1Error>) -> bool {
+    matches!(result, Err(H1Error::Protocol(why)) if why.contains("head exceeds"))
 }
 
 /// A head that never ends is refused once it crosses the head limit, however it trickles

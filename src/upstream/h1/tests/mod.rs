@@ -65,7 +65,7 @@ async fn run(
     request: SubRequest,
     answer: &'static [u8],
     send: Send,
-) -> (Result<Exchanged, ExchangeError>, Vec<u8>) {
+) -> (Result<Exchanged, H1Error>, Vec<u8>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
@@ -124,7 +124,7 @@ async fn read_request(socket: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-fn ok(result: Result<Exchanged, ExchangeError>) -> Exchanged {
+fn ok(result: Result<Exchanged, H1Error>) -> Exchanged {
     match result {
         Ok(exchanged) => exchanged,
         Err(e) => panic!("exchange failed: {e}"),
@@ -244,7 +244,7 @@ async fn interim_answers_are_skipped_and_switching_protocols_is_refused() {
         Send::Whole,
     )
     .await;
-    assert!(matches!(result, Err(ExchangeError::Protocol(_))));
+    assert!(matches!(result, Err(H1Error::Protocol(_))));
 }
 
 mod framing;
