@@ -1,13 +1,11 @@
 //! The upstream client: sends one `SubRequest` to an upstream and returns an `Outcome`.
 //!
-//! It knows no batch. One `UpstreamClient` per configured upstream holds ready `HttpPeer`s and
-//! keeps connections alive between items and batches. HTTP/1.1 items go through batchgate's own
-//! lean exchange (`h1`) on connections made by pingora's `TransportConnector` and kept in an
-//! idle pool per address (`pool`); h2c items go through pingora's HTTP/2 session and pool. A
-//! connection goes back to the pool only after its response was read to the end with its
-//! framing intact. Below any policy, a *reused* pooled connection that fails before any
-//! answer (the upstream closed it while idle) is tried once more on a new connection. Above
-//! it, per upstream and opt-in: retries with a budget (`retry`), hedging (`send`), passive
+//! It knows no batch. One `UpstreamClient` per configured upstream holds its `Transport`
+//! (`transport`: the connections to its addresses, one variant per protocol, with the one
+//! `exchange` that items and health checks use) and keeps connections alive between items
+//! and batches. Below any policy, a *reused* pooled connection that fails before any answer
+//! (the upstream closed it while idle) is tried once more on a new connection. Above it, per
+//! upstream and opt-in: retries with a budget (`retry`), hedging (`send`), passive
 //! ejection (`eject`) and active health checks (`health`) decide which address an attempt
 //! goes to and whether there is another. Whether a second attempt is safe, and whether an
 //! attempt failed its address, is decided in `attempt` for all of them. The executor stops
