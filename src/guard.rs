@@ -40,34 +40,28 @@ pub enum GuardError {
     ForbiddenHeader(String, &'static str),
 }
 
-impl GuardError {
-    /// HTTP status the item gets: 403 for a well-formed URL that policy refuses, 400 otherwise.
-    pub fn status(&self) -> u16 {
-        match self {
-            GuardError::PrefixNotAllowed(_) | GuardError::BatchRoute => 403,
-            _ => 400,
-        }
-    }
-
-    /// Stable error code, PDS style.
-    pub fn code(&self) -> &'static str {
-        match self {
-            GuardError::PrefixNotAllowed(_) | GuardError::BatchRoute => "Forbidden.Url",
+/// A guard's refusal is the item's: a well-formed URL that policy refuses is forbidden, anything
+/// else is invalid, each with a stable code (PDS style).
+impl From<GuardError> for crate::item::ItemRefusal {
+    fn from(e: GuardError) -> Self {
+        use crate::item::ItemRefusal;
+        let message = e.to_string();
+        match e {
+            GuardError::PrefixNotAllowed(_) | GuardError::BatchRoute => ItemRefusal::Forbidden {
+                code: "Forbidden.Url",
+                message,
+            },
             GuardError::BadHeaderName(_)
             | GuardError::BadHeaderValue(_)
-            | GuardError::ForbiddenHeader(..) => "InvalidParameter.Headers",
-            _ => "InvalidParameter.Url",
-        }
-    }
-}
-
-/// A guard's refusal is the item's answer: its status, code and message.
-impl From<GuardError> for crate::item::ItemError {
-    fn from(e: GuardError) -> Self {
-        crate::item::ItemError {
-            status: e.status(),
-            code: e.code(),
-            message: e.to_string(),
+            | GuardError::ForbiddenHeader(..) => {
+                ItemRefusal::invalid("InvalidParameter.Headers", message)
+            }
+            GuardError::NotOriginForm
+            | GuardError::InvalidCharacter(_)
+            | GuardError::BadPercentEncoding
+            | GuardError::DotSegment
+            | GuardError::EncodedSeparator
+            | GuardError::TooLong(_) => ItemRefusal::invalid("InvalidParameter.Url", message),
         }
     }
 }

@@ -55,12 +55,65 @@ impl UpstreamResponse {
     }
 }
 
-/// An item refused before it was sent, with the status and code the dialect should show.
+/// An item error as a dialect shows it: status, code and message (`Failure::http_error`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+}
+
+/// Why an item was refused before it was sent, one variant per status. The dialect names the
+/// field or rule in its own vocabulary (`code`: `InvalidParameter.Headers` for envelopes,
+/// `InvalidArgument.Headers` for multipart) and says why (`message`); the status comes from
+/// the one table, `ItemRefusal::status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemRefusal {
+    /// A field is missing or malformed, or a URL or header breaks a guard's rule.
+    Invalid { code: &'static str, message: String },
+    /// A well-formed URL the route's policy refuses (outside its prefixes, a batch route).
+    Forbidden { code: &'static str, message: String },
+    /// The method is not among the route's allowed methods.
+    MethodNotAllowed { message: String },
+    /// The item's request head is larger than the route allows.
+    HeadTooLarge { code: &'static str, message: String },
+}
+
+impl ItemRefusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            ItemRefusal::Invalid { .. } => 400,
+            ItemRefusal::Forbidden { .. } => 403,
+            ItemRefusal::MethodNotAllowed { .. } => 405,
+            ItemRefusal::HeadTooLarge { .. } => 431,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ItemRefusal::Invalid { code, .. }
+            | ItemRefusal::Forbidden { code, .. }
+            | ItemRefusal::HeadTooLarge { code, .. } => code,
+            ItemRefusal::MethodNotAllowed { .. } => "MethodNotAllowed",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ItemRefusal::Invalid { message, .. }
+            | ItemRefusal::Forbidden { message, .. }
+            | ItemRefusal::MethodNotAllowed { message }
+            | ItemRefusal::HeadTooLarge { message, .. } => message,
+        }
+    }
+
+    /// A malformed field, named by `code`.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ItemRefusal::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// What became of one item. A value, not an error: each dialect maps it to its own format
@@ -89,7 +142,7 @@ pub struct Failure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureKind {
     /// Refused by the dialect or a guard; never sent.
-    Refused(ItemError),
+    Refused(ItemRefusal),
     /// The item's own timeout, or the upstream's shorter read or write timeout, fired.
     Timeout,
     /// The batch deadline passed before the item finished (or before it could start).
@@ -158,7 +211,7 @@ impl FailureKind {
         use FailureKind::*;
         use ItemClass as C;
         let (status, code, class, fault, message) = match self {
-            Refused(e) => (e.status, e.code, C::Rejected, Fault::Client, ""),
+            Refused(e) => (e.status(), e.code(), C::Rejected, Fault::Client, ""),
             Timeout => (504, "GatewayTimeout", C::Timeout, Fault::Upstream, TIMEOUT),
             BatchDeadline => (504, "BatchDeadlineExceeded", C::Timeout, Fault::Upstream, DEADLINE),
             Connect => (502, "UpstreamConnectFailed", C::ConnectError, Fault::Upstream, CONNECT),
@@ -210,11 +263,9 @@ impl Failure {
 
     /// Status, code and message for dialects that report one per item.
     pub fn http_error(&self) -> ItemError {
-        if let FailureKind::Refused(error) = &self.kind {
-            return error.clone();
-        }
         let mapping = self.kind.mapping();
         let message = match (&self.kind, &self.detail) {
+            (FailureKind::Refused(refusal), _) => refusal.message().to_string(),
             (FailureKind::ResponseTooLarge { limit }, _) => {
                 format!("the upstream body exceeded {limit} bytes")
             }
@@ -297,7 +348,7 @@ impl Outcome {
     }
 
     /// An item refused before it was sent.
-    pub fn refused(error: ItemError) -> Self {
+    pub fn refused(error: ItemRefusal) -> Self {
         Outcome::failed(FailureKind::Refused(error), Sent::Nothing)
     }
 

@@ -7,8 +7,8 @@
 //! dialect" for the body embedding rule.
 
 use super::{
-    allowed_method, is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemError, Order,
-    Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest, UpstreamResponse,
+    allowed_method, is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemRefusal,
+    Order, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest, UpstreamResponse,
 };
 use crate::config::EnvelopeConfig;
 use bytes::Bytes;
@@ -255,18 +255,16 @@ impl Envelope {
         request: &BatchRequest<'_>,
         fields: &ItemFields<'_>,
         dependencies: Option<&RawValue>,
-    ) -> Result<SubRequest, ItemError> {
+    ) -> Result<SubRequest, ItemRefusal> {
         let body = request.body;
         if !self.config.dependencies && depends::names_any(dependencies) {
             // Items run concurrently; silently dropping an ordering the client asked for
             // would reorder its writes.
-            return Err(ItemError {
-                status: 400,
-                code: depends::CODE_DEPENDS_ON,
-                message: "dependsOn is not enabled on this route (dependencies = \"graph\"): \
-                          items of a batch run independently"
-                    .to_string(),
-            });
+            return Err(ItemRefusal::invalid(
+                depends::CODE_DEPENDS_ON,
+                "dependsOn is not enabled on this route (dependencies = \"graph\"): \
+                          items of a batch run independently",
+            ));
         }
         let method = self.method(fields.method)?;
         let url = string_field(fields.url, "url", "InvalidParameter.Url")?;
@@ -289,7 +287,7 @@ impl Envelope {
         })
     }
 
-    fn method(&self, raw: Option<&RawValue>) -> Result<Method, ItemError> {
+    fn method(&self, raw: Option<&RawValue>) -> Result<Method, ItemRefusal> {
         let name = string_field(raw, "method", "InvalidParameter.Method")?;
         allowed_method(&self.config.allowed_methods, &name)
     }
@@ -297,7 +295,7 @@ impl Envelope {
     fn headers(
         &self,
         raw: Option<&RawValue>,
-    ) -> Result<Vec<(http::HeaderName, HeaderValue)>, ItemError> {
+    ) -> Result<Vec<(http::HeaderName, HeaderValue)>, ItemRefusal> {
         let Some(raw) = raw.filter(|r| r.get() != "null") else {
             return Ok(Vec::new());
         };
@@ -325,18 +323,17 @@ impl Envelope {
         &self,
         name: &str,
         value: &str,
-    ) -> Result<(http::HeaderName, HeaderValue), ItemError> {
+    ) -> Result<(http::HeaderName, HeaderValue), ItemRefusal> {
         let (name, value) = self.config.header_guard.check(name, value)?;
         let bytes = value.as_bytes();
         if name == CONTENT_TYPE && !(is_json_content_type(bytes) && is_utf8_charset(bytes)) {
-            return Err(ItemError {
-                status: 400,
-                code: "InvalidParameter.ContentType",
-                message: format!(
+            return Err(ItemRefusal::invalid(
+                "InvalidParameter.ContentType",
+                format!(
                     "a child Content-Type can only be application/json (UTF-8), not {:?}",
                     value.to_str().unwrap_or("<binary>")
                 ),
-            });
+            ));
         }
         Ok((name, value))
     }
@@ -345,17 +342,13 @@ impl Envelope {
 /// The members of a JSON object in the order written, repeated names included.
 struct Members(Vec<(String, serde_json::Value)>);
 
-fn bad_headers(message: String) -> ItemError {
-    ItemError {
-        status: 400,
-        code: "InvalidParameter.Headers",
-        message,
-    }
+fn bad_headers(message: String) -> ItemRefusal {
+    ItemRefusal::invalid("InvalidParameter.Headers", message)
 }
 
 /// An item's `headers` object as name/value pairs, in order: read as pairs, not a map, since
 /// a map would silently keep one of `{"X-A":"1","X-A":"2"}`.
-fn header_pairs(raw: &RawValue) -> Result<Vec<(String, String)>, ItemError> {
+fn header_pairs(raw: &RawValue) -> Result<Vec<(String, String)>, ItemRefusal> {
     let pairs: Vec<(String, String)> = serde_json::from_str::<Members>(raw.get())
         .map_err(|_| bad_headers("headers must be an object of strings".to_string()))?
         .0
@@ -471,12 +464,8 @@ fn string_field(
     raw: Option<&RawValue>,
     name: &str,
     code: &'static str,
-) -> Result<String, ItemError> {
-    let bad = |message: String| ItemError {
-        status: 400,
-        code,
-        message,
-    };
+) -> Result<String, ItemRefusal> {
+    let bad = |message: String| ItemRefusal::invalid(code, message);
     let raw = raw.ok_or_else(|| bad(format!("{name} is required")))?;
     serde_json::from_str(raw.get()).map_err(|_| {
         if raw.get().starts_with('"') {

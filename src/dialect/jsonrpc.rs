@@ -8,7 +8,7 @@
 //! profile. Upstream failures become the server errors of `UpstreamError`, one table.
 
 use super::{
-    BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
+    BatchRequest, Dialect, ItemRefusal, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
     SubRequest,
 };
 use crate::config::{fold_case, usable_method, JsonRpcConfig, RpcError};
@@ -259,11 +259,8 @@ impl JsonRpc {
                 (kind, Ok(request))
             }
             Err(refusal) => {
-                let refused = Outcome::refused(ItemError {
-                    status: 400,
-                    code: refusal.reason,
-                    message: refusal.reason.to_string(),
-                });
+                let refused =
+                    Outcome::refused(ItemRefusal::invalid(refusal.reason, refusal.reason));
                 (Element::Refused(refusal.reply), Err(refused))
             }
         };

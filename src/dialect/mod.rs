@@ -14,8 +14,8 @@ pub mod multipart;
 
 /// The item vocabulary, re-exported: dialects build `SubRequest`s and render `Outcome`s.
 pub use crate::item::{
-    Failure, FailureKind, Fault, ItemClass, ItemError, Outcome, RejectionKind, Sent, SubRequest,
-    UpstreamResponse,
+    Failure, FailureKind, Fault, ItemClass, ItemError, ItemRefusal, Outcome, RejectionKind, Sent,
+    SubRequest, UpstreamResponse,
 };
 
 use crate::config::DialectConfig;
@@ -247,13 +247,11 @@ pub trait Dialect: Send + Sync {
 
 /// An item's method under the route's method policy (case-insensitive), or its 405 naming
 /// the allowed ones.
-pub fn allowed_method(allowed: &[Method], name: &str) -> Result<Method, ItemError> {
+pub fn allowed_method(allowed: &[Method], name: &str) -> Result<Method, ItemRefusal> {
     let upper = name.to_ascii_uppercase();
     match allowed.iter().find(|m| m.as_str() == upper) {
         Some(method) => Ok(method.clone()),
-        None => Err(ItemError {
-            status: 405,
-            code: "MethodNotAllowed",
+        None => Err(ItemRefusal::MethodNotAllowed {
             message: format!(
                 "method {name:?} is not allowed here (allowed: {})",
                 allowed

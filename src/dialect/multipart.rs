@@ -14,8 +14,8 @@ mod parse;
 mod reply;
 
 use super::{
-    allowed_method, media_type, BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection,
-    RejectionKind, Reply, SubRequest,
+    allowed_method, media_type, BatchRequest, Dialect, ItemRefusal, Order, Outcome, Plan,
+    Rejection, RejectionKind, Reply, SubRequest,
 };
 use crate::config::multipart::MultipartConfig;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -147,14 +147,6 @@ struct PartRequest<'a> {
     body: Option<&'a [u8]>,
 }
 
-fn part_error(status: u16, code: &'static str, message: String) -> ItemError {
-    ItemError {
-        status,
-        code,
-        message,
-    }
-}
-
 impl Multipart {
     /// The part's MIME headers: `application/http` content (a nested `multipart/mixed` is an
     /// OData change set, refused), a transfer encoding that leaves the bytes as they are, and
@@ -230,19 +222,18 @@ impl Multipart {
         request: &BatchRequest<'_>,
         content: &'b [u8],
         head_room: usize,
-    ) -> Result<PartRequest<'b>, ItemError> {
-        let invalid = |code, message: String| part_error(400, code, message);
+    ) -> Result<PartRequest<'b>, ItemRefusal> {
+        let invalid = ItemRefusal::invalid;
         let inner: InnerRequest<'b> =
             parse::inner_request(content).map_err(|m| invalid("InvalidArgument.Request", m))?;
         if inner.head_len > head_room {
-            return Err(part_error(
-                431,
-                "InvalidArgument.HeadTooLarge",
-                format!(
+            return Err(ItemRefusal::HeadTooLarge {
+                code: "InvalidArgument.HeadTooLarge",
+                message: format!(
                     "the part's headers and request head exceed {} bytes",
                     self.config.max_part_head_bytes
                 ),
-            ));
+            });
         }
         let method = self.method(&inner.method)?;
         let path = self.path(request, &inner)?;
@@ -275,7 +266,7 @@ impl Multipart {
         })
     }
 
-    fn method(&self, name: &str) -> Result<Method, ItemError> {
+    fn method(&self, name: &str) -> Result<Method, ItemRefusal> {
         allowed_method(&self.config.allowed_methods, name)
     }
 
@@ -286,7 +277,7 @@ impl Multipart {
         &self,
         request: &BatchRequest<'_>,
         inner: &InnerRequest<'_>,
-    ) -> Result<String, ItemError> {
+    ) -> Result<String, ItemRefusal> {
         let target = self
             .config
             .url_guard
@@ -303,7 +294,7 @@ impl Multipart {
     }
 
     /// A part's `Host` may only name the batch request's own authority.
-    fn check_host(&self, request: &BatchRequest<'_>, value: &[u8]) -> Result<(), ItemError> {
+    fn check_host(&self, request: &BatchRequest<'_>, value: &[u8]) -> Result<(), ItemRefusal> {
         let host = String::from_utf8_lossy(value);
         let host = host.trim();
         // Behind a load balancer the client names the public origin, not ours.
@@ -314,8 +305,7 @@ impl Multipart {
         if ours {
             Ok(())
         } else {
-            Err(part_error(
-                400,
+            Err(ItemRefusal::invalid(
                 "InvalidArgument.Host",
                 format!("the part's Host {host:?} is not this batch endpoint's; parts reach only the configured upstream"),
             ))
@@ -326,10 +316,9 @@ impl Multipart {
         &self,
         name: &str,
         value: &[u8],
-    ) -> Result<(HeaderName, HeaderValue), ItemError> {
+    ) -> Result<(HeaderName, HeaderValue), ItemRefusal> {
         let text = std::str::from_utf8(value).map_err(|_| {
-            part_error(
-                400,
+            ItemRefusal::invalid(
                 "InvalidArgument.Headers",
                 format!("header {name:?} is not UTF-8"),
             )

@@ -4,7 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::*;
-use crate::item::{ItemError, UpstreamResponse};
+use crate::item::{ItemRefusal, UpstreamResponse};
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -223,9 +223,7 @@ async fn cancellation_stops_unstarted_items_and_frees_permits_in(spawn: bool) {
 /// Refused items pass through untouched and are never sent.
 async fn decided_items_are_not_sent_in(spawn: bool) {
     let fake = Arc::new(Fake::default());
-    let refused = Outcome::refused(ItemError {
-        status: 405,
-        code: "MethodNotAllowed",
+    let refused = Outcome::refused(ItemRefusal::MethodNotAllowed {
         message: String::new(),
     });
     let out = run_plain(
@@ -236,7 +234,7 @@ async fn decided_items_are_not_sent_in(spawn: bool) {
         &Arc::new(NoObserver),
     )
     .await;
-    assert!(matches!(out[0].failure_kind(), Some(FailureKind::Refused(e)) if e.status == 405));
+    assert!(matches!(out[0].failure_kind(), Some(FailureKind::Refused(e)) if e.status() == 405));
     assert_eq!(fake.started.lock().expect("test mutex").as_slice(), ["/1"]);
 }
 

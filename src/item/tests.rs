@@ -9,9 +9,7 @@ fn failure(kind: FailureKind, sent: Sent) -> Failure {
 /// The one table: every failure kind's status, code, metric class and fault.
 #[test]
 fn every_failure_kind_maps_to_one_status_code_class_and_fault() {
-    let refused = ItemError {
-        status: 405,
-        code: "MethodNotAllowed",
+    let refused = ItemRefusal::MethodNotAllowed {
         message: "no".to_string(),
     };
     let cases = [
@@ -171,4 +169,52 @@ fn a_response_is_not_a_failure_below_400() {
     assert!(response(404).is_failure());
     assert_eq!(response(503).class(), ItemClass::Status5xx);
     assert!(response(200).failure().is_none());
+}
+
+/// A refusal's status comes from its variant, never from the site that refuses.
+#[test]
+fn each_refusal_has_its_status_and_guard_errors_map_by_kind() {
+    let cases = [
+        (ItemRefusal::invalid("InvalidParameter.Url", "x"), 400),
+        (
+            ItemRefusal::Forbidden {
+                code: "Forbidden.Url",
+                message: "x".into(),
+            },
+            403,
+        ),
+        (
+            ItemRefusal::MethodNotAllowed {
+                message: "x".into(),
+            },
+            405,
+        ),
+        (
+            ItemRefusal::HeadTooLarge {
+                code: "InvalidArgument.HeadTooLarge",
+                message: "x".into(),
+            },
+            431,
+        ),
+    ];
+    for (refusal, status) in cases {
+        let failure = Failure::new(FailureKind::Refused(refusal.clone()), Sent::Nothing);
+        let shown = failure.http_error();
+        assert_eq!((shown.status, shown.code), (status, refusal.code()));
+        assert_eq!(shown.message, "x");
+        assert_eq!(failure.class(), ItemClass::Rejected);
+    }
+    use crate::guard::GuardError;
+    let forbidden = ItemRefusal::from(GuardError::PrefixNotAllowed("/admin".into()));
+    assert_eq!(
+        (forbidden.status(), forbidden.code()),
+        (403, "Forbidden.Url")
+    );
+    let header = ItemRefusal::from(GuardError::BadHeaderName("a b".into()));
+    assert_eq!(
+        (header.status(), header.code()),
+        (400, "InvalidParameter.Headers")
+    );
+    let url = ItemRefusal::from(GuardError::DotSegment);
+    assert_eq!((url.status(), url.code()), (400, "InvalidParameter.Url"));
 }

@@ -161,7 +161,7 @@ fn per_item_errors_refuse_only_their_item() {
             Err(Outcome::Failed(Failure {
                 kind: FailureKind::Refused(e),
                 ..
-            })) => (e.status, e.code),
+            })) => (e.status(), e.code()),
             other => panic!("expected a refusal, got {other:?}"),
         })
         .collect();
@@ -221,7 +221,7 @@ fn encode_follows_the_body_rule() {
 }
 
 /// The item error of the only item of `body`.
-fn item_error(body: &str) -> ItemError {
+fn item_error(body: &str) -> ItemRefusal {
     let plan = decode(body).expect("valid batch");
     match plan.items.into_iter().next() {
         Some(Err(Outcome::Failed(Failure {
@@ -246,11 +246,11 @@ fn repeated_item_header_names_are_refused() {
         );
         let e = item_error(&body);
         assert_eq!(
-            (e.status, e.code),
+            (e.status(), e.code()),
             (400, "InvalidParameter.Headers"),
             "{headers}"
         );
-        assert!(e.message.contains("more than once"), "{}", e.message);
+        assert!(e.message().contains("more than once"), "{}", e.message());
     }
 }
 
@@ -270,7 +270,7 @@ fn item_headers_keep_order_and_are_capped() {
         many.join(",")
     );
     let e = item_error(&body);
-    assert_eq!((e.status, e.code), (400, "InvalidParameter.Headers"));
+    assert_eq!((e.status(), e.code()), (400, "InvalidParameter.Headers"));
 }
 
 /// A child Content-Type naming a charset other than UTF-8 would mislabel the (UTF-8) body.
@@ -295,7 +295,7 @@ fn child_content_type_must_be_utf8_json() {
                 ..
             })) => {
                 assert!(!ok, "{ct} must pass: {e:?}");
-                assert_eq!(e.code, "InvalidParameter.ContentType");
+                assert_eq!(e.code(), "InvalidParameter.ContentType");
             }
             Err(other) => panic!("{other:?}"),
         }
@@ -374,7 +374,7 @@ fn depends_on_is_refused() {
         .expect("valid batch");
     assert!(plan.items[0].is_ok());
     assert!(
-        matches!(&plan.items[1], Err(Outcome::Failed(Failure { kind: FailureKind::Refused(e), .. })) if e.code == "InvalidParameter.DependsOn")
+        matches!(&plan.items[1], Err(Outcome::Failed(Failure { kind: FailureKind::Refused(e), .. })) if e.code() == "InvalidParameter.DependsOn")
     );
     assert!(plan.items[2].is_ok());
 }
@@ -519,7 +519,7 @@ fn bad_dependency_graphs_refuse_the_batch() {
     // Off (the default), the alias is refused per item like dependsOn.
     let plan = decode(r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","depends_on":["b"]}]}"#).expect("valid");
     assert!(
-        matches!(&plan.items[0], Err(Outcome::Failed(Failure { kind: FailureKind::Refused(e), .. })) if e.code == "InvalidParameter.DependsOn")
+        matches!(&plan.items[0], Err(Outcome::Failed(Failure { kind: FailureKind::Refused(e), .. })) if e.code() == "InvalidParameter.DependsOn")
     );
 }
 

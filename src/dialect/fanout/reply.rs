@@ -16,6 +16,43 @@ pub(super) struct Element {
     pub fields_missing: usize,
 }
 
+/// Why an answered part makes no element: the one place its status and code are decided.
+enum Unusable<'a> {
+    /// The upstream answered with a status other than 2xx (and the start of its body).
+    Status(u16, String),
+    /// The answer is not UTF-8 JSON.
+    NotJson,
+    /// A configured field is missing (`missing_field = "error"`), at this pointer.
+    FieldMissing(&'a str),
+}
+
+impl Unusable<'_> {
+    fn shown(self) -> ItemError {
+        let (status, code, message) = match self {
+            Unusable::Status(status, detail) => (
+                status,
+                "UpstreamStatus",
+                format!("the upstream answered {status}: {detail}"),
+            ),
+            Unusable::NotJson => (
+                502,
+                "InvalidUpstreamReply",
+                "the upstream reply is not JSON".to_string(),
+            ),
+            Unusable::FieldMissing(pointer) => (
+                502,
+                "UpstreamReplyFieldMissing",
+                format!("the upstream reply has nothing at {pointer:?}"),
+            ),
+        };
+        ItemError {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
 impl Fanout {
     /// The element for a successful part, or why the part failed.
     pub(super) fn element(&self, id: &str, outcome: &Outcome) -> Result<Element, ItemError> {
@@ -24,20 +61,12 @@ impl Fanout {
             Outcome::Response(r) => {
                 let detail =
                     String::from_utf8_lossy(r.body.get(..200).unwrap_or(&r.body)).into_owned();
-                return Err(ItemError {
-                    status: r.status,
-                    code: "UpstreamStatus",
-                    message: format!("the upstream answered {}: {detail}", r.status),
-                });
+                return Err(Unusable::Status(r.status, detail).shown());
             }
             Outcome::Failed(failure) => return Err(failure.http_error()),
         };
         let body = response.body.trim_ascii();
-        let invalid = || ItemError {
-            status: 502,
-            code: "InvalidUpstreamReply",
-            message: "the upstream reply is not JSON".to_string(),
-        };
+        let invalid = || Unusable::NotJson.shown();
         let body = super::super::strip_bom(body).trim_ascii();
         // The JSON check below does not look inside strings (`{"a":"\xff"}` passes it), and
         // the body is embedded as is: a reply that is not UTF-8 would make ours invalid.
@@ -52,11 +81,9 @@ impl Fanout {
         let reply: &RawValue = serde_json::from_slice(body).map_err(|_| invalid())?;
         match picked_fields(fields, id, reply, body.len()) {
             Ok(element) => Ok(element),
-            Err(partial) if self.config.missing_field == MissingField::Error => Err(ItemError {
-                status: 502,
-                code: "UpstreamReplyFieldMissing",
-                message: format!("the upstream reply has nothing at {:?}", partial.pointer),
-            }),
+            Err(partial) if self.config.missing_field == MissingField::Error => {
+                Err(Unusable::FieldMissing(partial.pointer).shown())
+            }
             Err(partial) => Ok(partial.element),
         }
     }
