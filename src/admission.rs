@@ -164,9 +164,8 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// One of the batch's items finished, and its response (`held` bytes) is kept for the
-    /// reply until the ticket is dropped.
-    pub fn item_done(&self, held: usize) {
+    /// One of the batch's items ended: it no longer counts as outstanding.
+    pub fn item_ended(&self) {
         let was = self
             .remaining
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
@@ -174,6 +173,10 @@ impl Ticket {
             self.admission.finished.fetch_add(1, Ordering::Relaxed);
             self.admission.release_items(&self.client, 1);
         }
+    }
+
+    /// An answer of `held` bytes is kept for the reply until the ticket is dropped.
+    pub fn hold(&self, held: usize) {
         if held > 0 {
             self.bytes.fetch_add(held, Ordering::Relaxed);
             self.admission.held_bytes.fetch_add(held, Ordering::Relaxed);

@@ -24,12 +24,26 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// Hooks for metrics and logs; the executor itself records nothing.
+/// What the batch's owner learns of its items' resources while they run: when one starts,
+/// when its work ends (also in the background, after its batch was answered), and which
+/// answers are held for the reply. Per-item accounting (class, duration, log) is not here: it
+/// is done once, on the outcomes `run` returns.
 pub trait Observer: Send + Sync + 'static {
     /// An item got its permits after waiting `waited`.
-    fn started(&self, _index: usize, _waited: Duration) {}
-    /// An item that was sent finished after `elapsed` (from start, not from queueing).
-    fn finished(&self, _index: usize, _outcome: &Outcome, _elapsed: Duration) {}
+    fn started(&self, _waited: Duration) {}
+    /// A started item's work ended, however it ended (also if its task panicked).
+    fn ended(&self) {}
+    /// An answer of `bytes` (`UpstreamResponse::raw_size`) is kept for the reply, past the
+    /// reply budget; it is held until the batch is answered.
+    fn kept(&self, _bytes: usize) {}
+}
+
+/// What a run returns: one final outcome per item, in input order, and for each item that was
+/// started and finished in time how long it took from its start.
+#[derive(Debug)]
+pub struct Ran {
+    pub outcomes: Vec<Outcome>,
+    pub elapsed: Vec<Option<Duration>>,
 }
 
 /// An observer that records nothing.
@@ -89,18 +103,18 @@ pub async fn run<U: Upstream, O: Observer>(
     after: &[Vec<usize>],
     upstream: &Arc<U>,
     observer: &Arc<O>,
-) -> Vec<Outcome> {
+) -> Ran {
     let (slots, to_send) = partition(items);
     let mut graph = Graph::new(to_send, after, &slots);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let mut running = Running::new(limits.spawn_items);
-    let mut collector = Collector::new(slots, limits);
+    let mut collector = Collector::new(slots, limits, observer.as_ref());
     let queued = Instant::now();
     let work = async {
         loop {
             while let Some((index, dependency)) = graph.take_blocked() {
                 let kind = FailureKind::DependencyFailed { dependency };
-                collector.record(index, Outcome::failed(kind, Sent::Nothing));
+                collector.record(index, Outcome::failed(kind, Sent::Nothing), None);
                 graph.finished(index, false);
             }
             let Some((index, request)) = graph.pop_ready() else {
@@ -111,17 +125,18 @@ pub async fn run<U: Upstream, O: Observer>(
                 }
                 continue;
             };
-            let acquiring = acquire(&batch_permits, &global);
+            let acquiring = acquire(&batch_permits, &global, observer);
             let finished = |done| finish_node(&mut collector, &mut graph, done);
             let Some(permits) = collect_until(acquiring, &mut running, finished).await else {
                 // The permits are never closed; report it as cancellation if they ever are.
-                collector.record(index, never_started());
+                collector.record(index, never_started(), None);
                 graph.finished(index, false);
                 continue;
             };
             // With concurrency 1 every earlier item has finished once the permits came.
             if limits.stop_on_failure && collector.failed_before(index) {
-                collector.record(index, Outcome::failed(FailureKind::NotRun, Sent::Nothing));
+                let not_run = Outcome::failed(FailureKind::NotRun, Sent::Nothing);
+                collector.record(index, not_run, None);
                 graph.finished(index, false);
                 continue;
             }
@@ -140,11 +155,11 @@ pub async fn run<U: Upstream, O: Observer>(
 
 /// Records a finished item and tells the graph whether it succeeded (as recorded: a response
 /// dropped for the reply budget did not).
-fn finish_node(collector: &mut Collector, graph: &mut Graph, done: Done) {
+fn finish_node<O: Observer>(collector: &mut Collector<'_, O>, graph: &mut Graph, done: Done) {
     // A panicked task leaves no index: its dependents stay waiting and are reported as
     // internal failures when the run ends.
-    if let Some((index, outcome)) = done {
-        collector.record(index, outcome);
+    if let Some((index, outcome, elapsed)) = done {
+        collector.record(index, outcome, Some(elapsed));
         let ok = collector
             .slots
             .get(index)
@@ -163,14 +178,17 @@ fn never_started() -> Outcome {
 /// work stealing every task of a batch lands on its thread anyway, and polling them here
 /// saves a spawn, a join and a cross-task wake-up per item) or spawned one task each so work
 /// stealing can spread them (`Limits::spawn_items`). One loop drives both.
-enum Running<F: Future<Output = (usize, Outcome)> + Send + 'static> {
+enum Running<F: Future<Output = Finished> + Send + 'static> {
     Polled(futures_util::stream::FuturesUnordered<F>),
-    Spawned(JoinSet<(usize, Outcome)>),
+    Spawned(JoinSet<Finished>),
 }
+
+/// A finished item: its index, outcome and time from its start.
+type Finished = (usize, Outcome, Duration);
 
 /// A finished item, or `None` for a spawned item whose task panicked (its slot stays empty
 /// and is reported as an internal failure).
-type Done = Option<(usize, Outcome)>;
+type Done = Option<Finished>;
 
 /// Items still running when their batch ends early (the client left or reset its stream, the
 /// batch deadline passed, shutdown) are not cut off: they may already be on the wire, and the
@@ -180,7 +198,7 @@ type Done = Option<(usize, Outcome)>;
 /// next item reuses them). Items still waiting for permits never start: their wait is
 /// dropped with the batch. (Outside a tokio runtime, which batches never are, polled items
 /// would be dropped instead.)
-impl<F: Future<Output = (usize, Outcome)> + Send + 'static> Drop for Running<F> {
+impl<F: Future<Output = Finished> + Send + 'static> Drop for Running<F> {
     fn drop(&mut self) {
         match self {
             Running::Spawned(tasks) => tasks.detach_all(),
@@ -196,7 +214,7 @@ impl<F: Future<Output = (usize, Outcome)> + Send + 'static> Drop for Running<F> 
     }
 }
 
-impl<F: Future<Output = (usize, Outcome)> + Send + 'static> Running<F> {
+impl<F: Future<Output = Finished> + Send + 'static> Running<F> {
     fn new(spawn: bool) -> Self {
         if spawn {
             Running::Spawned(JoinSet::new())
@@ -281,8 +299,8 @@ fn start_item<U: Upstream, O: Observer>(
     upstream: &Arc<U>,
     observer: &Arc<O>,
     queued: Instant,
-) -> tracing::instrument::Instrumented<impl Future<Output = (usize, Outcome)>> {
-    observer.started(index, queued.elapsed());
+) -> tracing::instrument::Instrumented<impl Future<Output = Finished>> {
+    observer.started(queued.elapsed());
     let span = item_span(index, &request);
     run_item(
         index,
@@ -290,34 +308,37 @@ fn start_item<U: Upstream, O: Observer>(
         limits.item_timeout,
         permits,
         upstream.clone(),
-        observer.clone(),
     )
     .instrument(span)
 }
 
 /// Puts outcomes in their slots and enforces the reply budget.
-struct Collector {
+struct Collector<'o, O> {
     slots: Vec<Option<Outcome>>,
+    elapsed: Vec<Option<Duration>>,
     reply_bytes: usize,
     max_reply_bytes: usize,
     reply_cost: fn(&UpstreamResponse) -> usize,
+    observer: &'o O,
 }
 
-impl Collector {
-    fn new(slots: Vec<Option<Outcome>>, limits: &Limits) -> Self {
+impl<'o, O: Observer> Collector<'o, O> {
+    fn new(slots: Vec<Option<Outcome>>, limits: &Limits, observer: &'o O) -> Self {
         Collector {
+            elapsed: vec![None; slots.len()],
             slots,
             reply_bytes: 0,
             max_reply_bytes: limits.max_reply_bytes,
             reply_cost: limits.reply_cost,
+            observer,
         }
     }
 
     /// Keeps what finished just before the deadline; the rest run to their end in the
     /// background with their permits (`Running`'s `Drop`), their answers unused.
-    fn close<F>(mut self, mut running: Running<F>, finished: bool) -> Vec<Outcome>
+    fn close<F>(mut self, mut running: Running<F>, finished: bool) -> Ran
     where
-        F: Future<Output = (usize, Outcome)> + Send + 'static,
+        F: Future<Output = Finished> + Send + 'static,
     {
         while let Some(done) = running.try_next() {
             self.finished(done);
@@ -328,17 +349,22 @@ impl Collector {
 
     /// One outcome per item; a slot still empty is `DeadlineExceeded` when the run stopped
     /// early (deadline or shutdown), and an internal failure otherwise (its task panicked).
-    fn into_outcomes(self, finished: bool) -> Vec<Outcome> {
+    fn into_outcomes(self, finished: bool) -> Ran {
         // Whether an unfinished item had started is not tracked: it may have been sent.
         let unfinished = if !finished {
             Outcome::failed(FailureKind::BatchDeadline, Sent::Maybe)
         } else {
             Outcome::failed(FailureKind::Internal, Sent::Maybe)
         };
-        self.slots
+        let outcomes = self
+            .slots
             .into_iter()
             .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
-            .collect()
+            .collect();
+        Ran {
+            outcomes,
+            elapsed: self.elapsed,
+        }
     }
 
     /// Whether an item before `index` failed (refused, failed, or answered 4xx/5xx).
@@ -356,12 +382,13 @@ impl Collector {
     fn finished(&mut self, done: Done) {
         // A task only fails to join if it panicked; its slot stays empty and is reported as
         // an upstream failure instead of taking the batch down.
-        if let Some((index, outcome)) = done {
-            self.record(index, outcome);
+        if let Some((index, outcome, elapsed)) = done {
+            self.record(index, outcome, Some(elapsed));
         }
     }
 
-    fn record(&mut self, index: usize, mut outcome: Outcome) {
+    /// An item's final outcome (`elapsed`: it ran, for that long).
+    fn record(&mut self, index: usize, mut outcome: Outcome, elapsed: Option<Duration>) {
         if let Outcome::Response(response) = &outcome {
             // Body and headers as the reply will carry them; an item dropped for going over
             // is not charged, so later, smaller items can still fit.
@@ -372,10 +399,14 @@ impl Collector {
                 outcome = Outcome::failed(FailureKind::ReplyBudgetExceeded { limit }, Sent::All);
             } else {
                 self.reply_bytes = total;
+                self.observer.kept(response.raw_size());
             }
         }
         if let Some(slot) = self.slots.get_mut(index) {
             *slot = Some(outcome);
+        }
+        if let Some(slot) = self.elapsed.get_mut(index) {
+            *slot = elapsed;
         }
     }
 }
@@ -384,7 +415,7 @@ impl Collector {
 /// running items: they are what frees the permits.
 async fn collect_until(
     acquiring: impl Future<Output = Option<ItemPermits>>,
-    running: &mut Running<impl Future<Output = (usize, Outcome)> + Send + 'static>,
+    running: &mut Running<impl Future<Output = Finished> + Send + 'static>,
     mut finished: impl FnMut(Done),
 ) -> Option<ItemPermits> {
     tokio::pin!(acquiring);
@@ -409,30 +440,41 @@ async fn stop_signal(stop: Option<tokio::sync::watch::Receiver<bool>>) {
 
 /// The batch permit, then a global one. Batch first: a batch waiting for global capacity
 /// then has at most one waiter, so one big batch cannot queue ahead of every other batch.
-async fn acquire(batch: &Arc<Semaphore>, global: &Share<'_>) -> Option<ItemPermits> {
+async fn acquire<O: Observer>(
+    batch: &Arc<Semaphore>,
+    global: &Share<'_>,
+    observer: &Arc<O>,
+) -> Option<ItemPermits> {
     let batch = batch.clone().acquire_owned().await.ok()?;
     let global = global.permits.acquire(global.client).await?;
     Some(ItemPermits {
         _batch: batch,
         _global: global,
+        ended: observer.clone(),
     })
 }
 
 /// Held by an item for its whole life, also after its batch was cancelled; dropped on
-/// completion or timeout.
+/// completion or timeout (or if its task panics), which tells the observer its work ended.
 struct ItemPermits {
     _batch: OwnedSemaphorePermit,
     _global: Permit,
+    ended: Arc<dyn Observer>,
 }
 
-async fn run_item<U: Upstream, O: Observer>(
+impl Drop for ItemPermits {
+    fn drop(&mut self) {
+        self.ended.ended();
+    }
+}
+
+async fn run_item<U: Upstream>(
     index: usize,
     request: SubRequest,
     item_timeout: Duration,
     _permits: ItemPermits,
     upstream: Arc<U>,
-    observer: Arc<O>,
-) -> (usize, Outcome) {
+) -> Finished {
     let started = Instant::now();
     let until = started + item_timeout;
     let outcome = match tokio::time::timeout_at(until, upstream.send(request, until)).await {
@@ -447,8 +489,7 @@ async fn run_item<U: Upstream, O: Observer>(
         span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
         tracing::debug!("item finished");
     }
-    observer.finished(index, &outcome, elapsed);
-    (index, outcome)
+    (index, outcome, elapsed)
 }
 
 #[cfg(test)]

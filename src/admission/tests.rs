@@ -34,7 +34,7 @@ fn the_queue_holds_max_queued_items_beyond_the_permits() {
     assert_eq!(refused.why, Refusal::QueueFull);
     assert!(refused.retry_after >= Duration::from_secs(1));
     for _ in 0..10 {
-        first.item_done(0);
+        first.item_ended();
     }
     assert_eq!(a.queued(), 90);
     a.admit("c".into(), 10, 0).expect("room again");
@@ -52,7 +52,7 @@ fn a_client_is_capped_at_per_client_items() {
     let refused = a.admit("flood".into(), 1, 0).expect_err("over the cap");
     assert_eq!(refused.why, Refusal::ClientLimit);
     a.admit("light".into(), 1, 0).expect("another client");
-    batch.item_done(0);
+    batch.item_ended();
     a.admit("flood".into(), 1, 0)
         .expect("one finished: one more fits");
     drop(batch);
@@ -81,8 +81,14 @@ fn held_bodies_are_capped() {
 fn kept_responses_count_against_the_memory_budget() {
     let a = admission(limits());
     let batch = a.admit("a".into(), 2, 1_000).expect("fits");
-    batch.item_done(4_000);
-    batch.item_done(4_000);
+    {
+        batch.item_ended();
+        batch.hold(4_000);
+    }
+    {
+        batch.item_ended();
+        batch.hold(4_000);
+    }
     assert_eq!(a.held_bytes(), 9_000);
     let refused = a
         .admit("b".into(), 1, 2_000)
@@ -105,7 +111,7 @@ fn a_batch_that_would_wait_past_the_budget_is_refused() {
     let running = a.admit("a".into(), 2_000, 0).expect("admitted");
     // 100 items finish over 0.3 s: about 333 items/s.
     for _ in 0..100 {
-        running.item_done(0);
+        running.item_ended();
     }
     {
         let mut state = a.lock();

@@ -61,7 +61,9 @@ async fn run_plain<U: Upstream, O: Observer>(
     upstream: &Arc<U>,
     observer: &Arc<O>,
 ) -> Vec<Outcome> {
-    run(limits, global, items, &[], upstream, observer).await
+    run(limits, global, items, &[], upstream, observer)
+        .await
+        .outcomes
 }
 
 fn item(delay_ms: u64) -> Result<SubRequest, Outcome> {
@@ -409,7 +411,8 @@ async fn dependencies_order_and_block_in(spawn: bool) {
         &fake,
         &Arc::new(NoObserver),
     )
-    .await;
+    .await
+    .outcomes;
     // 0 then 1: 40 ms, while 2 and 5 ran beside them.
     assert_eq!(started.elapsed(), Duration::from_millis(40));
     assert_eq!(out[1].status(), 200);
@@ -452,6 +455,8 @@ async fn dependencies_keep_the_batch_deadline() {
         &Arc::new(NoObserver),
     )
     .await;
+    assert_eq!(out.elapsed, [Some(Duration::from_millis(30)), None, None]);
+    let out = out.outcomes;
     assert_eq!(started.elapsed(), Duration::from_millis(50));
     assert_eq!(out[0].status(), 200);
     for late in &out[1..] {
@@ -461,4 +466,67 @@ async fn dependencies_keep_the_batch_deadline() {
         );
     }
     assert_eq!(fake.started.lock().expect("test mutex").len(), 2);
+}
+
+/// Records what the executor reports of its items' resources.
+#[derive(Default)]
+struct Resources {
+    started: AtomicUsize,
+    ended: AtomicUsize,
+    kept: AtomicUsize,
+}
+
+impl Observer for Resources {
+    fn started(&self, _waited: Duration) {
+        self.started.fetch_add(1, Ordering::SeqCst);
+    }
+    fn ended(&self) {
+        self.ended.fetch_add(1, Ordering::SeqCst);
+    }
+    fn kept(&self, bytes: usize) {
+        self.kept.fetch_add(bytes, Ordering::SeqCst);
+    }
+}
+
+/// Only answers that stay in the reply are held (one over the reply budget is not), refused
+/// items never start, and every started item ends, also one still running at the deadline.
+#[tokio::test(start_paused = true)]
+async fn the_observer_sees_starts_ends_and_only_kept_answers() {
+    let fake = Arc::new(Fake::default());
+    let refused = Outcome::refused(ItemRefusal::MethodNotAllowed {
+        message: String::new(),
+    });
+    // Each answer's body is its path: "/10" and "/20" are 3 bytes, "/500" is 4.
+    let items = vec![item(10), Err(refused), item(20), item(500)];
+    let mut l = limits(false, 4, 1000, 100);
+    let size = |path: &str| {
+        UpstreamResponse {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: Bytes::from(path.to_string()),
+        }
+        .raw_size()
+    };
+    l.max_reply_bytes = size("/10") + 1;
+    let observer = Arc::new(Resources::default());
+    let out = run(
+        &l,
+        share(&Permits::new(10), &client()),
+        items,
+        &[],
+        &fake,
+        &observer,
+    )
+    .await;
+    assert_eq!(observer.started.load(Ordering::SeqCst), 3);
+    assert_eq!(observer.kept.load(Ordering::SeqCst), size("/10"));
+    assert!(matches!(
+        out.outcomes[2].failure_kind(),
+        Some(FailureKind::ReplyBudgetExceeded { .. })
+    ));
+    assert_eq!(out.elapsed[1], None, "refused: never ran");
+    assert_eq!(out.elapsed[3], None, "cut off by the deadline");
+    // The item cut off at the deadline runs on in the background and then ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(observer.ended.load(Ordering::SeqCst), 3);
 }

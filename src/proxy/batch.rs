@@ -49,6 +49,19 @@ pub struct BatchSummary {
     /// replies never carry.
     detail: Option<String>,
     metrics: Option<Arc<RouteMetrics>>,
+    /// One log line per item (`server.item_log`).
+    item_log: bool,
+}
+
+/// One item as it is accounted, once, after the reply is built: its final class (after the
+/// reply budget, and an answer the dialect could not use counted as `upstream_error`), its
+/// status, how long it ran (`None`: never started or not finished in time) and its failure's
+/// detail for the item log.
+struct Settled {
+    class: ItemClass,
+    status: u16,
+    elapsed: Option<Duration>,
+    detail: Option<String>,
 }
 
 /// The batch request as the dialect decodes it.
@@ -73,8 +86,9 @@ fn decode<D: Dialect>(
 
 impl BatchSummary {
     /// A batch that has just arrived: refused until it turns out otherwise.
-    fn new(route: &Route, request_id: &str) -> Self {
+    fn new(route: &Route, request_id: &str, item_log: bool) -> Self {
         BatchSummary {
+            item_log,
             route: route.config.name.clone(),
             request_id: request_id.to_string(),
             items: 0,
@@ -107,22 +121,43 @@ impl BatchSummary {
         }
     }
 
-    /// Every item has its outcome and the reply is encoded: count them and name the batch's
-    /// result. An item whose upstream answer the dialect could not use (`Reply::unusable`) is
-    /// an `upstream_error` and a failure, whatever status the upstream gave.
-    fn completed(&mut self, mut classes: Vec<ItemClass>, reply: &Reply) {
+    /// Every item has its outcome and the reply is encoded: the one place items are
+    /// accounted (class, duration, item log line), and the batch's result named. An item
+    /// whose upstream answer the dialect could not use (`Reply::unusable`) is an
+    /// `upstream_error` and a failure, whatever status the upstream gave.
+    fn completed(&mut self, mut items: Vec<Settled>, reply: &Reply) {
         for &index in &reply.unusable {
-            if let Some(class) = classes.get_mut(index) {
-                if !class.is_failure() {
-                    *class = ItemClass::UpstreamError;
+            if let Some(item) = items.get_mut(index) {
+                if !item.class.is_failure() {
+                    item.class = ItemClass::UpstreamError;
                 }
             }
         }
         if let Some(metrics) = &self.metrics {
-            classes.iter().for_each(|class| metrics.item_class(*class));
+            for item in &items {
+                metrics.item_class(item.class);
+                if let Some(elapsed) = item.elapsed {
+                    metrics.item_duration(elapsed);
+                }
+            }
             metrics.fields_missing(reply.fields_missing);
         }
-        self.failures = classes.iter().filter(|class| class.is_failure()).count();
+        if self.item_log {
+            for (index, item) in items.iter().enumerate() {
+                tracing::info!(
+                    target: "batchgate::item",
+                    request_id = %self.request_id,
+                    index,
+                    batch_size = items.len(),
+                    status = item.status,
+                    outcome = item.class.as_str(),
+                    detail = item.detail.as_deref(),
+                    duration_ms = item.elapsed.map(|e| e.as_secs_f64() * 1000.0),
+                    "item"
+                );
+            }
+        }
+        self.failures = items.iter().filter(|item| item.class.is_failure()).count();
         self.result = match self.failures {
             0 => BatchResult::Ok,
             n if n == self.items => BatchResult::Failed,
@@ -184,7 +219,10 @@ impl BatchGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let request_id = request_id(session.req_header());
-        let summary = ctx.batch.insert(BatchSummary::new(route, &request_id));
+        let item_log = self.item_log.load(std::sync::atomic::Ordering::Relaxed);
+        let summary = ctx
+            .batch
+            .insert(BatchSummary::new(route, &request_id, item_log));
         let client = client_id(session, &route.client_key);
         let admission = |declared: Option<usize>| {
             self.admission
@@ -221,16 +259,11 @@ impl BatchGate {
         };
         summary.items = plan.items.len();
         let headers = batch_headers(session, route, &request_id);
-        let observer = Arc::new(BatchObserver {
+        let observer = Arc::new(ItemResources {
             metrics: route.metrics.clone(),
-            request_id: self
-                .item_log
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .then(|| request_id.clone()),
-            batch_size: summary.items,
             ticket,
         });
-        let Some(outcomes) = self
+        let Some(ran) = self
             .run_batch(
                 session,
                 route,
@@ -244,10 +277,22 @@ impl BatchGate {
             summary.cancelled(refused);
             return Ok(());
         };
-        let classes = outcomes.iter().map(Outcome::class).collect();
-        summary.failure_detail(&outcomes);
-        let reply = dialect.encode(plan.meta, outcomes);
-        summary.completed(classes, &reply);
+        summary.failure_detail(&ran.outcomes);
+        let settled = ran
+            .outcomes
+            .iter()
+            .zip(ran.elapsed)
+            .map(|(outcome, elapsed)| Settled {
+                class: outcome.class(),
+                status: outcome.status(),
+                elapsed,
+                detail: item_log
+                    .then(|| outcome.failure().and_then(|f| f.detail.clone()))
+                    .flatten(),
+            })
+            .collect();
+        let reply = dialect.encode(plan.meta, ran.outcomes);
+        summary.completed(settled, &reply);
         finish(self, session, summary, &reply, &request_id).await
     }
 
@@ -263,9 +308,9 @@ impl BatchGate {
             Vec<Vec<usize>>,
         ),
         headers: BatchHeaders,
-        observer: &Arc<BatchObserver>,
+        observer: &Arc<ItemResources>,
         request_id: &str,
-    ) -> Option<Vec<Outcome>> {
+    ) -> Option<exec::Ran> {
         let exec_limits = self.exec_limits(route, order);
         let upstream = Arc::new(BatchUpstream {
             client: route.upstream.clone(),
@@ -316,8 +361,8 @@ impl BatchGate {
 /// Pipelined bytes are not an error (pipelining is on): they stay pending.
 async fn watching_client(
     session: &mut Session,
-    run: impl std::future::Future<Output = Vec<Outcome>>,
-) -> Option<Vec<Outcome>> {
+    run: impl std::future::Future<Output = exec::Ran>,
+) -> Option<exec::Ran> {
     tokio::pin!(run);
     let mut watch_client = true;
     loop {
@@ -331,47 +376,27 @@ async fn watching_client(
     }
 }
 
-/// Records per-item metrics and, with `server.item_log`, one log line per item.
-struct BatchObserver {
+/// What a batch's items hold while they run: the admission's count of them (released as
+/// each one's work ends, also in the background after the reply) and the bytes of the answers
+/// kept for the reply.
+struct ItemResources {
     metrics: Option<Arc<RouteMetrics>>,
-    /// The batch's admission: its items count as outstanding until each finishes.
     ticket: Ticket,
-    /// Set only when item logging is on.
-    request_id: Option<String>,
-    batch_size: usize,
 }
 
-impl Observer for BatchObserver {
-    fn started(&self, _index: usize, waited: Duration) {
+impl Observer for ItemResources {
+    fn started(&self, waited: Duration) {
         if let Some(metrics) = &self.metrics {
             metrics.permit_wait(waited);
         }
     }
 
-    fn finished(&self, index: usize, outcome: &Outcome, elapsed: Duration) {
-        // The response is kept for the reply: it counts against the memory budget.
-        let held = match outcome {
-            Outcome::Response(response) => response.raw_size(),
-            Outcome::Failed(_) => 0,
-        };
-        self.ticket.item_done(held);
-        if let Some(metrics) = &self.metrics {
-            metrics.item_duration(elapsed);
-        }
-        if let Some(request_id) = &self.request_id {
-            let status = outcome.status();
-            tracing::info!(
-                target: "batchgate::item",
-                request_id = %request_id,
-                index,
-                batch_size = self.batch_size,
-                status,
-                outcome = outcome.class().as_str(),
-                detail = outcome.failure().and_then(|f| f.detail.as_deref()),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "item"
-            );
-        }
+    fn ended(&self) {
+        self.ticket.item_ended();
+    }
+
+    fn kept(&self, bytes: usize) {
+        self.ticket.hold(bytes);
     }
 }
 

@@ -491,3 +491,53 @@ async fn a_short_read_timeout_is_a_timeout() {
         "the read timeout fired, not the item timeout"
     );
 }
+
+/// With `server.item_log`, each item gets one line with its final outcome: an answer dropped
+/// for the reply budget is logged as the client got it (502, `upstream_error`), not as the
+/// 200 the upstream sent, and a refused item has its line too, without a duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_lines_carry_the_final_outcome() {
+    let upstream = Upstream::with_handler(|req| {
+        if req.target.contains("big") {
+            Reply::bytes(200, "text/plain", &[b'a'; 5_000])
+        } else {
+            Reply::bytes(200, "text/plain", b"small")
+        }
+    })
+    .await;
+    let config = GateConfig::new(upstream.addr)
+        .server("item_log = true")
+        .route("max_reply_bytes = 3000")
+        .route("concurrency = 1");
+    let gate =
+        common::gate::start_with_env(&config.toml(), &[("RUST_LOG", "warn,batchgate::item=info")])
+            .await;
+    let items = vec![
+        item("small", "GET", "/small"),
+        item("big", "GET", "/big"),
+        item("refused", "TRACE", "/small"),
+    ];
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items)).await;
+    let replies = responses(&resp);
+    assert_eq!(by_id(&replies, "big")["body"]["code"], "ReplyTooLarge");
+    let request_id = resp.header("x-request-id").unwrap_or("?").to_string();
+    let log = gate.stderr_until("index=2", Duration::from_secs(5)).await;
+    let line = |index: usize| {
+        log.lines()
+            .find(|l| l.contains(&request_id) && l.contains(&format!("index={index} ")))
+            .unwrap_or_else(|| panic!("no item line {index} for {request_id}: {log}"))
+            .to_string()
+    };
+    let (small, big, refused) = (line(0), line(1), line(2));
+    assert!(
+        small.contains("status=200") && small.contains(r#"outcome="2xx""#),
+        "{small}"
+    );
+    assert!(small.contains("duration_ms="), "{small}");
+    assert!(
+        big.contains("status=502") && big.contains(r#"outcome="upstream_error""#),
+        "{big}"
+    );
+    assert!(refused.contains(r#"outcome="rejected""#), "{refused}");
+    assert!(!refused.contains("duration_ms="), "{refused}");
+}
