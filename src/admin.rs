@@ -36,7 +36,7 @@ pub type ReadinessTarget = Arc<ArcSwapOption<(String, Vec<SocketAddr>)>>;
 pub fn readiness_target(config: &crate::config::Config) -> Option<(String, Vec<SocketAddr>)> {
     config
         .default_upstream
-        .and_then(|i| config.upstreams.get(i))
+        .as_ref()
         .map(|u| (u.name.clone(), u.addresses.clone()))
 }
 

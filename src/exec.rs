@@ -54,7 +54,7 @@ impl Observer for NoObserver {}
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Items of this batch in flight at once.
-    pub concurrency: usize,
+    pub concurrency: std::num::NonZeroUsize,
     /// Time one item may take once it holds its permits.
     pub item_timeout: Duration,
     /// When the reply must go out, finished or not.
@@ -106,7 +106,7 @@ pub async fn run<U: Upstream, O: Observer>(
 ) -> Ran {
     let (slots, to_send) = partition(items);
     let mut graph = Graph::new(to_send, after, &slots);
-    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+    let batch_permits = Arc::new(Semaphore::new(limits.concurrency.get()));
     let mut running = Running::new(limits.spawn_items);
     let mut collector = Collector::new(slots, limits, observer.as_ref());
     let queued = Instant::now();

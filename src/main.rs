@@ -196,8 +196,12 @@ fn listener_lines(config: &Config, out: &mut String) {
 }
 
 fn upstream_lines(config: &Config, out: &mut String) {
-    for (i, upstream) in config.upstreams.iter().enumerate() {
-        let default = if config.default_upstream == Some(i) {
+    for upstream in &config.upstreams {
+        let is_default = config
+            .default_upstream
+            .as_ref()
+            .is_some_and(|d| std::sync::Arc::ptr_eq(d, upstream));
+        let default = if is_default {
             " (default, pass-through)"
         } else {
             ""
@@ -218,10 +222,7 @@ fn upstream_lines(config: &Config, out: &mut String) {
 
 fn route_lines(config: &Config, out: &mut String) {
     for route in &config.routes {
-        let upstream = config
-            .upstreams
-            .get(route.upstream)
-            .map_or("?", |u| u.name.as_str());
+        let upstream = &route.upstream.name;
         out.push_str(&format!(
             "route    {} {} dialect={} upstream={} max_items={} concurrency={}\n",
             route.name,
@@ -329,7 +330,7 @@ fn demo(path: &std::path::Path) -> ExitCode {
 fn demo_upstream(config: &Config) -> Result<std::net::SocketAddr, String> {
     let upstream = config
         .default_upstream
-        .and_then(|i| config.upstreams.get(i))
+        .as_ref()
         .ok_or("demo needs a default upstream to serve the demo API on")?;
     upstream
         .addresses

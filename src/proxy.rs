@@ -7,112 +7,28 @@
 
 mod batch;
 mod body;
+mod live;
 mod passthrough;
 
-use crate::config::{Config, RouteConfig};
-use crate::dialect::{Reply, RouteDialect, UpstreamResponse};
+use crate::config::Config;
+use crate::dialect::{Reply, UpstreamResponse};
 use crate::item::{FailureKind, Outcome, Sent};
 use crate::listener::{clock_of, Phase};
-use crate::metrics::{PassthroughMetrics, RouteMetrics};
-use crate::upstream::UpstreamClient;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use batch::{request_id, BatchSummary};
 use bytes::Bytes;
 use http::header::HOST;
+pub use live::{Live, Reconfigure, Route};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A batch route ready to serve.
-pub struct Route {
-    pub config: Arc<RouteConfig>,
-    pub dialect: RouteDialect,
-    /// The dialect's `Dialect::reply_cost`, for the executor's reply budget.
-    pub reply_cost: fn(&UpstreamResponse) -> usize,
-    pub upstream: Arc<UpstreamClient>,
-    pub metrics: Option<Arc<RouteMetrics>>,
-    /// What tells this route's clients apart (the route's own, else the server's).
-    pub client_key: crate::config::ClientKey,
-}
-
-/// The pass-through target.
-struct Passthrough {
-    client: Arc<UpstreamClient>,
-    metrics: Option<PassthroughMetrics>,
-}
-
-/// What a reload swaps: the routes, the pass-through target and the upstream clients behind
-/// them. A request takes one snapshot when it arrives (`RequestCtx::live`) and finishes on it,
-/// so a batch that started on the old config finishes on it.
-pub struct Live {
-    routes: HashMap<String, Arc<Route>>,
-    passthrough: Option<Passthrough>,
-    /// By upstream name: what the next reload may keep (and with it the connection pools).
-    clients: HashMap<String, Arc<UpstreamClient>>,
-}
-
-impl Live {
-    /// The routing table of `config`. An upstream whose settings are unchanged from
-    /// `previous` keeps its client, and with it its pooled connections; one whose timeouts
-    /// changed but whose connections would be the same keeps the pools
-    /// (`UpstreamClient::renewed`).
-    fn build(config: &Config, previous: Option<&Live>) -> Live {
-        let clients: Vec<Arc<UpstreamClient>> = config
-            .upstreams
-            .iter()
-            .map(|u| match previous.and_then(|p| p.clients.get(&u.name)) {
-                Some(old) if crate::upstream::same_settings(&old.config, u) => old.clone(),
-                Some(old) => Arc::new(UpstreamClient::renewed(u.clone(), old)),
-                None => Arc::new(UpstreamClient::new(u.clone())),
-            })
-            .collect();
-        let mut routes = HashMap::new();
-        for route in &config.routes {
-            let upstream = clients
-                .get(route.upstream)
-                .expect("validation resolves routes[].upstream to an index into upstreams");
-            let client_key = route
-                .client_key
-                .clone()
-                .unwrap_or_else(|| config.server.admission.client_key.clone());
-            routes.insert(
-                route.path.clone(),
-                Arc::new(build_route(route, upstream, client_key)),
-            );
-        }
-        let passthrough = config
-            .default_upstream
-            .and_then(|i| clients.get(i).cloned())
-            .map(|client| Passthrough {
-                metrics: PassthroughMetrics::new(&client.config.name),
-                client,
-            });
-        let clients = clients
-            .into_iter()
-            .map(|c| (c.config.name.clone(), c))
-            .collect();
-        Live {
-            routes,
-            passthrough,
-            clients,
-        }
-    }
-
-    /// (route name, upstream name) of every route.
-    fn route_upstreams(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.routes
-            .values()
-            .map(|r| (r.config.name.as_str(), r.upstream.config.name.as_str()))
-    }
-}
 
 /// The proxy service. Clones share everything (routes, permits, admission): one per worker.
 #[derive(Clone)]
@@ -152,62 +68,6 @@ pub struct RequestCtx {
     passthrough_connected: bool,
     passthrough_answered: bool,
     passthrough_tried: crate::upstream::Tried,
-}
-
-/// What a reload changes in a running `BatchGate` (`crate::reload`).
-#[derive(Clone)]
-pub struct Reconfigure {
-    live: Arc<ArcSwap<Live>>,
-    permits: Arc<crate::permits::Permits>,
-    admission: Arc<crate::admission::Admission>,
-    item_log: Arc<AtomicBool>,
-}
-
-impl Reconfigure {
-    /// The upstream clients of the config in effect (health checks, `/readyz`).
-    pub fn upstream_clients(&self) -> Vec<Arc<UpstreamClient>> {
-        self.live.load().clients.values().cloned().collect()
-    }
-
-    /// Applies a validated config: limits first, then the new routing table in one swap.
-    /// Requests already routed keep the old table; metric series of routes that are gone
-    /// (or moved to another upstream) are removed.
-    pub fn apply(&self, config: &Config) {
-        let max_in_flight = config.server.max_in_flight;
-        self.admission
-            .reconfigure(config.server.admission.clone(), max_in_flight);
-        self.permits.resize(max_in_flight);
-        self.item_log
-            .store(config.server.item_log, Ordering::Relaxed);
-        if let Some(families) = crate::metrics::families() {
-            families
-                .max_in_flight
-                .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
-        }
-        let old = self.live.load_full();
-        for (route, upstream) in old.route_upstreams() {
-            let kept = config.routes.iter().find(|r| r.name == route);
-            let same_upstream = kept.is_some_and(|r| {
-                config
-                    .upstreams
-                    .get(r.upstream)
-                    .is_some_and(|u| u.name == upstream)
-            });
-            if !same_upstream {
-                RouteMetrics::remove(route, upstream, kept.is_none());
-            }
-        }
-        for client in old.clients.values() {
-            let new = config
-                .upstreams
-                .iter()
-                .find(|u| u.name == client.config.name);
-            // A replaced client's handles to the removed series are detached by this: its
-            // late writes land nowhere (`metrics::UpstreamMetrics`).
-            crate::metrics::remove_upstream_series(&client.config, new.map(|u| &**u));
-        }
-        self.live.store(Arc::new(Live::build(config, Some(&old))));
-    }
 }
 
 impl BatchGate {
@@ -263,26 +123,6 @@ impl BatchGate {
         ctx.live
             .get_or_insert_with(|| self.live.load_full())
             .clone()
-    }
-}
-
-fn build_route(
-    route: &Arc<RouteConfig>,
-    upstream: &Arc<UpstreamClient>,
-    client_key: crate::config::ClientKey,
-) -> Route {
-    let dialect = RouteDialect::new(
-        &route.dialect,
-        route.limits.max_items,
-        &upstream.config.name,
-    );
-    Route {
-        config: route.clone(),
-        reply_cost: dialect.reply_cost(),
-        dialect,
-        upstream: upstream.clone(),
-        metrics: RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new),
-        client_key,
     }
 }
 

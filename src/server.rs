@@ -166,7 +166,7 @@ fn passthrough_pool_size(config: &Config) -> usize {
     const PINGORA_DEFAULT: usize = 128;
     config
         .default_upstream
-        .and_then(|n| config.upstreams.get(n))
+        .as_ref()
         .map_or(PINGORA_DEFAULT, |upstream| {
             upstream.pool_size.saturating_mul(upstream.addresses.len())
         })

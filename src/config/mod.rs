@@ -293,7 +293,12 @@ dialect = "envelope"
             panic!("envelope route expected");
         };
         assert_eq!(envelope.base_path, "/v2");
-        assert_eq!(config.default_upstream, Some(0));
+        let default = config.default_upstream.as_ref().map(|u| u.name.as_str());
+        assert_eq!(default, Some(config.upstreams[0].name.as_str()));
+        assert!(std::sync::Arc::ptr_eq(
+            &route.upstream,
+            &config.upstreams[0]
+        ));
     }
 
     /// Idle connections kept follow what can be in flight unless `pool_size` says otherwise.

@@ -5,8 +5,9 @@
 
 use super::file::{HealthCheckSection, RetryOnValue, RetrySection, RouteSection, UpstreamSection};
 use super::problems::Problems;
-use super::values::{bounded, duration};
+use super::values::{bounded, bounded_nonzero, duration};
 use http::Method;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 /// Methods whose items may be sent twice by default: RFC 9110 section 9.2.2's idempotent ones.
@@ -349,9 +350,13 @@ fn hash_on(text: Option<&str>, at: &[&str], problems: &mut Problems) -> HashOn {
 }
 
 /// `weights`: one per address, 1 to 100; all 1 when absent.
-pub(super) fn weights(name: &str, section: &UpstreamSection, problems: &mut Problems) -> Vec<u32> {
+pub(super) fn weights(
+    name: &str,
+    section: &UpstreamSection,
+    problems: &mut Problems,
+) -> Vec<NonZeroU32> {
     let Some(weights) = &section.weights else {
-        return vec![1; section.addresses.len()];
+        return vec![NonZeroU32::MIN; section.addresses.len()];
     };
     if weights.len() != section.addresses.len() {
         problems.push(
@@ -368,7 +373,8 @@ pub(super) fn weights(name: &str, section: &UpstreamSection, problems: &mut Prob
         .enumerate()
         .map(|(j, w)| {
             let at = ["upstreams", name, "weights", &j.to_string()];
-            u32::try_from(bounded(Some(*w), 1, 1, 100, &at, problems)).unwrap_or(1)
+            let weight = bounded_nonzero(Some(*w), NonZeroUsize::MIN, 100, &at, problems);
+            NonZeroU32::try_from(weight).unwrap_or(NonZeroU32::MIN)
         })
         .collect()
 }

@@ -13,8 +13,8 @@ use super::jsonrpc::jsonrpc_config;
 use super::jsonrpc::JsonRpcConfig;
 use super::multipart::multipart_config;
 use super::problems::Problems;
-use super::server::lookup_upstream;
-use super::values::{bounded, duration, forwarded_header_names, is_route_path};
+use super::server::{lookup_upstream, UpstreamConfig};
+use super::values::{bounded, bounded_nonzero, duration, forwarded_header_names, is_route_path};
 use http::header::HeaderName;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Items per batch: the PDS page allows 1 to 100 child requests.
 pub const DEFAULT_MAX_ITEMS: usize = 100;
 /// Children of one batch in flight at once.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub const DEFAULT_CONCURRENCY: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16).unwrap();
 /// Time one child may take once it has its permits.
 pub const DEFAULT_ITEM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the whole batch may take; the reply then goes out with what has finished.
@@ -45,16 +45,16 @@ const MAX_CONCURRENCY_LIMIT: i64 = 10_000;
 struct RouteContext<'a> {
     index: &'a str,
     file: &'a FileConfig,
-    upstream_index: &'a BTreeMap<String, usize>,
-    default_upstream: Option<usize>,
+    upstream_index: &'a BTreeMap<String, Arc<UpstreamConfig>>,
+    default_upstream: Option<&'a Arc<UpstreamConfig>>,
     batch_paths: &'a [String],
 }
 
 /// The valid routes; names and paths must be unique across the file.
 pub(super) fn routes(
     file: &FileConfig,
-    upstream_index: &BTreeMap<String, usize>,
-    default_upstream: Option<usize>,
+    upstream_index: &BTreeMap<String, Arc<UpstreamConfig>>,
+    default_upstream: Option<&Arc<UpstreamConfig>>,
     problems: &mut Problems,
 ) -> Vec<Arc<RouteConfig>> {
     let batch_paths: Vec<String> = file.routes.iter().map(|r| r.path.clone()).collect();
@@ -148,7 +148,7 @@ fn route_upstream(
     section: &RouteSection,
     ctx: &RouteContext<'_>,
     problems: &mut Problems,
-) -> Option<usize> {
+) -> Option<Arc<UpstreamConfig>> {
     let path = ["routes", ctx.index, "upstream"];
     match &section.upstream {
         Some(name) => lookup_upstream(
@@ -169,7 +169,7 @@ fn route_upstream(
                     "no upstream named and no server.default_upstream to fall back to",
                 );
             }
-            ctx.default_upstream
+            ctx.default_upstream.cloned()
         }
     }
 }
@@ -185,10 +185,9 @@ fn route_limits(section: &RouteSection, i: &str, problems: &mut Problems) -> Rou
             &at("max_items"),
             problems,
         ),
-        concurrency: bounded(
+        concurrency: bounded_nonzero(
             section.concurrency,
             DEFAULT_CONCURRENCY,
-            1,
             MAX_CONCURRENCY_LIMIT,
             &at("concurrency"),
             problems,
@@ -319,7 +318,7 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
 #[derive(Debug, Clone)]
 pub struct RouteLimits {
     pub max_items: usize,
-    pub concurrency: usize,
+    pub concurrency: std::num::NonZeroUsize,
     pub item_timeout: Duration,
     pub batch_timeout: Duration,
     pub max_body_bytes: usize,
@@ -332,7 +331,8 @@ pub struct RouteLimits {
 pub struct RouteConfig {
     pub name: String,
     pub path: String,
-    pub upstream: usize,
+    /// The upstream its items go to.
+    pub upstream: Arc<UpstreamConfig>,
     pub limits: RouteLimits,
     /// Outer request headers copied into every child.
     pub forward_headers: Vec<HeaderName>,

@@ -319,11 +319,14 @@ pub(super) fn admin_listen(file: &FileConfig, problems: &mut Problems) -> Option
     }
 }
 
-/// The valid upstreams, and the index of each by name for routes to refer to.
+/// The valid upstreams, and each by name for routes to refer to.
 pub(super) fn upstreams(
     file: &FileConfig,
     found: &mut Findings<'_>,
-) -> (Vec<Arc<UpstreamConfig>>, BTreeMap<String, usize>) {
+) -> (
+    Vec<Arc<UpstreamConfig>>,
+    BTreeMap<String, Arc<UpstreamConfig>>,
+) {
     let mut upstreams = Vec::new();
     let mut upstream_index = BTreeMap::new();
     // Idle connections per address and thread unless `pool_size` says otherwise: as many as
@@ -339,8 +342,9 @@ pub(super) fn upstreams(
         .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
     for (name, section) in &file.upstreams {
         if let Some(upstream) = upstream_config(name, section, default_pool_size, found) {
-            upstream_index.insert(name.clone(), upstreams.len());
-            upstreams.push(Arc::new(upstream));
+            let upstream = Arc::new(upstream);
+            upstream_index.insert(name.clone(), upstream.clone());
+            upstreams.push(upstream);
         }
     }
     (upstreams, upstream_index)
@@ -349,9 +353,9 @@ pub(super) fn upstreams(
 /// The upstream that pass-through traffic and routes without an `upstream` key use.
 pub(super) fn default_upstream(
     file: &FileConfig,
-    upstream_index: &BTreeMap<String, usize>,
+    upstream_index: &BTreeMap<String, Arc<UpstreamConfig>>,
     problems: &mut Problems,
-) -> Option<usize> {
+) -> Option<Arc<UpstreamConfig>> {
     match &file.server.default_upstream {
         Some(name) => lookup_upstream(
             name,
@@ -361,7 +365,7 @@ pub(super) fn default_upstream(
             problems,
         ),
         // One upstream needs no name: it is the obvious default.
-        None if upstream_index.len() == 1 => Some(0),
+        None if upstream_index.len() == 1 => upstream_index.values().next().cloned(),
         None => None,
     }
 }
@@ -514,12 +518,12 @@ fn protocol(
 pub(super) fn lookup_upstream(
     name: &str,
     sections: &BTreeMap<String, UpstreamSection>,
-    index: &BTreeMap<String, usize>,
+    index: &BTreeMap<String, Arc<UpstreamConfig>>,
     path: &[&str],
     problems: &mut Problems,
-) -> Option<usize> {
+) -> Option<Arc<UpstreamConfig>> {
     match index.get(name) {
-        Some(i) => Some(*i),
+        Some(upstream) => Some(upstream.clone()),
         // Declared but invalid: its own problems are already reported.
         None if sections.contains_key(name) => None,
         None => {
@@ -608,7 +612,7 @@ pub struct UpstreamConfig {
     /// How an item picks one of `addresses`.
     pub balance: Balance,
     /// One per address (1 when not configured): its share of the choice.
-    pub weights: Vec<u32>,
+    pub weights: Vec<std::num::NonZeroU32>,
     /// Consecutive connection failures that take an address out of the choice; 0: never.
     pub eject_after: u32,
     /// How long the first ejection lasts; each further one lasts once more.

@@ -23,8 +23,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub admin_listen: Option<SocketAddr>,
     pub upstreams: Vec<Arc<UpstreamConfig>>,
-    /// Index into `upstreams` used for pass-through traffic.
-    pub default_upstream: Option<usize>,
+    /// The upstream pass-through traffic goes to (one of `upstreams`).
+    pub default_upstream: Option<Arc<UpstreamConfig>>,
     pub routes: Vec<Arc<RouteConfig>>,
     /// What is valid but worth a look (`FILE:LINE:COL: key: message`): an expiring
     /// certificate, verification turned off. `check` prints them; `run` logs them.
@@ -85,7 +85,12 @@ pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>
     let admin_listen = admin_listen(&file, &mut problems);
     listener_clashes(&server, admin_listen, &mut problems);
     let default_upstream = default_upstream(&file, &upstream_index, &mut problems);
-    let routes = routes(&file, &upstream_index, default_upstream, &mut problems);
+    let routes = routes(
+        &file,
+        &upstream_index,
+        default_upstream.as_ref(),
+        &mut problems,
+    );
     if file.routes.is_empty() {
         let what = if file.upstreams.is_empty() {
             "no routes and no upstreams: every request is answered 404"

@@ -10,6 +10,18 @@ use http::header::HeaderName;
 use std::time::Duration;
 
 /// `value` if it lies in `min..=max`, else `default` and a problem naming the range.
+/// `bounded` for a value where zero is meaningless: at least 1 by its type.
+pub(super) fn bounded_nonzero(
+    value: Option<i64>,
+    default: std::num::NonZeroUsize,
+    max: i64,
+    path: &[&str],
+    problems: &mut Problems,
+) -> std::num::NonZeroUsize {
+    let n = bounded(value, default.get(), 1, max, path, problems);
+    std::num::NonZeroUsize::new(n).unwrap_or(default)
+}
+
 pub(super) fn bounded(
     value: Option<i64>,
     default: usize,

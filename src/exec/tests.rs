@@ -78,7 +78,7 @@ fn item(delay_ms: u64) -> Result<SubRequest, Outcome> {
 fn limits(spawn_items: bool, concurrency: usize, item_ms: u64, batch_ms: u64) -> Limits {
     Limits {
         stop_on_failure: false,
-        concurrency,
+        concurrency: std::num::NonZeroUsize::new(concurrency).expect("a test batch runs items"),
         item_timeout: Duration::from_millis(item_ms),
         deadline: Instant::now() + Duration::from_millis(batch_ms),
         max_reply_bytes: 1 << 20,

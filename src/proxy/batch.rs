@@ -341,7 +341,7 @@ impl BatchGate {
         let limits = &route.config.limits;
         let (concurrency, stop_on_failure) = match order {
             Order::Concurrent => (limits.concurrency, false),
-            Order::Sequential { stop_on_failure } => (1, stop_on_failure),
+            Order::Sequential { stop_on_failure } => (std::num::NonZeroUsize::MIN, stop_on_failure),
         };
         Limits {
             concurrency,

@@ -50,7 +50,7 @@ pub struct Chooser {
 impl Chooser {
     pub fn new(config: &UpstreamConfig) -> Self {
         let weights: Box<[u32]> = (0..config.addresses.len())
-            .map(|i| config.weights.get(i).copied().unwrap_or(1).max(1))
+            .map(|i| config.weights.get(i).map_or(1, |w| w.get()))
             .collect();
         let ring = matches!(config.balance, Balance::Hash(_)).then(|| {
             let buckets: Vec<Bucket> = config
