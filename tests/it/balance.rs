@@ -234,15 +234,14 @@ async fn hashing_on_a_header_keeps_a_key_on_one_address() {
     flags[home].store(false, Ordering::Relaxed);
     let admin = gate.admin;
     let home_address = addrs[home].to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while common::prom::scrape(admin).await.sum(
-        "batchgate_upstream_address_up",
-        &[("address", home_address.as_str())],
-    ) != 0.0
-    {
-        assert!(std::time::Instant::now() < deadline, "the home never left");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let within = std::time::Duration::from_secs(5);
+    common::eventually_async(within, "the home out of the choice", || async {
+        common::prom::scrape(admin).await.sum(
+            "batchgate_upstream_address_up",
+            &[("address", home_address.as_str())],
+        ) == 0.0
+    })
+    .await;
     let after = send("alpha").await;
     assert_eq!(after[home], 0, "{after:?}");
     assert!(after.contains(&6), "alpha split after the move: {after:?}");

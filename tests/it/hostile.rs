@@ -149,13 +149,17 @@ async fn pipelined_requests_are_all_answered_in_order() {
 /// answered after it (the gate's "did the client leave?" probe reads those bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_pipelined_behind_a_running_batch_is_answered() {
-    let (_upstream, gate) = start().await;
+    let (upstream, gate) = start().await;
     let json = [("Content-Type", "application/json")];
     let slow = r#"{"requests":[{"id":"s","method":"GET","url":"/slow"}]}"#;
     let mut conn = Conn::connect(gate.addr).await;
     conn.write(&keep_alive("POST", BATCH_PATH, &json, slow.as_bytes()))
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The next request is written while the batch runs upstream.
+    crate::common::eventually(Duration::from_secs(5), "the slow item upstream", || {
+        upstream.in_flight() >= 1
+    })
+    .await;
     conn.write(&build_request(
         "POST",
         BATCH_PATH,

@@ -294,12 +294,23 @@ async fn the_admin_listener_is_capped() {
                 .expect("connect"),
         );
     }
-    // The listener counts a connection when it accepts it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = common::client::get(gate.admin, "/healthz").await;
-    assert_eq!(refused.status, 503, "{}", refused.body_str());
+    // The listener counts a connection when it accepts it: once it has taken all 64, the
+    // next one is refused.
+    let admin = gate.admin;
+    common::eventually_async(
+        Duration::from_secs(5),
+        "the 65th connection refused",
+        || async { common::client::get(admin, "/healthz").await.status == 503 },
+    )
+    .await;
     drop(idle);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A scrape works again once they close.
+    common::eventually_async(
+        Duration::from_secs(5),
+        "a scrape after they closed",
+        || async { common::client::get(admin, "/healthz").await.status == 200 },
+    )
+    .await;
     let scraped = scrape(gate.admin).await;
     assert!(scraped
         .get(

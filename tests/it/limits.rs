@@ -374,8 +374,10 @@ async fn client_disconnect_cancels_remaining_items() {
         .await;
 
     let conn = send_unread(&gate, 10).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(upstream.count() >= 1, "the batch had started");
+    common::eventually(Duration::from_secs(5), "the batch started", || {
+        upstream.count() >= 1
+    })
+    .await;
     drop(conn);
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -396,9 +398,20 @@ async fn gate_serves_after_cancelled_batch() {
         .start()
         .await;
     let conn = send_unread(&gate, 10).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually(Duration::from_secs(5), "the batch started", || {
+        upstream.count() >= 1
+    })
+    .await;
     drop(conn);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The item already sent runs to its end in the background, then frees its permit.
+    let admin = gate.admin;
+    common::eventually_async(Duration::from_secs(5), "no item in flight", || async {
+        common::prom::scrape(admin)
+            .await
+            .sum("batchgate_items_in_flight", &[])
+            == 0.0
+    })
+    .await;
 
     // With max_in_flight = 1 a leaked permit would block this batch until the deadline.
     let started = Instant::now();

@@ -29,6 +29,24 @@ async fn post_as(gate: &Gate, key: &str, body: &str) -> Response {
     client::request(gate.addr, "POST", BATCH_PATH, &headers, body.as_bytes()).await
 }
 
+/// Waits until `n` items of the batches sent so far are at the upstream: their batch was
+/// admitted and holds its place.
+async fn at_upstream(upstream: &Upstream, n: usize) {
+    common::eventually(Duration::from_secs(5), "items at the upstream", || {
+        upstream.in_flight() >= n
+    })
+    .await;
+}
+
+/// Waits until the admission's gauge `name` satisfies `ok`.
+async fn gauge_until(gate: &Gate, name: &str, ok: impl Fn(f64) -> bool) {
+    let admin = gate.admin;
+    common::eventually_async(Duration::from_secs(5), name, || async {
+        ok(scrape(admin).await.value(name, &[]))
+    })
+    .await;
+}
+
 fn retry_after(reply: &Response) -> u64 {
     reply
         .header("retry-after")
@@ -53,7 +71,7 @@ async fn a_full_queue_refuses_at_once_and_recovers() {
         let addr = gate.addr;
         async move { client::post_json(addr, BATCH_PATH, &batch(items(5))).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    at_upstream(&upstream, 2).await;
     let started = Instant::now();
     let refused = client::post_json(gate.addr, BATCH_PATH, &batch(items(1))).await;
     assert!(
@@ -94,7 +112,7 @@ async fn a_client_over_its_share_gets_429_and_others_are_served() {
             client::request(addr, "POST", BATCH_PATH, &headers, body.as_bytes()).await
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    at_upstream(&upstream, 4).await;
     let over = post_as(&gate, "flood", &batch(items(1))).await;
     assert_rejected(&over, 429, "TooManyRequests");
     assert!(retry_after(&over) >= 1);
@@ -132,7 +150,7 @@ async fn held_bodies_beyond_the_memory_budget_are_refused() {
         let (addr, body) = (gate.addr, body.clone());
         async move { client::post_json(addr, BATCH_PATH, &body).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    at_upstream(&upstream, 1).await;
     let refused = client::post_json(gate.addr, BATCH_PATH, &body).await;
     assert_rejected(&refused, 503, "ServiceUnavailable.Memory");
     assert_eq!(first.await.expect("first").status, 200);
@@ -174,7 +192,7 @@ dialect = "jsonrpc"
         let body = json!([call(1), call(2)]).to_string();
         async move { client::post_json(addr, "/rpc", &body).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    at_upstream(&upstream, 1).await;
     let refused = client::post_json(gate.addr, "/rpc", &json!([call(3)]).to_string()).await;
     assert_eq!(refused.status, 503, "{}", refused.body_str());
     let json = refused.json();
@@ -207,7 +225,8 @@ async fn permits_take_turns_between_a_flood_and_a_light_client() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Every flood batch admitted: 4 of its 48 items in flight, the rest queued.
+    gauge_until(&gate, "batchgate_admission_queued_items", |q| q >= 44.0).await;
     let started = Instant::now();
     let light = post_as(&gate, "light", &batch(items(4))).await;
     let waited = started.elapsed();
@@ -243,7 +262,7 @@ async fn full_queue() -> (Upstream, Gate, tokio::task::JoinHandle<Response>) {
         let addr = gate.addr;
         async move { client::post_json(addr, BATCH_PATH, &batch(items(2))).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    at_upstream(&upstream, 1).await;
     (upstream, gate, first)
 }
 
@@ -304,7 +323,11 @@ async fn kept_responses_count_against_the_memory_budget() {
         ]);
         async move { client::post_json(addr, BATCH_PATH, &body).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The big answer is kept for the reply while the slow item runs.
+    gauge_until(&gate, "batchgate_admission_held_bytes", |held| {
+        held >= 1900.0
+    })
+    .await;
     let small = batch(items(1));
     let refused = client::post_json(gate.addr, BATCH_PATH, &small).await;
     assert_rejected(&refused, 503, "ServiceUnavailable.Memory");
@@ -343,7 +366,7 @@ async fn the_forwarded_key_counts_by_the_last_hop() {
         }
     };
     let first = tokio::spawn(post_from("198.51.100.7", 2));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    at_upstream(&upstream, 2).await;
     let forged = post_from("203.0.113.1, 198.51.100.7", 1).await;
     assert_rejected(&forged, 429, "TooManyRequests");
     let other = post_from("198.51.100.7, 192.0.2.9", 1).await;
@@ -374,11 +397,11 @@ async fn bodies_being_read_count_against_the_memory_budget() {
     );
     stalled.write_all(head.as_bytes()).await.expect("head");
     stalled.write_all(body.as_bytes()).await.expect("body");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let held = scrape(gate.admin)
-        .await
-        .value("batchgate_admission_held_bytes", &[]);
-    assert!(held >= 1500.0, "the half-read body is held: {held}");
+    // The half-read body is held.
+    gauge_until(&gate, "batchgate_admission_held_bytes", |held| {
+        held >= 1500.0
+    })
+    .await;
     let padded = batch(vec![item_with_body(
         "1",
         "POST",
@@ -388,7 +411,10 @@ async fn bodies_being_read_count_against_the_memory_budget() {
     let refused = client::post_json(gate.addr, BATCH_PATH, &padded).await;
     assert_rejected(&refused, 503, "ServiceUnavailable.Memory");
     drop(stalled);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gauge_until(&gate, "batchgate_admission_held_bytes", |held| {
+        held < 1500.0
+    })
+    .await;
     let again = client::post_json(gate.addr, BATCH_PATH, &padded).await;
     assert_eq!(again.status, 200, "{}", again.body_str());
 }

@@ -308,11 +308,19 @@ async fn a_client_that_leaves_is_not_an_error_line_but_a_failing_upstream_is() {
         .write_all(b"GET /v2/slow HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually(
+        Duration::from_secs(5),
+        "the request at the upstream",
+        || upstream.count() == 1,
+    )
+    .await;
     drop(stream);
     // The upstream answers after 400 ms, to nobody.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(upstream.count(), 1, "the request reached the upstream");
+    common::eventually(Duration::from_secs(5), "the upstream answered", || {
+        upstream.in_flight() == 0
+    })
+    .await;
+    assert_eq!(upstream.count(), 1, "the request reached the upstream once");
 
     let resp = client::get(gate.addr, "/v2/abort").await;
     assert_eq!(resp.status, 502);

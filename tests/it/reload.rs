@@ -243,7 +243,12 @@ async fn a_batch_in_flight_finishes_on_the_old_config() {
         let addr = gate.addr;
         async move { post(addr, BATCH_PATH, 3).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually(
+        Duration::from_secs(5),
+        "the first item at the old upstream",
+        || old.in_flight() >= 1,
+    )
+    .await;
     gate.rewrite_config(&config.clone().route_upstream("new").toml());
     reload(&gate, "ok").await;
     let reply = running.await.expect("batch");
@@ -283,12 +288,23 @@ async fn max_in_flight_lowered_under_load() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually(
+        Duration::from_secs(5),
+        "more than 2 items in flight",
+        || upstream.in_flight() > 2,
+    )
+    .await;
     let peak_before = upstream.in_flight();
     gate.rewrite_config(&config.clone().server("max_in_flight = 2").toml());
     reload(&gate, "ok").await;
     // Items that held permits before finish within one upstream latency.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let admin = gate.admin;
+    common::eventually_async(
+        Duration::from_secs(5),
+        "at most 2 items in flight",
+        || async { scrape(admin).await.sum("batchgate_items_in_flight", &[]) <= 2.0 },
+    )
+    .await;
     // batchgate's own count (the upstream's would also see a finished request for the
     // moment before its handler returns).
     let mut peak_after = 0.0f64;
@@ -349,8 +365,6 @@ async fn load_across_reloads(gate: &Gate, configs: [&GateConfig; 2], reloads: us
     for task in load {
         done += task.await.expect("load");
     }
-    // Let connections the upstreams close settle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     done
 }
 
@@ -368,14 +382,13 @@ async fn many_reloads_under_load_leak_nothing() {
     let (rss_before, _) = gate.memory_kib();
     let done = load_across_reloads(&gate, [&two, &one], 100).await;
     assert!(done > 100, "requests kept being served: {done}");
-    let fds_after = gate.open_fds();
+    // Pooled connections differ by a few between two quiet points (once the ones the
+    // upstreams close are gone); one descriptor leaked per reload would add a hundred.
+    common::eventually(Duration::from_secs(5), "file descriptors back", || {
+        gate.open_fds() <= fds_before + 20
+    })
+    .await;
     let (rss_after, _) = gate.memory_kib();
-    // Pooled connections differ by a few between two quiet points; one
-    // descriptor leaked per reload would add a hundred.
-    assert!(
-        fds_after <= fds_before + 20,
-        "file descriptors {fds_before} -> {fds_after}"
-    );
     assert!(
         rss_after < rss_before + 16 * 1024,
         "RSS {rss_before} KiB -> {rss_after} KiB"
@@ -468,20 +481,16 @@ async fn a_removed_address_leaves_no_series_behind() {
         )
         .replace("connect_timeout = \"1s\"\n", checks);
     let gate = gate::start(&both).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = common::prom::scrape(gate.admin).await;
-        if m.sum(
+    let admin = gate.admin;
+    common::eventually_async(Duration::from_secs(5), "the dead address out", || async {
+        let m = common::prom::scrape(admin).await;
+        let up = m.sum(
             "batchgate_upstream_address_up",
             &[("address", dead.as_str())],
-        ) == 0.0
-            && m.text.contains(&dead)
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", m.text);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        );
+        up == 0.0 && m.text.contains(&dead)
+    })
+    .await;
     let one = GateConfig::new(live.addr)
         .toml()
         .replace("connect_timeout = \"1s\"\n", checks);

@@ -335,6 +335,7 @@ async fn slow_idempotent_items_are_hedged_to_another_address() {
     assert_eq!(slow.count() + fast.count(), 2, "no POST copy");
 }
 
+/// `common::eventually_async` for checks that borrow their state (an `AsyncFnMut`).
 async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !done().await {

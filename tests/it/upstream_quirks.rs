@@ -103,7 +103,10 @@ async fn a_reset_client_cancels_its_batch() {
     );
     let mut stream = TcpStream::connect(gate.addr).await.expect("connect");
     stream.write_all(raw.as_bytes()).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    common::eventually(Duration::from_secs(5), "the batch started", || {
+        upstream.count() >= 1
+    })
+    .await;
     // SO_LINGER 0: closing sends RST instead of FIN.
     stream.set_zero_linger().expect("linger");
     drop(stream);

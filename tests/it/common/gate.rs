@@ -42,10 +42,7 @@ fn fresh_dir() -> PathBuf {
 /// Fills in the placeholders; returns (config text, listen addr, admin addr).
 fn render(config_toml: &str, dir: &Path) -> (String, SocketAddr, SocketAddr) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    while admin == listen {
-        admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    }
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let text = config_toml
         .replace("{listen}", &listen.to_string())
         .replace("{admin}", &admin.to_string())
@@ -78,9 +75,9 @@ pub async fn start(config_toml: &str) -> Gate {
 
 /// Like [`start`], with extra environment variables for the child.
 ///
-/// Ports are picked by binding `:0` and letting go, so another test process can take one
-/// before the gate binds it; a gate that exits because its address is in use is started
-/// again on fresh ports (up to three times) instead of failing the test.
+/// Ports are held until the gate binds them (`upstream::free_port`); a gate that still finds
+/// its address in use (another program that binds with `SO_REUSEADDR`) is started again on
+/// fresh ports (up to three times) instead of failing the test.
 pub async fn start_with_env(config_toml: &str, envs: &[(&str, &str)]) -> Gate {
     for _ in 0..2 {
         match try_start(config_toml, envs).await {

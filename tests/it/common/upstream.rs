@@ -608,19 +608,30 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A `127.0.0.1` address that refuses connections (bound, then released).
+/// A `127.0.0.1` address that refuses connections: a held port (`free_port`) nothing
+/// listens on.
 pub async fn refused_addr() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a port to release for refused_addr");
-    let addr = listener.local_addr().expect("refused_addr local_addr");
-    drop(listener);
-    addr
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-/// A currently free port on `127.0.0.1` (bound, then released).
+/// A port on `127.0.0.1` held for this test process until it exits: bound with
+/// `SO_REUSEADDR` but not listening. No other process can bind it (nor get it from a bind to
+/// port 0) between now and its use, a connection to it is refused until something listens
+/// on it, and a server that binds it with `SO_REUSEADDR` and listens (batchgate's and
+/// pingora's listeners, tokio's, Prometheus) takes it over.
 pub fn free_port() -> u16 {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to find a free one");
-    listener.local_addr().expect("free_port local_addr").port()
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a socket to hold a port");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any.into()).expect("bind a port to hold");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port())
+        .expect("the held port");
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(socket);
+    port
 }
