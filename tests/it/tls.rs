@@ -627,7 +627,14 @@ async fn certificates_are_renewed_by_the_zero_downtime_upgrade() {
         .spawn()
         .expect("start the successor");
     let _successor = KillOnDrop(successor);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The successor listens on the upgrade socket for the listeners the old process sends
+    // when it is told to quit.
+    let upgrade_sock = gate.dir().join("upgrade.sock");
+    let within = std::time::Duration::from_secs(10);
+    common::eventually(within, "the successor's upgrade socket", || {
+        upgrade_sock.exists()
+    })
+    .await;
     gate.signal("QUIT");
     let exited = gate.wait_exit(std::time::Duration::from_secs(15)).await;
     assert!(exited.is_some(), "the old process drains and exits");
