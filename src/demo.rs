@@ -4,7 +4,8 @@
 //! body, single JSON-RPC calls on `POST /jsonrpc` and `/jsonrpc2` (`sum`, `subtract`, `get_data`, `ping`,
 //! `makeDir`, `notify_*`), one accessory at a time on
 //! `GET /v2/servicerequest/accessorys/{id}/access-url` (id `404` is missing), and
-//! `GET /v2/hello` for pass-through, so a newcomer can see each
+//! `GET /v2/hello` for pass-through; a body with `"delay_ms": N` (at most 5000) is answered
+//! after that long, to show a slow item (a streamed reply), so a newcomer can see each
 //! dialect answered without any real API. It is a pingora `ServeHttp` app running as one more
 //! service of the server.
 
@@ -16,6 +17,9 @@ use serde_json::{json, Value};
 
 /// The demo API.
 pub struct DemoUpstream;
+
+/// Longest `delay_ms` honoured.
+const MAX_DELAY_MS: u64 = 5000;
 
 #[async_trait]
 impl ServeHttp for DemoUpstream {
@@ -31,6 +35,9 @@ impl ServeHttp for DemoUpstream {
             body.extend_from_slice(&chunk);
         }
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if let Some(ms) = request.get("delay_ms").and_then(Value::as_u64) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
+        }
         let header = session.req_header();
         let path = header.uri.path();
         if let Some(id) = path

@@ -76,7 +76,15 @@ pub struct Limits {
     /// stealing every task of a batch lands on its own thread anyway, and polling the items
     /// inside the batch's task saves a spawn, a join and a cross-task wake-up per item.
     pub spawn_items: bool,
+    /// The answers leave as they settle (a streamed reply, through `settled`): an outcome is
+    /// not kept for a reply after that, only its status and headers (for the accounting).
+    pub streamed: bool,
 }
+
+/// Told each item's final outcome the moment it is final (after the reply budget), once per
+/// item, in the order they settle: decided items first, then as they finish, then the ones
+/// the deadline cut off.
+pub type Settled<'a> = &'a mut (dyn FnMut(usize, &Outcome) + Send);
 
 /// The global permits a batch draws on, and whose turn its items wait for.
 pub struct Share<'a> {
@@ -103,12 +111,13 @@ pub async fn run<U: Upstream, O: Observer>(
     after: &[Vec<usize>],
     upstream: &Arc<U>,
     observer: &Arc<O>,
+    settled: Settled<'_>,
 ) -> Ran {
     let (slots, to_send) = partition(items);
     let mut graph = Graph::new(to_send, after, &slots);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.get()));
     let mut running = Running::new(limits.spawn_items);
-    let mut collector = Collector::new(slots, limits, observer.as_ref());
+    let mut collector = Collector::new(slots, limits, observer.as_ref(), settled);
     let queued = Instant::now();
     let work = async {
         loop {
@@ -155,7 +164,7 @@ pub async fn run<U: Upstream, O: Observer>(
 
 /// Records a finished item and tells the graph whether it succeeded (as recorded: a response
 /// dropped for the reply budget did not).
-fn finish_node<O: Observer>(collector: &mut Collector<'_, O>, graph: &mut Graph, done: Done) {
+fn finish_node<O: Observer>(collector: &mut Collector<'_, '_, O>, graph: &mut Graph, done: Done) {
     // A panicked task leaves no index: its dependents stay waiting and are reported as
     // internal failures when the run ends.
     if let Some((index, outcome, elapsed)) = done {
@@ -312,26 +321,42 @@ fn start_item<U: Upstream, O: Observer>(
     .instrument(span)
 }
 
-/// Puts outcomes in their slots and enforces the reply budget.
-struct Collector<'o, O> {
+/// Puts outcomes in their slots, enforces the reply budget and reports each final outcome.
+struct Collector<'o, 's, O> {
     slots: Vec<Option<Outcome>>,
     elapsed: Vec<Option<Duration>>,
     reply_bytes: usize,
     max_reply_bytes: usize,
     reply_cost: fn(&UpstreamResponse) -> usize,
     observer: &'o O,
+    settled: Settled<'s>,
+    streamed: bool,
 }
 
-impl<'o, O: Observer> Collector<'o, O> {
-    fn new(slots: Vec<Option<Outcome>>, limits: &Limits, observer: &'o O) -> Self {
-        Collector {
+impl<'o, 's, O: Observer> Collector<'o, 's, O> {
+    /// The items decided before the run (refused by the dialect) are settled at once.
+    fn new(
+        slots: Vec<Option<Outcome>>,
+        limits: &Limits,
+        observer: &'o O,
+        settled: Settled<'s>,
+    ) -> Self {
+        let collector = Collector {
             elapsed: vec![None; slots.len()],
             slots,
             reply_bytes: 0,
             max_reply_bytes: limits.max_reply_bytes,
             reply_cost: limits.reply_cost,
             observer,
+            settled,
+            streamed: limits.streamed,
+        };
+        for (index, slot) in collector.slots.iter().enumerate() {
+            if let Some(outcome) = slot {
+                (collector.settled)(index, outcome);
+            }
         }
+        collector
     }
 
     /// Keeps what finished just before the deadline; the rest run to their end in the
@@ -356,10 +381,17 @@ impl<'o, O: Observer> Collector<'o, O> {
         } else {
             Outcome::failed(FailureKind::Internal, Sent::Maybe)
         };
+        let settled = self.settled;
         let outcomes = self
             .slots
             .into_iter()
-            .map(|slot| slot.unwrap_or_else(|| unfinished.clone()))
+            .enumerate()
+            .map(|(index, slot)| {
+                slot.unwrap_or_else(|| {
+                    settled(index, &unfinished);
+                    unfinished.clone()
+                })
+            })
             .collect();
         Ran {
             outcomes,
@@ -400,6 +432,13 @@ impl<'o, O: Observer> Collector<'o, O> {
             } else {
                 self.reply_bytes = total;
                 self.observer.kept(response.raw_size());
+            }
+        }
+        (self.settled)(index, &outcome);
+        if self.streamed {
+            // Written already: what stays is what the accounting needs.
+            if let Outcome::Response(response) = &mut outcome {
+                response.body = bytes::Bytes::new();
             }
         }
         if let Some(slot) = self.slots.get_mut(index) {

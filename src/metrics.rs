@@ -92,6 +92,9 @@ pub struct Families {
     pub permit_wait: HistogramVec,
     pub rejections: IntCounterVec,
     pub reply_fields_missing: IntCounterVec,
+    pub streamed_batches: IntCounterVec,
+    pub stream_first_item: HistogramVec,
+    pub streams_cut: IntCounterVec,
     pub client_h2_premature_resets: IntCounterVec,
     pub passthrough: IntCounterVec,
     pub passthrough_duration: HistogramVec,
@@ -195,6 +198,22 @@ fn register() -> prometheus::Result<Families> {
         reply_fields_missing: register_int_counter_vec!(
             "batchgate_reply_fields_missing_total",
             "Reply fields an upstream answer lacked, written as null (fan-out missing_field = \"null\").",
+            &["route"]
+        )?,
+        streamed_batches: register_int_counter_vec!(
+            "batchgate_streamed_batches_total",
+            "Batches whose reply was streamed record by record, by format (ndjson, sse, json-seq).",
+            &["route", "format"]
+        )?,
+        stream_first_item: register_histogram_vec!(
+            "batchgate_stream_first_item_seconds",
+            "Time from a streamed batch's arrival to its first item record on the wire.",
+            &["route"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        streams_cut: register_int_counter_vec!(
+            "batchgate_streams_cut_total",
+            "Streamed replies the client left (or stopped reading) before their terminal record.",
             &["route"]
         )?,
         passthrough: register_int_counter_vec!(
@@ -471,6 +490,10 @@ pub struct RouteMetrics {
     permit_wait: Histogram,
     rejections: Vec<IntCounter>,
     fields_missing: IntCounter,
+    /// Per `StreamFormat::ALL`.
+    streamed: Vec<IntCounter>,
+    stream_first_item: Histogram,
+    streams_cut: IntCounter,
 }
 
 impl RouteMetrics {
@@ -496,6 +519,15 @@ impl RouteMetrics {
                 .map(|k| f.rejections.with_label_values(&[route, k.as_str()]))
                 .collect(),
             fields_missing: f.reply_fields_missing.with_label_values(&[route]),
+            streamed: crate::config::StreamFormat::ALL
+                .iter()
+                .map(|format| {
+                    f.streamed_batches
+                        .with_label_values(&[route, format.name()])
+                })
+                .collect(),
+            stream_first_item: f.stream_first_item.with_label_values(&[route]),
+            streams_cut: f.streams_cut.with_label_values(&[route]),
         })
     }
 
@@ -526,6 +558,35 @@ impl RouteMetrics {
             let _ = f.rejections.remove_label_values(&[route, kind.as_str()]);
         }
         let _ = f.reply_fields_missing.remove_label_values(&[route]);
+        for format in crate::config::StreamFormat::ALL {
+            let _ = f
+                .streamed_batches
+                .remove_label_values(&[route, format.name()]);
+        }
+        let _ = f.stream_first_item.remove_label_values(&[route]);
+        let _ = f.streams_cut.remove_label_values(&[route]);
+    }
+
+    /// Counts a batch whose reply was streamed in `format`, and when its first item record
+    /// left (`None`: none did).
+    pub fn streamed(
+        &self,
+        format: crate::config::StreamFormat,
+        first_item: Option<Duration>,
+        cut: bool,
+    ) {
+        let n = crate::config::StreamFormat::ALL
+            .iter()
+            .position(|f| *f == format);
+        if let Some(counter) = n.and_then(|n| self.streamed.get(n)) {
+            counter.inc();
+        }
+        if let Some(first) = first_item {
+            self.stream_first_item.observe(first.as_secs_f64());
+        }
+        if cut {
+            self.streams_cut.inc();
+        }
     }
 
     /// Counts a finished batch.

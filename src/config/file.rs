@@ -183,6 +183,7 @@ pub struct RouteSection {
     pub client_key: Option<String>,
     pub idempotent_methods: Option<Vec<String>>,
     pub hedge_after: Option<String>,
+    pub stream: Option<Vec<String>>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,

@@ -15,6 +15,7 @@ mod problems;
 mod resilience;
 mod routes;
 mod server;
+mod stream;
 mod tls;
 mod validate;
 mod values;
@@ -40,6 +41,7 @@ pub use server::{
     DEFAULT_GRACE_PERIOD, DEFAULT_IDLE_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LISTEN,
     DEFAULT_MAX_H2_STREAMS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_THREADS,
 };
+pub use stream::StreamFormat;
 pub use tls::{ListenerTls, UpstreamTls};
 pub use validate::Config;
 pub use values::parse_duration;

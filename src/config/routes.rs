@@ -124,6 +124,7 @@ fn route_config(
     );
     let idempotent_methods = super::resilience::idempotent_methods(section, i, problems);
     let hedge_after = super::resilience::hedge_after(section, i, problems);
+    let stream = super::stream::stream_formats(section, i, problems);
     let dialect = dialect_config(section, ctx, problems);
     check_dialect_keys(section, i, problems);
     let name = route_name(section, i, problems);
@@ -139,6 +140,7 @@ fn route_config(
         client_key,
         idempotent_methods: idempotent_methods.into(),
         hedge_after,
+        stream,
         dialect: dialect?,
     })
 }
@@ -343,6 +345,8 @@ pub struct RouteConfig {
     pub idempotent_methods: std::sync::Arc<[http::Method]>,
     /// A second copy of a slow idempotent item goes to another address after this long.
     pub hedge_after: Option<super::Hedge>,
+    /// The formats its replies may be streamed in, by `Accept` (none: always buffered).
+    pub stream: Vec<super::StreamFormat>,
     pub dialect: DialectConfig,
 }
 

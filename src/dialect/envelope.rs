@@ -8,7 +8,8 @@
 
 use super::{
     allowed_method, is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemRefusal,
-    Order, Outcome, Plan, Rejection, RejectionKind, Reply, SubRequest, UpstreamResponse,
+    Order, Outcome, Plan, Rejection, RejectionKind, Reply, StreamRecord, SubRequest,
+    UpstreamResponse,
 };
 use crate::config::EnvelopeConfig;
 use bytes::Bytes;
@@ -147,21 +148,30 @@ impl Dialect for Envelope {
         let mut out = Vec::with_capacity(size + 16);
         out.extend_from_slice(b"{\"responses\":[");
         let metas = meta;
-        let (rule, errors) = (self.config.body_rule, &self.config.error_format);
+        let status_of = |i: usize| outcomes.get(i).map(Outcome::status);
         for (i, (meta, outcome)) in metas.iter().zip(outcomes.iter()).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"id\":");
-            out.extend_from_slice(&meta.id);
-            match depends::named(outcome, &metas, &outcomes) {
-                Some(named) => write_outcome(&mut out, &named, rule, errors),
-                None => write_outcome(&mut out, outcome, rule, errors),
-            }
-            out.push(b'}');
+            self.write_item(&mut out, meta, outcome, &metas, &status_of);
         }
         out.extend_from_slice(b"]}");
         Reply::json(200, out)
+    }
+
+    fn stream_record(
+        &self,
+        metas: &[EnvelopeMeta],
+        index: usize,
+        outcome: &Outcome,
+        status_of: &dyn Fn(usize) -> Option<u16>,
+    ) -> Option<StreamRecord> {
+        let mut json = Vec::with_capacity(128);
+        self.write_item(&mut json, metas.get(index)?, outcome, metas, status_of);
+        Some(StreamRecord {
+            json,
+            unusable: false,
+        })
     }
 
     fn malformed_body(&self, message: String) -> Rejection {
@@ -191,6 +201,26 @@ impl Dialect for Envelope {
 }
 
 impl Envelope {
+    /// `{"id":..,"status":..,"headers":..,"body":..}` for one item, the same in a buffered
+    /// reply and in a streamed record.
+    fn write_item(
+        &self,
+        out: &mut Vec<u8>,
+        meta: &EnvelopeMeta,
+        outcome: &Outcome,
+        metas: &[EnvelopeMeta],
+        status_of: &dyn Fn(usize) -> Option<u16>,
+    ) {
+        let (rule, errors) = (self.config.body_rule, &self.config.error_format);
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(&meta.id);
+        match depends::named(outcome, metas, status_of) {
+            Some(named) => write_outcome(out, &named, rule, errors),
+            None => write_outcome(out, outcome, rule, errors),
+        }
+        out.push(b'}');
+    }
+
     /// The body's `requests`, each a raw JSON value, after the whole-batch checks: an object
     /// body, an allowed `resource`, 1 to `max_items` child requests.
     fn child_requests<'b>(&self, body: &'b Bytes) -> Result<(Vec<&'b RawValue>, Order), Rejection> {

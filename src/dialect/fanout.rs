@@ -8,7 +8,7 @@
 
 use super::{
     BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
-    SubRequest,
+    StreamRecord, SubRequest,
 };
 use crate::config::{FanoutConfig, FieldRule, OnItemError};
 use crate::guard::UnsafePathValue;
@@ -119,6 +119,30 @@ impl Dialect for Fanout {
         reply.unusable = unusable;
         reply.fields_missing = fields_missing;
         reply
+    }
+
+    /// A part's list element, or its error element; a failed part is left out only under
+    /// `on_item_error = "omit"` (under `"fail"` a stream cannot take back what it sent, so the
+    /// failed part's error element is the record, as under `"include"`).
+    fn stream_record(
+        &self,
+        meta: &[FanoutMeta],
+        index: usize,
+        outcome: &Outcome,
+        _status_of: &dyn Fn(usize) -> Option<u16>,
+    ) -> Option<StreamRecord> {
+        let id = &meta.get(index)?.id;
+        match self.element(id, outcome) {
+            Ok(element) => Some(StreamRecord {
+                json: element.bytes,
+                unusable: false,
+            }),
+            Err(_) if self.config.on_item_error == OnItemError::Omit => None,
+            Err(failure) => Some(StreamRecord {
+                json: self.error_element(id, &failure),
+                unusable: matches!(outcome, Outcome::Response(_)),
+            }),
+        }
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {

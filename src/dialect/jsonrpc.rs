@@ -9,7 +9,7 @@
 
 use super::{
     BatchRequest, Dialect, ItemRefusal, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
-    SubRequest,
+    StreamRecord, SubRequest,
 };
 use crate::config::{fold_case, usable_method, JsonRpcConfig, RpcError};
 use bytes::Bytes;
@@ -146,6 +146,24 @@ impl Dialect for JsonRpc {
         let mut reply = Reply::json(200, out);
         reply.unusable = unusable;
         reply
+    }
+
+    fn stream_record(
+        &self,
+        meta: &[JsonRpcMeta],
+        index: usize,
+        outcome: &Outcome,
+        _status_of: &dyn Fn(usize) -> Option<u16>,
+    ) -> Option<StreamRecord> {
+        let (json, unusable) = match &meta.get(index)?.kind {
+            Element::Notification | Element::Refused(None) => return None,
+            Element::Refused(Some(error)) => (error.clone(), false),
+            Element::Call { id } => self.element_reply(id, outcome),
+        };
+        Some(StreamRecord {
+            json: json.to_vec(),
+            unusable,
+        })
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {

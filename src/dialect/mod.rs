@@ -203,6 +203,20 @@ pub trait Dialect: Send + Sync {
     /// Builds the reply for a whole-batch refusal.
     fn reject(&self, rejection: &Rejection) -> Reply;
 
+    /// Item `index`'s answer as a streamed record, the moment it settles: the element it has
+    /// in the buffered reply, on its own (`None`: it has none, e.g. a JSON-RPC notification,
+    /// or the dialect does not stream). `status_of(i)` is the status of item `i` if it has
+    /// settled, for answers that name another item's (envelope dependencies).
+    fn stream_record(
+        &self,
+        _meta: &[Self::Meta],
+        _index: usize,
+        _outcome: &Outcome,
+        _status_of: &dyn Fn(usize) -> Option<u16>,
+    ) -> Option<StreamRecord> {
+        None
+    }
+
     /// What one upstream response adds to the reply, in encoded bytes, for the reply budget
     /// (`max_reply_bytes`). The default counts body and headers as they came, which is what
     /// a dialect that embeds JSON as is or picks fields out of it writes at most.
@@ -243,6 +257,16 @@ pub trait Dialect: Send + Sync {
     fn is_json(&self) -> bool {
         true
     }
+}
+
+/// One item's answer as a streamed record.
+#[derive(Debug)]
+pub struct StreamRecord {
+    /// The answer's JSON, as the buffered reply would carry it.
+    pub json: Vec<u8>,
+    /// The dialect could not use the upstream's answer (it counts as `upstream_error`, as
+    /// `Reply::unusable` says for a buffered reply).
+    pub unusable: bool,
 }
 
 /// An item's method under the route's method policy (case-insensitive), or its 405 naming

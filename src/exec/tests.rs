@@ -61,9 +61,17 @@ async fn run_plain<U: Upstream, O: Observer>(
     upstream: &Arc<U>,
     observer: &Arc<O>,
 ) -> Vec<Outcome> {
-    run(limits, global, items, &[], upstream, observer)
-        .await
-        .outcomes
+    run(
+        limits,
+        global,
+        items,
+        &[],
+        upstream,
+        observer,
+        &mut |_, _| {},
+    )
+    .await
+    .outcomes
 }
 
 fn item(delay_ms: u64) -> Result<SubRequest, Outcome> {
@@ -85,6 +93,7 @@ fn limits(spawn_items: bool, concurrency: usize, item_ms: u64, batch_ms: u64) ->
         reply_cost: crate::item::UpstreamResponse::raw_size,
         stop: None,
         spawn_items,
+        streamed: false,
     }
 }
 
@@ -410,6 +419,7 @@ async fn dependencies_order_and_block_in(spawn: bool) {
         &after,
         &fake,
         &Arc::new(NoObserver),
+        &mut |_, _| {},
     )
     .await
     .outcomes;
@@ -453,6 +463,7 @@ async fn dependencies_keep_the_batch_deadline() {
         &after,
         &fake,
         &Arc::new(NoObserver),
+        &mut |_, _| {},
     )
     .await;
     assert_eq!(out.elapsed, [Some(Duration::from_millis(30)), None, None]);
@@ -509,6 +520,7 @@ async fn the_observer_sees_starts_ends_and_only_kept_answers() {
     };
     l.max_reply_bytes = size("/10") + 1;
     let observer = Arc::new(Resources::default());
+    let mut settled = Vec::new();
     let out = run(
         &l,
         share(&Permits::new(10), &client()),
@@ -516,8 +528,12 @@ async fn the_observer_sees_starts_ends_and_only_kept_answers() {
         &[],
         &fake,
         &observer,
+        &mut |index, outcome| settled.push((index, outcome.status())),
     )
     .await;
+    // Settled once each, as they became final: the refused item first, the budget's verdict
+    // on "/20", and the item the deadline cut off last.
+    assert_eq!(settled, [(1, 405), (0, 200), (2, 502), (3, 504)]);
     assert_eq!(observer.started.load(Ordering::SeqCst), 3);
     assert_eq!(observer.kept.load(Ordering::SeqCst), size("/10"));
     assert!(matches!(

@@ -5,6 +5,8 @@
 //! in `body.rs`, before the dialect sees a byte; what they look like on the wire is still the
 //! dialect's `reject`.
 
+mod stream;
+
 use super::body::{read_batch, refusal};
 use super::{BatchGate, RequestCtx, Route};
 use crate::admission::Ticket;
@@ -42,7 +44,7 @@ pub struct BatchSummary {
     request_id: String,
     items: usize,
     failures: usize,
-    status: u16,
+    pub(super) status: u16,
     result: BatchResult,
     rejection: Option<RejectionKind>,
     /// The first failed item's detail (the connector's words: addresses, OS errors), which
@@ -51,13 +53,15 @@ pub struct BatchSummary {
     metrics: Option<Arc<RouteMetrics>>,
     /// One log line per item (`server.item_log`).
     item_log: bool,
+    /// The format the reply was streamed in (`None`: one buffered body).
+    pub(super) streamed: Option<crate::config::StreamFormat>,
 }
 
 /// One item as it is accounted, once, after the reply is built: its final class (after the
 /// reply budget, and an answer the dialect could not use counted as `upstream_error`), its
 /// status, how long it ran (`None`: never started or not finished in time) and its failure's
 /// detail for the item log.
-struct Settled {
+pub(super) struct Settled {
     class: ItemClass,
     status: u16,
     elapsed: Option<Duration>,
@@ -89,6 +93,7 @@ impl BatchSummary {
     fn new(route: &Route, request_id: &str, item_log: bool) -> Self {
         BatchSummary {
             item_log,
+            streamed: None,
             route: route.config.name.clone(),
             request_id: request_id.to_string(),
             items: 0,
@@ -99,6 +104,10 @@ impl BatchSummary {
             detail: None,
             metrics: route.metrics.clone(),
         }
+    }
+
+    pub(super) fn item_log(&self) -> bool {
+        self.item_log
     }
 
     /// The client left or stalled before its body arrived: not a refusal of its batch.
@@ -112,7 +121,7 @@ impl BatchSummary {
 
     /// The client left while the items ran. Refused items keep their class; every item that
     /// was to be sent counts as cancelled (whether or not it had finished, nobody received it).
-    fn cancelled(&mut self, refused: usize) {
+    pub(super) fn cancelled(&mut self, refused: usize) {
         self.result = BatchResult::Cancelled;
         self.status = 499;
         if let Some(metrics) = &self.metrics {
@@ -125,8 +134,13 @@ impl BatchSummary {
     /// accounted (class, duration, item log line), and the batch's result named. An item
     /// whose upstream answer the dialect could not use (`Reply::unusable`) is an
     /// `upstream_error` and a failure, whatever status the upstream gave.
-    fn completed(&mut self, mut items: Vec<Settled>, reply: &Reply) {
-        for &index in &reply.unusable {
+    pub(super) fn completed(
+        &mut self,
+        mut items: Vec<Settled>,
+        unusable: &[usize],
+        fields_missing: usize,
+    ) -> Vec<ItemClass> {
+        for &index in unusable {
             if let Some(item) = items.get_mut(index) {
                 if !item.class.is_failure() {
                     item.class = ItemClass::UpstreamError;
@@ -140,7 +154,7 @@ impl BatchSummary {
                     metrics.item_duration(elapsed);
                 }
             }
-            metrics.fields_missing(reply.fields_missing);
+            metrics.fields_missing(fields_missing);
         }
         if self.item_log {
             for (index, item) in items.iter().enumerate() {
@@ -163,10 +177,11 @@ impl BatchSummary {
             n if n == self.items => BatchResult::Failed,
             _ => BatchResult::Partial,
         };
+        items.into_iter().map(|item| item.class).collect()
     }
 
     /// Keeps the first failed item's detail for the log line.
-    fn failure_detail(&mut self, outcomes: &[Outcome]) {
+    pub(super) fn failure_detail(&mut self, outcomes: &[Outcome]) {
         self.detail = outcomes.iter().enumerate().find_map(|(index, outcome)| {
             let failure = outcome.failure()?;
             let detail = failure.detail.as_deref()?;
@@ -193,6 +208,7 @@ impl BatchSummary {
             failures = self.failures,
             status = self.status,
             result = self.result.as_str(),
+            streamed = self.streamed.map(crate::config::StreamFormat::name),
             reason = self.rejection.map(RejectionKind::as_str),
             detail = self.detail.as_deref(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -263,6 +279,19 @@ impl BatchGate {
             metrics: route.metrics.clone(),
             ticket,
         });
+        let stream = stream::negotiate(&route.config.stream, session.req_header());
+        if let Some(format) = stream {
+            let batch = stream::Streamed {
+                format,
+                headers,
+                observer,
+                refused,
+                request_id: &request_id,
+            };
+            return self
+                .serve_streamed(session, route, dialect, plan, batch, summary)
+                .await;
+        }
         let Some(ran) = self
             .run_batch(
                 session,
@@ -278,21 +307,9 @@ impl BatchGate {
             return Ok(());
         };
         summary.failure_detail(&ran.outcomes);
-        let settled = ran
-            .outcomes
-            .iter()
-            .zip(ran.elapsed)
-            .map(|(outcome, elapsed)| Settled {
-                class: outcome.class(),
-                status: outcome.status(),
-                elapsed,
-                detail: item_log
-                    .then(|| outcome.failure().and_then(|f| f.detail.clone()))
-                    .flatten(),
-            })
-            .collect();
+        let settled = settled_items(&ran, item_log);
         let reply = dialect.encode(plan.meta, ran.outcomes);
-        summary.completed(settled, &reply);
+        summary.completed(settled, &reply.unusable, reply.fields_missing);
         finish(self, session, summary, &reply, &request_id).await
     }
 
@@ -311,7 +328,36 @@ impl BatchGate {
         observer: &Arc<ItemResources>,
         request_id: &str,
     ) -> Option<exec::Ran> {
-        let exec_limits = self.exec_limits(route, order);
+        let (exec_limits, upstream) = self.prepare(route, order, headers, false);
+        let span = batch_span(route, request_id, items.len());
+        let share = exec::Share {
+            permits: &self.permits,
+            client: observer.ticket.client(),
+        };
+        let settled = &mut |_: usize, _: &Outcome| {};
+        let run = exec::run(
+            &exec_limits,
+            share,
+            items,
+            &after,
+            &upstream,
+            observer,
+            settled,
+        );
+        watching_client(session, run.instrument(span)).await
+    }
+
+    /// The executor's limits and upstream for one batch of `route` (`streamed`: its answers
+    /// leave as they settle).
+    pub(super) fn prepare(
+        &self,
+        route: &Route,
+        order: Order,
+        headers: BatchHeaders,
+        streamed: bool,
+    ) -> (Limits, Arc<BatchUpstream>) {
+        let mut exec_limits = self.exec_limits(route, order);
+        exec_limits.streamed = streamed;
         let upstream = Arc::new(BatchUpstream {
             client: route.upstream.clone(),
             headers,
@@ -320,19 +366,7 @@ impl BatchGate {
             hedge_after: route.config.hedge_after,
             deadline: exec_limits.deadline,
         });
-        // One span per batch; the executor's item spans are its children.
-        let span = tracing::info_span!(
-            "batch",
-            route = %route.config.name,
-            request_id = %request_id,
-            items = items.len(),
-        );
-        let share = exec::Share {
-            permits: &self.permits,
-            client: observer.ticket.client(),
-        };
-        let run = exec::run(&exec_limits, share, items, &after, &upstream, observer);
-        watching_client(session, run.instrument(span)).await
+        (exec_limits, upstream)
     }
 
     /// The executor's limits for one batch of `route`: its deadline starts now. A
@@ -352,8 +386,35 @@ impl BatchGate {
             reply_cost: route.reply_cost,
             stop: Some(self.stop.clone()),
             spawn_items: self.spawn_items,
+            streamed: false,
         }
     }
+}
+
+/// One span per batch; the executor's item spans are its children.
+pub(super) fn batch_span(route: &Route, request_id: &str, items: usize) -> tracing::Span {
+    tracing::info_span!(
+        "batch",
+        route = %route.config.name,
+        request_id = %request_id,
+        items,
+    )
+}
+
+/// Each item as it is accounted (`BatchSummary::completed`), from what the run returned.
+pub(super) fn settled_items(ran: &exec::Ran, item_log: bool) -> Vec<Settled> {
+    ran.outcomes
+        .iter()
+        .zip(&ran.elapsed)
+        .map(|(outcome, elapsed)| Settled {
+            class: outcome.class(),
+            status: outcome.status(),
+            elapsed: *elapsed,
+            detail: item_log
+                .then(|| outcome.failure().and_then(|f| f.detail.clone()))
+                .flatten(),
+        })
+        .collect()
 }
 
 /// Awaits `run` while watching the client: `None` as soon as it closes or resets (the run is
@@ -379,9 +440,9 @@ async fn watching_client(
 /// What a batch's items hold while they run: the admission's count of them (released as
 /// each one's work ends, also in the background after the reply) and the bytes of the answers
 /// kept for the reply.
-struct ItemResources {
+pub(super) struct ItemResources {
     metrics: Option<Arc<RouteMetrics>>,
-    ticket: Ticket,
+    pub(super) ticket: Ticket,
 }
 
 impl Observer for ItemResources {

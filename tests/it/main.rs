@@ -31,5 +31,6 @@ mod reload;
 mod resilience;
 mod security;
 mod shutdown;
+mod stream;
 mod tls;
 mod upstream_quirks;

@@ -102,7 +102,7 @@ fn cycle_member(after: &[Vec<usize>]) -> Option<usize> {
 pub(super) fn named(
     outcome: &Outcome,
     meta: &[EnvelopeMeta],
-    outcomes: &[Outcome],
+    status_of: &dyn Fn(usize) -> Option<u16>,
 ) -> Option<Outcome> {
     let Outcome::Failed(failure) = outcome else {
         return None;
@@ -111,7 +111,7 @@ pub(super) fn named(
         return None;
     };
     let id = String::from_utf8_lossy(&meta.get(dependency)?.id).into_owned();
-    let status = outcomes.get(dependency)?.status();
+    let status = status_of(dependency)?;
     let detail = format!("dependency {id} answered {status}");
     Some(Outcome::Failed(failure.clone().with_detail(detail)))
 }

@@ -1,0 +1,91 @@
+//! `stream`: the formats a route may stream its batch replies in, record by record, to a
+//! client that asks for one by `Accept` (off by default: every reply is one buffered body).
+
+use super::file::RouteSection;
+use super::problems::Problems;
+
+/// A streamed reply's framing. Each record is the dialect's own item answer, on one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// JSON Lines (`application/x-ndjson`, also asked for as `application/jsonl`).
+    Ndjson,
+    /// Server-sent events (`text/event-stream`): each record a `data:` event.
+    Sse,
+    /// RFC 7464 JSON text sequences (`application/json-seq`): each record after an RS byte.
+    JsonSeq,
+}
+
+impl StreamFormat {
+    pub const ALL: [StreamFormat; 3] = [
+        StreamFormat::Ndjson,
+        StreamFormat::Sse,
+        StreamFormat::JsonSeq,
+    ];
+
+    /// The config spelling and the metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamFormat::Ndjson => "ndjson",
+            StreamFormat::Sse => "sse",
+            StreamFormat::JsonSeq => "json-seq",
+        }
+    }
+
+    /// The reply's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            StreamFormat::Ndjson => "application/x-ndjson",
+            StreamFormat::Sse => "text/event-stream",
+            StreamFormat::JsonSeq => "application/json-seq",
+        }
+    }
+
+    /// The media types in `Accept` that ask for this format.
+    pub fn media_types(self) -> &'static [&'static str] {
+        match self {
+            StreamFormat::Ndjson => &["application/x-ndjson", "application/jsonl"],
+            StreamFormat::Sse => &["text/event-stream"],
+            StreamFormat::JsonSeq => &["application/json-seq"],
+        }
+    }
+}
+
+/// The dialects whose replies are a list of item answers a record can carry one by one.
+const STREAMING_DIALECTS: &[&str] = &["envelope", "jsonrpc", "fanout"];
+
+/// `stream = ["ndjson", "sse", "json-seq"]`: the formats offered, none by default.
+pub(super) fn stream_formats(
+    section: &RouteSection,
+    i: &str,
+    problems: &mut Problems,
+) -> Vec<StreamFormat> {
+    let Some(names) = &section.stream else {
+        return Vec::new();
+    };
+    let path = ["routes", i, "stream"];
+    if !STREAMING_DIALECTS.contains(&section.dialect.as_str()) {
+        problems.push(
+            &path,
+            format!(
+                "dialect {:?} cannot stream its replies (only {})",
+                section.dialect,
+                STREAMING_DIALECTS.join(", ")
+            ),
+        );
+        return Vec::new();
+    }
+    let mut formats = Vec::new();
+    for name in names {
+        match StreamFormat::ALL.into_iter().find(|f| f.name() == name) {
+            Some(format) if formats.contains(&format) => {
+                problems.push(&path, format!("{name:?} is listed twice"));
+            }
+            Some(format) => formats.push(format),
+            None => problems.push(
+                &path,
+                format!("{name:?} is not a stream format (ndjson, sse, json-seq)"),
+            ),
+        }
+    }
+    formats
+}

@@ -1,0 +1,445 @@
+//! Streamed batch replies, read by `curl -N` as a client would: each item's answer leaves as
+//! it settles (a slow item does not hold the others back), the stream ends with the terminal
+//! record, every format frames its records, the batch deadline and a client that leaves
+//! mid-stream are handled, and HTTP/2 carries the stream as DATA frames.
+
+use crate::common;
+
+use common::batch::{batch, item, BATCH_PATH};
+use common::config::GateConfig;
+use common::gate::Gate;
+use common::prom::{require_tool, scrape};
+use common::upstream::{Reply, Upstream};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+const ALL_FORMATS: &str = r#"stream = ["ndjson", "sse", "json-seq"]"#;
+
+/// An upstream answering `/slow…` after `slow_ms` and everything else after 10 ms.
+async fn upstream(slow_ms: u64) -> Upstream {
+    Upstream::with_handler(move |req| {
+        let delay = if req.path.contains("slow") {
+            slow_ms
+        } else {
+            10
+        };
+        Reply::json(200, r#"{"ok":true}"#).with_delay(delay)
+    })
+    .await
+}
+
+/// Four quick items and one slow one.
+fn five_items() -> String {
+    batch(vec![
+        item("slow", "GET", "/file/slow"),
+        item("a", "GET", "/file/a"),
+        item("b", "GET", "/file/b"),
+        item("c", "GET", "/file/c"),
+        item("d", "GET", "/file/d"),
+    ])
+}
+
+/// What curl printed: the head's lines, and each body line with when it arrived.
+struct Streamed {
+    head: Vec<String>,
+    lines: Vec<(Duration, String)>,
+}
+
+impl Streamed {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.iter().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The JSON records, each with its arrival; `data:` and RS prefixes taken off, blank
+    /// lines and SSE event lines skipped.
+    fn records(&self) -> Vec<(Duration, Value)> {
+        self.lines
+            .iter()
+            .filter_map(|(at, line)| {
+                let json = line
+                    .strip_prefix("data: ")
+                    .or_else(|| line.strip_prefix('\u{1e}'))
+                    .unwrap_or(line);
+                if json.is_empty() || json.starts_with("event:") {
+                    return None;
+                }
+                let value = serde_json::from_str(json)
+                    .unwrap_or_else(|e| panic!("record {json:?} is not JSON: {e}"));
+                Some((*at, value))
+            })
+            .collect()
+    }
+
+    fn by_id(&self, id: &str) -> (Duration, Value) {
+        self.records()
+            .into_iter()
+            .find(|(_, r)| r["id"] == id)
+            .unwrap_or_else(|| panic!("no record for {id}: {:?}", self.lines))
+    }
+
+    fn terminal(&self) -> Value {
+        let records = self.records();
+        let (_, last) = records.last().expect("a terminal record");
+        assert_eq!(
+            last["done"], true,
+            "the last record ends the stream: {last}"
+        );
+        last.clone()
+    }
+}
+
+/// POSTs `body` to `path` with `curl -N` and this `Accept`, reading what it prints as it
+/// arrives; `None` (skip) without curl outside CI.
+async fn curl_stream(
+    gate: &Gate,
+    path: &str,
+    accept: &str,
+    body: &str,
+    extra: &[&str],
+) -> Option<Streamed> {
+    let curl = require_tool("curl", "apt-get install curl")?;
+    let url = format!("http://{}{path}", gate.addr);
+    let mut child = tokio::process::Command::new(curl)
+        .args([
+            "-sS",
+            "-N",
+            "-D",
+            "-",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-H", &format!("Accept: {accept}"), "--data-binary", "@-"])
+        .args(extra)
+        .arg(&url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run curl");
+    let started = Instant::now();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(body.as_bytes()).await.expect("body");
+    drop(stdin);
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut head = Vec::new();
+    let mut lines = Vec::new();
+    let read = async {
+        let mut in_head = true;
+        while let Some(line) = out.next_line().await.expect("curl output") {
+            let line = line.trim_end_matches('\r').to_string();
+            if in_head {
+                in_head = !line.is_empty();
+                head.push(line);
+            } else {
+                lines.push((started.elapsed(), line));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the stream ended within 20 s");
+    assert!(child.wait().await.expect("curl").success(), "curl failed");
+    Some(Streamed { head, lines })
+}
+
+/// Each answer leaves as its item settles: the four quick ones long before the slow one, then
+/// the terminal record with the counts. The head says what it is and asks proxies not to
+/// buffer; HTTP/1.1 frames it chunked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_answers_leave_as_items_settle() {
+    let upstream = upstream(1500).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(ALL_FORMATS)
+        .start()
+        .await;
+    let Some(out) = curl_stream(
+        &gate,
+        BATCH_PATH,
+        "application/x-ndjson",
+        &five_items(),
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(out.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(out.header("x-accel-buffering"), Some("no"));
+    assert_eq!(out.header("transfer-encoding"), Some("chunked"));
+    assert!(out.header("x-request-id").is_some());
+    for id in ["a", "b", "c", "d"] {
+        let (at, record) = out.by_id(id);
+        assert_eq!(record["status"], 200, "{record}");
+        assert_eq!(record["body"], serde_json::json!({"ok": true}), "{record}");
+        assert!(
+            at < Duration::from_millis(1000),
+            "{id} arrived after {at:?}"
+        );
+    }
+    let (slow_at, slow) = out.by_id("slow");
+    assert_eq!(slow["status"], 200);
+    assert!(
+        slow_at >= Duration::from_millis(1400),
+        "slow arrived at {slow_at:?}"
+    );
+    let done = out.terminal();
+    assert_eq!(
+        done,
+        serde_json::json!({"done": true, "items": 5, "records": 5, "outcomes": {"2xx": 5}})
+    );
+    assert_eq!(
+        out.records().len(),
+        6,
+        "five answers and the terminal record"
+    );
+    let metrics = scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value(
+            "batchgate_streamed_batches_total",
+            &[("route", "pds"), ("format", "ndjson")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.value(
+            "batchgate_stream_first_item_seconds_count",
+            &[("route", "pds")]
+        ),
+        1.0
+    );
+}
+
+/// SSE: each answer a `data:` event, the terminal record an `event: done`; JSON text
+/// sequences: each record after an RS byte. A plain `Accept` gets the buffered reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_and_json_seq_frame_every_record_and_plain_json_is_buffered() {
+    let upstream = upstream(200).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(ALL_FORMATS)
+        .start()
+        .await;
+    let Some(sse) = curl_stream(&gate, BATCH_PATH, "text/event-stream", &five_items(), &[]).await
+    else {
+        return;
+    };
+    assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+    let data = sse
+        .lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("data: "))
+        .count();
+    assert_eq!(data, 6, "{:?}", sse.lines);
+    assert!(sse.lines.iter().any(|(_, l)| l == "event: done"));
+    assert_eq!(sse.terminal()["records"], 5);
+    let seq = curl_stream(
+        &gate,
+        BATCH_PATH,
+        "application/json-seq",
+        &five_items(),
+        &[],
+    )
+    .await
+    .expect("curl");
+    assert_eq!(seq.header("content-type"), Some("application/json-seq"));
+    assert!(
+        seq.lines.iter().all(|(_, l)| l.starts_with('\u{1e}')),
+        "{:?}",
+        seq.lines
+    );
+    assert_eq!(seq.terminal()["items"], 5);
+    let plain = curl_stream(&gate, BATCH_PATH, "application/json", &five_items(), &[])
+        .await
+        .expect("curl");
+    assert_eq!(plain.header("content-type"), Some("application/json"));
+    assert_eq!(plain.lines.len(), 1, "one buffered body");
+    let reply: Value = serde_json::from_str(&plain.lines[0].1).expect("JSON");
+    assert_eq!(reply["responses"].as_array().map(Vec::len), Some(5));
+}
+
+/// The batch deadline mid-stream: the quick answers are out, the slow item gets its timeout
+/// record at the deadline, then the terminal record, all well before the slow answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_mid_stream_writes_a_timeout_record_then_the_terminal() {
+    let upstream = upstream(3000).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(ALL_FORMATS)
+        .route("batch_timeout = \"500ms\"")
+        .start()
+        .await;
+    let Some(out) = curl_stream(
+        &gate,
+        BATCH_PATH,
+        "application/x-ndjson",
+        &five_items(),
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let (at, slow) = out.by_id("slow");
+    assert_eq!(slow["status"], 504, "{slow}");
+    assert_eq!(slow["body"]["code"], "BatchDeadlineExceeded", "{slow}");
+    assert!(
+        at < Duration::from_millis(1500),
+        "the timeout record came at {at:?}"
+    );
+    assert_eq!(
+        out.terminal()["outcomes"],
+        serde_json::json!({"2xx": 4, "timeout": 1})
+    );
+}
+
+/// A client that reads the first answer and leaves: the items still queued never start, and
+/// the cut stream is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_cancels_the_rest() {
+    let upstream = Upstream::with_handler(|_| Reply::json(200, "{}").with_delay(300)).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(ALL_FORMATS)
+        .route("concurrency = 1")
+        .start()
+        .await;
+    let items = (0..8)
+        .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
+        .collect();
+    let body = batch(items);
+    let mut conn = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST {BATCH_PATH} HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.expect("request");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"id\":\"0\"") {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("the first record within 5 s")
+            .expect("read");
+        assert!(n > 0, "closed before the first record");
+        seen.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+    drop(conn);
+    let admin = gate.admin;
+    common::eventually_async(Duration::from_secs(5), "the cut stream counted", || async {
+        scrape(admin)
+            .await
+            .value("batchgate_streams_cut_total", &[("route", "pds")])
+            == 1.0
+    })
+    .await;
+    // 8 items of 300 ms one at a time would take 2.4 s; at most the one running when the
+    // client left (and the one its write failure overlapped) reach the upstream.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        upstream.count() <= 3,
+        "{} items reached the upstream after the client left",
+        upstream.count()
+    );
+}
+
+/// HTTP/2 (h2c here) carries the stream as DATA frames, with the same early answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_the_answers_too() {
+    let upstream = upstream(1500).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("h2c = true")
+        .route(ALL_FORMATS)
+        .start()
+        .await;
+    let h2 = ["--http2-prior-knowledge"];
+    let Some(out) = curl_stream(
+        &gate,
+        BATCH_PATH,
+        "application/x-ndjson",
+        &five_items(),
+        &h2,
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(
+        out.head
+            .first()
+            .is_some_and(|l| l.starts_with("HTTP/2 200")),
+        "{:?}",
+        out.head
+    );
+    let (quick, _) = out.by_id("a");
+    let (slow, _) = out.by_id("slow");
+    assert!(quick < Duration::from_millis(1000) && slow >= Duration::from_millis(1400));
+    assert_eq!(out.terminal()["records"], 5);
+}
+
+/// JSON-RPC over SSE (as MCP's Streamable HTTP answers a batch): each call's response object
+/// is a record, a notification has none, and the terminal record counts every element.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpc_streams_response_objects() {
+    let upstream = Upstream::with_handler(|req| {
+        let call: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let reply =
+            serde_json::json!({"jsonrpc": "2.0", "result": call["method"], "id": call["id"]});
+        Reply::json(200, &reply.to_string())
+    })
+    .await;
+    let config = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+pid_file = "{{tmp}}/batchgate.pid"
+upgrade_sock = "{{tmp}}/upgrade.sock"
+
+[admin]
+listen = "{{admin}}"
+
+[upstreams.api]
+addresses = ["{}"]
+
+[[routes]]
+path = "/rpc"
+dialect = "jsonrpc"
+stream = ["sse"]
+"#,
+        upstream.addr
+    );
+    let gate = common::gate::start(&config).await;
+    let body = r#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"note"},{"jsonrpc":"2.0","method":"b","id":2}]"#;
+    let Some(out) = curl_stream(
+        &gate,
+        "/rpc",
+        "application/json, text/event-stream",
+        body,
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let mut results: Vec<Value> = out
+        .records()
+        .into_iter()
+        .filter(|(_, r)| r.get("done").is_none())
+        .map(|(_, r)| r)
+        .collect();
+    results.sort_by_key(|r| r["id"].as_i64());
+    assert_eq!(
+        results,
+        [
+            serde_json::json!({"jsonrpc": "2.0", "result": "a", "id": 1}),
+            serde_json::json!({"jsonrpc": "2.0", "result": "b", "id": 2}),
+        ]
+    );
+    let done = out.terminal();
+    assert_eq!(
+        (done["items"].clone(), done["records"].clone()),
+        (3.into(), 2.into())
+    );
+}
