@@ -229,3 +229,105 @@ async fn msgraph_core_batch_with_relative_urls() {
     assert_eq!(parsed["sent_urls"]["1"], "/me", "{parsed}");
     check_graph(&parsed, &upstream);
 }
+
+/// An upstream answering `/v2/file/slow` after 1.5 s and the rest at once, behind a route
+/// that streams, and a batch of one slow and three quick items.
+async fn streaming_gate() -> (Upstream, gate::Gate, String) {
+    let upstream = Upstream::with_handler(|req| {
+        let delay = if req.path.contains("slow") { 1500 } else { 5 };
+        Reply::json(200, r#"{"ok":true}"#).with_delay(delay)
+    })
+    .await;
+    let gate = common::config::GateConfig::new(upstream.addr)
+        .route(r#"stream = ["ndjson", "sse"]"#)
+        .start()
+        .await;
+    let body = common::batch::batch(
+        ["slow", "a", "b", "c"]
+            .iter()
+            .map(|id| common::batch::item(id, "GET", &format!("/file/{id}")))
+            .collect(),
+    );
+    (upstream, gate, body)
+}
+
+/// What a consumer read: each item's record with its arrival, and the terminal record.
+fn check_streamed(parsed: &Value, what: &str) {
+    let records = parsed["records"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: {parsed}"));
+    assert_eq!(
+        records.len(),
+        5,
+        "{what}: four answers and the terminal record: {parsed}"
+    );
+    let at = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["data"]["id"] == id)
+            .and_then(|r| r["at"].as_f64())
+            .unwrap_or_else(|| panic!("{what}: no record for {id}: {parsed}"))
+    };
+    for id in ["a", "b", "c"] {
+        assert!(at(id) < 1.0, "{what}: {id} arrived at {} s", at(id));
+    }
+    assert!(
+        at("slow") >= 1.4,
+        "{what}: slow arrived at {} s",
+        at("slow")
+    );
+    let last = &records[4]["data"];
+    assert_eq!(last["done"], true, "{what}: {parsed}");
+    assert_eq!(last["outcomes"]["2xx"], 4, "{what}: {parsed}");
+}
+
+/// httpx's `iter_lines()` (JSON Lines) and httpx-sse's `iter_sse()` (server-sent events) read
+/// each answer as it settles: the quick ones long before the slow one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_consumers_read_streamed_answers_as_they_settle() {
+    let Some(python) = python() else { return };
+    let (_upstream, gate, body) = streaming_gate().await;
+    let url = format!("http://{}/v2/batch", gate.addr);
+    let lines = run_client(&python, "stream_batch.py", &[&url, "ndjson", &body]).await;
+    assert_eq!(lines["content_type"], "application/x-ndjson");
+    check_streamed(&lines, "httpx iter_lines");
+    let events = run_client(&python, "stream_batch.py", &[&url, "sse", &body]).await;
+    assert_eq!(events["content_type"], "text/event-stream");
+    check_streamed(&events, "httpx-sse");
+    let names: Vec<&Value> = events["records"]
+        .as_array()
+        .map(|r| r.iter().map(|r| &r["event"]).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names.last().copied(),
+        Some(&Value::from("done")),
+        "{events}"
+    );
+    assert!(names.iter().take(4).all(|n| *n == "message"), "{events}");
+}
+
+/// Node's `fetch()` with the body's stream reader gets the quick answers before the slow one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_fetch_reads_streamed_answers_as_they_settle() {
+    let Some(node) = common::prom::require_tool("node", "apt-get install nodejs") else {
+        return;
+    };
+    let (_upstream, gate, body) = streaming_gate().await;
+    let url = format!("http://{}/v2/batch", gate.addr);
+    let out = tokio::process::Command::new(node)
+        .arg(repo().join("tests/clients/stream_batch.mjs"))
+        .args([&url, &body])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(parsed["content_type"], "application/x-ndjson");
+    check_streamed(&parsed, "node fetch");
+}

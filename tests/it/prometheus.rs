@@ -181,13 +181,15 @@ async fn scripted_upstream() -> Upstream {
     .await
 }
 
-/// Route `pds` (max 5 items, 200 ms item timeout) plus route `dead` whose upstream refuses.
+/// Route `pds` (max 5 items, 200 ms item timeout, replies streamed as JSON Lines when asked)
+/// plus route `dead` whose upstream refuses.
 async fn start_gate(upstream: &Upstream) -> Gate {
     let dead = refused_addr().await;
     let mut text = GateConfig::new(upstream.addr)
         .upstream("dead", dead)
         .route("max_items = 5")
         .route(r#"item_timeout = "200ms""#)
+        .route(r#"stream = ["ndjson"]"#)
         .toml()
         .replace(
             "\n[[routes]]\n",
@@ -225,8 +227,12 @@ async fn one_round(addr: SocketAddr, round: usize) {
             .collect(),
     );
     let hello = format!("/v2/hello/{round}");
+    let streamed = [
+        ("content-type", "application/json"),
+        ("accept", "application/x-ndjson"),
+    ];
     let (r1, r2, r3, r4, r5, r6, r7, r8) = tokio::join!(
-        client::post_json(addr, BATCH_PATH, &ok),
+        client::request(addr, "POST", BATCH_PATH, &streamed, ok.as_bytes()),
         client::post_json(addr, BATCH_PATH, &partial),
         client::post_json(addr, BATCH_PATH, &slow),
         client::post_json(addr, DEAD_PATH, &dead),

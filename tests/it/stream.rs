@@ -443,3 +443,52 @@ stream = ["sse"]
         (3.into(), 2.into())
     );
 }
+
+/// A client that reads the head and then stops reading a stream of large answers is cut off
+/// after `client_send_timeout` without progress: the connection closes before the stream is
+/// whole, and the cut stream is counted with the send timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_stream_is_cut_off() {
+    let big = format!("\"{}\"", "j".repeat((1 << 20) - 2));
+    let upstream = Upstream::with_handler(move |_| Reply::json(200, &big)).await;
+    let gate = GateConfig::new(upstream.addr)
+        .server("client_send_timeout = \"1s\"")
+        .route(ALL_FORMATS)
+        .route("max_reply_bytes = 16777216")
+        .route("max_item_response_bytes = 2000000")
+        .start()
+        .await;
+    let items = (0..8)
+        .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
+        .collect();
+    let body = batch(items);
+    let mut stalled = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST {BATCH_PATH} HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled
+        .write_all(request.as_bytes())
+        .await
+        .expect("request");
+    // Read nothing for a while: the gate's writes stop making progress.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "the head went out first");
+    assert!(!text.contains("\"done\":true"), "the whole stream was sent");
+    let metrics = scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value("batchgate_streams_cut_total", &[("route", "pds")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("batchgate_client_timeouts_total", &[("phase", "send")]),
+        1.0
+    );
+}
