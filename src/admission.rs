@@ -186,6 +186,19 @@ impl Ticket {
         }
     }
 
+    /// `held` bytes of kept answers are no longer held (a streamed reply wrote them).
+    pub fn release(&self, held: usize) {
+        let was = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_sub(held)
+            });
+        if was.is_ok() && held > 0 {
+            self.admission.held_bytes.fetch_sub(held, Ordering::Relaxed);
+            self.admission.publish();
+        }
+    }
+
     /// Whose items these are: the key the permits take turns by.
     pub fn client(&self) -> &ClientId {
         &self.client

@@ -77,9 +77,17 @@ pub struct Limits {
     /// inside the batch's task saves a spawn, a join and a cross-task wake-up per item.
     pub spawn_items: bool,
     /// The answers leave as they settle (a streamed reply, through `settled`): an outcome is
-    /// not kept for a reply after that, only its status and headers (for the accounting).
-    pub streamed: bool,
+    /// not kept for a reply after that, only its status and headers (for the accounting), and
+    /// the reply budget counts what has not been written to the client yet (`Unwritten`)
+    /// instead of every answer.
+    pub streamed: Option<Unwritten>,
 }
+
+/// A streamed reply's bytes, as the reply budget counts them (`reply_cost`), handed to the
+/// writer and not yet written: the executor adds each kept answer's, the writer takes off what
+/// it wrote. A client that reads keeps it low; one that stops reading fills it, and the next
+/// answers fail `ReplyBudgetExceeded`.
+pub type Unwritten = Arc<std::sync::atomic::AtomicUsize>;
 
 /// Told each item's final outcome the moment it is final (after the reply budget), once per
 /// item, in the order they settle: decided items first, then as they finish, then the ones
@@ -330,7 +338,7 @@ struct Collector<'o, 's, O> {
     reply_cost: fn(&UpstreamResponse) -> usize,
     observer: &'o O,
     settled: Settled<'s>,
-    streamed: bool,
+    streamed: Option<Unwritten>,
 }
 
 impl<'o, 's, O: Observer> Collector<'o, 's, O> {
@@ -349,7 +357,7 @@ impl<'o, 's, O: Observer> Collector<'o, 's, O> {
             reply_cost: limits.reply_cost,
             observer,
             settled,
-            streamed: limits.streamed,
+            streamed: limits.streamed.clone(),
         };
         for (index, slot) in collector.slots.iter().enumerate() {
             if let Some(outcome) = slot {
@@ -425,17 +433,26 @@ impl<'o, 's, O: Observer> Collector<'o, 's, O> {
             // Body and headers as the reply will carry them; an item dropped for going over
             // is not charged, so later, smaller items can still fit.
             let size = (self.reply_cost)(response);
-            let total = self.reply_bytes.saturating_add(size);
+            let spent = match &self.streamed {
+                Some(unwritten) => unwritten.load(std::sync::atomic::Ordering::Relaxed),
+                None => self.reply_bytes,
+            };
+            let total = spent.saturating_add(size);
             if total > self.max_reply_bytes {
                 let limit = self.max_reply_bytes;
                 outcome = Outcome::failed(FailureKind::ReplyBudgetExceeded { limit }, Sent::All);
             } else {
-                self.reply_bytes = total;
+                match &self.streamed {
+                    Some(unwritten) => {
+                        unwritten.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None => self.reply_bytes = total,
+                }
                 self.observer.kept(response.raw_size());
             }
         }
         (self.settled)(index, &outcome);
-        if self.streamed {
+        if self.streamed.is_some() {
             // Written already: what stays is what the accounting needs.
             if let Outcome::Response(response) = &mut outcome {
                 response.body = bytes::Bytes::new();

@@ -93,7 +93,7 @@ fn limits(spawn_items: bool, concurrency: usize, item_ms: u64, batch_ms: u64) ->
         reply_cost: crate::item::UpstreamResponse::raw_size,
         stop: None,
         spawn_items,
-        streamed: false,
+        streamed: None,
     }
 }
 

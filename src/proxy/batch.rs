@@ -328,7 +328,7 @@ impl BatchGate {
         observer: &Arc<ItemResources>,
         request_id: &str,
     ) -> Option<exec::Ran> {
-        let (exec_limits, upstream) = self.prepare(route, order, headers, false);
+        let (exec_limits, upstream) = self.prepare(route, order, headers, None);
         let span = batch_span(route, request_id, items.len());
         let share = exec::Share {
             permits: &self.permits,
@@ -354,7 +354,7 @@ impl BatchGate {
         route: &Route,
         order: Order,
         headers: BatchHeaders,
-        streamed: bool,
+        streamed: Option<exec::Unwritten>,
     ) -> (Limits, Arc<BatchUpstream>) {
         let mut exec_limits = self.exec_limits(route, order);
         exec_limits.streamed = streamed;
@@ -386,7 +386,7 @@ impl BatchGate {
             reply_cost: route.reply_cost,
             stop: Some(self.stop.clone()),
             spawn_items: self.spawn_items,
-            streamed: false,
+            streamed: None,
         }
     }
 }

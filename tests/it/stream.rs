@@ -492,3 +492,47 @@ async fn a_client_that_stops_reading_a_stream_is_cut_off() {
         1.0
     );
 }
+
+/// While streaming, the reply budget counts what is not written yet: a client that reads gets
+/// a batch whose answers add up to more than `max_reply_bytes`, where the buffered reply fails
+/// the items over it; and what the answers held in the admission's memory is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_client_streams_more_than_the_reply_budget() {
+    let big = format!("\"{}\"", "j".repeat((1 << 20) - 2));
+    let upstream = Upstream::with_handler(move |_| Reply::json(200, &big).with_delay(50)).await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(ALL_FORMATS)
+        .route("concurrency = 1")
+        .route("max_reply_bytes = 3000000")
+        .route("max_item_response_bytes = 2000000")
+        .start()
+        .await;
+    let body = batch(
+        (0..6)
+            .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
+            .collect(),
+    );
+    let Some(out) = curl_stream(&gate, BATCH_PATH, "application/x-ndjson", &body, &[]).await else {
+        return;
+    };
+    assert_eq!(
+        out.terminal()["outcomes"],
+        serde_json::json!({"2xx": 6}),
+        "6 MiB streamed under a 3 MB budget"
+    );
+    let buffered = curl_stream(&gate, BATCH_PATH, "application/json", &body, &[])
+        .await
+        .expect("curl");
+    let reply: Value = serde_json::from_str(&buffered.lines[0].1).expect("JSON");
+    let over = reply["responses"].as_array().map(|r| {
+        r.iter()
+            .filter(|r| r["body"]["code"] == "ReplyTooLarge")
+            .count()
+    });
+    assert!(
+        over >= Some(3),
+        "the buffered reply keeps the budget: {over:?}"
+    );
+    let metrics = scrape(gate.admin).await;
+    assert_eq!(metrics.value("batchgate_admission_held_bytes", &[]), 0.0);
+}

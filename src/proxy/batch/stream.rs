@@ -6,8 +6,9 @@
 //!
 //! The executor reports each final outcome (`exec::Settled`); the record is encoded there and
 //! queued to the writer, which runs beside the executor in the request's task. What waits in
-//! the queue is bounded by the batch's reply budget (`max_reply_bytes`): each item's record is
-//! queued once. A write that fails (the client left, or stopped reading until
+//! the queue is bounded by the batch's reply budget (`max_reply_bytes`), which while streaming
+//! counts only what is not written yet (`exec::Unwritten`); once written, an answer no longer
+//! counts against it nor against the admission's memory budget. A write that fails (the client left, or stopped reading until
 //! `client_send_timeout`) ends the run: queued items never start, sent ones finish in the
 //! background as for any batch whose client left.
 
@@ -144,14 +145,32 @@ fn terminal(items: usize, records: usize, classes: &[ItemClass]) -> Vec<u8> {
 
 /// What the executor hands the writer.
 enum Message {
-    /// Item `index`'s record, framed.
+    /// Item `index`'s record, framed, with what its answer counts against the reply budget
+    /// (`cost`) and the admission's memory (`held`) until it is written.
     Record {
         index: usize,
         bytes: Bytes,
         unusable: bool,
+        charge: Charge,
     },
     /// The run is over: every record is queued.
     End,
+}
+
+/// What a kept answer counts until it is written: against the reply budget (its
+/// `reply_cost`) and the admission's memory (its raw size).
+#[derive(Clone, Copy, Default)]
+struct Charge {
+    cost: usize,
+    held: usize,
+}
+
+impl Charge {
+    /// The answer is out (written, or it has no record): it counts no longer.
+    fn settle(self, unwritten: &exec::Unwritten, resources: &ItemResources) {
+        unwritten.fetch_sub(self.cost, std::sync::atomic::Ordering::Relaxed);
+        resources.ticket.release(self.held);
+    }
 }
 
 /// What the writer wrote.
@@ -197,20 +216,35 @@ impl BatchGate {
         let end = sender.clone();
         let metas = plan.meta;
         let mut statuses: Vec<Option<u16>> = vec![None; items];
+        let unwritten = exec::Unwritten::default();
+        let reply_cost = route.reply_cost;
+        let (charged, resources) = (unwritten.clone(), observer.clone());
         let mut settled = move |index: usize, outcome: &Outcome| {
             if let Some(status) = statuses.get_mut(index) {
                 *status = Some(outcome.status());
             }
+            // The executor charged a kept answer (a response; one over the budget is a failure).
+            let charge = match outcome {
+                Outcome::Response(response) => Charge {
+                    cost: reply_cost(response),
+                    held: response.raw_size(),
+                },
+                Outcome::Failed(_) => Charge::default(),
+            };
             let status_of = |i: usize| statuses.get(i).copied().flatten();
-            if let Some(record) = dialect.stream_record(&metas, index, outcome, &status_of) {
-                let _ = sender.send(Message::Record {
-                    index,
-                    bytes: frame(format, &record.json, None),
-                    unusable: record.unusable,
-                });
+            match dialect.stream_record(&metas, index, outcome, &status_of) {
+                Some(record) => {
+                    let _ = sender.send(Message::Record {
+                        index,
+                        bytes: frame(format, &record.json, None),
+                        unusable: record.unusable,
+                        charge,
+                    });
+                }
+                None => charge.settle(&charged, &resources),
             }
         };
-        let (limits, upstream) = self.prepare(route, plan.order, headers, true);
+        let (limits, upstream) = self.prepare(route, plan.order, headers, Some(unwritten.clone()));
         let span = batch_span(route, request_id, items);
         let share = exec::Share {
             permits: &self.permits,
@@ -229,7 +263,12 @@ impl BatchGate {
             )
             .instrument(span);
             tokio::pin!(run);
-            let writer = write_records(session, &mut queue, format, &mut written);
+            let out = Out {
+                format,
+                unwritten: &unwritten,
+                resources: &observer,
+            };
+            let writer = write_records(session, &mut queue, out, &mut written);
             tokio::pin!(writer);
             let mut ran = None;
             loop {
@@ -306,12 +345,20 @@ fn stream_head(format: StreamFormat, request_id: &str, h2: bool) -> Result<Respo
 /// one, until the run's end is queued, while watching the client as a buffered batch does
 /// (`batch::watching_client`): one that closes or resets ends the stream at once, not at the
 /// next write. An error: the client left or cannot be written to.
+/// Where the writer's records go and what it releases as they are written.
+struct Out<'a> {
+    format: StreamFormat,
+    unwritten: &'a exec::Unwritten,
+    resources: &'a ItemResources,
+}
+
 async fn write_records(
     session: &mut Session,
     queue: &mut mpsc::UnboundedReceiver<Message>,
-    format: StreamFormat,
+    out: Out<'_>,
     written: &mut Written,
 ) -> Result<()> {
+    let format = out.format;
     let idle = tokio::time::sleep(KEEPALIVE_AFTER);
     tokio::pin!(idle);
     let mut watch_client = true;
@@ -323,8 +370,9 @@ async fn write_records(
                 Ok(_) => watch_client = false,
             },
             message = queue.recv() => match message {
-                Some(Message::Record { index, bytes, unusable }) => {
+                Some(Message::Record { index, bytes, unusable, charge }) => {
                     session.write_response_body(Some(bytes), false).await?;
+                    charge.settle(out.unwritten, out.resources);
                     written.records += 1;
                     written.first_at.get_or_insert_with(Instant::now);
                     if unusable {
