@@ -331,6 +331,27 @@ dialect = "envelope"
         );
     }
 
+    /// `stream` takes the known formats once each; `progressive` is not for fan-out routes,
+    /// whose reply needs every part first.
+    #[test]
+    fn stream_formats_are_checked() {
+        let ok = format!("{MINIMAL}stream = [\"ndjson\", \"progressive\"]\n");
+        let config: Config = ok.parse().expect("valid");
+        assert_eq!(
+            config.routes[0].stream,
+            [StreamFormat::Ndjson, StreamFormat::Progressive]
+        );
+        let bad = format!("{MINIMAL}stream = [\"ndjson\", \"xml\", \"ndjson\"]\n");
+        let message = Config::parse(&bad, "x.toml")
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            message.contains("routes[0].stream: \"xml\" is not a stream format"),
+            "{message}"
+        );
+        assert!(message.contains("\"ndjson\" is listed twice"), "{message}");
+    }
+
     #[test]
     fn invalid_value_names_line_and_key_path() {
         let text = format!("{MINIMAL}max_items = 0\nconcurrency = -1\n");

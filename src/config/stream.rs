@@ -1,5 +1,7 @@
 //! `stream`: the formats a route may stream its batch replies in, record by record, to a
-//! client that asks for one by `Accept` (off by default: every reply is one buffered body).
+//! client that asks for one by `Accept`, and `progressive`: the ordinary reply written as its
+//! finished prefix grows, for every client (off by default: every reply is one buffered
+//! body).
 
 use super::file::RouteSection;
 use super::problems::Problems;
@@ -13,13 +15,17 @@ pub enum StreamFormat {
     Sse,
     /// RFC 7464 JSON text sequences (`application/json-seq`): each record after an RS byte.
     JsonSeq,
+    /// The dialect's ordinary reply, byte for byte, written in request order as its finished
+    /// prefix grows (no client change: asked for by nothing, given to every client).
+    Progressive,
 }
 
 impl StreamFormat {
-    pub const ALL: [StreamFormat; 3] = [
+    pub const ALL: [StreamFormat; 4] = [
         StreamFormat::Ndjson,
         StreamFormat::Sse,
         StreamFormat::JsonSeq,
+        StreamFormat::Progressive,
     ];
 
     /// The config spelling and the metric label.
@@ -28,6 +34,7 @@ impl StreamFormat {
             StreamFormat::Ndjson => "ndjson",
             StreamFormat::Sse => "sse",
             StreamFormat::JsonSeq => "json-seq",
+            StreamFormat::Progressive => "progressive",
         }
     }
 
@@ -37,6 +44,7 @@ impl StreamFormat {
             StreamFormat::Ndjson => "application/x-ndjson",
             StreamFormat::Sse => "text/event-stream",
             StreamFormat::JsonSeq => "application/json-seq",
+            StreamFormat::Progressive => "application/json",
         }
     }
 
@@ -46,6 +54,7 @@ impl StreamFormat {
             StreamFormat::Ndjson => &["application/x-ndjson", "application/jsonl"],
             StreamFormat::Sse => &["text/event-stream"],
             StreamFormat::JsonSeq => &["application/json-seq"],
+            StreamFormat::Progressive => &[],
         }
     }
 }
@@ -53,7 +62,8 @@ impl StreamFormat {
 /// The dialects whose replies are a list of item answers a record can carry one by one.
 const STREAMING_DIALECTS: &[&str] = &["envelope", "jsonrpc", "fanout"];
 
-/// `stream = ["ndjson", "sse", "json-seq"]`: the formats offered, none by default.
+/// `stream = ["ndjson", "sse", "json-seq", "progressive"]`: the formats offered, none by
+/// default; `progressive` only for the dialects whose reply is one list (envelope, jsonrpc).
 pub(super) fn stream_formats(
     section: &RouteSection,
     i: &str,
@@ -80,10 +90,14 @@ pub(super) fn stream_formats(
             Some(format) if formats.contains(&format) => {
                 problems.push(&path, format!("{name:?} is listed twice"));
             }
+            Some(StreamFormat::Progressive) if section.dialect == "fanout" => problems.push(
+                &path,
+                "\"progressive\" is not for fanout routes: the reply's X-Batch-Partial header and on_item_error = \"fail\" need every part first",
+            ),
             Some(format) => formats.push(format),
             None => problems.push(
                 &path,
-                format!("{name:?} is not a stream format (ndjson, sse, json-seq)"),
+                format!("{name:?} is not a stream format (ndjson, sse, json-seq, progressive)"),
             ),
         }
     }

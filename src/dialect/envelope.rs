@@ -159,6 +159,10 @@ impl Dialect for Envelope {
         Reply::json(200, out)
     }
 
+    fn progressive_frame(&self, _meta: &[EnvelopeMeta]) -> Option<(&'static [u8], &'static [u8])> {
+        Some((b"{\"responses\":[", b"]}"))
+    }
+
     fn stream_record(
         &self,
         metas: &[EnvelopeMeta],

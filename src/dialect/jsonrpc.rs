@@ -148,6 +148,14 @@ impl Dialect for JsonRpc {
         reply
     }
 
+    fn progressive_frame(&self, meta: &[JsonRpcMeta]) -> Option<(&'static [u8], &'static [u8])> {
+        let single = meta.first().is_some_and(|m| m.single);
+        let replies = meta
+            .iter()
+            .any(|m| matches!(m.kind, Element::Call { .. } | Element::Refused(Some(_))));
+        (!single && replies).then_some((b"[", b"]"))
+    }
+
     fn stream_record(
         &self,
         meta: &[JsonRpcMeta],

@@ -203,6 +203,14 @@ pub trait Dialect: Send + Sync {
     /// Builds the reply for a whole-batch refusal.
     fn reject(&self, rejection: &Rejection) -> Reply;
 
+    /// For a progressive reply: what `encode` writes before the first item's element and
+    /// after the last (elements are joined by `,`), when this batch's reply is a 200
+    /// `application/json` list of `stream_record` elements in request order; `None` when it
+    /// is not (a single JSON-RPC call, only notifications), and the reply is buffered.
+    fn progressive_frame(&self, _meta: &[Self::Meta]) -> Option<(&'static [u8], &'static [u8])> {
+        None
+    }
+
     /// Item `index`'s answer as a streamed record, the moment it settles: the element it has
     /// in the buffered reply, on its own (`None`: it has none, e.g. a JSON-RPC notification,
     /// or the dialect does not stream). `status_of(i)` is the status of item `i` if it has

@@ -280,9 +280,13 @@ impl BatchGate {
             ticket,
         });
         let stream = stream::negotiate(&route.config.stream, session.req_header());
+        let bounds = dialect.progressive_frame(&plan.meta);
+        let progressive = crate::config::StreamFormat::Progressive;
+        let stream = stream.filter(|f| *f != progressive || bounds.is_some());
         if let Some(format) = stream {
             let batch = stream::Streamed {
                 format,
+                bounds,
                 headers,
                 observer,
                 refused,

@@ -230,6 +230,31 @@ async fn msgraph_core_batch_with_relative_urls() {
     check_graph(&parsed, &upstream);
 }
 
+/// msgraph-core parses the same batch answered progressively (the route's
+/// `stream = ["progressive"]`): the reply's bytes, written as its finished prefix grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgraph_core_parses_a_progressive_reply() {
+    let Some(python) = python() else { return };
+    let upstream = graph_upstream().await;
+    let config = example_config("graph.toml", upstream.addr).replacen(
+        "dialect = \"envelope\"\n",
+        "dialect = \"envelope\"\nstream = [\"progressive\"]\n",
+        1,
+    );
+    let gate = gate::start(&config).await;
+    let base = format!("http://{}/v1.0", gate.addr);
+    let parsed = run_client(&python, "graph_batch.py", &[&base, "--relative"]).await;
+    check_graph(&parsed, &upstream);
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value(
+            "batchgate_streamed_batches_total",
+            &[("route", "graph_batch"), ("format", "progressive")]
+        ),
+        1.0
+    );
+}
+
 /// An upstream answering `/v2/file/slow` after 1.5 s and the rest at once, behind a route
 /// that streams, and a batch of one slow and three quick items.
 async fn streaming_gate() -> (Upstream, gate::Gate, String) {

@@ -536,3 +536,160 @@ async fn a_reading_client_streams_more_than_the_reply_budget() {
     let metrics = scrape(gate.admin).await;
     assert_eq!(metrics.value("batchgate_admission_held_bytes", &[]), 0.0);
 }
+
+/// Reads a whole HTTP/1.1 reply from `stream`, noting when `needle` first appeared.
+async fn read_reply(
+    stream: &mut tokio::net::TcpStream,
+    needle: &str,
+    started: Instant,
+) -> (String, Option<Duration>) {
+    let mut seen = Vec::new();
+    let mut found = None;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the reply within 10 s")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(buf.get(..n).unwrap_or_default());
+        let text = String::from_utf8_lossy(&seen);
+        if found.is_none() && text.contains(needle) {
+            found = Some(started.elapsed());
+        }
+        if text.ends_with("0\r\n\r\n") || text.contains("Content-Length") && text.ends_with('}') {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&seen).into_owned(), found)
+}
+
+/// The body of a chunked or sized HTTP/1.1 reply.
+fn body_of(reply: &str) -> String {
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a head");
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(after.get(..size).expect("chunk"));
+        rest = after.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+/// POSTs `body` to `path` and reads the reply, noting when `needle` arrived.
+async fn post_raw(gate: &Gate, path: &str, body: &str, needle: &str) -> (String, Option<Duration>) {
+    let mut stream = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let started = Instant::now();
+    stream.write_all(request.as_bytes()).await.expect("request");
+    read_reply(&mut stream, needle, started).await
+}
+
+/// A gate with the same envelope route twice: `/v2/batch` progressive, `/v2/plain` buffered,
+/// and the same JSON-RPC route twice: `/rpc` progressive, `/rpc-plain` buffered.
+async fn progressive_gate(upstream: &Upstream) -> Gate {
+    let route = |name: &str, path: &str, dialect: &str, extra: &str| {
+        format!("\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\ndialect = \"{dialect}\"\nupstream = \"api\"\n{extra}\n")
+    };
+    let mut config = GateConfig::new(upstream.addr)
+        .route(r#"stream = ["progressive"]"#)
+        .toml();
+    config.push_str(&route(
+        "plain",
+        "/v2/plain",
+        "envelope",
+        "base_path = \"/v2\"",
+    ));
+    config.push_str(&route(
+        "rpc",
+        "/rpc",
+        "jsonrpc",
+        "stream = [\"progressive\"]",
+    ));
+    config.push_str(&route("rpc_plain", "/rpc-plain", "jsonrpc", ""));
+    common::gate::start(&config).await
+}
+
+/// Progressive replies need no client change: the bytes are the buffered reply's, but the
+/// finished prefix leaves at once (item `a` before the slow one finishes), in request order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progressive_envelope_replies_are_the_buffered_bytes_sooner() {
+    let upstream = Upstream::with_handler(|req| {
+        let delay = if req.path.contains("slow") { 1500 } else { 10 };
+        let echo = format!(r#"{{"path":"{}"}}"#, req.path);
+        Reply::json(200, &echo).with_delay(delay)
+    })
+    .await;
+    let gate = progressive_gate(&upstream).await;
+    let body = batch(vec![
+        item("a", "GET", "/file/a"),
+        item("slow", "GET", "/file/slow"),
+        item("b", "GET", "/file/b"),
+        item("bad", "TRACE", "/file/c"),
+    ]);
+    let (progressive, first) = post_raw(&gate, BATCH_PATH, &body, "\"id\":\"a\"").await;
+    let (buffered, _) = post_raw(&gate, "/v2/plain", &body, "\"id\":\"a\"").await;
+    assert!(progressive
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
+    assert!(
+        progressive.contains("Content-Type: application/json"),
+        "{progressive}"
+    );
+    let strip_dates = |text: String| {
+        text.split(",\"date\":\"")
+            .map(|part| part.split_once('"').map_or(part, |(_, rest)| rest))
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    assert_eq!(
+        strip_dates(body_of(&progressive)),
+        strip_dates(body_of(&buffered)),
+        "the same reply, byte for byte"
+    );
+    let first = first.expect("item a");
+    assert!(
+        first < Duration::from_millis(1000),
+        "item a left at {first:?}"
+    );
+}
+
+/// JSON-RPC: the array a buffered reply has (notifications have no element), progressively;
+/// a batch of notifications only still gets its 204.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progressive_jsonrpc_replies_are_the_buffered_bytes() {
+    let upstream = Upstream::with_handler(|req| {
+        let call: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let delay = if call["method"] == "slow" { 800 } else { 10 };
+        let reply =
+            serde_json::json!({"jsonrpc": "2.0", "result": call["method"], "id": call["id"]});
+        Reply::json(200, &reply.to_string()).with_delay(delay)
+    })
+    .await;
+    let gate = progressive_gate(&upstream).await;
+    let body = r#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"note"},{"jsonrpc":"2.0","method":"slow","id":2},{"jsonrpc":"2.0","method":"c","id":"x"},{"bad":true}]"#;
+    let (progressive, first) = post_raw(&gate, "/rpc", body, "\"result\":\"a\"").await;
+    let (buffered, _) = post_raw(&gate, "/rpc-plain", body, "x").await;
+    assert_eq!(body_of(&progressive), body_of(&buffered), "the same array");
+    assert!(first.expect("call 1") < Duration::from_millis(600));
+    let notes = r#"[{"jsonrpc":"2.0","method":"note"}]"#;
+    let (only, _) = post_raw(&gate, "/rpc", notes, "x").await;
+    assert!(only.starts_with("HTTP/1.1 204"), "{only}");
+}

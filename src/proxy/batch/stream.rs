@@ -42,6 +42,8 @@ const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering")
 /// A batch about to be streamed: what `serve_batch` has decided for it.
 pub(super) struct Streamed<'a> {
     pub format: StreamFormat,
+    /// `Progressive`: the dialect's opening and closing bytes (`Dialect::progressive_frame`).
+    pub bounds: Option<(&'static [u8], &'static [u8])>,
     pub headers: BatchHeaders,
     pub observer: Arc<ItemResources>,
     /// Items the dialect refused (never sent).
@@ -52,6 +54,7 @@ pub(super) struct Streamed<'a> {
 /// The streaming format a request asks for, if the route offers one: a format whose media
 /// type `Accept` lists with a weight above zero and not below `application/json`'s (a client
 /// that prefers the plain reply gets it). Among several, the highest weight, then the first.
+/// Otherwise `Progressive` when the route offers it: the plain reply, written as it grows.
 pub(super) fn negotiate(offered: &[StreamFormat], req: &RequestHeader) -> Option<StreamFormat> {
     if offered.is_empty() {
         return None;
@@ -79,7 +82,13 @@ pub(super) fn negotiate(offered: &[StreamFormat], req: &RequestHeader) -> Option
             }
         }
     }
-    best.filter(|(_, q)| *q >= json).map(|(format, _)| format)
+    best.filter(|(_, q)| *q >= json)
+        .map(|(format, _)| format)
+        .or_else(|| {
+            offered
+                .contains(&StreamFormat::Progressive)
+                .then_some(StreamFormat::Progressive)
+        })
 }
 
 /// One `Accept` element: its media type and weight (`q`, 1 when absent or unreadable).
@@ -98,6 +107,8 @@ fn media_range(range: &str) -> (&str, f32) {
 fn frame(format: StreamFormat, json: &[u8], event: Option<&str>) -> Bytes {
     let mut out = BytesMut::with_capacity(json.len() + 16);
     match format {
+        // The element as the buffered reply has it, joined by the writer.
+        StreamFormat::Progressive => return Bytes::copy_from_slice(json),
         StreamFormat::Ndjson => {}
         StreamFormat::JsonSeq => out.put_u8(0x1e),
         StreamFormat::Sse => {
@@ -124,7 +135,11 @@ fn frame(format: StreamFormat, json: &[u8], event: Option<&str>) -> Bytes {
 fn keepalive(format: StreamFormat) -> Bytes {
     match format {
         StreamFormat::Sse => Bytes::from_static(b": keep-alive\n\n"),
-        _ => frame(format, br#"{"heartbeat":true}"#, None),
+        // Never sent: JSON has no room for one that leaves the reply's bytes unchanged.
+        StreamFormat::Progressive => Bytes::new(),
+        StreamFormat::Ndjson | StreamFormat::JsonSeq => {
+            frame(format, br#"{"heartbeat":true}"#, None)
+        }
     }
 }
 
@@ -153,6 +168,8 @@ enum Message {
         unusable: bool,
         charge: Charge,
     },
+    /// Item `index` settled without a record (a JSON-RPC notification, an omitted part).
+    Skip { index: usize },
     /// The run is over: every record is queued.
     End,
 }
@@ -194,6 +211,7 @@ impl BatchGate {
     ) -> Result<()> {
         let Streamed {
             format,
+            bounds,
             headers,
             observer,
             refused,
@@ -241,7 +259,10 @@ impl BatchGate {
                         charge,
                     });
                 }
-                None => charge.settle(&charged, &resources),
+                None => {
+                    charge.settle(&charged, &resources);
+                    let _ = sender.send(Message::Skip { index });
+                }
             }
         };
         let (limits, upstream) = self.prepare(route, plan.order, headers, Some(unwritten.clone()));
@@ -265,6 +286,7 @@ impl BatchGate {
             tokio::pin!(run);
             let out = Out {
                 format,
+                in_order: bounds.map(|(open, _)| (open, InOrder::new(items))),
                 unwritten: &unwritten,
                 resources: &observer,
             };
@@ -293,10 +315,16 @@ impl BatchGate {
         summary.failure_detail(&ran.outcomes);
         let settled = settled_items(&ran, summary.item_log());
         let classes = summary.completed(settled, &written.unusable, 0);
-        let done = terminal(items, written.records, &classes);
-        let last = session
-            .write_response_body(Some(frame(format, &done, Some("done"))), true)
-            .await;
+        let last = match bounds {
+            // The reply's closing bytes end a progressive reply.
+            Some((_, close)) => Bytes::from_static(close),
+            None => frame(
+                format,
+                &terminal(items, written.records, &classes),
+                Some("done"),
+            ),
+        };
+        let last = session.write_response_body(Some(last), true).await;
         if last.is_err() {
             self.stream_cut(session, route, summary, format, 0, first_item);
             return Ok(());
@@ -348,18 +376,76 @@ fn stream_head(format: StreamFormat, request_id: &str, h2: bool) -> Result<Respo
 /// Where the writer's records go and what it releases as they are written.
 struct Out<'a> {
     format: StreamFormat,
+    /// A progressive reply: its opening bytes, and the answers waiting for earlier items.
+    in_order: Option<(&'static [u8], InOrder)>,
     unwritten: &'a exec::Unwritten,
     resources: &'a ItemResources,
+}
+
+/// A progressive reply's answers in request order: each waits until every earlier item has
+/// settled (what waits counts against the reply budget, as unwritten).
+struct InOrder {
+    /// Per item: not settled (`None`), settled without an element (`Some(None)`), or its
+    /// element and what it counts until written.
+    slots: Vec<Option<Option<(Bytes, Charge)>>>,
+    next: usize,
+    wrote_any: bool,
+}
+
+impl InOrder {
+    fn new(items: usize) -> Self {
+        InOrder {
+            slots: (0..items).map(|_| None).collect(),
+            next: 0,
+            wrote_any: false,
+        }
+    }
+
+    fn settle(&mut self, index: usize, element: Option<(Bytes, Charge)>) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Some(element);
+        }
+    }
+
+    /// The next element of the finished prefix, with the `,` before it but the first: `None`
+    /// when the next item has not settled; `Some(None)` for an item without an element.
+    fn pop(&mut self) -> Option<Option<(Bytes, Charge)>> {
+        let element = self.slots.get_mut(self.next)?.take()?;
+        self.next += 1;
+        Some(element.map(|(bytes, charge)| {
+            let joined = if self.wrote_any {
+                let mut out = BytesMut::with_capacity(bytes.len() + 1);
+                out.put_u8(b',');
+                out.put_slice(&bytes);
+                out.freeze()
+            } else {
+                bytes
+            };
+            self.wrote_any = true;
+            (joined, charge)
+        }))
+    }
 }
 
 async fn write_records(
     session: &mut Session,
     queue: &mut mpsc::UnboundedReceiver<Message>,
-    out: Out<'_>,
+    mut out: Out<'_>,
     written: &mut Written,
 ) -> Result<()> {
     let format = out.format;
-    let idle = tokio::time::sleep(KEEPALIVE_AFTER);
+    if let Some((open, _)) = &out.in_order {
+        // The reply's first bytes leave before any item has settled.
+        session
+            .write_response_body(Some(Bytes::from_static(open)), false)
+            .await?;
+    }
+    // JSON has no room for a keep-alive that leaves the reply's bytes unchanged.
+    let keepalive_after = match out.in_order {
+        Some(_) => Duration::from_secs(u64::from(u32::MAX)),
+        None => KEEPALIVE_AFTER,
+    };
+    let idle = tokio::time::sleep(keepalive_after);
     tokio::pin!(idle);
     let mut watch_client = true;
     loop {
@@ -371,12 +457,17 @@ async fn write_records(
             },
             message = queue.recv() => match message {
                 Some(Message::Record { index, bytes, unusable, charge }) => {
-                    session.write_response_body(Some(bytes), false).await?;
-                    charge.settle(out.unwritten, out.resources);
-                    written.records += 1;
-                    written.first_at.get_or_insert_with(Instant::now);
                     if unusable {
                         written.unusable.push(index);
+                    }
+                    match &mut out.in_order {
+                        Some((_, order)) => order.settle(index, Some((bytes, charge))),
+                        None => write_one(session, bytes, charge, &out, written).await?,
+                    }
+                }
+                Some(Message::Skip { index }) => {
+                    if let Some((_, order)) = &mut out.in_order {
+                        order.settle(index, None);
                     }
                 }
                 Some(Message::End) | None => return Ok(()),
@@ -385,8 +476,28 @@ async fn write_records(
                 session.write_response_body(Some(keepalive(format)), false).await?;
             }
         }
-        idle.as_mut().reset(Instant::now() + KEEPALIVE_AFTER);
+        while let Some(ready) = out.in_order.as_mut().and_then(|(_, order)| order.pop()) {
+            if let Some((bytes, charge)) = ready {
+                write_one(session, bytes, charge, &out, written).await?;
+            }
+        }
+        idle.as_mut().reset(Instant::now() + keepalive_after);
     }
+}
+
+/// Writes one record (or element) and releases what its answer counted.
+async fn write_one(
+    session: &mut Session,
+    bytes: Bytes,
+    charge: Charge,
+    out: &Out<'_>,
+    written: &mut Written,
+) -> Result<()> {
+    session.write_response_body(Some(bytes), false).await?;
+    charge.settle(out.unwritten, out.resources);
+    written.records += 1;
+    written.first_at.get_or_insert_with(Instant::now);
+    Ok(())
 }
 
 #[cfg(test)]

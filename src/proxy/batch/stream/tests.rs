@@ -9,7 +9,12 @@ fn request(accept: &[&str]) -> RequestHeader {
     req
 }
 
-const ALL: &[StreamFormat] = &StreamFormat::ALL;
+const ALL: &[StreamFormat] = &[
+    StreamFormat::Ndjson,
+    StreamFormat::Sse,
+    StreamFormat::JsonSeq,
+];
+const WITH_PROGRESSIVE: &[StreamFormat] = &[StreamFormat::Sse, StreamFormat::Progressive];
 
 #[test]
 fn accept_picks_an_offered_format_the_client_does_not_rank_below_json() {
@@ -43,6 +48,18 @@ fn accept_picks_an_offered_format_the_client_does_not_rank_below_json() {
         (&["text/event-stream"], &[], None),
         (&["*/*"], ALL, None),
         (&[], ALL, None),
+        // A route that also offers progressive replies gives one to everyone else.
+        (
+            &["text/event-stream"],
+            WITH_PROGRESSIVE,
+            Some(StreamFormat::Sse),
+        ),
+        (
+            &["application/json"],
+            WITH_PROGRESSIVE,
+            Some(StreamFormat::Progressive),
+        ),
+        (&[], WITH_PROGRESSIVE, Some(StreamFormat::Progressive)),
     ];
     for (accept, offered, want) in cases {
         assert_eq!(negotiate(offered, &request(accept)), *want, "{accept:?}");
