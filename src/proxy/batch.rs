@@ -286,7 +286,7 @@ impl BatchGate {
         if let Some(format) = stream {
             let batch = stream::Streamed {
                 format,
-                bounds,
+                bounds: bounds.filter(|_| format == progressive),
                 headers,
                 observer,
                 refused,

@@ -441,11 +441,8 @@ async fn write_records(
             .await?;
     }
     // JSON has no room for a keep-alive that leaves the reply's bytes unchanged.
-    let keepalive_after = match out.in_order {
-        Some(_) => Duration::from_secs(u64::from(u32::MAX)),
-        None => KEEPALIVE_AFTER,
-    };
-    let idle = tokio::time::sleep(keepalive_after);
+    let keepalives = out.in_order.is_none();
+    let idle = tokio::time::sleep(KEEPALIVE_AFTER);
     tokio::pin!(idle);
     let mut watch_client = true;
     loop {
@@ -472,7 +469,7 @@ async fn write_records(
                 }
                 Some(Message::End) | None => return Ok(()),
             },
-            () = &mut idle => {
+            () = &mut idle, if keepalives => {
                 session.write_response_body(Some(keepalive(format)), false).await?;
             }
         }
@@ -481,7 +478,7 @@ async fn write_records(
                 write_one(session, bytes, charge, &out, written).await?;
             }
         }
-        idle.as_mut().reset(Instant::now() + keepalive_after);
+        idle.as_mut().reset(Instant::now() + KEEPALIVE_AFTER);
     }
 }
 
