@@ -104,11 +104,11 @@ fn media_range(range: &str) -> (&str, f32) {
 
 /// One record in `format`. A record is one line: the only line breaks valid JSON can hold
 /// outside strings are whitespace (inside strings they are escaped), so they become spaces.
-fn frame(format: StreamFormat, json: &[u8], event: Option<&str>) -> Bytes {
+fn frame(format: StreamFormat, json: Vec<u8>, event: Option<&str>) -> Bytes {
     let mut out = BytesMut::with_capacity(json.len() + 16);
     match format {
         // The element as the buffered reply has it, joined by the writer.
-        StreamFormat::Progressive => return Bytes::copy_from_slice(json),
+        StreamFormat::Progressive => return Bytes::from(json),
         StreamFormat::Ndjson => {}
         StreamFormat::JsonSeq => out.put_u8(0x1e),
         StreamFormat::Sse => {
@@ -138,7 +138,7 @@ fn keepalive(format: StreamFormat) -> Bytes {
         // Never sent: JSON has no room for one that leaves the reply's bytes unchanged.
         StreamFormat::Progressive => Bytes::new(),
         StreamFormat::Ndjson | StreamFormat::JsonSeq => {
-            frame(format, br#"{"heartbeat":true}"#, None)
+            frame(format, br#"{"heartbeat":true}"#.to_vec(), None)
         }
     }
 }
@@ -254,7 +254,7 @@ impl BatchGate {
                 Some(record) => {
                     let _ = sender.send(Message::Record {
                         index,
-                        bytes: frame(format, &record.json, None),
+                        bytes: frame(format, record.json, None),
                         unusable: record.unusable,
                         charge,
                     });
@@ -320,7 +320,7 @@ impl BatchGate {
             Some((_, close)) => Bytes::from_static(close),
             None => frame(
                 format,
-                &terminal(items, written.records, &classes),
+                terminal(items, written.records, &classes),
                 Some("done"),
             ),
         };

@@ -71,19 +71,19 @@ fn a_record_is_one_line_in_every_format() {
     let json = b"{\"a\":\n  [1,\r\n 2],\"s\":\"x\\ny\"}";
     let flat = "{\"a\":   [1,   2],\"s\":\"x\\ny\"}";
     assert_eq!(
-        frame(StreamFormat::Ndjson, json, None),
+        frame(StreamFormat::Ndjson, json.to_vec(), None),
         format!("{flat}\n").into_bytes()
     );
     assert_eq!(
-        frame(StreamFormat::JsonSeq, json, None),
+        frame(StreamFormat::JsonSeq, json.to_vec(), None),
         format!("\u{1e}{flat}\n").into_bytes()
     );
     assert_eq!(
-        frame(StreamFormat::Sse, json, None),
+        frame(StreamFormat::Sse, json.to_vec(), None),
         format!("data: {flat}\n\n").into_bytes()
     );
     assert_eq!(
-        frame(StreamFormat::Sse, b"{}", Some("done")),
+        frame(StreamFormat::Sse, b"{}".to_vec(), Some("done")),
         b"event: done\ndata: {}\n\n".to_vec()
     );
     assert_eq!(keepalive(StreamFormat::Sse), b": keep-alive\n\n".to_vec());
