@@ -40,6 +40,31 @@ fn five_items() -> String {
     ])
 }
 
+/// `n` items `GET /file/0` .. `/file/{n-1}`.
+fn numbered(n: usize) -> String {
+    batch(
+        (0..n)
+            .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
+            .collect(),
+    )
+}
+
+/// A connection with `POST path` and `body` written on it (`extra`: more header lines, each
+/// ending in CRLF).
+async fn send_post(gate: &Gate, path: &str, extra: &str, body: &str) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(gate.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.expect("request");
+    conn
+}
+
+const ASK_NDJSON: &str = "Accept: application/x-ndjson\r\n";
+
 /// What curl printed: the head's lines, and each body line with when it arrived.
 struct Streamed {
     head: Vec<String>,
@@ -304,18 +329,7 @@ async fn a_client_that_leaves_mid_stream_cancels_the_rest() {
         .route("concurrency = 1")
         .start()
         .await;
-    let items = (0..8)
-        .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
-        .collect();
-    let body = batch(items);
-    let mut conn = tokio::net::TcpStream::connect(gate.addr)
-        .await
-        .expect("connect");
-    let request = format!(
-        "POST {BATCH_PATH} HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(request.as_bytes()).await.expect("request");
+    let mut conn = send_post(&gate, BATCH_PATH, ASK_NDJSON, &numbered(8)).await;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("\"id\":\"0\"") {
@@ -458,21 +472,7 @@ async fn a_client_that_stops_reading_a_stream_is_cut_off() {
         .route("max_item_response_bytes = 2000000")
         .start()
         .await;
-    let items = (0..8)
-        .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
-        .collect();
-    let body = batch(items);
-    let mut stalled = tokio::net::TcpStream::connect(gate.addr)
-        .await
-        .expect("connect");
-    let request = format!(
-        "POST {BATCH_PATH} HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stalled
-        .write_all(request.as_bytes())
-        .await
-        .expect("request");
+    let mut stalled = send_post(&gate, BATCH_PATH, ASK_NDJSON, &numbered(8)).await;
     // Read nothing for a while: the gate's writes stop making progress.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut received = Vec::new();
@@ -507,11 +507,7 @@ async fn a_reading_client_streams_more_than_the_reply_budget() {
         .route("max_item_response_bytes = 2000000")
         .start()
         .await;
-    let body = batch(
-        (0..6)
-            .map(|i| item(&i.to_string(), "GET", &format!("/file/{i}")))
-            .collect(),
-    );
+    let body = numbered(6);
     let Some(out) = curl_stream(&gate, BATCH_PATH, "application/x-ndjson", &body, &[]).await else {
         return;
     };
@@ -590,15 +586,8 @@ fn body_of(reply: &str) -> String {
 
 /// POSTs `body` to `path` and reads the reply, noting when `needle` arrived.
 async fn post_raw(gate: &Gate, path: &str, body: &str, needle: &str) -> (String, Option<Duration>) {
-    let mut stream = tokio::net::TcpStream::connect(gate.addr)
-        .await
-        .expect("connect");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
     let started = Instant::now();
-    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut stream = send_post(gate, path, "Connection: close\r\n", body).await;
     read_reply(&mut stream, needle, started).await
 }
 
