@@ -22,8 +22,9 @@ use std::time::Duration;
 
 /// Items per batch: the PDS page allows 1 to 100 child requests.
 pub const DEFAULT_MAX_ITEMS: usize = 100;
-/// Children of one batch in flight at once.
-pub const DEFAULT_CONCURRENCY: std::num::NonZeroUsize = std::num::NonZeroUsize::new(16).unwrap();
+/// Children of one batch in flight at once (16).
+pub const DEFAULT_CONCURRENCY: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::MIN.saturating_add(15);
 /// Time one child may take once it has its permits.
 pub const DEFAULT_ITEM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the whole batch may take; the reply then goes out with what has finished.
