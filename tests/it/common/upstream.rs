@@ -538,11 +538,13 @@ async fn serve_conn_inner(
         }
 
         let close = reply.close || client_close;
+        // Leave the count before the reply is written: once the proxy has read it, it may
+        // send the next request at once, and that one must not be counted beside this one.
+        drop(guard);
         stream
             .write_all(&encode_reply(&reply, is_head, close))
             .await?;
         stream.flush().await?;
-        drop(guard);
         if close {
             let _ = stream.shutdown().await;
             return Ok(());
