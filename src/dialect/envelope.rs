@@ -175,6 +175,7 @@ impl Dialect for Envelope {
         Some(StreamRecord {
             json,
             unusable: false,
+            fields_missing: 0,
         })
     }
 

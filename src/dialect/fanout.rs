@@ -136,11 +136,13 @@ impl Dialect for Fanout {
             Ok(element) => Some(StreamRecord {
                 json: element.bytes,
                 unusable: false,
+                fields_missing: element.fields_missing,
             }),
             Err(_) if self.config.on_item_error == OnItemError::Omit => None,
             Err(failure) => Some(StreamRecord {
                 json: self.error_element(id, &failure),
                 unusable: matches!(outcome, Outcome::Response(_)),
+                fields_missing: 0,
             }),
         }
     }

@@ -171,6 +171,7 @@ impl Dialect for JsonRpc {
         Some(StreamRecord {
             json: json.to_vec(),
             unusable,
+            fields_missing: 0,
         })
     }
 

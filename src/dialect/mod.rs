@@ -275,6 +275,8 @@ pub struct StreamRecord {
     /// The dialect could not use the upstream's answer (it counts as `upstream_error`, as
     /// `Reply::unusable` says for a buffered reply).
     pub unusable: bool,
+    /// Configured fields the answer lacked (fan-out; as `Reply::fields_missing`).
+    pub fields_missing: usize,
 }
 
 /// An item's method under the route's method policy (case-insensitive), or its 405 naming

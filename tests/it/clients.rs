@@ -14,7 +14,6 @@ use crate::common;
 use common::gate;
 use common::upstream::{RecordedRequest, Reply, Upstream};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,32 +58,6 @@ async fn run_client(python: &Path, script: &str, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{script} printed no JSON line ({e}): {stdout}\n{stderr}"))
 }
 
-/// A shipped example config on the test's ports: proxy `{listen}`, admin `{admin}`, the one
-/// upstream address replaced.
-fn example_config(name: &str, upstream: SocketAddr) -> String {
-    let path = repo().join("conf/examples").join(name);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let listen = r#"listen = ["0.0.0.0:8080"]"#;
-    let admin = r#"listen = "127.0.0.1:9091""#;
-    let address = r#"addresses = ["127.0.0.1:9000"]"#;
-    for line in [listen, admin, address] {
-        assert_eq!(
-            text.matches(line).count(),
-            1,
-            "{name} changed shape: {line}"
-        );
-    }
-    text.replace(
-        listen,
-        "listen = [\"{listen}\"]\nthreads = 2\npid_file = \"{tmp}/batchgate.pid\"\n\
-         upgrade_sock = \"{tmp}/upgrade.sock\"\ngrace_period = \"1s\"\n\
-         graceful_shutdown_timeout = \"1s\"",
-    )
-    .replace(admin, "listen = \"{admin}\"")
-    .replace(address, &format!("addresses = [\"{upstream}\"]"))
-}
-
 fn paths(upstream: &Upstream) -> Vec<String> {
     upstream
         .requests()
@@ -114,7 +87,7 @@ async fn google_batch_http_request_works_unchanged() {
         ),
     })
     .await;
-    let gate = gate::start(&example_config("google.toml", upstream.addr)).await;
+    let gate = gate::start(&common::config::example("google.toml", &[upstream.addr])).await;
     let base = format!("http://{}", gate.addr);
     let parsed = run_client(&python, "google_batch.py", &[&base]).await;
     let responses = &parsed["responses"];
@@ -207,7 +180,7 @@ fn check_graph(parsed: &Value, upstream: &Upstream) {
 async fn msgraph_core_batch_with_absolute_urls_and_dependencies() {
     let Some(python) = python() else { return };
     let upstream = graph_upstream().await;
-    let gate = gate::start(&example_config("graph.toml", upstream.addr)).await;
+    let gate = gate::start(&common::config::example("graph.toml", &[upstream.addr])).await;
     let base = format!("http://{}/v1.0", gate.addr);
     let parsed = run_client(&python, "graph_batch.py", &[&base]).await;
     let sent = parsed["sent_urls"]["1"].as_str().unwrap_or_default();
@@ -223,7 +196,7 @@ async fn msgraph_core_batch_with_absolute_urls_and_dependencies() {
 async fn msgraph_core_batch_with_relative_urls() {
     let Some(python) = python() else { return };
     let upstream = graph_upstream().await;
-    let gate = gate::start(&example_config("graph.toml", upstream.addr)).await;
+    let gate = gate::start(&common::config::example("graph.toml", &[upstream.addr])).await;
     let base = format!("http://{}/v1.0", gate.addr);
     let parsed = run_client(&python, "graph_batch.py", &[&base, "--relative"]).await;
     assert_eq!(parsed["sent_urls"]["1"], "/me", "{parsed}");
@@ -236,7 +209,7 @@ async fn msgraph_core_batch_with_relative_urls() {
 async fn msgraph_core_parses_a_progressive_reply() {
     let Some(python) = python() else { return };
     let upstream = graph_upstream().await;
-    let config = example_config("graph.toml", upstream.addr).replacen(
+    let config = common::config::example("graph.toml", &[upstream.addr]).replacen(
         "dialect = \"envelope\"\n",
         "dialect = \"envelope\"\nstream = [\"progressive\"]\n",
         1,
@@ -250,6 +223,47 @@ async fn msgraph_core_parses_a_progressive_reply() {
         metrics.value(
             "batchgate_streamed_batches_total",
             &[("route", "graph_batch"), ("format", "progressive")]
+        ),
+        1.0
+    );
+}
+
+/// jsonrpcclient builds a batch of three calls and parses the reply `conf/examples/
+/// limelight.toml` gives progressively (`stream = ["progressive"]`): the array is written as its
+/// finished prefix grows, so the slow first call holds the two quick ones back and the array
+/// keeps the calls' order, each answer paired with its call by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpcclient_parses_a_progressive_reply() {
+    let Some(python) = python() else { return };
+    let upstream = Upstream::with_handler(|req| {
+        let call: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let path = call["params"][1].clone();
+        let delay = if path == "/slow" { 600 } else { 5 };
+        let answer = serde_json::json!({"jsonrpc": "2.0", "result": path, "id": call["id"]});
+        Reply::json(200, &answer.to_string()).with_delay(delay)
+    })
+    .await;
+    let config = common::config::example("limelight.toml", &[upstream.addr]).replacen(
+        "dialect = \"jsonrpc\"\n",
+        "dialect = \"jsonrpc\"\nstream = [\"progressive\"]\n",
+        1,
+    );
+    let gate = gate::start(&config).await;
+    let url = format!("http://{}/jsonrpc2", gate.addr);
+    let parsed = run_client(&python, "jsonrpc_batch.py", &[&url]).await;
+
+    assert_eq!(parsed["order"], parsed["sent"], "request order: {parsed}");
+    let sent = parsed["sent"].as_array().expect("sent ids");
+    for (id, path) in sent.iter().zip(["/slow", "/a", "/b"]) {
+        assert_eq!(parsed["results"][id.to_string()], path, "{parsed}");
+    }
+    assert_eq!(parsed["transfer_encoding"], "chunked", "{parsed}");
+    assert_eq!(upstream.count(), 3);
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value(
+            "batchgate_streamed_batches_total",
+            &[("route", "limelight"), ("format", "progressive")]
         ),
         1.0
     );

@@ -68,34 +68,6 @@ fn per_id(req: &RecordedRequest) -> Reply {
     }
 }
 
-/// Adds the test listeners and pingora files to a shipped example's `[server]`.
-fn adapt_example(file: &str, upstream: &[SocketAddr]) -> String {
-    let path = format!("{}/conf/examples/{file}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    let listen = r#"listen = ["0.0.0.0:8080"]"#;
-    let address = r#"addresses = ["127.0.0.1:9000"]"#;
-    assert!(
-        text.contains(listen) && text.contains(address),
-        "{file} changed shape"
-    );
-    let addresses: Vec<String> = upstream.iter().map(|a| format!("\"{a}\"")).collect();
-    let text = text
-        .replace(
-            listen,
-            "listen = [\"{listen}\"]\nthreads = 2\npid_file = \"{tmp}/batchgate.pid\"\n\
-             upgrade_sock = \"{tmp}/upgrade.sock\"\ngrace_period = \"1s\"\n\
-             graceful_shutdown_timeout = \"1s\"",
-        )
-        .replace(
-            address,
-            &format!(
-                "addresses = [{}]\nconnect_timeout = \"1s\"",
-                addresses.join(", ")
-            ),
-        );
-    format!("{text}\n[admin]\nlisten = \"{{admin}}\"\n")
-}
-
 /// Replaces `from` by `to` in a config text, insisting that `from` is there.
 fn edit(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "config has no {from:?}");
@@ -104,7 +76,7 @@ fn edit(text: &str, from: &str, to: &str) -> String {
 
 /// `huawei.toml` with its `on_item_error`, `concurrency` and a 1 s `item_timeout`.
 fn huawei_config(upstream: &[SocketAddr], on_item_error: &str, concurrency: usize) -> String {
-    let text = adapt_example("huawei.toml", upstream);
+    let text = common::config::example("huawei.toml", upstream);
     let text = edit(
         &text,
         "on_item_error = \"include\"",
@@ -173,7 +145,7 @@ fn assert_huawei_error(resp: &Response, status: u16, code: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huawei_example() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
 
     let resp = access_urls(&gate, "GET", ACCESS_URLS, HUAWEI_BODY).await;
     assert_complete(&resp, HUAWEI_REPLY);
@@ -204,7 +176,7 @@ async fn huawei_example() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huawei_query_string_forms() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
     for query in [
         "group_id=1&accessory_ids=1&accessory_ids=2",
         "group_id=1&accessory_ids=1,2",
@@ -245,6 +217,43 @@ async fn on_item_error_fail() {
         assert_eq!(resp.header("x-batch-partial"), None);
     }
     assert_complete(&get_ids(&gate, &["1", "2"]).await, HUAWEI_REPLY);
+}
+
+/// A streamed fan-out reply counts a missing field as the buffered one does: each element is a
+/// JSON Lines record (`null` in the missing field), then the terminal record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_reply_field_is_counted_when_streamed() {
+    let upstream = Upstream::with_handler(per_id).await;
+    let config = edit(
+        &huawei_config(&[upstream.addr], "include", 16),
+        "on_item_error = \"include\"",
+        "on_item_error = \"include\"\nstream = [\"ndjson\"]",
+    );
+    let gate = gate::start(&config).await;
+    let body = json!({"group_id": "1", "accessory_ids": ["1", "no-url"]}).to_string();
+    let headers = [
+        ("X-Auth-Token", TOKEN),
+        ("Content-Type", "application/json"),
+        ("Accept", "application/x-ndjson"),
+    ];
+    let resp = client::request(gate.addr, "GET", ACCESS_URLS, &headers, body.as_bytes()).await;
+    assert_eq!(resp.status, 200, "{}", lossy(&resp));
+    let records: Vec<Value> = resp
+        .body_str()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON record"))
+        .collect();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(
+        records.contains(&json!({"accessory_url": null, "accessory_id": "no-url"})),
+        "{records:?}"
+    );
+    assert_eq!(records[2]["done"], true, "{records:?}");
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.sum("batchgate_reply_fields_missing_total", &[]),
+        1.0
+    );
 }
 
 /// Proves a part whose 2xx reply lacks a field the reply promises is counted either way:
@@ -411,7 +420,7 @@ async fn on_item_error_refused_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_errors() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
     let many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
     let g33 = "g".repeat(33);
     let t5001 = "t".repeat(5001);
@@ -496,7 +505,7 @@ async fn validation_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_required_values_are_missing() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
     let ct = ("Content-Type", "application/json");
     let cases: [(&str, Option<&str>, &str, &str); 4] = [
         (
@@ -543,7 +552,7 @@ async fn empty_required_values_are_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_upstream_reply_fails_the_part() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
     let resp = get_ids(&gate, &["1", "bad-utf8"]).await;
     assert_eq!(resp.status, 200, "{}", lossy(&resp));
     assert_eq!(resp.header("x-batch-partial"), Some("1/2"));
@@ -562,7 +571,7 @@ async fn non_utf8_upstream_reply_fails_the_part() {
         _ => Reply::bytes(200, "application/json", b"{\"name\":\"\xff\xfe\"}"),
     })
     .await;
-    let gate = gate::start(&adapt_example("users.toml", &[users.addr])).await;
+    let gate = gate::start(&common::config::example("users.toml", &[users.addr])).await;
     let resp = client::request(
         gate.addr,
         "POST",
@@ -590,7 +599,7 @@ async fn non_utf8_upstream_reply_fails_the_part() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ids_stay_one_segment() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
     let hostile = [
         "%2e%2e",
         "x?y=1",
@@ -635,7 +644,7 @@ async fn hostile_ids_stay_one_segment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_ids_are_rejected() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
     let long = "a".repeat(300);
     for id in [
         long.as_str(),
@@ -683,7 +692,7 @@ async fn concurrency_is_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_ids_keep_their_order() {
     let upstream = Upstream::with_handler(per_id).await;
-    let gate = gate::start(&adapt_example("huawei.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("huawei.toml", &[upstream.addr])).await;
     // `d<N>-<i>` waits N×10 ms (N cycles over 9..0): later ids often finish first.
     let ids: Vec<String> = (0..100)
         .map(|i| format!("d{}-{i}", 9 - (i * 7) % 10))
@@ -729,7 +738,7 @@ fn users_api(req: &RecordedRequest) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_example() {
     let upstream = Upstream::with_handler(users_api).await;
-    let gate = gate::start(&adapt_example("users.toml", &[upstream.addr])).await;
+    let gate = gate::start(&common::config::example("users.toml", &[upstream.addr])).await;
     let post = |body: &'static str, auth: bool| {
         let mut headers = vec![("Content-Type", "application/json")];
         if auth {

@@ -130,27 +130,6 @@ async fn rpc_setup() -> (Upstream, gate::Gate) {
     (upstream, gate)
 }
 
-/// `conf/examples/limelight.toml` as shipped, pointed at `upstream` and the test listeners.
-fn limelight_config(upstream: SocketAddr) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/examples/limelight.toml");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    let listen = r#"listen = ["0.0.0.0:8080"]"#;
-    let address = r#"addresses = ["127.0.0.1:9000"]"#;
-    assert!(
-        text.contains(listen) && text.contains(address),
-        "limelight.toml changed shape"
-    );
-    let text = text
-        .replace(
-            listen,
-            "listen = [\"{listen}\"]\nthreads = 2\npid_file = \"{tmp}/batchgate.pid\"\n\
-             upgrade_sock = \"{tmp}/upgrade.sock\"\ngrace_period = \"1s\"\n\
-             graceful_shutdown_timeout = \"1s\"",
-        )
-        .replace(address, &format!("addresses = [\"{upstream}\"]"));
-    format!("{text}\n[admin]\nlisten = \"{{admin}}\"\n")
-}
-
 /// POSTs `body` as `application/json` to `path`.
 async fn post(gate: &gate::Gate, path: &str, body: &str) -> Response {
     client::post_json(gate.addr, path, body).await
@@ -299,7 +278,7 @@ async fn spec_all_notifications() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limelight_three_directories() {
     let upstream = Upstream::with_handler(rpc_server).await;
-    let gate = gate::start(&limelight_config(upstream.addr)).await;
+    let gate = gate::start(&common::config::example("limelight.toml", &[upstream.addr])).await;
 
     let body = r#"[
  {"jsonrpc": "2.0", "params": ["467e", "/house1"], "method": "makeDir", "id": 1},
@@ -358,7 +337,7 @@ async fn limelight_three_directories() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limelight_failed_request_object_is_relayed() {
     let upstream = Upstream::with_handler(rpc_server).await;
-    let gate = gate::start(&limelight_config(upstream.addr)).await;
+    let gate = gate::start(&common::config::example("limelight.toml", &[upstream.addr])).await;
     let body = r#"[
  {"jsonrpc": "2.0", "params": ["hello"], "method": "ping", "id": "1"},
  {"jsonrpc": "2.0", "params": ["91c", "1/2/3"], "method": "makeDir", "id": "2"}
@@ -380,7 +359,7 @@ async fn limelight_failed_request_object_is_relayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limelight_duplicate_ids_are_refused() {
     let upstream = Upstream::with_handler(rpc_server).await;
-    let gate = gate::start(&limelight_config(upstream.addr)).await;
+    let gate = gate::start(&common::config::example("limelight.toml", &[upstream.addr])).await;
     let body = r#"[
  {"jsonrpc": "2.0", "params": ["467e", "/a"], "method": "makeDir", "id": 1},
  {"jsonrpc": "2.0", "params": ["467e", "/b"], "method": "makeDir", "id": 1},
@@ -411,7 +390,7 @@ async fn limelight_duplicate_ids_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limelight_too_many_requests() {
     let upstream = Upstream::with_handler(rpc_server).await;
-    let gate = gate::start(&limelight_config(upstream.addr)).await;
+    let gate = gate::start(&common::config::example("limelight.toml", &[upstream.addr])).await;
     let body = r#"[
  {"jsonrpc": "2.0", "params": ["467e", "/a"], "method": "makeDir", "id": 1},
  {"jsonrpc": "2.0", "params": ["467e", "/b"], "method": "makeDir", "id": 2},
@@ -435,7 +414,7 @@ async fn limelight_too_many_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limelight_empty_batch() {
     let upstream = Upstream::with_handler(rpc_server).await;
-    let gate = gate::start(&limelight_config(upstream.addr)).await;
+    let gate = gate::start(&common::config::example("limelight.toml", &[upstream.addr])).await;
     let reply = json_reply(&post(&gate, LIMELIGHT_PATH, "[]").await);
     assert_eq!(
         reply,

@@ -166,6 +166,7 @@ enum Message {
         index: usize,
         bytes: Bytes,
         unusable: bool,
+        fields_missing: usize,
         charge: Charge,
     },
     /// Item `index` settled without a record (a JSON-RPC notification, an omitted part).
@@ -196,6 +197,7 @@ struct Written {
     records: usize,
     first_at: Option<Instant>,
     unusable: Vec<usize>,
+    fields_missing: usize,
 }
 
 impl BatchGate {
@@ -256,6 +258,7 @@ impl BatchGate {
                         index,
                         bytes: frame(format, record.json, None),
                         unusable: record.unusable,
+                        fields_missing: record.fields_missing,
                         charge,
                     });
                 }
@@ -289,6 +292,8 @@ impl BatchGate {
                 in_order: bounds.map(|(open, _)| (open, InOrder::new(items))),
                 unwritten: &unwritten,
                 resources: &observer,
+                ready: BytesMut::new(),
+                charges: Vec::new(),
             };
             let writer = write_records(session, &mut queue, out, &mut written);
             tokio::pin!(writer);
@@ -314,7 +319,7 @@ impl BatchGate {
         };
         summary.failure_detail(&ran.outcomes);
         let settled = settled_items(&ran, summary.item_log());
-        let classes = summary.completed(settled, &written.unusable, 0);
+        let classes = summary.completed(settled, &written.unusable, written.fields_missing);
         let last = match bounds {
             // The reply's closing bytes end a progressive reply.
             Some((_, close)) => Bytes::from_static(close),
@@ -369,10 +374,6 @@ fn stream_head(format: StreamFormat, request_id: &str, h2: bool) -> Result<Respo
     Ok(head)
 }
 
-/// Writes each queued record as it comes, and a keep-alive after `KEEPALIVE_AFTER` without
-/// one, until the run's end is queued, while watching the client as a buffered batch does
-/// (`batch::watching_client`): one that closes or resets ends the stream at once, not at the
-/// next write. An error: the client left or cannot be written to.
 /// Where the writer's records go and what it releases as they are written.
 struct Out<'a> {
     format: StreamFormat,
@@ -380,7 +381,82 @@ struct Out<'a> {
     in_order: Option<(&'static [u8], InOrder)>,
     unwritten: &'a exec::Unwritten,
     resources: &'a ItemResources,
+    /// Records ready to go in the next write, and what they count until it is done.
+    ready: BytesMut,
+    charges: Vec<Charge>,
 }
+
+impl Out<'_> {
+    /// Takes one message from the executor: a record joins the next write (or waits for
+    /// earlier items, progressively). True once the run is over.
+    fn take(&mut self, message: Option<Message>, written: &mut Written) -> bool {
+        match message {
+            Some(Message::Record {
+                index,
+                bytes,
+                unusable,
+                fields_missing,
+                charge,
+            }) => {
+                if unusable {
+                    written.unusable.push(index);
+                }
+                written.fields_missing += fields_missing;
+                match &mut self.in_order {
+                    Some((_, order)) => order.settle(index, Some((bytes, charge))),
+                    None => self.add(&bytes, charge),
+                }
+            }
+            Some(Message::Skip { index }) => {
+                if let Some((_, order)) = &mut self.in_order {
+                    order.settle(index, None);
+                }
+            }
+            Some(Message::End) | None => return true,
+        }
+        false
+    }
+
+    fn add(&mut self, bytes: &[u8], charge: Charge) {
+        self.ready.extend_from_slice(bytes);
+        self.charges.push(charge);
+    }
+
+    /// Moves the finished prefix of a progressive reply to the next write.
+    fn take_in_order(&mut self) {
+        let Some((_, order)) = &mut self.in_order else {
+            return;
+        };
+        while let Some(element) = order.pop() {
+            if let Some((comma, bytes, charge)) = element {
+                if comma {
+                    self.ready.put_u8(b',');
+                }
+                self.ready.extend_from_slice(&bytes);
+                self.charges.push(charge);
+            }
+        }
+    }
+
+    /// Writes what is ready in one body write and releases what it counted.
+    async fn write(&mut self, session: &mut Session, written: &mut Written) -> Result<()> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let bytes = self.ready.split().freeze();
+        session.write_response_body(Some(bytes), false).await?;
+        written.records += self.charges.len();
+        written.first_at.get_or_insert_with(Instant::now);
+        for charge in self.charges.drain(..) {
+            charge.settle(self.unwritten, self.resources);
+        }
+        Ok(())
+    }
+}
+
+/// Records that settle together leave in one write, up to this many bytes: one chunk and one
+/// flush for many small records, while a large record still goes alone.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 /// A progressive reply's answers in request order: each waits until every earlier item has
 /// settled (what waits counts against the reply budget, as unwritten).
@@ -407,26 +483,23 @@ impl InOrder {
         }
     }
 
-    /// The next element of the finished prefix, with the `,` before it but the first: `None`
-    /// when the next item has not settled; `Some(None)` for an item without an element.
-    fn pop(&mut self) -> Option<Option<(Bytes, Charge)>> {
+    /// The next element of the finished prefix, and whether a `,` goes before it: `None` when
+    /// the next item has not settled; `Some(None)` for an item without an element.
+    fn pop(&mut self) -> Option<Option<(bool, Bytes, Charge)>> {
         let element = self.slots.get_mut(self.next)?.take()?;
         self.next += 1;
         Some(element.map(|(bytes, charge)| {
-            let joined = if self.wrote_any {
-                let mut out = BytesMut::with_capacity(bytes.len() + 1);
-                out.put_u8(b',');
-                out.put_slice(&bytes);
-                out.freeze()
-            } else {
-                bytes
-            };
-            self.wrote_any = true;
-            (joined, charge)
+            let comma = std::mem::replace(&mut self.wrote_any, true);
+            (comma, bytes, charge)
         }))
     }
 }
 
+/// Writes the queued records as they come (those already queued together, in one write), and
+/// a keep-alive after `KEEPALIVE_AFTER` without one, until the run's end is queued, while
+/// watching the client as a buffered batch does (`batch::watching_client`): one that closes or
+/// resets ends the stream at once, not at the next write. An error: the client left or cannot
+/// be written to.
 async fn write_records(
     session: &mut Session,
     queue: &mut mpsc::UnboundedReceiver<Message>,
@@ -446,55 +519,31 @@ async fn write_records(
     tokio::pin!(idle);
     let mut watch_client = true;
     loop {
+        let mut ended = false;
         tokio::select! {
             read = session.read_body_or_idle(true), if watch_client => match read {
                 Err(e) => return Err(e),
                 // Pipelined bytes are not an error: they stay pending.
                 Ok(_) => watch_client = false,
             },
-            message = queue.recv() => match message {
-                Some(Message::Record { index, bytes, unusable, charge }) => {
-                    if unusable {
-                        written.unusable.push(index);
-                    }
-                    match &mut out.in_order {
-                        Some((_, order)) => order.settle(index, Some((bytes, charge))),
-                        None => write_one(session, bytes, charge, &out, written).await?,
-                    }
-                }
-                Some(Message::Skip { index }) => {
-                    if let Some((_, order)) = &mut out.in_order {
-                        order.settle(index, None);
-                    }
-                }
-                Some(Message::End) | None => return Ok(()),
-            },
+            message = queue.recv() => ended = out.take(message, written),
             () = &mut idle, if keepalives => {
                 session.write_response_body(Some(keepalive(format)), false).await?;
             }
         }
-        while let Some(ready) = out.in_order.as_mut().and_then(|(_, order)| order.pop()) {
-            if let Some((bytes, charge)) = ready {
-                write_one(session, bytes, charge, &out, written).await?;
+        while !ended && out.ready.len() < COALESCE_BYTES {
+            match queue.try_recv() {
+                Ok(message) => ended = out.take(Some(message), written),
+                Err(_) => break,
             }
+        }
+        out.take_in_order();
+        out.write(session, written).await?;
+        if ended {
+            return Ok(());
         }
         idle.as_mut().reset(Instant::now() + KEEPALIVE_AFTER);
     }
-}
-
-/// Writes one record (or element) and releases what its answer counted.
-async fn write_one(
-    session: &mut Session,
-    bytes: Bytes,
-    charge: Charge,
-    out: &Out<'_>,
-    written: &mut Written,
-) -> Result<()> {
-    session.write_response_body(Some(bytes), false).await?;
-    charge.settle(out.unwritten, out.resources);
-    written.records += 1;
-    written.first_at.get_or_insert_with(Instant::now);
-    Ok(())
 }
 
 #[cfg(test)]

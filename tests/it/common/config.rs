@@ -94,3 +94,41 @@ impl GateConfig {
         out
     }
 }
+
+/// A shipped `conf/examples/FILE` on the test's listeners (`{listen}`, `{admin}`, pingora's
+/// files in `{tmp}`), its one upstream at `upstream` with a 1 s connect timeout. Panics when
+/// the file no longer has the lines this replaces.
+pub fn example(file: &str, upstream: &[SocketAddr]) -> String {
+    let path = format!("{}/conf/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let listen = r#"listen = ["0.0.0.0:8080"]"#;
+    let address = r#"addresses = ["127.0.0.1:9000"]"#;
+    let admin = r#"listen = "127.0.0.1:9091""#;
+    for line in [listen, address] {
+        assert_eq!(
+            text.matches(line).count(),
+            1,
+            "{file} changed shape: {line}"
+        );
+    }
+    let addresses: Vec<String> = upstream.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = text
+        .replace(
+            listen,
+            "listen = [\"{listen}\"]\nthreads = 2\npid_file = \"{tmp}/batchgate.pid\"\n\
+             upgrade_sock = \"{tmp}/upgrade.sock\"\ngrace_period = \"1s\"\n\
+             graceful_shutdown_timeout = \"1s\"",
+        )
+        .replace(
+            address,
+            &format!(
+                "addresses = [{}]\nconnect_timeout = \"1s\"",
+                addresses.join(", ")
+            ),
+        );
+    if text.contains(admin) {
+        text.replace(admin, "listen = \"{admin}\"")
+    } else {
+        format!("{text}\n[admin]\nlisten = \"{{admin}}\"\n")
+    }
+}
