@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::batch::{batch, item, BATCH_PATH};
+use common::batch::{assert_item_error, batch, item, BATCH_PATH};
 use common::config::GateConfig;
 use common::gate::Gate;
 use common::prom::{require_tool, scrape};
@@ -681,4 +681,49 @@ async fn progressive_jsonrpc_replies_are_the_buffered_bytes() {
     let notes = r#"[{"jsonrpc":"2.0","method":"note"}]"#;
     let (only, _) = post_raw(&gate, "/rpc", notes, "x").await;
     assert!(only.starts_with("HTTP/1.1 204"), "{only}");
+}
+
+/// One huge answer among small ones: the small ones are not held behind it, the huge one
+/// (within `max_item_response_bytes`) arrives whole as one record, and one over the limit is
+/// its item error, not a cut stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_huge_answer_among_small_ones() {
+    let huge = format!("\"{}\"", "h".repeat((2 << 20) - 2));
+    let over = format!("\"{}\"", "o".repeat(5 << 20));
+    let upstream = Upstream::with_handler(move |req| match req.path.as_str() {
+        "/v2/file/huge" => Reply::json(200, &huge).with_delay(300),
+        "/v2/file/over" => Reply::json(200, &over).with_delay(300),
+        _ => Reply::json(200, r#"{"ok":true}"#).with_delay(10),
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr)
+        .route(ALL_FORMATS)
+        .route("max_item_response_bytes = 3000000")
+        .start()
+        .await;
+    let body = batch(vec![
+        item("huge", "GET", "/file/huge"),
+        item("over", "GET", "/file/over"),
+        item("a", "GET", "/file/a"),
+        item("b", "GET", "/file/b"),
+    ]);
+    let Some(out) = curl_stream(&gate, BATCH_PATH, "application/x-ndjson", &body, &[]).await else {
+        return;
+    };
+    let (huge_at, huge) = out.by_id("huge");
+    assert_eq!(huge["status"], 200);
+    assert_eq!(huge["body"].as_str().map(str::len), Some((2 << 20) - 2));
+    for id in ["a", "b"] {
+        let (at, _) = out.by_id(id);
+        assert!(
+            at < huge_at,
+            "{id} at {at:?} waited for the huge answer ({huge_at:?})"
+        );
+    }
+    let (_, over) = out.by_id("over");
+    assert_item_error(&over, 502, "UpstreamResponseTooLarge");
+    assert_eq!(
+        out.terminal()["outcomes"],
+        serde_json::json!({"2xx": 3, "upstream_error": 1})
+    );
 }
