@@ -14,7 +14,8 @@ use batchgate::dialect::fanout::Fanout;
 use batchgate::dialect::jsonrpc::JsonRpc;
 use batchgate::dialect::multipart::Multipart;
 use batchgate::dialect::{
-    BatchRequest, Dialect, Outcome, RouteDialect, SubRequest, UpstreamResponse,
+    BatchRequest, Dialect, FailureKind, Outcome, Planned, RouteDialect, Sent, SubRequest,
+    UpstreamResponse,
 };
 use batchgate::guard::owned::ownership;
 use batchgate::upstream::h1::{exchange, Timeouts};
@@ -285,7 +286,10 @@ pub fn envelope(data: &[u8]) {
         .iter()
         .enumerate()
         .map(|(i, item)| match item {
-            Ok(sub) => {
+            Ok(planned) => {
+                let Some(sub) = &sendable(planned) else {
+                    return Outcome::failed(FailureKind::ReferenceUnresolved, Sent::Nothing);
+                };
                 assert_safe(sub, "/v2/file/");
                 assert!(
                     [Method::GET, Method::POST, Method::DELETE].contains(&sub.method),
@@ -318,7 +322,8 @@ pub fn jsonrpc(data: &[u8]) {
                 .items
                 .iter()
                 .map(|item| match item {
-                    Ok(sub) => {
+                    Ok(planned) => {
+                        let sub = planned.ready().expect("this dialect has no references");
                         // Raw members: a number no f64 holds (`1e999` in params) is still a
                         // call the upstream may receive.
                         let call: SentCall<'_> =
@@ -375,7 +380,8 @@ pub fn fanout(data: &[u8]) {
         .items
         .iter()
         .map(|item| match item {
-            Ok(sub) => {
+            Ok(planned) => {
+                let sub = planned.ready().expect("this dialect has no references");
                 assert_safe(sub, "/v2/item/");
                 let (path, query) = sub.path.split_once('?').expect("the template has a query");
                 let id = path.strip_prefix("/v2/item/").expect("template prefix");
@@ -429,7 +435,8 @@ pub fn multipart(data: &[u8]) {
         .iter()
         .enumerate()
         .map(|(i, item)| match item {
-            Ok(sub) => {
+            Ok(planned) => {
+                let sub = planned.ready().expect("this dialect has no references");
                 assert_safe(sub, "/file/");
                 let path = sub.path.split('?').next().unwrap_or_default();
                 assert!(
@@ -648,4 +655,25 @@ pub fn h2_frames(data: &[u8]) {
     assert_eq!(kind(whole.pending()), kind(pieces.pending()));
     let (streams, premature) = whole.counts();
     assert!(premature <= streams);
+}
+
+/// What a referenced item answers in `sendable`: values made to escape a path segment, add a
+/// query or fragment, or become a dot segment.
+const HOSTILE_ANSWER: &str = r#"{"id":"..","url":"/../admin?x=1#f","host":"http://evil.example/","n":1,"data":[{"id":"."},{"id":"a/b"},{"id":"%2e%2e"}],"h":"a\r\nX-Injected: 1"}"#;
+
+/// A planned item as it would be sent: a ready one as it is; a deferred one finished as if
+/// every item it refers to had answered `HOSTILE_ANSWER` (`None` when that leaves it
+/// unresolved or refused, which is never sent).
+fn sendable(planned: &Planned) -> Option<SubRequest> {
+    match planned {
+        Planned::Ready(request) => Some(request.clone()),
+        Planned::Deferred(template) => {
+            let answer = Outcome::Response(UpstreamResponse {
+                status: 200,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(HOSTILE_ANSWER.as_bytes()),
+            });
+            template.finish(&|_| Some(&answer)).ok()
+        }
+    }
 }

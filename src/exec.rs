@@ -13,7 +13,7 @@
 
 mod graph;
 
-use crate::item::{FailureKind, Outcome, Sent, SubRequest, Upstream, UpstreamResponse};
+use crate::item::{FailureKind, Outcome, Planned, Sent, SubRequest, Upstream, UpstreamResponse};
 use crate::permits::{ClientId, Permit, Permits};
 use graph::Graph;
 use std::future::Future;
@@ -115,17 +115,18 @@ pub struct Share<'a> {
 pub async fn run<U: Upstream, O: Observer>(
     limits: &Limits,
     global: Share<'_>,
-    items: Vec<Result<SubRequest, Outcome>>,
+    items: Vec<Result<Planned, Outcome>>,
     after: &[Vec<usize>],
     upstream: &Arc<U>,
     observer: &Arc<O>,
     settled: Settled<'_>,
 ) -> Ran {
     let (slots, to_send) = partition(items);
+    let referenced = referenced(&to_send, slots.len());
     let mut graph = Graph::new(to_send, after, &slots);
     let batch_permits = Arc::new(Semaphore::new(limits.concurrency.get()));
     let mut running = Running::new(limits.spawn_items);
-    let mut collector = Collector::new(slots, limits, observer.as_ref(), settled);
+    let mut collector = Collector::new(slots, limits, observer.as_ref(), settled, referenced);
     let queued = Instant::now();
     let work = async {
         loop {
@@ -134,13 +135,25 @@ pub async fn run<U: Upstream, O: Observer>(
                 collector.record(index, Outcome::failed(kind, Sent::Nothing), None);
                 graph.finished(index, false);
             }
-            let Some((index, request)) = graph.pop_ready() else {
+            let Some((index, planned)) = graph.pop_ready() else {
                 match running.next().await {
                     Some(done) => finish_node(&mut collector, &mut graph, done),
                     // Nothing ready, nothing running: every item is answered.
                     None => break,
                 }
                 continue;
+            };
+            let request = match planned {
+                Planned::Ready(request) => request,
+                // Every item it refers to has answered 2xx: it is one of its dependencies.
+                Planned::Deferred(template) => match template.finish(&|i| collector.answer(i)) {
+                    Ok(request) => request,
+                    Err(failure) => {
+                        collector.record(index, Outcome::Failed(failure), None);
+                        graph.finished(index, false);
+                        continue;
+                    }
+                },
             };
             let acquiring = acquire(&batch_permits, &global, observer);
             let finished = |done| finish_node(&mut collector, &mut graph, done);
@@ -184,6 +197,23 @@ fn finish_node<O: Observer>(collector: &mut Collector<'_, '_, O>, graph: &mut Gr
             .is_some_and(graph::succeeded);
         graph.finished(index, ok);
     }
+}
+
+/// Per item, whether a later item refers to its answer (empty when none does): a streamed
+/// run keeps those answers' bodies until the run ends.
+fn referenced(to_send: &[(usize, Planned)], items: usize) -> Vec<bool> {
+    let mut referenced = Vec::new();
+    for (_, planned) in to_send {
+        if let Planned::Deferred(template) = planned {
+            referenced.resize(items, false);
+            for &source in template.sources() {
+                if let Some(flag) = referenced.get_mut(source) {
+                    *flag = true;
+                }
+            }
+        }
+    }
+    referenced
 }
 
 /// An item whose permits never came.
@@ -278,16 +308,16 @@ impl<F: Future<Output = Finished> + Send + 'static> Running<F> {
 /// One slot per item, already filled for decided items, and the items still to send with
 /// their index.
 fn partition(
-    items: Vec<Result<SubRequest, Outcome>>,
-) -> (Vec<Option<Outcome>>, Vec<(usize, SubRequest)>) {
+    items: Vec<Result<Planned, Outcome>>,
+) -> (Vec<Option<Outcome>>, Vec<(usize, Planned)>) {
     let mut slots: Vec<Option<Outcome>> = Vec::with_capacity(items.len());
     let mut to_send = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         match item {
             Err(decided) => slots.push(Some(decided)),
-            Ok(request) => {
+            Ok(planned) => {
                 slots.push(None);
-                to_send.push((index, request));
+                to_send.push((index, planned));
             }
         }
     }
@@ -339,6 +369,8 @@ struct Collector<'o, 's, O> {
     observer: &'o O,
     settled: Settled<'s>,
     streamed: Option<Unwritten>,
+    /// Per item, whether a later item refers to its answer (`referenced`).
+    referenced: Vec<bool>,
 }
 
 impl<'o, 's, O: Observer> Collector<'o, 's, O> {
@@ -348,6 +380,7 @@ impl<'o, 's, O: Observer> Collector<'o, 's, O> {
         limits: &Limits,
         observer: &'o O,
         settled: Settled<'s>,
+        referenced: Vec<bool>,
     ) -> Self {
         let collector = Collector {
             elapsed: vec![None; slots.len()],
@@ -358,6 +391,7 @@ impl<'o, 's, O: Observer> Collector<'o, 's, O> {
             observer,
             settled,
             streamed: limits.streamed.clone(),
+            referenced,
         };
         for (index, slot) in collector.slots.iter().enumerate() {
             if let Some(outcome) = slot {
@@ -407,6 +441,11 @@ impl<'o, 's, O: Observer> Collector<'o, 's, O> {
         }
     }
 
+    /// Item `index`'s outcome, once it has one.
+    fn answer(&self, index: usize) -> Option<&Outcome> {
+        self.slots.get(index).and_then(Option::as_ref)
+    }
+
     /// Whether an item before `index` failed (refused, failed, or answered 4xx/5xx).
     fn failed_before(&self, index: usize) -> bool {
         self.slots
@@ -452,7 +491,8 @@ impl<'o, 's, O: Observer> Collector<'o, 's, O> {
             }
         }
         (self.settled)(index, &outcome);
-        if self.streamed.is_some() {
+        let referenced = self.referenced.get(index).copied().unwrap_or(false);
+        if self.streamed.is_some() && !referenced {
             // Written already: what stays is what the accounting needs.
             if let Outcome::Response(response) = &mut outcome {
                 response.body = bytes::Bytes::new();

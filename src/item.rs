@@ -34,6 +34,42 @@ pub struct SubRequest {
     pub body: Option<Bytes>,
 }
 
+/// An item as the executor gets it: ready to send, or finished only once the earlier answers
+/// it refers to are in (references between items, `dialect::reference`).
+#[derive(Debug)]
+pub enum Planned {
+    Ready(SubRequest),
+    Deferred(Box<dyn RequestTemplate>),
+}
+
+impl Planned {
+    /// The request, when it is ready to send as it is.
+    pub fn ready(&self) -> Option<&SubRequest> {
+        match self {
+            Planned::Ready(request) => Some(request),
+            Planned::Deferred(_) => None,
+        }
+    }
+}
+
+impl From<SubRequest> for Planned {
+    fn from(request: SubRequest) -> Self {
+        Planned::Ready(request)
+    }
+}
+
+/// The outcomes so far, by item index (`None`: not settled yet).
+pub type Answers<'a> = &'a dyn Fn(usize) -> Option<&'a Outcome>;
+
+/// An item whose request is finished from earlier items' answers.
+pub trait RequestTemplate: Send + Sync + std::fmt::Debug {
+    /// The items whose answers it reads (each also one of its dependencies).
+    fn sources(&self) -> &[usize];
+    /// The finished request, through the same guards as any item, or why it cannot be
+    /// finished (never sent). `answers(i)`: item `i`'s outcome, once it has one.
+    fn finish(&self, answers: Answers<'_>) -> Result<SubRequest, Failure>;
+}
+
 /// What the upstream answered.
 #[derive(Debug, Clone)]
 pub struct UpstreamResponse {
@@ -165,6 +201,9 @@ pub enum FailureKind {
     /// An item this one depends on (by index in the batch) did not answer 2xx; this one was
     /// never sent.
     DependencyFailed { dependency: usize },
+    /// A reference to an earlier item's answer selected nothing (or that answer was not
+    /// JSON, or expanded past its limit); this one was never sent.
+    ReferenceUnresolved,
     /// batchgate itself failed while running the item (its task panicked).
     Internal,
 }
@@ -222,9 +261,10 @@ impl FailureKind {
             Cancelled => (499, "Cancelled", C::Cancelled, Fault::Client, CANCELLED),
             NotRun => (424, "FailedDependency.NotRun", C::Cancelled, Fault::Client, NOT_RUN),
             DependencyFailed { .. } => (424, "FailedDependency", C::Cancelled, Fault::Client, DEPENDENCY),
+            ReferenceUnresolved => (424, "FailedDependency.Reference", C::Cancelled, Fault::Client, REFERENCE),
             Internal => (500, "InternalError", C::Internal, Fault::Proxy, INTERNAL),
         };
-        let public_detail = matches!(self, DependencyFailed { .. });
+        let public_detail = matches!(self, DependencyFailed { .. } | ReferenceUnresolved);
         Mapping { status, code, class, fault, message, public_detail }
     }
 }
@@ -237,6 +277,7 @@ const CONNECTION: &str = "the upstream connection failed";
 const CANCELLED: &str = "the client closed the connection";
 const NOT_RUN: &str = "not run: an earlier item of this sequential batch failed";
 const DEPENDENCY: &str = "not run: an item it depends on did not succeed";
+const REFERENCE: &str = "not run: a reference to an earlier answer could not be resolved";
 const INTERNAL: &str = "internal error while running the item";
 
 impl Failure {

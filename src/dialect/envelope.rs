@@ -8,7 +8,7 @@
 
 use super::{
     allowed_method, is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemRefusal,
-    Order, Outcome, Plan, Rejection, RejectionKind, Reply, StreamRecord, SubRequest,
+    Order, Outcome, Plan, Planned, Rejection, RejectionKind, Reply, StreamRecord, SubRequest,
     UpstreamResponse,
 };
 use crate::config::EnvelopeConfig;
@@ -128,6 +128,7 @@ impl Dialect for Envelope {
             }
             plan.items.push(
                 self.sub_request(request, &fields, dependencies)
+                    .map(Planned::Ready)
                     .map_err(Outcome::refused),
             );
         }

@@ -7,8 +7,8 @@
 //! built, and what a failed part does (`on_item_error`).
 
 use super::{
-    BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
-    StreamRecord, SubRequest,
+    BatchRequest, Dialect, ItemError, Order, Outcome, Plan, Planned, Rejection, RejectionKind,
+    Reply, StreamRecord, SubRequest,
 };
 use crate::config::{FanoutConfig, FieldRule, OnItemError};
 use crate::guard::UnsafePathValue;
@@ -71,12 +71,12 @@ impl Dialect for Fanout {
                 }
             });
             let path = path.map_err(|e| invalid_param(&e.placeholder, UnsafePathValue::REASON))?;
-            plan.items.push(Ok(SubRequest {
+            plan.items.push(Ok(Planned::Ready(SubRequest {
                 method: self.config.request_method.clone(),
                 path,
                 headers: headers.clone(),
                 body: None,
-            }));
+            })));
             plan.meta.push(FanoutMeta { id });
         }
         Ok(plan)

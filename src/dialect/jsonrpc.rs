@@ -8,8 +8,8 @@
 //! profile. Upstream failures become the server errors of `UpstreamError`, one table.
 
 use super::{
-    BatchRequest, Dialect, ItemRefusal, Order, Outcome, Plan, Rejection, RejectionKind, Reply,
-    StreamRecord, SubRequest,
+    BatchRequest, Dialect, ItemRefusal, Order, Outcome, Plan, Planned, Rejection, RejectionKind,
+    Reply, StreamRecord, SubRequest,
 };
 use crate::config::{fold_case, usable_method, JsonRpcConfig, RpcError};
 use bytes::Bytes;
@@ -292,7 +292,7 @@ impl JsonRpc {
             }
         };
         plan.meta.push(JsonRpcMeta { single, kind });
-        plan.items.push(item);
+        plan.items.push(item.map(Planned::Ready));
     }
 
     /// `Ok(Some(id))` for a call, `Ok(None)` for a notification, `Err` when refused.

@@ -11,11 +11,12 @@ pub mod envelope;
 pub mod fanout;
 pub mod jsonrpc;
 pub mod multipart;
+pub mod reference;
 
 /// The item vocabulary, re-exported: dialects build `SubRequest`s and render `Outcome`s.
 pub use crate::item::{
-    Failure, FailureKind, Fault, ItemClass, ItemError, ItemRefusal, Outcome, RejectionKind, Sent,
-    SubRequest, UpstreamResponse,
+    Failure, FailureKind, Fault, ItemClass, ItemError, ItemRefusal, Outcome, Planned,
+    RejectionKind, Sent, SubRequest, UpstreamResponse,
 };
 
 use crate::config::DialectConfig;
@@ -115,7 +116,7 @@ impl Rejection {
 #[derive(Debug)]
 pub struct Plan<M> {
     pub meta: Vec<M>,
-    pub items: Vec<Result<SubRequest, Outcome>>,
+    pub items: Vec<Result<Planned, Outcome>>,
     /// How the items run: concurrently (the default) or one after another.
     pub order: Order,
     /// Per item, the items it waits for (Graph's `dependsOn`, as indices); empty when no item

@@ -14,7 +14,7 @@ mod parse;
 mod reply;
 
 use super::{
-    allowed_method, media_type, BatchRequest, Dialect, ItemRefusal, Order, Outcome, Plan,
+    allowed_method, media_type, BatchRequest, Dialect, ItemRefusal, Order, Outcome, Plan, Planned,
     Rejection, RejectionKind, Reply, SubRequest,
 };
 use crate::config::multipart::MultipartConfig;
@@ -86,7 +86,7 @@ impl Dialect for Multipart {
                     headers: item.headers,
                 })
                 .map_err(Outcome::refused);
-            plan.items.push(item);
+            plan.items.push(item.map(Planned::Ready));
         }
         Ok(plan)
     }

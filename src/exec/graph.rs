@@ -3,7 +3,7 @@
 //! The executor's one loop asks it (with no dependencies every item is ready at once, lowest
 //! index first); it does no I/O and keeps no clock.
 
-use crate::item::{Outcome, SubRequest};
+use crate::item::{Outcome, Planned};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -11,7 +11,7 @@ use std::collections::BinaryHeap;
 pub(super) struct Graph {
     /// Items not started (or answered) yet, by index; `None` once taken, and for items the
     /// dialect already decided.
-    waiting: Vec<Option<SubRequest>>,
+    waiting: Vec<Option<Planned>>,
     /// Per item, the items that wait for it.
     dependents: Vec<Vec<usize>>,
     /// Per item, how many of its dependencies have not finished.
@@ -35,12 +35,12 @@ impl Graph {
     /// no item twice, no cycle). `decided[i]` is the outcome of an item the dialect already
     /// answered (refused): it counts as finished from the start.
     pub(super) fn new(
-        to_send: Vec<(usize, SubRequest)>,
+        to_send: Vec<(usize, Planned)>,
         after: &[Vec<usize>],
         decided: &[Option<Outcome>],
     ) -> Self {
         let count = decided.len();
-        let mut waiting: Vec<Option<SubRequest>> = (0..count).map(|_| None).collect();
+        let mut waiting: Vec<Option<Planned>> = (0..count).map(|_| None).collect();
         for (index, request) in to_send {
             waiting[index] = Some(request);
         }
@@ -77,7 +77,7 @@ impl Graph {
     }
 
     /// The next item whose dependencies all succeeded, lowest index first.
-    pub(super) fn pop_ready(&mut self) -> Option<(usize, SubRequest)> {
+    pub(super) fn pop_ready(&mut self) -> Option<(usize, Planned)> {
         while let Some(Reverse(index)) = self.ready.pop() {
             if let Some(request) = self.waiting[index].take() {
                 return Some((index, request));
@@ -122,16 +122,16 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::item::{FailureKind, Sent};
+    use crate::item::{FailureKind, Sent, SubRequest};
     use http::Method;
 
-    fn request() -> SubRequest {
-        SubRequest {
+    fn request() -> Planned {
+        Planned::Ready(SubRequest {
             method: Method::GET,
             path: "/x".into(),
             headers: Vec::new(),
             body: None,
-        }
+        })
     }
 
     fn graph(count: usize, after: &[Vec<usize>]) -> Graph {

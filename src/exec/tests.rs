@@ -64,7 +64,7 @@ async fn run_plain<U: Upstream, O: Observer>(
     run(
         limits,
         global,
-        items,
+        planned(items),
         &[],
         upstream,
         observer,
@@ -415,7 +415,7 @@ async fn dependencies_order_and_block_in(spawn: bool) {
     let out = run(
         &limits(spawn, 4, 1000, 1000),
         share(&Permits::new(10), &client()),
-        items,
+        planned(items),
         &after,
         &fake,
         &Arc::new(NoObserver),
@@ -459,7 +459,7 @@ async fn dependencies_keep_the_batch_deadline() {
     let out = run(
         &limits(false, 3, 1000, 50),
         share(&Permits::new(10), &client()),
-        items,
+        planned(items),
         &after,
         &fake,
         &Arc::new(NoObserver),
@@ -524,7 +524,7 @@ async fn the_observer_sees_starts_ends_and_only_kept_answers() {
     let out = run(
         &l,
         share(&Permits::new(10), &client()),
-        items,
+        planned(items),
         &[],
         &fake,
         &observer,
@@ -545,4 +545,12 @@ async fn the_observer_sees_starts_ends_and_only_kept_answers() {
     // The item cut off at the deadline runs on in the background and then ends.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(observer.ended.load(Ordering::SeqCst), 3);
+}
+
+/// Items as the executor takes them: each ready to send, or decided.
+fn planned(items: Vec<Result<SubRequest, Outcome>>) -> Vec<Result<Planned, Outcome>> {
+    items
+        .into_iter()
+        .map(|item| item.map(Planned::Ready))
+        .collect()
 }

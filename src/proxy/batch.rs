@@ -13,8 +13,8 @@ use crate::admission::Ticket;
 use crate::config::{ClientKey, Hedge};
 use crate::dialect::Order;
 use crate::dialect::{
-    with_dialect, BatchRequest, Dialect, ItemClass, Outcome, Plan, Rejection, RejectionKind, Reply,
-    SubRequest,
+    with_dialect, BatchRequest, Dialect, ItemClass, Outcome, Plan, Planned, Rejection,
+    RejectionKind, Reply, SubRequest,
 };
 use crate::exec::{self, Limits, Observer};
 use crate::item::Upstream;
@@ -324,7 +324,7 @@ impl BatchGate {
         session: &mut Session,
         route: &Route,
         (items, order, after): (
-            Vec<std::result::Result<SubRequest, Outcome>>,
+            Vec<std::result::Result<Planned, Outcome>>,
             Order,
             Vec<Vec<usize>>,
         ),

@@ -39,6 +39,7 @@ pub fn address_failed(outcome: &Outcome, eject_on_5xx: bool) -> bool {
             | FailureKind::Cancelled
             | FailureKind::NotRun
             | FailureKind::DependencyFailed { .. }
+            | FailureKind::ReferenceUnresolved
             | FailureKind::Internal => false,
         },
     }

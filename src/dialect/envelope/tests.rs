@@ -48,7 +48,11 @@ fn rejection(body: &str) -> (RejectionKind, &'static str) {
 fn pds_example_decodes_to_one_exact_child() {
     let plan = decode(PDS_REQUEST).expect("valid");
     assert_eq!(&plan.meta[0].id[..], br#""93433894994ad2e1""#);
-    let child = plan.items[0].as_ref().expect("sent");
+    let child = plan.items[0]
+        .as_ref()
+        .ok()
+        .and_then(Planned::ready)
+        .expect("sent");
     assert_eq!(child.method, Method::POST);
     assert_eq!(child.path, "/v2/file/get");
     assert_eq!(
@@ -61,7 +65,11 @@ fn pds_example_decodes_to_one_exact_child() {
 #[test]
 fn child_body_is_forwarded_verbatim() {
     let plan = decode(r#"{"resource":"file","requests":[{"id":"a","method":"POST","url":"/x","body":{ "z" : 1.0e3, "a":[ ] }}]}"#).expect("valid");
-    let child = plan.items[0].as_ref().expect("sent");
+    let child = plan.items[0]
+        .as_ref()
+        .ok()
+        .and_then(Planned::ready)
+        .expect("sent");
     assert_eq!(
         child.body.as_deref(),
         Some(&br#"{ "z" : 1.0e3, "a":[ ] }"#[..])
@@ -258,7 +266,11 @@ fn repeated_item_header_names_are_refused() {
 #[test]
 fn item_headers_keep_order_and_are_capped() {
     let plan = decode(r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/x","headers":{"X-B":"1","X-A":"2"}}]}"#).expect("valid");
-    let child = plan.items[0].as_ref().expect("sent");
+    let child = plan.items[0]
+        .as_ref()
+        .ok()
+        .and_then(Planned::ready)
+        .expect("sent");
     let names: Vec<&str> = child.headers.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["x-b", "x-a"]);
 

@@ -145,6 +145,7 @@ pub(super) fn upstream_error(failure: &Failure) -> (UpstreamError, Option<String
         FailureKind::Cancelled
         | FailureKind::NotRun
         | FailureKind::DependencyFailed { .. }
+        | FailureKind::ReferenceUnresolved
         | FailureKind::Refused(_) => (UpstreamError::ConnectionFailed, None),
     }
 }

@@ -76,7 +76,11 @@ fn round_trip(d: &JsonRpc, body: &str, answer: impl Fn(&[u8]) -> Outcome) -> Rep
                 .items
                 .into_iter()
                 .map(|item| match item {
-                    Ok(sub) => answer(sub.body.as_deref().unwrap_or_default()),
+                    Ok(sub) => answer(
+                        sub.ready()
+                            .and_then(|s| s.body.as_deref())
+                            .unwrap_or_default(),
+                    ),
                     Err(decided) => decided,
                 })
                 .collect();
