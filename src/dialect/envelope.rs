@@ -6,6 +6,7 @@
 //! re-encoded) and upstream JSON bodies are embedded as they came. See README "Envelope
 //! dialect" for the body embedding rule.
 
+use super::reference::{self, BodyKind, RawItem, Template};
 use super::{
     allowed_method, is_json_content_type, is_utf8_charset, BatchRequest, Dialect, ItemRefusal,
     Order, Outcome, Plan, Planned, Rejection, RejectionKind, Reply, StreamRecord, SubRequest,
@@ -14,7 +15,6 @@ use super::{
 use crate::config::EnvelopeConfig;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -89,6 +89,7 @@ const CODE_BODY: &str = "InvalidParameter.Body";
 const CODE_REQUESTS: &str = "InvalidParameter.Requests";
 const CODE_ID: &str = "InvalidParameter.Id";
 const CODE_RESOURCE: &str = "InvalidParameter.Resource";
+const CODE_REFERENCE: &str = "InvalidParameter.Reference";
 
 impl Dialect for Envelope {
     type Meta = EnvelopeMeta;
@@ -103,6 +104,7 @@ impl Dialect for Envelope {
         };
         let mut seen_ids = HashMap::with_capacity(items.len());
         let mut dependency_lists = Vec::new();
+        let mut raw_items = Vec::with_capacity(items.len());
         for (index, raw) in items.into_iter().enumerate() {
             let invalid_item = |detail: String| {
                 Rejection::new(
@@ -126,14 +128,49 @@ impl Dialect for Envelope {
             if self.config.dependencies {
                 dependency_lists.push(dependencies);
             }
-            plan.items.push(
-                self.sub_request(request, &fields, dependencies)
-                    .map(Planned::Ready)
-                    .map_err(Outcome::refused),
-            );
+            raw_items.push(self.raw_item(request, &fields, dependencies));
         }
         if self.config.dependencies {
             plan.after = depends::resolve(&dependency_lists, &seen_ids)?;
+        }
+        // With dependencies on, an item may also use an earlier item's answer (by its id).
+        let mut build: Option<reference::Build> = None;
+        let mut referring = Vec::new();
+        for (index, raw) in raw_items.into_iter().enumerate() {
+            let raw = match raw {
+                Ok(raw) => raw,
+                Err(refusal) => {
+                    plan.items.push(Err(Outcome::refused(refusal)));
+                    continue;
+                }
+            };
+            let template = if self.config.dependencies {
+                let lookup = |name: &str| depends::earlier(name, index, &seen_ids);
+                Template::parse(&raw, BodyKind::Json, &lookup).map_err(|message| {
+                    Rejection::new(
+                        RejectionKind::InvalidParameter,
+                        CODE_REFERENCE,
+                        format!("requests[{index}]: {message}"),
+                    )
+                })?
+            } else {
+                None
+            };
+            let item = match template {
+                None => self
+                    .build(&raw, request.authority)
+                    .map(Planned::Ready)
+                    .map_err(Outcome::refused),
+                Some(template) => {
+                    referring.push((index, template.sources()));
+                    let build = build.get_or_insert_with(|| self.builder(request.authority));
+                    Ok(reference::deferred(raw, template, build))
+                }
+            };
+            plan.items.push(item);
+        }
+        if !referring.is_empty() {
+            plan.after = depends::with_references(plan.after, &referring, plan.items.len())?;
         }
         Ok(plan)
     }
@@ -286,13 +323,13 @@ impl Envelope {
         }
     }
 
-    fn sub_request(
+    /// An item's members as the client wrote them, each of the right JSON type.
+    fn raw_item(
         &self,
         request: &BatchRequest<'_>,
         fields: &ItemFields<'_>,
         dependencies: Option<&RawValue>,
-    ) -> Result<SubRequest, ItemRefusal> {
-        let body = request.body;
+    ) -> Result<RawItem, ItemRefusal> {
         if !self.config.dependencies && depends::names_any(dependencies) {
             // Items run concurrently; silently dropping an ordering the client asked for
             // would reorder its writes.
@@ -302,42 +339,55 @@ impl Envelope {
                           items of a batch run independently",
             ));
         }
-        let method = self.method(fields.method)?;
+        let method = string_field(fields.method, "method", "InvalidParameter.Method")?;
         let url = string_field(fields.url, "url", "InvalidParameter.Url")?;
-        let url = self.config.url_guard.origin_form(&url, request.authority);
-        let path = self.config.url_guard.check(&url)?;
-        let headers = self.headers(fields.headers)?;
-        let child_body = match fields.body {
-            Some(raw) if raw.get() != "null" => Some(body.slice_ref(raw.get().as_bytes())),
+        let headers = match fields.headers.filter(|r| r.get() != "null") {
+            Some(raw) => header_pairs(raw)?,
+            None => Vec::new(),
+        };
+        let body = match fields.body {
+            Some(raw) if raw.get() != "null" => Some(request.body.slice_ref(raw.get().as_bytes())),
             _ => None,
         };
-        let mut headers = headers;
-        if child_body.is_some() && !headers.iter().any(|(name, _)| name == CONTENT_TYPE) {
+        Ok(RawItem {
+            method,
+            url,
+            headers,
+            body,
+        })
+    }
+
+    /// The item as it goes upstream, through the route's guards: the same for an item as
+    /// written and for one whose references were substituted.
+    fn build(&self, raw: &RawItem, authority: Option<&str>) -> Result<SubRequest, ItemRefusal> {
+        let method = allowed_method(&self.config.allowed_methods, &raw.method)?;
+        let url = self.config.url_guard.origin_form(&raw.url, authority);
+        let path = self.config.url_guard.check(&url)?;
+        let mut headers = self.headers(&raw.headers)?;
+        if raw.body.is_some() && !headers.iter().any(|(name, _)| name == CONTENT_TYPE) {
             headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         }
         Ok(SubRequest {
             method,
             path,
             headers,
-            body: child_body,
+            body: raw.body.clone(),
         })
     }
 
-    fn method(&self, raw: Option<&RawValue>) -> Result<Method, ItemRefusal> {
-        let name = string_field(raw, "method", "InvalidParameter.Method")?;
-        allowed_method(&self.config.allowed_methods, &name)
+    /// `build` for items finished later, from the answers they refer to.
+    fn builder(&self, authority: Option<&str>) -> reference::Build {
+        let envelope = self.clone();
+        let authority = authority.map(str::to_string);
+        Arc::new(move |raw: &RawItem| envelope.build(raw, authority.as_deref()))
     }
 
     fn headers(
         &self,
-        raw: Option<&RawValue>,
+        pairs: &[(String, String)],
     ) -> Result<Vec<(http::HeaderName, HeaderValue)>, ItemRefusal> {
-        let Some(raw) = raw.filter(|r| r.get() != "null") else {
-            return Ok(Vec::new());
-        };
-        let pairs = header_pairs(raw)?;
         let mut headers: Vec<(http::HeaderName, HeaderValue)> = Vec::with_capacity(pairs.len());
-        for (name, value) in &pairs {
+        for (name, value) in pairs {
             let (name, value) = self.checked_header(name, value)?;
             // `{"X-A":"1","x-a":"2"}` names one header twice; sending only one of them (or
             // both, for a singleton header) would guess what the client meant.

@@ -234,21 +234,15 @@ impl Template {
     }
 }
 
-/// The item for the executor: sent as is, or deferred until its references can be resolved.
-pub fn planned(
-    raw: RawItem,
-    template: Option<Template>,
-    build: &Build,
-) -> Result<Planned, ItemRefusal> {
-    match template {
-        None => build(&raw).map(Planned::Ready),
-        Some(template) => Ok(Planned::Deferred(Box::new(Deferred {
-            sources: template.sources(),
-            raw,
-            template,
-            build: build.clone(),
-        }))),
-    }
+/// An item that waits for the answers it refers to; once they are in, its references are
+/// substituted and `build` (the dialect's guards) makes the request.
+pub fn deferred(raw: RawItem, template: Template, build: &Build) -> Planned {
+    Planned::Deferred(Box::new(Deferred {
+        sources: template.sources(),
+        raw,
+        template,
+        build: build.clone(),
+    }))
 }
 
 /// An item waiting for the answers it refers to.

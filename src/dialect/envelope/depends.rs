@@ -10,6 +10,48 @@ use std::collections::HashMap;
 
 pub(super) const CODE_DEPENDS_ON: &str = "InvalidParameter.DependsOn";
 
+/// The index of the item with id `name`, for a reference from item `index`: it must be an
+/// earlier item of this batch.
+pub(super) fn earlier(
+    name: &str,
+    index: usize,
+    ids: &HashMap<String, usize>,
+) -> Result<usize, String> {
+    match ids.get(name) {
+        Some(&source) if source < index => Ok(source),
+        Some(&source) if source == index => Err(format!("{name:?} is this item's own id")),
+        Some(_) => Err(format!(
+            "{name:?} is a later item: a reference names an earlier one"
+        )),
+        None => Err(format!("{name:?} is not an id of this batch")),
+    }
+}
+
+/// `after` (empty: no dependencies yet) with each referring item's sources added: a reference
+/// is a dependency. Checked again for cycles, since `dependsOn` may point forward.
+pub(super) fn with_references(
+    mut after: Vec<Vec<usize>>,
+    referring: &[(usize, Vec<usize>)],
+    items: usize,
+) -> Result<Vec<Vec<usize>>, Rejection> {
+    after.resize(items, Vec::new());
+    for (index, sources) in referring {
+        if let Some(dependencies) = after.get_mut(*index) {
+            for source in sources {
+                if !dependencies.contains(source) {
+                    dependencies.push(*source);
+                }
+            }
+        }
+    }
+    match cycle_member(&after) {
+        Some(index) => Err(refuse(format!(
+            "dependsOn and references form a cycle through requests[{index}]: no order can satisfy it"
+        ))),
+        None => Ok(after),
+    }
+}
+
 /// Whether an item's dependency list names anything (absent, `null` and `[]` do not).
 pub(super) fn names_any(raw: Option<&RawValue>) -> bool {
     raw.is_some_and(|d| d.get() != "null" && d.get().trim() != "[]")

@@ -3,7 +3,7 @@
 use super::*;
 use crate::dialect::{Failure, FailureKind, Sent, UpstreamResponse};
 use crate::guard::{HeaderGuard, UrlGuard};
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 
 /// The PDS page's child request, verbatim.
 const PDS_REQUEST: &str = r#"{"resource":"file","requests":[{"id":"93433894994ad2e1","method":"POST","url":"/file/get","body":{"domain_id":"1","drive_id":"1"},"headers":{"Content-Type":"application/json"}}]}"#;
