@@ -173,8 +173,8 @@ fn dialects(c: &mut Criterion) {
                     |i| format!(r#"{{"url":"https://files.example/1/{i}"}}"#),
                 );
             }
-            // Not in conf/batchgate.toml; benched from conf/examples/google.toml below.
-            DialectConfig::Multipart(_) => {}
+            // Not in conf/batchgate.toml; benched from conf/examples below.
+            DialectConfig::Multipart(_) | DialectConfig::Meta(_) => {}
         }
     }
     multipart(c);

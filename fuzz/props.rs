@@ -12,6 +12,7 @@ use batchgate::config::{method_key, Config};
 use batchgate::dialect::envelope::Envelope;
 use batchgate::dialect::fanout::Fanout;
 use batchgate::dialect::jsonrpc::JsonRpc;
+use batchgate::dialect::meta::Meta;
 use batchgate::dialect::multipart::Multipart;
 use batchgate::dialect::{
     BatchRequest, Dialect, FailureKind, Outcome, Planned, RouteDialect, Sent, SubRequest,
@@ -74,6 +75,11 @@ allowed_url_prefixes = ["/file/"]
 max_items = 20
 max_part_bytes = 4096
 max_part_head_bytes = 1024
+[[routes]]
+path = "/v21.0/"
+dialect = "meta"
+allowed_methods = ["GET", "POST", "DELETE"]
+max_items = 20
 "#;
 
 /// The four dialects, built from one config through the real validation.
@@ -82,6 +88,7 @@ struct Dialects {
     jsonrpc: JsonRpc,
     fanout: Fanout,
     multipart: Multipart,
+    meta: Meta,
 }
 
 fn dialects() -> &'static Dialects {
@@ -92,12 +99,14 @@ fn dialects() -> &'static Dialects {
         let mut jsonrpc = None;
         let mut fanout = None;
         let mut multipart = None;
+        let mut meta = None;
         for route in &config.routes {
             match RouteDialect::new(&route.dialect, route.limits.max_items, "api") {
                 RouteDialect::Envelope(d) => envelope = Some(d),
                 RouteDialect::JsonRpc(d) => jsonrpc = Some(d),
                 RouteDialect::Fanout(d) => fanout = Some(d),
                 RouteDialect::Multipart(d) => multipart = Some(d),
+                RouteDialect::Meta(d) => meta = Some(d),
             }
         }
         Dialects {
@@ -105,6 +114,7 @@ fn dialects() -> &'static Dialects {
             jsonrpc: jsonrpc.expect("jsonrpc route"),
             fanout: fanout.expect("fanout route"),
             multipart: multipart.expect("multipart route"),
+            meta: meta.expect("meta route"),
         }
     })
 }
@@ -307,6 +317,70 @@ pub fn envelope(data: &[u8]) {
     let parsed: EnvelopeReply<'_> =
         serde_json::from_slice(&reply.body).expect("an envelope reply has a responses array");
     assert_eq!(parsed.responses.len(), n);
+}
+
+/// Meta: the first byte picks where the rest goes (the whole form body, a JSON body, or the
+/// `batch` parameter's JSON beside an access token). Every item sent, also one whose
+/// references were filled from hostile answers, is safe and under the route's version; every
+/// dependency is an earlier item; the reply is a JSON array with one element per item.
+pub fn meta(data: &[u8]) {
+    let d = &dialects().meta;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (content_type, body) = match mode % 3 {
+        0 => ("application/x-www-form-urlencoded", rest.to_vec()),
+        1 => ("application/json", rest.to_vec()),
+        _ => {
+            let batch = String::from_utf8_lossy(rest);
+            let form: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("access_token", "tok&en")
+                .append_pair("batch", &batch)
+                .finish();
+            ("application/x-www-form-urlencoded", form.into_bytes())
+        }
+    };
+    let body = Bytes::from(body);
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let plan = match d.decode(&request(&headers, None, &body, &Method::POST)) {
+        Ok(plan) => plan,
+        Err(rejection) => {
+            assert_json(&d.reject(&rejection).body, "meta refusal");
+            return;
+        }
+    };
+    assert_eq!(plan.meta.len(), plan.items.len());
+    assert!(plan.items.len() <= d.max_items);
+    assert_dependency_order(&plan.after, plan.items.len());
+    for (item, dependencies) in plan.after.iter().enumerate() {
+        assert!(dependencies.iter().all(|&d| d < item), "{:?}", plan.after);
+    }
+    let outcomes: Vec<Outcome> = plan
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Ok(planned) => {
+                let Some(sub) = &sendable(planned) else {
+                    return Outcome::failed(FailureKind::ReferenceUnresolved, Sent::Nothing);
+                };
+                assert_safe(sub, "/v21.0/");
+                assert!(
+                    [Method::GET, Method::POST, Method::DELETE].contains(&sub.method),
+                    "method {} let through",
+                    sub.method
+                );
+                answer(i as u8, sub.body.as_deref().unwrap_or(data))
+            }
+            Err(decided) => decided.clone(),
+        })
+        .collect();
+    let n = outcomes.len();
+    let reply = d.encode(plan.meta, outcomes);
+    let parsed: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(&reply.body).expect("a meta reply is a JSON array");
+    assert_eq!(parsed.len(), n);
 }
 
 /// JSON-RPC: every sent call is a 2.0 object whose method is usable and not denied in any

@@ -10,6 +10,7 @@ mod error_format;
 pub mod fanout;
 pub mod file;
 mod jsonrpc;
+pub mod meta;
 pub mod multipart;
 mod problems;
 mod resilience;

@@ -182,7 +182,10 @@ fn route_limits(section: &RouteSection, i: &str, problems: &mut Problems) -> Rou
     RouteLimits {
         max_items: bounded(
             section.max_items,
-            DEFAULT_MAX_ITEMS,
+            match section.dialect.as_str() {
+                "meta" => super::meta::META_MAX_ITEMS,
+                _ => DEFAULT_MAX_ITEMS,
+            },
             1,
             MAX_ITEMS_LIMIT,
             &at("max_items"),
@@ -248,10 +251,12 @@ fn dialect_config(
             .map(|config| DialectConfig::Fanout(Arc::new(config))),
         "multipart" => multipart_config(section, ctx.index, ctx.batch_paths, problems)
             .map(|config| DialectConfig::Multipart(Arc::new(config))),
+        "meta" => super::meta::meta_config(section, ctx.index, ctx.batch_paths, problems)
+            .map(|config| DialectConfig::Meta(Arc::new(config))),
         other => {
             problems.push(
                 &["routes", ctx.index, "dialect"],
-                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\", \"fanout\" or \"multipart\")"),
+                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\", \"fanout\", \"multipart\" or \"meta\")"),
             );
             None
         }
@@ -281,14 +286,14 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
     const JSONRPC: &[&str] = &["jsonrpc"];
     const FANOUT: &[&str] = &["fanout"];
     const MULTIPART: &[&str] = &["multipart"];
-    const ITEM_URLS: &[&str] = &["envelope", "multipart"];
+    const ITEM_URLS: &[&str] = &["envelope", "multipart", "meta"];
     let s = section;
     let present: [(&str, bool, &[&str]); 23] = [
         ("error_format", s.error_format.is_some(), &["envelope", "fanout", "multipart"]),
         ("base_path", s.base_path.is_some(), ITEM_URLS),
         ("allowed_resources", s.allowed_resources.is_some(), ENVELOPE),
         ("allowed_url_prefixes", s.allowed_url_prefixes.is_some(), ITEM_URLS),
-        ("public_origins", s.public_origins.is_some(), ITEM_URLS),
+        ("public_origins", s.public_origins.is_some(), &["envelope", "multipart"]),
         ("max_part_bytes", s.max_part_bytes.is_some(), MULTIPART),
         ("max_part_head_bytes", s.max_part_head_bytes.is_some(), MULTIPART),
         ("reply_content_id", s.reply_content_id.is_some(), MULTIPART),
@@ -296,7 +301,7 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
         ("sequential", s.sequential.is_some(), ENVELOPE),
         ("stop_on_failure", s.stop_on_failure.is_some(), ENVELOPE),
         ("dependencies", s.dependencies.is_some(), ENVELOPE),
-        ("allowed_methods", s.allowed_methods.is_some(), &["envelope", "jsonrpc", "multipart"]),
+        ("allowed_methods", s.allowed_methods.is_some(), &["envelope", "jsonrpc", "multipart", "meta"]),
         ("upstream_path", s.upstream_path.is_some(), JSONRPC),
         ("denied_methods", s.denied_methods.is_some(), JSONRPC),
         ("profile", s.profile.is_some(), JSONRPC),
@@ -358,6 +363,7 @@ pub enum DialectConfig {
     JsonRpc(Arc<JsonRpcConfig>),
     Fanout(Arc<super::fanout::FanoutConfig>),
     Multipart(Arc<super::multipart::MultipartConfig>),
+    Meta(Arc<super::meta::MetaConfig>),
 }
 
 impl DialectConfig {
@@ -368,6 +374,7 @@ impl DialectConfig {
             DialectConfig::JsonRpc(_) => "jsonrpc",
             DialectConfig::Fanout(_) => "fanout",
             DialectConfig::Multipart(_) => "multipart",
+            DialectConfig::Meta(_) => "meta",
         }
     }
 }

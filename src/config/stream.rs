@@ -60,10 +60,11 @@ impl StreamFormat {
 }
 
 /// The dialects whose replies are a list of item answers a record can carry one by one.
-const STREAMING_DIALECTS: &[&str] = &["envelope", "jsonrpc", "fanout"];
+const STREAMING_DIALECTS: &[&str] = &["envelope", "jsonrpc", "fanout", "meta"];
 
 /// `stream = ["ndjson", "sse", "json-seq", "progressive"]`: the formats offered, none by
-/// default; `progressive` only for the dialects whose reply is one list (envelope, jsonrpc).
+/// default; `progressive` only for the dialects whose reply is one list (envelope, jsonrpc,
+/// meta), and only `progressive` for meta.
 pub(super) fn stream_formats(
     section: &RouteSection,
     i: &str,
@@ -94,6 +95,12 @@ pub(super) fn stream_formats(
                 &path,
                 "\"progressive\" is not for fanout routes: the reply's X-Batch-Partial header and on_item_error = \"fail\" need every part first",
             ),
+            Some(format) if section.dialect == "meta" && format != StreamFormat::Progressive => {
+                problems.push(
+                    &path,
+                    format!("{name:?} is not for meta routes: Meta's answers carry no name to pair them by; only \"progressive\""),
+                );
+            }
             Some(format) => formats.push(format),
             None => problems.push(
                 &path,

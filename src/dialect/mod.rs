@@ -10,6 +10,7 @@
 pub mod envelope;
 pub mod fanout;
 pub mod jsonrpc;
+pub mod meta;
 pub mod multipart;
 pub mod reference;
 
@@ -31,6 +32,7 @@ pub enum RouteDialect {
     JsonRpc(jsonrpc::JsonRpc),
     Fanout(fanout::Fanout),
     Multipart(multipart::Multipart),
+    Meta(meta::Meta),
 }
 
 /// Runs `$body` with `$d` bound to the route's dialect, whichever it is.
@@ -41,6 +43,7 @@ macro_rules! with_dialect {
             $crate::dialect::RouteDialect::JsonRpc($d) => $body,
             $crate::dialect::RouteDialect::Fanout($d) => $body,
             $crate::dialect::RouteDialect::Multipart($d) => $body,
+            $crate::dialect::RouteDialect::Meta($d) => $body,
         }
     };
 }
@@ -65,6 +68,10 @@ impl RouteDialect {
                 max_items,
             }),
             DialectConfig::Multipart(config) => RouteDialect::Multipart(multipart::Multipart {
+                config: config.clone(),
+                max_items,
+            }),
+            DialectConfig::Meta(config) => RouteDialect::Meta(meta::Meta {
                 config: config.clone(),
                 max_items,
             }),
@@ -297,6 +304,19 @@ pub fn allowed_method(allowed: &[Method], name: &str) -> Result<Method, ItemRefu
             ),
         }),
     }
+}
+
+/// The length of `text` written as a JSON string by serde_json: quotes, `\"` and `\\`, the
+/// two-byte escapes of \b \t \n \f \r, and `\u00XX` for the other control characters.
+pub fn json_string_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | 0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// The media type of a Content-Type value, lower-cased, without parameters.

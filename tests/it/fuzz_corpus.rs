@@ -66,3 +66,10 @@ fn multipart_corpus() {
 fn h2_frames_corpus() {
     replay("h2_frames", props::h2_frames);
 }
+
+/// Every Meta corpus input: sent items (references filled from hostile answers too) pass the
+/// guards, dependencies point back, replies are one JSON array element per item.
+#[test]
+fn meta_corpus() {
+    replay("meta", props::meta);
+}

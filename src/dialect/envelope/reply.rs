@@ -2,7 +2,7 @@
 //! body embedding rule (JSON as is, other UTF-8 text as a string, anything else base64) and
 //! the exact encoded size the reply budget charges (`reply_cost`).
 
-use super::super::{is_json_content_type, strip_bom, Outcome, UpstreamResponse};
+use super::super::{is_json_content_type, json_string_len, strip_bom, Outcome, UpstreamResponse};
 pub use crate::config::BodyRule;
 use crate::config::ErrorFormat;
 use base64::Engine;
@@ -178,19 +178,6 @@ pub fn reply_cost(response: &UpstreamResponse) -> usize {
         BodyForm::Base64 => response.body.len().div_ceil(3) * 4 + 2 + 24,
     };
     headers + body
-}
-
-/// The length of `text` written as a JSON string by serde_json: quotes, `\"` and `\\`, the
-/// two-byte escapes of \b \t \n \f \r, and `\u00XX` for the other control characters.
-fn json_string_len(text: &str) -> usize {
-    2 + text
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | 0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 2,
-            0x00..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
 }
 
 fn write_json_string(out: &mut Vec<u8>, text: &str) {
