@@ -8,8 +8,9 @@ use batchgate::config::{Config, DialectConfig};
 use batchgate::dialect::envelope::Envelope;
 use batchgate::dialect::fanout::Fanout;
 use batchgate::dialect::jsonrpc::JsonRpc;
+use batchgate::dialect::meta::Meta;
 use batchgate::dialect::multipart::Multipart;
-use batchgate::dialect::{BatchRequest, Dialect, Outcome, UpstreamResponse};
+use batchgate::dialect::{BatchRequest, Dialect, Outcome, Planned, UpstreamResponse};
 use batchgate::guard::{HeaderGuard, UrlGuard};
 use batchgate::metrics::RouteMetrics;
 use bytes::Bytes;
@@ -178,6 +179,83 @@ fn dialects(c: &mut Criterion) {
         }
     }
     multipart(c);
+    meta(c);
+}
+
+/// The Meta route of conf/examples/meta.toml: 50 form-encoded items, plain and with 10 of
+/// them referring to the first item's answer (`{result=first:$.id}` in the url): decode,
+/// finish every item against the answers (what the executor does when an item's turn
+/// comes), encode. The pair is issue 29's "references cost within 15 % per item".
+fn meta(c: &mut Criterion) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/examples/meta.toml"
+    ))
+    .expect("conf/examples/meta.toml");
+    let config: Config = text.parse().expect("valid config");
+    let Some(DialectConfig::Meta(m)) = config.routes.first().map(|r| &r.dialect) else {
+        panic!("meta.toml has a meta route first");
+    };
+    let d = Meta {
+        config: m.clone(),
+        max_items: 50,
+    };
+    let batch = |references: usize| {
+        let items: Vec<String> = (0..50)
+            .map(|i| match i {
+                0 => r#"{"method":"GET","relative_url":"me?fields=id,name","name":"first"}"#
+                    .to_string(),
+                i if i <= references => format!(
+                    r#"{{"method":"GET","relative_url":"{{result=first:$.id}}/feed?limit={i}"}}"#
+                ),
+                i => format!(r#"{{"method":"GET","relative_url":"4/feed?limit={i}"}}"#),
+            })
+            .collect();
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("access_token", "EAAB-token")
+            .append_pair("batch", &format!("[{}]", items.join(",")))
+            .finish();
+        Bytes::from(form)
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    let outcomes: Vec<Outcome> = (0..50)
+        .map(|i| response(format!(r#"{{"id":"4","name":"Ann","data":[{{"n":{i}}}]}}"#)))
+        .collect();
+    let mut group = c.benchmark_group("meta");
+    group.throughput(Throughput::Elements(50));
+    for (name, references) in [("plain", 0), ("references", 10)] {
+        let body = batch(references);
+        let request = BatchRequest {
+            authority: None,
+            method: &Method::POST,
+            query: None,
+            headers: &headers,
+            body: &body,
+        };
+        group.bench_function(BenchmarkId::new("batch_of_50", name), |b| {
+            b.iter(|| {
+                let plan = d.decode(black_box(&request)).expect("valid");
+                let mut sent = 0;
+                for item in &plan.items {
+                    match item {
+                        Ok(Planned::Ready(request)) => sent += request.path.len(),
+                        Ok(Planned::Deferred(template)) => {
+                            let finished = template.finish(&|i| outcomes.get(i));
+                            sent += finished.map(|r| r.path.len()).unwrap_or(0);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                black_box(sent);
+                black_box(d.encode(plan.meta, outcomes.clone()).body.len())
+            })
+        });
+    }
+    group.finish();
 }
 
 /// The Google batch route of conf/examples/google.toml: parts of a GET each, as

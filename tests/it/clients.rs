@@ -370,3 +370,116 @@ async fn node_fetch_reads_streamed_answers_as_they_settle() {
     assert_eq!(parsed["content_type"], "application/x-ndjson");
     check_streamed(&parsed, "node fetch");
 }
+
+/// A Graph-style API under `/v21.0` for the Meta SDKs; every call must carry the batch's
+/// access token. `/v21.0/slow` answers after 3 s (past the test's 1 s item timeout).
+async fn meta_upstream() -> Upstream {
+    Upstream::with_handler(|req| {
+        if !req.query.as_deref().unwrap_or("").contains("access_token=tok") {
+            return Reply::json(400, r#"{"error":{"message":"no token","code":190}}"#);
+        }
+        let body = String::from_utf8_lossy(&req.body).into_owned();
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/v21.0/me") => Reply::json(200, r#"{"id":"4","name":"Ann Lee"}"#),
+            ("GET", "/v21.0/me/friends") => {
+                Reply::json(200, r#"{"data":[{"id":"7"},{"id":"8"}],"paging":{}}"#)
+            }
+            ("GET", "/v21.0/people") => Reply::json(
+                200,
+                &serde_json::json!({"query": req.query}).to_string(),
+            ),
+            ("POST", "/v21.0/me/feed") | ("POST", "/v21.0/4/notes") => {
+                Reply::json(200, &serde_json::json!({"id": "4_99", "sent": body}).to_string())
+            }
+            ("GET", "/v21.0/slow") => Reply::json(200, "{}").with_delay(3000),
+            _ => Reply::json(
+                404,
+                r#"{"error":{"message":"Unsupported get request.","type":"GraphMethodException","code":100}}"#,
+            ),
+        }
+    })
+    .await
+}
+
+/// `conf/examples/meta.toml` with a 1 s item timeout, pointed at `upstream`.
+async fn meta_gate(upstream: &Upstream) -> gate::Gate {
+    let config = common::config::example("meta.toml", &[upstream.addr]).replacen(
+        "concurrency = 16\n",
+        "concurrency = 16\nitem_timeout = \"1s\"\n",
+        1,
+    );
+    gate::start(&config).await
+}
+
+/// facebook-business's FacebookAdsApiBatch posts `batch=[...]` form-encoded to `/v21.0/` with
+/// the token in the query: each callback gets what the SDK parsed (the feed post's body
+/// form-encoded as the SDK wrote it, the 404 as a FacebookRequestError), and the call that
+/// timed out comes back `null`, which the SDK returns as the batch to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facebook_business_batches_through_the_meta_example() {
+    let Some(python) = python() else { return };
+    let upstream = meta_upstream().await;
+    let gate = meta_gate(&upstream).await;
+    let base = format!("http://{}", gate.addr);
+    let parsed = run_client(&python, "meta_batch.py", &["business", &base]).await;
+
+    assert_eq!(
+        parsed["success"]["me"],
+        serde_json::json!({"id": "4", "name": "Ann Lee"})
+    );
+    let sent = parsed["success"]["post"]["sent"]
+        .as_str()
+        .expect("the feed post");
+    assert!(sent.contains("message=hi%20there"), "{sent}");
+    assert!(sent.contains("tags=%5B%22a%22%2C%22b%22%5D"), "{sent}");
+    assert_eq!(parsed["failure"]["missing"]["code"], 100, "{parsed}");
+    assert_eq!(parsed["failure"]["missing"]["status"], 404, "{parsed}");
+    assert_eq!(parsed["retry"], serde_json::json!(["slow"]), "{parsed}");
+    let seen = paths(&upstream);
+    for path in [
+        "/v21.0/me",
+        "/v21.0/me/feed",
+        "/v21.0/missing",
+        "/v21.0/slow",
+    ] {
+        assert!(seen.iter().any(|p| p == path), "{path} not in {seen:?}");
+    }
+}
+
+/// facebook-sdk sends a raw batch with names, depends_on and `{result=...}` references: a
+/// referenced success is `null` (Meta's omit_response_on_success) unless it said otherwise,
+/// values land encoded where they stand (the friends' ids joined by commas in the query, the
+/// user's id as a path segment, the name form-encoded in the body), and a reference that
+/// selects nothing answers 424 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facebook_sdk_passes_values_between_named_items() {
+    let Some(python) = python() else { return };
+    let upstream = meta_upstream().await;
+    let gate = meta_gate(&upstream).await;
+    let base = format!("http://{}", gate.addr);
+    let parsed = run_client(&python, "meta_batch.py", &["raw", &base]).await;
+    let reply = parsed["reply"].as_array().expect("the reply array");
+    assert_eq!(reply.len(), 5, "{parsed}");
+    assert_eq!(
+        reply[0],
+        Value::Null,
+        "me is referenced: omitted on success"
+    );
+    assert_eq!(reply[1]["code"], 200);
+    assert_eq!(reply[1]["body"]["data"][1]["id"], "8");
+    assert_eq!(reply[2]["body"]["query"], "ids=7,8&access_token=tok");
+    // The client's own text as it wrote it; the inserted value form-encoded.
+    assert_eq!(reply[3]["body"]["sent"], "message=Hello Ann%20Lee");
+    assert_eq!(reply[4]["code"], 424, "{parsed}");
+    let message = reply[4]["body"]["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("{result=friends:$.paging.next}"),
+        "{message}"
+    );
+    assert!(
+        !paths(&upstream)
+            .iter()
+            .any(|p| p.starts_with("/v21.0/people/")),
+        "the unresolved item was not sent"
+    );
+}

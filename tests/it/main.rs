@@ -22,6 +22,7 @@ mod http2;
 mod instance;
 mod jsonrpc;
 mod limits;
+mod meta;
 mod metrics;
 mod multipart;
 mod overload;
