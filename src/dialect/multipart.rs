@@ -10,6 +10,7 @@
 //! upstream's status line, kept headers and body bytes unchanged. OData change sets (nested
 //! multipart, all-or-nothing) cannot be atomic through a proxy and are refused.
 
+mod content_id;
 mod parse;
 mod reply;
 
@@ -63,6 +64,7 @@ impl Dialect for Multipart {
             items: Vec::with_capacity(parts.len()),
         };
         let mut seen_ids = HashSet::with_capacity(parts.len());
+        let mut targets = Vec::new();
         for (index, part) in parts.into_iter().enumerate() {
             let (mime, content) = parse::part_headers(part).map_err(|why| bad_part(index, &why))?;
             let (content_id, bracketed) = match self.check_mime(index, &mime, &mut seen_ids)? {
@@ -79,15 +81,21 @@ impl Dialect for Multipart {
             });
             let item = self
                 .sub_request(request, content, head_room)
-                .map(|item| SubRequest {
-                    body: item.body.map(|b| request.body.slice_ref(b)),
-                    method: item.method,
-                    path: item.path,
-                    headers: item.headers,
+                .map(|item| {
+                    if item.target.starts_with('$') {
+                        targets.push((index, item.target));
+                    }
+                    SubRequest {
+                        body: item.body.map(|b| request.body.slice_ref(b)),
+                        method: item.method,
+                        path: item.path,
+                        headers: item.headers,
+                    }
                 })
                 .map_err(Outcome::refused);
             plan.items.push(item.map(Planned::Ready));
         }
+        content_id::refer(self, request.authority, &mut plan, targets)?;
         Ok(plan)
     }
 
@@ -145,6 +153,8 @@ struct PartRequest<'a> {
     path: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Option<&'a [u8]>,
+    /// The request line's target as written (an OData `$1/Orders` refers to part 1).
+    target: String,
 }
 
 impl Multipart {
@@ -263,6 +273,7 @@ impl Multipart {
             path,
             headers,
             body,
+            target: inner.target.to_string(),
         })
     }
 
@@ -270,27 +281,12 @@ impl Multipart {
         allowed_method(&self.config.allowed_methods, name)
     }
 
-    /// The part's target as an origin-form path checked by the url guard: an absolute url on
-    /// our own (or a public) origin is its path, a relative reference (OData) is resolved
-    /// against the route's parent; anything else is refused by the guard as for envelopes.
     fn path(
         &self,
         request: &BatchRequest<'_>,
         inner: &InnerRequest<'_>,
     ) -> Result<String, ItemRefusal> {
-        let target = self
-            .config
-            .url_guard
-            .origin_form(&inner.target, request.authority);
-        let first = target.as_bytes().first().copied();
-        let relative = first.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'$')
-            && !target.contains("://");
-        let target = if relative {
-            format!("{}{target}", self.config.relative_base)
-        } else {
-            target.into_owned()
-        };
-        Ok(self.config.url_guard.check(&target)?)
+        target_path(&self.config, request.authority, &inner.target)
     }
 
     /// A part's `Host` may only name the batch request's own authority.
@@ -325,6 +321,27 @@ impl Multipart {
         })?;
         Ok(self.config.header_guard.check(name, text)?)
     }
+}
+
+/// A part's target as an origin-form path checked by the url guard: an absolute url on our
+/// own (or a public) origin is its path, a relative reference (OData) is resolved against the
+/// route's parent; anything else is refused by the guard as for envelopes. The same for a
+/// target written by the client and one an OData reference made from an earlier answer.
+fn target_path(
+    config: &MultipartConfig,
+    authority: Option<&str>,
+    target: &str,
+) -> Result<String, ItemRefusal> {
+    let target = config.url_guard.origin_form(target, authority);
+    let first = target.as_bytes().first().copied();
+    let relative =
+        first.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'$') && !target.contains("://");
+    let target = if relative {
+        format!("{}{target}", config.relative_base)
+    } else {
+        target.into_owned()
+    };
+    Ok(config.url_guard.check(&target)?)
 }
 
 #[cfg(test)]

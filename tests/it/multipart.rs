@@ -281,3 +281,98 @@ async fn hostile_upstream_answers_and_oversized_batches() {
         "nothing of it was sent"
     );
 }
+
+/// OData references: `$1/Orders` waits for part 1 and goes to what it created (its
+/// `Location`, here on the batch's own origin, or its body's `@odata.id`, relative), a
+/// `Location` on another host is refused by the url guard (never followed), a part naming a
+/// failed part answers 424 unsent, and `$metadata` (no such Content-ID) stays as written. A
+/// reference to a later part refuses the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odata_content_id_references_follow_what_was_created() {
+    let upstream = Upstream::with_handler(|req| match (req.method.as_str(), req.path.as_str()) {
+        // Absolute on the origin the client used (the batch's Host reaches the upstream).
+        ("POST", "/odata/Customers") => {
+            let host = req
+                .headers
+                .iter()
+                .find(|(name, _)| name == "host")
+                .map_or("", |(_, value)| value.as_str());
+            Reply::json(201, r#"{"ID":"C9"}"#)
+                .with_header("Location", &format!("http://{host}/odata/Customers('C9')"))
+        }
+        ("POST", "/odata/People") => Reply::json(201, r#"{"@odata.id":"People(7)"}"#),
+        ("POST", "/odata/Evil") => {
+            Reply::json(201, "{}").with_header("Location", "http://evil.example/odata/x")
+        }
+        ("POST", "/odata/Fails") => Reply::json(500, "{}"),
+        _ => Reply::json(200, &serde_json::json!({"target": req.target}).to_string()),
+    })
+    .await;
+    let mut text = GateConfig::new(upstream.addr).toml();
+    text.push_str("\n[[routes]]\nname = \"odata\"\npath = \"/odata/$batch\"\ndialect = \"multipart\"\nupstream = \"api\"\nreply_content_id = \"same\"\n");
+    let gate = gate::start(&text).await;
+    let part = |id: &str, line: &str| {
+        format!("--b\r\nContent-Type: application/http\r\nContent-ID: {id}\r\n\r\n{line} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}\r\n")
+    };
+    let body = [
+        part("1", "POST Customers"),
+        part("2", "GET $1/Orders?$top=2"),
+        part("3", "POST People"),
+        part("4", "GET $3/Friends"),
+        part("5", "POST Evil"),
+        part("6", "GET $5"),
+        part("7", "POST Fails"),
+        part("8", "GET $7/Orders"),
+        part("9", "GET $metadata"),
+    ]
+    .concat()
+        + "--b--\r\n";
+    let reply = client::post(
+        gate.addr,
+        "/odata/$batch",
+        "multipart/mixed; boundary=b",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    let parts = parts(&reply);
+    let status = |i: usize| parts[i].1.split(' ').nth(1).unwrap_or("").to_string();
+    let statuses: Vec<String> = (0..parts.len()).map(status).collect();
+    assert_eq!(
+        statuses,
+        ["201", "200", "201", "200", "201", "400", "500", "424", "200"]
+    );
+    let target = |i: usize| {
+        let echoed: serde_json::Value = serde_json::from_slice(&parts[i].3).expect("JSON");
+        echoed["target"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(target(1), "/odata/Customers('C9')/Orders?$top=2");
+    assert_eq!(target(3), "/odata/People(7)/Friends");
+    assert_eq!(status(5), "400", "a Location on another host is refused");
+    assert_eq!(status(7), "424", "its part failed");
+    assert_eq!(target(8), "/odata/$metadata");
+    let sent: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert!(
+        !sent.iter().any(|t| t.contains("evil") || t.contains("x")),
+        "{sent:?}"
+    );
+
+    let forward = [part("1", "GET $2/Orders"), part("2", "POST Customers")].concat() + "--b--\r\n";
+    let reply = client::post(
+        gate.addr,
+        "/odata/$batch",
+        "multipart/mixed; boundary=b",
+        forward.as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body_str());
+    assert!(
+        reply.body_str().contains("not an earlier part"),
+        "{}",
+        reply.body_str()
+    );
+}
