@@ -92,6 +92,8 @@ pub struct Families {
     pub permit_wait: HistogramVec,
     pub rejections: IntCounterVec,
     pub reply_fields_missing: IntCounterVec,
+    pub referring_items: IntCounterVec,
+    pub references_unresolved: IntCounterVec,
     pub streamed_batches: IntCounterVec,
     pub stream_first_item: HistogramVec,
     pub streams_cut: IntCounterVec,
@@ -198,6 +200,16 @@ fn register() -> prometheus::Result<Families> {
         reply_fields_missing: register_int_counter_vec!(
             "batchgate_reply_fields_missing_total",
             "Reply fields an upstream answer lacked, written as null (fan-out missing_field = \"null\").",
+            &["route"]
+        )?,
+        referring_items: register_int_counter_vec!(
+            "batchgate_referring_items_total",
+            "Items that used an earlier item's answer ({result=...}, {\"$ref\": ...}, OData $<Content-ID>).",
+            &["route"]
+        )?,
+        references_unresolved: register_int_counter_vec!(
+            "batchgate_references_unresolved_total",
+            "Items not sent because a reference to an earlier answer selected nothing (answered 424).",
             &["route"]
         )?,
         streamed_batches: register_int_counter_vec!(
@@ -490,6 +502,8 @@ pub struct RouteMetrics {
     permit_wait: Histogram,
     rejections: Vec<IntCounter>,
     fields_missing: IntCounter,
+    referring: IntCounter,
+    unresolved: IntCounter,
     /// Per `StreamFormat::ALL`.
     streamed: Vec<IntCounter>,
     stream_first_item: Histogram,
@@ -519,6 +533,8 @@ impl RouteMetrics {
                 .map(|k| f.rejections.with_label_values(&[route, k.as_str()]))
                 .collect(),
             fields_missing: f.reply_fields_missing.with_label_values(&[route]),
+            referring: f.referring_items.with_label_values(&[route]),
+            unresolved: f.references_unresolved.with_label_values(&[route]),
             streamed: crate::config::StreamFormat::ALL
                 .iter()
                 .map(|format| {
@@ -558,6 +574,8 @@ impl RouteMetrics {
             let _ = f.rejections.remove_label_values(&[route, kind.as_str()]);
         }
         let _ = f.reply_fields_missing.remove_label_values(&[route]);
+        let _ = f.referring_items.remove_label_values(&[route]);
+        let _ = f.references_unresolved.remove_label_values(&[route]);
         for format in crate::config::StreamFormat::ALL {
             let _ = f
                 .streamed_batches
@@ -609,6 +627,17 @@ impl RouteMetrics {
     pub fn fields_missing(&self, n: usize) {
         if n > 0 {
             self.fields_missing.inc_by(n as u64);
+        }
+    }
+
+    /// Counts the items of a batch that used earlier answers, and those whose references
+    /// could not be resolved.
+    pub fn references(&self, referring: usize, unresolved: usize) {
+        if referring > 0 {
+            self.referring.inc_by(referring as u64);
+        }
+        if unresolved > 0 {
+            self.unresolved.inc_by(unresolved as u64);
         }
     }
 

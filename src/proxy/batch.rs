@@ -55,6 +55,10 @@ pub struct BatchSummary {
     item_log: bool,
     /// The format the reply was streamed in (`None`: one buffered body).
     pub(super) streamed: Option<crate::config::StreamFormat>,
+    /// Items that used earlier items' answers, and those of them whose references could not
+    /// be resolved.
+    referring: usize,
+    unresolved: usize,
 }
 
 /// One item as it is accounted, once, after the reply is built: its final class (after the
@@ -94,6 +98,8 @@ impl BatchSummary {
         BatchSummary {
             item_log,
             streamed: None,
+            referring: 0,
+            unresolved: 0,
             route: route.config.name.clone(),
             request_id: request_id.to_string(),
             items: 0,
@@ -180,8 +186,16 @@ impl BatchSummary {
         items.into_iter().map(|item| item.class).collect()
     }
 
-    /// Keeps the first failed item's detail for the log line.
-    pub(super) fn failure_detail(&mut self, outcomes: &[Outcome]) {
+    /// What the log line and the metrics take from the final outcomes: the first failed
+    /// item's detail, and how many items had references that could not be resolved.
+    pub(super) fn outcomes(&mut self, outcomes: &[Outcome]) {
+        self.unresolved = outcomes
+            .iter()
+            .filter(|o| {
+                o.failure()
+                    .is_some_and(|f| f.kind == crate::item::FailureKind::ReferenceUnresolved)
+            })
+            .count();
         self.detail = outcomes.iter().enumerate().find_map(|(index, outcome)| {
             let failure = outcome.failure()?;
             let detail = failure.detail.as_deref()?;
@@ -196,6 +210,7 @@ impl BatchSummary {
     pub fn record(&self, elapsed: Duration) {
         if let Some(metrics) = &self.metrics {
             metrics.batch(self.result, self.items, elapsed);
+            metrics.references(self.referring, self.unresolved);
             if let Some(kind) = self.rejection {
                 metrics.rejection(kind);
             }
@@ -209,6 +224,8 @@ impl BatchSummary {
             status = self.status,
             result = self.result.as_str(),
             streamed = self.streamed.map(crate::config::StreamFormat::name),
+            referring = self.referring,
+            unresolved = self.unresolved,
             reason = self.rejection.map(RejectionKind::as_str),
             detail = self.detail.as_deref(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -274,6 +291,11 @@ impl BatchGate {
             }
         };
         summary.items = plan.items.len();
+        summary.referring = plan
+            .items
+            .iter()
+            .filter(|item| matches!(item, Ok(Planned::Deferred(_))))
+            .count();
         let headers = batch_headers(session, route, &request_id);
         let observer = Arc::new(ItemResources {
             metrics: route.metrics.clone(),
@@ -310,7 +332,7 @@ impl BatchGate {
             summary.cancelled(refused);
             return Ok(());
         };
-        summary.failure_detail(&ran.outcomes);
+        summary.outcomes(&ran.outcomes);
         let settled = settled_items(&ran, item_log);
         let reply = dialect.encode(plan.meta, ran.outcomes);
         summary.completed(settled, &reply.unusable, reply.fields_missing);

@@ -10,6 +10,7 @@ use common::config::GateConfig;
 use common::gate;
 use common::upstream::{Reply, Upstream};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const META_PATH: &str = "/v21.0/";
 
@@ -99,6 +100,28 @@ async fn answers_cannot_steer_items() {
     for (i, code) in [(1, 400), (2, 400), (4, 424), (5, 400)] {
         assert_eq!(reply[i]["code"], code, "{}", reply[i]);
     }
+    // The batch is counted once its reply is out (pingora's logging phase).
+    let metrics = common::prom::scrape_until(gate.admin, Duration::from_secs(5), "batch", |m| {
+        m.value(
+            "batchgate_referring_items_total",
+            &[("route", "meta_batch")],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metrics.value(
+            "batchgate_referring_items_total",
+            &[("route", "meta_batch")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        metrics.value(
+            "batchgate_references_unresolved_total",
+            &[("route", "meta_batch")]
+        ),
+        1.0
+    );
     for target in &targets {
         assert!(target.starts_with("/v21.0/"), "{target}");
     }

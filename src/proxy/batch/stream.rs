@@ -317,7 +317,7 @@ impl BatchGate {
             self.stream_cut(session, route, summary, format, refused, first_item);
             return Ok(());
         };
-        summary.failure_detail(&ran.outcomes);
+        summary.outcomes(&ran.outcomes);
         let settled = settled_items(&ran, summary.item_log());
         let classes = summary.completed(settled, &written.unusable, written.fields_missing);
         let last = match bounds {
