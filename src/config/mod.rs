@@ -353,6 +353,35 @@ dialect = "envelope"
         assert!(message.contains("\"ndjson\" is listed twice"), "{message}");
     }
 
+    /// A meta route joins items under its own path by default, allows 50 of them, offers only
+    /// the progressive reply, and refuses keys of other dialects.
+    #[test]
+    fn meta_routes_have_meta_defaults() {
+        let text = "[upstreams.api]\naddresses = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"/v21.0/\"\ndialect = \"meta\"\nstream = [\"progressive\"]\n";
+        let config: Config = text.parse().expect("valid");
+        let DialectConfig::Meta(meta) = &config.routes[0].dialect else {
+            panic!("a meta route");
+        };
+        assert_eq!(meta.base_path, "/v21.0");
+        assert_eq!(meta.version.as_deref(), Some("v21.0"));
+        assert_eq!(config.routes[0].limits.max_items, 50);
+        let bad = text.replace(
+            "[\"progressive\"]",
+            "[\"ndjson\"]\ndependencies = \"graph\"",
+        );
+        let message = Config::parse(&bad, "x.toml")
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            message.contains("\"ndjson\" is not for meta routes"),
+            "{message}"
+        );
+        assert!(
+            message.contains("dependencies is not a setting of dialect \"meta\""),
+            "{message}"
+        );
+    }
+
     #[test]
     fn invalid_value_names_line_and_key_path() {
         let text = format!("{MINIMAL}max_items = 0\nconcurrency = -1\n");
