@@ -601,3 +601,56 @@ fn graph_rule_error_items_use_the_error_format() {
         "{message}"
     );
 }
+
+/// A reference names an earlier item by id: a later one, the item itself, an unknown id and a
+/// malformed reference refuse the batch; a reference is a dependency, so one that closes a
+/// cycle with a forward `dependsOn` does too; without `dependencies = "graph"` the text is a
+/// url like any other (and the url guard refuses its braces).
+#[test]
+fn references_name_earlier_items_only() {
+    let e = graph_envelope();
+    for (body, code, says) in [
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a/{result=b:$.id}"},{"id":"b","method":"GET","url":"/b"}]}"#,
+            "InvalidParameter.Reference",
+            "later item",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a/{result=a:$.id}"}]}"#,
+            "InvalidParameter.Reference",
+            "own id",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","headers":{"X":"{result=zz:$.id}"}}]}"#,
+            "InvalidParameter.Reference",
+            "not an id",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","body":{"x":{"$ref":"a"}}}]}"#,
+            "InvalidParameter.Reference",
+            "NAME:JSONPATH",
+        ),
+        (
+            r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a","dependsOn":["b"]},{"id":"b","method":"GET","url":"/b/{result=a:$.id}"}]}"#,
+            "InvalidParameter.DependsOn",
+            "cycle",
+        ),
+    ] {
+        let rejection = decode_with(&e, body).expect_err(body);
+        assert_eq!(rejection.code, code, "{body}");
+        assert!(
+            rejection.message.contains(says),
+            "{body}: {}",
+            rejection.message
+        );
+    }
+    let body = r#"{"resource":"file","requests":[{"id":"a","method":"GET","url":"/a"},{"id":"b","method":"GET","url":"/b/{result=a:$.id}"}]}"#;
+    let plan = decode_with(&e, body).expect("valid");
+    assert!(matches!(plan.items[1], Ok(Planned::Deferred(_))));
+    assert_eq!(plan.after, [vec![], vec![0]]);
+    let plain = decode(body).expect("valid");
+    assert!(
+        plain.items[1].is_err(),
+        "no dependencies: a literal url, refused"
+    );
+}
