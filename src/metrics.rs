@@ -93,6 +93,7 @@ pub struct Families {
     pub rejections: IntCounterVec,
     pub reply_fields_missing: IntCounterVec,
     pub referring_items: IntCounterVec,
+    pub coalesced_items: IntCounterVec,
     pub references_unresolved: IntCounterVec,
     pub streamed_batches: IntCounterVec,
     pub stream_first_item: HistogramVec,
@@ -205,6 +206,11 @@ fn register() -> prometheus::Result<Families> {
         referring_items: register_int_counter_vec!(
             "batchgate_referring_items_total",
             "Items that used an earlier item's answer ({result=...}, {\"$ref\": ...}, OData $<Content-ID>).",
+            &["route"]
+        )?,
+        coalesced_items: register_int_counter_vec!(
+            "batchgate_coalesced_items_total",
+            "Items answered with an identical item's answer that was in flight, instead of going upstream ([routes.coalesce]).",
             &["route"]
         )?,
         references_unresolved: register_int_counter_vec!(
@@ -504,6 +510,7 @@ pub struct RouteMetrics {
     fields_missing: IntCounter,
     referring: IntCounter,
     unresolved: IntCounter,
+    coalesced: IntCounter,
     /// Per `StreamFormat::ALL`.
     streamed: Vec<IntCounter>,
     stream_first_item: Histogram,
@@ -535,6 +542,7 @@ impl RouteMetrics {
             fields_missing: f.reply_fields_missing.with_label_values(&[route]),
             referring: f.referring_items.with_label_values(&[route]),
             unresolved: f.references_unresolved.with_label_values(&[route]),
+            coalesced: f.coalesced_items.with_label_values(&[route]),
             streamed: crate::config::StreamFormat::ALL
                 .iter()
                 .map(|format| {
@@ -576,6 +584,7 @@ impl RouteMetrics {
         let _ = f.reply_fields_missing.remove_label_values(&[route]);
         let _ = f.referring_items.remove_label_values(&[route]);
         let _ = f.references_unresolved.remove_label_values(&[route]);
+        let _ = f.coalesced_items.remove_label_values(&[route]);
         for format in crate::config::StreamFormat::ALL {
             let _ = f
                 .streamed_batches
@@ -639,6 +648,11 @@ impl RouteMetrics {
         if unresolved > 0 {
             self.unresolved.inc_by(unresolved as u64);
         }
+    }
+
+    /// Counts one item answered with an identical item's answer.
+    pub fn coalesced(&self) {
+        self.coalesced.inc();
     }
 
     /// Counts one item by outcome class.

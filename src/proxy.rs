@@ -50,6 +50,9 @@ pub struct BatchGate {
     /// Turns true shortly before the shutdown grace period ends: running batches then answer
     /// with what has finished instead of being cut off without a reply.
     stop: tokio::sync::watch::Receiver<bool>,
+    /// The flights of identical items in progress, for every route that coalesces (the key
+    /// names the upstream; a reload keeps them).
+    coalescer: Arc<crate::coalesce::Coalescer>,
 }
 
 /// Connects a pass-through request tries before its error goes to the client.
@@ -96,6 +99,7 @@ impl BatchGate {
             item_log: Arc::new(AtomicBool::new(config.server.item_log)),
             spawn_items: config.server.work_stealing,
             stop,
+            coalescer: Arc::default(),
         }
     }
 

@@ -184,6 +184,7 @@ pub struct RouteSection {
     pub idempotent_methods: Option<Vec<String>>,
     pub hedge_after: Option<String>,
     pub stream: Option<Vec<String>>,
+    pub coalesce: Option<CoalesceSection>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,
@@ -212,6 +213,15 @@ pub struct RouteSection {
     pub on_item_error: Option<String>,
     // envelope and fanout
     pub error_format: Option<String>,
+}
+
+/// `[routes.coalesce]`: identical items in flight at once are sent once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceSection {
+    pub methods: Option<Vec<String>>,
+    pub public: Option<bool>,
+    pub key_headers: Option<Vec<String>>,
 }
 
 /// `[routes.ids]` of a fanout route: where the id list comes from.

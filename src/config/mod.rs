@@ -5,6 +5,7 @@
 //! `from_path` only adds reading the file, so tests need no files.
 
 mod admission;
+pub mod coalesce;
 mod envelope;
 mod error_format;
 pub mod fanout;
@@ -380,6 +381,28 @@ dialect = "envelope"
             message.contains("dependencies is not a setting of dialect \"meta\""),
             "{message}"
         );
+    }
+
+    /// `[routes.coalesce]`: GET and HEAD by default; unsafe methods, jsonrpc routes and
+    /// key_headers without public are refused.
+    #[test]
+    fn coalescing_is_checked() {
+        let ok = format!("{MINIMAL}[routes.coalesce]\n");
+        let config: Config = ok.parse().expect("valid");
+        let coalesce = config.routes[0].coalesce.as_ref().expect("on");
+        assert_eq!(coalesce.methods, [http::Method::GET, http::Method::HEAD]);
+        assert!(!coalesce.public);
+        let bad = format!("{MINIMAL}[routes.coalesce]\nmethods = [\"GET\", \"POST\"]\nkey_headers = [\"accept-language\"]\n");
+        let message = Config::parse(&bad, "x.toml")
+            .expect_err("invalid")
+            .to_string();
+        assert!(message.contains("POST is not a safe method"), "{message}");
+        assert!(message.contains("only with public = true"), "{message}");
+        let rpc = "[upstreams.api]\naddresses = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"/rpc\"\ndialect = \"jsonrpc\"\nupstream_path = \"/rpc\"\n[routes.coalesce]\n";
+        let message = Config::parse(rpc, "x.toml")
+            .expect_err("invalid")
+            .to_string();
+        assert!(message.contains("not for jsonrpc routes"), "{message}");
     }
 
     #[test]

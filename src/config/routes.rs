@@ -126,6 +126,7 @@ fn route_config(
     let idempotent_methods = super::resilience::idempotent_methods(section, i, problems);
     let hedge_after = super::resilience::hedge_after(section, i, problems);
     let stream = super::stream::stream_formats(section, i, problems);
+    let coalesce = super::coalesce::coalesce_config(section, i, problems);
     let dialect = dialect_config(section, ctx, problems);
     check_dialect_keys(section, i, problems);
     let name = route_name(section, i, problems);
@@ -142,6 +143,7 @@ fn route_config(
         idempotent_methods: idempotent_methods.into(),
         hedge_after,
         stream,
+        coalesce: coalesce.map(Arc::new),
         dialect: dialect?,
     })
 }
@@ -353,6 +355,8 @@ pub struct RouteConfig {
     pub hedge_after: Option<super::Hedge>,
     /// The formats its replies may be streamed in, by `Accept` (none: always buffered).
     pub stream: Vec<super::StreamFormat>,
+    /// Identical items in flight at once are sent once (`[routes.coalesce]`; none: off).
+    pub coalesce: Option<Arc<super::coalesce::CoalesceConfig>>,
     pub dialect: DialectConfig,
 }
 

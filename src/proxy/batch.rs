@@ -10,6 +10,7 @@ mod stream;
 use super::body::{read_batch, refusal};
 use super::{BatchGate, RequestCtx, Route};
 use crate::admission::Ticket;
+use crate::coalesce::{Scope, Source, SOURCE_HEADER};
 use crate::config::{ClientKey, Hedge};
 use crate::dialect::Order;
 use crate::dialect::{
@@ -354,7 +355,8 @@ impl BatchGate {
         observer: &Arc<ItemResources>,
         request_id: &str,
     ) -> Option<exec::Ran> {
-        let (exec_limits, upstream) = self.prepare(route, order, headers, None);
+        let client = observer.ticket.client();
+        let (exec_limits, upstream) = self.prepare(route, order, headers, client, None);
         let span = batch_span(route, request_id, items.len());
         let share = exec::Share {
             permits: &self.permits,
@@ -380,11 +382,30 @@ impl BatchGate {
         route: &Route,
         order: Order,
         headers: BatchHeaders,
+        client: &ClientId,
         streamed: Option<exec::Unwritten>,
     ) -> (Limits, Arc<BatchUpstream>) {
         let mut exec_limits = self.exec_limits(route, order);
         exec_limits.streamed = streamed;
+        let coalesce = route.config.coalesce.as_ref().map(|config| {
+            let forwarded: Vec<(HeaderName, HeaderValue)> = headers
+                .common
+                .iter()
+                .filter(|(name, _)| *name != REQUEST_ID && *name != X_FORWARDED_FOR)
+                .cloned()
+                .collect();
+            Scope::new(
+                self.coalescer.clone(),
+                config.clone(),
+                &route.upstream.config.name,
+                &headers.host,
+                &forwarded,
+                client,
+            )
+        });
         let upstream = Arc::new(BatchUpstream {
+            coalesce,
+            metrics: route.metrics.clone(),
             client: route.upstream.clone(),
             headers,
             in_flight: route.metrics.as_ref().map(|m| m.in_flight.clone()),
@@ -651,6 +672,9 @@ fn client_id(session: &Session, key: &ClientKey) -> ClientId {
 /// (the client knows no batch).
 pub struct BatchUpstream {
     pub client: Arc<UpstreamClient>,
+    /// Identical items in flight are sent once (`[routes.coalesce]`).
+    pub coalesce: Option<Scope>,
+    pub metrics: Option<Arc<RouteMetrics>>,
     pub headers: BatchHeaders,
     /// The upstream's in-flight gauge, raised while an item is being sent.
     pub in_flight: Option<IntGauge>,
@@ -662,6 +686,33 @@ pub struct BatchUpstream {
 
 impl Upstream for BatchUpstream {
     async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
+        let Some(scope) = &self.coalesce else {
+            return self.send_one(&request, until).await;
+        };
+        let (mut outcome, source) = if scope.applies(&request) {
+            let key = scope.key(&request);
+            let send = || self.send_one(&request, until);
+            scope.coalescer.send(key, until, send).await
+        } else {
+            (self.send_one(&request, until).await, Source::Sent)
+        };
+        if source == Source::Coalesced {
+            if let Some(metrics) = &self.metrics {
+                metrics.coalesced();
+            }
+        }
+        if let Outcome::Response(response) = &mut outcome {
+            response
+                .headers
+                .insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
+        }
+        outcome
+    }
+}
+
+impl BatchUpstream {
+    /// One item sent upstream.
+    async fn send_one(&self, request: &SubRequest, until: Instant) -> Outcome {
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
         let call = Call {
             repeatable: self.repeatable_methods.contains(&request.method),
@@ -669,6 +720,6 @@ impl Upstream for BatchUpstream {
             deadline: self.deadline,
             until,
         };
-        self.client.send(&request, &self.headers, &call).await
+        self.client.send(request, &self.headers, &call).await
     }
 }

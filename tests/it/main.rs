@@ -6,6 +6,7 @@ mod common;
 
 mod balance;
 mod clients;
+mod coalesce;
 mod config_check;
 mod connections;
 mod dashboard;

@@ -268,7 +268,9 @@ impl BatchGate {
                 }
             }
         };
-        let (limits, upstream) = self.prepare(route, plan.order, headers, Some(unwritten.clone()));
+        let client = observer.ticket.client();
+        let (limits, upstream) =
+            self.prepare(route, plan.order, headers, client, Some(unwritten.clone()));
         let span = batch_span(route, request_id, items);
         let share = exec::Share {
             permits: &self.permits,

@@ -1,0 +1,250 @@
+//! In-flight coalescing (a route's `[routes.coalesce]`): an item identical to one already in
+//! flight waits for that one's answer instead of going upstream, within one batch and across
+//! batches and clients.
+//!
+//! "Identical" is a SHA-256 key (`Key`) over everything the upstream would see that can change
+//! its answer: the upstream, method, `Host`, path with its query parameters in a canonical
+//! order, body, the item's own headers, and the caller's identity (the forwarded headers,
+//! credentials among them, and the caller's `client_key`) unless the route says the data is
+//! public. The first item of a key (the leader) is sent as usual, inside its own item's
+//! future; the others (followers) wait for its answer until their own item deadline, and a
+//! follower that gives up leaves the leader alone. The table holds a key only while its leader
+//! runs, so it is bounded by the items in flight (`max_in_flight`).
+//!
+//! Nothing per caller is shared: an answer that sets a cookie (`PER_CALLER_HEADERS`) is not
+//! handed to followers, who then send their own request. Failures are shared with the
+//! followers of that attempt; nothing is kept after it.
+
+use crate::config::coalesce::CoalesceConfig;
+use crate::item::{FailureKind, Outcome, Sent, SubRequest};
+use http::{HeaderName, HeaderValue};
+use ring::digest;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Response headers that belong to one caller and are never handed to another.
+pub const PER_CALLER_HEADERS: &[&str] = &["set-cookie", "set-cookie2"];
+
+/// The response header that says where an item's answer came from, on routes that coalesce:
+/// `sent` (it went upstream), `coalesced` (another identical item's answer).
+pub const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-batchgate-source");
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Sent,
+    Coalesced,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Sent => "sent",
+            Source::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// What identifies one upstream request for coalescing.
+pub type Key = [u8; 32];
+
+/// The answer a leader publishes: `None` until it has one.
+type Published = watch::Sender<Option<Outcome>>;
+
+/// The flights in progress (one table for every route: the key names the upstream).
+#[derive(Default)]
+pub struct Coalescer {
+    flights: Mutex<HashMap<Key, Arc<Published>>>,
+}
+
+/// One batch's coalescing: the flights, its route's settings, and the part of the key every
+/// item of the batch shares (who is asking, where).
+pub struct Scope {
+    pub coalescer: Arc<Coalescer>,
+    pub config: Arc<CoalesceConfig>,
+    /// Upstream name, `Host`, and (unless public) the caller's identity, digested.
+    batch: digest::Digest,
+}
+
+impl Scope {
+    /// `caller`: the forwarded headers (name, value) and the caller's `client_key`.
+    pub fn new(
+        coalescer: Arc<Coalescer>,
+        config: Arc<CoalesceConfig>,
+        upstream: &str,
+        host: &HeaderValue,
+        forwarded: &[(HeaderName, HeaderValue)],
+        client: &str,
+    ) -> Self {
+        let mut context = digest::Context::new(&digest::SHA256);
+        field(&mut context, upstream.as_bytes());
+        field(&mut context, host.as_bytes());
+        if config.public {
+            for name in &config.key_headers {
+                for (_, value) in forwarded.iter().filter(|(n, _)| n == name) {
+                    field(&mut context, name.as_str().as_bytes());
+                    field(&mut context, value.as_bytes());
+                }
+            }
+        } else {
+            for (name, value) in forwarded {
+                field(&mut context, name.as_str().as_bytes());
+                field(&mut context, value.as_bytes());
+            }
+            field(&mut context, client.as_bytes());
+        }
+        Scope {
+            coalescer,
+            config,
+            batch: context.finish(),
+        }
+    }
+
+    /// Whether `request` may share an answer at all (its method is one the route coalesces).
+    pub fn applies(&self, request: &SubRequest) -> bool {
+        self.config.methods.contains(&request.method)
+    }
+
+    /// The key of `request` in this batch.
+    pub fn key(&self, request: &SubRequest) -> Key {
+        let mut context = digest::Context::new(&digest::SHA256);
+        field(&mut context, self.batch.as_ref());
+        field(&mut context, request.method.as_str().as_bytes());
+        let (path, query) = request
+            .path
+            .split_once('?')
+            .map_or((request.path.as_str(), None), |(p, q)| (p, Some(q)));
+        field(&mut context, path.as_bytes());
+        if let Some(query) = query {
+            // `b=2&a=1` and `a=1&b=2` ask the same; repeated names keep their order.
+            let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+            pairs.sort_by_key(|pair| pair.split('=').next().unwrap_or_default());
+            for pair in pairs {
+                field(&mut context, pair.as_bytes());
+            }
+        }
+        field(&mut context, b"headers");
+        let mut headers: Vec<(&str, &[u8])> = request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        headers.sort_unstable();
+        for (name, value) in headers {
+            field(&mut context, name.as_bytes());
+            field(&mut context, value);
+        }
+        field(&mut context, b"body");
+        field(&mut context, request.body.as_deref().unwrap_or_default());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(context.finish().as_ref());
+        key
+    }
+}
+
+/// Each field with its length first, so no two different field lists digest the same bytes.
+fn field(context: &mut digest::Context, bytes: &[u8]) {
+    context.update(&(bytes.len() as u64).to_be_bytes());
+    context.update(bytes);
+}
+
+impl Coalescer {
+    /// The answer for an item with `key`: sent with `send` if no identical item is in flight
+    /// (or the one in flight answered something per caller, or left without an answer), else
+    /// that item's answer, waited for until `until`.
+    pub async fn send<F>(&self, key: Key, until: Instant, send: impl Fn() -> F) -> (Outcome, Source)
+    where
+        F: Future<Output = Outcome>,
+    {
+        let joined = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(&key) {
+                Some(published) => Err(published.subscribe()),
+                None => {
+                    let published = Arc::new(watch::channel(None).0);
+                    flights.insert(key, published.clone());
+                    Ok(published)
+                }
+            }
+        };
+        match joined {
+            Ok(published) => {
+                let flight = Flight {
+                    coalescer: self,
+                    key,
+                    published,
+                };
+                let outcome = send().await;
+                flight.publish(&outcome);
+                (outcome, Source::Sent)
+            }
+            Err(mut answer) => {
+                // The borrowed answer is copied out before anything else is awaited.
+                let shared =
+                    match tokio::time::timeout_at(until, answer.wait_for(Option::is_some)).await {
+                        Ok(Ok(shared)) => Ok(shared.as_ref().filter(|o| shareable(o)).cloned()),
+                        // The leader went away without an answer: ask for ourselves.
+                        Ok(Err(_)) => Ok(None),
+                        Err(_) => Err(()),
+                    };
+                let Ok(shared) = shared else {
+                    let gave_up = Outcome::failed(FailureKind::Timeout, Sent::Nothing);
+                    return (gave_up, Source::Coalesced);
+                };
+                match shared {
+                    Some(outcome) => (outcome, Source::Coalesced),
+                    // Per caller (or no answer): this item asks the upstream itself.
+                    None => (send().await, Source::Sent),
+                }
+            }
+        }
+    }
+}
+
+/// Whether an answer may be handed to another caller: nothing in it is theirs alone.
+fn shareable(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::Response(response) => !PER_CALLER_HEADERS
+            .iter()
+            .any(|name| response.headers.contains_key(*name)),
+        Outcome::Failed(_) => true,
+    }
+}
+
+/// A leader's flight: its key leaves the table when it ends, answered or not (a dropped
+/// leader's followers see the channel close and send for themselves).
+struct Flight<'a> {
+    coalescer: &'a Coalescer,
+    key: Key,
+    published: Arc<Published>,
+}
+
+impl Flight<'_> {
+    fn publish(&self, outcome: &Outcome) {
+        if self.published.receiver_count() > 0 {
+            self.published.send_replace(Some(outcome.clone()));
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .coalescer
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if flights
+            .get(&self.key)
+            .is_some_and(|p| Arc::ptr_eq(p, &self.published))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+use super::*;
+use crate::item::UpstreamResponse;
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn config(public: bool) -> Arc<CoalesceConfig> {
+    Arc::new(CoalesceConfig {
+        methods: vec![Method::GET, Method::HEAD],
+        public,
+        key_headers: vec![HeaderName::from_static("accept-language")],
+    })
+}
+
+fn scope(public: bool, token: &str, client: &str) -> Scope {
+    let forwarded = [
+        (
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(token).unwrap(),
+        ),
+        (
+            HeaderName::from_static("accept-language"),
+            HeaderValue::from_static("en"),
+        ),
+    ];
+    Scope::new(
+        Arc::new(Coalescer::default()),
+        config(public),
+        "api",
+        &HeaderValue::from_static("api.test"),
+        &forwarded,
+        client,
+    )
+}
+
+fn get(path: &str) -> SubRequest {
+    SubRequest {
+        method: Method::GET,
+        path: path.into(),
+        headers: Vec::new(),
+        body: None,
+    }
+}
+
+#[test]
+fn keys_are_scoped_to_the_caller_unless_public() {
+    let a = scope(false, "Bearer a", "10.0.0.1");
+    let b = scope(false, "Bearer b", "10.0.0.1");
+    let c = scope(false, "Bearer a", "10.0.0.2");
+    let request = get("/me?b=2&a=1");
+    assert_eq!(a.key(&request), a.key(&get("/me?a=1&b=2")), "query order");
+    assert_ne!(a.key(&request), a.key(&get("/me?a=1&a=2&b=2")));
+    assert_ne!(a.key(&get("/me?a=1&a=2")), a.key(&get("/me?a=2&a=1")));
+    assert_ne!(a.key(&request), b.key(&request), "other credentials");
+    assert_ne!(a.key(&request), c.key(&request), "other client");
+    let public_a = scope(true, "Bearer a", "10.0.0.1");
+    let public_b = scope(true, "Bearer b", "10.0.0.2");
+    assert_eq!(public_a.key(&request), public_b.key(&request));
+    let mut with_header = get("/me?a=1&b=2");
+    with_header
+        .headers
+        .push((http::header::ACCEPT, HeaderValue::from_static("text/plain")));
+    assert_ne!(
+        a.key(&request),
+        a.key(&with_header),
+        "the item's own headers"
+    );
+    let mut with_body = get("/me?a=1&b=2");
+    with_body.body = Some(Bytes::from_static(b"{}"));
+    assert_ne!(a.key(&request), a.key(&with_body), "the body");
+    assert!(a.applies(&request));
+    let mut post = get("/me");
+    post.method = Method::POST;
+    assert!(!a.applies(&post));
+}
+
+fn answer(cookie: bool) -> Outcome {
+    let mut headers = HeaderMap::new();
+    if cookie {
+        headers.insert(http::header::SET_COOKIE, HeaderValue::from_static("s=1"));
+    }
+    Outcome::Response(UpstreamResponse {
+        status: 200,
+        headers,
+        body: Bytes::from_static(b"{}"),
+    })
+}
+
+/// `n` identical items at once, each answered after `delay` by a send that counts its calls.
+async fn together(n: usize, cookie: bool, deadline: Duration) -> (usize, Vec<Source>) {
+    let coalescer = Arc::new(Coalescer::default());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let until = Instant::now() + deadline;
+    let items = (0..n).map(|_| {
+        let (coalescer, sent) = (coalescer.clone(), sent.clone());
+        async move {
+            let send = || {
+                let sent = sent.clone();
+                async move {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    answer(cookie)
+                }
+            };
+            coalescer.send([7; 32], until, send).await.1
+        }
+    });
+    let sources = futures_util::future::join_all(items).await;
+    assert!(
+        coalescer.flights.lock().unwrap().is_empty(),
+        "no key left behind"
+    );
+    (sent.load(Ordering::SeqCst), sources)
+}
+
+#[tokio::test]
+async fn identical_items_in_flight_are_sent_once() {
+    let (sent, sources) = together(20, false, Duration::from_secs(5)).await;
+    assert_eq!(sent, 1);
+    assert_eq!(
+        sources.iter().filter(|s| **s == Source::Coalesced).count(),
+        19
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_sets_a_cookie_is_not_handed_on() {
+    let (sent, sources) = together(5, true, Duration::from_secs(5)).await;
+    assert_eq!(sent, 5, "every follower asked for its own");
+    assert!(sources.iter().all(|s| *s == Source::Sent));
+}
+
+#[tokio::test]
+async fn a_follower_that_gives_up_leaves_the_leader_alone() {
+    let coalescer = Arc::new(Coalescer::default());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let leader = {
+        let (coalescer, finished) = (coalescer.clone(), finished.clone());
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            let send = || {
+                let finished = finished.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    answer(false)
+                }
+            };
+            coalescer.send([1; 32], until, send).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let until = Instant::now() + Duration::from_millis(30);
+    let (outcome, source) = coalescer
+        .send([1; 32], until, || async { unreachable!("a follower") })
+        .await;
+    assert_eq!(source, Source::Coalesced);
+    assert!(matches!(outcome, Outcome::Failed(f) if f.kind == FailureKind::Timeout));
+    let (outcome, source) = leader.await.expect("the leader");
+    assert_eq!((outcome.status(), source), (200, Source::Sent));
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn followers_of_a_leader_that_leaves_ask_for_themselves() {
+    let coalescer = Arc::new(Coalescer::default());
+    let leader = {
+        let coalescer = coalescer.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            coalescer
+                .send([2; 32], until, std::future::pending::<Outcome>)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let follower = {
+        let coalescer = coalescer.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            coalescer
+                .send([2; 32], until, || async { answer(false) })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    leader.abort();
+    let (outcome, source) = follower.await.expect("the follower");
+    assert_eq!((outcome.status(), source), (200, Source::Sent));
+}

@@ -1,0 +1,193 @@
+//! In-flight coalescing (`[routes.coalesce]`) against a real upstream: identical items in flight
+//! go upstream once, within one batch and across concurrent batches; different callers never
+//! share; an answer that sets a cookie is never handed to another item; a follower that gives
+//! up does not cut the leader off; only the route's methods are coalesced; every item says
+//! where its answer came from.
+
+use crate::common;
+
+use common::batch::{batch, item, responses, BATCH_PATH};
+use common::client;
+use common::config::GateConfig;
+use common::gate::Gate;
+use common::upstream::{Reply, Upstream};
+use serde_json::Value;
+use std::time::Duration;
+
+/// An upstream answering after `delay_ms`; `/v2/cookie` also sets a cookie.
+async fn slow_upstream(delay_ms: u64) -> Upstream {
+    Upstream::with_handler(move |req| {
+        let reply = Reply::json(200, &format!(r#"{{"path":"{}"}}"#, req.target));
+        let reply = if req.path == "/v2/cookie" {
+            reply.with_header("Set-Cookie", "session=abc")
+        } else {
+            reply
+        };
+        reply.with_delay(delay_ms)
+    })
+    .await
+}
+
+async fn coalescing_gate(upstream: &Upstream, extra: &[&str]) -> Gate {
+    let mut config = GateConfig::new(upstream.addr).route("concurrency = 64");
+    for line in extra {
+        config = config.route(line);
+    }
+    // A second route to the same upstream whose batches give up after 200 ms: its items
+    // share flights with the first route's (the key names the upstream, not the route).
+    let text = config.route("[routes.coalesce]").toml()
+        + "\n[[routes]]\nname = \"short\"\npath = \"/v2/short\"\ndialect = \"envelope\"\n\
+           upstream = \"api\"\nbase_path = \"/v2\"\nbatch_timeout = \"200ms\"\n[routes.coalesce]\n";
+    common::gate::start(&text).await
+}
+
+/// POSTs a batch of `n` copies of `GET url` with `token` as the caller's credentials.
+async fn post_copies(gate: &Gate, url: &str, n: usize, token: &str) -> Vec<Value> {
+    let items = (0..n).map(|i| item(&format!("i{i}"), "GET", url)).collect();
+    let resp = client::request(
+        gate.addr,
+        "POST",
+        BATCH_PATH,
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", token),
+        ],
+        batch(items).as_bytes(),
+    )
+    .await;
+    responses(&resp)
+}
+
+fn sources(replies: &[Value]) -> Vec<String> {
+    replies
+        .iter()
+        .map(|r| {
+            r["headers"]["x-batchgate-source"]
+                .as_str()
+                .unwrap_or("-")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The same 20 items in one batch reach the upstream once; 19 say they were coalesced, and
+/// each answer keeps its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_items_of_one_batch_go_upstream_once() {
+    let upstream = slow_upstream(100).await;
+    let gate = coalescing_gate(&upstream, &[]).await;
+    let replies = post_copies(&gate, "/file/get?b=2&a=1", 20, "Bearer a").await;
+    assert_eq!(upstream.count(), 1);
+    let sources = sources(&replies);
+    assert_eq!(
+        sources.iter().filter(|s| *s == "coalesced").count(),
+        19,
+        "{sources:?}"
+    );
+    assert_eq!(
+        sources.iter().filter(|s| *s == "sent").count(),
+        1,
+        "{sources:?}"
+    );
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply["id"], format!("i{i}"));
+        assert_eq!(reply["status"], 200);
+        assert_eq!(reply["body"]["path"], "/v2/file/get?b=2&a=1");
+    }
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value("batchgate_coalesced_items_total", &[("route", "pds")]),
+        19.0
+    );
+}
+
+/// 50 concurrent batches of the same item (the same caller) reach the slow upstream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_share_one_slow_request() {
+    let upstream = slow_upstream(500).await;
+    let gate = coalescing_gate(&upstream, &[]).await;
+    let batches = (0..50).map(|_| post_copies(&gate, "/file/get?x=1", 1, "Bearer a"));
+    let replies = futures_util::future::join_all(batches).await;
+    assert_eq!(upstream.count(), 1);
+    assert!(replies.iter().all(|r| r[0]["status"] == 200));
+}
+
+/// Different credentials never share an answer; an answer that sets a cookie is never handed
+/// on (every copy asks for its own); methods the route does not coalesce (POST) always go up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cookies_and_unsafe_methods_are_never_shared() {
+    let upstream = slow_upstream(200).await;
+    let gate = coalescing_gate(&upstream, &[]).await;
+    let (a, b) = tokio::join!(
+        post_copies(&gate, "/file/get", 3, "Bearer a"),
+        post_copies(&gate, "/file/get", 3, "Bearer b"),
+    );
+    assert_eq!(upstream.count(), 2, "one per caller");
+    assert_eq!(sources(&a).iter().filter(|s| *s == "sent").count(), 1);
+    assert_eq!(sources(&b).iter().filter(|s| *s == "sent").count(), 1);
+    let seen: Vec<String> = upstream
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    assert!(seen.contains(&"Bearer a".to_string()) && seen.contains(&"Bearer b".to_string()));
+
+    upstream.reset();
+    let cookies = post_copies(&gate, "/cookie", 4, "Bearer a").await;
+    assert_eq!(upstream.count(), 4, "a cookie is per caller");
+    assert!(sources(&cookies).iter().all(|s| s == "sent"));
+
+    upstream.reset();
+    let items = (0..3)
+        .map(|i| item(&format!("p{i}"), "POST", "/file/create"))
+        .collect();
+    let resp = client::post_json(gate.addr, BATCH_PATH, &batch(items)).await;
+    assert_eq!(responses(&resp).len(), 3);
+    assert_eq!(upstream.count(), 3, "POSTs are never coalesced");
+}
+
+/// A follower whose batch deadline passes answers 504 and leaves: the leader still gets its
+/// answer, and the upstream was asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_gives_up_does_not_cancel_the_leader() {
+    let upstream = slow_upstream(800).await;
+    let leader_gate = coalescing_gate(&upstream, &[]).await;
+    let leader = tokio::spawn({
+        let addr = leader_gate.addr;
+        async move {
+            let items = vec![item("leader", "GET", "/file/slow")];
+            let resp = client::request(
+                addr,
+                "POST",
+                BATCH_PATH,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", "Bearer a"),
+                ],
+                batch(items).as_bytes(),
+            )
+            .await;
+            responses(&resp)
+        }
+    });
+    upstream.wait_for_count(1, Duration::from_secs(5)).await;
+    // The same item, from a batch with a 200 ms deadline.
+    let items = vec![item("follower", "GET", "/file/slow")];
+    let body = serde_json::json!({"resource": "file", "requests": items}).to_string();
+    let resp = client::request(
+        leader_gate.addr,
+        "POST",
+        "/v2/short",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer a"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    let follower = responses(&resp);
+    assert_eq!(follower[0]["status"], 504, "{}", follower[0]);
+    let leader = leader.await.expect("the leader's batch");
+    assert_eq!(leader[0]["status"], 200, "{}", leader[0]);
+    assert_eq!(upstream.count(), 1);
+}
