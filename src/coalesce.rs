@@ -29,7 +29,8 @@ use tokio::time::Instant;
 pub const PER_CALLER_HEADERS: &[&str] = &["set-cookie", "set-cookie2"];
 
 /// The response header that says where an item's answer came from, on routes that coalesce:
-/// `sent` (it went upstream), `coalesced` (another identical item's answer).
+/// `sent` (it went upstream), `coalesced` (another identical item's answer), `cache` (a fresh
+/// answer kept by the route's cache, `crate::cache`).
 pub const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-batchgate-source");
 
 /// Where an answer came from.
@@ -37,6 +38,7 @@ pub const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-batchgate-sourc
 pub enum Source {
     Sent,
     Coalesced,
+    Cache,
 }
 
 impl Source {
@@ -44,6 +46,7 @@ impl Source {
         match self {
             Source::Sent => "sent",
             Source::Coalesced => "coalesced",
+            Source::Cache => "cache",
         }
     }
 }
@@ -60,19 +63,23 @@ pub struct Coalescer {
     flights: Mutex<HashMap<Key, Arc<Published>>>,
 }
 
-/// One batch's coalescing: the flights, its route's settings, and the part of the key every
-/// item of the batch shares (who is asking, where).
+/// One batch's coalescing: the flights, and how its items are keyed.
 pub struct Scope {
     pub coalescer: Arc<Coalescer>,
+    pub keys: Keys,
+}
+
+/// How one batch's items are keyed (for coalescing and for the cache): the route's rules and
+/// the part of the key every item of the batch shares (who is asking, where).
+pub struct Keys {
     pub config: Arc<CoalesceConfig>,
     /// Upstream name, `Host`, and (unless public) the caller's identity, digested.
     batch: digest::Digest,
 }
 
-impl Scope {
-    /// `caller`: the forwarded headers (name, value) and the caller's `client_key`.
+impl Keys {
+    /// `forwarded`: the forwarded headers (name, value); `client`: the caller's `client_key`.
     pub fn new(
-        coalescer: Arc<Coalescer>,
         config: Arc<CoalesceConfig>,
         upstream: &str,
         host: &HeaderValue,
@@ -96,8 +103,7 @@ impl Scope {
             }
             field(&mut context, client.as_bytes());
         }
-        Scope {
-            coalescer,
+        Keys {
             config,
             batch: context.finish(),
         }

@@ -53,6 +53,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod cache;
 pub mod coalesce;
 pub mod config;
 pub mod demo;

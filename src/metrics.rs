@@ -94,6 +94,9 @@ pub struct Families {
     pub reply_fields_missing: IntCounterVec,
     pub referring_items: IntCounterVec,
     pub coalesced_items: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_evictions: IntCounterVec,
+    pub cache_bytes: IntGaugeVec,
     pub references_unresolved: IntCounterVec,
     pub streamed_batches: IntCounterVec,
     pub stream_first_item: HistogramVec,
@@ -211,6 +214,21 @@ fn register() -> prometheus::Result<Families> {
         coalesced_items: register_int_counter_vec!(
             "batchgate_coalesced_items_total",
             "Items answered with an identical item's answer that was in flight, instead of going upstream ([routes.coalesce]).",
+            &["route"]
+        )?,
+        cache_lookups: register_int_counter_vec!(
+            "batchgate_cache_lookups_total",
+            "Items looked up in the route's item cache ([routes.cache]), by result (hit, miss).",
+            &["route", "result"]
+        )?,
+        cache_evictions: register_int_counter_vec!(
+            "batchgate_cache_evictions_total",
+            "Answers dropped from the route's item cache to stay within max_bytes.",
+            &["route"]
+        )?,
+        cache_bytes: register_int_gauge_vec!(
+            "batchgate_cache_bytes",
+            "Bytes the route's item cache holds (answers' bodies and headers, as weighed).",
             &["route"]
         )?,
         references_unresolved: register_int_counter_vec!(
@@ -511,6 +529,10 @@ pub struct RouteMetrics {
     referring: IntCounter,
     unresolved: IntCounter,
     coalesced: IntCounter,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    cache_evictions: IntCounter,
+    cache_bytes: IntGauge,
     /// Per `StreamFormat::ALL`.
     streamed: Vec<IntCounter>,
     stream_first_item: Histogram,
@@ -543,6 +565,10 @@ impl RouteMetrics {
             referring: f.referring_items.with_label_values(&[route]),
             unresolved: f.references_unresolved.with_label_values(&[route]),
             coalesced: f.coalesced_items.with_label_values(&[route]),
+            cache_hits: f.cache_lookups.with_label_values(&[route, "hit"]),
+            cache_misses: f.cache_lookups.with_label_values(&[route, "miss"]),
+            cache_evictions: f.cache_evictions.with_label_values(&[route]),
+            cache_bytes: f.cache_bytes.with_label_values(&[route]),
             streamed: crate::config::StreamFormat::ALL
                 .iter()
                 .map(|format| {
@@ -585,6 +611,10 @@ impl RouteMetrics {
         let _ = f.referring_items.remove_label_values(&[route]);
         let _ = f.references_unresolved.remove_label_values(&[route]);
         let _ = f.coalesced_items.remove_label_values(&[route]);
+        let _ = f.cache_lookups.remove_label_values(&[route, "hit"]);
+        let _ = f.cache_lookups.remove_label_values(&[route, "miss"]);
+        let _ = f.cache_evictions.remove_label_values(&[route]);
+        let _ = f.cache_bytes.remove_label_values(&[route]);
         for format in crate::config::StreamFormat::ALL {
             let _ = f
                 .streamed_batches
@@ -648,6 +678,26 @@ impl RouteMetrics {
         if unresolved > 0 {
             self.unresolved.inc_by(unresolved as u64);
         }
+    }
+
+    /// Counts one item looked up in the route's cache.
+    pub fn cache_lookup(&self, hit: bool) {
+        if hit {
+            self.cache_hits.inc();
+        } else {
+            self.cache_misses.inc();
+        }
+    }
+
+    /// Counts one answer dropped from the cache for room.
+    pub fn cache_evicted(&self) {
+        self.cache_evictions.inc();
+    }
+
+    /// The bytes the route's cache holds.
+    pub fn cache_bytes(&self, bytes: u64) {
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts one item answered with an identical item's answer.

@@ -13,7 +13,7 @@ fn config(public: bool) -> Arc<CoalesceConfig> {
     })
 }
 
-fn scope(public: bool, token: &str, client: &str) -> Scope {
+fn scope(public: bool, token: &str, client: &str) -> Keys {
     let forwarded = [
         (
             http::header::AUTHORIZATION,
@@ -24,8 +24,7 @@ fn scope(public: bool, token: &str, client: &str) -> Scope {
             HeaderValue::from_static("en"),
         ),
     ];
-    Scope::new(
-        Arc::new(Coalescer::default()),
+    Keys::new(
         config(public),
         "api",
         &HeaderValue::from_static("api.test"),

@@ -2,7 +2,7 @@
 //! upstream once (`crate::coalesce`). Which methods may be, whether the data is the same for
 //! every caller (`public`), and which forwarded headers still tell answers apart then.
 
-use super::file::{CoalesceSection, RouteSection};
+use super::file::{CacheSection, CoalesceSection, RouteSection};
 use super::problems::Problems;
 use http::{HeaderName, Method};
 
@@ -22,21 +22,89 @@ pub struct CoalesceConfig {
     pub key_headers: Vec<HeaderName>,
 }
 
+/// `[routes.cache]`: fresh answers of identical items are served from memory.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Which items are identical: the same rules as coalescing.
+    pub key: std::sync::Arc<CoalesceConfig>,
+    /// The cache's bound: the bytes of the answers it holds (bodies and headers).
+    pub max_bytes: u64,
+    /// How long an answer that says nothing of its freshness stays fresh (none: such answers
+    /// are not kept). Never overrides `no-store`, `no-cache` or `private`.
+    pub ttl: Option<std::time::Duration>,
+}
+
+/// The default bound of a route's cache.
+pub const DEFAULT_CACHE_BYTES: i64 = 64 << 20;
+
 pub(super) fn coalesce_config(
     section: &RouteSection,
     i: &str,
     problems: &mut Problems,
 ) -> Option<CoalesceConfig> {
     let coalesce: &CoalesceSection = section.coalesce.as_ref()?;
-    let at = |key: &'static str| ["routes", i, "coalesce", key];
+    key_rules(
+        section,
+        i,
+        "coalesce",
+        (&coalesce.methods, coalesce.public, &coalesce.key_headers),
+        problems,
+    )
+}
+
+pub(super) fn cache_config(
+    section: &RouteSection,
+    i: &str,
+    problems: &mut Problems,
+) -> Option<CacheConfig> {
+    let cache: &CacheSection = section.cache.as_ref()?;
+    let key = key_rules(
+        section,
+        i,
+        "cache",
+        (&cache.methods, cache.public, &cache.key_headers),
+        problems,
+    )?;
+    let max_bytes = super::values::bounded(
+        cache.max_bytes,
+        DEFAULT_CACHE_BYTES as usize,
+        1024,
+        1 << 40,
+        &["routes", i, "cache", "max_bytes"],
+        problems,
+    ) as u64;
+    let ttl = cache.ttl.as_ref().map(|text| {
+        super::values::duration(
+            &Some(text.clone()),
+            std::time::Duration::ZERO,
+            &["routes", i, "cache", "ttl"],
+            problems,
+        )
+    });
+    Some(CacheConfig {
+        key: std::sync::Arc::new(key),
+        max_bytes,
+        ttl,
+    })
+}
+
+/// What makes two items identical, for coalescing and for the cache alike.
+fn key_rules(
+    section: &RouteSection,
+    i: &str,
+    table: &'static str,
+    (methods, public, key_headers): (&Option<Vec<String>>, Option<bool>, &Option<Vec<String>>),
+    problems: &mut Problems,
+) -> Option<CoalesceConfig> {
+    let at = |key: &'static str| ["routes", i, table, key];
     if section.dialect == "jsonrpc" {
         problems.push(
-            &["routes", i, "coalesce"],
+            &["routes", i, table],
             "not for jsonrpc routes: a JSON-RPC answer carries its call's id, so one answer cannot serve two calls",
         );
         return None;
     }
-    let names: Vec<String> = coalesce.methods.clone().unwrap_or_else(|| {
+    let names: Vec<String> = methods.clone().unwrap_or_else(|| {
         DEFAULT_COALESCE_METHODS
             .iter()
             .map(|m| m.to_string())
@@ -51,18 +119,18 @@ pub(super) fn coalesce_config(
             );
         }
     }
-    let public = coalesce.public.unwrap_or(false);
-    let mut key_headers = Vec::new();
-    for (j, name) in coalesce.key_headers.iter().flatten().enumerate() {
+    let public = public.unwrap_or(false);
+    let mut headers = Vec::new();
+    for (j, name) in key_headers.iter().flatten().enumerate() {
         match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(header) => key_headers.push(header),
+            Ok(header) => headers.push(header),
             Err(_) => problems.push(
-                &["routes", i, "coalesce", "key_headers", &j.to_string()],
+                &["routes", i, table, "key_headers", &j.to_string()],
                 format!("{name:?} is not a header name"),
             ),
         }
     }
-    if !public && !key_headers.is_empty() {
+    if !public && !headers.is_empty() {
         problems.push(
             &at("key_headers"),
             "only with public = true: otherwise every forwarded header is part of the key already",
@@ -71,6 +139,6 @@ pub(super) fn coalesce_config(
     Some(CoalesceConfig {
         methods,
         public,
-        key_headers,
+        key_headers: headers,
     })
 }

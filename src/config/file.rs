@@ -185,6 +185,7 @@ pub struct RouteSection {
     pub hedge_after: Option<String>,
     pub stream: Option<Vec<String>>,
     pub coalesce: Option<CoalesceSection>,
+    pub cache: Option<CacheSection>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,
@@ -219,6 +220,17 @@ pub struct RouteSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoalesceSection {
+    pub methods: Option<Vec<String>>,
+    pub public: Option<bool>,
+    pub key_headers: Option<Vec<String>>,
+}
+
+/// `[routes.cache]`: fresh answers of identical items are served from memory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub max_bytes: Option<i64>,
+    pub ttl: Option<String>,
     pub methods: Option<Vec<String>>,
     pub public: Option<bool>,
     pub key_headers: Option<Vec<String>>,

@@ -127,6 +127,7 @@ fn route_config(
     let hedge_after = super::resilience::hedge_after(section, i, problems);
     let stream = super::stream::stream_formats(section, i, problems);
     let coalesce = super::coalesce::coalesce_config(section, i, problems);
+    let cache = super::coalesce::cache_config(section, i, problems);
     let dialect = dialect_config(section, ctx, problems);
     check_dialect_keys(section, i, problems);
     let name = route_name(section, i, problems);
@@ -144,6 +145,7 @@ fn route_config(
         hedge_after,
         stream,
         coalesce: coalesce.map(Arc::new),
+        cache: cache.map(Arc::new),
         dialect: dialect?,
     })
 }
@@ -357,6 +359,8 @@ pub struct RouteConfig {
     pub stream: Vec<super::StreamFormat>,
     /// Identical items in flight at once are sent once (`[routes.coalesce]`; none: off).
     pub coalesce: Option<Arc<super::coalesce::CoalesceConfig>>,
+    /// Fresh answers of identical items are served from memory (`[routes.cache]`; none: off).
+    pub cache: Option<Arc<super::coalesce::CacheConfig>>,
     pub dialect: DialectConfig,
 }
 

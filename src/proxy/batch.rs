@@ -10,7 +10,8 @@ mod stream;
 use super::body::{read_batch, refusal};
 use super::{BatchGate, RequestCtx, Route};
 use crate::admission::Ticket;
-use crate::coalesce::{Scope, Source, SOURCE_HEADER};
+use crate::cache::{ItemCache, Lookup};
+use crate::coalesce::{Keys, Scope, Source, SOURCE_HEADER};
 use crate::config::{ClientKey, Hedge};
 use crate::dialect::Order;
 use crate::dialect::{
@@ -387,24 +388,43 @@ impl BatchGate {
     ) -> (Limits, Arc<BatchUpstream>) {
         let mut exec_limits = self.exec_limits(route, order);
         exec_limits.streamed = streamed;
-        let coalesce = route.config.coalesce.as_ref().map(|config| {
-            let forwarded: Vec<(HeaderName, HeaderValue)> = headers
-                .common
-                .iter()
-                .filter(|(name, _)| *name != REQUEST_ID && *name != X_FORWARDED_FOR)
-                .cloned()
-                .collect();
-            Scope::new(
-                self.coalescer.clone(),
+        // What the upstream sees of the caller besides each item: the forwarded headers.
+        let forwarded: Vec<(HeaderName, HeaderValue)> = headers
+            .common
+            .iter()
+            .filter(|(name, _)| *name != REQUEST_ID && *name != X_FORWARDED_FOR)
+            .cloned()
+            .collect();
+        let keys = |config: &Arc<crate::config::coalesce::CoalesceConfig>| {
+            Keys::new(
                 config.clone(),
                 &route.upstream.config.name,
                 &headers.host,
                 &forwarded,
                 client,
             )
+        };
+        let coalesce = route.config.coalesce.as_ref().map(|config| Scope {
+            coalescer: self.coalescer.clone(),
+            keys: keys(config),
         });
+        let cache = route
+            .cache
+            .as_ref()
+            .zip(route.config.cache.as_ref())
+            .map(|(cache, config)| CacheScope {
+                cache: cache.clone(),
+                keys: keys(&config.key),
+                target: format!(
+                    "{}\0{}\0",
+                    route.upstream.config.name,
+                    headers.host.to_str().unwrap_or("")
+                ),
+                forwarded: forwarded.clone(),
+            });
         let upstream = Arc::new(BatchUpstream {
             coalesce,
+            cache,
             metrics: route.metrics.clone(),
             client: route.upstream.clone(),
             headers,
@@ -674,6 +694,8 @@ pub struct BatchUpstream {
     pub client: Arc<UpstreamClient>,
     /// Identical items in flight are sent once (`[routes.coalesce]`).
     pub coalesce: Option<Scope>,
+    /// Fresh answers are served from memory (`[routes.cache]`).
+    pub cache: Option<CacheScope>,
     pub metrics: Option<Arc<RouteMetrics>>,
     pub headers: BatchHeaders,
     /// The upstream's in-flight gauge, raised while an item is being sent.
@@ -686,31 +708,93 @@ pub struct BatchUpstream {
 
 impl Upstream for BatchUpstream {
     async fn send(&self, request: SubRequest, until: Instant) -> Outcome {
-        let Some(scope) = &self.coalesce else {
+        if self.coalesce.is_none() && self.cache.is_none() {
             return self.send_one(&request, until).await;
-        };
-        let (mut outcome, source) = if scope.applies(&request) {
-            let key = scope.key(&request);
-            let send = || self.send_one(&request, until);
-            scope.coalescer.send(key, until, send).await
-        } else {
-            (self.send_one(&request, until).await, Source::Sent)
+        }
+        let cache = self.cache.as_ref().filter(|c| c.keys.applies(&request));
+        let mut store = None;
+        if let Some(cache) = cache {
+            let key = cache.keys.key(&request);
+            match cache.cache.lookup(&key, &request, &cache.forwarded) {
+                Lookup::Hit(outcome) => {
+                    self.count_cache(true);
+                    return marked(outcome, Source::Cache);
+                }
+                Lookup::Miss => {
+                    self.count_cache(false);
+                    store = Some(key);
+                }
+                Lookup::Bypass => {}
+            }
+        }
+        let (outcome, source) = match self.coalesce.as_ref().filter(|s| s.keys.applies(&request)) {
+            Some(scope) => {
+                let key = scope.keys.key(&request);
+                let send = || self.send_one(&request, until);
+                scope.coalescer.send(key, until, send).await
+            }
+            None => (self.send_one(&request, until).await, Source::Sent),
         };
         if source == Source::Coalesced {
             if let Some(metrics) = &self.metrics {
                 metrics.coalesced();
             }
         }
-        if let Outcome::Response(response) = &mut outcome {
-            response
-                .headers
-                .insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
+        if let Some(cache) = &self.cache {
+            if let (Some(key), Source::Sent) = (store, source) {
+                let target = cache.target(&request);
+                cache
+                    .cache
+                    .store(key, target, &request, &cache.forwarded, &outcome);
+                if let Some(metrics) = &self.metrics {
+                    metrics.cache_bytes(cache.cache.bytes());
+                }
+            }
+            // RFC 9111 section 4.4: a successful unsafe request drops what is kept for it.
+            let succeeded = matches!(&outcome, Outcome::Response(r) if r.status < 400);
+            if !request.method.is_safe() && succeeded {
+                cache.cache.invalidate(cache.target(&request));
+            }
         }
-        outcome
+        marked(outcome, source)
+    }
+}
+
+/// An answer on a route that coalesces or caches, saying where it came from.
+fn marked(mut outcome: Outcome, source: Source) -> Outcome {
+    if let Outcome::Response(response) = &mut outcome {
+        response
+            .headers
+            .insert(SOURCE_HEADER, HeaderValue::from_static(source.as_str()));
+    }
+    outcome
+}
+
+/// One batch's view of its route's cache.
+pub struct CacheScope {
+    pub cache: Arc<ItemCache>,
+    pub keys: Keys,
+    /// The upstream and `Host`, in front of each item's path for invalidation.
+    target: String,
+    /// The forwarded headers, which an answer may vary by.
+    forwarded: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl CacheScope {
+    /// What a successful unsafe item on the same path invalidates: upstream, `Host`, path.
+    fn target(&self, request: &SubRequest) -> Arc<str> {
+        let path = request.path.split('?').next().unwrap_or_default();
+        Arc::from(format!("{}{path}", self.target))
     }
 }
 
 impl BatchUpstream {
+    fn count_cache(&self, hit: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.cache_lookup(hit);
+        }
+    }
+
     /// One item sent upstream.
     async fn send_one(&self, request: &SubRequest, until: Instant) -> Outcome {
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);

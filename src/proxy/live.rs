@@ -21,6 +21,8 @@ pub struct Route {
     pub metrics: Option<Arc<RouteMetrics>>,
     /// What tells this route's clients apart (the route's own, else the server's).
     pub client_key: crate::config::ClientKey,
+    /// Its item cache (`[routes.cache]`; none: off). A reload starts it empty.
+    pub cache: Option<Arc<crate::cache::ItemCache>>,
 }
 
 /// The pass-through target.
@@ -112,13 +114,23 @@ fn build_route(
         route.limits.max_items,
         &upstream.config.name,
     );
+    let metrics = RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new);
+    let cache = route.cache.as_ref().map(|config| {
+        let counted = metrics.clone();
+        Arc::new(crate::cache::ItemCache::new(config, move || {
+            if let Some(metrics) = &counted {
+                metrics.cache_evicted();
+            }
+        }))
+    });
     Route {
         config: route.clone(),
         reply_cost: dialect.reply_cost(),
         dialect,
         upstream: upstream.clone(),
-        metrics: RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new),
+        metrics,
         client_key,
+        cache,
     }
 }
 

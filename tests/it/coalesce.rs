@@ -191,3 +191,79 @@ async fn a_follower_that_gives_up_does_not_cancel_the_leader() {
     assert_eq!(leader[0]["status"], 200, "{}", leader[0]);
     assert_eq!(upstream.count(), 1);
 }
+
+/// A route with `[routes.cache]`: the upstream says how long each answer is fresh.
+async fn caching_gate(upstream: &Upstream) -> Gate {
+    GateConfig::new(upstream.addr)
+        .route("[routes.cache]\nmax_bytes = 1048576")
+        .start()
+        .await
+}
+
+/// An upstream whose `/v2/fresh` answers are fresh for a minute, `/v2/nostore` ones never kept.
+async fn cacheable_upstream() -> Upstream {
+    Upstream::with_handler(|req| {
+        let reply = Reply::json(200, &format!(r#"{{"n":"{}"}}"#, req.target));
+        match req.path.as_str() {
+            "/v2/fresh" => reply.with_header("Cache-Control", "max-age=60"),
+            "/v2/nostore" => reply.with_header("Cache-Control", "no-store"),
+            _ => reply,
+        }
+    })
+    .await
+}
+
+/// Fresh answers come from the cache (with `Age`, source `cache`), per caller; `no-store`
+/// answers are never kept; a successful PUT to the same path drops what was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_answers_come_from_the_cache_per_caller() {
+    let upstream = cacheable_upstream().await;
+    let gate = caching_gate(&upstream).await;
+    let first = post_copies(&gate, "/fresh", 1, "Bearer a").await;
+    assert_eq!(sources(&first), ["sent"]);
+    let second = post_copies(&gate, "/fresh", 3, "Bearer a").await;
+    assert_eq!(sources(&second), ["cache", "cache", "cache"]);
+    assert!(second[0]["headers"]["age"].is_string(), "{}", second[0]);
+    assert_eq!(second[0]["body"], first[0]["body"]);
+    assert_eq!(upstream.count(), 1);
+
+    let other = post_copies(&gate, "/fresh", 1, "Bearer b").await;
+    assert_eq!(
+        sources(&other),
+        ["sent"],
+        "another caller's answer is not theirs"
+    );
+    assert_eq!(upstream.count(), 2);
+
+    post_copies(&gate, "/nostore", 1, "Bearer a").await;
+    let again = post_copies(&gate, "/nostore", 1, "Bearer a").await;
+    assert_eq!(sources(&again), ["sent"]);
+    assert_eq!(upstream.count(), 4);
+
+    let put = vec![item("put", "PUT", "/fresh")];
+    let resp = client::request(
+        gate.addr,
+        "POST",
+        BATCH_PATH,
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer a"),
+        ],
+        batch(put).as_bytes(),
+    )
+    .await;
+    assert_eq!(responses(&resp)[0]["status"], 200);
+    let after = post_copies(&gate, "/fresh", 1, "Bearer a").await;
+    assert_eq!(sources(&after), ["sent"], "the PUT invalidated it");
+    assert_eq!(upstream.count(), 6);
+
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value(
+            "batchgate_cache_lookups_total",
+            &[("route", "pds"), ("result", "hit")]
+        ),
+        3.0
+    );
+    assert!(metrics.value("batchgate_cache_bytes", &[("route", "pds")]) > 0.0);
+}

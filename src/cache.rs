@@ -1,0 +1,281 @@
+//! The item cache (a route's `[routes.cache]`): fresh answers of identical items (the
+//! coalescing key: `crate::coalesce::Scope`, scoped to the caller unless the route says public)
+//! are served from memory, and only misses go upstream.
+//!
+//! What may be kept and for how long follows RFC 9111 for a shared cache: a `GET`/`HEAD` answer
+//! with a status cacheable by default, fresh for `s-maxage`, else `max-age`, else `Expires`
+//! minus `Date`, else the route's `ttl`; never one with `no-store`, `no-cache`, `private`,
+//! `Vary: *` or a `Set-Cookie`; an item asking `no-cache` or `no-store` skips it. `Vary` is
+//! honoured by keeping the varying request headers' values with the answer. A successful
+//! unsafe item (`POST`, `PUT`, `DELETE`, ...) drops what is kept for its path (section 4.4).
+//! A hit carries `Age`. The bound is in bytes (bodies and headers, `max_bytes`), enforced by
+//! moka's weigher with TinyLFU admission; each entry expires when it stops being fresh.
+
+use crate::coalesce::Key;
+use crate::config::coalesce::CacheConfig;
+use crate::item::{Outcome, SubRequest, UpstreamResponse};
+use http::header::{HeaderName, HeaderValue, AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
+use http::HeaderMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Statuses a shared cache may keep by default (RFC 9110 section 15.1).
+const CACHEABLE_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// What an entry costs beside its body and headers.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// One kept answer.
+#[derive(Debug)]
+struct Entry {
+    response: UpstreamResponse,
+    stored: Instant,
+    fresh_for: Duration,
+    /// The upstream, `Host` and path (no query) it was asked for, for invalidation.
+    target: Arc<str>,
+    /// The request headers its answer varies by, with their values then.
+    vary: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+/// Expires each entry when it stops being fresh.
+struct Freshness;
+
+impl moka::Expiry<Key, Arc<Entry>> for Freshness {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        entry: &Arc<Entry>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(entry.fresh_for)
+    }
+}
+
+/// A route's cache.
+pub struct ItemCache {
+    entries: moka::sync::Cache<Key, Arc<Entry>>,
+    ttl: Option<Duration>,
+}
+
+/// What the cache said about an item.
+pub enum Lookup {
+    /// A fresh answer, with `Age`.
+    Hit(Outcome),
+    /// Nothing fresh: send it, then offer the answer to `store`.
+    Miss,
+    /// The item asked not to be served from a cache (`no-cache`/`no-store` on the item), or
+    /// cannot be: send it, store nothing.
+    Bypass,
+}
+
+impl ItemCache {
+    /// An empty cache; `evicted` is told each answer dropped for room.
+    pub fn new(config: &CacheConfig, evicted: impl Fn() + Send + Sync + 'static) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|_key: &Key, entry: &Arc<Entry>| {
+                u32::try_from(weight(&entry.response)).unwrap_or(u32::MAX)
+            })
+            .expire_after(Freshness)
+            .support_invalidation_closures()
+            .eviction_listener(move |_key, _entry, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted();
+                }
+            })
+            .build();
+        ItemCache {
+            entries,
+            ttl: config.ttl,
+        }
+    }
+
+    /// A fresh answer for `request` (whose key is `key`), if one is kept and its `Vary`
+    /// headers match; `headers`: what else the request carries upstream (forwarded ones).
+    pub fn lookup(
+        &self,
+        key: &Key,
+        request: &SubRequest,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Lookup {
+        if asks_not_to(request) {
+            return Lookup::Bypass;
+        }
+        let Some(entry) = self.entries.get(key) else {
+            return Lookup::Miss;
+        };
+        let age = entry.stored.elapsed();
+        let matches = entry
+            .vary
+            .iter()
+            .all(|(name, value)| header(request, headers, name) == value.as_ref());
+        if age >= entry.fresh_for || !matches {
+            return Lookup::Miss;
+        }
+        let mut response = entry.response.clone();
+        response
+            .headers
+            .insert(AGE, HeaderValue::from(age.as_secs()));
+        Lookup::Hit(Outcome::Response(response))
+    }
+
+    /// Keeps `outcome` for `key` if it may be kept, for as long as it is fresh.
+    pub fn store(
+        &self,
+        key: Key,
+        target: Arc<str>,
+        request: &SubRequest,
+        headers: &[(HeaderName, HeaderValue)],
+        outcome: &Outcome,
+    ) {
+        let Outcome::Response(response) = outcome else {
+            return;
+        };
+        let Some(fresh_for) = freshness(response, self.ttl) else {
+            return;
+        };
+        let Some(vary) = vary(response, request, headers) else {
+            return;
+        };
+        let entry = Entry {
+            response: response.clone(),
+            stored: Instant::now(),
+            fresh_for,
+            target,
+            vary,
+        };
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Drops what is kept for `target` (an unsafe method succeeded on it).
+    pub fn invalidate(&self, target: Arc<str>) {
+        // Only fails without `support_invalidation_closures`, which `new` sets.
+        let _ = self
+            .entries
+            .invalidate_entries_if(move |_, entry| entry.target == target);
+    }
+
+    /// The bytes held (as weighed), after pending maintenance.
+    pub fn bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}
+
+/// An answer's bytes as the cache counts them.
+fn weight(response: &UpstreamResponse) -> usize {
+    response.raw_size() + ENTRY_OVERHEAD
+}
+
+/// The item's own `Cache-Control` asks for a fresh answer from the origin.
+fn asks_not_to(request: &SubRequest) -> bool {
+    request
+        .headers
+        .iter()
+        .filter(|(name, _)| *name == CACHE_CONTROL)
+        .any(|(_, value)| {
+            directives(value).any(|(name, _)| name == "no-cache" || name == "no-store")
+        })
+}
+
+/// `Cache-Control` directives, lower-cased names with their values.
+fn directives(value: &HeaderValue) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|directive| match directive.split_once('=') {
+            Some((name, value)) => (
+                name.trim().to_ascii_lowercase(),
+                Some(value.trim().trim_matches('"').to_string()),
+            ),
+            None => (directive.to_ascii_lowercase(), None),
+        })
+}
+
+/// How long `response` is fresh, or `None` when it may not be kept.
+fn freshness(response: &UpstreamResponse, ttl: Option<Duration>) -> Option<Duration> {
+    if !CACHEABLE_STATUSES.contains(&response.status) || response.headers.contains_key(SET_COOKIE) {
+        return None;
+    }
+    let mut max_age = None;
+    let mut s_maxage = None;
+    for value in response.headers.get_all(CACHE_CONTROL) {
+        for (name, argument) in directives(value) {
+            match name.as_str() {
+                "no-store" | "no-cache" | "private" => return None,
+                "max-age" => max_age = argument.and_then(|a| a.parse::<u64>().ok()),
+                "s-maxage" => s_maxage = argument.and_then(|a| a.parse::<u64>().ok()),
+                _ => {}
+            }
+        }
+    }
+    let lifetime = match s_maxage.or(max_age) {
+        Some(seconds) => Duration::from_secs(seconds),
+        None => match expires(&response.headers) {
+            Some(lifetime) => lifetime,
+            None => ttl?,
+        },
+    };
+    (!lifetime.is_zero()).then_some(lifetime)
+}
+
+/// `Expires` minus `Date` (or now); an unreadable `Expires` means already expired.
+fn expires(headers: &HeaderMap) -> Option<Duration> {
+    let at = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(httpdate::parse_http_date)
+    };
+    let expires = at(EXPIRES)?;
+    let Ok(expires) = expires else {
+        return Some(Duration::ZERO);
+    };
+    let date = at(DATE)
+        .and_then(Result::ok)
+        .unwrap_or_else(SystemTime::now);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// The request headers `response` varies by, with their values in `request`; `None` for
+/// `Vary: *` (it varies by what no cache can see).
+fn vary(
+    response: &UpstreamResponse,
+    request: &SubRequest,
+    headers: &[(HeaderName, HeaderValue)],
+) -> Option<Vec<(HeaderName, Option<HeaderValue>)>> {
+    let mut out = Vec::new();
+    for value in response.headers.get_all(VARY) {
+        for name in value.to_str().unwrap_or("*").split(',').map(str::trim) {
+            if name == "*" {
+                return None;
+            }
+            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                return None;
+            };
+            let value = header(request, headers, &name).cloned();
+            out.push((name, value));
+        }
+    }
+    Some(out)
+}
+
+/// A request header's value: the item's own, else one the batch adds.
+fn header<'a>(
+    request: &'a SubRequest,
+    headers: &'a [(HeaderName, HeaderValue)],
+    name: &HeaderName,
+) -> Option<&'a HeaderValue> {
+    request
+        .headers
+        .iter()
+        .chain(headers)
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests;

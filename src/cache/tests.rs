@@ -1,0 +1,183 @@
+use super::*;
+use crate::config::coalesce::CoalesceConfig;
+use bytes::Bytes;
+use http::Method;
+
+fn cache(ttl: Option<Duration>, max_bytes: u64) -> ItemCache {
+    let config = CacheConfig {
+        key: Arc::new(CoalesceConfig {
+            methods: vec![Method::GET],
+            public: false,
+            key_headers: Vec::new(),
+        }),
+        max_bytes,
+        ttl,
+    };
+    ItemCache::new(&config, || {})
+}
+
+fn get(headers: &[(&'static str, &'static str)]) -> SubRequest {
+    SubRequest {
+        method: Method::GET,
+        path: "/me".into(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect(),
+        body: None,
+    }
+}
+
+fn answer(status: u16, headers: &[(&'static str, &'static str)], body: usize) -> Outcome {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    Outcome::Response(UpstreamResponse {
+        status,
+        headers: map,
+        body: Bytes::from(vec![b'x'; body]),
+    })
+}
+
+fn kept(cache: &ItemCache, key: Key, request: &SubRequest, outcome: &Outcome) -> bool {
+    cache.store(key, Arc::from("api\0h\0/me"), request, &[], outcome);
+    matches!(cache.lookup(&key, request, &[]), Lookup::Hit(_))
+}
+
+#[test]
+fn freshness_comes_from_the_answer_then_the_route() {
+    let c = cache(None, 1 << 20);
+    let request = get(&[]);
+    assert!(kept(
+        &c,
+        [1; 32],
+        &request,
+        &answer(200, &[("cache-control", "max-age=60")], 10)
+    ));
+    assert!(kept(
+        &c,
+        [2; 32],
+        &request,
+        &answer(404, &[("cache-control", "public, s-maxage=5")], 10)
+    ));
+    assert!(
+        !kept(&c, [3; 32], &request, &answer(200, &[], 10)),
+        "no freshness, no ttl"
+    );
+    assert!(!kept(
+        &c,
+        [4; 32],
+        &request,
+        &answer(500, &[("cache-control", "max-age=60")], 10)
+    ));
+    for never in ["no-store", "no-cache", "private, max-age=60", "max-age=0"] {
+        let outcome = answer(200, &[("cache-control", never)], 10);
+        assert!(!kept(&c, [5; 32], &request, &outcome), "{never}");
+    }
+    let cookie = answer(
+        200,
+        &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+        10,
+    );
+    assert!(
+        !kept(&c, [6; 32], &request, &cookie),
+        "a cookie is per caller"
+    );
+    let expires = answer(
+        200,
+        &[
+            ("date", "Mon, 07 Dec 2026 10:00:00 GMT"),
+            ("expires", "Mon, 07 Dec 2026 10:01:00 GMT"),
+        ],
+        10,
+    );
+    assert!(kept(&c, [7; 32], &request, &expires));
+    let bad_expires = answer(200, &[("expires", "0")], 10);
+    assert!(
+        !kept(&c, [8; 32], &request, &bad_expires),
+        "an unreadable Expires is expired"
+    );
+    let with_ttl = cache(Some(Duration::from_secs(30)), 1 << 20);
+    assert!(kept(&with_ttl, [9; 32], &request, &answer(200, &[], 10)));
+    assert!(!kept(
+        &with_ttl,
+        [10; 32],
+        &request,
+        &answer(200, &[("cache-control", "no-store")], 10)
+    ));
+}
+
+#[test]
+fn hits_carry_age_and_the_item_can_ask_for_the_origin() {
+    let c = cache(None, 1 << 20);
+    let request = get(&[]);
+    c.store(
+        [1; 32],
+        Arc::from("t"),
+        &request,
+        &[],
+        &answer(200, &[("cache-control", "max-age=60")], 3),
+    );
+    let Lookup::Hit(Outcome::Response(hit)) = c.lookup(&[1; 32], &request, &[]) else {
+        panic!("a hit");
+    };
+    assert_eq!(hit.headers.get(AGE).unwrap(), "0");
+    assert!(matches!(
+        c.lookup(&[1; 32], &get(&[("cache-control", "no-cache")]), &[]),
+        Lookup::Bypass
+    ));
+}
+
+#[test]
+fn vary_keeps_the_varying_values() {
+    let c = cache(None, 1 << 20);
+    let english = get(&[("accept-language", "en")]);
+    let outcome = answer(
+        200,
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+        3,
+    );
+    c.store([1; 32], Arc::from("t"), &english, &[], &outcome);
+    assert!(matches!(c.lookup(&[1; 32], &english, &[]), Lookup::Hit(_)));
+    let german = get(&[("accept-language", "de")]);
+    assert!(matches!(c.lookup(&[1; 32], &german, &[]), Lookup::Miss));
+    let star = answer(200, &[("cache-control", "max-age=60"), ("vary", "*")], 3);
+    assert!(!kept(&c, [2; 32], &english, &star));
+}
+
+#[test]
+fn invalidation_drops_what_is_kept_for_a_path() {
+    let c = cache(None, 1 << 20);
+    let request = get(&[]);
+    let outcome = answer(200, &[("cache-control", "max-age=60")], 3);
+    c.store([1; 32], Arc::from("api\0h\0/me"), &request, &[], &outcome);
+    c.store(
+        [2; 32],
+        Arc::from("api\0h\0/other"),
+        &request,
+        &[],
+        &outcome,
+    );
+    c.invalidate(Arc::from("api\0h\0/me"));
+    c.entries.run_pending_tasks();
+    assert!(matches!(c.lookup(&[1; 32], &request, &[]), Lookup::Miss));
+    assert!(matches!(c.lookup(&[2; 32], &request, &[]), Lookup::Hit(_)));
+}
+
+#[test]
+fn the_byte_bound_holds_under_a_flood_of_keys() {
+    let c = cache(None, 64 * 1024);
+    let request = get(&[]);
+    let outcome = answer(200, &[("cache-control", "max-age=60")], 1000);
+    for i in 0..2000u32 {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        c.store(key, Arc::from("t"), &request, &[], &outcome);
+    }
+    assert!(c.bytes() <= 64 * 1024, "{}", c.bytes());
+    assert!(c.bytes() > 0);
+}
