@@ -16,6 +16,7 @@ use crate::config::coalesce::CacheConfig;
 use crate::item::{Outcome, SubRequest, UpstreamResponse};
 use http::header::{HeaderName, HeaderValue, AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
 use http::HeaderMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,6 +56,9 @@ impl moka::Expiry<Key, Arc<Entry>> for Freshness {
 pub struct ItemCache {
     entries: moka::sync::Cache<Key, Arc<Entry>>,
     ttl: Option<Duration>,
+    /// The bytes held: added on each store, taken off as each entry leaves, whatever the
+    /// cause (for the gauge; the bound itself is the cache's own).
+    held: Arc<AtomicU64>,
 }
 
 /// What the cache said about an item.
@@ -71,6 +75,8 @@ pub enum Lookup {
 impl ItemCache {
     /// An empty cache; `evicted` is told each answer dropped for room.
     pub fn new(config: &CacheConfig, evicted: impl Fn() + Send + Sync + 'static) -> Self {
+        let held = Arc::new(AtomicU64::new(0));
+        let released = held.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_key: &Key, entry: &Arc<Entry>| {
@@ -78,7 +84,8 @@ impl ItemCache {
             })
             .expire_after(Freshness)
             .support_invalidation_closures()
-            .eviction_listener(move |_key, _entry, cause| {
+            .eviction_listener(move |_key, entry: Arc<Entry>, cause| {
+                released.fetch_sub(weight(&entry.response) as u64, Ordering::Relaxed);
                 if cause == moka::notification::RemovalCause::Size {
                     evicted();
                 }
@@ -87,6 +94,7 @@ impl ItemCache {
         ItemCache {
             entries,
             ttl: config.ttl,
+            held,
         }
     }
 
@@ -144,6 +152,8 @@ impl ItemCache {
             target,
             vary,
         };
+        self.held
+            .fetch_add(weight(&entry.response) as u64, Ordering::Relaxed);
         self.entries.insert(key, Arc::new(entry));
     }
 
@@ -155,10 +165,10 @@ impl ItemCache {
             .invalidate_entries_if(move |_, entry| entry.target == target);
     }
 
-    /// The bytes held (as weighed), after pending maintenance.
+    /// The bytes held (as weighed). Entries leave the count as they leave the cache, which
+    /// moka does in its maintenance as the cache is used.
     pub fn bytes(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.weighted_size()
+        self.held.load(Ordering::Relaxed)
     }
 }
 
