@@ -14,7 +14,7 @@
 use crate::coalesce::Key;
 use crate::config::coalesce::CacheConfig;
 use crate::item::{Outcome, SubRequest, UpstreamResponse};
-use http::header::{HeaderName, HeaderValue, AGE, CACHE_CONTROL, DATE, EXPIRES, SET_COOKIE, VARY};
+use http::header::{HeaderName, HeaderValue, AGE, CACHE_CONTROL, DATE, EXPIRES, VARY};
 use http::HeaderMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -139,6 +139,9 @@ impl ItemCache {
         let Outcome::Response(response) = outcome else {
             return;
         };
+        if !crate::coalesce::shareable(outcome) {
+            return;
+        }
         let Some(fresh_for) = freshness(response, self.ttl) else {
             return;
         };
@@ -207,7 +210,7 @@ fn directives(value: &HeaderValue) -> impl Iterator<Item = (String, Option<Strin
 
 /// How long `response` is fresh, or `None` when it may not be kept.
 fn freshness(response: &UpstreamResponse, ttl: Option<Duration>) -> Option<Duration> {
-    if !CACHEABLE_STATUSES.contains(&response.status) || response.headers.contains_key(SET_COOKIE) {
+    if !CACHEABLE_STATUSES.contains(&response.status) {
         return None;
     }
     let mut max_age = None;

@@ -210,8 +210,9 @@ impl Coalescer {
     }
 }
 
-/// Whether an answer may be handed to another caller: nothing in it is theirs alone.
-fn shareable(outcome: &Outcome) -> bool {
+/// Whether an answer may be handed to another item (or kept for one): nothing in it is one
+/// caller's alone.
+pub fn shareable(outcome: &Outcome) -> bool {
     match outcome {
         Outcome::Response(response) => !PER_CALLER_HEADERS
             .iter()
