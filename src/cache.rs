@@ -127,7 +127,9 @@ impl ItemCache {
         Lookup::Hit(Outcome::Response(response))
     }
 
-    /// Keeps `outcome` for `key` if it may be kept, for as long as it is fresh.
+    /// Keeps `outcome` for `key` if it may be kept, for as long as it is fresh; `ttl`: how
+    /// long an answer that says nothing of its freshness stays fresh, when the item's kind has
+    /// its own (a JSON-RPC method's), else the route's.
     pub fn store(
         &self,
         key: Key,
@@ -135,6 +137,7 @@ impl ItemCache {
         request: &SubRequest,
         headers: &[(HeaderName, HeaderValue)],
         outcome: &Outcome,
+        ttl: Option<Duration>,
     ) {
         let Outcome::Response(response) = outcome else {
             return;
@@ -142,7 +145,7 @@ impl ItemCache {
         if !crate::coalesce::shareable(outcome) {
             return;
         }
-        let Some(fresh_for) = freshness(response, self.ttl) else {
+        let Some(fresh_for) = freshness(response, ttl.or(self.ttl)) else {
             return;
         };
         let Some(vary) = vary(response, request, headers) else {

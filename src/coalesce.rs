@@ -16,7 +16,7 @@
 //! followers of that attempt; nothing is kept after it.
 
 use crate::config::coalesce::CoalesceConfig;
-use crate::item::{FailureKind, Outcome, Sent, SubRequest};
+use crate::item::{FailureKind, ItemSharing, Outcome, Sent, SubRequest};
 use http::{HeaderName, HeaderValue};
 use ring::digest;
 use std::collections::HashMap;
@@ -73,6 +73,8 @@ pub struct Scope {
 /// the part of the key every item of the batch shares (who is asking, where).
 pub struct Keys {
     pub config: Arc<CoalesceConfig>,
+    /// The dialect's rule for items that carry their own identity (JSON-RPC ids).
+    pub sharing: Option<ItemSharing>,
     /// Upstream name, `Host`, and (unless public) the caller's identity, digested.
     batch: digest::Digest,
 }
@@ -81,6 +83,7 @@ impl Keys {
     /// `forwarded`: the forwarded headers (name, value); `client`: the caller's `client_key`.
     pub fn new(
         config: Arc<CoalesceConfig>,
+        sharing: Option<ItemSharing>,
         upstream: &str,
         host: &HeaderValue,
         forwarded: &[(HeaderName, HeaderValue)],
@@ -105,13 +108,21 @@ impl Keys {
         }
         Keys {
             config,
+            sharing,
             batch: context.finish(),
         }
     }
 
     /// Whether `request` may share an answer at all (its method is one the route coalesces).
     pub fn applies(&self, request: &SubRequest) -> bool {
-        self.config.methods.contains(&request.method)
+        if !self.config.methods.contains(&request.method) {
+            return false;
+        }
+        match &self.sharing {
+            None => true,
+            Some(sharing) => (sharing.method)(request)
+                .is_some_and(|method| self.config.rpc_methods.contains(&method)),
+        }
     }
 
     /// The key of `request` in this batch.
@@ -144,7 +155,10 @@ impl Keys {
             field(&mut context, value);
         }
         field(&mut context, b"body");
-        field(&mut context, request.body.as_deref().unwrap_or_default());
+        match self.sharing.and_then(|sharing| (sharing.key_body)(request)) {
+            Some(call) => field(&mut context, &call),
+            None => field(&mut context, request.body.as_deref().unwrap_or_default()),
+        }
         let mut key = [0u8; 32];
         key.copy_from_slice(context.finish().as_ref());
         key

@@ -70,6 +70,23 @@ pub trait RequestTemplate: Send + Sync + std::fmt::Debug {
     fn finish(&self, answers: Answers<'_>) -> Result<SubRequest, Failure>;
 }
 
+/// How a dialect whose items carry their own identity in the body (a JSON-RPC call's `id`)
+/// lets identical items share an answer (coalescing, the item cache): what of the request
+/// identifies it, the name the route's method list is matched against, and how another
+/// item's answer is made this item's own. Dialects without one share by the request as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemSharing {
+    /// The request's body as it identifies the call (without its id); `None`: never shared
+    /// (a notification, a body that is not a call).
+    pub key_body: fn(&SubRequest) -> Option<Vec<u8>>,
+    /// The call's method name.
+    pub method: fn(&SubRequest) -> Option<String>,
+    /// Another identical item's answer, made this item's (its own id in it).
+    pub answer_for: fn(&SubRequest, Outcome) -> Outcome,
+    /// Whether an answer may be kept by the cache (a JSON-RPC result, not an error).
+    pub storable: fn(&UpstreamResponse) -> bool,
+}
+
 /// What the upstream answered.
 #[derive(Debug, Clone)]
 pub struct UpstreamResponse {

@@ -7,11 +7,13 @@ fn cache(ttl: Option<Duration>, max_bytes: u64) -> ItemCache {
     let config = CacheConfig {
         key: Arc::new(CoalesceConfig {
             methods: vec![Method::GET],
+            rpc_methods: Vec::new(),
             public: false,
             key_headers: Vec::new(),
         }),
         max_bytes,
         ttl,
+        ttl_by_method: Default::default(),
     };
     ItemCache::new(&config, || {})
 }
@@ -44,7 +46,7 @@ fn answer(status: u16, headers: &[(&'static str, &'static str)], body: usize) ->
 }
 
 fn kept(cache: &ItemCache, key: Key, request: &SubRequest, outcome: &Outcome) -> bool {
-    cache.store(key, Arc::from("api\0h\0/me"), request, &[], outcome);
+    cache.store(key, Arc::from("api\0h\0/me"), request, &[], outcome, None);
     matches!(cache.lookup(&key, request, &[]), Lookup::Hit(_))
 }
 
@@ -121,6 +123,7 @@ fn hits_carry_age_and_the_item_can_ask_for_the_origin() {
         &request,
         &[],
         &answer(200, &[("cache-control", "max-age=60")], 3),
+        None,
     );
     let Lookup::Hit(Outcome::Response(hit)) = c.lookup(&[1; 32], &request, &[]) else {
         panic!("a hit");
@@ -141,7 +144,7 @@ fn vary_keeps_the_varying_values() {
         &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
         3,
     );
-    c.store([1; 32], Arc::from("t"), &english, &[], &outcome);
+    c.store([1; 32], Arc::from("t"), &english, &[], &outcome, None);
     assert!(matches!(c.lookup(&[1; 32], &english, &[]), Lookup::Hit(_)));
     let german = get(&[("accept-language", "de")]);
     assert!(matches!(c.lookup(&[1; 32], &german, &[]), Lookup::Miss));
@@ -154,13 +157,21 @@ fn invalidation_drops_what_is_kept_for_a_path() {
     let c = cache(None, 1 << 20);
     let request = get(&[]);
     let outcome = answer(200, &[("cache-control", "max-age=60")], 3);
-    c.store([1; 32], Arc::from("api\0h\0/me"), &request, &[], &outcome);
+    c.store(
+        [1; 32],
+        Arc::from("api\0h\0/me"),
+        &request,
+        &[],
+        &outcome,
+        None,
+    );
     c.store(
         [2; 32],
         Arc::from("api\0h\0/other"),
         &request,
         &[],
         &outcome,
+        None,
     );
     c.invalidate(Arc::from("api\0h\0/me"));
     c.entries.run_pending_tasks();
@@ -176,7 +187,7 @@ fn the_byte_bound_holds_under_a_flood_of_keys() {
     for i in 0..2000u32 {
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(&i.to_be_bytes());
-        c.store(key, Arc::from("t"), &request, &[], &outcome);
+        c.store(key, Arc::from("t"), &request, &[], &outcome, None);
     }
     c.entries.run_pending_tasks();
     assert!(c.entries.weighted_size() <= 64 * 1024);

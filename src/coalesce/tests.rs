@@ -8,6 +8,7 @@ use std::time::Duration;
 fn config(public: bool) -> Arc<CoalesceConfig> {
     Arc::new(CoalesceConfig {
         methods: vec![Method::GET, Method::HEAD],
+        rpc_methods: Vec::new(),
         public,
         key_headers: vec![HeaderName::from_static("accept-language")],
     })
@@ -26,6 +27,7 @@ fn scope(public: bool, token: &str, client: &str) -> Keys {
     ];
     Keys::new(
         config(public),
+        None,
         "api",
         &HeaderValue::from_static("api.test"),
         &forwarded,

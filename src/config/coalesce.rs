@@ -13,7 +13,11 @@ pub const DEFAULT_COALESCE_METHODS: &[&str] = &["GET", "HEAD"];
 /// A route's coalescing settings.
 #[derive(Debug, Clone)]
 pub struct CoalesceConfig {
+    /// HTTP methods shared (every dialect but jsonrpc).
     pub methods: Vec<Method>,
+    /// JSON-RPC method names shared (jsonrpc routes, where every call is a POST): required
+    /// there, since any call may write.
+    pub rpc_methods: Vec<String>,
     /// The answers are the same for every caller: items of different callers share. Off,
     /// the forwarded headers (the caller's credentials) and the caller's `client_key` are part
     /// of the key, so different callers never share.
@@ -32,6 +36,9 @@ pub struct CacheConfig {
     /// How long an answer that says nothing of its freshness stays fresh (none: such answers
     /// are not kept). Never overrides `no-store`, `no-cache` or `private`.
     pub ttl: Option<std::time::Duration>,
+    /// jsonrpc routes: how long each method's results stay fresh (its answers carry no
+    /// freshness of their own); a method without one is not kept.
+    pub ttl_by_method: std::collections::BTreeMap<String, std::time::Duration>,
 }
 
 /// The default bound of a route's cache.
@@ -81,10 +88,30 @@ pub(super) fn cache_config(
             problems,
         )
     });
+    let mut ttl_by_method = std::collections::BTreeMap::new();
+    for (method, text) in cache.ttl_by_method.iter().flatten() {
+        let path = ["routes", i, "cache", "ttl_by_method", method.as_str()];
+        if section.dialect != "jsonrpc" {
+            problems.push(
+                &path,
+                "only for jsonrpc routes (others take freshness from Cache-Control, or ttl)",
+            );
+        } else if !key.rpc_methods.contains(method) {
+            problems.push(&path, format!("{method:?} is not in this table's methods"));
+        }
+        let ttl = super::values::duration(
+            &Some(text.clone()),
+            std::time::Duration::ZERO,
+            &path,
+            problems,
+        );
+        ttl_by_method.insert(method.clone(), ttl);
+    }
     Some(CacheConfig {
         key: std::sync::Arc::new(key),
         max_bytes,
         ttl,
+        ttl_by_method,
     })
 }
 
@@ -98,11 +125,27 @@ fn key_rules(
 ) -> Option<CoalesceConfig> {
     let at = |key: &'static str| ["routes", i, table, key];
     if section.dialect == "jsonrpc" {
-        problems.push(
-            &["routes", i, table],
-            "not for jsonrpc routes: a JSON-RPC answer carries its call's id, so one answer cannot serve two calls",
-        );
-        return None;
+        // Every call is a POST: the list names JSON-RPC methods, and nothing is shared unless
+        // named (any call may write).
+        let rpc_methods = methods.clone().unwrap_or_default();
+        if rpc_methods.is_empty() {
+            problems.push(
+                &at("methods"),
+                "jsonrpc routes name the JSON-RPC methods whose calls may share an answer (reads such as \"eth_blockNumber\")",
+            );
+        }
+        if public.is_some() || key_headers.is_some() {
+            problems.push(
+                &["routes", i, table],
+                "public and key_headers are not for jsonrpc routes: calls are shared per caller",
+            );
+        }
+        return Some(CoalesceConfig {
+            methods: vec![Method::POST],
+            rpc_methods,
+            public: false,
+            key_headers: Vec::new(),
+        });
     }
     let names: Vec<String> = methods.clone().unwrap_or_else(|| {
         DEFAULT_COALESCE_METHODS
@@ -138,6 +181,7 @@ fn key_rules(
     }
     Some(CoalesceConfig {
         methods,
+        rpc_methods: Vec::new(),
         public,
         key_headers: headers,
     })

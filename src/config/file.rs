@@ -231,6 +231,7 @@ pub struct CoalesceSection {
 pub struct CacheSection {
     pub max_bytes: Option<i64>,
     pub ttl: Option<String>,
+    pub ttl_by_method: Option<std::collections::BTreeMap<String, String>>,
     pub methods: Option<Vec<String>>,
     pub public: Option<bool>,
     pub key_headers: Option<Vec<String>>,

@@ -383,8 +383,8 @@ dialect = "envelope"
         );
     }
 
-    /// `[routes.coalesce]`: GET and HEAD by default; unsafe methods, jsonrpc routes and
-    /// key_headers without public are refused.
+    /// `[routes.coalesce]`: GET and HEAD by default; unsafe methods and key_headers without
+    /// public are refused; jsonrpc routes name JSON-RPC methods (and may give them a ttl).
     #[test]
     fn coalescing_is_checked() {
         let ok = format!("{MINIMAL}[routes.coalesce]\n");
@@ -402,7 +402,25 @@ dialect = "envelope"
         let message = Config::parse(rpc, "x.toml")
             .expect_err("invalid")
             .to_string();
-        assert!(message.contains("not for jsonrpc routes"), "{message}");
+        assert!(
+            message.contains("jsonrpc routes name the JSON-RPC methods"),
+            "{message}"
+        );
+        let named = rpc.replace(
+            "[routes.coalesce]\n",
+            "[routes.coalesce]\nmethods = [\"eth_blockNumber\"]\n[routes.cache]\nmethods = [\"eth_blockNumber\"]\nttl_by_method = { eth_blockNumber = \"2s\", eth_call = \"1s\" }\n",
+        );
+        let message = Config::parse(&named, "x.toml")
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            message.contains("\"eth_call\" is not in this table's methods"),
+            "{message}"
+        );
+        let good = named.replace(", eth_call = \"1s\"", "");
+        let config: Config = good.parse().expect("valid");
+        let coalesce = config.routes[0].coalesce.as_ref().expect("on");
+        assert_eq!(coalesce.rpc_methods, ["eth_blockNumber"]);
     }
 
     #[test]

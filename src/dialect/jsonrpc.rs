@@ -175,6 +175,10 @@ impl Dialect for JsonRpc {
         })
     }
 
+    fn item_sharing(&self) -> Option<crate::item::ItemSharing> {
+        Some(sharing::SHARING)
+    }
+
     fn reject(&self, rejection: &Rejection) -> Reply {
         let profile = &self.config.profile;
         let (error, status, array) = match rejection.kind {
@@ -481,6 +485,7 @@ fn rpc((code, message): (i64, &str)) -> RpcError {
 }
 
 mod reply;
+mod sharing;
 
 pub use reply::UpstreamError;
 use reply::{check_reply, error_object, reason, upstream_error};

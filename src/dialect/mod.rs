@@ -82,6 +82,11 @@ impl RouteDialect {
     pub fn reply_cost(&self) -> fn(&UpstreamResponse) -> usize {
         with_dialect!(self, d => d.reply_cost())
     }
+
+    /// The dialect's `Dialect::item_sharing`.
+    pub fn item_sharing(&self) -> Option<crate::item::ItemSharing> {
+        with_dialect!(self, d => d.item_sharing())
+    }
 }
 
 /// The outer batch request as a dialect sees it.
@@ -272,6 +277,12 @@ pub trait Dialect: Send + Sync {
     /// Whether the body is JSON, so a `charset` other than UTF-8 is refused (415).
     fn is_json(&self) -> bool {
         true
+    }
+
+    /// How identical items share an answer when the request alone does not say it
+    /// (`ItemSharing`); `None`: by the request as it is.
+    fn item_sharing(&self) -> Option<crate::item::ItemSharing> {
+        None
     }
 }
 

@@ -395,9 +395,11 @@ impl BatchGate {
             .filter(|(name, _)| *name != REQUEST_ID && *name != X_FORWARDED_FOR)
             .cloned()
             .collect();
+        let sharing = route.dialect.item_sharing();
         let keys = |config: &Arc<crate::config::coalesce::CoalesceConfig>| {
             Keys::new(
                 config.clone(),
+                sharing,
                 &route.upstream.config.name,
                 &headers.host,
                 &forwarded,
@@ -414,6 +416,7 @@ impl BatchGate {
             .zip(route.config.cache.as_ref())
             .map(|(cache, config)| CacheScope {
                 cache: cache.clone(),
+                config: config.clone(),
                 keys: keys(&config.key),
                 target: format!(
                     "{}\0{}\0",
@@ -425,6 +428,7 @@ impl BatchGate {
         let upstream = Arc::new(BatchUpstream {
             coalesce,
             cache,
+            sharing,
             metrics: route.metrics.clone(),
             client: route.upstream.clone(),
             headers,
@@ -696,6 +700,8 @@ pub struct BatchUpstream {
     pub coalesce: Option<Scope>,
     /// Fresh answers are served from memory (`[routes.cache]`).
     pub cache: Option<CacheScope>,
+    /// How another item's answer is made this item's (the route's dialect's rule).
+    pub sharing: Option<crate::item::ItemSharing>,
     pub metrics: Option<Arc<RouteMetrics>>,
     pub headers: BatchHeaders,
     /// The upstream's in-flight gauge, raised while an item is being sent.
@@ -718,6 +724,10 @@ impl Upstream for BatchUpstream {
             match cache.cache.lookup(&key, &request, &cache.forwarded) {
                 Lookup::Hit(outcome) => {
                     self.count_cache(true);
+                    let outcome = match self.sharing {
+                        Some(sharing) => (sharing.answer_for)(&request, outcome),
+                        None => outcome,
+                    };
                     return marked(outcome, Source::Cache);
                 }
                 Lookup::Miss => {
@@ -743,19 +753,31 @@ impl Upstream for BatchUpstream {
         if let Some(cache) = &self.cache {
             if let (Some(key), Source::Sent) = (store, source) {
                 let target = cache.target(&request);
-                cache
-                    .cache
-                    .store(key, target, &request, &cache.forwarded, &outcome);
+                let ttl = cache.ttl_for(&request);
+                if cache.storable(&outcome) {
+                    cache
+                        .cache
+                        .store(key, target, &request, &cache.forwarded, &outcome, ttl);
+                }
                 if let Some(metrics) = &self.metrics {
                     metrics.cache_bytes(cache.cache.bytes());
                 }
             }
-            // RFC 9111 section 4.4: a successful unsafe request drops what is kept for it.
+            // RFC 9111 section 4.4: a successful unsafe request drops what is kept for it. Not
+            // where every call is a POST to one path (JSON-RPC): there, freshness is the
+            // method's ttl alone.
             let succeeded = matches!(&outcome, Outcome::Response(r) if r.status < 400);
-            if !request.method.is_safe() && succeeded {
+            if !request.method.is_safe() && succeeded && self.sharing.is_none() {
                 cache.cache.invalidate(cache.target(&request));
             }
         }
+        let outcome = match (source, self.sharing) {
+            // Another item's answer, made this item's own (its JSON-RPC id).
+            (Source::Coalesced | Source::Cache, Some(sharing)) => {
+                (sharing.answer_for)(&request, outcome)
+            }
+            _ => outcome,
+        };
         marked(outcome, source)
     }
 }
@@ -773,6 +795,7 @@ fn marked(mut outcome: Outcome, source: Source) -> Outcome {
 /// One batch's view of its route's cache.
 pub struct CacheScope {
     pub cache: Arc<ItemCache>,
+    pub config: Arc<crate::config::coalesce::CacheConfig>,
     pub keys: Keys,
     /// The upstream and `Host`, in front of each item's path for invalidation.
     target: String,
@@ -781,6 +804,21 @@ pub struct CacheScope {
 }
 
 impl CacheScope {
+    /// A JSON-RPC method's own freshness (`ttl_by_method`).
+    fn ttl_for(&self, request: &SubRequest) -> Option<Duration> {
+        let sharing = self.keys.sharing?;
+        let method = (sharing.method)(request)?;
+        self.config.ttl_by_method.get(&method).copied()
+    }
+
+    /// Whether the dialect lets this answer be kept (a JSON-RPC result, not an error).
+    fn storable(&self, outcome: &Outcome) -> bool {
+        match (outcome, self.keys.sharing) {
+            (Outcome::Response(response), Some(sharing)) => (sharing.storable)(response),
+            _ => true,
+        }
+    }
+
     /// What a successful unsafe item on the same path invalidates: upstream, `Host`, path.
     fn target(&self, request: &SubRequest) -> Arc<str> {
         let path = request.path.split('?').next().unwrap_or_default();

@@ -267,3 +267,52 @@ async fn fresh_answers_come_from_the_cache_per_caller() {
     );
     assert!(metrics.value("batchgate_cache_bytes", &[("route", "pds")]) > 0.0);
 }
+
+/// A jsonrpc route sharing `eth_blockNumber` (coalesced, and cached for 60 s): identical calls
+/// with different ids go upstream once and each gets its own id back; calls the route does not
+/// name (`eth_sendTransaction`) always go up (and, all being POSTs to one path, invalidate
+/// nothing); the next batch is served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpc_reads_are_shared_by_method_and_params_each_with_its_id() {
+    let upstream = Upstream::with_handler(|req| {
+        let call: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let answer = serde_json::json!({"jsonrpc": "2.0", "result": "0x10", "id": call["id"]});
+        Reply::json(200, &answer.to_string()).with_delay(200)
+    })
+    .await;
+    let text = GateConfig::new(upstream.addr).toml()
+        + "\n[[routes]]\nname = \"rpc\"\npath = \"/rpc\"\ndialect = \"jsonrpc\"\nupstream = \"api\"\n\
+           upstream_path = \"/rpc\"\n[routes.coalesce]\nmethods = [\"eth_blockNumber\"]\n\
+           [routes.cache]\nmethods = [\"eth_blockNumber\"]\nttl_by_method = { eth_blockNumber = \"60s\" }\n";
+    let gate = common::gate::start(&text).await;
+    let body = r#"[{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":1},
+                   {"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":"two"},
+                   {"jsonrpc":"2.0","method":"eth_sendTransaction","params":["0xab"],"id":3},
+                   {"jsonrpc":"2.0","method":"eth_sendTransaction","params":["0xab"],"id":4}]"#;
+    let reply = client::post_json(gate.addr, "/rpc", body).await.json();
+    let ids: Vec<Value> = reply
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [serde_json::json!(1), "two".into(), 3.into(), 4.into()]
+    );
+    assert!(
+        reply
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"] == "0x10"),
+        "{reply}"
+    );
+    assert_eq!(upstream.count(), 3, "one eth_blockNumber, two sends");
+
+    let again = r#"[{"jsonrpc":"2.0","method":"eth_blockNumber","params":[],"id":"later"}]"#;
+    let reply = client::post_json(gate.addr, "/rpc", again).await.json();
+    assert_eq!(reply[0]["id"], "later");
+    assert_eq!(reply[0]["result"], "0x10");
+    assert_eq!(upstream.count(), 3, "from the cache");
+}
