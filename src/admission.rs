@@ -448,9 +448,25 @@ impl Admission {
             .saturating_sub(self.max_in_flight.load(Ordering::Relaxed))
     }
 
-    /// Bytes admitted batches hold: bodies and kept responses.
+    /// Bytes admitted batches hold: bodies and kept responses (and what the item caches
+    /// hold, `hold_cached`).
     pub fn held_bytes(&self) -> usize {
         self.held_bytes.load(Ordering::Relaxed)
+    }
+
+    /// An item cache (`crate::cache`) keeps `bytes` more: they count against
+    /// `max_held_bytes` like a batch's, until `release_cached`.
+    pub fn hold_cached(&self, bytes: usize) {
+        self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// An item cache no longer keeps `bytes`.
+    pub fn release_cached(&self, bytes: usize) {
+        let _ = self
+            .held_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes))
+            });
     }
 }
 

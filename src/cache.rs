@@ -9,8 +9,10 @@
 //! honoured by keeping the varying request headers' values with the answer. A successful
 //! unsafe item (`POST`, `PUT`, `DELETE`, ...) drops what is kept for its path (section 4.4).
 //! A hit carries `Age`. The bound is in bytes (bodies and headers, `max_bytes`), enforced by
-//! moka's weigher with TinyLFU admission; each entry expires when it stops being fresh.
+//! moka's weigher with TinyLFU admission; each entry expires when it stops being fresh. What it
+//! holds also counts against the admission's memory budget (`max_held_bytes`).
 
+use crate::admission::Admission;
 use crate::coalesce::Key;
 use crate::config::coalesce::CacheConfig;
 use crate::item::{Outcome, SubRequest, UpstreamResponse};
@@ -32,8 +34,10 @@ struct Entry {
     response: UpstreamResponse,
     stored: Instant,
     fresh_for: Duration,
-    /// The upstream, `Host` and path (no query) it was asked for, for invalidation.
-    target: Arc<str>,
+    /// The invalidation bucket of the upstream, `Host` and path (no query) it was asked for,
+    /// and that bucket's generation when it was kept.
+    bucket: usize,
+    generation: u64,
     /// The request headers its answer varies by, with their values then.
     vary: Vec<(HeaderName, Option<HeaderValue>)>,
 }
@@ -52,13 +56,23 @@ impl moka::Expiry<Key, Arc<Entry>> for Freshness {
     }
 }
 
+/// Invalidation buckets: a successful unsafe item bumps its path's bucket, and every entry
+/// kept under an older generation of that bucket is stale. Paths share buckets by hash, so an
+/// unrelated path may be dropped too (a miss, never a wrong answer); the table is fixed.
+const BUCKETS: usize = 1024;
+
 /// A route's cache.
 pub struct ItemCache {
     entries: moka::sync::Cache<Key, Arc<Entry>>,
-    ttl: Option<Duration>,
+    generations: Box<[AtomicU64]>,
+    /// On a public route a request with credentials is answered from the cache only when the
+    /// answer says it may be (RFC 9111 section 3.5).
+    public: bool,
     /// The bytes held: added on each store, taken off as each entry leaves, whatever the
     /// cause (for the gauge; the bound itself is the cache's own).
     held: Arc<AtomicU64>,
+    /// The admission's memory budget, which counts what the cache holds too.
+    budget: Arc<Admission>,
 }
 
 /// What the cache said about an item.
@@ -74,18 +88,30 @@ pub enum Lookup {
 
 impl ItemCache {
     /// An empty cache; `evicted` is told each answer dropped for room.
-    pub fn new(config: &CacheConfig, evicted: impl Fn() + Send + Sync + 'static) -> Self {
+    pub fn new(
+        config: &CacheConfig,
+        budget: Arc<Admission>,
+        evicted: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
         let held = Arc::new(AtomicU64::new(0));
         let released = held.clone();
+        let budget_released = budget.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_key: &Key, entry: &Arc<Entry>| {
                 u32::try_from(weight(&entry.response)).unwrap_or(u32::MAX)
             })
             .expire_after(Freshness)
-            .support_invalidation_closures()
             .eviction_listener(move |_key, entry: Arc<Entry>, cause| {
-                released.fetch_sub(weight(&entry.response) as u64, Ordering::Relaxed);
+                // What the count still had of it (none once a reload dropped the cache).
+                let bytes = weight(&entry.response) as u64;
+                let before = released
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                        Some(held.saturating_sub(bytes))
+                    })
+                    .unwrap_or(0);
+                let taken = usize::try_from(before.min(bytes)).unwrap_or(usize::MAX);
+                budget_released.release_cached(taken);
                 if cause == moka::notification::RemovalCause::Size {
                     evicted();
                 }
@@ -93,8 +119,10 @@ impl ItemCache {
             .build();
         ItemCache {
             entries,
-            ttl: config.ttl,
+            generations: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            public: config.key.public,
             held,
+            budget,
         }
     }
 
@@ -117,7 +145,8 @@ impl ItemCache {
             .vary
             .iter()
             .all(|(name, value)| header(request, headers, name) == value.as_ref());
-        if age >= entry.fresh_for || !matches {
+        let current = self.generations[entry.bucket].load(Ordering::Relaxed) == entry.generation;
+        if age >= entry.fresh_for || !matches || !current {
             return Lookup::Miss;
         }
         let mut response = entry.response.clone();
@@ -128,12 +157,12 @@ impl ItemCache {
     }
 
     /// Keeps `outcome` for `key` if it may be kept, for as long as it is fresh; `ttl`: how
-    /// long an answer that says nothing of its freshness stays fresh, when the item's kind has
-    /// its own (a JSON-RPC method's), else the route's.
+    /// long an answer that says nothing of its freshness stays fresh (the route's, or a
+    /// JSON-RPC method's); `target`: the upstream, `Host` and path, for invalidation.
     pub fn store(
         &self,
         key: Key,
-        target: Arc<str>,
+        target: &str,
         request: &SubRequest,
         headers: &[(HeaderName, HeaderValue)],
         outcome: &Outcome,
@@ -142,33 +171,38 @@ impl ItemCache {
         let Outcome::Response(response) = outcome else {
             return;
         };
-        if !crate::coalesce::shareable(outcome) {
+        if !crate::coalesce::shareable(outcome, false) {
             return;
         }
-        let Some(fresh_for) = freshness(response, ttl.or(self.ttl)) else {
+        let Some(fresh_for) = freshness(response, ttl) else {
             return;
         };
+        let with_credentials = header(request, headers, &http::header::AUTHORIZATION).is_some();
+        if self.public && with_credentials && !shared_with_credentials(response) {
+            return;
+        }
         let Some(vary) = vary(response, request, headers) else {
             return;
         };
+        let bucket = bucket(target);
         let entry = Entry {
             response: response.clone(),
             stored: Instant::now(),
             fresh_for,
-            target,
+            bucket,
+            generation: self.generations[bucket].load(Ordering::Relaxed),
             vary,
         };
-        self.held
-            .fetch_add(weight(&entry.response) as u64, Ordering::Relaxed);
+        let bytes = weight(&entry.response);
+        self.held.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.budget.hold_cached(bytes);
         self.entries.insert(key, Arc::new(entry));
     }
 
-    /// Drops what is kept for `target` (an unsafe method succeeded on it).
-    pub fn invalidate(&self, target: Arc<str>) {
-        // Only fails without `support_invalidation_closures`, which `new` sets.
-        let _ = self
-            .entries
-            .invalidate_entries_if(move |_, entry| entry.target == target);
+    /// Makes what is kept for `target` stale (an unsafe method succeeded on it): one counter,
+    /// whatever the cache holds; the stale entries go as they are looked up or evicted.
+    pub fn invalidate(&self, target: &str) {
+        self.generations[bucket(target)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The bytes held (as weighed). Entries leave the count as they leave the cache, which
@@ -176,6 +210,31 @@ impl ItemCache {
     pub fn bytes(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
     }
+}
+
+/// A cache dropped by a reload gives its bytes back to the memory budget (its entries go
+/// without telling the eviction listener).
+impl Drop for ItemCache {
+    fn drop(&mut self) {
+        let held = usize::try_from(self.held.swap(0, Ordering::Relaxed)).unwrap_or(usize::MAX);
+        self.budget.release_cached(held);
+    }
+}
+
+fn bucket(target: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hash =
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(target);
+    (hash % BUCKETS as u64) as usize
+}
+
+/// Whether an answer to a request with credentials may be reused for others (RFC 9111
+/// section 3.5): it says `public`, `s-maxage` or `must-revalidate`.
+fn shared_with_credentials(response: &UpstreamResponse) -> bool {
+    response.headers.get_all(CACHE_CONTROL).iter().any(|value| {
+        directives(value)
+            .any(|(name, _)| matches!(name.as_str(), "public" | "s-maxage" | "must-revalidate"))
+    })
 }
 
 /// An answer's bytes as the cache counts them.
@@ -235,7 +294,15 @@ fn freshness(response: &UpstreamResponse, ttl: Option<Duration>) -> Option<Durat
             None => ttl?,
         },
     };
-    (!lifetime.is_zero()).then_some(lifetime)
+    // What the answer's age already used up (an upstream cache's `Age`).
+    let age = response
+        .headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let left = lifetime.saturating_sub(age);
+    (!left.is_zero()).then_some(left)
 }
 
 /// `Expires` minus `Date` (or now); an unreadable `Expires` means already expired.

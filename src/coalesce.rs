@@ -88,10 +88,13 @@ impl Keys {
         host: &HeaderValue,
         forwarded: &[(HeaderName, HeaderValue)],
         client: &str,
+        max_response_bytes: usize,
     ) -> Self {
         let mut context = digest::Context::new(&digest::SHA256);
         field(&mut context, upstream.as_bytes());
         field(&mut context, host.as_bytes());
+        // Routes with another answer size limit would get (or fail) an answer differently.
+        field(&mut context, &(max_response_bytes as u64).to_be_bytes());
         if config.public {
             for name in &config.key_headers {
                 for (_, value) in forwarded.iter().filter(|(n, _)| n == name) {
@@ -135,21 +138,25 @@ impl Keys {
             .split_once('?')
             .map_or((request.path.as_str(), None), |(p, q)| (p, Some(q)));
         field(&mut context, path.as_bytes());
-        if let Some(query) = query {
-            // `b=2&a=1` and `a=1&b=2` ask the same; repeated names keep their order.
-            let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-            pairs.sort_by_key(|pair| pair.split('=').next().unwrap_or_default());
-            for pair in pairs {
-                field(&mut context, pair.as_bytes());
-            }
+        // `b=2&a=1` and `a=1&b=2` ask the same; repeated names keep their order. Each list
+        // is counted first, so query pairs can never pass for headers.
+        let mut pairs: Vec<&str> = query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .collect();
+        pairs.sort_by_key(|pair| pair.split('=').next().unwrap_or_default());
+        field(&mut context, &(pairs.len() as u64).to_be_bytes());
+        for pair in pairs {
+            field(&mut context, pair.as_bytes());
         }
-        field(&mut context, b"headers");
         let mut headers: Vec<(&str, &[u8])> = request
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
         headers.sort_unstable();
+        field(&mut context, &(headers.len() as u64).to_be_bytes());
         for (name, value) in headers {
             field(&mut context, name.as_bytes());
             field(&mut context, value);
@@ -175,7 +182,13 @@ impl Coalescer {
     /// The answer for an item with `key`: sent with `send` if no identical item is in flight
     /// (or the one in flight answered something per caller, or left without an answer), else
     /// that item's answer, waited for until `until`.
-    pub async fn send<F>(&self, key: Key, until: Instant, send: impl Fn() -> F) -> (Outcome, Source)
+    pub async fn send<F>(
+        &self,
+        key: Key,
+        across_callers: bool,
+        until: Instant,
+        send: impl Fn() -> F,
+    ) -> (Outcome, Source)
     where
         F: Future<Output = Outcome>,
     {
@@ -205,7 +218,10 @@ impl Coalescer {
                 // The borrowed answer is copied out before anything else is awaited.
                 let shared =
                     match tokio::time::timeout_at(until, answer.wait_for(Option::is_some)).await {
-                        Ok(Ok(shared)) => Ok(shared.as_ref().filter(|o| shareable(o)).cloned()),
+                        Ok(Ok(shared)) => Ok(shared
+                            .as_ref()
+                            .filter(|o| shareable(o, across_callers))
+                            .cloned()),
                         // The leader went away without an answer: ask for ourselves.
                         Ok(Err(_)) => Ok(None),
                         Err(_) => Err(()),
@@ -225,14 +241,27 @@ impl Coalescer {
 }
 
 /// Whether an answer may be handed to another item (or kept for one): nothing in it is one
-/// caller's alone.
-pub fn shareable(outcome: &Outcome) -> bool {
-    match outcome {
-        Outcome::Response(response) => !PER_CALLER_HEADERS
+/// caller's alone. Across callers (a public route) also not an answer the upstream marked
+/// `private`, nor one that varies by request headers the key may not cover (`Vary`).
+pub fn shareable(outcome: &Outcome, across_callers: bool) -> bool {
+    let Outcome::Response(response) = outcome else {
+        return true;
+    };
+    let per_caller = PER_CALLER_HEADERS
+        .iter()
+        .any(|name| response.headers.contains_key(*name));
+    let private = || {
+        response
+            .headers
+            .get_all(http::header::CACHE_CONTROL)
             .iter()
-            .any(|name| response.headers.contains_key(*name)),
-        Outcome::Failed(_) => true,
-    }
+            .any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("private"))
+            })
+    };
+    let varies = || response.headers.contains_key(http::header::VARY);
+    !per_caller && !(across_callers && (private() || varies()))
 }
 
 /// A leader's flight: its key leaves the table when it ends, answered or not (a dropped

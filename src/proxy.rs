@@ -81,13 +81,14 @@ impl BatchGate {
             let limit = i64::try_from(config.server.max_in_flight).unwrap_or(i64::MAX);
             families.max_in_flight.set(limit);
         }
+        let admission = Arc::new(crate::admission::Admission::new(
+            config.server.admission.clone(),
+            config.server.max_in_flight,
+        ));
         BatchGate {
-            live: Arc::new(ArcSwap::from_pointee(Live::build(config, None))),
+            live: Arc::new(ArcSwap::from_pointee(Live::build(config, None, &admission))),
             permits: crate::permits::Permits::new(config.server.max_in_flight),
-            admission: Arc::new(crate::admission::Admission::new(
-                config.server.admission.clone(),
-                config.server.max_in_flight,
-            )),
+            admission,
             client_limits: config.server.client,
             listeners: config
                 .server

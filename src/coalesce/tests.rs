@@ -32,6 +32,7 @@ fn scope(public: bool, token: &str, client: &str) -> Keys {
         &HeaderValue::from_static("api.test"),
         &forwarded,
         client,
+        1 << 20,
     )
 }
 
@@ -104,7 +105,7 @@ async fn together(n: usize, cookie: bool, deadline: Duration) -> (usize, Vec<Sou
                     answer(cookie)
                 }
             };
-            coalescer.send([7; 32], until, send).await.1
+            coalescer.send([7; 32], false, until, send).await.1
         }
     });
     let sources = futures_util::future::join_all(items).await;
@@ -148,13 +149,15 @@ async fn a_follower_that_gives_up_leaves_the_leader_alone() {
                     answer(false)
                 }
             };
-            coalescer.send([1; 32], until, send).await
+            coalescer.send([1; 32], false, until, send).await
         })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     let until = Instant::now() + Duration::from_millis(30);
     let (outcome, source) = coalescer
-        .send([1; 32], until, || async { unreachable!("a follower") })
+        .send([1; 32], false, until, || async {
+            unreachable!("a follower")
+        })
         .await;
     assert_eq!(source, Source::Coalesced);
     assert!(matches!(outcome, Outcome::Failed(f) if f.kind == FailureKind::Timeout));
@@ -171,7 +174,7 @@ async fn followers_of_a_leader_that_leaves_ask_for_themselves() {
         tokio::spawn(async move {
             let until = Instant::now() + Duration::from_secs(5);
             coalescer
-                .send([2; 32], until, std::future::pending::<Outcome>)
+                .send([2; 32], false, until, std::future::pending::<Outcome>)
                 .await
         })
     };
@@ -181,7 +184,7 @@ async fn followers_of_a_leader_that_leaves_ask_for_themselves() {
         tokio::spawn(async move {
             let until = Instant::now() + Duration::from_secs(5);
             coalescer
-                .send([2; 32], until, || async { answer(false) })
+                .send([2; 32], false, until, || async { answer(false) })
                 .await
         })
     };
@@ -189,4 +192,50 @@ async fn followers_of_a_leader_that_leaves_ask_for_themselves() {
     leader.abort();
     let (outcome, source) = follower.await.expect("the follower");
     assert_eq!((outcome.status(), source), (200, Source::Sent));
+}
+
+#[test]
+fn across_callers_private_and_varying_answers_are_not_shared() {
+    let private = {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("private"),
+        );
+        Outcome::Response(UpstreamResponse {
+            status: 200,
+            headers,
+            body: Bytes::new(),
+        })
+    };
+    assert!(
+        shareable(&private, false),
+        "one caller's items may share it"
+    );
+    assert!(!shareable(&private, true));
+    let varying = {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::VARY,
+            HeaderValue::from_static("accept-language"),
+        );
+        Outcome::Response(UpstreamResponse {
+            status: 200,
+            headers,
+            body: Bytes::new(),
+        })
+    };
+    assert!(!shareable(&varying, true));
+    assert!(!shareable(&answer(true), false), "a cookie never");
+}
+
+#[test]
+fn query_pairs_never_pass_for_headers() {
+    let keys = scope(false, "Bearer a", "10.0.0.1");
+    let mut with_header = get("/x");
+    with_header.headers.push((
+        HeaderName::from_static("x-foo"),
+        HeaderValue::from_static("v"),
+    ));
+    assert_ne!(keys.key(&with_header), keys.key(&get("/x?x-foo&v")));
 }

@@ -404,6 +404,7 @@ impl BatchGate {
                 &headers.host,
                 &forwarded,
                 client,
+                headers.max_response_bytes,
             )
         };
         let coalesce = route.config.coalesce.as_ref().map(|config| Scope {
@@ -592,7 +593,7 @@ pub fn request_id(req: &RequestHeader) -> String {
 
 /// Largest piece of a reply body handed to an HTTP/2 stream at once: its write timeout then
 /// measures a stall (no window granted), not the time a large reply takes.
-const H2_REPLY_PIECE: usize = 64 * 1024;
+pub(super) const H2_REPLY_PIECE: usize = 64 * 1024;
 
 impl BatchGate {
     /// Writes a complete reply with `Content-Length` (keep-alive survives) and `X-Request-Id`.
@@ -721,6 +722,9 @@ impl Upstream for BatchUpstream {
         let mut store = None;
         if let Some(cache) = cache {
             let key = cache.keys.key(&request);
+            if let Some(metrics) = &self.metrics {
+                metrics.cache_bytes(cache.cache.bytes());
+            }
             match cache.cache.lookup(&key, &request, &cache.forwarded) {
                 Lookup::Hit(outcome) => {
                     self.count_cache(true);
@@ -741,11 +745,14 @@ impl Upstream for BatchUpstream {
             Some(scope) => {
                 let key = scope.keys.key(&request);
                 let send = || self.send_one(&request, until);
-                scope.coalescer.send(key, until, send).await
+                let across_callers = scope.keys.config.public;
+                scope.coalescer.send(key, across_callers, until, send).await
             }
             None => (self.send_one(&request, until).await, Source::Sent),
         };
-        if source == Source::Coalesced {
+        // A follower that gave up was answered by nobody.
+        let answered = matches!(outcome, Outcome::Response(_));
+        if source == Source::Coalesced && answered {
             if let Some(metrics) = &self.metrics {
                 metrics.coalesced();
             }
@@ -757,7 +764,7 @@ impl Upstream for BatchUpstream {
                 if cache.storable(&outcome) {
                     cache
                         .cache
-                        .store(key, target, &request, &cache.forwarded, &outcome, ttl);
+                        .store(key, &target, &request, &cache.forwarded, &outcome, ttl);
                 }
                 if let Some(metrics) = &self.metrics {
                     metrics.cache_bytes(cache.cache.bytes());
@@ -768,7 +775,7 @@ impl Upstream for BatchUpstream {
             // method's ttl alone.
             let succeeded = matches!(&outcome, Outcome::Response(r) if r.status < 400);
             if !request.method.is_safe() && succeeded && self.sharing.is_none() {
-                cache.cache.invalidate(cache.target(&request));
+                cache.cache.invalidate(&cache.target(&request));
             }
         }
         let outcome = match (source, self.sharing) {
@@ -804,11 +811,16 @@ pub struct CacheScope {
 }
 
 impl CacheScope {
-    /// A JSON-RPC method's own freshness (`ttl_by_method`).
+    /// How long an answer that says nothing of its freshness stays fresh: the route's `ttl`,
+    /// or on jsonrpc routes the method's own (`ttl_by_method`; none: not kept).
     fn ttl_for(&self, request: &SubRequest) -> Option<Duration> {
-        let sharing = self.keys.sharing?;
-        let method = (sharing.method)(request)?;
-        self.config.ttl_by_method.get(&method).copied()
+        match self.keys.sharing {
+            None => self.config.ttl,
+            Some(sharing) => {
+                let method = (sharing.method)(request)?;
+                self.config.ttl_by_method.get(&method).copied()
+            }
+        }
     }
 
     /// Whether the dialect lets this answer be kept (a JSON-RPC result, not an error).
@@ -820,9 +832,9 @@ impl CacheScope {
     }
 
     /// What a successful unsafe item on the same path invalidates: upstream, `Host`, path.
-    fn target(&self, request: &SubRequest) -> Arc<str> {
+    fn target(&self, request: &SubRequest) -> String {
         let path = request.path.split('?').next().unwrap_or_default();
-        Arc::from(format!("{}{path}", self.target))
+        format!("{}{path}", self.target)
     }
 }
 

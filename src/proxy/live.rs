@@ -46,7 +46,12 @@ impl Live {
     /// `previous` keeps its client, and with it its pooled connections; one whose timeouts
     /// changed but whose connections would be the same keeps the pools
     /// (`UpstreamClient::renewed`).
-    pub(super) fn build(config: &Config, previous: Option<&Live>) -> Live {
+    /// `admission`: the memory budget the routes' item caches count against.
+    pub(super) fn build(
+        config: &Config,
+        previous: Option<&Live>,
+        admission: &Arc<crate::admission::Admission>,
+    ) -> Live {
         let mut clients = HashMap::new();
         for upstream in &config.upstreams {
             client_for(&mut clients, upstream, previous);
@@ -60,7 +65,7 @@ impl Live {
                 .unwrap_or_else(|| config.server.admission.client_key.clone());
             routes.insert(
                 route.path.clone(),
-                Arc::new(build_route(route, &upstream, client_key)),
+                Arc::new(build_route(route, &upstream, client_key, admission)),
             );
         }
         let passthrough = config.default_upstream.as_ref().map(|upstream| {
@@ -108,6 +113,7 @@ fn build_route(
     route: &Arc<RouteConfig>,
     upstream: &Arc<UpstreamClient>,
     client_key: crate::config::ClientKey,
+    admission: &Arc<crate::admission::Admission>,
 ) -> Route {
     let dialect = RouteDialect::new(
         &route.dialect,
@@ -117,11 +123,15 @@ fn build_route(
     let metrics = RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new);
     let cache = route.cache.as_ref().map(|config| {
         let counted = metrics.clone();
-        Arc::new(crate::cache::ItemCache::new(config, move || {
-            if let Some(metrics) = &counted {
-                metrics.cache_evicted();
-            }
-        }))
+        Arc::new(crate::cache::ItemCache::new(
+            config,
+            admission.clone(),
+            move || {
+                if let Some(metrics) = &counted {
+                    metrics.cache_evicted();
+                }
+            },
+        ))
     });
     Route {
         config: route.clone(),
@@ -181,6 +191,7 @@ impl Reconfigure {
             // late writes land nowhere (`metrics::UpstreamMetrics`).
             crate::metrics::remove_upstream_series(&client.config, new.map(|u| &**u));
         }
-        self.live.store(Arc::new(Live::build(config, Some(&old))));
+        self.live
+            .store(Arc::new(Live::build(config, Some(&old), &self.admission)));
     }
 }

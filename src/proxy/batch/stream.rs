@@ -296,6 +296,11 @@ impl BatchGate {
                 resources: &observer,
                 ready: BytesMut::new(),
                 charges: Vec::new(),
+                piece: if h2 {
+                    super::H2_REPLY_PIECE
+                } else {
+                    usize::MAX
+                },
             };
             let writer = write_records(session, &mut queue, out, &mut written);
             tokio::pin!(writer);
@@ -386,6 +391,9 @@ struct Out<'a> {
     /// Records ready to go in the next write, and what they count until it is done.
     ready: BytesMut,
     charges: Vec<Charge>,
+    /// The largest piece handed to the client's stream at once (HTTP/2: a write timeout then
+    /// measures a stall, not the time a large record takes, as for a buffered reply).
+    piece: usize,
 }
 
 impl Out<'_> {
@@ -446,7 +454,14 @@ impl Out<'_> {
             return Ok(());
         }
         let bytes = self.ready.split().freeze();
-        session.write_response_body(Some(bytes), false).await?;
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = at.saturating_add(self.piece).min(bytes.len());
+            session
+                .write_response_body(Some(bytes.slice(at..end)), false)
+                .await?;
+            at = end;
+        }
         written.records += self.charges.len();
         written.first_at.get_or_insert_with(Instant::now);
         for charge in self.charges.drain(..) {
