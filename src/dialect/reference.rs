@@ -180,32 +180,32 @@ impl Template {
     /// `raw` with every reference replaced by what it selects in the answers so far, or why
     /// it cannot be (in words for the client: the reference, and what is missing).
     pub fn resolve(&self, raw: &RawItem, answers: Answers<'_>) -> Result<RawItem, String> {
+        // Each answer referred to is parsed once; selections borrow from it, and nothing is
+        // copied before the expansion budget says it fits.
         let mut documents: Vec<(usize, Value)> = Vec::new();
-        let mut values: Vec<Vec<Value>> = Vec::with_capacity(self.references.len());
         for reference in &self.references {
-            let index = match documents.iter().position(|(s, _)| *s == reference.source) {
-                Some(index) => index,
-                None => {
-                    documents.push((reference.source, answer_json(reference, answers)?));
-                    documents.len() - 1
-                }
+            if !documents.iter().any(|(s, _)| *s == reference.source) {
+                documents.push((reference.source, answer_json(reference, answers)?));
+            }
+        }
+        let mut values: Vec<Vec<&Value>> = Vec::with_capacity(self.references.len());
+        for reference in &self.references {
+            let Some((_, document)) = documents.iter().find(|(s, _)| *s == reference.source) else {
+                continue;
             };
-            let selected = reference
-                .path
-                .select(&documents[index].1, MAX_VALUES)
-                .ok_or_else(|| {
-                    format!(
-                        "{{result={}}} selects more than {MAX_VALUES} values",
-                        reference.text
-                    )
-                })?;
+            let selected = reference.path.select(document, MAX_VALUES).ok_or_else(|| {
+                format!(
+                    "{{result={}}} selects more than {MAX_VALUES} values",
+                    reference.text
+                )
+            })?;
             if selected.is_empty() {
                 return Err(format!(
                     "{{result={}}} matched nothing in that item's answer",
                     reference.text
                 ));
             }
-            values.push(selected.into_iter().cloned().collect());
+            values.push(selected);
         }
         let mut budget = Budget(MAX_EXPANDED_BYTES);
         let mut out = raw.clone();
@@ -283,6 +283,16 @@ impl RequestTemplate for Deferred {
 struct Budget(usize);
 
 impl Budget {
+    /// Whether `bytes` more would still fit, before they are made.
+    fn fits(&self, bytes: usize) -> Result<(), String> {
+        if bytes > self.0 {
+            return Err(format!(
+                "the references expand past {MAX_EXPANDED_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    }
+
     fn spend(&mut self, bytes: usize) -> Result<(), String> {
         self.0 = self
             .0
@@ -310,6 +320,24 @@ fn answer_json(reference: &Reference, answers: Answers<'_>) -> Result<Value, Str
     }
 }
 
+/// A value's size as compact JSON, counted without writing it out.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Counting cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// A selected value as text: a string as it is, anything else as compact JSON.
 fn as_text(value: &Value) -> std::borrow::Cow<'_, str> {
     match value {
@@ -321,7 +349,7 @@ fn as_text(value: &Value) -> std::borrow::Cow<'_, str> {
 /// `text` with each reference's values, joined by commas, written by `write`.
 fn render(
     text: &Text,
-    values: &[Vec<Value>],
+    values: &[Vec<&Value>],
     budget: &mut Budget,
     mut write: impl FnMut(&str, &mut String),
 ) -> Result<String, String> {
@@ -334,6 +362,7 @@ fn render(
                     if i > 0 {
                         out.push(',');
                     }
+                    budget.fits(json_len(value))?;
                     let before = out.len();
                     write(&as_text(value), &mut out);
                     budget.spend(out.len() - before)?;
@@ -349,7 +378,7 @@ fn render(
 /// a whole path segment `.` or `..` is refused.
 fn render_url(
     text: &Text,
-    values: &[Vec<Value>],
+    values: &[Vec<&Value>],
     references: &[Reference],
     budget: &mut Budget,
 ) -> Result<String, String> {
@@ -367,6 +396,7 @@ fn render_url(
             Part::Ref(n) => {
                 let before = out.len();
                 let selected = values.get(*n).map(Vec::as_slice).unwrap_or_default();
+                budget.fits(selected.iter().map(|v| json_len(v)).sum())?;
                 let joined = selected
                     .iter()
                     .map(|v| utf8_percent_encode(&as_text(v), COMPONENT).to_string())
@@ -395,7 +425,7 @@ fn render_url(
 
 fn render_json(
     template: &JsonTemplate,
-    values: &[Vec<Value>],
+    values: &[Vec<&Value>],
     budget: &mut Budget,
 ) -> Result<Value, String> {
     Ok(match template {
@@ -405,12 +435,12 @@ fn render_json(
         })?),
         JsonTemplate::Ref(n) => {
             let selected = values.get(*n).map(Vec::as_slice).unwrap_or_default();
-            let value = match selected {
-                [one] => one.clone(),
-                many => Value::Array(many.to_vec()),
-            };
-            budget.spend(value.to_string().len())?;
-            value
+            let size: usize = selected.iter().map(|v| json_len(v) + 1).sum();
+            budget.spend(size)?;
+            match selected {
+                [one] => (*one).clone(),
+                many => Value::Array(many.iter().map(|v| (*v).clone()).collect()),
+            }
         }
         JsonTemplate::Array(items) => Value::Array(
             items

@@ -209,3 +209,21 @@ fn sources_are_each_referenced_item_once() {
         .unwrap();
     assert_eq!(template.sources(), [0, 1]);
 }
+
+/// A reference to a whole large answer is refused by its size before it is copied or written
+/// out, however many times the item names it.
+#[test]
+fn a_large_answer_is_refused_before_it_is_copied() {
+    let big: Vec<String> = (0..20_000).map(|i| format!("value {i}")).collect();
+    let answers = vec![answer(200, &json!({"data": big}))];
+    let body = json!({"a": {"$ref": "first:$"}, "b": {"$ref": "first:$.data"}});
+    let item = raw("/x", &[], Some(&body.to_string()));
+    let err = resolve(&item, BodyKind::Json, &answers).unwrap_err();
+    assert!(err.contains("expand past"), "{err}");
+    let item = raw("/x?q={result=first:$.data.*}", &[], None);
+    let err = resolve(&item, BodyKind::Json, &answers).unwrap_err();
+    assert!(err.contains("more than"), "{err}");
+    let item = raw("/x?q={result=first:$}", &[], None);
+    let err = resolve(&item, BodyKind::Json, &answers).unwrap_err();
+    assert!(err.contains("expand past"), "{err}");
+}
