@@ -291,26 +291,7 @@ pub fn envelope(data: &[u8]) {
     assert_eq!(plan.meta.len(), plan.items.len());
     assert!(plan.items.len() <= d.max_items);
     assert_dependency_order(&plan.after, plan.items.len());
-    let outcomes: Vec<Outcome> = plan
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| match item {
-            Ok(planned) => {
-                let Some(sub) = &sendable(planned) else {
-                    return Outcome::failed(FailureKind::ReferenceUnresolved, Sent::Nothing);
-                };
-                assert_safe(sub, "/v2/file/");
-                assert!(
-                    [Method::GET, Method::POST, Method::DELETE].contains(&sub.method),
-                    "method {} let through",
-                    sub.method
-                );
-                answer(i as u8, sub.body.as_deref().unwrap_or(data))
-            }
-            Err(decided) => decided.clone(),
-        })
-        .collect();
+    let outcomes = answered(&plan.items, "/v2/file/", data);
     let n = outcomes.len();
     let reply = d.encode(plan.meta, outcomes);
     assert_json(&reply.body, "envelope");
@@ -356,26 +337,7 @@ pub fn meta(data: &[u8]) {
     for (item, dependencies) in plan.after.iter().enumerate() {
         assert!(dependencies.iter().all(|&d| d < item), "{:?}", plan.after);
     }
-    let outcomes: Vec<Outcome> = plan
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| match item {
-            Ok(planned) => {
-                let Some(sub) = &sendable(planned) else {
-                    return Outcome::failed(FailureKind::ReferenceUnresolved, Sent::Nothing);
-                };
-                assert_safe(sub, "/v21.0/");
-                assert!(
-                    [Method::GET, Method::POST, Method::DELETE].contains(&sub.method),
-                    "method {} let through",
-                    sub.method
-                );
-                answer(i as u8, sub.body.as_deref().unwrap_or(data))
-            }
-            Err(decided) => decided.clone(),
-        })
-        .collect();
+    let outcomes = answered(&plan.items, "/v21.0/", data);
     let n = outcomes.len();
     let reply = d.encode(plan.meta, outcomes);
     let parsed: Vec<&serde_json::value::RawValue> =
@@ -731,6 +693,31 @@ pub fn h2_frames(data: &[u8]) {
     assert_eq!(kind(whole.pending()), kind(pieces.pending()));
     let (streams, premature) = whole.counts();
     assert!(premature <= streams);
+}
+
+/// Each planned item checked as it would be sent (`sendable`: deferred ones finished from a
+/// hostile answer) and answered with its own bytes; decided items as they are. Every item sent
+/// is safe under `prefix`, with one of the routes' methods (GET, POST, DELETE).
+fn answered(items: &[Result<Planned, Outcome>], prefix: &str, data: &[u8]) -> Vec<Outcome> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Ok(planned) => {
+                let Some(sub) = &sendable(planned) else {
+                    return Outcome::failed(FailureKind::ReferenceUnresolved, Sent::Nothing);
+                };
+                assert_safe(sub, prefix);
+                assert!(
+                    [Method::GET, Method::POST, Method::DELETE].contains(&sub.method),
+                    "method {} let through",
+                    sub.method
+                );
+                answer(i as u8, sub.body.as_deref().unwrap_or(data))
+            }
+            Err(decided) => decided.clone(),
+        })
+        .collect()
 }
 
 /// What a referenced item answers in `sendable`: values made to escape a path segment, add a
