@@ -8,6 +8,8 @@
 //! * the HTTP/1.1 response reader accepts no head over the limit and no body over the limit,
 //!   and a connection it marks reusable has nothing left over.
 
+use batchgate::cache::{ItemCache, Lookup};
+use batchgate::config::coalesce::{CacheConfig, CoalesceConfig};
 use batchgate::config::{method_key, Config};
 use batchgate::dialect::envelope::Envelope;
 use batchgate::dialect::fanout::Fanout;
@@ -693,6 +695,100 @@ pub fn h2_frames(data: &[u8]) {
     assert_eq!(kind(whole.pending()), kind(pieces.pending()));
     let (streams, premature) = whole.counts();
     assert!(premature <= streams);
+}
+
+/// The item cache's reading of an answer's headers (`Cache-Control`, `Expires`, `Date`,
+/// `Age`, `Vary`; one `name: value` per line of the input, the first line the status): never a
+/// panic; an answer the rules say no to is never served (`no-store`, `no-cache`, `private`,
+/// `Vary: *`, a cookie, a status not cacheable by default); what it holds stays within its bound.
+pub fn cache(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.trim().parse::<u16>().ok())
+        .filter(|s| (100..600).contains(s))
+        .unwrap_or(200);
+    let mut headers = HeaderMap::new();
+    for line in lines.take(64) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value.trim()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    // Directive names and Vary members as RFC 9111 reads them: comma-separated, trimmed,
+    // a directive's name before any `=`, case-insensitive.
+    let members = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split(',')
+                    .map(|m| {
+                        m.split('=')
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .to_ascii_lowercase()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let directives = members("cache-control");
+    let never = directives
+        .iter()
+        .any(|d| matches!(d.as_str(), "no-store" | "no-cache" | "private"))
+        || members("vary").iter().any(|m| m == "*")
+        || headers.contains_key("set-cookie")
+        || headers.contains_key("set-cookie2")
+        || ![200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501].contains(&status);
+    let config = CacheConfig {
+        key: std::sync::Arc::new(CoalesceConfig {
+            methods: vec![Method::GET],
+            rpc_methods: Vec::new(),
+            public: false,
+            key_headers: Vec::new(),
+        }),
+        max_bytes: 4096,
+        ttl: None,
+        ttl_by_method: Default::default(),
+    };
+    let budget = std::sync::Arc::new(batchgate::admission::Admission::new(
+        batchgate::config::AdmissionLimits {
+            max_queued_items: 16,
+            queue_budget: Duration::from_secs(5),
+            max_held_bytes: 1 << 20,
+            per_client_items: 16,
+            client_key: batchgate::config::ClientKey::Ip,
+        },
+        16,
+    ));
+    let cache = ItemCache::new(&config, budget, || {});
+    let request = SubRequest {
+        method: Method::GET,
+        path: "/x".into(),
+        headers: Vec::new(),
+        body: None,
+    };
+    let outcome = Outcome::Response(UpstreamResponse {
+        status,
+        headers,
+        body: Bytes::from_static(b"{}"),
+    });
+    let ttl = Some(Duration::from_secs(60));
+    for key in 0..8u8 {
+        cache.store([key; 32], "api\0h\0/x", &request, &[], &outcome, ttl);
+        let served = matches!(cache.lookup(&[key; 32], &request, &[]), Lookup::Hit(_));
+        assert!(!(never && served), "kept what must not be: status {status}");
+    }
+    assert!(cache.bytes() <= 4096 + 8 * 512, "{}", cache.bytes());
 }
 
 /// Each planned item checked as it would be sent (`sendable`: deferred ones finished from a

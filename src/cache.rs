@@ -253,11 +253,10 @@ fn asks_not_to(request: &SubRequest) -> bool {
         })
 }
 
-/// `Cache-Control` directives, lower-cased names with their values.
-fn directives(value: &HeaderValue) -> impl Iterator<Item = (String, Option<String>)> + '_ {
-    value
-        .to_str()
-        .unwrap_or("")
+/// `Cache-Control` directives, lower-cased names with their values. Read from the bytes
+/// (non-ASCII ones replaced): a value with one stray byte still says `no-store`.
+fn directives(value: &HeaderValue) -> impl Iterator<Item = (String, Option<String>)> {
+    String::from_utf8_lossy(value.as_bytes())
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
@@ -268,6 +267,8 @@ fn directives(value: &HeaderValue) -> impl Iterator<Item = (String, Option<Strin
             ),
             None => (directive.to_ascii_lowercase(), None),
         })
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// How long `response` is fresh, or `None` when it may not be kept.

@@ -256,8 +256,9 @@ pub fn shareable(outcome: &Outcome, across_callers: bool) -> bool {
             .get_all(http::header::CACHE_CONTROL)
             .iter()
             .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("private"))
+                String::from_utf8_lossy(v.as_bytes())
+                    .to_ascii_lowercase()
+                    .contains("private")
             })
     };
     let varies = || response.headers.contains_key(http::header::VARY);

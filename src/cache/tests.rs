@@ -246,3 +246,23 @@ fn credentials_and_upstream_age_are_respected() {
     let half = answer(200, &[("cache-control", "max-age=60"), ("age", "30")], 3);
     assert!(kept(&c, [5; 32], &get(&[]), &half));
 }
+
+/// Found by the `cache` fuzz target: a `Cache-Control` value with a byte that is not ASCII
+/// still says `no-store` (it was read as no directives at all, and kept).
+#[test]
+fn a_stray_byte_does_not_hide_no_store() {
+    let c = cache(None, 1 << 20);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_bytes(b"public, s-maxage=1\xda, no-store").unwrap(),
+    );
+    let outcome = Outcome::Response(UpstreamResponse {
+        status: 200,
+        headers,
+        body: Bytes::from_static(b"{}"),
+    });
+    let ttl = Some(Duration::from_secs(60));
+    c.store([1; 32], "t", &get(&[]), &[], &outcome, ttl);
+    assert!(matches!(c.lookup(&[1; 32], &get(&[]), &[]), Lookup::Miss));
+}

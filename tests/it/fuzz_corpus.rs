@@ -73,3 +73,10 @@ fn h2_frames_corpus() {
 fn meta_corpus() {
     replay("meta", props::meta);
 }
+
+/// Every cache corpus input: answers the RFC 9111 rules refuse are never served, and the
+/// cache stays within its bound.
+#[test]
+fn cache_corpus() {
+    replay("cache", props::cache);
+}
