@@ -181,8 +181,9 @@ async fn scripted_upstream() -> Upstream {
     .await
 }
 
-/// Route `pds` (max 5 items, 200 ms item timeout, replies streamed as JSON Lines when asked)
-/// plus route `dead` whose upstream refuses.
+/// Route `pds` (max 5 items, 200 ms item timeout, replies streamed as JSON Lines when asked,
+/// references between items, coalescing and a 60 s item cache) plus route `dead` whose
+/// upstream refuses.
 async fn start_gate(upstream: &Upstream) -> Gate {
     let dead = refused_addr().await;
     let mut text = GateConfig::new(upstream.addr)
@@ -190,6 +191,9 @@ async fn start_gate(upstream: &Upstream) -> Gate {
         .route("max_items = 5")
         .route(r#"item_timeout = "200ms""#)
         .route(r#"stream = ["ndjson"]"#)
+        .route(r#"dependencies = "graph""#)
+        .route("[routes.coalesce]")
+        .route("[routes.cache]\nttl = \"60s\"")
         .toml()
         .replace(
             "\n[[routes]]\n",
@@ -206,10 +210,14 @@ async fn start_gate(upstream: &Upstream) -> Gate {
 /// One round of mixed traffic: ok, partial (500 + refused item), timed-out and
 /// refused-upstream batches, two rejections and two pass-through requests, concurrently.
 async fn one_round(addr: SocketAddr, round: usize) {
+    // `d` uses `a`'s answer (an echo: its method); `e` refers to what it does not have. From
+    // the second round on, `a` and `c` are cache hits.
     let ok = batch(vec![
         item("a", "GET", "/file/a"),
         item("b", "POST", "/file/b"),
         item("c", "GET", "/file/c"),
+        item("d", "GET", "/file/{result=a:$.method}"),
+        item("e", "GET", "/file/{result=a:$.nothing}"),
     ]);
     let partial = batch(vec![
         item("ok", "GET", "/file/ok"),
