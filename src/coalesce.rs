@@ -116,6 +116,12 @@ impl Keys {
         }
     }
 
+    /// Whether `other` keys every request as this does (the same batch part: rules, caller and
+    /// upstream), so one key serves both.
+    pub fn same_as(&self, other: &Keys) -> bool {
+        self.batch.as_ref() == other.batch.as_ref()
+    }
+
     /// Whether `request` may share an answer at all (its method is one the route coalesces).
     pub fn applies(&self, request: &SubRequest) -> bool {
         if !self.config.methods.contains(&request.method) {

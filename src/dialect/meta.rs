@@ -18,8 +18,8 @@ mod decode;
 
 use super::reference::{self, RawItem, Template};
 use super::{
-    json_string_len, media_type, BatchRequest, Dialect, FailureKind, ItemRefusal, Outcome, Plan,
-    Planned, Rejection, Reply, StreamRecord, UpstreamResponse,
+    json_string_len, media_type, write_json_string, BatchRequest, Dialect, FailureKind,
+    ItemRefusal, Outcome, Plan, Planned, Rejection, Reply, StreamRecord, UpstreamResponse,
 };
 use crate::config::meta::MetaConfig;
 use std::sync::Arc;
@@ -229,11 +229,6 @@ fn write_object<'h>(
     out.extend_from_slice(b",\"body\":");
     write_json_string(out, body);
     out.push(b'}');
-}
-
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// What one answer adds to the reply: its body and headers as JSON strings, with the

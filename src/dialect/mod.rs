@@ -317,6 +317,12 @@ pub fn allowed_method(allowed: &[Method], name: &str) -> Result<Method, ItemRefu
     }
 }
 
+/// `text` as a JSON string (quoted and escaped by serde_json).
+pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
 /// The length of `text` written as a JSON string by serde_json: quotes, `\"` and `\\`, the
 /// two-byte escapes of \b \t \n \f \r, and `\u00XX` for the other control characters.
 pub fn json_string_len(text: &str) -> usize {

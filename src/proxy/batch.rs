@@ -719,20 +719,17 @@ impl Upstream for BatchUpstream {
             return self.send_one(&request, until).await;
         }
         let cache = self.cache.as_ref().filter(|c| c.keys.applies(&request));
+        let cache_key = cache.map(|c| c.keys.key(&request));
         let mut store = None;
-        if let Some(cache) = cache {
-            let key = cache.keys.key(&request);
+        let mut hit = None;
+        if let (Some(cache), Some(key)) = (cache, cache_key) {
             if let Some(metrics) = &self.metrics {
                 metrics.cache_bytes(cache.cache.bytes());
             }
             match cache.cache.lookup(&key, &request, &cache.forwarded) {
                 Lookup::Hit(outcome) => {
                     self.count_cache(true);
-                    let outcome = match self.sharing {
-                        Some(sharing) => (sharing.answer_for)(&request, outcome),
-                        None => outcome,
-                    };
-                    return marked(outcome, Source::Cache);
+                    hit = Some(outcome);
                 }
                 Lookup::Miss => {
                     self.count_cache(false);
@@ -741,14 +738,20 @@ impl Upstream for BatchUpstream {
                 Lookup::Bypass => {}
             }
         }
-        let (outcome, source) = match self.coalesce.as_ref().filter(|s| s.keys.applies(&request)) {
-            Some(scope) => {
-                let key = scope.keys.key(&request);
+        let coalesce = self.coalesce.as_ref().filter(|s| s.keys.applies(&request));
+        let (outcome, source) = match (hit, coalesce) {
+            (Some(outcome), _) => (outcome, Source::Cache),
+            (None, Some(scope)) => {
+                // Keyed alike (the usual case): the cache's key is this one too.
+                let key = match (cache, cache_key) {
+                    (Some(cache), Some(key)) if cache.keys.same_as(&scope.keys) => key,
+                    _ => scope.keys.key(&request),
+                };
                 let send = || self.send_one(&request, until);
                 let across_callers = scope.keys.config.public;
                 scope.coalescer.send(key, across_callers, until, send).await
             }
-            None => (self.send_one(&request, until).await, Source::Sent),
+            (None, None) => (self.send_one(&request, until).await, Source::Sent),
         };
         // A follower that gave up was answered by nobody.
         let answered = matches!(outcome, Outcome::Response(_));

@@ -2,7 +2,9 @@
 //! body embedding rule (JSON as is, other UTF-8 text as a string, anything else base64) and
 //! the exact encoded size the reply budget charges (`reply_cost`).
 
-use super::super::{is_json_content_type, json_string_len, strip_bom, Outcome, UpstreamResponse};
+use super::super::{
+    is_json_content_type, json_string_len, strip_bom, write_json_string, Outcome, UpstreamResponse,
+};
 pub use crate::config::BodyRule;
 use crate::config::ErrorFormat;
 use base64::Engine;
@@ -178,9 +180,4 @@ pub fn reply_cost(response: &UpstreamResponse) -> usize {
         BodyForm::Base64 => response.body.len().div_ceil(3) * 4 + 2 + 24,
     };
     headers + body
-}
-
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
 }
