@@ -22,33 +22,26 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
-import time
+
+import harness
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/batchgate"
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 BATCHES = int(os.environ.get("BATCHES", "200"))
 CLIENTS = int(os.environ.get("CLIENTS", "8"))
 ZIPF_BATCHES = int(os.environ.get("ZIPF_BATCHES", "400"))
-WORK = tempfile.mkdtemp()
-os.chmod(WORK, 0o755)  # nginx's workers run as another user
-TICKS = os.sysconf("SC_CLK_TCK")
+WORK = harness.work_dir()
 
 
 def nginx():
-    conf = os.path.join(WORK, "nginx.conf")
-    open(conf, "w").write(
-        f"""worker_processes 1; error_log {WORK}/nginx.err; pid {WORK}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 100000;
-  server {{ listen 127.0.0.1:18480; default_type application/json;
-    location / {{ add_header Cache-Control "max-age=60"; return 200 '{{"id":"f","size":42}}'; }} }}
-  server {{ listen 127.0.0.1:18481; location / {{ stub_status; }} }} }}"""
+    return harness.start_nginx(
+        WORK,
+        """server { listen 127.0.0.1:18480; default_type application/json;
+    location / { add_header Cache-Control "max-age=60"; return 200 '{"id":"f","size":42}'; } }
+  server { listen 127.0.0.1:18481; location / { stub_status; } }""",
     )
-    subprocess.run(["nginx", "-c", conf], check=True)
 
 
 def upstream_requests():
@@ -63,25 +56,9 @@ def gate(on):
     text = open("conf/examples/coalesce.toml").read()
     if not on:
         text = text[: text.index("[routes.coalesce]")]
-    text = text.replace('listen = ["0.0.0.0:8080"]', f'listen = ["127.0.0.1:18490"]\npid_file = "{WORK}/pid"\nupgrade_sock = "{WORK}/sock"\nlog_level = "warn"\nmax_in_flight = 4096')
-    text = text.replace('listen = "127.0.0.1:9091"', 'listen = "127.0.0.1:18491"')
-    text = text.replace('addresses = ["127.0.0.1:9000"]', 'addresses = ["127.0.0.1:18480"]')
     text = text.replace('forward_headers = ["authorization"]', 'forward_headers = ["authorization"]\nconcurrency = 100')
-    path = os.path.join(WORK, "gate.toml")
-    open(path, "w").write(text)
-    process = subprocess.Popen([BINARY, "run", "-c", path], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            http.client.HTTPConnection("127.0.0.1", 18491, timeout=1).request("GET", "/healthz")
-            break
-        except OSError:
-            time.sleep(0.1)
-    return process
-
-
-def cpu(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    config = harness.example_config(WORK, None, 18490, 18491, 18480, "max_in_flight = 4096", text=text)
+    return harness.start_gate(BINARY, config, 18491)
 
 
 def body(paths):
@@ -114,7 +91,7 @@ def send_all(bodies, clients=CLIENTS):
 
 
 def main():
-    nginx()
+    conf = nginx()
     try:
         for on in (True, False):
             g = gate(on)
@@ -125,8 +102,7 @@ def main():
                 sent = upstream_requests() - before - 1
                 print(f"duplicates ({'on' if on else 'off'}): 100 items, 50 distinct: {sent} upstream requests")
             finally:
-                g.terminate()
-                g.wait(timeout=20)
+                harness.stop_gate(g)
 
         g = gate(True)
         try:
@@ -134,19 +110,18 @@ def main():
             for r in range(ROUNDS):
                 bodies = [body([f"/file/r{r}b{b}i{i}" for i in range(100)]) for b in range(BATCHES)]
                 items = BATCHES * 100
-                start = cpu(g.pid)
+                start = harness.cpu_seconds(g.pid)
                 errors = send_all(bodies)
-                miss.append((cpu(g.pid) - start) / items * 1e6)
-                start = cpu(g.pid)
+                miss.append((harness.cpu_seconds(g.pid) - start) / items * 1e6)
+                start = harness.cpu_seconds(g.pid)
                 errors += send_all(bodies)
-                hit.append((cpu(g.pid) - start) / items * 1e6)
+                hit.append((harness.cpu_seconds(g.pid) - start) / items * 1e6)
                 print(f"round {r}: miss {miss[-1]:6.1f} us/item  hit {hit[-1]:6.1f} us/item  errors {errors}")
             m, h = statistics.median(miss), statistics.median(hit)
             print(f"median miss {m:.1f} us/item ({min(miss):.1f}-{max(miss):.1f}), "
                   f"hit {h:.1f} us/item ({min(hit):.1f}-{max(hit):.1f}): hit/miss {h / m:.2f}")
         finally:
-            g.terminate()
-            g.wait(timeout=20)
+            harness.stop_gate(g)
 
         rng = random.Random(30)
         weights = [1 / (k ** 1.1) for k in range(1, 1001)]
@@ -160,10 +135,9 @@ def main():
                 sent = upstream_requests() - before - 1
                 print(f"zipf ({'on' if on else 'off'}): {ZIPF_BATCHES * 50} items: {sent} upstream requests, errors {errors}")
             finally:
-                g.terminate()
-                g.wait(timeout=20)
+                harness.stop_gate(g)
     finally:
-        subprocess.run(["nginx", "-c", os.path.join(WORK, "nginx.conf"), "-s", "stop"])
+        harness.stop_nginx(conf)
 
 
 if __name__ == "__main__":

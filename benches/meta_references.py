@@ -18,21 +18,18 @@ import http.client
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 import urllib.parse
+
+import harness
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/batchgate"
 ROUNDS = int(os.environ.get("ROUNDS", "6"))
 BATCHES = int(os.environ.get("BATCHES", "400"))
 CLIENTS = int(os.environ.get("CLIENTS", "8"))
 ITEMS = 50
-WORK = tempfile.mkdtemp()
-os.chmod(WORK, 0o755)  # nginx's workers run as another user
-TICKS = os.sysconf("SC_CLK_TCK")
+WORK = harness.work_dir()
 
 
 def body(references):
@@ -44,30 +41,11 @@ def body(references):
 
 
 def nginx():
-    conf = os.path.join(WORK, "nginx.conf")
-    open(conf, "w").write(
-        f"""worker_processes 1; error_log {WORK}/nginx.err; pid {WORK}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 100000;
-  server {{ listen 127.0.0.1:18380; default_type application/json;
-    location / {{ return 200 '{{"id":"4","name":"Ann Lee","data":[{{"id":"7"}}]}}'; }} }} }}"""
+    return harness.start_nginx(
+        WORK,
+        """server { listen 127.0.0.1:18380; default_type application/json;
+    location / { return 200 '{"id":"4","name":"Ann Lee","data":[{"id":"7"}]}'; } }""",
     )
-    subprocess.run(["nginx", "-c", conf], check=True)
-
-
-def gate_config():
-    text = open("conf/examples/meta.toml").read()
-    text = text.replace('listen = ["0.0.0.0:8080"]', f'listen = ["127.0.0.1:18390"]\npid_file = "{WORK}/pid"\nupgrade_sock = "{WORK}/sock"\nlog_level = "warn"')
-    text = text.replace('listen = "127.0.0.1:9091"', 'listen = "127.0.0.1:18391"')
-    text = text.replace('addresses = ["127.0.0.1:9000"]', 'addresses = ["127.0.0.1:18380"]')
-    path = os.path.join(WORK, "gate.toml")
-    open(path, "w").write(text)
-    return path
-
-
-def cpu(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def client(payload, count, errors):
@@ -86,7 +64,7 @@ def client(payload, count, errors):
 
 def phase(pid, payload):
     errors = []
-    before = cpu(pid)
+    before = harness.cpu_seconds(pid)
     threads = [
         threading.Thread(target=client, args=(payload, BATCHES // CLIENTS, errors))
         for _ in range(CLIENTS)
@@ -95,21 +73,16 @@ def phase(pid, payload):
         t.start()
     for t in threads:
         t.join()
-    used = cpu(pid) - before
+    used = harness.cpu_seconds(pid) - before
     items = (BATCHES // CLIENTS) * CLIENTS * ITEMS
     return used / items * 1e6, len(errors)
 
 
 def main():
-    nginx()
-    gate = subprocess.Popen([BINARY, "run", "-c", gate_config()], stderr=subprocess.DEVNULL)
+    conf = nginx()
+    config = harness.example_config(WORK, "meta.toml", 18390, 18391, 18380)
+    gate = harness.start_gate(BINARY, config, 18391)
     try:
-        for _ in range(100):
-            try:
-                http.client.HTTPConnection("127.0.0.1", 18391, timeout=1).request("GET", "/healthz")
-                break
-            except OSError:
-                time.sleep(0.1)
         payloads = {"plain": body(0), "references": body(10)}
         phase(gate.pid, payloads["plain"])  # warm-up: connections, allocator
         results = {"plain": [], "references": []}
@@ -124,9 +97,8 @@ def main():
         ratio = statistics.median(results["references"]) / statistics.median(results["plain"])
         print(f"references / plain: {ratio:.3f}")
     finally:
-        gate.terminate()
-        gate.wait(timeout=20)
-        subprocess.run(["nginx", "-c", os.path.join(WORK, "nginx.conf"), "-s", "stop"])
+        harness.stop_gate(gate)
+        harness.stop_nginx(conf)
 
 
 if __name__ == "__main__":

@@ -13,41 +13,35 @@ Usage: python3 benches/stream_memory.py [BINARY] (default target/release/batchga
 Needs nginx; uses ports 18280 (nginx), 18290 (batchgate) and 18291 (admin).
 """
 
-import http.client
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+import harness
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/batchgate"
 CLIENTS = int(os.environ.get("CLIENTS", "100"))
 ITEMS = int(os.environ.get("ITEMS", "100"))
 RUNS = int(os.environ.get("RUNS", "2"))
-WORK = tempfile.mkdtemp()
-os.chmod(WORK, 0o755)  # nginx's workers run as another user
+WORK = harness.work_dir()
 DOC = json.dumps({"pad": "x" * (256 * 1024 - 12)})
 BATCH = json.dumps(
     {"requests": [{"id": str(i), "method": "GET", "url": "/doc.json"} for i in range(ITEMS)]}
 )
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def nginx():
     open(os.path.join(WORK, "doc.json"), "w").write(DOC)
-    conf = os.path.join(WORK, "nginx.conf")
-    open(conf, "w").write(
-        f"""worker_processes 2; error_log {WORK}/nginx.err; pid {WORK}/nginx.pid;
-events {{ worker_connections 8192; }}
-http {{ access_log off; keepalive_requests 100000;
-  server {{ listen 127.0.0.1:18280 backlog=8192; root {WORK}; default_type application/json;
-    location / {{ }} }} }}"""
+    return harness.start_nginx(
+        WORK,
+        f"""server {{ listen 127.0.0.1:18280 backlog=8192; root {WORK}; default_type application/json;
+    location / {{ }} }}""",
+        workers=2,
     )
-    subprocess.run(["nginx", "-c", conf], check=True)
-    return conf
 
 
 def gate_config():
@@ -101,13 +95,7 @@ def client(streamed, errors):
 
 
 def run(streamed):
-    gate = subprocess.Popen([BINARY, "run", "-c", gate_config()], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            http.client.HTTPConnection("127.0.0.1", 18291, timeout=1).request("GET", "/healthz")
-            break
-        except OSError:
-            time.sleep(0.1)
+    gate = harness.start_gate(BINARY, gate_config(), 18291)
     errors = []
     started = time.monotonic()
     threads = [threading.Thread(target=client, args=(streamed, errors)) for _ in range(CLIENTS)]
@@ -118,10 +106,8 @@ def run(streamed):
     elapsed = time.monotonic() - started
     status = open(f"/proc/{gate.pid}/status").read()
     hwm = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
-    fields = open(f"/proc/{gate.pid}/stat").read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICKS
-    gate.terminate()
-    gate.wait(timeout=20)
+    cpu = harness.cpu_seconds(gate.pid)
+    harness.stop_gate(gate)
     name = "streamed" if streamed else "buffered"
     print(f"{name:8} peak RSS {hwm / 1024:8.1f} MiB  CPU {cpu:6.2f} s "
           f"({cpu / (CLIENTS * ITEMS) * 1e6:6.1f} us/item)  {elapsed:5.1f} s  errors {len(errors)}")
@@ -140,7 +126,7 @@ def main():
             cpu = statistics.median(c for _, c in results[streamed])
             print(f"median {name:8} peak RSS {rss:8.1f} MiB  CPU {cpu:6.1f} us/item")
     finally:
-        subprocess.run(["nginx", "-c", conf, "-s", "stop"], check=False)
+        harness.stop_nginx(conf)
 
 
 if __name__ == "__main__":
