@@ -227,3 +227,20 @@ fn a_large_answer_is_refused_before_it_is_copied() {
     let err = resolve(&item, BodyKind::Json, &answers).unwrap_err();
     assert!(err.contains("expand past"), "{err}");
 }
+
+#[test]
+fn json_bodies_keep_numbers_digit_for_digit_and_members_in_order() {
+    // Past f64's precision: re-encoding through floats would change what the client sent
+    // and what the referred answer said.
+    let answers = vec![Outcome::Response(UpstreamResponse {
+        status: 200,
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(br#"{"balance":123456789012345678901234567890.000000000000000001}"#),
+    })];
+    let body = r#"{"zeta":0.10000000000000000000001,"amount":{"$ref":"first:$.balance"},"alpha":18446744073709551616}"#;
+    let out = resolve(&raw("/x", &[], Some(body)), BodyKind::Json, &answers).unwrap();
+    assert_eq!(
+        std::str::from_utf8(out.body.as_deref().unwrap()).unwrap(),
+        r#"{"zeta":0.10000000000000000000001,"amount":123456789012345678901234567890.000000000000000001,"alpha":18446744073709551616}"#
+    );
+}
