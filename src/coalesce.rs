@@ -6,10 +6,11 @@
 //! its answer: the upstream, method, `Host`, path with its query parameters in a canonical
 //! order, body, the item's own headers, and the caller's identity (the forwarded headers,
 //! credentials among them, and the caller's `client_key`) unless the route says the data is
-//! public. The first item of a key (the leader) is sent as usual, inside its own item's
-//! future; the others (followers) wait for its answer until their own item deadline, and a
-//! follower that gives up leaves the leader alone. The table holds a key only while its leader
-//! runs, so it is bounded by the items in flight (`max_in_flight`).
+//! public. The first item of a key (the leader) starts the request on its own task; it and the
+//! others (followers) wait for its answer until their own item deadline. Any of them may leave
+//! without cancelling it; it is cancelled when all have left. The table holds a key only while
+//! its request runs and someone waits for it, so it is bounded by the items in flight
+//! (`max_in_flight`).
 //!
 //! Nothing per caller is shared: an answer that sets a cookie (`PER_CALLER_HEADERS`) is not
 //! handed to followers, who then send their own request. Failures are shared with the
@@ -24,6 +25,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Response headers that belong to one caller and are never handed to another.
 pub const PER_CALLER_HEADERS: &[&str] = &["set-cookie", "set-cookie2"];
@@ -185,66 +187,76 @@ fn field(context: &mut digest::Context, bytes: &[u8]) {
 }
 
 impl Coalescer {
-    /// The answer for an item with `key`: sent with `send` if no identical item is in flight
-    /// (or the one in flight answered something per caller, or left without an answer), else
-    /// that item's answer, waited for until `until`.
+    /// The answer for an item with `key`: that of the identical item's request in flight,
+    /// or of a request started with `start` when none is. The request runs on its own task,
+    /// so the item that started it may leave (its deadline, its client gone) while others
+    /// still wait: it is cancelled only when every item waiting for it has left. Waited for
+    /// until `until`. An answer with something per caller in it (`shareable`) is not handed
+    /// on: each follower then sends its own request, all at once.
     pub async fn send<F>(
-        &self,
+        self: &Arc<Self>,
         key: Key,
         across_callers: bool,
         until: Instant,
-        send: impl Fn() -> F,
+        start: impl Fn() -> F,
     ) -> (Outcome, Source)
     where
-        F: Future<Output = Outcome>,
+        F: Future<Output = Outcome> + Send + 'static,
     {
-        let joined = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            match flights.get(&key) {
-                Some(published) => Err(published.subscribe()),
-                None => {
-                    let published = Arc::new(watch::channel(None).0);
-                    flights.insert(key, published.clone());
-                    Ok(published)
-                }
-            }
-        };
-        match joined {
-            Ok(published) => {
-                let flight = Flight {
-                    coalescer: self,
-                    key,
-                    published,
-                };
-                let outcome = send().await;
-                flight.publish(&outcome);
-                (outcome, Source::Sent)
-            }
-            Err(mut answer) => {
-                // The borrowed answer is copied out before anything else is awaited.
-                let shared =
-                    match tokio::time::timeout_at(until, answer.wait_for(Option::is_some)).await {
-                        Ok(Ok(shared)) => Ok(shared
-                            .as_ref()
-                            .filter(|o| shareable(o, across_callers))
-                            .cloned()),
-                        // The leader went away without an answer: ask for ourselves.
-                        Ok(Err(_)) => Ok(None),
-                        Err(_) => Err(()),
-                    };
-                let Ok(shared) = shared else {
+        // A flight that ended without an answer (everyone had left as this item joined, or
+        // its task failed) is joined anew, once; then this item asks for itself.
+        for _ in 0..2 {
+            let (mut answer, leader) = self.join(key, &start);
+            let waited = tokio::time::timeout_at(until, answer.wait_for(Option::is_some)).await;
+            let shared = match waited {
+                // Copied out before anything else is awaited.
+                Ok(Ok(shared)) => shared.clone(),
+                Ok(Err(_)) => continue,
+                Err(_) => {
                     let gave_up = Outcome::failed(FailureKind::Timeout, Sent::Nothing);
-                    return (gave_up, Source::Coalesced);
-                };
-                match shared {
-                    Some(outcome) => (outcome, Source::Coalesced),
-                    // Per caller (or no answer): this item asks the upstream itself.
-                    None => (send().await, Source::Sent),
+                    let source = if leader {
+                        Source::Sent
+                    } else {
+                        Source::Coalesced
+                    };
+                    return (gave_up, source);
                 }
+            };
+            let Some(outcome) = shared else { continue };
+            if leader {
+                return (outcome, Source::Sent);
             }
+            if shareable(&outcome, across_callers) {
+                return (outcome, Source::Coalesced);
+            }
+            break;
         }
+        (start().await, Source::Sent)
+    }
+
+    /// A receiver for `key`'s answer, and whether this item started its request.
+    fn join<F>(self: &Arc<Self>, key: Key, start: impl Fn() -> F) -> (Answer, bool)
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(published) = flights.get(&key) {
+            return (published.subscribe(), false);
+        }
+        let (published, answer) = watch::channel(None);
+        let published = Arc::new(published);
+        flights.insert(key, published.clone());
+        let flight = Flight {
+            coalescer: self.clone(),
+            key,
+            published,
+        };
+        tokio::spawn(flight.fly(start()).in_current_span());
+        (answer, true)
     }
 }
+
+type Answer = watch::Receiver<Option<Outcome>>;
 
 /// Whether an answer may be handed to another item (or kept for one): nothing in it is one
 /// caller's alone. Across callers (a public route) also not an answer the upstream marked
@@ -271,23 +283,27 @@ pub fn shareable(outcome: &Outcome, across_callers: bool) -> bool {
     !per_caller && !(across_callers && (private() || varies()))
 }
 
-/// A leader's flight: its key leaves the table when it ends, answered or not (a dropped
-/// leader's followers see the channel close and send for themselves).
-struct Flight<'a> {
-    coalescer: &'a Coalescer,
+/// One request in flight: its key leaves the table when it ends, answered or not.
+struct Flight {
+    coalescer: Arc<Coalescer>,
     key: Key,
     published: Arc<Published>,
 }
 
-impl Flight<'_> {
-    fn publish(&self, outcome: &Outcome) {
-        if self.published.receiver_count() > 0 {
-            self.published.send_replace(Some(outcome.clone()));
+impl Flight {
+    /// Sends and publishes the answer, or drops the request when every item waiting for it
+    /// has left.
+    async fn fly(self, send: impl Future<Output = Outcome>) {
+        tokio::select! {
+            outcome = send => {
+                self.published.send_replace(Some(outcome));
+            }
+            () = self.published.closed() => {}
         }
     }
 }
 
-impl Drop for Flight<'_> {
+impl Drop for Flight {
     fn drop(&mut self) {
         let mut flights = self
             .coalescer

@@ -166,32 +166,76 @@ async fn a_follower_that_gives_up_leaves_the_leader_alone() {
     assert_eq!(finished.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test]
-async fn followers_of_a_leader_that_leaves_ask_for_themselves() {
-    let coalescer = Arc::new(Coalescer::default());
-    let leader = {
-        let coalescer = coalescer.clone();
-        tokio::spawn(async move {
-            let until = Instant::now() + Duration::from_secs(5);
-            coalescer
-                .send([2; 32], false, until, std::future::pending::<Outcome>)
-                .await
+/// A send that counts its starts, answers after `delay`, and counts the requests dropped
+/// before they answered.
+fn counted(
+    delay: Duration,
+    started: &Arc<AtomicUsize>,
+    dropped: &Arc<AtomicUsize>,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>> {
+    let (started, dropped) = (started.clone(), dropped.clone());
+    move || {
+        started.fetch_add(1, Ordering::SeqCst);
+        struct Unanswered(Arc<AtomicUsize>, bool);
+        impl Drop for Unanswered {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let guard = Unanswered(dropped.clone(), false);
+        Box::pin(async move {
+            let mut guard = guard;
+            tokio::time::sleep(delay).await;
+            guard.1 = true;
+            answer(false)
         })
+    }
+}
+
+#[tokio::test]
+async fn a_leader_that_leaves_does_not_cancel_the_request_others_wait_for() {
+    let coalescer = Arc::new(Coalescer::default());
+    let (started, dropped) = (Arc::default(), Arc::default());
+    let until = Instant::now() + Duration::from_secs(5);
+    let send = counted(Duration::from_millis(150), &started, &dropped);
+    let leader = {
+        let (coalescer, send) = (coalescer.clone(), send);
+        tokio::spawn(async move { coalescer.send([2; 32], false, until, send).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     let follower = {
         let coalescer = coalescer.clone();
-        tokio::spawn(async move {
-            let until = Instant::now() + Duration::from_secs(5);
-            coalescer
-                .send([2; 32], false, until, || async { answer(false) })
-                .await
-        })
+        let send = counted(Duration::from_millis(150), &started, &dropped);
+        tokio::spawn(async move { coalescer.send([2; 32], false, until, send).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     leader.abort();
     let (outcome, source) = follower.await.expect("the follower");
-    assert_eq!((outcome.status(), source), (200, Source::Sent));
+    assert_eq!((outcome.status(), source), (200, Source::Coalesced));
+    assert_eq!(started.load(Ordering::SeqCst), 1, "one request");
+    assert_eq!(dropped.load(Ordering::SeqCst), 0, "not cancelled");
+}
+
+#[tokio::test]
+async fn a_request_everyone_left_is_cancelled() {
+    let coalescer = Arc::new(Coalescer::default());
+    let (started, dropped) = (Arc::default(), Arc::default());
+    let until = Instant::now() + Duration::from_secs(5);
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let coalescer = coalescer.clone();
+            let send = counted(Duration::from_secs(5), &started, &dropped);
+            tokio::spawn(async move { coalescer.send([3; 32], false, until, send).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    waiters.iter().for_each(|w| w.abort());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 1);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the request was dropped");
+    assert!(coalescer.flights.lock().unwrap().is_empty(), "its key too");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use http::{HeaderName, Method};
 pub const DEFAULT_COALESCE_METHODS: &[&str] = &["GET", "HEAD"];
 
 /// A route's coalescing settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CoalesceConfig {
     /// HTTP methods shared (every dialect but jsonrpc).
     pub methods: Vec<Method>,
@@ -27,7 +27,7 @@ pub struct CoalesceConfig {
 }
 
 /// `[routes.cache]`: fresh answers of identical items are served from memory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     /// Which items are identical: the same rules as coalescing.
     pub key: std::sync::Arc<CoalesceConfig>,

@@ -747,7 +747,7 @@ impl Upstream for BatchUpstream {
                     (Some(cache), Some(key)) if cache.keys.same_as(&scope.keys) => key,
                     _ => scope.keys.key(&request),
                 };
-                let send = || self.send_one(&request, until);
+                let send = || self.send_detached(&request, until);
                 let across_callers = scope.keys.config.public;
                 scope.coalescer.send(key, across_callers, until, send).await
             }
@@ -851,12 +851,32 @@ impl BatchUpstream {
     /// One item sent upstream.
     async fn send_one(&self, request: &SubRequest, until: Instant) -> Outcome {
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
-        let call = Call {
+        let call = self.call(request, until);
+        self.client.send(request, &self.headers, &call).await
+    }
+
+    /// One item sent upstream by a future that owns what it needs, so that it can outlive
+    /// the item (a coalesced request others still wait for).
+    fn send_detached(
+        &self,
+        request: &SubRequest,
+        until: Instant,
+    ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
+        let call = self.call(request, until);
+        let (client, headers) = (self.client.clone(), self.headers.clone());
+        let (request, in_flight) = (request.clone(), self.in_flight.clone());
+        async move {
+            let _in_flight = in_flight.as_ref().map(InFlight::enter);
+            client.send(&request, &headers, &call).await
+        }
+    }
+
+    fn call(&self, request: &SubRequest, until: Instant) -> Call {
+        Call {
             repeatable: self.repeatable_methods.contains(&request.method),
             hedge_after: self.hedge_after,
             deadline: self.deadline,
             until,
-        };
-        self.client.send(request, &self.headers, &call).await
+        }
     }
 }

@@ -21,7 +21,8 @@ pub struct Route {
     pub metrics: Option<Arc<RouteMetrics>>,
     /// What tells this route's clients apart (the route's own, else the server's).
     pub client_key: crate::config::ClientKey,
-    /// Its item cache (`[routes.cache]`; none: off). A reload starts it empty.
+    /// Its item cache (`[routes.cache]`; none: off). A reload keeps it when it would hold the
+    /// same answers (`kept_cache`), else starts it empty.
     pub cache: Option<Arc<crate::cache::ItemCache>>,
 }
 
@@ -65,7 +66,9 @@ impl Live {
                 .unwrap_or_else(|| config.server.admission.client_key.clone());
             routes.insert(
                 route.path.clone(),
-                Arc::new(build_route(route, &upstream, client_key, admission)),
+                Arc::new(build_route(
+                    route, &upstream, client_key, admission, previous,
+                )),
             );
         }
         let passthrough = config.default_upstream.as_ref().map(|upstream| {
@@ -114,6 +117,7 @@ fn build_route(
     upstream: &Arc<UpstreamClient>,
     client_key: crate::config::ClientKey,
     admission: &Arc<crate::admission::Admission>,
+    previous: Option<&Live>,
 ) -> Route {
     let dialect = RouteDialect::new(
         &route.dialect,
@@ -121,17 +125,20 @@ fn build_route(
         &upstream.config.name,
     );
     let metrics = RouteMetrics::new(&route.name, &upstream.config.name).map(Arc::new);
-    let cache = route.cache.as_ref().map(|config| {
-        let counted = metrics.clone();
-        Arc::new(crate::cache::ItemCache::new(
-            config,
-            admission.clone(),
-            move || {
-                if let Some(metrics) = &counted {
-                    metrics.cache_evicted();
-                }
-            },
-        ))
+    let kept = previous.and_then(|previous| kept_cache(previous, route, upstream));
+    let cache = kept.or_else(|| {
+        route.cache.as_ref().map(|config| {
+            let counted = metrics.clone();
+            Arc::new(crate::cache::ItemCache::new(
+                config,
+                admission.clone(),
+                move || {
+                    if let Some(metrics) = &counted {
+                        metrics.cache_evicted();
+                    }
+                },
+            ))
+        })
     });
     Route {
         config: route.clone(),
@@ -142,6 +149,24 @@ fn build_route(
         client_key,
         cache,
     }
+}
+
+/// The previous config's cache of the route of the same name, when what it holds is still
+/// right: the same cache settings (and so the same keys), and the same upstream client (one
+/// whose settings, addresses among them, did not change).
+fn kept_cache(
+    previous: &Live,
+    route: &RouteConfig,
+    upstream: &Arc<UpstreamClient>,
+) -> Option<Arc<crate::cache::ItemCache>> {
+    let old = previous
+        .routes
+        .values()
+        .find(|r| r.config.name == route.name)?;
+    let same = Arc::ptr_eq(&old.upstream, upstream)
+        && old.config.cache.as_deref() == route.cache.as_deref()
+        && old.config.coalesce.as_deref() == route.coalesce.as_deref();
+    old.cache.clone().filter(|_| same)
 }
 
 /// What a reload changes in a running `BatchGate` (`crate::reload`).

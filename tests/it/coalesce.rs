@@ -1,7 +1,7 @@
 //! In-flight coalescing (`[routes.coalesce]`) against a real upstream: identical items in flight
 //! go upstream once, within one batch and across concurrent batches; different callers never
-//! share; an answer that sets a cookie is never handed to another item; a follower that gives
-//! up does not cut the leader off; only the route's methods are coalesced; every item says
+//! share; an answer that sets a cookie is never handed to another item; an item that gives up
+//! (leader or follower) does not cut the others off; only the route's methods are coalesced; every item says
 //! where its answer came from.
 
 use crate::common;
@@ -189,6 +189,41 @@ async fn a_follower_that_gives_up_does_not_cancel_the_leader() {
     assert_eq!(follower[0]["status"], 504, "{}", follower[0]);
     let leader = leader.await.expect("the leader's batch");
     assert_eq!(leader[0]["status"], 200, "{}", leader[0]);
+    assert_eq!(upstream.count(), 1);
+}
+
+/// The reverse: the item that started the request leaves (its batch's 200 ms deadline) while
+/// another batch waits for the same item: the request is not cancelled, the waiting batch gets
+/// its answer, and the upstream was still asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_gives_up_does_not_cancel_the_request_others_wait_for() {
+    let upstream = slow_upstream(800).await;
+    let gate = coalescing_gate(&upstream, &[]).await;
+    let leader = tokio::spawn({
+        let addr = gate.addr;
+        async move {
+            let items = vec![item("leader", "GET", "/file/slow")];
+            let body = serde_json::json!({"resource": "file", "requests": items}).to_string();
+            let resp = client::request(
+                addr,
+                "POST",
+                "/v2/short",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Authorization", "Bearer a"),
+                ],
+                body.as_bytes(),
+            )
+            .await;
+            responses(&resp)
+        }
+    });
+    upstream.wait_for_count(1, Duration::from_secs(5)).await;
+    let follower = post_copies(&gate, "/file/slow", 1, "Bearer a").await;
+    let leader = leader.await.expect("the leader's batch");
+    assert_eq!(leader[0]["status"], 504, "{}", leader[0]);
+    assert_eq!(follower[0]["status"], 200, "{}", follower[0]);
+    assert_eq!(sources(&follower), ["coalesced"]);
     assert_eq!(upstream.count(), 1);
 }
 

@@ -530,3 +530,45 @@ async fn a_reload_that_removes_every_route_warns() {
         "{stderr}"
     );
 }
+
+/// A reload keeps a route's item cache while it would hold the same answers (another setting
+/// changed), and starts it empty when the cache's own settings change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_item_cache_unless_its_settings_change() {
+    let upstream = Upstream::with_handler(|req| {
+        Reply::json(200, &format!(r#"{{"n":"{}"}}"#, req.target))
+            .with_header("Cache-Control", "max-age=60")
+    })
+    .await;
+    let config = |max_items: usize, max_bytes: usize| {
+        GateConfig::new(upstream.addr)
+            .route(&format!("max_items = {max_items}"))
+            .route(&format!("[routes.cache]\nmax_bytes = {max_bytes}"))
+    };
+    let source = |reply: client::Response| {
+        responses(&reply)[0]["headers"]["x-batchgate-source"]
+            .as_str()
+            .unwrap_or("-")
+            .to_string()
+    };
+    let one = vec![item("a", "GET", "/fresh")];
+    let gate = config(10, 1 << 20).start().await;
+    let first = client::post_json(gate.addr, BATCH_PATH, &batch(one.clone())).await;
+    assert_eq!(source(first), "sent");
+
+    gate.rewrite_config(&config(20, 1 << 20).toml());
+    reload(&gate, "ok").await;
+    let kept = client::post_json(gate.addr, BATCH_PATH, &batch(one.clone())).await;
+    assert_eq!(source(kept), "cache", "another setting changed: kept");
+    assert_eq!(upstream.count(), 1);
+
+    gate.rewrite_config(&config(20, 2 << 20).toml());
+    reload(&gate, "ok").await;
+    let emptied = client::post_json(gate.addr, BATCH_PATH, &batch(one)).await;
+    assert_eq!(
+        source(emptied),
+        "sent",
+        "the cache's settings changed: empty"
+    );
+    assert_eq!(upstream.count(), 2);
+}

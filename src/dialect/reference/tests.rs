@@ -235,7 +235,9 @@ fn json_bodies_keep_numbers_digit_for_digit_and_members_in_order() {
     let answers = vec![Outcome::Response(UpstreamResponse {
         status: 200,
         headers: HeaderMap::new(),
-        body: Bytes::from_static(br#"{"balance":123456789012345678901234567890.000000000000000001}"#),
+        body: Bytes::from_static(
+            br#"{"balance":123456789012345678901234567890.000000000000000001}"#,
+        ),
     })];
     let body = r#"{"zeta":0.10000000000000000000001,"amount":{"$ref":"first:$.balance"},"alpha":18446744073709551616}"#;
     let out = resolve(&raw("/x", &[], Some(body)), BodyKind::Json, &answers).unwrap();
