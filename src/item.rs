@@ -472,6 +472,10 @@ pub enum RejectionKind {
     ClientLimit,
     /// Admission: held batch bodies would exceed `max_held_bytes`.
     MemoryBudget,
+    /// The route's rate limit (`[routes.rate_limit]`): over it, or more items than its burst.
+    RateLimited,
+    /// The rate limit's shared store cannot be asked and the route fails closed.
+    RateLimitUnavailable,
 }
 
 impl RejectionKind {
@@ -492,6 +496,8 @@ impl RejectionKind {
             RejectionKind::QueueBudget => "queue_budget",
             RejectionKind::ClientLimit => "client_limit",
             RejectionKind::MemoryBudget => "memory",
+            RejectionKind::RateLimited => "rate_limited",
+            RejectionKind::RateLimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -502,10 +508,11 @@ impl RejectionKind {
             RejectionKind::UnsupportedMediaType => 415,
             RejectionKind::MethodNotAllowed => 405,
             RejectionKind::BodyTimeout => 408,
-            RejectionKind::QueueFull | RejectionKind::QueueBudget | RejectionKind::MemoryBudget => {
-                503
-            }
-            RejectionKind::ClientLimit => 429,
+            RejectionKind::QueueFull
+            | RejectionKind::QueueBudget
+            | RejectionKind::MemoryBudget
+            | RejectionKind::RateLimitUnavailable => 503,
+            RejectionKind::ClientLimit | RejectionKind::RateLimited => 429,
             RejectionKind::NotAllowed => 403,
             _ => 400,
         }

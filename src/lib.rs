@@ -67,6 +67,7 @@ pub mod logs;
 pub mod metrics;
 pub mod permits;
 pub mod proxy;
+pub mod rate_limit;
 pub mod reload;
 pub mod server;
 pub mod upstream;

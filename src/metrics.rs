@@ -74,6 +74,8 @@ pub const REJECTION_KINDS: &[RejectionKind] = &[
     RejectionKind::QueueBudget,
     RejectionKind::ClientLimit,
     RejectionKind::MemoryBudget,
+    RejectionKind::RateLimited,
+    RejectionKind::RateLimitUnavailable,
 ];
 /// Pass-through status classes.
 pub const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
@@ -96,6 +98,9 @@ pub struct Families {
     pub coalesced_items: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     pub cache_evictions: IntCounterVec,
+    pub rate_limited_items: IntCounterVec,
+    pub rate_limit_store_errors: IntCounterVec,
+    pub rate_limit_degraded: IntGauge,
     pub cache_bytes: IntGaugeVec,
     pub references_unresolved: IntCounterVec,
     pub streamed_batches: IntCounterVec,
@@ -225,6 +230,20 @@ fn register() -> prometheus::Result<Families> {
             "batchgate_cache_evictions_total",
             "Answers dropped from the route's item cache to stay within max_bytes.",
             &["route"]
+        )?,
+        rate_limited_items: register_int_counter_vec!(
+            "batchgate_rate_limited_items_total",
+            "Items of batches refused by the route's rate limit (429), weighed as charged.",
+            &["route"]
+        )?,
+        rate_limit_store_errors: register_int_counter_vec!(
+            "batchgate_rate_limit_store_errors_total",
+            "Calls to the shared rate-limit store (Redis) that failed, by reason (timeout, error).",
+            &["reason"]
+        )?,
+        rate_limit_degraded: register_int_gauge!(
+            "batchgate_rate_limit_degraded",
+            "1 while the shared rate-limit store (Redis) cannot be asked and routes follow on_store_error."
         )?,
         cache_bytes: register_int_gauge_vec!(
             "batchgate_cache_bytes",
@@ -533,6 +552,7 @@ pub struct RouteMetrics {
     cache_misses: IntCounter,
     cache_evictions: IntCounter,
     cache_bytes: IntGauge,
+    rate_limited: IntCounter,
     /// Per `StreamFormat::ALL`.
     streamed: Vec<IntCounter>,
     stream_first_item: Histogram,
@@ -569,6 +589,7 @@ impl RouteMetrics {
             cache_misses: f.cache_lookups.with_label_values(&[route, "miss"]),
             cache_evictions: f.cache_evictions.with_label_values(&[route]),
             cache_bytes: f.cache_bytes.with_label_values(&[route]),
+            rate_limited: f.rate_limited_items.with_label_values(&[route]),
             streamed: crate::config::StreamFormat::ALL
                 .iter()
                 .map(|format| {
@@ -614,6 +635,7 @@ impl RouteMetrics {
         let _ = f.cache_lookups.remove_label_values(&[route, "hit"]);
         let _ = f.cache_lookups.remove_label_values(&[route, "miss"]);
         let _ = f.cache_evictions.remove_label_values(&[route]);
+        let _ = f.rate_limited_items.remove_label_values(&[route]);
         let _ = f.cache_bytes.remove_label_values(&[route]);
         for format in crate::config::StreamFormat::ALL {
             let _ = f
@@ -692,6 +714,11 @@ impl RouteMetrics {
     /// Counts one answer dropped from the cache for room.
     pub fn cache_evicted(&self) {
         self.cache_evictions.inc();
+    }
+
+    /// Items of a batch the rate limit refused.
+    pub fn rate_limited(&self, items: u64) {
+        self.rate_limited.inc_by(items);
     }
 
     /// The bytes the route's cache holds.
@@ -995,6 +1022,17 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// The shared rate-limit store's state: an error (by reason) and whether routes are degraded.
+pub fn rate_limit_store(error: Option<&str>, degraded: bool) {
+    let Some(f) = families() else {
+        return;
+    };
+    if let Some(reason) = error {
+        f.rate_limit_store_errors.with_label_values(&[reason]).inc();
+    }
+    f.rate_limit_degraded.set(i64::from(degraded));
 }
 
 #[cfg(test)]

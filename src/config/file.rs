@@ -19,6 +19,30 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    pub rate_limits: Option<RateLimitsSection>,
+}
+
+/// `[rate_limits]`: where shared rate-limit counts are kept (`[routes.rate_limit]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsSection {
+    pub redis_url: Option<String>,
+    pub redis_timeout: Option<String>,
+    pub redis_key_prefix: Option<String>,
+    pub redis_retry_interval: Option<String>,
+    pub max_local_clients: Option<i64>,
+}
+
+/// `[routes.rate_limit]`: items per second per client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub items_per_second: Option<f64>,
+    pub burst: Option<i64>,
+    pub store: Option<String>,
+    pub on_store_error: Option<String>,
+    pub local_fraction: Option<f64>,
+    pub weights: Option<BTreeMap<String, i64>>,
 }
 
 /// `[server]`: the listener, process and pingora settings.
@@ -186,6 +210,7 @@ pub struct RouteSection {
     pub stream: Option<Vec<String>>,
     pub coalesce: Option<CoalesceSection>,
     pub cache: Option<CacheSection>,
+    pub rate_limit: Option<RateLimitSection>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,

@@ -14,6 +14,7 @@ mod jsonrpc;
 pub mod meta;
 pub mod multipart;
 mod problems;
+pub mod rate_limit;
 mod resilience;
 mod routes;
 mod server;

@@ -49,6 +49,7 @@ struct RouteContext<'a> {
     upstream_index: &'a BTreeMap<String, Arc<UpstreamConfig>>,
     default_upstream: Option<&'a Arc<UpstreamConfig>>,
     batch_paths: &'a [String],
+    rate_limits: &'a super::rate_limit::RateLimitStore,
 }
 
 /// The valid routes; names and paths must be unique across the file.
@@ -56,6 +57,7 @@ pub(super) fn routes(
     file: &FileConfig,
     upstream_index: &BTreeMap<String, Arc<UpstreamConfig>>,
     default_upstream: Option<&Arc<UpstreamConfig>>,
+    rate_limits: &super::rate_limit::RateLimitStore,
     problems: &mut Problems,
 ) -> Vec<Arc<RouteConfig>> {
     let batch_paths: Vec<String> = file.routes.iter().map(|r| r.path.clone()).collect();
@@ -69,6 +71,7 @@ pub(super) fn routes(
             upstream_index,
             default_upstream,
             batch_paths: &batch_paths,
+            rate_limits,
         };
         if let Some(route) = route_config(section, &ctx, problems) {
             if let Some(previous) = names.insert(route.name.clone(), i) {
@@ -128,6 +131,7 @@ fn route_config(
     let stream = super::stream::stream_formats(section, i, problems);
     let coalesce = super::coalesce::coalesce_config(section, i, problems);
     let cache = super::coalesce::cache_config(section, i, problems);
+    let rate_limit = super::rate_limit::rate_limit_config(section, i, ctx.rate_limits, problems);
     let dialect = dialect_config(section, ctx, problems);
     check_dialect_keys(section, i, problems);
     let name = route_name(section, i, problems);
@@ -146,6 +150,7 @@ fn route_config(
         stream,
         coalesce: coalesce.map(Arc::new),
         cache: cache.map(Arc::new),
+        rate_limit: rate_limit.map(Arc::new),
         dialect: dialect?,
     })
 }
@@ -361,6 +366,8 @@ pub struct RouteConfig {
     pub coalesce: Option<Arc<super::coalesce::CoalesceConfig>>,
     /// Fresh answers of identical items are served from memory (`[routes.cache]`; none: off).
     pub cache: Option<Arc<super::coalesce::CacheConfig>>,
+    /// Items per second per client (`[routes.rate_limit]`; none: unlimited).
+    pub rate_limit: Option<Arc<super::rate_limit::RateLimitConfig>>,
     pub dialect: DialectConfig,
 }
 

@@ -26,6 +26,8 @@ pub struct Config {
     /// The upstream pass-through traffic goes to (one of `upstreams`).
     pub default_upstream: Option<Arc<UpstreamConfig>>,
     pub routes: Vec<Arc<RouteConfig>>,
+    /// `[rate_limits]`: the shared store of the routes' rate limits.
+    pub rate_limits: super::rate_limit::RateLimitStore,
     /// What is valid but worth a look (`FILE:LINE:COL: key: message`): an expiring
     /// certificate, verification turned off. `check` prints them; `run` logs them.
     pub warnings: Vec<String>,
@@ -85,10 +87,12 @@ pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>
     let admin_listen = admin_listen(&file, &mut problems);
     listener_clashes(&server, admin_listen, &mut problems);
     let default_upstream = default_upstream(&file, &upstream_index, &mut problems);
+    let rate_limits = super::rate_limit::store(file.rate_limits.as_ref(), &mut problems);
     let routes = routes(
         &file,
         &upstream_index,
         default_upstream.as_ref(),
+        &rate_limits,
         &mut problems,
     );
     if file.routes.is_empty() {
@@ -106,6 +110,7 @@ pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>
             upstreams,
             default_upstream,
             routes,
+            rate_limits,
             warnings: Vec::new(),
             sha256: String::new(),
         };

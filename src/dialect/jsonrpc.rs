@@ -57,6 +57,7 @@ const METHOD_NOT_FOUND: (i64, &str) = (-32601, "Method not found");
 /// `UpstreamError`'s -32000..-32006).
 const OVERLOADED: (i64, &str) = (-32007, "Server overloaded");
 const CLIENT_LIMIT: (i64, &str) = (-32008, "Too many requests from this client");
+const RATE_LIMITED: (i64, &str) = (-32005, "Rate limit exceeded");
 
 /// The members of a request object we look at; `id` keeps "absent" apart from `null`.
 #[derive(Deserialize)]
@@ -192,10 +193,14 @@ impl Dialect for JsonRpc {
                 (rpc(INVALID_REQUEST), 200, profile.batch_errors_as_array)
             }
             // Overload is the server's state, not the request's fault: a server error.
-            RejectionKind::QueueFull | RejectionKind::QueueBudget | RejectionKind::MemoryBudget => {
+            RejectionKind::QueueFull
+            | RejectionKind::QueueBudget
+            | RejectionKind::MemoryBudget
+            | RejectionKind::RateLimitUnavailable => {
                 (rpc(OVERLOADED), RejectionKind::QueueFull.status(), false)
             }
             RejectionKind::ClientLimit => (rpc(CLIENT_LIMIT), rejection.kind.status(), false),
+            RejectionKind::RateLimited => (rpc(RATE_LIMITED), rejection.kind.status(), false),
             kind => (rpc(INVALID_REQUEST), kind.status(), false),
         };
         let data = match rejection.kind {

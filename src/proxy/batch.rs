@@ -12,6 +12,7 @@ use super::{BatchGate, RequestCtx, Route};
 use crate::admission::Ticket;
 use crate::cache::{ItemCache, Lookup};
 use crate::coalesce::{Keys, Scope, Source, SOURCE_HEADER};
+use crate::config::rate_limit::RateLimitConfig;
 use crate::config::{ClientKey, Hedge};
 use crate::dialect::Order;
 use crate::dialect::{
@@ -22,6 +23,7 @@ use crate::exec::{self, Limits, Observer};
 use crate::item::Upstream;
 use crate::metrics::{BatchResult, InFlight, RouteMetrics};
 use crate::permits::ClientId;
+use crate::rate_limit::Charge;
 use crate::upstream::{BatchHeaders, Call, UpstreamClient};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::Method;
@@ -254,6 +256,7 @@ impl BatchGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let request_id = request_id(session.req_header());
+        let limiter = (route.config.rate_limit.as_ref()).map(|_| self.live(ctx).limiter.clone());
         let item_log = self.item_log.load(std::sync::atomic::Ordering::Relaxed);
         let summary = ctx
             .batch
@@ -292,6 +295,30 @@ impl BatchGate {
                 return finish(self, session, summary, &reply, &request_id).await;
             }
         };
+        let mut extra = Vec::new();
+        if let (Some(limit), Some(limiter)) = (&route.config.rate_limit, &limiter) {
+            let cost = rate_cost(limit, &plan.items, route.dialect.item_sharing());
+            let charge = limiter
+                .charge(&route.config.name, limit, ticket.client(), cost)
+                .await;
+            match rate_limited(charge, limit, cost) {
+                Ok(headers) => extra = headers,
+                Err((rejection, headers)) => {
+                    tracing::debug!(route = %route.config.name, reason = rejection.kind.as_str(), "batch rejected: {}", rejection.message);
+                    if let (Some(metrics), RejectionKind::RateLimited) =
+                        (&route.metrics, rejection.kind)
+                    {
+                        metrics.rate_limited(cost);
+                    }
+                    summary.rejection = Some(rejection.kind);
+                    let mut reply = dialect
+                        .reject(&rejection)
+                        .with_retry_after(rejection.retry_after);
+                    reply.headers.extend(headers);
+                    return finish(self, session, summary, &reply, &request_id).await;
+                }
+            }
+        }
         summary.items = plan.items.len();
         summary.referring = plan
             .items
@@ -315,6 +342,7 @@ impl BatchGate {
                 observer,
                 refused,
                 request_id: &request_id,
+                extra,
             };
             return self
                 .serve_streamed(session, route, dialect, plan, batch, summary)
@@ -336,7 +364,8 @@ impl BatchGate {
         };
         summary.outcomes(&ran.outcomes);
         let settled = settled_items(&ran, item_log);
-        let reply = dialect.encode(plan.meta, ran.outcomes);
+        let mut reply = dialect.encode(plan.meta, ran.outcomes);
+        reply.headers.extend(extra);
         summary.completed(settled, &reply.unusable, reply.fields_missing);
         finish(self, session, summary, &reply, &request_id).await
     }
@@ -691,6 +720,81 @@ fn client_id(session: &Session, key: &ClientKey) -> ClientId {
         || ClientId::from(""),
         |addr| ClientId::from(addr.ip().to_string()),
     )
+}
+
+/// What a batch costs under its route's rate limit: each item to be sent by its method's
+/// weight (JSON-RPC method on jsonrpc routes, HTTP method elsewhere; 1 unless named). Items
+/// the dialect refused are not charged; an item waiting on another's answer costs 1.
+fn rate_cost(
+    limit: &RateLimitConfig,
+    items: &[std::result::Result<Planned, Outcome>],
+    sharing: Option<crate::item::ItemSharing>,
+) -> u64 {
+    let weight = |request: &SubRequest| {
+        let method = match sharing {
+            Some(sharing) => (sharing.method)(request),
+            None => Some(request.method.as_str().to_string()),
+        };
+        method
+            .and_then(|m| limit.weights.get(&m).copied())
+            .unwrap_or(1)
+    };
+    items
+        .iter()
+        .filter_map(|item| item.as_ref().ok())
+        .map(|planned| planned.ready().map_or(1, weight))
+        .fold(0u64, u64::saturating_add)
+}
+
+type Headers = Vec<(HeaderName, HeaderValue)>;
+
+/// The headers a charged batch's reply carries, or the rejection (and its headers) when the
+/// rate limit refuses it; the one place a `Charge` becomes what the client sees.
+fn rate_limited(
+    charge: Charge,
+    limit: &RateLimitConfig,
+    cost: u64,
+) -> std::result::Result<Headers, (Rejection, Headers)> {
+    let refused = |kind, code, message: String, retry_after| {
+        let mut rejection = Rejection::new(kind, code, message);
+        rejection.retry_after = retry_after;
+        rejection
+    };
+    match charge {
+        Charge::Allowed(verdict) => Ok(verdict.map_or_else(Vec::new, |v| {
+            crate::rate_limit::headers(limit, &v).to_vec()
+        })),
+        Charge::Limited(verdict) => Err((
+            refused(
+                RejectionKind::RateLimited,
+                "TooManyRequests.RateLimit",
+                format!(
+                    "this client is over the route's rate limit ({} items per second, {} at once); this batch costs {cost}",
+                    limit.items_per_second, limit.burst
+                ),
+                Some(verdict.retry_after),
+            ),
+            crate::rate_limit::headers(limit, &verdict).to_vec(),
+        )),
+        Charge::TooLarge { cost, burst } => Err((
+            refused(
+                RejectionKind::RateLimited,
+                "TooManyRequests.RateLimitBurst",
+                format!("this batch costs {cost} items; the route's rate limit lets a client send at most {burst} at once: split it"),
+                None,
+            ),
+            Vec::new(),
+        )),
+        Charge::StoreUnavailable => Err((
+            refused(
+                RejectionKind::RateLimitUnavailable,
+                "ServiceUnavailable.RateLimit",
+                "the rate limit cannot be checked right now; retry later".to_string(),
+                Some(Duration::from_secs(1)),
+            ),
+            Vec::new(),
+        )),
+    }
 }
 
 /// One batch's view of its route's upstream client: what the executor sends items through

@@ -40,6 +40,9 @@ pub struct Live {
     pub(super) passthrough: Option<Passthrough>,
     /// By upstream name: what the next reload may keep (and with it the connection pools).
     clients: HashMap<String, Arc<UpstreamClient>>,
+    /// The routes' rate limits (kept by a reload that leaves `[rate_limits]` as it was, and
+    /// with it the local counts and the Redis connection).
+    pub(super) limiter: Arc<crate::rate_limit::Limiter>,
 }
 
 impl Live {
@@ -78,10 +81,16 @@ impl Live {
                 client,
             }
         });
+        let limiter = crate::rate_limit::limiter_for(
+            &config.rate_limits,
+            previous.map(|p| &p.limiter),
+            crate::metrics::rate_limit_store,
+        );
         Live {
             routes,
             passthrough,
             clients,
+            limiter,
         }
     }
 

@@ -29,6 +29,7 @@ mod multipart;
 mod overload;
 mod passthrough;
 mod prometheus;
+mod rate_limit;
 mod reload;
 mod resilience;
 mod security;

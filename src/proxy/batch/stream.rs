@@ -49,6 +49,8 @@ pub(super) struct Streamed<'a> {
     /// Items the dialect refused (never sent).
     pub refused: usize,
     pub request_id: &'a str,
+    /// Headers the reply carries besides its own (the rate limit's).
+    pub extra: Vec<(HeaderName, http::HeaderValue)>,
 }
 
 /// The streaming format a request asks for, if the route offers one: a format whose media
@@ -218,11 +220,15 @@ impl BatchGate {
             observer,
             refused,
             request_id,
+            extra,
         } = batch;
         summary.streamed = Some(format);
         let h2 = session.downstream_session.is_http2();
         let started = Instant::now();
-        let head = stream_head(format, request_id, h2)?;
+        let mut head = stream_head(format, request_id, h2)?;
+        for (name, value) in extra {
+            head.insert_header(name, value)?;
+        }
         if session
             .write_response_header(Box::new(head), false)
             .await

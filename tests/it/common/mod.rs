@@ -17,6 +17,7 @@
 //! * [`prom`] — parsing `/metrics` (Prometheus text format), finding the Prometheus tools,
 //!   reading the Grafana dashboard.
 //!
+//! * [`redis`] — a real `redis-server` on a free port, killed and restarted at will;
 //! * [`eventually`] — waiting on real state (an upstream counter, a scraped gauge, a port
 //!   that accepts) instead of sleeping for a guessed time.
 //!
@@ -83,6 +84,7 @@ pub mod config;
 pub mod gate;
 pub mod h2c;
 pub mod prom;
+pub mod redis;
 pub mod scripted;
 pub mod tls;
 pub mod upstream;

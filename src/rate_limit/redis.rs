@@ -1,0 +1,175 @@
+//! The shared store: each charge is one atomic Lua script on Redis (GCRA on Redis's own clock,
+//! `TIME`, so the replicas' clocks do not matter), through the `redis` crate's managed
+//! connection (one multiplexed connection, reconnected in the background).
+//!
+//! Nothing waits on Redis longer than `redis_timeout`. After an error Redis is left alone for
+//! `redis_retry_interval` (the caller's `on_store_error` applies), then tried again: recovery
+//! needs nothing but Redis answering.
+
+use super::{Policy, Verdict};
+use crate::config::rate_limit::RateLimitStore;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// KEYS[1]: the client's key. ARGV: interval and tolerance in microseconds, and the cost.
+/// Returns {allowed, retry after µs, remaining items, µs until the bucket is empty}.
+/// The key expires when the bucket is empty, so idle clients leave nothing behind.
+const GCRA: &str = r"
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local allow_at = new_tat - tolerance
+if now < allow_at then
+  local backlog = tat - now
+  return {0, allow_at - now, math.floor(math.max(tolerance - backlog, 0) / interval), backlog}
+end
+local backlog = new_tat - now
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor(backlog / 1000) + 1)
+return {1, 0, math.floor(math.max(tolerance - backlog, 0) / interval), backlog}
+";
+
+/// Why Redis gave no verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+    /// Left alone after an error, for `redis_retry_interval`.
+    #[error("resting after an error")]
+    Resting,
+}
+
+impl StoreError {
+    /// The metric label of a fresh error (none for `Resting`, already counted).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Timeout(_) => Some("timeout"),
+            StoreError::Failed(_) => Some("error"),
+            StoreError::Resting => None,
+        }
+    }
+}
+
+pub(super) struct RedisStore {
+    client: ::redis::Client,
+    /// Made on first use (Redis may start after batchgate); `None` until then.
+    connection: Mutex<Option<ConnectionManager>>,
+    /// Held by the one task making the connection.
+    connecting: tokio::sync::Mutex<()>,
+    script: ::redis::Script,
+    timeout: Duration,
+    retry_interval: Duration,
+    prefix: String,
+    resting_until: Mutex<Option<Instant>>,
+    failing: AtomicBool,
+}
+
+impl RedisStore {
+    /// `None` for a URL `check` would have refused.
+    pub(super) fn new(url: &str, settings: &RateLimitStore) -> Option<RedisStore> {
+        Some(RedisStore {
+            client: ::redis::Client::open(url).ok()?,
+            connection: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            script: ::redis::Script::new(GCRA),
+            timeout: settings.redis_timeout,
+            retry_interval: settings.redis_retry_interval,
+            prefix: settings.redis_key_prefix.clone(),
+            resting_until: Mutex::new(None),
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the last call failed (and the route's `on_store_error` applies).
+    pub(super) fn degraded(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn charge(
+        &self,
+        key: &[u8; 16],
+        policy: Policy,
+        cost: u64,
+    ) -> Result<Verdict, StoreError> {
+        if self
+            .resting_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Err(StoreError::Resting);
+        }
+        let asked = tokio::time::timeout(self.timeout, self.ask(key, policy, cost)).await;
+        let result = match asked {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        let mut resting = self.resting_until.lock().unwrap_or_else(|e| e.into_inner());
+        *resting = result
+            .is_err()
+            .then(|| Instant::now() + self.retry_interval);
+        self.failing.store(result.is_err(), Ordering::Relaxed);
+        result
+    }
+
+    async fn ask(&self, key: &[u8; 16], policy: Policy, cost: u64) -> Result<Verdict, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut name = format!("{}rl:", self.prefix);
+        for byte in key {
+            let _ = write!(name, "{byte:02x}");
+        }
+        let (allowed, retry_after, remaining, reset): (u8, u64, u64, u64) = self
+            .script
+            .key(name)
+            .arg(policy.interval_us)
+            .arg(policy.tolerance_us)
+            .arg(cost)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))?;
+        Ok(Verdict {
+            allowed: allowed == 1,
+            retry_after: Duration::from_micros(retry_after),
+            remaining,
+            reset: Duration::from_micros(reset),
+        })
+    }
+
+    /// The managed connection, made on first use. Only one task connects at a time; the
+    /// others do not queue behind it (each would wait a timeout): they fail over at once.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let made = || {
+            self.connection
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        if let Some(connection) = made() {
+            return Ok(connection);
+        }
+        let Ok(_connecting) = self.connecting.try_lock() else {
+            return Err(StoreError::Failed("connecting".into()));
+        };
+        if let Some(connection) = made() {
+            return Ok(connection);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))?;
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
+        Ok(connection)
+    }
+}
