@@ -232,6 +232,16 @@ fn route_lines(config: &Config, out: &mut String) {
             route.limits.max_items,
             route.limits.concurrency
         ));
+        if let Some(limit) = &route.rate_limit {
+            let store = match limit.store {
+                batchgate::config::rate_limit::StoreKind::Local => "local",
+                batchgate::config::rate_limit::StoreKind::Redis => "redis",
+            };
+            out.push_str(&format!(
+                "         rate limit {} items/s per client, burst {}, store {store}\n",
+                limit.items_per_second, limit.burst
+            ));
+        }
     }
 }
 

@@ -144,6 +144,20 @@ fn register() -> prometheus::Result<Families> {
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
+    let families = families_registered()?;
+    // Both reasons exported from the start, so a rate of errors reads 0, not "no data".
+    for reason in RATE_LIMIT_STORE_ERRORS {
+        families
+            .rate_limit_store_errors
+            .with_label_values(&[reason]);
+    }
+    Ok(families)
+}
+
+/// The reasons of `batchgate_rate_limit_store_errors_total`.
+pub const RATE_LIMIT_STORE_ERRORS: [&str; 2] = ["timeout", "error"];
+
+fn families_registered() -> prometheus::Result<Families> {
     Ok(Families {
         max_in_flight: register_int_gauge!(
             "batchgate_max_in_flight",

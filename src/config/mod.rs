@@ -323,6 +323,46 @@ dialect = "envelope"
         assert_eq!(config.upstreams[0].pool_size, 16);
     }
 
+    /// `[routes.rate_limit]` and `[rate_limits]`: defaults, and each mistake named by its key.
+    #[test]
+    fn rate_limits_are_checked_key_by_key() {
+        let text = format!("{MINIMAL}[routes.rate_limit]\nitems_per_second = 50\n");
+        let config: Config = text.parse().expect("valid");
+        let limit = config.routes[0].rate_limit.as_ref().expect("a limit");
+        assert_eq!(limit.burst, 50, "a second's worth by default");
+        assert_eq!(limit.store, rate_limit::StoreKind::Local);
+        for (extra, key) in [
+            ("items_per_second = -1", "rate_limit.items_per_second"),
+            (
+                "items_per_second = 1\nstore = \"redis\"",
+                "rate_limit.store",
+            ),
+            (
+                "items_per_second = 1\nstore = \"memcached\"",
+                "rate_limit.store",
+            ),
+            ("items_per_second = 1\nburst = 0", "rate_limit.burst"),
+            (
+                "items_per_second = 1\non_store_error = \"fail_open\"",
+                "rate_limit",
+            ),
+            (
+                "items_per_second = 10\nweights = { GET = 11 }",
+                "rate_limit.weights.GET",
+            ),
+        ] {
+            let text = format!("{MINIMAL}[routes.rate_limit]\n{extra}\n");
+            let err = Config::parse(&text, "x.toml").expect_err(extra).to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let text = format!(
+            "{MINIMAL}[routes.rate_limit]\nitems_per_second = 1\nstore = \"redis\"\n\
+             [rate_limits]\nredis_url = \"rediss://r:6379\"\n"
+        );
+        let err = Config::parse(&text, "x.toml").expect_err("tls").to_string();
+        assert!(err.contains("rate_limits.redis_url"), "{err}");
+    }
+
     #[test]
     fn unknown_key_names_line_and_key() {
         let text = format!("{MINIMAL}max_itemz = 5\n");

@@ -41,6 +41,7 @@ const ALERTS: &[&str] = &[
     "BatchgateUpstreamNoHealthyAddress",
     "BatchgateRetryBudgetExhausted",
     "BatchgateInternalError",
+    "BatchgateRateLimitStoreDegraded",
     "BatchgateDown",
 ];
 
@@ -529,7 +530,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests() {
         None,
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 10 rules found"),
+        String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 11 rules found"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
