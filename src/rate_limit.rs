@@ -107,6 +107,8 @@ pub enum Charge {
 /// The process's rate limiters: the local table, and Redis when configured.
 pub struct Limiter {
     local: Local,
+    /// Items taken from Redis ahead of need, per client (`lease`).
+    leases: Leases,
     redis: Option<redis::RedisStore>,
     settings: RateLimitStore,
     /// Called with each store error's reason (`timeout`, `error`) and the degraded state.
@@ -120,6 +122,7 @@ impl Limiter {
     ) -> Limiter {
         Limiter {
             local: Local::new(settings.max_local_clients),
+            leases: Leases::new(settings.max_local_clients),
             redis: settings
                 .redis_url
                 .as_deref()
@@ -151,23 +154,25 @@ impl Limiter {
             };
         }
         let key = client_key(route, client);
-        let fraction = match (config.store, &self.redis) {
+        let on_error = match (config.store, &self.redis) {
             (StoreKind::Local, _) => return verdict(self.local.charge(key, policy, cost)),
-            (StoreKind::Redis, Some(redis)) => match redis.charge(&key, policy, cost).await {
-                Ok(verdict) => {
-                    (self.observe)(None, redis.degraded());
-                    return self::verdict(verdict);
+            (StoreKind::Redis, Some(redis)) => match self.shared(redis, key, config, cost).await {
+                Ok(charge) => {
+                    (self.observe)(None, false);
+                    return charge;
                 }
                 Err(error) => {
-                    tracing::warn!(route, error = %error, "rate limit store unavailable");
-                    (self.observe)(error.reason(), redis.degraded());
+                    if let Some(reason) = error.reason() {
+                        tracing::warn!(route, error = %error, "rate limit store unavailable");
+                        (self.observe)(Some(reason), true);
+                    }
                     config.on_store_error
                 }
             },
             // Not reachable from a valid config (a redis route needs a redis_url).
             (StoreKind::Redis, None) => config.on_store_error,
         };
-        match fraction {
+        match on_error {
             OnStoreError::FailOpen => Charge::Allowed(None),
             OnStoreError::FailClosed => Charge::StoreUnavailable,
             OnStoreError::Local(fraction) => {
@@ -183,6 +188,55 @@ impl Limiter {
                 verdict(self.local.charge(key, policy, cost))
             }
         }
+    }
+
+    /// The charge against the shared count: straight to Redis, or with a `lease` from the
+    /// items this process already took for the client, taking a new lease (at least what is
+    /// missing) when they do not cover the batch. Leased items are charged in Redis before
+    /// they are spent, so the shared count never admits more than the limit; a lease spent
+    /// later than it was taken shifts at most `lease - 1` items per replica and client.
+    async fn shared(
+        &self,
+        redis: &redis::RedisStore,
+        key: [u8; 16],
+        config: &RateLimitConfig,
+        cost: u64,
+    ) -> Result<Charge, StoreError> {
+        let policy = Policy::new(config, 1.0);
+        let Some(lease) = config.lease else {
+            let grant = redis.charge(&key, policy, cost, cost).await?;
+            return Ok(verdict(grant.verdict));
+        };
+        let held = self.leases.take(key);
+        if held.items >= cost {
+            self.leases.put_back(key, held.items - cost, held.verdict);
+            let left = Verdict {
+                remaining: held.verdict.remaining + held.items - cost,
+                ..held.verdict
+            };
+            return Ok(Charge::Allowed(Some(left)));
+        }
+        let missing = cost - held.items;
+        let grant = match redis
+            .charge(&key, policy, missing, lease.max(missing))
+            .await
+        {
+            Ok(grant) => grant,
+            Err(error) => {
+                self.leases.put_back(key, held.items, held.verdict);
+                return Err(error);
+            }
+        };
+        if grant.taken == 0 {
+            self.leases.put_back(key, held.items, held.verdict);
+            return Ok(Charge::Limited(grant.verdict));
+        }
+        let left = held.items + grant.taken - cost;
+        self.leases.put_back(key, left, grant.verdict);
+        Ok(Charge::Allowed(Some(Verdict {
+            remaining: grant.verdict.remaining + left,
+            ..grant.verdict
+        })))
     }
 }
 
@@ -275,6 +329,60 @@ impl Local {
     fn len(&self) -> u64 {
         self.tats.run_pending_tasks();
         self.tats.entry_count()
+    }
+}
+
+/// Leased items per client: taken out whole by a charge and put back with what is left (two
+/// batches of one client at once each see their own part, never the same items twice).
+/// Bounded like the local table; a lease unused for `LEASE_FOR` is dropped (its items were
+/// charged in Redis and are not refunded: under-admission, never over).
+struct Leases {
+    held: moka::sync::Cache<[u8; 16], Lease>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    items: u64,
+    /// Where the client stood when the items were taken.
+    verdict: Verdict,
+}
+
+/// How long leased items stay usable after the last charge that touched them.
+pub const LEASE_FOR: Duration = Duration::from_secs(1);
+
+impl Leases {
+    fn new(max_clients: u64) -> Leases {
+        Leases {
+            held: moka::sync::Cache::builder()
+                .max_capacity(max_clients)
+                .time_to_live(LEASE_FOR)
+                .build(),
+        }
+    }
+
+    fn take(&self, key: [u8; 16]) -> Lease {
+        self.held.remove(&key).unwrap_or(Lease {
+            items: 0,
+            verdict: Verdict {
+                allowed: true,
+                retry_after: Duration::ZERO,
+                remaining: 0,
+                reset: Duration::ZERO,
+            },
+        })
+    }
+
+    fn put_back(&self, key: [u8; 16], items: u64, verdict: Verdict) {
+        if items == 0 {
+            return;
+        }
+        self.held.entry(key).and_upsert_with(|held| {
+            let earlier = held.map_or(0, |e| e.into_value().items);
+            Lease {
+                items: earlier + items,
+                verdict,
+            }
+        });
     }
 }
 

@@ -43,6 +43,7 @@ pub struct RateLimitSection {
     pub on_store_error: Option<String>,
     pub local_fraction: Option<f64>,
     pub weights: Option<BTreeMap<String, i64>>,
+    pub lease: Option<i64>,
 }
 
 /// `[server]`: the listener, process and pingora settings.

@@ -350,6 +350,7 @@ dialect = "envelope"
                 "items_per_second = 10\nweights = { GET = 11 }",
                 "rate_limit.weights.GET",
             ),
+            ("items_per_second = 10\nlease = 5", "rate_limit.lease"),
         ] {
             let text = format!("{MINIMAL}[routes.rate_limit]\n{extra}\n");
             let err = Config::parse(&text, "x.toml").expect_err(extra).to_string();

@@ -40,6 +40,9 @@ pub struct RateLimitConfig {
     /// Items that cost more than one (by JSON-RPC method on jsonrpc routes, by HTTP method
     /// elsewhere).
     pub weights: BTreeMap<String, u64>,
+    /// With Redis: items taken at once and spent in the process, so most batches do not
+    /// ask Redis (none: every batch asks).
+    pub lease: Option<u64>,
 }
 
 /// The file's `[rate_limits]`.
@@ -234,11 +237,22 @@ pub(super) fn rate_limit_config(
         }
         weights.insert(method.clone(), weight as u64);
     }
+    let lease = limit.lease.map(|lease| {
+        let path = ["routes", i, "rate_limit", "lease"];
+        if store_kind != StoreKind::Redis {
+            problems.push(
+                &path,
+                "only with store = \"redis\" (a local count is not shared)",
+            );
+        }
+        super::values::bounded(Some(lease), 2, 2, burst as i64, &path, problems) as u64
+    });
     Some(RateLimitConfig {
         items_per_second,
         burst,
         store: store_kind,
         on_store_error,
         weights,
+        lease,
     })
 }

@@ -10,31 +10,41 @@ use super::{Policy, Verdict};
 use crate::config::rate_limit::RateLimitStore;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// KEYS[1]: the client's key. ARGV: interval and tolerance in microseconds, and the cost.
-/// Returns {allowed, retry after µs, remaining items, µs until the bucket is empty}.
-/// The key expires when the bucket is empty, so idle clients leave nothing behind.
+/// KEYS[1]: the client's key. ARGV: interval and tolerance in microseconds, the cost (the
+/// least that must fit) and the most to take (more than the cost for a lease).
+/// Returns {items taken (0: refused), retry after µs, remaining items, µs until the bucket is
+/// empty}. The key expires when the bucket is empty, so idle clients leave nothing behind.
 const GCRA: &str = r"
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local most = tonumber(ARGV[4])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + cost * interval
-local allow_at = new_tat - tolerance
-if now < allow_at then
-  local backlog = tat - now
-  return {0, allow_at - now, math.floor(math.max(tolerance - backlog, 0) / interval), backlog}
+local room = math.floor((tolerance - (tat - now)) / interval)
+if room < cost then
+  local retry = tat + cost * interval - tolerance - now
+  return {0, retry, math.max(room, 0), tat - now}
 end
+local taken = math.min(room, most)
+local new_tat = tat + taken * interval
 local backlog = new_tat - now
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor(backlog / 1000) + 1)
-return {1, 0, math.floor(math.max(tolerance - backlog, 0) / interval), backlog}
+return {taken, 0, room - taken, backlog}
 ";
+
+/// What one call took from the shared count.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Grant {
+    /// Items taken: 0 when refused, the cost or more (up to a lease) when allowed.
+    pub taken: u64,
+    pub verdict: Verdict,
+}
 
 /// Why Redis gave no verdict.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +80,6 @@ pub(super) struct RedisStore {
     retry_interval: Duration,
     prefix: String,
     resting_until: Mutex<Option<Instant>>,
-    failing: AtomicBool,
 }
 
 impl RedisStore {
@@ -85,21 +94,17 @@ impl RedisStore {
             retry_interval: settings.redis_retry_interval,
             prefix: settings.redis_key_prefix.clone(),
             resting_until: Mutex::new(None),
-            failing: AtomicBool::new(false),
         })
     }
 
-    /// Whether the last call failed (and the route's `on_store_error` applies).
-    pub(super) fn degraded(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
-    }
-
+    /// Takes at least `cost` and at most `most` items (`Grant::taken`), or none.
     pub(super) async fn charge(
         &self,
         key: &[u8; 16],
         policy: Policy,
         cost: u64,
-    ) -> Result<Verdict, StoreError> {
+        most: u64,
+    ) -> Result<Grant, StoreError> {
         if self
             .resting_until
             .lock()
@@ -108,7 +113,7 @@ impl RedisStore {
         {
             return Err(StoreError::Resting);
         }
-        let asked = tokio::time::timeout(self.timeout, self.ask(key, policy, cost)).await;
+        let asked = tokio::time::timeout(self.timeout, self.ask(key, policy, cost, most)).await;
         let result = match asked {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(self.timeout)),
@@ -117,30 +122,39 @@ impl RedisStore {
         *resting = result
             .is_err()
             .then(|| Instant::now() + self.retry_interval);
-        self.failing.store(result.is_err(), Ordering::Relaxed);
         result
     }
 
-    async fn ask(&self, key: &[u8; 16], policy: Policy, cost: u64) -> Result<Verdict, StoreError> {
+    async fn ask(
+        &self,
+        key: &[u8; 16],
+        policy: Policy,
+        cost: u64,
+        most: u64,
+    ) -> Result<Grant, StoreError> {
         let mut connection = self.connection().await?;
         let mut name = format!("{}rl:", self.prefix);
         for byte in key {
             let _ = write!(name, "{byte:02x}");
         }
-        let (allowed, retry_after, remaining, reset): (u8, u64, u64, u64) = self
+        let (taken, retry_after, remaining, reset): (u64, u64, u64, u64) = self
             .script
             .key(name)
             .arg(policy.interval_us)
             .arg(policy.tolerance_us)
             .arg(cost)
+            .arg(most.max(cost))
             .invoke_async(&mut connection)
             .await
             .map_err(|e| StoreError::Failed(e.to_string()))?;
-        Ok(Verdict {
-            allowed: allowed == 1,
-            retry_after: Duration::from_micros(retry_after),
-            remaining,
-            reset: Duration::from_micros(reset),
+        Ok(Grant {
+            taken,
+            verdict: Verdict {
+                allowed: taken > 0,
+                retry_after: Duration::from_micros(retry_after),
+                remaining,
+                reset: Duration::from_micros(reset),
+            },
         })
     }
 

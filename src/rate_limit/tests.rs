@@ -9,6 +9,7 @@ fn config(items_per_second: f64, burst: u64) -> RateLimitConfig {
         store: StoreKind::Local,
         on_store_error: OnStoreError::FailOpen,
         weights: BTreeMap::new(),
+        lease: None,
     }
 }
 

@@ -215,3 +215,42 @@ fn the_kubernetes_manifests_validate_and_match_the_repository() {
         );
     }
 }
+
+/// The quotas overlay (issue 31): the base plus a Redis, and a config whose route keeps a
+/// per-client quota in it; the patch carries that config byte for byte, and it validates.
+#[test]
+fn the_quotas_overlay_adds_redis_and_a_config_that_uses_it() {
+    let dir = repo().join("deploy/kubernetes/quotas");
+    let kustomization = read("deploy/kubernetes/quotas/kustomization.yaml");
+    for line in [
+        "  - ../\n",
+        "  - redis.yaml\n",
+        "  - path: configmap-patch.yaml\n",
+    ] {
+        assert!(kustomization.contains(line), "{line}");
+    }
+    let config = read("deploy/kubernetes/quotas/batchgate.toml");
+    assert!(
+        config.contains(read("deploy/kubernetes/batchgate.toml").trim_end()),
+        "the overlay's config is the base's plus the quota"
+    );
+    assert!(
+        config.contains("store = \"redis\"") && config.contains("redis://batchgate-redis:6379")
+    );
+    assert!(read("deploy/kubernetes/quotas/configmap-patch.yaml")
+        .ends_with(&format!("  batchgate.toml: |\n{}", block(&config))));
+    assert!(read("deploy/kubernetes/quotas/redis.yaml").contains("name: batchgate-redis"));
+
+    let local = std::env::temp_dir().join(format!("batchgate-k8s-q-{}.toml", std::process::id()));
+    std::fs::write(&local, config.replace("\"api:80\"", "\"127.0.0.1:80\"")).expect("write");
+    run(Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .args(["check", "-c"])
+        .arg(&local));
+    let _ = std::fs::remove_file(&local);
+
+    if let Some(validate) = tool("kubernetes-validate") {
+        let files = [dir.join("redis.yaml"), dir.join("configmap-patch.yaml")];
+        let text = run(Command::new(validate).arg("--strict").args(&files));
+        assert_eq!(text.matches(" passed for resource ").count(), 3, "{text}");
+    }
+}

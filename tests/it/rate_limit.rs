@@ -124,6 +124,50 @@ async fn two_processes_sharing_redis_admit_the_limit_once() {
     assert!(ttl > 0, "the key expires: {ttl}");
 }
 
+/// With a lease, each process takes items from Redis five at a time and spends them itself:
+/// the two still admit the limit once between them, with a fraction of the calls to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_items_keep_the_shared_limit_with_fewer_calls_to_redis() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let upstream = Upstream::echo().await;
+    let store = format!("redis_url = \"{}\"", redis.url());
+    let limit = "items_per_second = 0.01\nburst = 20\nstore = \"redis\"\nlease = 5";
+    let a = limited_gate(&upstream, limit, &store).await;
+    let b = limited_gate(&upstream, limit, &store).await;
+    let mut admitted = 0;
+    for _ in 0..15 {
+        for gate in [&a, &b] {
+            match send(gate.addr, BATCH_PATH, 1, "shared").await.status {
+                200 => admitted += 1,
+                429 => {}
+                other => panic!("{other}"),
+            }
+        }
+    }
+    assert_eq!(admitted, 20, "the limit once across both replicas");
+    assert_eq!(upstream.count(), 20);
+    let stats: String = redis.query(&["INFO", "commandstats"]).await;
+    let calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    // Four leases of five, and one refused call per refused batch (10).
+    assert!(
+        calls <= 16,
+        "{calls} calls to Redis for 30 batches\n{stats}"
+    );
+}
+
 /// Redis killed: a `fail_closed` route answers 503, a `local` one counts in the process
 /// against its fraction; the degraded gauge and the error counter say so; Redis back, both
 /// recover without a restart.
