@@ -113,7 +113,9 @@ class Replica:
 def start_redis(work, replicas):
     binds = ["127.0.0.1"] + sorted({r.host for r in replicas} - {"127.0.0.1"})
     process = subprocess.Popen(["redis-server", "--port", str(REDIS), "--bind", *binds,
-                                "--save", "", "--appendonly", "no", "--dir", work],
+                                "--save", "", "--appendonly", "no", "--dir", work,
+                                # Bound to loopback and the namespaces' host sides only.
+                                "--protected-mode", "no"],
                                stdout=subprocess.DEVNULL)
     time.sleep(0.5)
     return process

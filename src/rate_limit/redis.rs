@@ -10,8 +10,9 @@ use super::{Policy, Verdict};
 use crate::config::rate_limit::RateLimitStore;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// KEYS[1]: the client's key. ARGV: interval and tolerance in microseconds, the cost (the
 /// least that must fit) and the most to take (more than the cost for a lease).
@@ -71,10 +72,8 @@ impl StoreError {
 
 pub(super) struct RedisStore {
     client: ::redis::Client,
-    /// Made on first use (Redis may start after batchgate); `None` until then.
-    connection: Mutex<Option<ConnectionManager>>,
-    /// Held by the one task making the connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// Made on first use (Redis may start after batchgate), by a task of its own.
+    connection: Arc<Connecting>,
     script: ::redis::Script,
     timeout: Duration,
     retry_interval: Duration,
@@ -87,8 +86,10 @@ impl RedisStore {
     pub(super) fn new(url: &str, settings: &RateLimitStore) -> Option<RedisStore> {
         Some(RedisStore {
             client: ::redis::Client::open(url).ok()?,
-            connection: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            connection: Arc::new(Connecting {
+                made: Mutex::new(None),
+                attempt: watch::channel(Attempt::default()).0,
+            }),
             script: ::redis::Script::new(GCRA),
             timeout: settings.redis_timeout,
             retry_interval: settings.redis_retry_interval,
@@ -158,32 +159,88 @@ impl RedisStore {
         })
     }
 
-    /// The managed connection, made on first use. Only one task connects at a time; the
-    /// others do not queue behind it (each would wait a timeout): they fail over at once.
+    /// The managed connection. The first call starts making it on a task of its own and
+    /// waits (within the caller's timeout); a connection slower than one timeout is still
+    /// made, for the calls after it. One attempt at a time; a failed one is retried by the
+    /// next call (after the retry interval's rest).
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let made = || {
-            self.connection
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-        };
-        if let Some(connection) = made() {
+        let state = &self.connection;
+        if let Some(connection) = state.made() {
             return Ok(connection);
         }
-        let Ok(_connecting) = self.connecting.try_lock() else {
-            return Err(StoreError::Failed("connecting".into()));
-        };
-        if let Some(connection) = made() {
-            return Ok(connection);
+        // Atomically: join the attempt running, or start the next one.
+        let mut started = false;
+        state.attempt.send_if_modified(|attempt| {
+            if attempt.running {
+                return false;
+            }
+            *attempt = Attempt {
+                number: attempt.number + 1,
+                running: true,
+                failed: false,
+            };
+            started = true;
+            true
+        });
+        let mut attempt = state.attempt.subscribe();
+        let number = attempt.borrow_and_update().number;
+        if started {
+            self.start_connecting();
         }
+        // The attempt's end (a dropped sender cannot happen: the store holds it).
+        let _ = attempt.wait_for(|a| a.number > number || !a.running).await;
+        state
+            .made()
+            .ok_or_else(|| StoreError::Failed("could not connect".into()))
+    }
+
+    fn start_connecting(&self) {
+        let state = self.connection.clone();
+        let client = self.client.clone();
+        // Connecting may take longer than one call's timeout; each command keeps that bound.
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
+            .set_connection_timeout(self.timeout.max(CONNECT_TIMEOUT))
             .set_response_timeout(self.timeout)
             .set_number_of_retries(1);
-        let connection = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(|e| StoreError::Failed(e.to_string()))?;
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
-        Ok(connection)
+        tokio::spawn(async move {
+            let made = ConnectionManager::new_with_config(client, config).await;
+            let failed = match made {
+                Ok(connection) => {
+                    *state.made.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "rate limit store: cannot connect to Redis");
+                    true
+                }
+            };
+            state.attempt.send_modify(|a| {
+                a.running = false;
+                a.failed = failed;
+            });
+        });
     }
 }
+
+/// The connection being made, and made.
+struct Connecting {
+    made: Mutex<Option<ConnectionManager>>,
+    attempt: watch::Sender<Attempt>,
+}
+
+impl Connecting {
+    fn made(&self) -> Option<ConnectionManager> {
+        self.made.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Attempt {
+    number: u64,
+    running: bool,
+    failed: bool,
+}
+
+/// The longest one connection attempt may take (beyond a call's own timeout, which it
+/// outlives on its task).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -296,3 +296,33 @@ async fn hostile_client_keys_leave_only_short_expiring_keys() {
         );
     }
 }
+
+/// Redis that comes up after batchgate: batches follow `on_store_error` until it answers,
+/// then the shared count applies; nothing needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_started_after_batchgate_is_used_once_it_answers() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    redis.kill();
+    let upstream = Upstream::echo().await;
+    let limit =
+        "items_per_second = 0.01\nburst = 3\nstore = \"redis\"\non_store_error = \"fail_closed\"";
+    let store = format!(
+        "redis_url = \"{}\"\nredis_timeout = \"100ms\"\nredis_retry_interval = \"100ms\"",
+        redis.url()
+    );
+    let gate = limited_gate(&upstream, limit, &store).await;
+    let refused = send(gate.addr, BATCH_PATH, 1, "x").await;
+    assert_rejected(&refused, 503, "ServiceUnavailable.RateLimit");
+    redis.restart().await;
+    let addr = gate.addr;
+    common::eventually_async(Duration::from_secs(10), "Redis is used", || async move {
+        send(addr, BATCH_PATH, 1, "x").await.status == 200
+    })
+    .await;
+    // The shared count: one item spent, two left of the burst of three.
+    assert_eq!(send(gate.addr, BATCH_PATH, 2, "x").await.status, 200);
+    let over = send(gate.addr, BATCH_PATH, 1, "x").await;
+    assert_rejected(&over, 429, "TooManyRequests.RateLimit");
+}
