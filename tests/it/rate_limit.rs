@@ -326,3 +326,32 @@ async fn redis_started_after_batchgate_is_used_once_it_answers() {
     let over = send(gate.addr, BATCH_PATH, 1, "x").await;
     assert_rejected(&over, 429, "TooManyRequests.RateLimit");
 }
+
+/// A JSON-RPC route weighs calls by method (`weights`), and refuses in JSON-RPC's own
+/// format: error -32005 with HTTP 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonrpc_calls_are_weighed_by_method_and_refused_in_json_rpc() {
+    let upstream = Upstream::echo().await;
+    let text = common::config::example("limelight.toml", &[upstream.addr])
+        + "\n[routes.rate_limit]\nitems_per_second = 0.01\nburst = 4\nweights = { heavy = 3 }\n";
+    let gate = common::gate::start(&text).await;
+    let call = |method: &str, id: u32| serde_json::json!({"jsonrpc": "2.0", "method": method, "params": [], "id": id});
+    let post = |calls: Vec<serde_json::Value>| {
+        let body = serde_json::Value::Array(calls).to_string();
+        async move { client::post(gate.addr, "/jsonrpc2", "application/json", body.as_bytes()).await }
+    };
+    let first = post(vec![call("heavy", 1), call("light", 2)]).await;
+    assert_eq!(first.status, 200, "3 + 1 fit a burst of 4");
+    assert!(first.header("ratelimit").is_some_and(|v| v.contains("r=0")));
+    let over = post(vec![call("light", 3)]).await;
+    assert_eq!(over.status, 429);
+    assert!(over.header("retry-after").is_some());
+    let reply = over.json();
+    let error = if reply.is_array() {
+        &reply[0]["error"]
+    } else {
+        &reply["error"]
+    };
+    assert_eq!(error["code"], -32005, "{reply}");
+    assert_eq!(upstream.count(), 2);
+}
