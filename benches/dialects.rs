@@ -332,5 +332,47 @@ fn metrics(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dialects, guards, metrics);
+/// One batch's charge against a local rate limit (the in-process table), for one client and
+/// for a client among 10,000.
+fn rate_limit(c: &mut Criterion) {
+    use batchgate::config::rate_limit::{OnStoreError, RateLimitConfig, RateLimitStore, StoreKind};
+    use batchgate::rate_limit::Limiter;
+    let settings = RateLimitStore {
+        redis_url: None,
+        redis_timeout: Duration::from_millis(50),
+        redis_key_prefix: "b:".into(),
+        redis_retry_interval: Duration::from_secs(1),
+        max_local_clients: 100_000,
+    };
+    let limiter = Limiter::new(&settings, |_, _| {});
+    let config = RateLimitConfig {
+        items_per_second: 1e6,
+        burst: 1_000_000,
+        store: StoreKind::Local,
+        on_store_error: OnStoreError::FailOpen,
+        weights: Default::default(),
+        lease: None,
+    };
+    let clients: Vec<batchgate::permits::ClientId> = (0..10_000)
+        .map(|i| format!("10.0.{}.{}", i / 256, i % 256).into())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("rate_limit");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("local_charge_one_client", |b| {
+        b.iter(|| runtime.block_on(limiter.charge("r", &config, &clients[0], black_box(10))))
+    });
+    let mut next = 0;
+    group.bench_function("local_charge_10000_clients", |b| {
+        b.iter(|| {
+            next = (next + 1) % clients.len();
+            runtime.block_on(limiter.charge("r", &config, &clients[next], black_box(10)))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, dialects, guards, metrics, rate_limit);
 criterion_main!(benches);
