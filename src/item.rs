@@ -221,6 +221,9 @@ pub enum FailureKind {
     /// A reference to an earlier item's answer selected nothing (or that answer was not
     /// JSON, or expanded past its limit); this one was never sent.
     ReferenceUnresolved,
+    /// The upstream's answer to the batch this call was gathered into did not answer it
+    /// (`crate::upstream_batch`): not an array, no element with its id, an HTTP error.
+    UpstreamBatch,
     /// batchgate itself failed while running the item (its task panicked).
     Internal,
 }
@@ -279,9 +282,11 @@ impl FailureKind {
             NotRun => (424, "FailedDependency.NotRun", C::Cancelled, Fault::Client, NOT_RUN),
             DependencyFailed { .. } => (424, "FailedDependency", C::Cancelled, Fault::Client, DEPENDENCY),
             ReferenceUnresolved => (424, "FailedDependency.Reference", C::Cancelled, Fault::Client, REFERENCE),
+            UpstreamBatch => (502, "UpstreamBatchReply", C::UpstreamError, Fault::Upstream, UPSTREAM_BATCH),
             Internal => (500, "InternalError", C::Internal, Fault::Proxy, INTERNAL),
         };
-        let public_detail = matches!(self, DependencyFailed { .. } | ReferenceUnresolved);
+        // These details are batchgate's own words about the client's items, never an address.
+        let public_detail = matches!(self, DependencyFailed { .. } | ReferenceUnresolved | UpstreamBatch);
         Mapping { status, code, class, fault, message, public_detail }
     }
 }
@@ -296,6 +301,8 @@ const NOT_RUN: &str = "not run: an earlier item of this sequential batch failed"
 const DEPENDENCY: &str = "not run: an item it depends on did not succeed";
 const REFERENCE: &str = "not run: a reference to an earlier answer could not be resolved";
 const INTERNAL: &str = "internal error while running the item";
+const UPSTREAM_BATCH: &str =
+    "the upstream's answer to the batch this call was sent in did not answer it";
 
 impl Failure {
     pub fn new(kind: FailureKind, sent: Sent) -> Self {

@@ -71,6 +71,7 @@ pub mod rate_limit;
 pub mod reload;
 pub mod server;
 pub mod upstream;
+pub mod upstream_batch;
 
 #[cfg(test)]
 mod layout;

@@ -99,6 +99,9 @@ pub struct Families {
     pub cache_lookups: IntCounterVec,
     pub cache_evictions: IntCounterVec,
     pub rate_limited_items: IntCounterVec,
+    pub upstream_batch_calls: HistogramVec,
+    pub upstream_batch_wait: HistogramVec,
+    pub upstream_batch_flushes: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
     pub rate_limit_degraded: IntGauge,
     pub cache_bytes: IntGaugeVec,
@@ -249,6 +252,23 @@ fn families_registered() -> prometheus::Result<Families> {
             "batchgate_rate_limited_items_total",
             "Items of batches refused by the route's rate limit (429), weighed as charged.",
             &["route"]
+        )?,
+        upstream_batch_calls: register_histogram_vec!(
+            "batchgate_upstream_batch_calls",
+            "Calls per upstream batch gathered from single calls ([routes.upstream_batching]).",
+            &["route"],
+            ITEM_COUNT_BUCKETS.to_vec()
+        )?,
+        upstream_batch_wait: register_histogram_vec!(
+            "batchgate_upstream_batch_wait_seconds",
+            "Time a call waited to be sent in an upstream batch.",
+            &["route"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        upstream_batch_flushes: register_int_counter_vec!(
+            "batchgate_upstream_batch_flushes_total",
+            "Upstream batches sent, by what sent them (size, bytes, wait, deadline).",
+            &["route", "reason"]
         )?,
         rate_limit_store_errors: register_int_counter_vec!(
             "batchgate_rate_limit_store_errors_total",
@@ -567,6 +587,10 @@ pub struct RouteMetrics {
     cache_evictions: IntCounter,
     cache_bytes: IntGauge,
     rate_limited: IntCounter,
+    upstream_batch_calls: Histogram,
+    upstream_batch_wait: Histogram,
+    /// Per `Flush::ALL`.
+    upstream_batch_flushes: Vec<IntCounter>,
     /// Per `StreamFormat::ALL`.
     streamed: Vec<IntCounter>,
     stream_first_item: Histogram,
@@ -604,6 +628,15 @@ impl RouteMetrics {
             cache_evictions: f.cache_evictions.with_label_values(&[route]),
             cache_bytes: f.cache_bytes.with_label_values(&[route]),
             rate_limited: f.rate_limited_items.with_label_values(&[route]),
+            upstream_batch_calls: f.upstream_batch_calls.with_label_values(&[route]),
+            upstream_batch_wait: f.upstream_batch_wait.with_label_values(&[route]),
+            upstream_batch_flushes: UpstreamFlush::ALL
+                .iter()
+                .map(|r| {
+                    f.upstream_batch_flushes
+                        .with_label_values(&[route, r.as_str()])
+                })
+                .collect(),
             streamed: crate::config::StreamFormat::ALL
                 .iter()
                 .map(|format| {
@@ -650,6 +683,13 @@ impl RouteMetrics {
         let _ = f.cache_lookups.remove_label_values(&[route, "miss"]);
         let _ = f.cache_evictions.remove_label_values(&[route]);
         let _ = f.rate_limited_items.remove_label_values(&[route]);
+        let _ = f.upstream_batch_calls.remove_label_values(&[route]);
+        let _ = f.upstream_batch_wait.remove_label_values(&[route]);
+        for reason in UpstreamFlush::ALL {
+            let _ = f
+                .upstream_batch_flushes
+                .remove_label_values(&[route, reason.as_str()]);
+        }
         let _ = f.cache_bytes.remove_label_values(&[route]);
         for format in crate::config::StreamFormat::ALL {
             let _ = f
@@ -728,6 +768,22 @@ impl RouteMetrics {
     /// Counts one answer dropped from the cache for room.
     pub fn cache_evicted(&self) {
         self.cache_evictions.inc();
+    }
+
+    /// One upstream batch gathered from single calls: why it was sent, its calls, their waits.
+    pub fn upstream_batch(
+        &self,
+        reason: UpstreamFlush,
+        calls: usize,
+        waits: impl Iterator<Item = Duration>,
+    ) {
+        if let Some(counter) = self.upstream_batch_flushes.get(reason as usize) {
+            counter.inc();
+        }
+        self.upstream_batch_calls.observe(calls as f64);
+        for wait in waits {
+            self.upstream_batch_wait.observe(wait.as_secs_f64());
+        }
     }
 
     /// Items of a batch the rate limit refused.
@@ -1035,6 +1091,33 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Why an upstream batch of gathered calls was sent (`crate::upstream_batch`): a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFlush {
+    Size,
+    Bytes,
+    Wait,
+    Deadline,
+}
+
+impl UpstreamFlush {
+    pub const ALL: [UpstreamFlush; 4] = [
+        UpstreamFlush::Size,
+        UpstreamFlush::Bytes,
+        UpstreamFlush::Wait,
+        UpstreamFlush::Deadline,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFlush::Size => "size",
+            UpstreamFlush::Bytes => "bytes",
+            UpstreamFlush::Wait => "wait",
+            UpstreamFlush::Deadline => "deadline",
+        }
     }
 }
 

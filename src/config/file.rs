@@ -33,6 +33,16 @@ pub struct RateLimitsSection {
     pub max_local_clients: Option<i64>,
 }
 
+/// `[routes.upstream_batching]`: single calls gathered into upstream batches.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamBatchingSection {
+    pub max_items: Option<i64>,
+    pub max_bytes: Option<i64>,
+    pub max_wait: Option<String>,
+    pub max_concurrent: Option<i64>,
+}
+
 /// `[routes.rate_limit]`: items per second per client.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +222,7 @@ pub struct RouteSection {
     pub coalesce: Option<CoalesceSection>,
     pub cache: Option<CacheSection>,
     pub rate_limit: Option<RateLimitSection>,
+    pub upstream_batching: Option<UpstreamBatchingSection>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,

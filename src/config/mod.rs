@@ -20,6 +20,7 @@ mod routes;
 mod server;
 mod stream;
 mod tls;
+pub mod upstream_batch;
 mod validate;
 mod values;
 
@@ -362,6 +363,31 @@ dialect = "envelope"
         );
         let err = Config::parse(&text, "x.toml").expect_err("tls").to_string();
         assert!(err.contains("rate_limits.redis_url"), "{err}");
+    }
+
+    /// `[routes.upstream_batching]`: jsonrpc routes only, `max_wait = "0"` allowed, bounds.
+    #[test]
+    fn upstream_batching_is_checked_key_by_key() {
+        let text = format!("{MINIMAL}[routes.upstream_batching]\n");
+        let err = Config::parse(&text, "x.toml")
+            .expect_err("envelope")
+            .to_string();
+        assert!(err.contains("routes[0].upstream_batching"), "{err}");
+        let rpc = "[upstreams.u]\naddresses = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"/rpc\"\n\
+                   dialect = \"jsonrpc\"\nupstream = \"u\"\nupstream_path = \"/rpc\"\n\
+                   [routes.upstream_batching]\n";
+        let config: Config = format!("{rpc}max_wait = \"0\"\n").parse().expect("valid");
+        let batching = config.routes[0].upstream_batching.as_ref().expect("on");
+        assert_eq!(batching.max_wait, std::time::Duration::ZERO);
+        assert_eq!(batching.max_items, 50);
+        for (extra, key) in [
+            ("max_wait = \"2s\"", "upstream_batching.max_wait"),
+            ("max_items = 1", "upstream_batching.max_items"),
+            ("max_concurrent = 0", "upstream_batching.max_concurrent"),
+        ] {
+            let err = Config::parse(&format!("{rpc}{extra}\n"), "x.toml").expect_err(extra);
+            assert!(err.to_string().contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

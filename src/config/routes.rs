@@ -132,6 +132,7 @@ fn route_config(
     let coalesce = super::coalesce::coalesce_config(section, i, problems);
     let cache = super::coalesce::cache_config(section, i, problems);
     let rate_limit = super::rate_limit::rate_limit_config(section, i, ctx.rate_limits, problems);
+    let upstream_batching = super::upstream_batch::upstream_batch_config(section, i, problems);
     let dialect = dialect_config(section, ctx, problems);
     check_dialect_keys(section, i, problems);
     let name = route_name(section, i, problems);
@@ -151,6 +152,7 @@ fn route_config(
         coalesce: coalesce.map(Arc::new),
         cache: cache.map(Arc::new),
         rate_limit: rate_limit.map(Arc::new),
+        upstream_batching: upstream_batching.map(Arc::new),
         dialect: dialect?,
     })
 }
@@ -368,6 +370,8 @@ pub struct RouteConfig {
     pub cache: Option<Arc<super::coalesce::CacheConfig>>,
     /// Items per second per client (`[routes.rate_limit]`; none: unlimited).
     pub rate_limit: Option<Arc<super::rate_limit::RateLimitConfig>>,
+    /// Calls gathered into upstream arrays (`[routes.upstream_batching]`; none: off).
+    pub upstream_batching: Option<Arc<super::upstream_batch::UpstreamBatchConfig>>,
     pub dialect: DialectConfig,
 }
 

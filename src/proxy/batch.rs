@@ -25,6 +25,7 @@ use crate::metrics::{BatchResult, InFlight, RouteMetrics};
 use crate::permits::ClientId;
 use crate::rate_limit::Charge;
 use crate::upstream::{BatchHeaders, Call, UpstreamClient};
+use crate::upstream_batch::{Batcher, Caller};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -455,9 +456,14 @@ impl BatchGate {
                 ),
                 forwarded: forwarded.clone(),
             });
+        let gather = route.batcher.as_ref().map(|batcher| Gather {
+            batcher: batcher.clone(),
+            key: gather_key(&route.upstream.config.name, &headers.host, &forwarded),
+        });
         let upstream = Arc::new(BatchUpstream {
             coalesce,
             cache,
+            gather,
             sharing,
             metrics: route.metrics.clone(),
             client: route.upstream.clone(),
@@ -805,6 +811,8 @@ pub struct BatchUpstream {
     pub coalesce: Option<Scope>,
     /// Fresh answers are served from memory (`[routes.cache]`).
     pub cache: Option<CacheScope>,
+    /// Calls are gathered into upstream batches (`[routes.upstream_batching]`).
+    pub gather: Option<Gather>,
     /// How another item's answer is made this item's (the route's dialect's rule).
     pub sharing: Option<crate::item::ItemSharing>,
     pub metrics: Option<Arc<RouteMetrics>>,
@@ -906,6 +914,38 @@ fn marked(mut outcome: Outcome, source: Source) -> Outcome {
     outcome
 }
 
+/// One batch's way into its route's upstream batches: the batcher, and the key its calls
+/// gather under.
+#[derive(Clone)]
+pub struct Gather {
+    pub batcher: Arc<Batcher>,
+    pub key: crate::upstream_batch::Key,
+}
+
+/// What calls must share to share an upstream batch: the upstream and `Host`, and what the
+/// upstream sees of the caller (the forwarded headers, credentials among them; not
+/// `X-Forwarded-For` or the request id, which every client has its own of).
+fn gather_key(
+    upstream: &str,
+    host: &HeaderValue,
+    forwarded: &[(HeaderName, HeaderValue)],
+) -> crate::upstream_batch::Key {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        context.update(&(bytes.len() as u64).to_be_bytes());
+        context.update(bytes);
+    };
+    field(upstream.as_bytes());
+    field(host.as_bytes());
+    for (name, value) in forwarded {
+        field(name.as_str().as_bytes());
+        field(value.as_bytes());
+    }
+    let mut key = [0; 32];
+    key.copy_from_slice(context.finish().as_ref());
+    key
+}
+
 /// One batch's view of its route's cache.
 pub struct CacheScope {
     pub cache: Arc<ItemCache>,
@@ -954,6 +994,9 @@ impl BatchUpstream {
 
     /// One item sent upstream.
     async fn send_one(&self, request: &SubRequest, until: Instant) -> Outcome {
+        if self.gather.is_some() {
+            return self.send_detached(request, until).await;
+        }
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
         let call = self.call(request, until);
         self.client.send(request, &self.headers, &call).await
@@ -969,9 +1012,23 @@ impl BatchUpstream {
         let call = self.call(request, until);
         let (client, headers) = (self.client.clone(), self.headers.clone());
         let (request, in_flight) = (request.clone(), self.in_flight.clone());
+        let gather = self.gather.clone();
+        // A gathered call waits for company within what is left of both its own and its
+        // batch's deadline.
+        let gather_until = until.min(self.deadline);
         async move {
             let _in_flight = in_flight.as_ref().map(InFlight::enter);
-            client.send(&request, &headers, &call).await
+            let gathered = gather.zip(Batcher::gatherable(&request));
+            match gathered {
+                Some((gather, parts)) => {
+                    let caller = Caller { client, headers };
+                    let batcher = &gather.batcher;
+                    batcher
+                        .call(gather.key, parts, &request, caller, gather_until)
+                        .await
+                }
+                None => client.send(&request, &headers, &call).await,
+            }
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Route {
     /// Its item cache (`[routes.cache]`; none: off). A reload keeps it when it would hold the
     /// same answers (`kept_cache`), else starts it empty.
     pub cache: Option<Arc<crate::cache::ItemCache>>,
+    /// Its gatherings of calls into upstream batches (`[routes.upstream_batching]`).
+    pub batcher: Option<Arc<crate::upstream_batch::Batcher>>,
 }
 
 /// The pass-through target.
@@ -149,8 +151,15 @@ fn build_route(
             ))
         })
     });
+    let batcher = route.upstream_batching.as_ref().map(|config| {
+        Arc::new(crate::upstream_batch::Batcher::new(
+            config.clone(),
+            metrics.clone(),
+        ))
+    });
     Route {
         config: route.clone(),
+        batcher,
         reply_cost: dialect.reply_cost(),
         dialect,
         upstream: upstream.clone(),

@@ -40,6 +40,7 @@ pub fn address_failed(outcome: &Outcome, eject_on_5xx: bool) -> bool {
             | FailureKind::NotRun
             | FailureKind::DependencyFailed { .. }
             | FailureKind::ReferenceUnresolved
+            | FailureKind::UpstreamBatch
             | FailureKind::Internal => false,
         },
     }

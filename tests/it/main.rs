@@ -36,4 +36,5 @@ mod security;
 mod shutdown;
 mod stream;
 mod tls;
+mod upstream_batch;
 mod upstream_quirks;

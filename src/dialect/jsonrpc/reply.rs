@@ -142,6 +142,8 @@ pub(super) fn upstream_error(failure: &Failure) -> (UpstreamError, Option<String
         ),
         FailureKind::Connection => (UpstreamError::ConnectionFailed, None),
         FailureKind::Internal => (UpstreamError::Internal, None),
+        // batchgate's own words: which part of the batch's answer was missing.
+        FailureKind::UpstreamBatch => (UpstreamError::InvalidReply, failure.detail.clone()),
         FailureKind::Cancelled
         | FailureKind::NotRun
         | FailureKind::DependencyFailed { .. }

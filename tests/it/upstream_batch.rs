@@ -1,0 +1,191 @@
+//! Batching in the other direction (`[routes.upstream_batching]`): single JSON-RPC calls of
+//! many clients reach a real upstream as arrays; every caller gets exactly its own answer with
+//! its own id, matched by id; a lone call waits at most `max_wait`, and never past half its
+//! deadline; identities never share an array; a reply that misses calls fails only those.
+
+use crate::common;
+
+use common::client::{self, Response};
+use common::upstream::{RecordedRequest, Reply, Upstream};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A JSON-RPC upstream that takes arrays: each call answered with its method, params and the
+/// caller's credentials, in reverse order (answers must be matched by id), after `delay_ms`;
+/// a call to method "drop" gets no answer at all.
+async fn array_upstream(delay_ms: u64) -> Upstream {
+    Upstream::with_handler(move |req: &RecordedRequest| {
+        let token = req
+            .header("x-agile-authorization")
+            .unwrap_or("")
+            .to_string();
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let answer = |call: &Value| {
+            json!({"jsonrpc": "2.0", "id": call["id"],
+                   "result": {"method": call["method"], "params": call["params"], "token": token}})
+        };
+        let reply = match &body {
+            Value::Array(calls) => Value::Array(
+                calls
+                    .iter()
+                    .rev()
+                    .filter(|c| c["method"] != "drop")
+                    .map(answer)
+                    .collect(),
+            ),
+            call => answer(call),
+        };
+        Reply::json(200, &reply.to_string()).with_delay(delay_ms)
+    })
+    .await
+}
+
+/// The limelight example with `[routes.upstream_batching]` lines `batching`, and `extra`
+/// lines for the route itself.
+async fn gate(upstream: &Upstream, batching: &str) -> common::gate::Gate {
+    let text = common::config::example("limelight.toml", &[upstream.addr])
+        + &format!("\n[routes.upstream_batching]\n{batching}\n");
+    common::gate::start(&text).await
+}
+
+async fn call(addr: std::net::SocketAddr, method: &str, id: Value, token: &str) -> Response {
+    let body =
+        json!({"jsonrpc": "2.0", "method": method, "params": [method], "id": id}).to_string();
+    client::request(
+        addr,
+        "POST",
+        "/jsonrpc2",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Agile-Authorization", token),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// 20 clients at once, all using id 1: five arrays of four reach the upstream, and every
+/// caller gets its own answer with its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_calls_of_many_clients_reach_the_upstream_as_arrays() {
+    let upstream = array_upstream(0).await;
+    let gate = gate(&upstream, "max_items = 4\nmax_wait = \"200ms\"").await;
+    let methods: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let calls = methods.iter().map(|m| call(gate.addr, m, json!(1), "t"));
+    let answers = futures_util::future::join_all(calls).await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.status, 200);
+        let reply = answer.json();
+        assert_eq!(reply["id"], 1, "{reply}");
+        assert_eq!(reply["result"]["method"], format!("m{i}"), "{reply}");
+    }
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 5, "arrays of four");
+    for request in &sent {
+        assert_eq!(request.json().as_array().map(Vec::len), Some(4));
+    }
+    let metrics = common::prom::scrape(gate.admin).await;
+    let flushes = |reason| {
+        metrics.value(
+            "batchgate_upstream_batch_flushes_total",
+            &[("route", "limelight"), ("reason", reason)],
+        )
+    };
+    assert_eq!(flushes("size"), 5.0);
+    assert_eq!(
+        metrics.value(
+            "batchgate_upstream_batch_calls_count",
+            &[("route", "limelight")]
+        ),
+        5.0
+    );
+}
+
+/// A lone call waits `max_wait` for company, no longer; with a deadline shorter than twice
+/// `max_wait` it waits half its time left instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_call_waits_at_most_max_wait_and_never_past_half_its_deadline() {
+    let upstream = array_upstream(0).await;
+    let gate = gate(&upstream, "max_wait = \"300ms\"").await;
+    let started = Instant::now();
+    let answer = call(gate.addr, "alone", json!("a"), "t").await;
+    let took = started.elapsed();
+    assert_eq!(answer.json()["id"], "a");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+
+    let text = common::config::example("limelight.toml", &[upstream.addr]).replace(
+        "concurrency = 3",
+        "concurrency = 3\nbatch_timeout = \"200ms\"",
+    ) + "\n[routes.upstream_batching]\nmax_wait = \"1s\"\n";
+    let short = common::gate::start(&text).await;
+    let started = Instant::now();
+    let answer = call(short.addr, "short", json!(2), "t").await;
+    let took = started.elapsed();
+    assert_eq!(
+        answer.status,
+        200,
+        "sent in time: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(took < Duration::from_millis(190), "{took:?}");
+    let metrics = common::prom::scrape(short.admin).await;
+    assert_eq!(
+        metrics.value(
+            "batchgate_upstream_batch_flushes_total",
+            &[("route", "limelight"), ("reason", "deadline")]
+        ),
+        1.0
+    );
+}
+
+/// Callers with different credentials never share an array: each array carries one
+/// caller's credentials, and every answer was fetched with its own caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_different_identities_never_share_an_upstream_batch() {
+    let upstream = array_upstream(0).await;
+    let gate = gate(&upstream, "max_items = 100\nmax_wait = \"100ms\"").await;
+    let calls = (0..12).map(|i| {
+        let token = if i % 2 == 0 { "alice" } else { "bob" };
+        async move { (token, call(gate.addr, "whoami", json!(i), token).await) }
+    });
+    for (token, answer) in futures_util::future::join_all(calls).await {
+        assert_eq!(answer.json()["result"]["token"], token);
+    }
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 2, "one array per identity");
+    let mut tokens: Vec<&str> = sent
+        .iter()
+        .filter_map(|r| r.header("x-agile-authorization"))
+        .collect();
+    tokens.sort();
+    assert_eq!(tokens, ["alice", "bob"]);
+}
+
+/// An array whose reply lacks a call's answer fails that call alone: 502 and a JSON-RPC
+/// error saying why, with the caller's id; the others get their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_misses_a_call_fails_only_that_caller() {
+    let upstream = array_upstream(0).await;
+    let gate = gate(&upstream, "max_items = 3\nmax_wait = \"500ms\"").await;
+    let calls = ["keep", "drop", "keep"]
+        .iter()
+        .enumerate()
+        .map(|(i, method)| call(gate.addr, method, json!(i), "t"));
+    let answers = futures_util::future::join_all(calls).await;
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(answers[0].status, 200);
+    assert_eq!(answers[2].status, 200);
+    assert_eq!(answers[1].status, 502);
+    let error = answers[1].json();
+    assert_eq!(error["id"], 1, "{error}");
+    assert_eq!(error["error"]["data"]["reason"], "invalid_reply", "{error}");
+    assert!(
+        error["error"]["data"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no answer for this call")),
+        "{error}"
+    );
+}
