@@ -6,7 +6,7 @@ in it almost nothing; it answers a single call or an array of calls (by id). An 
 offers RATE single calls per second (open loop, over CONNECTIONS keep-alive connections) for
 SECONDS, in three modes, ROUNDS times alternating:
 
-  gathered     conf/examples/upstream-batching.toml (max_wait 2 ms): POST /rpc
+  gathered     conf/examples/upstream-batching.toml (max_wait 2 ms, or MAX_WAIT): POST /rpc
   one by one   the same route without [routes.upstream_batching]
   passthrough  the same calls to a path no route serves: batchgate's plain proxy
   direct       the client straight to the upstream (the latency every mode adds to)
@@ -33,6 +33,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 RATE = int(os.environ.get("RATE", "2000"))
 SECONDS = float(os.environ.get("SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "64"))
+MAX_WAIT = os.environ.get("MAX_WAIT", "2ms")
 UPSTREAM, STATUS, GATE, ADMIN = 18530, 18531, 18540, 18541
 WORK = harness.work_dir()
 
@@ -42,14 +43,17 @@ ngx.req.read_body()
 ngx.sleep(0.001)
 local body = cjson.decode(ngx.req.get_body_data())
 local function answer(call) return {jsonrpc = "2.0", id = call.id, result = call.method} end
-ngx.header["Content-Type"] = "application/json"
+local text
 if body[1] ~= nil then
   local out = {}
   for i, call in ipairs(body) do out[i] = answer(call) end
-  ngx.print(cjson.encode(out))
+  text = cjson.encode(out)
 else
-  ngx.print(cjson.encode(answer(body)))
+  text = cjson.encode(answer(body))
 end
+ngx.header["Content-Type"] = "application/json"
+ngx.header["Content-Length"] = #text
+ngx.print(text)
 """
 
 
@@ -77,6 +81,7 @@ def gate(gathered):
     text = open("conf/examples/upstream-batching.toml").read()
     if not gathered:
         text = text[: text.index("[routes.upstream_batching]")]
+    text = text.replace('max_wait = "2ms"', f'max_wait = "{MAX_WAIT}"')
     config = harness.example_config(WORK, None, GATE, ADMIN, UPSTREAM, "max_in_flight = 4096", text=text)
     return harness.start_gate(BINARY, config, ADMIN)
 
@@ -151,7 +156,7 @@ def main():
     finally:
         harness.stop_nginx(conf)
     print(f"{RATE} single calls/s for {SECONDS:.0f} s over {CONNECTIONS} connections, upstream 1 ms per "
-          f"HTTP request; {ROUNDS} rounds, median (min-max)")
+          f"HTTP request, max_wait {MAX_WAIT}; {ROUNDS} rounds, median (min-max)")
     print(f"{'mode':12} {'upstream req/call':>20} {'p50 ms':>20} {'p99 ms':>20} {'CPU us/call':>20}")
     for mode, rounds in figures.items():
         def shown(key, scale, digits=2):

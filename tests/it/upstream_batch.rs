@@ -189,3 +189,31 @@ async fn a_reply_that_misses_a_call_fails_only_that_caller() {
         "{error}"
     );
 }
+
+/// At most `max_concurrent` arrays of the route are in flight; the others wait their turn,
+/// and every caller is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_arrays_in_flight_stay_within_max_concurrent() {
+    let upstream = array_upstream(150).await;
+    let gate = gate(
+        &upstream,
+        "max_items = 2\nmax_wait = \"0\"\nmax_concurrent = 1",
+    )
+    .await;
+    let calls = (0..6).map(|i| call(gate.addr, "slow", json!(i), "t"));
+    let answers = futures_util::future::join_all(calls).await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            answer.json()["id"],
+            i,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    assert_eq!(upstream.peak(), 1, "one array at a time");
+    assert!(
+        upstream.count() >= 3,
+        "arrays of at most two: {}",
+        upstream.count()
+    );
+}
