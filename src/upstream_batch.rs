@@ -99,7 +99,7 @@ impl Batcher {
         (call, id): (Map<String, Value>, Value),
         request: &SubRequest,
         caller: Caller,
-        until: Instant,
+        (until, mut present): (Instant, tokio::sync::watch::Receiver<()>),
     ) -> Outcome {
         let (answer, answered) = oneshot::channel();
         let now = Instant::now();
@@ -139,11 +139,17 @@ impl Batcher {
         if let Some((gathering, reason)) = full {
             tokio::spawn(self.clone().send(gathering, reason));
         }
-        match tokio::time::timeout_at(until, answered).await {
-            Ok(Ok(outcome)) => outcome,
-            // The sending task ended without answering (it cannot, short of a panic).
-            Ok(Err(_)) => Outcome::failed(FailureKind::Internal, Sent::Maybe),
-            Err(_) => Outcome::failed(FailureKind::Timeout, Sent::Maybe),
+        // The caller's client gone: this call leaves (its receiver dropped, it is not sent
+        // if its gathering has not been yet).
+        let gone = async move { while present.changed().await.is_ok() {} };
+        tokio::select! {
+            answer = tokio::time::timeout_at(until, answered) => match answer {
+                Ok(Ok(outcome)) => outcome,
+                // The sending task ended without answering (it cannot, short of a panic).
+                Ok(Err(_)) => Outcome::failed(FailureKind::Internal, Sent::Maybe),
+                Err(_) => Outcome::failed(FailureKind::Timeout, Sent::Maybe),
+            },
+            () = gone => Outcome::failed(FailureKind::Cancelled, Sent::Maybe),
         }
     }
 

@@ -387,7 +387,7 @@ impl BatchGate {
         request_id: &str,
     ) -> Option<exec::Ran> {
         let client = observer.ticket.client();
-        let (exec_limits, upstream) = self.prepare(route, order, headers, client, None);
+        let (exec_limits, upstream, _present) = self.prepare(route, order, headers, client, None);
         let span = batch_span(route, request_id, items.len());
         let share = exec::Share {
             permits: &self.permits,
@@ -415,7 +415,7 @@ impl BatchGate {
         headers: BatchHeaders,
         client: &ClientId,
         streamed: Option<exec::Unwritten>,
-    ) -> (Limits, Arc<BatchUpstream>) {
+    ) -> (Limits, Arc<BatchUpstream>, Present) {
         let mut exec_limits = self.exec_limits(route, order);
         exec_limits.streamed = streamed;
         // What the upstream sees of the caller besides each item: the forwarded headers.
@@ -456,9 +456,11 @@ impl BatchGate {
                 ),
                 forwarded: forwarded.clone(),
             });
+        let (present, watching) = tokio::sync::watch::channel(());
         let gather = route.batcher.as_ref().map(|batcher| Gather {
             batcher: batcher.clone(),
             key: gather_key(&route.upstream.config.name, &headers.host, &forwarded),
+            present: watching,
         });
         let upstream = Arc::new(BatchUpstream {
             coalesce,
@@ -473,7 +475,7 @@ impl BatchGate {
             hedge_after: route.config.hedge_after,
             deadline: exec_limits.deadline,
         });
-        (exec_limits, upstream)
+        (exec_limits, upstream, Present(present))
     }
 
     /// The executor's limits for one batch of `route`: its deadline starts now. A
@@ -920,7 +922,14 @@ fn marked(mut outcome: Outcome, source: Source) -> Outcome {
 pub struct Gather {
     pub batcher: Arc<Batcher>,
     pub key: crate::upstream_batch::Key,
+    /// Closed when the batch's client is gone (`Present` dropped): a call still waiting to
+    /// be sent leaves its gathering then, though items already sent run to their end.
+    pub present: tokio::sync::watch::Receiver<()>,
 }
+
+/// Held while a batch's client may still read its reply; dropped when the batch is done or
+/// its client went away.
+pub(super) struct Present(#[allow(dead_code)] tokio::sync::watch::Sender<()>);
 
 /// What calls must share to share an upstream batch: the upstream and `Host`, and what the
 /// upstream sees of the caller (the forwarded headers, credentials among them; not
@@ -1022,9 +1031,10 @@ impl BatchUpstream {
             match gathered {
                 Some((gather, parts)) => {
                     let caller = Caller { client, headers };
+                    let waiting = (gather_until, gather.present.clone());
                     let batcher = &gather.batcher;
                     batcher
-                        .call(gather.key, parts, &request, caller, gather_until)
+                        .call(gather.key, parts, &request, caller, waiting)
                         .await
                 }
                 None => client.send(&request, &headers, &call).await,

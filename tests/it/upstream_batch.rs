@@ -217,3 +217,31 @@ async fn upstream_arrays_in_flight_stay_within_max_concurrent() {
         upstream.count()
     );
 }
+
+/// A caller that goes away before its array is sent is left out of it: the upstream sees
+/// only the calls of callers still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_gone_before_the_send_is_left_out() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = array_upstream(0).await;
+    let gate = gate(&upstream, "max_items = 10\nmax_wait = \"400ms\"").await;
+    let body = json!({"jsonrpc": "2.0", "method": "gone", "params": [], "id": 1}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let head = format!(
+        "POST /jsonrpc2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         X-Agile-Authorization: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = call(gate.addr, "stays", json!(2), "t").await;
+    assert_eq!(answer.json()["result"]["method"], "stays");
+    let sent = upstream.requests();
+    let bodies: Vec<&str> = sent.iter().map(|r| r.body_str()).collect();
+    assert_eq!(sent.len(), 1, "{bodies:?}");
+    let array = sent[0].json();
+    assert_eq!(array.as_array().map(Vec::len), Some(1), "{array}");
+    assert_eq!(array[0]["method"], "stays");
+}

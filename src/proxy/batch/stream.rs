@@ -275,7 +275,7 @@ impl BatchGate {
             }
         };
         let client = observer.ticket.client();
-        let (limits, upstream) =
+        let (limits, upstream, _present) =
             self.prepare(route, plan.order, headers, client, Some(unwritten.clone()));
         let span = batch_span(route, request_id, items);
         let share = exec::Share {
