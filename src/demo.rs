@@ -1,8 +1,8 @@
 //! The built-in demo upstream used by `batchgate demo`: a tiny PDS-like API on loopback.
 //!
 //! It answers `POST /v2/file/get` and `POST /v2/file/list` with JSON built from the request
-//! body, single JSON-RPC calls on `POST /jsonrpc` and `/jsonrpc2` (`sum`, `subtract`, `get_data`, `ping`,
-//! `makeDir`, `notify_*`), one accessory at a time on
+//! body, JSON-RPC calls (one, or an array) on `POST /jsonrpc` and `/jsonrpc2` (`sum`,
+//! `subtract`, `get_data`, `ping`, `makeDir`, `notify_*`), one accessory at a time on
 //! `GET /v2/servicerequest/accessorys/{id}/access-url` (id `404` is missing), and
 //! `GET /v2/hello` for pass-through; a body with `"delay_ms": N` (at most 5000) is answered
 //! after that long, to show a slow item (a streamed reply), so a newcomer can see each
@@ -59,24 +59,39 @@ impl ServeHttp for DemoUpstream {
     }
 }
 
-/// One JSON-RPC call, like a backend that cannot do batches: an array is refused.
+/// JSON-RPC calls: one, or an array of them (answered in one array, notifications left out,
+/// as `[routes.upstream_batching]` sends them).
 fn jsonrpc(request: &Value) -> Response<Vec<u8>> {
+    let no_content = || {
+        Response::builder()
+            .status(204)
+            .body(Vec::new())
+            .unwrap_or_default()
+    };
+    match request {
+        Value::Array(calls) if !calls.is_empty() => {
+            let answers: Vec<Value> = calls.iter().filter_map(jsonrpc_call).collect();
+            if answers.is_empty() {
+                return no_content();
+            }
+            json_response(200, &Value::Array(answers))
+        }
+        call => match jsonrpc_call(call) {
+            Some(answer) => json_response(200, &answer),
+            None => no_content(),
+        },
+    }
+}
+
+/// The answer to one call; `None` for a notification (`notify_*`).
+fn jsonrpc_call(request: &Value) -> Option<Value> {
     let id = request.get("id").cloned().unwrap_or(Value::Null);
     let params = request.get("params").cloned().unwrap_or(Value::Null);
     let number = |i: usize| params.get(i).and_then(Value::as_i64).unwrap_or(0);
+    let error = |code: i64, message: &str, id: Value| json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id});
     let result = match request.get("method").and_then(Value::as_str) {
-        _ if !request.is_object() => {
-            return json_response(
-                200,
-                &json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request (this demo API answers one call at a time)"}, "id": null}),
-            );
-        }
-        Some(method) if method.starts_with("notify_") => {
-            return Response::builder()
-                .status(204)
-                .body(Vec::new())
-                .unwrap_or_default();
-        }
+        _ if !request.is_object() => return Some(error(-32600, "Invalid Request", Value::Null)),
+        Some(method) if method.starts_with("notify_") => return None,
         Some("sum") => json!(params
             .as_array()
             .map_or(0, |a| a.iter().filter_map(Value::as_i64).sum::<i64>())),
@@ -90,14 +105,9 @@ fn jsonrpc(request: &Value) -> Response<Vec<u8>> {
             Some(path) if path.trim_start_matches('/').contains('/') => json!(-3),
             _ => json!(0),
         },
-        _ => {
-            return json_response(
-                200,
-                &json!({"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": id}),
-            );
-        }
+        _ => return Some(error(-32601, "Method not found", id)),
     };
-    json_response(200, &json!({"jsonrpc": "2.0", "result": result, "id": id}))
+    Some(json!({"jsonrpc": "2.0", "result": result, "id": id}))
 }
 
 fn json_response(status: u16, value: &Value) -> Response<Vec<u8>> {

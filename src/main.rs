@@ -232,6 +232,12 @@ fn route_lines(config: &Config, out: &mut String) {
             route.limits.max_items,
             route.limits.concurrency
         ));
+        if let Some(batching) = &route.upstream_batching {
+            out.push_str(&format!(
+                "         upstream batching: up to {} calls per array, max_wait {:?}\n",
+                batching.max_items, batching.max_wait
+            ));
+        }
         if let Some(limit) = &route.rate_limit {
             let store = match limit.store {
                 batchgate::config::rate_limit::StoreKind::Local => "local",

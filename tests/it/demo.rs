@@ -94,3 +94,47 @@ async fn the_demo_answers_every_example_it_prints() {
         reply.body_str()
     );
 }
+
+/// `batchgate demo -c conf/examples/upstream-batching.toml`: the demo upstream takes the
+/// arrays the example gathers, and a single call and a client's own array come back answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_the_upstream_batching_example() {
+    let (listen, admin, upstream) = (free_port(), free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("batchgate-demo-ub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/examples/upstream-batching.toml"
+    ))
+    .expect("the example")
+    .replace("0.0.0.0:8080", &format!("127.0.0.1:{listen}"))
+    .replace("127.0.0.1:9091", &format!("127.0.0.1:{admin}"))
+    .replace("127.0.0.1:9000", &format!("127.0.0.1:{upstream}"));
+    let path = dir.join("batchgate.toml");
+    std::fs::write(&path, config).expect("config");
+    let child = Command::new(common::gate::bin())
+        .args(["demo", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let _demo = Demo { child, dir };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    common::eventually_async(Duration::from_secs(20), "the demo accepts", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let single = r#"{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":7}"#;
+    let reply = common::client::post_json(addr, "/rpc", single).await;
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"jsonrpc": "2.0", "result": 3, "id": 7})
+    );
+    let array = r#"[{"jsonrpc":"2.0","method":"subtract","params":[5,1],"id":1},{"jsonrpc":"2.0","method":"get_data","id":"b"}]"#;
+    let reply = common::client::post_json(addr, "/rpc", array).await;
+    let json = reply.json();
+    assert_eq!(json[0]["result"], 4, "{json}");
+    assert_eq!(json[1]["id"], "b", "{json}");
+}
