@@ -147,6 +147,10 @@ impl Limiter {
         cost: u64,
     ) -> Charge {
         let policy = Policy::new(config, 1.0);
+        if cost == 0 {
+            // Every item refused by the dialect: nothing is sent, nothing to charge.
+            return Charge::Allowed(None);
+        }
         if cost > policy.burst {
             return Charge::TooLarge {
                 cost,

@@ -334,6 +334,7 @@ dialect = "envelope"
         assert_eq!(limit.store, rate_limit::StoreKind::Local);
         for (extra, key) in [
             ("items_per_second = -1", "rate_limit.items_per_second"),
+            ("items_per_second = 0.0001", "rate_limit.items_per_second"),
             (
                 "items_per_second = 1\nstore = \"redis\"",
                 "rate_limit.store",

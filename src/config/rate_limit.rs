@@ -68,6 +68,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "batchgate:";
 /// Far past any real limit, and small enough that a burst in microseconds fits in what
 /// Redis's Lua numbers hold exactly.
 const MAX_RATE: f64 = 1e6;
+/// One item per 1,000 s: slower rates would put a client's bucket times past what Redis's
+/// Lua numbers hold exactly.
+const MIN_RATE: f64 = 0.001;
 const MAX_BURST: i64 = 1_000_000;
 const MAX_WEIGHT: i64 = 1_000_000;
 
@@ -140,11 +143,11 @@ pub(super) fn rate_limit_config(
     let limit: &RateLimitSection = section.rate_limit.as_ref()?;
     let at = |key: &'static str| ["routes", i, "rate_limit", key];
     let items_per_second = match limit.items_per_second {
-        Some(rate) if rate > 0.0 && rate <= MAX_RATE => rate,
+        Some(rate) if (MIN_RATE..=MAX_RATE).contains(&rate) => rate,
         Some(rate) => {
             problems.push(
                 &at("items_per_second"),
-                format!("{rate} is not allowed (above 0, at most {MAX_RATE})"),
+                format!("{rate} is not allowed (at least {MIN_RATE}, at most {MAX_RATE})"),
             );
             1.0
         }

@@ -57,7 +57,7 @@ const METHOD_NOT_FOUND: (i64, &str) = (-32601, "Method not found");
 /// `UpstreamError`'s -32000..-32006).
 const OVERLOADED: (i64, &str) = (-32007, "Server overloaded");
 const CLIENT_LIMIT: (i64, &str) = (-32008, "Too many requests from this client");
-const RATE_LIMITED: (i64, &str) = (-32005, "Rate limit exceeded");
+const RATE_LIMITED: (i64, &str) = (-32009, "Rate limit exceeded");
 
 /// The members of a request object we look at; `id` keeps "absent" apart from `null`.
 #[derive(Deserialize)]

@@ -861,7 +861,9 @@ impl Upstream for BatchUpstream {
                     (Some(cache), Some(key)) if cache.keys.same_as(&scope.keys) => key,
                     _ => scope.keys.key(&request),
                 };
-                let send = || self.send_detached(&request, until);
+                // The flight outlives this item's batch: a gathered call inside it must not
+                // leave with this batch's client, only when every waiter has.
+                let send = || self.send_detached(&request, until, Presence::Flight);
                 let across_callers = scope.keys.config.public;
                 scope.coalescer.send(key, across_callers, until, send).await
             }
@@ -925,6 +927,15 @@ pub struct Gather {
     /// Closed when the batch's client is gone (`Present` dropped): a call still waiting to
     /// be sent leaves its gathering then, though items already sent run to their end.
     pub present: tokio::sync::watch::Receiver<()>,
+}
+
+/// Whose going away makes a gathered call leave before it is sent.
+#[derive(Clone, Copy)]
+enum Presence {
+    /// The batch's client (`Present`).
+    Batch,
+    /// Nobody's: the call runs inside a coalesced flight, dropped when its waiters are gone.
+    Flight,
 }
 
 /// Held while a batch's client may still read its reply; dropped when the batch is done or
@@ -1004,7 +1015,7 @@ impl BatchUpstream {
     /// One item sent upstream.
     async fn send_one(&self, request: &SubRequest, until: Instant) -> Outcome {
         if self.gather.is_some() {
-            return self.send_detached(request, until).await;
+            return self.send_detached(request, until, Presence::Batch).await;
         }
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
         let call = self.call(request, until);
@@ -1017,6 +1028,7 @@ impl BatchUpstream {
         &self,
         request: &SubRequest,
         until: Instant,
+        presence: Presence,
     ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
         let call = self.call(request, until);
         let (client, headers) = (self.client.clone(), self.headers.clone());
@@ -1025,13 +1037,20 @@ impl BatchUpstream {
         // A gathered call waits for company within what is left of both its own and its
         // batch's deadline.
         let gather_until = until.min(self.deadline);
+        // For a coalesced flight: a watch that closes only with this future.
+        let (kept, own) = tokio::sync::watch::channel(());
+        let present = match (presence, &gather) {
+            (Presence::Batch, Some(gather)) => gather.present.clone(),
+            _ => own,
+        };
         async move {
+            let _kept = kept;
             let _in_flight = in_flight.as_ref().map(InFlight::enter);
             let gathered = gather.zip(Batcher::gatherable(&request));
             match gathered {
                 Some((gather, parts)) => {
                     let caller = Caller { client, headers };
-                    let waiting = (gather_until, gather.present.clone());
+                    let waiting = (gather_until, present);
                     let batcher = &gather.batcher;
                     batcher
                         .call(gather.key, parts, &request, caller, waiting)

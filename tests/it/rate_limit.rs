@@ -168,6 +168,37 @@ async fn leased_items_keep_the_shared_limit_with_fewer_calls_to_redis() {
     );
 }
 
+/// A batch whose every item the dialect refuses costs nothing: it is answered with its item
+/// errors, not refused by the limit, also on a shared (Redis) limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_refused_items_costs_nothing() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let upstream = Upstream::echo().await;
+    let store = format!("redis_url = \"{}\"", redis.url());
+    let limit = "items_per_second = 0.01\nburst = 1\nstore = \"redis\"";
+    let gate = limited_gate(&upstream, limit, &store).await;
+    let refused = batch(vec![item("x", "GET", "//evil.example/x")]);
+    for _ in 0..3 {
+        let resp = client::request(
+            gate.addr,
+            "POST",
+            BATCH_PATH,
+            &[("Content-Type", "application/json"), ("X-Client", "z")],
+            refused.as_bytes(),
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    }
+    assert_eq!(
+        send(gate.addr, BATCH_PATH, 1, "z").await.status,
+        200,
+        "the burst is untouched"
+    );
+    assert_eq!(upstream.count(), 1);
+}
+
 /// Redis killed: a `fail_closed` route answers 503, a `local` one counts in the process
 /// against its fraction; the degraded gauge and the error counter say so; Redis back, both
 /// recover without a restart.
@@ -328,7 +359,7 @@ async fn redis_started_after_batchgate_is_used_once_it_answers() {
 }
 
 /// A JSON-RPC route weighs calls by method (`weights`), and refuses in JSON-RPC's own
-/// format: error -32005 with HTTP 429.
+/// format: error -32009 with HTTP 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonrpc_calls_are_weighed_by_method_and_refused_in_json_rpc() {
     let upstream = Upstream::echo().await;
@@ -352,6 +383,6 @@ async fn jsonrpc_calls_are_weighed_by_method_and_refused_in_json_rpc() {
     } else {
         &reply["error"]
     };
-    assert_eq!(error["code"], -32005, "{reply}");
+    assert_eq!(error["code"], -32009, "{reply}");
     assert_eq!(upstream.count(), 2);
 }

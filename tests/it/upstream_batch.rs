@@ -245,3 +245,43 @@ async fn a_caller_gone_before_the_send_is_left_out() {
     assert_eq!(array.as_array().map(Vec::len), Some(1), "{array}");
     assert_eq!(array[0]["method"], "stays");
 }
+
+/// Coalescing and gathering together: a call whose client leaves while another client waits
+/// for the same call (a coalesced follower) is still sent, and the follower gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_call_is_not_dropped_with_its_first_caller() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = array_upstream(0).await;
+    let text = common::config::example("limelight.toml", &[upstream.addr])
+        + "\n[routes.coalesce]\nmethods = [\"same\"]\n\
+           \n[routes.upstream_batching]\nmax_wait = \"300ms\"\n";
+    let gate = common::gate::start(&text).await;
+    let body = json!({"jsonrpc": "2.0", "method": "same", "params": ["same"], "id": 1}).to_string();
+    let mut first = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let head = format!(
+        "POST /jsonrpc2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         X-Agile-Authorization: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    first.write_all(head.as_bytes()).await.unwrap();
+    let follower = tokio::spawn({
+        let addr = gate.addr;
+        async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            call(addr, "same", json!(2), "t").await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    drop(first);
+    let answer = follower.await.unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let reply = answer.json();
+    assert_eq!(reply["id"], 2, "{reply}");
+    assert_eq!(reply["result"]["method"], "same", "{reply}");
+    assert_eq!(upstream.count(), 1, "one array, one call in it");
+}
