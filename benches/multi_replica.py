@@ -6,7 +6,7 @@ answer from batchgate, nginx's 502 for batches that were on the killed replica, 
 at all), and the items admitted per client against the quota, as a whole and per phase.
 
 Usage: python3 benches/multi_replica.py [BINARY] (default target/release/batchgate); as root
-for namespaces. Needs nginx and redis-server (Debian packages). Runs about 40 s.
+for namespaces; LEASE=N runs the replicas with `lease = N`. Needs nginx and redis-server (Debian packages). Runs about 40 s.
 """
 
 import http.client
@@ -30,6 +30,7 @@ CLIENTS = 4  # distinct X-Api-Key values
 ITEMS = 10  # items per batch
 OFFERED = 2.0  # each client offers OFFERED x RATE items per second
 KILL_AT, DRAIN_AT, RELOAD_AT, END_AT = 8.0, 16.0, 24.0, 32.0
+LEASE = os.environ.get("LEASE")  # items per lease (`lease`), none: every batch asks Redis
 
 
 def namespaces_allowed():
@@ -82,7 +83,7 @@ class Replica:
         text = text.replace('listen = "127.0.0.1:9091"', f'listen = "{self.addr}:{self.admin}"')
         text = text.replace('addresses = ["127.0.0.1:9000"]', f'addresses = ["{self.host}:{UPSTREAM}"]')
         text = text.replace("items_per_second = 200", f"items_per_second = {RATE}")
-        text = text.replace("burst = 400", f"burst = {BURST}")
+        text = text.replace("burst = 400", f"burst = {BURST}" + (f"\nlease = {LEASE}" if LEASE else ""))
         text = text.replace('"redis://127.0.0.1:6379/0"', f'"redis://{self.host}:{REDIS}/0"')
         path = os.path.join(self.work, "gate.toml")
         open(path, "w").write(text)
@@ -207,7 +208,7 @@ server {{ listen {UPSTREAM} reuseport;
 
 
 def report(results, isolated):
-    print(f"\nreplicas in {'network namespaces' if isolated else 'loopback ports'}; "
+    print(f"\nreplicas in {'network namespaces' if isolated else 'loopback ports'}; lease {LEASE or 'none'}; "
           f"{CLIENTS} clients each offering {OFFERED * RATE:.0f} items/s in batches of {ITEMS}; "
           f"quota {RATE} items/s per client, burst {BURST}")
     statuses = {}

@@ -285,3 +285,31 @@ async fn a_coalesced_call_is_not_dropped_with_its_first_caller() {
     assert_eq!(reply["result"]["method"], "same", "{reply}");
     assert_eq!(upstream.count(), 1, "one array, one call in it");
 }
+
+/// `max_bytes` sends an array before `max_items` or `max_wait` when its calls are large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_calls_send_an_array_at_max_bytes() {
+    let upstream = array_upstream(0).await;
+    let gate = gate(
+        &upstream,
+        "max_items = 100\nmax_bytes = 2048\nmax_wait = \"500ms\"",
+    )
+    .await;
+    let large = "x".repeat(900);
+    let started = Instant::now();
+    let calls = (0..3).map(|i| call(gate.addr, &large, json!(i), "t"));
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    let metrics = common::prom::scrape(gate.admin).await;
+    assert_eq!(
+        metrics.value(
+            "batchgate_upstream_batch_flushes_total",
+            &[("route", "limelight"), ("reason", "bytes")]
+        ),
+        1.0,
+        "three calls of ~1 KB pass 2 KiB"
+    );
+    let first = upstream.requests()[0].json();
+    assert!(first.as_array().is_some_and(|a| a.len() >= 2), "{first}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
