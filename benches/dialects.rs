@@ -89,6 +89,7 @@ fn bench_dialect<D: Dialect>(
         let body = body(n);
         let query = query(n);
         let request = BatchRequest {
+            path: "/",
             authority: None,
             method: &Method::POST,
             query: query.as_deref(),
@@ -175,7 +176,7 @@ fn dialects(c: &mut Criterion) {
                 );
             }
             // Not in conf/batchgate.toml; benched from conf/examples below.
-            DialectConfig::Multipart(_) | DialectConfig::Meta(_) => {}
+            DialectConfig::Multipart(_) | DialectConfig::Meta(_) | DialectConfig::Single(_) => {}
         }
     }
     multipart(c);
@@ -230,6 +231,7 @@ fn meta(c: &mut Criterion) {
     for (name, references) in [("plain", 0), ("references", 10)] {
         let body = batch(references);
         let request = BatchRequest {
+            path: "/",
             authority: None,
             method: &Method::POST,
             query: None,

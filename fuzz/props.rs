@@ -109,6 +109,7 @@ fn dialects() -> &'static Dialects {
                 RouteDialect::Fanout(d) => fanout = Some(d),
                 RouteDialect::Multipart(d) => multipart = Some(d),
                 RouteDialect::Meta(d) => meta = Some(d),
+                RouteDialect::Single(_) => {}
             }
         }
         Dialects {
@@ -229,6 +230,7 @@ fn request<'a>(
     method: &'a Method,
 ) -> BatchRequest<'a> {
     BatchRequest {
+        path: "/",
         // An item url on this origin is taken as its path: the fuzzer may find that too.
         authority: Some("gate.test"),
         method,
@@ -833,6 +835,169 @@ fn sendable(planned: &Planned) -> Option<SubRequest> {
                 body: Bytes::from_static(HOSTILE_ANSWER.as_bytes()),
             });
             template.finish(&|_| Some(&answer)).ok()
+        }
+    }
+}
+
+/// Upstream batching's reading of the upstream's replies and its id-list calls (the first
+/// byte picks the shape and how many calls, the rest is the reply): one outcome per call,
+/// never another caller's answer (a JSON-RPC answer carries exactly its caller's id, an id-list
+/// answer is the entry naming the caller's id or `missing_status`), every failure a 502 kind,
+/// and the id-list call asks each caller's id once and no other id.
+pub fn upstream_batch(data: &[u8]) {
+    use batchgate::config::upstream_batch::IdListConfig;
+    use batchgate::upstream_batch::{array, id_list_request, split, split_ids, Call};
+    let Some((&control, reply)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(control >> 4) % 8 + 1;
+    let status = if control & 0x08 == 0 { 200 } else { 500 };
+    let outcome = || {
+        Outcome::Response(UpstreamResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::copy_from_slice(reply),
+        })
+    };
+    let check_failure = |outcome: &Outcome| {
+        if let Some(failure) = outcome.failure() {
+            assert_eq!(failure.kind, FailureKind::UpstreamBatch, "{failure:?}");
+        }
+    };
+    if control & 0x01 == 0 {
+        let ids = [
+            serde_json::json!(1),
+            serde_json::json!("1"),
+            serde_json::from_str("1.000000000000000000001").expect("a number"),
+            serde_json::json!(null),
+            serde_json::json!("b"),
+            serde_json::json!(-7),
+            serde_json::json!(""),
+            serde_json::json!(0),
+        ];
+        let calls: Vec<Call> = (0..n)
+            .map(|i| Call::Rpc {
+                call: serde_json::json!({"jsonrpc": "2.0", "method": "m"})
+                    .as_object()
+                    .cloned()
+                    .expect("an object"),
+                id: ids[i].clone(),
+            })
+            .collect();
+        let sent: Vec<serde_json::Value> =
+            serde_json::from_slice(&array(&calls)).expect("the array is JSON");
+        assert_eq!(sent.len(), n);
+        for (position, call) in sent.iter().enumerate() {
+            assert_eq!(call["id"], serde_json::json!(position), "positions as ids");
+        }
+        let outcomes = split(outcome(), &calls);
+        assert_eq!(outcomes.len(), n);
+        for (outcome, id) in outcomes.iter().zip(&ids) {
+            check_failure(outcome);
+            if let Outcome::Response(response) = outcome {
+                assert!((200..300).contains(&response.status));
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&response.body).expect("an answer is JSON");
+                assert_eq!(
+                    answer["id"].to_string(),
+                    id.to_string(),
+                    "the caller's own id"
+                );
+            }
+        }
+        return;
+    }
+    let list = IdListConfig {
+        method: if control & 0x02 == 0 {
+            Method::GET
+        } else {
+            Method::POST
+        },
+        path: "/items".into(),
+        ids: "ids".into(),
+        list_field: if control & 0x04 == 0 {
+            String::new()
+        } else {
+            "items".into()
+        },
+        id_field: "id".into(),
+        answer: if control & 0x10 == 0 {
+            Default::default()
+        } else {
+            [("v".to_string(), "/v".to_string())].into()
+        },
+        missing_status: 404,
+    };
+    let asked = ["1", "a", "1", "b-2", "x.y", "~", "10", "a"];
+    let calls: Vec<Call> = asked[..n]
+        .iter()
+        .map(|id| Call::Id(id.to_string()))
+        .collect();
+    let single = SubRequest {
+        method: Method::GET,
+        path: "/items/1?ids=9&g=1".into(),
+        headers: Vec::new(),
+        body: None,
+    };
+    let request = id_list_request(&list, &single, &calls);
+    let sent_ids: Vec<String> = if list.method == Method::GET {
+        let query = request.path.split_once('?').expect("a query").1;
+        form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "ids")
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    } else {
+        let body: serde_json::Value =
+            serde_json::from_slice(request.body.as_deref().expect("a body")).expect("JSON");
+        serde_json::from_value(body["ids"].clone()).expect("a list of ids")
+    };
+    let mut unique: Vec<String> = Vec::new();
+    for id in &asked[..n] {
+        if !unique.iter().any(|u| u == id) {
+            unique.push(id.to_string());
+        }
+    }
+    assert_eq!(sent_ids, unique, "each asked id once, and no other");
+    let outcomes = split_ids(&list, outcome(), &calls);
+    assert_eq!(outcomes.len(), n);
+    let reply: Option<serde_json::Value> = serde_json::from_slice(reply).ok();
+    for (outcome, id) in outcomes.iter().zip(&asked) {
+        check_failure(outcome);
+        let Outcome::Response(response) = outcome else {
+            continue;
+        };
+        let answer: serde_json::Value =
+            serde_json::from_slice(&response.body).expect("an answer is JSON");
+        if response.status == 404 && answer["code"] == "NotFound" {
+            continue;
+        }
+        assert!((200..300).contains(&response.status));
+        let entries = reply
+            .as_ref()
+            .and_then(|r| {
+                if list.list_field.is_empty() {
+                    r.as_array()
+                } else {
+                    r.get("items").and_then(|v| v.as_array())
+                }
+            })
+            .expect("answered from a list");
+        let named = |e: &&serde_json::Value| match &e["id"] {
+            serde_json::Value::String(s) => s == id,
+            serde_json::Value::Number(n) => n.to_string() == *id,
+            _ => false,
+        };
+        let entry = entries
+            .iter()
+            .find(named)
+            .expect("an entry with the caller's id");
+        if list.answer.is_empty() {
+            assert_eq!(&answer, entry);
+        } else {
+            assert_eq!(
+                answer,
+                serde_json::json!({"v": entry.pointer("/v").cloned().unwrap_or_default()})
+            );
         }
     }
 }

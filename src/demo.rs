@@ -3,7 +3,8 @@
 //! It answers `POST /v2/file/get` and `POST /v2/file/list` with JSON built from the request
 //! body, JSON-RPC calls (one, or an array) on `POST /jsonrpc` and `/jsonrpc2` (`sum`,
 //! `subtract`, `get_data`, `ping`, `makeDir`, `notify_*`), one accessory at a time on
-//! `GET /v2/servicerequest/accessorys/{id}/access-url` (id `404` is missing), and
+//! `GET /v2/servicerequest/accessorys/{id}/access-url` or a list of them on
+//! `GET /v2/servicerequest/accessorys/access-urls` (id `404` is missing), and
 //! `GET /v2/hello` for pass-through; a body with `"delay_ms": N` (at most 5000) is answered
 //! after that long, to show a slow item (a streamed reply), so a newcomer can see each
 //! dialect answered without any real API. It is a pingora `ServeHttp` app running as one more
@@ -51,6 +52,7 @@ impl ServeHttp for DemoUpstream {
             ("POST", "/v2/file/list") => file_list(&request),
             ("POST", "/jsonrpc" | "/jsonrpc2") => jsonrpc(&request),
             ("GET", "/v2/hello") => json_response(200, &json!({"hello": "from the demo upstream"})),
+            ("GET", "/v2/servicerequest/accessorys/access-urls") => access_urls(header.uri.query()),
             _ => json_response(
                 404,
                 &json!({"code": "NotFound", "message": format!("the demo upstream has no {} {}", header.method, header.uri.path())}),
@@ -135,6 +137,26 @@ fn access_url(query: Option<&str>, id: &str) -> Response<Vec<u8>> {
             &json!({"url": format!("https://files.demo.invalid/{group}/{id}")}),
         ),
     }
+}
+
+/// Huawei's id-list call, as `[routes.id_list]` sends it:
+/// `?group_id=G&accessory_ids=1&accessory_ids=2` answers every id but `404`.
+fn access_urls(query: Option<&str>) -> Response<Vec<u8>> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let group = pairs
+        .iter()
+        .find(|(k, _)| k == "group_id")
+        .map_or("", |(_, v)| v.as_str());
+    let urls: Vec<Value> = pairs
+        .iter()
+        .filter(|(k, id)| k == "accessory_ids" && id != "404")
+        .map(|(_, id)| {
+            json!({"accessory_url": format!("https://files.demo.invalid/{group}/{id}"), "accessory_id": id})
+        })
+        .collect();
+    json_response(200, &json!({ "accessory_urls": urls }))
 }
 
 /// PDS `POST /v2/file/get`: the file the request names (a fixed one by default).

@@ -196,7 +196,8 @@ impl ProxyHttp for BatchGate {
         // answers the first and closes the connection, dropping the rest.
         session.downstream_session.set_pipelining_enabled(true);
         let live = self.live(ctx);
-        let route = live.routes.get(session.req_header().uri.path()).cloned();
+        let header = session.req_header();
+        let route = live.route_for(&header.method, header.uri.path());
         if let Some(route) = route {
             self.serve_route(session, route, ctx).await?;
             return Ok(true);

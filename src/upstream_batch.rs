@@ -15,7 +15,7 @@
 use crate::item::{Failure, FailureKind, Outcome, Sent, SubRequest, UpstreamResponse};
 use crate::metrics::RouteMetrics;
 pub use crate::metrics::UpstreamFlush as Flush;
-use crate::upstream::{BatchHeaders, Call, UpstreamClient};
+use crate::upstream::{BatchHeaders, Call as Attempt, UpstreamClient};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use serde_json::value::RawValue;
@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 
 pub use crate::config::upstream_batch::UpstreamBatchConfig;
+use crate::config::upstream_batch::{IdListConfig, SingleConfig};
 
 /// What calls must share to share an upstream request.
 pub type Key = [u8; 32];
@@ -33,6 +34,7 @@ pub type Key = [u8; 32];
 /// One route's gatherings.
 pub struct Batcher {
     config: Arc<UpstreamBatchConfig>,
+    shape: Shape,
     gathering: Mutex<HashMap<Key, Gathering>>,
     /// Upstream batches of the route in flight.
     slots: Arc<Semaphore>,
@@ -57,13 +59,47 @@ struct Route {
     request: SubRequest,
 }
 
+/// One gathered call.
+pub enum Call {
+    /// A JSON-RPC call as the client sent it, without its `id` (kept beside it).
+    Rpc { call: Map<String, Value>, id: Value },
+    /// The id a single-id call asks for.
+    Id(String),
+}
+
+/// A call the batcher gathers, and what besides the batch's key its gathering must share
+/// (a single-id call's other query parameters).
+pub struct Gatherable {
+    call: Call,
+    key: Option<String>,
+}
+
+/// What the gathered calls become upstream.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// One JSON-RPC array.
+    JsonRpc,
+    /// One id-list call (`[routes.id_list]`).
+    IdList(Arc<IdListConfig>, Arc<SingleConfig>),
+}
+
 struct Waiting {
-    /// The call as the client sent it (an object with an `id`).
-    call: Map<String, Value>,
-    id: Value,
+    call: Call,
     arrived: Instant,
     until: Instant,
     answer: oneshot::Sender<Outcome>,
+}
+
+impl AsRef<Call> for Waiting {
+    fn as_ref(&self) -> &Call {
+        &self.call
+    }
+}
+
+impl AsRef<Call> for Call {
+    fn as_ref(&self) -> &Call {
+        self
+    }
 }
 
 /// The caller's side of a call: the upstream and headers its batch would use.
@@ -73,8 +109,13 @@ pub struct Caller {
 }
 
 impl Batcher {
-    pub fn new(config: Arc<UpstreamBatchConfig>, metrics: Option<Arc<RouteMetrics>>) -> Batcher {
+    pub fn new(
+        config: Arc<UpstreamBatchConfig>,
+        shape: Shape,
+        metrics: Option<Arc<RouteMetrics>>,
+    ) -> Batcher {
         Batcher {
+            shape,
             slots: Arc::new(Semaphore::new(config.max_concurrent)),
             config,
             gathering: Mutex::new(HashMap::new()),
@@ -83,12 +124,31 @@ impl Batcher {
         }
     }
 
-    /// Whether a call is gathered: one that expects an answer (a notification has nothing to
-    /// match back, and goes alone). `None` otherwise.
-    pub fn gatherable(request: &SubRequest) -> Option<(Map<String, Value>, Value)> {
-        let mut call: Map<String, Value> = serde_json::from_slice(request.body.as_deref()?).ok()?;
-        let id = call.remove("id")?;
-        Some((call, id))
+    /// Whether a call is gathered: a JSON-RPC call that expects an answer (a notification
+    /// has nothing to match back, and goes alone), or a single-id call. `None` otherwise.
+    pub fn gatherable(&self, request: &SubRequest) -> Option<Gatherable> {
+        match &self.shape {
+            Shape::JsonRpc => {
+                let body = request.body.as_deref()?;
+                let mut call: Map<String, Value> = serde_json::from_slice(body).ok()?;
+                let id = call.remove("id")?;
+                Some(Gatherable {
+                    call: Call::Rpc { call, id },
+                    key: None,
+                })
+            }
+            Shape::IdList(_, single) => {
+                let (path, query) = request
+                    .path
+                    .split_once('?')
+                    .unwrap_or((request.path.as_str(), ""));
+                let id = single.id_of(path)?.to_string();
+                Some(Gatherable {
+                    call: Call::Id(id),
+                    key: Some(query.to_string()),
+                })
+            }
+        }
     }
 
     /// The answer to one call, sent upstream with the calls gathered with it; waited for
@@ -96,12 +156,16 @@ impl Batcher {
     pub async fn call(
         self: &Arc<Self>,
         key: Key,
-        (call, id): (Map<String, Value>, Value),
+        gatherable: Gatherable,
         request: &SubRequest,
         caller: Caller,
         (until, mut present): (Instant, tokio::sync::watch::Receiver<()>),
     ) -> Outcome {
         let (answer, answered) = oneshot::channel();
+        let key = match &gatherable.key {
+            Some(part) => mixed(key, part),
+            None => key,
+        };
         let now = Instant::now();
         let size = request.body.as_ref().map_or(0, Bytes::len);
         let full = {
@@ -117,8 +181,7 @@ impl Batcher {
                 },
             });
             open.calls.push(Waiting {
-                call,
-                id,
+                call: gatherable.call,
                 arrived: now,
                 until,
                 answer,
@@ -199,18 +262,27 @@ impl Batcher {
         }
         let route = gathering.route;
         let until = calls.iter().map(|w| w.until).min().unwrap_or(sent_at);
-        let mut request = route.request;
-        request.body = Some(Bytes::from(array(&calls)));
+        let request = match &self.shape {
+            Shape::JsonRpc => {
+                let mut request = route.request;
+                request.body = Some(Bytes::from(array(&calls)));
+                request
+            }
+            Shape::IdList(list, _) => id_list_request(list, &route.request, &calls),
+        };
         let mut headers = route.headers;
         headers.max_response_bytes = headers.max_response_bytes.saturating_mul(calls.len());
-        let call = Call {
+        let call = Attempt {
             repeatable: false,
             hedge_after: None,
             deadline: until,
             until,
         };
         let outcome = route.client.send(&request, &headers, &call).await;
-        let outcomes = split(outcome, &calls);
+        let outcomes = match &self.shape {
+            Shape::JsonRpc => split(outcome, &calls),
+            Shape::IdList(list, _) => split_ids(list, outcome, &calls),
+        };
         for (waiting, outcome) in calls.into_iter().zip(outcomes) {
             let _ = waiting.answer.send(outcome);
         }
@@ -218,14 +290,17 @@ impl Batcher {
 }
 
 /// The calls as one JSON-RPC array, each with its position as its id.
-fn array(calls: &[Waiting]) -> Vec<u8> {
+pub fn array<C: AsRef<Call>>(calls: &[C]) -> Vec<u8> {
     let mut out = Vec::with_capacity(calls.len() * 64 + 2);
     out.push(b'[');
     for (position, waiting) in calls.iter().enumerate() {
         if position > 0 {
             out.push(b',');
         }
-        let mut call = waiting.call.clone();
+        let Call::Rpc { call, .. } = waiting.as_ref() else {
+            continue;
+        };
+        let mut call = call.clone();
         call.insert("id".to_string(), Value::from(position));
         // A map of JSON values always serializes.
         let _ = serde_json::to_writer(&mut out, &call);
@@ -235,7 +310,7 @@ fn array(calls: &[Waiting]) -> Vec<u8> {
 }
 
 /// Each call's outcome from the upstream's answer to the array.
-fn split(outcome: Outcome, calls: &[Waiting]) -> Vec<Outcome> {
+pub fn split<C: AsRef<Call>>(outcome: Outcome, calls: &[C]) -> Vec<Outcome> {
     let failed = |reason: String| {
         let failure = Failure::new(FailureKind::UpstreamBatch, Sent::All).with_detail(reason);
         vec![Outcome::Failed(failure); calls.len()]
@@ -270,7 +345,10 @@ fn split(outcome: Outcome, calls: &[Waiting]) -> Vec<Outcome> {
         if answers[position].is_some() {
             continue;
         }
-        answer.insert("id".to_string(), calls[position].id.clone());
+        let Call::Rpc { id, .. } = calls[position].as_ref() else {
+            continue;
+        };
+        answer.insert("id".to_string(), id.clone());
         answers[position] = serde_json::to_vec(&answer).ok().map(Bytes::from);
     }
     let content_type = response.headers.get(CONTENT_TYPE).cloned();
@@ -292,6 +370,160 @@ fn split(outcome: Outcome, calls: &[Waiting]) -> Vec<Outcome> {
                 Failure::new(FailureKind::UpstreamBatch, Sent::All)
                     .with_detail("the upstream's answer to the batch has no answer for this call"),
             ),
+        })
+        .collect()
+}
+
+/// `key` narrowed by what else a gathering must share.
+fn mixed(key: Key, part: &str) -> Key {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(&key);
+    context.update(part.as_bytes());
+    let mut mixed = [0; 32];
+    mixed.copy_from_slice(context.finish().as_ref());
+    mixed
+}
+
+/// The id-list call for these calls: each id once, in the order first asked; the single
+/// calls' other query parameters (the same for all: they are part of the key) kept, except
+/// any named like the ids parameter (the ids asked are the callers' path ids, nothing else).
+pub fn id_list_request<C: AsRef<Call>>(
+    list: &IdListConfig,
+    single: &SubRequest,
+    calls: &[C],
+) -> SubRequest {
+    let mut ids: Vec<&str> = Vec::with_capacity(calls.len());
+    for waiting in calls {
+        if let Call::Id(id) = waiting.as_ref() {
+            if !ids.contains(&id.as_str()) {
+                ids.push(id);
+            }
+        }
+    }
+    let query = single.path.split_once('?').map_or("", |(_, q)| q);
+    let query = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            !pair.is_empty()
+                && form_urlencoded::parse(name.as_bytes())
+                    .next()
+                    .is_none_or(|(name, _)| name != list.ids.as_str())
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut path = list.path.clone();
+    if list.method == http::Method::GET {
+        let mut pairs = form_urlencoded::Serializer::new(String::new());
+        for id in &ids {
+            pairs.append_pair(&list.ids, id);
+        }
+        let pairs = pairs.finish();
+        path.push('?');
+        if !query.is_empty() {
+            path.push_str(&query);
+            path.push('&');
+        }
+        path.push_str(&pairs);
+        return SubRequest {
+            method: http::Method::GET,
+            path,
+            headers: Vec::new(),
+            body: None,
+        };
+    }
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query);
+    }
+    let body = serde_json::json!({ list.ids.as_str(): ids });
+    SubRequest {
+        method: http::Method::POST,
+        path,
+        headers: vec![(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )],
+        body: Some(Bytes::from(body.to_string())),
+    }
+}
+
+/// Each call's answer from the id list: the entry naming its id (as the route's `answer`
+/// shapes it), or `missing_status` when the list has none; matched by id, never by position.
+pub fn split_ids<C: AsRef<Call>>(
+    list: &IdListConfig,
+    outcome: Outcome,
+    calls: &[C],
+) -> Vec<Outcome> {
+    let failed = |reason: &str| {
+        let failure = Failure::new(FailureKind::UpstreamBatch, Sent::All).with_detail(reason);
+        vec![Outcome::Failed(failure); calls.len()]
+    };
+    let response = match outcome {
+        Outcome::Failed(failure) => return vec![Outcome::Failed(failure); calls.len()],
+        Outcome::Response(response) => response,
+    };
+    if !(200..300).contains(&response.status) {
+        return failed(&format!(
+            "the upstream answered the id list with HTTP {}",
+            response.status
+        ));
+    }
+    let Ok(reply) = serde_json::from_slice::<Value>(&response.body) else {
+        return failed("the upstream's answer to the id list is not JSON");
+    };
+    let entries = if list.list_field.is_empty() {
+        reply.as_array()
+    } else {
+        reply.get(&list.list_field).and_then(Value::as_array)
+    };
+    let Some(entries) = entries else {
+        return failed("the upstream's answer to the id list has no list of entries");
+    };
+    let id_of = |entry: &Value| match entry.get(&list.id_field)? {
+        Value::String(id) => Some(id.clone()),
+        Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    };
+    // The first entry naming each id, so a long list is read once, not once per caller.
+    let mut by_id: HashMap<String, &Value> = HashMap::with_capacity(entries.len().min(calls.len()));
+    for entry in entries {
+        if let Some(id) = id_of(entry) {
+            by_id.entry(id).or_insert(entry);
+        }
+    }
+    calls
+        .iter()
+        .map(|waiting| {
+            let Call::Id(id) = waiting.as_ref() else {
+                return Outcome::failed(FailureKind::Internal, Sent::All);
+            };
+            let entry = by_id.get(id.as_str()).copied();
+            let (status, body) = match entry {
+                Some(entry) if list.answer.is_empty() => (response.status, entry.clone()),
+                Some(entry) => {
+                    let answer: Map<String, Value> = list
+                        .answer
+                        .iter()
+                        .map(|(name, pointer)| {
+                            let value = entry.pointer(pointer).cloned().unwrap_or(Value::Null);
+                            (name.clone(), value)
+                        })
+                        .collect();
+                    (response.status, Value::Object(answer))
+                }
+                None => (
+                    list.missing_status,
+                    serde_json::json!({"code": "NotFound", "message": "the upstream's id list has no entry for this id"}),
+                ),
+            };
+            let mut headers = http::HeaderMap::new();
+            headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            Outcome::Response(UpstreamResponse {
+                status,
+                headers,
+                body: Bytes::from(body.to_string()),
+            })
         })
         .collect()
 }

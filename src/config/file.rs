@@ -33,6 +33,19 @@ pub struct RateLimitsSection {
     pub max_local_clients: Option<i64>,
 }
 
+/// `[routes.id_list]` of a single route: the upstream id-list call.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdListSection {
+    pub method: Option<String>,
+    pub path: String,
+    pub ids: String,
+    pub list_field: Option<String>,
+    pub id_field: String,
+    pub answer: Option<BTreeMap<String, String>>,
+    pub missing_status: Option<i64>,
+}
+
 /// `[routes.upstream_batching]`: single calls gathered into upstream batches.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +236,8 @@ pub struct RouteSection {
     pub cache: Option<CacheSection>,
     pub rate_limit: Option<RateLimitSection>,
     pub upstream_batching: Option<UpstreamBatchingSection>,
+    // single
+    pub id_list: Option<IdListSection>,
     // envelope
     pub base_path: Option<String>,
     pub allowed_methods: Option<Vec<String>>,

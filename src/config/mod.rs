@@ -391,6 +391,49 @@ dialect = "envelope"
         }
     }
 
+    /// A single route: `{id}` once as a whole segment, `[routes.id_list]` and
+    /// `[routes.upstream_batching]` required, `id_list` refused elsewhere.
+    #[test]
+    fn single_routes_are_checked() {
+        let route = |path: &str, extra: &str| {
+            format!(
+                "[upstreams.u]\naddresses = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"{path}\"\n\
+                 dialect = \"single\"\nupstream = \"u\"\n{extra}"
+            )
+        };
+        let tables = "[routes.upstream_batching]\n[routes.id_list]\npath = \"/l\"\nids = \"ids\"\nid_field = \"id\"\n";
+        let config: Config = route("/items/{id}", tables).parse().expect("valid");
+        let DialectConfig::Single(single) = &config.routes[0].dialect else {
+            panic!("a single route");
+        };
+        assert_eq!(single.id_of("/items/a-1"), Some("a-1"));
+        assert_eq!(single.id_of("/items/a/b"), None);
+        assert_eq!(single.id_of("/items/"), None);
+        for (text, key) in [
+            (route("/items/x{id}", tables), "routes[0].path"),
+            (
+                route("/items/{id}", "[routes.upstream_batching]\n"),
+                "routes[0].id_list",
+            ),
+            (
+                route(
+                    "/items/{id}",
+                    &tables.replace("[routes.upstream_batching]\n", ""),
+                ),
+                "routes[0]",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[routes.id_list]\npath = \"/l\"\nids = \"i\"\nid_field = \"id\"\n"
+                ),
+                "routes[0].id_list",
+            ),
+        ] {
+            let err = Config::parse(&text, "x.toml").expect_err(&text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
     #[test]
     fn unknown_key_names_line_and_key() {
         let text = format!("{MINIMAL}max_itemz = 5\n");

@@ -264,10 +264,12 @@ fn dialect_config(
             .map(|config| DialectConfig::Multipart(Arc::new(config))),
         "meta" => super::meta::meta_config(section, ctx.index, ctx.batch_paths, problems)
             .map(|config| DialectConfig::Meta(Arc::new(config))),
+        "single" => super::upstream_batch::single_config(section, ctx.index, problems)
+            .map(|config| DialectConfig::Single(Arc::new(config))),
         other => {
             problems.push(
                 &["routes", ctx.index, "dialect"],
-                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\", \"fanout\", \"multipart\" or \"meta\")"),
+                format!("{other:?} is not a dialect (\"envelope\", \"jsonrpc\", \"fanout\", \"multipart\", \"meta\" or \"single\")"),
             );
             None
         }
@@ -299,7 +301,8 @@ fn check_dialect_keys(section: &RouteSection, i: &str, problems: &mut Problems) 
     const MULTIPART: &[&str] = &["multipart"];
     const ITEM_URLS: &[&str] = &["envelope", "multipart", "meta"];
     let s = section;
-    let present: [(&str, bool, &[&str]); 23] = [
+    let present: [(&str, bool, &[&str]); 24] = [
+        ("id_list", s.id_list.is_some(), &["single"]),
         ("error_format", s.error_format.is_some(), &["envelope", "fanout", "multipart"]),
         ("base_path", s.base_path.is_some(), ITEM_URLS),
         ("allowed_resources", s.allowed_resources.is_some(), ENVELOPE),
@@ -383,6 +386,7 @@ pub enum DialectConfig {
     Fanout(Arc<super::fanout::FanoutConfig>),
     Multipart(Arc<super::multipart::MultipartConfig>),
     Meta(Arc<super::meta::MetaConfig>),
+    Single(Arc<super::upstream_batch::SingleConfig>),
 }
 
 impl DialectConfig {
@@ -394,6 +398,7 @@ impl DialectConfig {
             DialectConfig::Fanout(_) => "fanout",
             DialectConfig::Multipart(_) => "multipart",
             DialectConfig::Meta(_) => "meta",
+            DialectConfig::Single(_) => "single",
         }
     }
 }

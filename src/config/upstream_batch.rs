@@ -33,10 +33,10 @@ pub(super) fn upstream_batch_config(
 ) -> Option<UpstreamBatchConfig> {
     let batching: &UpstreamBatchingSection = section.upstream_batching.as_ref()?;
     let at = |key: &'static str| ["routes", i, "upstream_batching", key];
-    if section.dialect != "jsonrpc" {
+    if section.dialect != "jsonrpc" && section.dialect != "single" {
         problems.push(
             &["routes", i, "upstream_batching"],
-            "only for jsonrpc routes (single calls gathered into upstream arrays)",
+            "only for jsonrpc routes (calls gathered into upstream arrays) and single routes (into id-list calls)",
         );
     }
     let max_wait = match batching.max_wait.as_deref() {
@@ -84,5 +84,138 @@ pub(super) fn upstream_batch_config(
             &at("max_concurrent"),
             problems,
         ),
+    })
+}
+
+/// A single-id route (`dialect = "single"`): where the id is in its path, and the upstream
+/// id-list call its calls are gathered into (`[routes.id_list]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SingleConfig {
+    /// The route path before and after `{id}`.
+    pub prefix: String,
+    pub suffix: String,
+    pub id_list: std::sync::Arc<IdListConfig>,
+}
+
+/// The upstream id-list call: `GET path?OTHER&IDS=1&IDS=2` (or `POST` with `{"IDS":[...]}`),
+/// answered with a list of entries, each naming its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdListConfig {
+    pub method: http::Method,
+    pub path: String,
+    /// The query parameter (GET) or body member (POST) that carries the ids.
+    pub ids: String,
+    /// The reply member holding the entries (empty: the reply is the list).
+    pub list_field: String,
+    /// The entry member holding its id.
+    pub id_field: String,
+    /// The single answer built from an entry: name -> JSON pointer into it (empty: the entry).
+    pub answer: std::collections::BTreeMap<String, String>,
+    /// The status of a call whose id the list lacks.
+    pub missing_status: u16,
+}
+
+/// Longest id taken from a path.
+pub const MAX_ID_BYTES: usize = 128;
+
+impl SingleConfig {
+    /// The id in `path`, if `path` is this route's with a usable id in place of `{id}`.
+    pub fn id_of<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let id = path
+            .strip_prefix(&self.prefix)?
+            .strip_suffix(&self.suffix)?;
+        let usable = !id.is_empty()
+            && id.len() <= MAX_ID_BYTES
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        usable.then_some(id)
+    }
+}
+
+pub(super) fn single_config(
+    section: &RouteSection,
+    i: &str,
+    problems: &mut Problems,
+) -> Option<SingleConfig> {
+    let at = |key: &'static str| ["routes", i, "id_list", key];
+    let (prefix, suffix) = match section.path.split_once("{id}") {
+        Some((prefix, suffix)) if !suffix.contains("{id}") && prefix.ends_with('/') => {
+            (prefix.to_string(), suffix.to_string())
+        }
+        _ => {
+            problems.push(
+                &["routes", i, "path"],
+                "a single route's path names its id once, as a whole segment: \"/items/{id}\" or \"/items/{id}/url\"",
+            );
+            return None;
+        }
+    };
+    if section.upstream_batching.is_none() {
+        problems.push(
+            &["routes", i],
+            "a single route gathers its calls: [routes.upstream_batching] is required",
+        );
+    }
+    let Some(list) = section.id_list.as_ref() else {
+        problems.push(
+            &["routes", i, "id_list"],
+            "required: the upstream id-list call",
+        );
+        return None;
+    };
+    let method = match list.method.as_deref() {
+        None | Some("GET") => http::Method::GET,
+        Some("POST") => http::Method::POST,
+        Some(other) => {
+            problems.push(
+                &at("method"),
+                format!("{other:?} is not \"GET\" or \"POST\""),
+            );
+            http::Method::GET
+        }
+    };
+    if !super::values::is_route_path(&list.path) {
+        problems.push(
+            &at("path"),
+            format!("{:?} must be an absolute path without a query", list.path),
+        );
+    }
+    if list.ids.is_empty() || list.id_field.is_empty() {
+        problems.push(
+            &["routes", i, "id_list"],
+            "ids and id_field must not be empty",
+        );
+    }
+    let mut answer = std::collections::BTreeMap::new();
+    for (name, pointer) in list.answer.iter().flatten() {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            problems.push(
+                &["routes", i, "id_list", "answer", name.as_str()],
+                format!("{pointer:?} is not a JSON pointer (\"/url\")"),
+            );
+        }
+        answer.insert(name.clone(), pointer.clone());
+    }
+    let missing_status = super::values::bounded(
+        list.missing_status,
+        404,
+        200,
+        599,
+        &at("missing_status"),
+        problems,
+    ) as u16;
+    Some(SingleConfig {
+        prefix,
+        suffix,
+        id_list: std::sync::Arc::new(IdListConfig {
+            method,
+            path: list.path.clone(),
+            ids: list.ids.clone(),
+            list_field: list.list_field.clone().unwrap_or_default(),
+            id_field: list.id_field.clone(),
+            answer,
+            missing_status,
+        }),
     })
 }

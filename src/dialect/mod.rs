@@ -13,6 +13,7 @@ pub mod jsonrpc;
 pub mod meta;
 pub mod multipart;
 pub mod reference;
+pub mod single;
 
 /// The item vocabulary, re-exported: dialects build `SubRequest`s and render `Outcome`s.
 pub use crate::item::{
@@ -33,6 +34,7 @@ pub enum RouteDialect {
     Fanout(fanout::Fanout),
     Multipart(multipart::Multipart),
     Meta(meta::Meta),
+    Single(single::Single),
 }
 
 /// Runs `$body` with `$d` bound to the route's dialect, whichever it is.
@@ -44,6 +46,7 @@ macro_rules! with_dialect {
             $crate::dialect::RouteDialect::Fanout($d) => $body,
             $crate::dialect::RouteDialect::Multipart($d) => $body,
             $crate::dialect::RouteDialect::Meta($d) => $body,
+            $crate::dialect::RouteDialect::Single($d) => $body,
         }
     };
 }
@@ -75,6 +78,9 @@ impl RouteDialect {
                 config: config.clone(),
                 max_items,
             }),
+            DialectConfig::Single(config) => RouteDialect::Single(single::Single {
+                config: config.clone(),
+            }),
         }
     }
 
@@ -93,6 +99,8 @@ impl RouteDialect {
 #[derive(Debug)]
 pub struct BatchRequest<'a> {
     pub method: &'a Method,
+    /// The request's path, without its query.
+    pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The whole request body; dialects slice it (`Bytes::slice_ref`) instead of copying.

@@ -90,6 +90,7 @@ fn decode<D: Dialect>(
         .or_else(|| req.uri.authority().map(|a| a.as_str()));
     dialect.decode(&BatchRequest {
         method: &req.method,
+        path: req.uri.path(),
         query: req.uri.query(),
         headers: &req.headers,
         body,
@@ -1046,9 +1047,9 @@ impl BatchUpstream {
         async move {
             let _kept = kept;
             let _in_flight = in_flight.as_ref().map(InFlight::enter);
-            let gathered = gather.zip(Batcher::gatherable(&request));
+            let gathered = gather.and_then(|g| Some((g.batcher.gatherable(&request)?, g)));
             match gathered {
-                Some((gather, parts)) => {
+                Some((parts, gather)) => {
                     let caller = Caller { client, headers };
                     let waiting = (gather_until, present);
                     let batcher = &gather.batcher;

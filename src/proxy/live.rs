@@ -39,6 +39,8 @@ pub(super) struct Passthrough {
 /// so a batch that started on the old config finishes on it.
 pub struct Live {
     pub(super) routes: HashMap<String, Arc<Route>>,
+    /// Single-id routes, whose paths have an `{id}` in them: looked at when no path matches.
+    templated: Vec<Arc<Route>>,
     pub(super) passthrough: Option<Passthrough>,
     /// By upstream name: what the next reload may keep (and with it the connection pools).
     clients: HashMap<String, Arc<UpstreamClient>>,
@@ -88,12 +90,37 @@ impl Live {
             previous.map(|p| &p.limiter),
             crate::metrics::rate_limit_store,
         );
+        let templated = routes
+            .values()
+            .filter(|r| matches!(r.config.dialect, crate::config::DialectConfig::Single(_)))
+            .cloned()
+            .collect();
         Live {
             routes,
+            templated,
             passthrough,
             clients,
             limiter,
         }
+    }
+
+    /// The route that serves `method path`: the one with that path, else a single-id route
+    /// whose path it is with a usable id in place of `{id}`, for a `GET` (the call it gathers;
+    /// other methods on that path, and unusable ids, are the upstream's to answer: passed through).
+    pub(super) fn route_for(&self, method: &http::Method, path: &str) -> Option<Arc<Route>> {
+        if let Some(route) = self.routes.get(path) {
+            return Some(route.clone());
+        }
+        if method != http::Method::GET {
+            return None;
+        }
+        self.templated
+            .iter()
+            .find(|route| match &route.config.dialect {
+                crate::config::DialectConfig::Single(single) => single.id_of(path).is_some(),
+                _ => false,
+            })
+            .cloned()
     }
 
     /// (route name, upstream name) of every route.
@@ -152,8 +179,15 @@ fn build_route(
         })
     });
     let batcher = route.upstream_batching.as_ref().map(|config| {
+        let shape = match &route.dialect {
+            crate::config::DialectConfig::Single(single) => {
+                crate::upstream_batch::Shape::IdList(single.id_list.clone(), single.clone())
+            }
+            _ => crate::upstream_batch::Shape::JsonRpc,
+        };
         Arc::new(crate::upstream_batch::Batcher::new(
             config.clone(),
+            shape,
             metrics.clone(),
         ))
     });

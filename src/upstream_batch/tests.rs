@@ -8,8 +8,7 @@ fn waiting(call: &str) -> (Waiting, oneshot::Receiver<Outcome>) {
     let id = call.remove("id").unwrap();
     let now = Instant::now();
     let waiting = Waiting {
-        call,
-        id,
+        call: Call::Rpc { call, id },
         arrived: now,
         until: now + Duration::from_secs(1),
         answer,
@@ -108,4 +107,84 @@ fn a_reply_that_does_not_answer_a_call_fails_only_that_call() {
     assert!(cut
         .iter()
         .all(|o| o.failure().is_some_and(|f| f.kind == FailureKind::Connect)));
+}
+
+fn list() -> IdListConfig {
+    IdListConfig {
+        method: http::Method::GET,
+        path: "/items".into(),
+        ids: "ids".into(),
+        list_field: "items".into(),
+        id_field: "id".into(),
+        answer: [("name".to_string(), "/name".to_string())].into(),
+        missing_status: 404,
+    }
+}
+
+fn asking(id: &str) -> Waiting {
+    let (answer, _answered) = oneshot::channel();
+    let now = Instant::now();
+    Waiting {
+        call: Call::Id(id.to_string()),
+        arrived: now,
+        until: now + Duration::from_secs(1),
+        answer,
+    }
+}
+
+#[test]
+fn an_id_list_call_asks_each_id_once_and_keeps_the_other_parameters() {
+    let calls = [asking("b"), asking("a b"), asking("b")];
+    let single = SubRequest {
+        method: http::Method::GET,
+        path: "/items/b/name?ids=evil&group=7&i%64s=x".into(),
+        headers: Vec::new(),
+        body: None,
+    };
+    let get = id_list_request(&list(), &single, &calls);
+    assert_eq!(get.path, "/items?group=7&ids=b&ids=a+b");
+    let post = id_list_request(
+        &IdListConfig {
+            method: http::Method::POST,
+            ..list()
+        },
+        &single,
+        &calls,
+    );
+    assert_eq!(post.path, "/items?group=7");
+    assert_eq!(
+        post.body.as_deref(),
+        Some(br#"{"ids":["b","a b"]}"#.as_slice())
+    );
+}
+
+#[test]
+fn id_list_answers_are_matched_by_id_and_a_missing_id_is_its_status() {
+    let calls = [asking("1"), asking("2"), asking("3")];
+    let reply = r#"{"items":[{"id":2,"name":"two"},{"id":"1","name":"one","extra":true}]}"#;
+    let outcomes = split_ids(&list(), answer(200, reply), &calls);
+    assert_eq!(body(&outcomes[0]), r#"{"name":"one"}"#);
+    assert_eq!(
+        body(&outcomes[1]),
+        r#"{"name":"two"}"#,
+        "a number id matches too"
+    );
+    match &outcomes[2] {
+        Outcome::Response(response) => assert_eq!(response.status, 404),
+        other => panic!("{other:?}"),
+    }
+    for (status, reply, reason) in [
+        (200, "[]", "no list of entries"),
+        (200, "nope", "not JSON"),
+        (502, "{}", "HTTP 502"),
+    ] {
+        for outcome in split_ids(&list(), answer(status, reply), &calls) {
+            let failure = outcome.failure().expect("failed");
+            assert_eq!(failure.kind, FailureKind::UpstreamBatch);
+            assert!(
+                failure.detail.as_deref().unwrap().contains(reason),
+                "{reply}"
+            );
+        }
+    }
 }

@@ -137,4 +137,14 @@ async fn the_demo_serves_the_upstream_batching_example() {
     let json = reply.json();
     assert_eq!(json[0]["result"], 4, "{json}");
     assert_eq!(json[1]["id"], "b", "{json}");
+    let one = "/v2/servicerequest/accessorys/42/access-url?group_id=7";
+    let reply = common::client::request(addr, "GET", one, &[], b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.body_str());
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"url": "https://files.demo.invalid/7/42"})
+    );
+    let missing = "/v2/servicerequest/accessorys/404/access-url?group_id=7";
+    let reply = common::client::request(addr, "GET", missing, &[], b"").await;
+    assert_eq!(reply.status, 404, "{}", reply.body_str());
 }

@@ -80,3 +80,10 @@ fn meta_corpus() {
 fn cache_corpus() {
     replay("cache", props::cache);
 }
+
+/// Every upstream-batching corpus input: one outcome per call, never another caller's answer,
+/// and an id-list call asks exactly the callers' ids.
+#[test]
+fn upstream_batch_corpus() {
+    replay("upstream_batch", props::upstream_batch);
+}

@@ -313,3 +313,205 @@ async fn large_calls_send_an_array_at_max_bytes() {
     assert!(first.as_array().is_some_and(|a| a.len() >= 2), "{first}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// The Huawei id-list contract as the upstream: `GET .../access-urls?group_id=G&accessory_ids=..`
+/// answers `{"accessory_urls":[{"accessory_url":..,"accessory_id":..}]}`, in reverse order, with
+/// no entry for id 404.
+async fn id_list_upstream() -> Upstream {
+    Upstream::with_handler(|req: &RecordedRequest| {
+        let query = req.target.split_once('?').map_or("", |(_, q)| q);
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let group = pairs.iter().find(|(k, _)| k == "group_id").map_or("", |(_, v)| v.as_str());
+        let entries: Vec<Value> = pairs
+            .iter()
+            .rev()
+            .filter(|(k, v)| k == "accessory_ids" && v != "404")
+            .map(|(_, id)| json!({"accessory_url": format!("https://files/{group}/{id}"), "accessory_id": id}))
+            .collect();
+        Reply::json(200, &json!({ "accessory_urls": entries }).to_string())
+    })
+    .await
+}
+
+async fn single_gate(upstream: &Upstream) -> common::gate::Gate {
+    let text = common::config::GateConfig::new(upstream.addr).toml()
+        + r#"
+[[routes]]
+name = "access_url"
+path = "/v2/servicerequest/accessorys/{id}/access-url"
+dialect = "single"
+upstream = "api"
+forward_headers = ["x-auth-token"]
+
+[routes.upstream_batching]
+max_items = 10
+max_wait = "150ms"
+
+[routes.id_list]
+path = "/v2/servicerequest/accessorys/access-urls"
+ids = "accessory_ids"
+list_field = "accessory_urls"
+id_field = "accessory_id"
+answer = { url = "/accessory_url" }
+"#;
+    common::gate::start(&text).await
+}
+
+async fn get_url(addr: std::net::SocketAddr, id: &str, group: &str) -> Response {
+    let path = format!("/v2/servicerequest/accessorys/{id}/access-url?group_id={group}");
+    client::request(addr, "GET", &path, &[("X-Auth-Token", "t")], b"").await
+}
+
+/// Single-id GETs of many clients become one id-list call per set of other parameters: each
+/// id once, every caller answered with its own entry (by id, not position), a missing id 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_id_calls_are_gathered_into_id_list_calls() {
+    let upstream = id_list_upstream().await;
+    let gate = single_gate(&upstream).await;
+    let asks = [
+        ("1", "1"),
+        ("2", "1"),
+        ("3", "1"),
+        ("2", "1"),
+        ("404", "1"),
+        ("7", "2"),
+    ];
+    let calls = asks.iter().map(|(id, group)| get_url(gate.addr, id, group));
+    let answers = futures_util::future::join_all(calls).await;
+    for ((id, group), answer) in asks.iter().zip(&answers) {
+        if *id == "404" {
+            assert_eq!(
+                answer.status,
+                404,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
+            assert_eq!(answer.json()["code"], "NotFound");
+            continue;
+        }
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(
+            answer.json(),
+            json!({"url": format!("https://files/{group}/{id}")})
+        );
+    }
+    let mut sent: Vec<(String, Vec<String>)> = upstream
+        .requests()
+        .iter()
+        .map(|r| {
+            let (path, query) = r.target.split_once('?').expect("a query");
+            assert_eq!(path, "/v2/servicerequest/accessorys/access-urls");
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            let group = pairs
+                .iter()
+                .find(|(k, _)| k == "group_id")
+                .expect("group_id")
+                .1
+                .clone();
+            let mut ids: Vec<String> = pairs
+                .into_iter()
+                .filter(|(k, _)| k == "accessory_ids")
+                .map(|(_, v)| v)
+                .collect();
+            ids.sort();
+            (group, ids)
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            (
+                "1".to_string(),
+                vec!["1".to_string(), "2".into(), "3".into(), "404".into()]
+            ),
+            ("2".to_string(), vec!["7".to_string()]),
+        ],
+        "one call per group, each id once"
+    );
+}
+
+/// Callers with different credentials never share an id-list call; an id-list reply that is
+/// not a list fails each of its callers with its own 502; other methods on a single route's
+/// path, and ids it cannot carry, are the upstream's to answer (passed through unchanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_list_calls_keep_identities_apart_and_a_bad_reply_fails_each_caller() {
+    let upstream = Upstream::with_handler(|req: &RecordedRequest| {
+        if req.header("x-auth-token") == Some("broken") {
+            return Reply::json(200, r#"{"error":"quota"}"#);
+        }
+        if req.path != "/v2/servicerequest/accessorys/access-urls" {
+            return Reply::json(200, r#"{"passed":true}"#);
+        }
+        let query = req.query.as_deref().unwrap_or("");
+        let entries: Vec<Value> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "accessory_ids")
+            .map(|(_, id)| json!({"accessory_url": format!("u/{id}"), "accessory_id": id}))
+            .collect();
+        Reply::json(200, &json!({ "accessory_urls": entries }).to_string())
+    })
+    .await;
+    let gate = single_gate(&upstream).await;
+    let ask = |id: &'static str, token: &'static str| {
+        let path = format!("/v2/servicerequest/accessorys/{id}/access-url");
+        async move { client::request(gate.addr, "GET", &path, &[("X-Auth-Token", token)], b"").await }
+    };
+    let answers = futures_util::future::join_all([
+        ask("1", "alice"),
+        ask("2", "bob"),
+        ask("3", "broken"),
+        ask("4", "broken"),
+    ])
+    .await;
+    assert_eq!(answers[0].json(), json!({"url": "u/1"}));
+    assert_eq!(answers[1].json(), json!({"url": "u/2"}));
+    for answer in &answers[2..] {
+        assert_eq!(
+            answer.status,
+            502,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["code"], "UpstreamBatchReply");
+    }
+    let mut tokens: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| {
+            let query = r.query.as_deref().unwrap_or("");
+            let mut ids: Vec<String> = form_urlencoded::parse(query.as_bytes())
+                .map(|(_, id)| id.into_owned())
+                .collect();
+            ids.sort();
+            format!(
+                "{} {}",
+                r.header("x-auth-token").unwrap_or(""),
+                ids.join(",")
+            )
+        })
+        .collect();
+    tokens.sort();
+    assert_eq!(
+        tokens,
+        ["alice 1", "bob 2", "broken 3,4"],
+        "one call per identity"
+    );
+    for (method, id) in [("PUT", "5"), ("GET", "a%20b"), ("GET", "x/y")] {
+        let path = format!("/v2/servicerequest/accessorys/{id}/access-url");
+        let answer =
+            client::request(gate.addr, method, &path, &[("X-Auth-Token", "alice")], b"").await;
+        assert_eq!(answer.json(), json!({"passed": true}), "{method} {id}");
+        let seen = upstream.requests().last().cloned().expect("passed through");
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            (method, path.as_str())
+        );
+    }
+}

@@ -30,6 +30,7 @@ fn decode(body: &str) -> Result<Plan<EnvelopeMeta>, Rejection> {
     let headers = HeaderMap::new();
     let body = Bytes::copy_from_slice(body.as_bytes());
     envelope().decode(&BatchRequest {
+        path: "/",
         authority: None,
         method: &Method::POST,
         query: None,
@@ -155,6 +156,7 @@ fn per_item_errors_refuse_only_their_item() {
     let body = Bytes::from(body);
     let plan = e
         .decode(&BatchRequest {
+            path: "/",
             authority: None,
             method: &Method::POST,
             query: None,
@@ -377,6 +379,7 @@ fn depends_on_is_refused() {
     let body = Bytes::from_static(br#"{"resource":"file","requests":[{"id":"1","method":"GET","url":"/a"},{"id":"2","method":"GET","url":"/b","dependsOn":["1"]},{"id":"3","method":"GET","url":"/c","dependsOn":[]}]}"#);
     let plan = e
         .decode(&BatchRequest {
+            path: "/",
             authority: None,
             method: &Method::POST,
             query: None,
@@ -468,6 +471,7 @@ fn decode_with(e: &Envelope, body: &str) -> Result<Plan<EnvelopeMeta>, Rejection
     let headers = HeaderMap::new();
     let body = Bytes::copy_from_slice(body.as_bytes());
     e.decode(&BatchRequest {
+        path: "/",
         authority: None,
         method: &Method::POST,
         query: None,

@@ -41,6 +41,7 @@ fn decode(
     let headers = headers(token);
     let body = Bytes::copy_from_slice(body.as_bytes());
     f.decode(&BatchRequest {
+        path: "/",
         authority: None,
         method: &Method::GET,
         query,
@@ -452,6 +453,7 @@ fn empty_required_values_are_missing() {
     let body = Bytes::new();
     let r = f
         .decode(&BatchRequest {
+            path: "/",
             authority: None,
             method: &Method::GET,
             query: Some("group_id=1&accessory_ids=1"),

@@ -63,6 +63,7 @@ fn round_trip(d: &JsonRpc, body: &str, answer: impl Fn(&[u8]) -> Outcome) -> Rep
     let headers = HeaderMap::new();
     let body = Bytes::copy_from_slice(body.as_bytes());
     let request = BatchRequest {
+        path: "/",
         authority: None,
         method: &Method::POST,
         query: None,

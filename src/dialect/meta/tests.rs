@@ -32,6 +32,7 @@ fn decode_with(
     }
     let body = Bytes::copy_from_slice(body.as_bytes());
     meta().decode(&BatchRequest {
+        path: "/",
         authority: None,
         method: &Method::POST,
         query,

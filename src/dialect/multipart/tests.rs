@@ -35,6 +35,7 @@ fn decode_as(
     );
     let body = Bytes::copy_from_slice(body.as_bytes());
     m.decode(&BatchRequest {
+        path: "/",
         authority: Some("gate.test:8080"),
         method: &Method::POST,
         query: None,
