@@ -18,6 +18,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The example config `demo` uses when no `-c` is given.
 const DEMO_CONFIG: &str = "conf/batchgate.toml";
 
+/// The config the other commands use when no `-c` is given (and `BATCHGATE_CONFIG` is unset):
+/// where the Dockerfile, the Kubernetes manifests and the systemd unit put it.
+const DEFAULT_CONFIG: &str = "/etc/batchgate/batchgate.toml";
+
 #[derive(Parser)]
 #[command(
     name = "batchgate",
@@ -33,7 +37,7 @@ struct Cli {
 enum Command {
     /// Run the proxy with a config file.
     Run {
-        #[arg(short, long)]
+        #[arg(short, long, env = "BATCHGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Take over the listeners of a running batchgate (zero-downtime upgrade; send the
         /// old process SIGQUIT).
@@ -45,21 +49,31 @@ enum Command {
     },
     /// Validate a config file and print a summary; exit 1 on any problem.
     Check {
-        #[arg(short, long)]
+        #[arg(short, long, env = "BATCHGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Check upstream host names for their form only, without resolving them (a config
+        /// for another network, such as a Kubernetes cluster's service names).
+        #[arg(long)]
+        no_resolve: bool,
     },
+    /// Print shell completions for batchgate (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print batchgate's man page (roff), e.g. `batchgate man > batchgate.1`.
+    Man,
+    /// Print the JSON Schema of the config file (what conf/batchgate.schema.json holds).
+    Schema,
     /// Validate a config file, then tell the running instance serving it (found through the
     /// file's pid_file, and verified) to reload it in place (SIGHUP); exit 1 without
     /// signalling if the file is invalid or no batchgate serves it.
     Reload {
-        #[arg(short, long)]
+        #[arg(short, long, env = "BATCHGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Print the pid of the running batchgate serving a config file (from its pid_file, and
     /// verified); exit 1 with the reason if none does. For upgrades: name the old process
     /// before the new one rewrites the pid file.
     Pid {
-        #[arg(short, long)]
+        #[arg(short, long, env = "BATCHGATE_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Run the proxy plus a built-in demo upstream on the default upstream's address.
@@ -72,7 +86,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, no_resolve } => check(&config, no_resolve),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "batchgate", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => man(),
+        Command::Schema => {
+            use std::io::Write;
+            let schema = batchgate::config::file::schema();
+            let text = serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n";
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
         Command::Reload { config } => reload(&config),
         Command::Pid { config } => print_pid(&config),
         Command::Run {
@@ -91,15 +118,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match Config::from_path(path) {
+fn man() -> ExitCode {
+    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+    let mut out = Vec::new();
+    if page.render(&mut out).is_err() {
+        return ExitCode::FAILURE;
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(&out);
+    ExitCode::SUCCESS
+}
+
+fn check(path: &std::path::Path, no_resolve: bool) -> ExitCode {
+    let resolve = if no_resolve {
+        batchgate::config::Resolve::SyntaxOnly
+    } else {
+        batchgate::config::Resolve::Names
+    };
+    match Config::from_path_with(path, resolve) {
         Ok(config) => {
             // write! rather than print!: a closed pipe (`| head`) must not panic.
             use std::io::Write;
             for warning in &config.warnings {
                 eprintln!("{warning}");
             }
-            let text = format!("{}: ok\n{}", path.display(), summary(&config));
+            let resolved = if no_resolve {
+                " (host names not resolved)"
+            } else {
+                ""
+            };
+            let text = format!("{}: ok{resolved}\n{}", path.display(), summary(&config));
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
@@ -206,7 +254,20 @@ fn upstream_lines(config: &Config, out: &mut String) {
         } else {
             ""
         };
-        let addrs: Vec<String> = upstream.addresses.iter().map(|a| a.to_string()).collect();
+        // As written, and where a name resolved to (unresolved names keep a 0.0.0.0 stand-in).
+        let addrs: Vec<String> = upstream
+            .address_names
+            .iter()
+            .zip(&upstream.addresses)
+            .map(|(name, addr)| {
+                let resolved = addr.to_string();
+                if *name == resolved || addr.ip().is_unspecified() {
+                    name.clone()
+                } else {
+                    format!("{name} ({resolved})")
+                }
+            })
+            .collect();
         let tls = match &upstream.tls {
             Some(tls) if !tls.verify => format!(" tls sni={} (NOT VERIFIED)", tls.sni),
             Some(tls) => format!(" tls sni={}", tls.sni),

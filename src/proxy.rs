@@ -45,6 +45,8 @@ pub struct BatchGate {
     listeners: Arc<[std::net::SocketAddr]>,
     /// Write one log line per item (`server.item_log`).
     item_log: Arc<AtomicBool>,
+    /// Write one log line per pass-through request (`server.access_log`).
+    access_log: Arc<AtomicBool>,
     /// A task per item only when work stealing can spread them (see `exec::Limits`).
     spawn_items: bool,
     /// Turns true shortly before the shutdown grace period ends: running batches then answer
@@ -98,6 +100,7 @@ impl BatchGate {
                 .copied()
                 .collect(),
             item_log: Arc::new(AtomicBool::new(config.server.item_log)),
+            access_log: Arc::new(AtomicBool::new(config.server.access_log)),
             spawn_items: config.server.work_stealing,
             stop,
             coalescer: Arc::default(),
@@ -111,6 +114,7 @@ impl BatchGate {
             permits: self.permits.clone(),
             admission: self.admission.clone(),
             item_log: self.item_log.clone(),
+            access_log: self.access_log.clone(),
         }
     }
 
@@ -447,11 +451,44 @@ impl ProxyHttp for BatchGate {
             Some(batch) => batch.record(elapsed),
             None => {
                 let live = self.live(ctx);
+                let status = session.response_written().map(|r| r.status.as_u16());
                 if let Some(metrics) = live.passthrough.as_ref().and_then(|p| p.metrics.as_ref()) {
-                    let status = session.response_written().map(|r| r.status.as_u16());
                     metrics.request(status, elapsed);
+                }
+                if self.access_log.load(std::sync::atomic::Ordering::Relaxed) {
+                    let upstream = live
+                        .passthrough
+                        .as_ref()
+                        .zip(ctx.passthrough_address)
+                        .and_then(|(passthrough, n)| {
+                            passthrough.client.config.addresses.get(n).copied()
+                        });
+                    access_line(session, status, upstream, elapsed);
                 }
             }
         }
     }
+}
+
+/// The pass-through access log line (`server.access_log`): the path without its query
+/// (queries carry tokens), and `status` 0 when no answer was written.
+fn access_line(
+    session: &Session,
+    status: Option<u16>,
+    upstream: Option<std::net::SocketAddr>,
+    elapsed: std::time::Duration,
+) {
+    let req = session.req_header();
+    let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+    tracing::info!(
+        target: "batchgate::access",
+        method = %req.method,
+        path = %req.uri.path(),
+        status = status.unwrap_or(0),
+        client = client.map(tracing::field::display),
+        upstream = upstream.map(tracing::field::display),
+        request_id = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "pass-through"
+    );
 }

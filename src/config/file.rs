@@ -7,8 +7,18 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+/// The JSON Schema of the file (draft 2020-12), for editors (taplo, Even Better TOML) and
+/// for checking configs written elsewhere: every table, key and type that parsing accepts.
+pub fn schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(FileConfig)).unwrap_or_default();
+    if let Some(object) = schema.as_object_mut() {
+        object.insert("title".into(), "batchgate configuration".into());
+    }
+    schema
+}
+
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -23,7 +33,7 @@ pub struct FileConfig {
 }
 
 /// `[rate_limits]`: where shared rate-limit counts are kept (`[routes.rate_limit]`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsSection {
     pub redis_url: Option<String>,
@@ -34,7 +44,7 @@ pub struct RateLimitsSection {
 }
 
 /// `[routes.id_list]` of a single route: the upstream id-list call.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdListSection {
     pub method: Option<String>,
@@ -47,7 +57,7 @@ pub struct IdListSection {
 }
 
 /// `[routes.upstream_batching]`: single calls gathered into upstream batches.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamBatchingSection {
     pub max_items: Option<i64>,
@@ -57,7 +67,7 @@ pub struct UpstreamBatchingSection {
 }
 
 /// `[routes.rate_limit]`: items per second per client.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
     pub items_per_second: Option<f64>,
@@ -70,7 +80,7 @@ pub struct RateLimitSection {
 }
 
 /// `[server]`: the listener, process and pingora settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     pub listen: Option<Vec<String>>,
@@ -85,6 +95,7 @@ pub struct ServerSection {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub item_log: Option<bool>,
+    pub access_log: Option<bool>,
     pub client_idle_timeout: Option<String>,
     pub client_header_timeout: Option<String>,
     pub client_body_timeout: Option<String>,
@@ -101,7 +112,7 @@ pub struct ServerSection {
 }
 
 /// `[server.admission]`: the bounded queue of batches waiting for permits.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionSection {
     pub max_queued_items: Option<i64>,
@@ -112,7 +123,7 @@ pub struct AdmissionSection {
 }
 
 /// `[server.tls]`: what the `tls_listen` listeners serve.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsSection {
     #[serde(default)]
@@ -123,7 +134,7 @@ pub struct ServerTlsSection {
 }
 
 /// `[[server.tls.certificates]]`: one certificate chain and its key (PEM files).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsCertificateSection {
     pub cert_file: String,
@@ -131,7 +142,7 @@ pub struct TlsCertificateSection {
 }
 
 /// `[admin]`: the separate listener for `/metrics`, `/healthz` and `/readyz`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: Option<String>,
@@ -139,7 +150,7 @@ pub struct AdminSection {
 }
 
 /// `[upstreams.NAME]`: one upstream API.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     pub addresses: Vec<String>,
@@ -168,7 +179,7 @@ pub struct UpstreamSection {
 }
 
 /// `[upstreams.NAME.retry]`: retries per item (`config::resilience`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
     pub attempts: Option<i64>,
@@ -181,7 +192,7 @@ pub struct RetrySection {
 }
 
 /// One `retry.on` entry: a condition name, or a status as a number or a string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RetryOnValue {
     Name(String),
@@ -199,7 +210,7 @@ impl RetryOnValue {
 }
 
 /// `[upstreams.NAME.health_check]`: active checks of every address.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
     pub path: Option<String>,
@@ -213,7 +224,7 @@ pub struct HealthCheckSection {
 /// `[[routes]]`: one batch endpoint. Dialect-specific keys are checked against `dialect`
 /// during validation, so each route stays one flat table that is easy to read and to locate
 /// errors in.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub name: Option<String>,
@@ -269,7 +280,7 @@ pub struct RouteSection {
 }
 
 /// `[routes.coalesce]`: identical items in flight at once are sent once.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CoalesceSection {
     pub methods: Option<Vec<String>>,
@@ -278,7 +289,7 @@ pub struct CoalesceSection {
 }
 
 /// `[routes.cache]`: fresh answers of identical items are served from memory.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
     pub max_bytes: Option<i64>,
@@ -290,7 +301,7 @@ pub struct CacheSection {
 }
 
 /// `[routes.ids]` of a fanout route: where the id list comes from.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FanoutIdsSection {
     pub param: String,
@@ -299,7 +310,7 @@ pub struct FanoutIdsSection {
 }
 
 /// `[[routes.params]]` / `[[routes.headers]]`: one validated parameter or header.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRuleSection {
     pub name: String,
@@ -311,7 +322,7 @@ pub struct FieldRuleSection {
 }
 
 /// `[routes.request]` of a fanout route: the per-id upstream request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FanoutRequestSection {
     pub method: Option<String>,
@@ -319,12 +330,13 @@ pub struct FanoutRequestSection {
 }
 
 /// `[routes.reply]` of a fanout route: how the merged reply is built.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FanoutReplySection {
     pub list_field: String,
     /// Element fields in order: `"$id"`, or a JSON pointer into the per-id reply (`""` is
     /// the whole reply). Without `fields`, each element is the per-id reply as it came.
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub fields: Option<toml::Table>,
     /// A field whose pointer names nothing in a part's reply: `"null"` (the default) or
     /// `"error"` (the part fails as `UpstreamReplyFieldMissing`).
@@ -332,7 +344,7 @@ pub struct FanoutReplySection {
 }
 
 /// `[routes.profile]` of a jsonrpc route: where a vendor differs from the specification.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonRpcProfileSection {
     pub too_many_code: Option<i64>,

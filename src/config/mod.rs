@@ -93,19 +93,39 @@ fn render(file: &str, problems: &[LocatedProblem]) -> String {
         .join("\n")
 }
 
+/// How much of the world validation looks at besides the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// Upstream host names are resolved (what `run` needs: an address it cannot reach is an error).
+    Names,
+    /// Host names are only checked for their form (`check --no-resolve`: a config for another
+    /// network, such as a cluster's service names, checked where they do not resolve).
+    SyntaxOnly,
+}
+
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Config::from_path_with(path, Resolve::Names)
+    }
+
+    /// Reads and validates the file at `path`, resolving host names or not.
+    pub fn from_path_with(path: impl AsRef<Path>, resolve: Resolve) -> Result<Config, ConfigError> {
         let file = path.as_ref().display().to_string();
         let text = std::fs::read_to_string(path.as_ref()).map_err(|source| ConfigError::Read {
             file: file.clone(),
             source,
         })?;
-        Config::parse(&text, &file)
+        Config::parse_with(&text, &file, resolve)
     }
 
     /// Parses and validates configuration text; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, file, Resolve::Names)
+    }
+
+    /// [`Config::parse`], resolving host names or not.
+    pub fn parse_with(text: &str, file: &str, resolve: Resolve) -> Result<Config, ConfigError> {
         let invalid = |problems| ConfigError::Invalid {
             file: file.to_string(),
             problems,
@@ -119,11 +139,11 @@ impl Config {
                 line,
                 column,
                 key: key_at(text, line).unwrap_or_default(),
-                message: e.message().trim().to_string(),
+                message: did_you_mean(e.message().trim()),
             }])
         })?;
         let document = || toml_edit::ImDocument::parse(text).ok();
-        let (mut config, warnings) = validate::validate(parsed)
+        let (mut config, warnings) = validate::validate(parsed, resolve)
             .map_err(|problems| invalid(locate_all(document().as_ref(), text, problems)))?;
         config.sha256 = sha256_hex(text);
         config.warnings = locate_all(document().as_ref(), text, warnings)
@@ -137,6 +157,49 @@ impl Config {
             .collect();
         Ok(config)
     }
+}
+
+/// An unknown key's message (serde's `unknown field `x`, expected one of `a`, `b``) with
+/// the closest known key first, when one is close: "did you mean `max_items`?".
+fn did_you_mean(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let known = expected.split('`').skip(1).step_by(2);
+    let closest = known
+        .map(|key| (edit_distance(unknown, key), key))
+        .min()
+        .filter(|(distance, key)| *distance <= (key.len() / 3).max(1));
+    match closest {
+        Some((_, key)) => format!("unknown field `{unknown}`: did you mean `{key}`? ({message})"),
+        None => message.to_string(),
+    }
+}
+
+/// Levenshtein distance, with a swap of two neighbours counting as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    rows[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -394,6 +457,40 @@ dialect = "envelope"
     /// A single route: `{id}` once as a whole segment, `[routes.id_list]` and
     /// `[routes.upstream_batching]` required, `id_list` refused elsewhere.
     #[test]
+    fn host_names_are_checked_for_their_form_without_resolving() {
+        let text = |address: &str| {
+            format!("[server]\nlisten = [\"127.0.0.1:1\"]\n[upstreams.u]\naddresses = [\"{address}\"]\n")
+        };
+        for address in [
+            "api:80",
+            "api.svc.cluster.local:8080",
+            "10.0.0.1:80",
+            "[::1]:80",
+        ] {
+            let config = Config::parse_with(&text(address), "x.toml", Resolve::SyntaxOnly)
+                .unwrap_or_else(|e| panic!("{address}: {e}"));
+            assert_eq!(config.upstreams[0].address_names, [address]);
+        }
+        for address in [
+            "api",
+            "api:",
+            "api:99999",
+            ":80",
+            "a..b:80",
+            "a b:80",
+            "a_b:80",
+        ] {
+            let err = Config::parse_with(&text(address), "x.toml", Resolve::SyntaxOnly)
+                .expect_err(address)
+                .to_string();
+            assert!(
+                err.contains("upstreams.u.addresses[0]") && err.contains("is not a host:port"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn single_routes_are_checked() {
         let route = |path: &str, extra: &str| {
             format!(
@@ -440,9 +537,17 @@ dialect = "envelope"
         let err = Config::parse(&text, "x.toml").expect_err("unknown key");
         let message = err.to_string();
         assert!(
-            message.starts_with("x.toml:8:1: routes[0].max_itemz: unknown field"),
+            message.starts_with(
+                "x.toml:8:1: routes[0].max_itemz: unknown field `max_itemz`: did you mean `max_items`?"
+            ),
             "{message}"
         );
+        let far = format!("{MINIMAL}colour = 5\n");
+        let message = Config::parse(&far, "x.toml")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(!message.contains("did you mean"), "{message}");
+        assert_eq!(edit_distance("max_in_flihgt", "max_in_flight"), 1);
     }
 
     /// `stream` takes the known formats once each; `progressive` is not for fan-out routes,

@@ -126,6 +126,7 @@ pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>)
         log_format,
         log_level: section.log_level.clone(),
         item_log: section.item_log.unwrap_or(false),
+        access_log: section.access_log.unwrap_or(false),
         client: client_limits(section, problems),
         h2c: section.h2c.unwrap_or(false),
         tls: listener_tls_settings(section, &tls_listen, found),
@@ -322,6 +323,7 @@ pub(super) fn admin_listen(file: &FileConfig, problems: &mut Problems) -> Option
 /// The valid upstreams, and each by name for routes to refer to.
 pub(super) fn upstreams(
     file: &FileConfig,
+    resolve: super::Resolve,
     found: &mut Findings<'_>,
 ) -> (
     Vec<Arc<UpstreamConfig>>,
@@ -341,7 +343,7 @@ pub(super) fn upstreams(
         .and_then(|n| usize::try_from(n.min(MAX_POOL_SIZE)).ok())
         .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
     for (name, section) in &file.upstreams {
-        if let Some(upstream) = upstream_config(name, section, default_pool_size, found) {
+        if let Some(upstream) = upstream_config(name, section, default_pool_size, resolve, found) {
             let upstream = Arc::new(upstream);
             upstream_index.insert(name.clone(), upstream.clone());
             upstreams.push(upstream);
@@ -374,13 +376,14 @@ fn upstream_config(
     name: &str,
     section: &UpstreamSection,
     default_pool_size: usize,
+    resolve: super::Resolve,
     found: &mut Findings<'_>,
 ) -> Option<UpstreamConfig> {
     let before = found.problems.0.len();
     let tls = upstream_tls(name, section, found);
     let problems = &mut *found.problems;
     let at = |key: &'static str| ["upstreams", name, key];
-    let addresses = addresses(name, section, problems);
+    let addresses = addresses(name, section, resolve, problems);
     if let Some(host) = &section.host {
         if host.is_empty() || host.bytes().any(|b| !b.is_ascii_graphic()) {
             problems.push(&at("host"), format!("{host:?} is not a valid Host value"));
@@ -388,6 +391,7 @@ fn upstream_config(
     }
     let upstream = UpstreamConfig {
         name: name.to_string(),
+        address_names: section.addresses.clone(),
         addresses,
         host: section.host.clone(),
         connect_timeout: duration(
@@ -460,7 +464,12 @@ fn upstream_config(
     (problems.0.len() == before).then_some(upstream)
 }
 
-fn addresses(name: &str, section: &UpstreamSection, problems: &mut Problems) -> Vec<SocketAddr> {
+fn addresses(
+    name: &str,
+    section: &UpstreamSection,
+    resolve: super::Resolve,
+    problems: &mut Problems,
+) -> Vec<SocketAddr> {
     if section.addresses.is_empty() {
         problems.push(
             &["upstreams", name, "addresses"],
@@ -469,6 +478,16 @@ fn addresses(name: &str, section: &UpstreamSection, problems: &mut Problems) -> 
     }
     let mut addresses = Vec::new();
     for (i, text) in section.addresses.iter().enumerate() {
+        if resolve == super::Resolve::SyntaxOnly {
+            match unresolved(text) {
+                Some(addr) => addresses.push(addr),
+                None => problems.push(
+                    &["upstreams", name, "addresses", &i.to_string()],
+                    format!("{text:?} is not a host:port (e.g. \"api.internal:8080\")"),
+                ),
+            }
+            continue;
+        }
         // Resolve now: pingora's HttpPeer::new panics on an unresolvable address.
         match text.to_socket_addrs().map(|mut addrs| addrs.next()) {
             Ok(Some(addr)) => addresses.push(addr),
@@ -479,6 +498,26 @@ fn addresses(name: &str, section: &UpstreamSection, problems: &mut Problems) -> 
         }
     }
     addresses
+}
+
+/// A `host:port` checked for its form only: an IP address as itself, a host name (letters,
+/// digits, `-` and `.`) as the unspecified address with its port, a stand-in never served.
+fn unresolved(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    name.then(|| SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
 /// `http1`, `h2c` (cleartext, prior knowledge) or `h2` (over TLS, chosen by ALPN).
@@ -562,6 +601,9 @@ pub struct ServerSettings {
     pub log_level: Option<String>,
     /// One log line per item (batch id, item index, batch size, status, duration).
     pub item_log: bool,
+    /// One log line per pass-through request (method, path without its query, status,
+    /// client, upstream address, duration).
+    pub access_log: bool,
     /// Deadlines and the connection cap for client connections.
     pub client: ClientLimits,
     /// Listeners that speak TLS (with `tls`), besides the cleartext `listen` ones.
@@ -602,6 +644,8 @@ pub struct ClientLimits {
 pub struct UpstreamConfig {
     pub name: String,
     pub addresses: Vec<SocketAddr>,
+    /// `addresses` as the file writes them (host names before resolution), for people.
+    pub address_names: Vec<String>,
     /// `Host` sent upstream; `None` keeps the client's.
     pub host: Option<String>,
     pub connect_timeout: Duration,

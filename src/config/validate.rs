@@ -75,7 +75,10 @@ fn share_a_port(a: &SocketAddr, b: &SocketAddr) -> bool {
 }
 
 /// Validates a parsed file, returning the runtime config or every problem found.
-pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>> {
+pub fn validate(
+    file: FileConfig,
+    resolve: super::Resolve,
+) -> Result<(Config, Vec<Problem>), Vec<Problem>> {
     let mut problems = Problems::default();
     let mut warnings = Problems::default();
     let mut found = Findings {
@@ -83,7 +86,7 @@ pub fn validate(file: FileConfig) -> Result<(Config, Vec<Problem>), Vec<Problem>
         warnings: &mut warnings,
     };
     let server = server_settings(&file.server, &mut found);
-    let (upstreams, upstream_index) = upstreams(&file, &mut found);
+    let (upstreams, upstream_index) = upstreams(&file, resolve, &mut found);
     let admin_listen = admin_listen(&file, &mut problems);
     listener_clashes(&server, admin_listen, &mut problems);
     let default_upstream = default_upstream(&file, &upstream_index, &mut problems);

@@ -3,8 +3,8 @@
 //! Request `{"resource":"file","requests":[{"id","method","url","body","headers"}]}`, reply
 //! `{"responses":[{"id","status","headers","body"}]}` in request order. Child bodies are
 //! forwarded as the exact JSON text the client sent (sliced out of the request body, never
-//! re-encoded) and upstream JSON bodies are embedded as they came. See README "Envelope
-//! dialect" for the body embedding rule.
+//! re-encoded) and upstream JSON bodies are embedded as they came. See docs/DIALECTS.md,
+//! "Envelope dialect", for the body embedding rule.
 
 use super::reference::{self, BodyKind, RawItem, Template};
 use super::{

@@ -12,7 +12,8 @@
 //! with the upstream body as a string, or `null` where Meta has one: an item a later one
 //! referred to that succeeded (unless it set `"omit_response_on_success": false`), and an
 //! item that timed out (Meta's "retry these"). Whole-batch errors are
-//! `{"error":{"message","type":"GraphBatchException","code"}}`. See README "Meta dialect".
+//! `{"error":{"message","type":"GraphBatchException","code"}}`. See docs/DIALECTS.md, "Meta
+//! dialect".
 
 mod decode;
 

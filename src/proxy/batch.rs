@@ -47,6 +47,8 @@ const MAX_REQUEST_ID_BYTES: usize = 200;
 pub struct BatchSummary {
     route: String,
     request_id: String,
+    /// The client's socket address (`None`: not an inet socket).
+    client: Option<std::net::SocketAddr>,
     items: usize,
     failures: usize,
     pub(super) status: u16,
@@ -100,8 +102,14 @@ fn decode<D: Dialect>(
 
 impl BatchSummary {
     /// A batch that has just arrived: refused until it turns out otherwise.
-    fn new(route: &Route, request_id: &str, item_log: bool) -> Self {
+    fn new(
+        route: &Route,
+        request_id: &str,
+        client: Option<std::net::SocketAddr>,
+        item_log: bool,
+    ) -> Self {
         BatchSummary {
+            client,
             item_log,
             streamed: None,
             referring: 0,
@@ -225,6 +233,7 @@ impl BatchSummary {
             target: "batchgate::batch",
             route = %self.route,
             request_id = %self.request_id,
+            client = self.client.map(tracing::field::display),
             items = self.items,
             failures = self.failures,
             status = self.status,
@@ -260,9 +269,12 @@ impl BatchGate {
         let request_id = request_id(session.req_header());
         let limiter = (route.config.rate_limit.as_ref()).map(|_| self.live(ctx).limiter.clone());
         let item_log = self.item_log.load(std::sync::atomic::Ordering::Relaxed);
-        let summary = ctx
-            .batch
-            .insert(BatchSummary::new(route, &request_id, item_log));
+        let summary = ctx.batch.insert(BatchSummary::new(
+            route,
+            &request_id,
+            session.client_addr().and_then(|a| a.as_inet()).copied(),
+            item_log,
+        ));
         let client = client_id(session, &route.client_key);
         let admission = |declared: Option<usize>| {
             self.admission

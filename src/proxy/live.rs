@@ -228,6 +228,7 @@ pub struct Reconfigure {
     pub(super) permits: Arc<crate::permits::Permits>,
     pub(super) admission: Arc<crate::admission::Admission>,
     pub(super) item_log: Arc<AtomicBool>,
+    pub(super) access_log: Arc<AtomicBool>,
 }
 
 impl Reconfigure {
@@ -246,6 +247,8 @@ impl Reconfigure {
         self.permits.resize(max_in_flight);
         self.item_log
             .store(config.server.item_log, Ordering::Relaxed);
+        self.access_log
+            .store(config.server.access_log, Ordering::Relaxed);
         if let Some(families) = crate::metrics::families() {
             families
                 .max_in_flight

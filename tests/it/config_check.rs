@@ -56,6 +56,7 @@ async fn check_accepts_every_shipped_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
     let mut files = files_in(&root);
     files.extend(files_in(&root.join("examples")));
+    files.retain(|f| f.extension().is_some_and(|e| e == "toml"));
     assert!(files.len() >= 2, "no configs found in {}", root.display());
     for file in files {
         let config = std::fs::read_to_string(&file)
@@ -365,4 +366,246 @@ async fn check_warns_about_empty_configs_and_does_not_cascade() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one problem: {stderr}");
     assert!(stderr.contains("upstreams.api"), "{stderr}");
+}
+
+/// Runs the batchgate binary with `args`, expecting success; its stdout.
+fn batchgate(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("run batchgate");
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The object schema behind `node` (following `$ref`, and leaving out `null` of an Option),
+/// if it is a table of keys.
+fn table<'a>(
+    defs: &'a serde_json::Value,
+    node: &'a serde_json::Value,
+) -> Option<&'a serde_json::Value> {
+    if let Some(reference) = node["$ref"].as_str() {
+        let name = reference.rsplit('/').next()?;
+        return table(defs, &defs[name]);
+    }
+    if let Some(options) = node["anyOf"].as_array() {
+        return options.iter().find_map(|option| table(defs, option));
+    }
+    node.get("properties").map(|_| node)
+}
+
+/// Every table of the schema as `[path]` / `[[path]]` (map keys as `NAME`) with its keys.
+fn schema_tables(
+    defs: &serde_json::Value,
+    node: &serde_json::Value,
+    path: &str,
+    array: bool,
+    out: &mut std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) {
+    let Some(object) = table(defs, node) else {
+        return;
+    };
+    let properties = object["properties"].as_object().expect("properties");
+    if !path.is_empty() {
+        let heading = if array {
+            format!("[[{path}]]")
+        } else {
+            format!("[{path}]")
+        };
+        out.insert(heading, properties.keys().cloned().collect());
+    }
+    for (key, child) in properties {
+        let deeper = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        if table(defs, child).is_some() {
+            schema_tables(defs, child, &deeper, false, out);
+        } else if let Some(items) = child.get("items").filter(|i| table(defs, i).is_some()) {
+            schema_tables(defs, items, &deeper, true, out);
+        } else if let Some(values) = child
+            .get("additionalProperties")
+            .filter(|v| table(defs, v).is_some())
+        {
+            schema_tables(defs, values, &format!("{deeper}.NAME"), false, out);
+        }
+    }
+}
+
+/// The key tables of docs/CONFIGURATION.md: under each heading naming a table in backticks,
+/// the first-column keys of its rows.
+fn documented_tables(
+    text: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            current = line
+                .split('`')
+                .nth(1)
+                .filter(|name| name.starts_with('['))
+                .map(str::to_string);
+            if let Some(name) = &current {
+                out.entry(name.clone()).or_default();
+            }
+            continue;
+        }
+        let (Some(name), Some(row)) = (&current, line.strip_prefix("| `")) else {
+            continue;
+        };
+        if let Some((key, _)) = row.split_once('`') {
+            out.get_mut(name).expect("heading").insert(key.to_string());
+        }
+    }
+    out
+}
+
+/// docs/CONFIGURATION.md documents every key of every table the config file accepts, and
+/// nothing else: a new key, a renamed one or a table moved fails here until the reference
+/// says so. The schema is the config types' own (`batchgate schema`, schemars).
+#[test]
+fn the_configuration_reference_matches_the_config_types() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&batchgate(&["schema"])).expect("the schema is JSON");
+    let mut expected = std::collections::BTreeMap::new();
+    schema_tables(&schema["$defs"], &schema, "", false, &mut expected);
+    assert!(expected.contains_key("[[routes]]") && expected.contains_key("[upstreams.NAME]"));
+    let reference = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/CONFIGURATION.md"),
+    )
+    .expect("docs/CONFIGURATION.md");
+    let documented = documented_tables(&reference);
+    for (table, keys) in &expected {
+        let Some(written) = documented.get(table) else {
+            panic!("docs/CONFIGURATION.md has no heading for `{table}`");
+        };
+        let missing: Vec<_> = keys.difference(written).collect();
+        let stale: Vec<_> = written.difference(keys).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "docs/CONFIGURATION.md `{table}`: undocumented {missing:?}, no such key {stale:?}"
+        );
+    }
+    let unknown: Vec<_> = documented
+        .keys()
+        .filter(|t| !expected.contains_key(*t))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "documented tables that do not exist: {unknown:?}"
+    );
+}
+
+/// The shipped schema (conf/batchgate.schema.json, for editors) is what the types generate;
+/// `completions` and `man` print what shells and `man` read.
+#[test]
+fn the_schema_completions_and_man_page_are_generated_from_the_cli() {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/batchgate.schema.json"),
+    )
+    .expect("conf/batchgate.schema.json");
+    assert_eq!(
+        shipped,
+        batchgate(&["schema"]),
+        "conf/batchgate.schema.json is stale: batchgate schema > conf/batchgate.schema.json"
+    );
+    let bash = batchgate(&["completions", "bash"]);
+    assert!(
+        bash.contains("--no-resolve") && bash.contains("complete -F"),
+        "{bash}"
+    );
+    let syntax = std::process::Command::new("bash")
+        .args(["-n", "-c", &bash])
+        .status()
+        .expect("bash");
+    assert!(syntax.success(), "the bash completion script parses");
+    for shell in ["zsh", "fish"] {
+        assert!(batchgate(&["completions", shell]).contains("no-resolve"));
+    }
+    let man = batchgate(&["man"]);
+    assert!(
+        man.contains(".TH batchgate 1") && man.contains("check"),
+        "{man}"
+    );
+}
+
+/// Without `-c`, a command reads `BATCHGATE_CONFIG` (else /etc/batchgate/batchgate.toml).
+#[test]
+fn the_config_path_defaults_to_the_environment_then_etc() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BATCHGATE_CONFIG", "conf/examples/minimal.toml")
+        .arg("check")
+        .output()
+        .expect("run batchgate");
+    assert!(
+        text(&out.stdout).starts_with("conf/examples/minimal.toml: ok"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_batchgate"))
+        .env_remove("BATCHGATE_CONFIG")
+        .arg("check")
+        .output()
+        .expect("run batchgate");
+    if !Path::new("/etc/batchgate/batchgate.toml").exists() {
+        assert!(
+            text(&out.stderr).contains("/etc/batchgate/batchgate.toml"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// Every shipped config validates against the shipped schema in a real JSON Schema validator
+/// (check-jsonschema, as an editor's TOML plugin would use it), and a typo does not.
+#[test]
+fn the_shipped_configs_validate_against_the_schema() {
+    let Some(validator) = crate::common::prom::require_tool(
+        "check-jsonschema",
+        "bash .ci/run (it installs check-jsonschema into target/ci-venv)",
+    ) else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = files_in(&root.join("conf"));
+    files.extend(files_in(&root.join("conf/examples")));
+    files.push(root.join("deploy/kubernetes/batchgate.toml"));
+    files.push(root.join("deploy/kubernetes/quotas/batchgate.toml"));
+    files.retain(|f| f.extension().is_some_and(|e| e == "toml"));
+    let schema = root.join("conf/batchgate.schema.json");
+    let out = std::process::Command::new(&validator)
+        .arg("--schemafile")
+        .arg(&schema)
+        .args(&files)
+        .output()
+        .expect("check-jsonschema");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let typo = std::env::temp_dir().join(format!("batchgate-typo-{}.toml", std::process::id()));
+    std::fs::write(
+        &typo,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nmax_in_flihgt = 3\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(&validator)
+        .arg("--schemafile")
+        .arg(&schema)
+        .arg(&typo)
+        .output()
+        .expect("check-jsonschema");
+    let _ = std::fs::remove_file(&typo);
+    assert!(
+        !out.status.success() && text(&out.stdout).contains("max_in_flihgt"),
+        "{}",
+        text(&out.stdout)
+    );
 }

@@ -554,3 +554,52 @@ async fn item_lines_carry_the_final_outcome() {
     assert!(refused.contains(r#"outcome="rejected""#), "{refused}");
     assert!(!refused.contains("duration_ms="), "{refused}");
 }
+
+/// With `server.access_log`, each pass-through request gets one line (method, path without its
+/// query, status, client, upstream address); batch lines carry the client's address too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_has_an_access_log_and_batch_lines_name_the_client() {
+    let upstream = Upstream::with_handler(|_req| Reply::bytes(201, "text/plain", b"made")).await;
+    let config = GateConfig::new(upstream.addr).server("access_log = true");
+    let gate = common::gate::start_with_env(
+        &config.toml(),
+        &[(
+            "RUST_LOG",
+            "warn,batchgate::access=info,batchgate::batch=info",
+        )],
+    )
+    .await;
+    let resp = client::request(gate.addr, "PUT", "/things/7?token=secret", &[], b"x").await;
+    assert_eq!(resp.status, 201);
+    let log = gate
+        .stderr_until("pass-through", Duration::from_secs(5))
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("pass-through"))
+        .expect("an access line");
+    for field in [
+        "method=PUT",
+        "path=/things/7",
+        "status=201",
+        "client=127.0.0.1:",
+        &format!("upstream={}", upstream.addr),
+        "duration_ms=",
+    ] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
+    assert!(
+        !line.contains("secret"),
+        "queries stay out of the log: {line}"
+    );
+    let items = vec![item("a", "GET", "/a")];
+    client::post_json(gate.addr, BATCH_PATH, &batch(items)).await;
+    let log = gate
+        .stderr_until("INFO batchgate::batch", Duration::from_secs(5))
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("batchgate::batch"))
+        .unwrap_or_else(|| panic!("a batch line: {log}"));
+    assert!(line.contains("client=127.0.0.1:"), "{line}");
+}

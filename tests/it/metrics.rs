@@ -676,3 +676,62 @@ async fn health_and_readiness_endpoints() {
     assert_eq!(ready.status, 503, "{}", ready.body_str());
     assert_eq!(ready.json()["default_upstream"]["reachable"], false);
 }
+
+/// docs/MONITORING.md's metric table names every metric family src/metrics.rs registers and
+/// nothing else, and every family a live instance exports after traffic is in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metric_table_matches_the_registry() {
+    let documented: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(common::prom::repo_file("docs/MONITORING.md"))
+            .expect("docs/MONITORING.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `batchgate_"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(name, _)| format!("batchgate_{name}"))
+            .collect();
+    let source =
+        std::fs::read_to_string(common::prom::repo_file("src/metrics.rs")).expect("src/metrics.rs");
+    let registered: std::collections::BTreeSet<String> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.starts_with("batchgate_")
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .map(str::to_string)
+        .collect();
+    let undocumented: Vec<_> = registered.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&registered).collect();
+    assert!(
+        undocumented.is_empty() && stale.is_empty(),
+        "docs/MONITORING.md: undocumented {undocumented:?}, not registered {stale:?}"
+    );
+
+    let upstream = scripted_upstream().await;
+    let gate = gate::start(&GateConfig::new(upstream.addr).toml()).await;
+    let items = vec![
+        item("a", "GET", "/v2/file/a"),
+        item("f", "GET", "/v2/file/fail"),
+    ];
+    client::post_json(gate.addr, BATCH_PATH, &batch(items)).await;
+    client::get(gate.addr, "/v2/missing").await;
+    let scrape = scrape_until(gate.admin, SETTLE, "the batch counted", |s| {
+        s.sum("batchgate_batches_total", &[]) >= 1.0
+    })
+    .await;
+    for (name, _) in scrape.series() {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| documented.contains(*base))
+            .unwrap_or(&name);
+        if family.starts_with("batchgate_") {
+            assert!(
+                documented.contains(family),
+                "{family} is exported but not documented"
+            );
+        }
+    }
+}

@@ -388,7 +388,7 @@ fn fail_mode_only_relays_error_statuses() {
     }
 }
 
-/// The README promises `MissingParameter` / `MissingHeader` for a required value that is
+/// docs/DIALECTS.md promises `MissingParameter` / `MissingHeader` for a required value that is
 /// missing *or empty*, whatever its `min_length`; an empty optional value is still checked
 /// against `min_length`.
 #[test]

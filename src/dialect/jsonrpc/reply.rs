@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-/// How upstream failures appear: one server error code each (documented in README).
+/// How upstream failures appear: one server error code each (documented in docs/DIALECTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
     ConnectError,
