@@ -1,7 +1,10 @@
-//! The admin listener: `/metrics`, `/healthz` and `/readyz`, never on the public listener.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and the status page (`/status`,
+//! `/status.json`, in `status.rs`), never on the public listener.
 //!
 //! Served by pingora's `ServeHttp` app on its own service (own address, own thread), so a
 //! scrape never competes with batch traffic for the proxy's accept loop.
+
+pub mod status;
 
 use crate::upstream::UpstreamClients;
 use arc_swap::ArcSwapOption;
@@ -27,6 +30,8 @@ pub struct AdminApp {
     pub default_upstream: ReadinessTarget,
     /// The upstream clients in effect: `/readyz` needs an address in the choice for each.
     pub upstreams: UpstreamClients,
+    /// The routes in effect, for the status page.
+    pub routes: status::Routes,
 }
 
 /// What `/readyz` probes, shared with the reloader.
@@ -83,7 +88,29 @@ impl ServeHttp for AdminApp {
                 self.listeners_ready()
             }
             "/readyz" => self.readiness().await,
-            _ => text(404, "not found: try /metrics, /healthz or /readyz\n"),
+            "/status.json" => {
+                let snapshot =
+                    status::snapshot(&self.listeners, &(self.routes)(), &(self.upstreams)());
+                let mut response =
+                    respond(200, "application/json", snapshot.to_string().into_bytes());
+                no_store(&mut response);
+                response
+            }
+            "/status" => {
+                let mut response =
+                    respond(200, "text/html; charset=utf-8", status::page().into_bytes());
+                no_store(&mut response);
+                // Its own inline script and style, and fetches from this listener only.
+                response.headers_mut().insert(
+                    "content-security-policy",
+                    http::HeaderValue::from_static("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"),
+                );
+                response
+            }
+            _ => text(
+                404,
+                "not found: try /metrics, /healthz, /readyz, /status or /status.json\n",
+            ),
         }
     }
 }
@@ -185,6 +212,16 @@ fn metrics() -> Response<Vec<u8>> {
         return text(500, "metrics encoding failed\n");
     }
     respond(200, encoder.format_type(), body)
+}
+
+/// Live numbers: never from a cache; and never sniffed into another type.
+fn no_store(response: &mut Response<Vec<u8>>) {
+    let headers = response.headers_mut();
+    headers.insert("cache-control", http::HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
 }
 
 fn text(status: u16, body: &str) -> Response<Vec<u8>> {

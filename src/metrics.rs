@@ -85,6 +85,7 @@ pub struct Families {
     pub max_in_flight: IntGauge,
     pub admission_queued_items: IntGauge,
     pub admission_held_bytes: IntGauge,
+    pub batches_in_flight: IntGauge,
     pub batches: IntCounterVec,
     pub batch_items: HistogramVec,
     pub batch_duration: HistogramVec,
@@ -201,6 +202,10 @@ fn families_registered() -> prometheus::Result<Families> {
             "Time one sent item took upstream, from holding its permits to its outcome.",
             &["route", "upstream"],
             LATENCY_BUCKETS.to_vec()
+        )?,
+        batches_in_flight: register_int_gauge!(
+            "batchgate_batches_in_flight",
+            "Batch requests on a route from their arrival until their reply is written (or they are refused)."
         )?,
         items_in_flight: register_int_gauge_vec!(
             "batchgate_items_in_flight",
@@ -1189,6 +1194,32 @@ mod survival_tests {
             UpstreamSeries::Hedged,
         ] {
             assert!(!series_survives(None, &series), "the upstream is gone");
+        }
+    }
+}
+
+/// Keeps `batchgate_batches_in_flight` raised while a batch request is being served.
+pub struct BatchInFlight(());
+
+impl BatchInFlight {
+    pub fn new() -> BatchInFlight {
+        if let Some(f) = families() {
+            f.batches_in_flight.inc();
+        }
+        BatchInFlight(())
+    }
+}
+
+impl Default for BatchInFlight {
+    fn default() -> Self {
+        BatchInFlight::new()
+    }
+}
+
+impl Drop for BatchInFlight {
+    fn drop(&mut self) {
+        if let Some(f) = families() {
+            f.batches_in_flight.dec();
         }
     }
 }

@@ -100,12 +100,15 @@ pub fn build(config: Config, path: &Path, options: &StartOptions) -> Server {
         Arc::new(ArcSwapOption::from_pointee(readiness_target(&config)));
     let live = reconfigure.clone();
     let upstreams: UpstreamClients = Arc::new(move || live.upstream_clients());
+    let live = reconfigure.clone();
+    let routes: crate::admin::status::Routes = Arc::new(move || live.route_configs());
     if let Some(addr) = config.admin_listen {
         server.add_service(admin_service(
             &config,
             addr,
             readiness.clone(),
             upstreams.clone(),
+            routes,
         ));
     }
     server.add_service(background_service(
@@ -269,11 +272,13 @@ fn admin_service(
     addr: SocketAddr,
     readiness: ReadinessTarget,
     upstreams: UpstreamClients,
+    routes: crate::admin::status::Routes,
 ) -> impl pingora::services::Service {
     let app = AdminApp {
         listeners: public_listeners(config).copied().collect(),
         default_upstream: readiness,
         upstreams,
+        routes,
     };
     let limits = crate::config::ClientLimits {
         max_connections: ADMIN_MAX_CONNECTIONS,

@@ -66,6 +66,8 @@ pub struct BatchSummary {
     /// be resolved.
     referring: usize,
     unresolved: usize,
+    /// Counts the batch in `batchgate_batches_in_flight` until the request is done.
+    _in_flight: crate::metrics::BatchInFlight,
 }
 
 /// One item as it is accounted, once, after the reply is built: its final class (after the
@@ -109,6 +111,7 @@ impl BatchSummary {
         item_log: bool,
     ) -> Self {
         BatchSummary {
+            _in_flight: crate::metrics::BatchInFlight::new(),
             client,
             item_log,
             streamed: None,

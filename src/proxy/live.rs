@@ -232,6 +232,15 @@ pub struct Reconfigure {
 }
 
 impl Reconfigure {
+    /// The routes of the config in effect, by name (the status page).
+    pub fn route_configs(&self) -> Vec<Arc<RouteConfig>> {
+        let live = self.live.load();
+        let mut routes: Vec<Arc<RouteConfig>> =
+            live.routes.values().map(|r| r.config.clone()).collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        routes
+    }
+
     /// The upstream clients of the config in effect (health checks, `/readyz`).
     pub fn upstream_clients(&self) -> Vec<Arc<UpstreamClient>> {
         self.live.load().clients.values().cloned().collect()

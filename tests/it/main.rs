@@ -34,6 +34,7 @@ mod reload;
 mod resilience;
 mod security;
 mod shutdown;
+mod status;
 mod stream;
 mod tls;
 mod upstream_batch;
