@@ -1137,6 +1137,32 @@ pub fn rate_limit_store(error: Option<&str>, degraded: bool) {
     f.rate_limit_degraded.set(i64::from(degraded));
 }
 
+/// Keeps `batchgate_batches_in_flight` raised while a batch request is being served.
+pub struct BatchInFlight(());
+
+impl BatchInFlight {
+    pub fn new() -> BatchInFlight {
+        if let Some(f) = families() {
+            f.batches_in_flight.inc();
+        }
+        BatchInFlight(())
+    }
+}
+
+impl Default for BatchInFlight {
+    fn default() -> Self {
+        BatchInFlight::new()
+    }
+}
+
+impl Drop for BatchInFlight {
+    fn drop(&mut self) {
+        if let Some(f) = families() {
+            f.batches_in_flight.dec();
+        }
+    }
+}
+
 #[cfg(test)]
 mod survival_tests {
     use super::{series_survives, UpstreamSeries};
@@ -1194,32 +1220,6 @@ mod survival_tests {
             UpstreamSeries::Hedged,
         ] {
             assert!(!series_survives(None, &series), "the upstream is gone");
-        }
-    }
-}
-
-/// Keeps `batchgate_batches_in_flight` raised while a batch request is being served.
-pub struct BatchInFlight(());
-
-impl BatchInFlight {
-    pub fn new() -> BatchInFlight {
-        if let Some(f) = families() {
-            f.batches_in_flight.inc();
-        }
-        BatchInFlight(())
-    }
-}
-
-impl Default for BatchInFlight {
-    fn default() -> Self {
-        BatchInFlight::new()
-    }
-}
-
-impl Drop for BatchInFlight {
-    fn drop(&mut self) {
-        if let Some(f) = families() {
-            f.batches_in_flight.dec();
         }
     }
 }
