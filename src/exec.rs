@@ -328,6 +328,7 @@ fn partition(
 fn item_span(index: usize, request: &SubRequest) -> tracing::Span {
     tracing::debug_span!(
         "item",
+        otel.kind = "client",
         index,
         method = %request.method,
         path = %request.path,

@@ -70,6 +70,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod reload;
 pub mod server;
+pub mod traces;
 pub mod upstream;
 pub mod upstream_batch;
 

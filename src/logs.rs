@@ -18,27 +18,38 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the process-wide subscriber: `RUST_LOG` if set, else `server.log_level`.
+/// Installs the process-wide subscriber: log lines filtered by `RUST_LOG` if set, else
+/// `server.log_level`; and with `[tracing]`, batchgate's spans exported to OpenTelemetry
+/// (filtered on their own: an item span is exported though the log level hides it).
 pub fn init(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer as _;
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.is_empty() => EnvFilter::try_new(value)?,
         _ => EnvFilter::try_new(config.server.log_level.as_deref().unwrap_or("info"))?,
     };
     // Colour only on a terminal: a file or journald would keep the escape codes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let result = match config.server.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .finish()
-            .with(CountedLines)
-            .try_init(),
-        LogFormat::Text => builder.finish().with(CountedLines).try_init(),
+    let lines = match config.server.log_format {
+        LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => lines.with_filter(filter).boxed(),
     };
-    result.map_err(|e| anyhow::anyhow!(e))
+    let provider = match &config.tracing {
+        Some(tracing) => Some(crate::traces::provider(tracing)?),
+        None => None,
+    };
+    let spans = provider.as_ref().map(crate::traces::layer);
+    if let Some(provider) = provider {
+        // Kept for the process's life: dropping the provider would stop the export.
+        std::mem::forget(provider);
+    }
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(spans)
+        .with(CountedLines)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Drops the library lines that are counted instead (see the module comment).

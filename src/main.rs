@@ -219,6 +219,7 @@ fn summary(config: &Config) -> String {
     listener_lines(config, &mut out);
     upstream_lines(config, &mut out);
     route_lines(config, &mut out);
+    tracing_line(config, &mut out);
     out
 }
 
@@ -277,6 +278,15 @@ fn upstream_lines(config: &Config, out: &mut String) {
             "upstream {} -> {}{tls}{default}\n",
             upstream.name,
             addrs.join(", ")
+        ));
+    }
+}
+
+fn tracing_line(config: &Config, out: &mut String) {
+    if let Some(tracing) = &config.tracing {
+        out.push_str(&format!(
+            "tracing  OTLP/HTTP to {}, sampling {}, queue {} spans\n",
+            tracing.endpoint, tracing.sampling_ratio, tracing.max_queued_spans
         ));
     }
 }

@@ -86,6 +86,7 @@ pub struct Families {
     pub admission_queued_items: IntGauge,
     pub admission_held_bytes: IntGauge,
     pub batches_in_flight: IntGauge,
+    pub trace_spans: IntCounterVec,
     pub batches: IntCounterVec,
     pub batch_items: HistogramVec,
     pub batch_duration: HistogramVec,
@@ -202,6 +203,11 @@ fn families_registered() -> prometheus::Result<Families> {
             "Time one sent item took upstream, from holding its permits to its outcome.",
             &["route", "upstream"],
             LATENCY_BUCKETS.to_vec()
+        )?,
+        trace_spans: register_int_counter_vec!(
+            "batchgate_trace_spans_total",
+            "Finished spans of sampled traces ([tracing]) by result: exported (the collector took them), failed (the export failed), dropped (the export queue was full).",
+            &["result"]
         )?,
         batches_in_flight: register_int_gauge!(
             "batchgate_batches_in_flight",

@@ -68,6 +68,8 @@ pub struct RequestCtx {
     live: Option<Arc<Live>>,
     /// Pass-through: the address index of the current attempt, and how many connects failed.
     passthrough_address: Option<usize>,
+    /// The pass-through request's span while tracing (`traces`): its context goes upstream.
+    trace_span: Option<tracing::Span>,
     passthrough_connect_failures: usize,
     /// Pass-through: the current attempt is connected, and its answer's head arrived.
     passthrough_connected: bool,
@@ -150,6 +152,7 @@ impl ProxyHttp for BatchGate {
             batch: None,
             live: None,
             passthrough_address: None,
+            trace_span: None,
             passthrough_connect_failures: 0,
             passthrough_connected: false,
             passthrough_answered: false,
@@ -215,6 +218,18 @@ impl ProxyHttp for BatchGate {
             self.write_reply(session, &reply, &id).await?;
             return Ok(true);
         }
+        if crate::traces::on() {
+            let header = session.req_header();
+            let span = tracing::info_span!(
+                "passthrough",
+                otel.kind = "server",
+                method = %header.method,
+                path = %header.uri.path(),
+                status = tracing::field::Empty,
+            );
+            crate::traces::adopt_parent(&span, &header.headers);
+            ctx.trace_span = Some(span);
+        }
         Ok(false)
     }
 
@@ -251,7 +266,12 @@ impl ProxyHttp for BatchGate {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        passthrough::prepare_request(session.req_header(), upstream_request)?;
+        let trace = ctx
+            .trace_span
+            .as_ref()
+            .map(|span| span.in_scope(crate::traces::current_headers))
+            .unwrap_or_default();
+        passthrough::prepare_request(session.req_header(), upstream_request, &trace)?;
         // An HTTP/2 body is passed on from here, on its own deadline (HTTP/1 bodies are timed
         // by their connection's clock).
         if !session.is_body_done() {
@@ -454,6 +474,9 @@ impl ProxyHttp for BatchGate {
                 let status = session.response_written().map(|r| r.status.as_u16());
                 if let Some(metrics) = live.passthrough.as_ref().and_then(|p| p.metrics.as_ref()) {
                     metrics.request(status, elapsed);
+                }
+                if let Some(span) = ctx.trace_span.take() {
+                    span.record("status", status.unwrap_or(0));
                 }
                 if self.access_log.load(std::sync::atomic::Ordering::Relaxed) {
                     let upstream = live

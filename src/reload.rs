@@ -7,7 +7,7 @@
 //! `max_in_flight` (permits are never revoked: a lower total is reached as items finish),
 //! `[server.admission]`, `item_log` and `access_log`. What it cannot change (listeners, threads, TLS
 //! listener settings, client connection limits, the admin listener, shutdown timings, pid
-//! file, logging) is reported as "needs an upgrade" and keeps its running value; the rest
+//! file, logging, `[tracing]`) is reported as "needs an upgrade" and keeps its running value; the rest
 //! still applies. Each attempt is counted in `batchgate_config_reloads_total{result}` and
 //! logged; the file in effect is `batchgate_config_info{sha256}`.
 
@@ -133,6 +133,7 @@ fn needs_upgrade(old: &Config, new: &Config) -> Vec<&'static str> {
         ("server.log_format", a.log_format != b.log_format),
         ("server.log_level", a.log_level != b.log_level),
         ("admin.listen", old.admin_listen != new.admin_listen),
+        ("tracing", old.tracing != new.tracing),
     ];
     checks
         .into_iter()

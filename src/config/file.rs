@@ -30,6 +30,22 @@ pub struct FileConfig {
     #[serde(default)]
     pub routes: Vec<RouteSection>,
     pub rate_limits: Option<RateLimitsSection>,
+    pub tracing: Option<TracingSection>,
+}
+
+/// `[tracing]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf); off without it.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// The collector's OTLP/HTTP URL (`http://127.0.0.1:4318`; `/v1/traces` is added to a URL
+    /// without a path).
+    pub otlp_endpoint: String,
+    /// Share of new traces recorded, 0 to 1 (a client's sampled `traceparent` is followed).
+    pub sampling_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    /// Finished spans waiting for export at most; more are dropped and counted.
+    pub max_queued_spans: Option<i64>,
+    pub export_timeout: Option<String>,
 }
 
 /// `[rate_limits]`: where shared rate-limit counts are kept (`[routes.rate_limit]`).

@@ -20,6 +20,7 @@ mod routes;
 mod server;
 mod stream;
 mod tls;
+pub mod traces;
 pub mod upstream_batch;
 mod validate;
 mod values;

@@ -28,6 +28,8 @@ pub struct Config {
     pub routes: Vec<Arc<RouteConfig>>,
     /// `[rate_limits]`: the shared store of the routes' rate limits.
     pub rate_limits: super::rate_limit::RateLimitStore,
+    /// `[tracing]`: OpenTelemetry export; `None`: off.
+    pub tracing: Option<super::traces::TracingConfig>,
     /// What is valid but worth a look (`FILE:LINE:COL: key: message`): an expiring
     /// certificate, verification turned off. `check` prints them; `run` logs them.
     pub warnings: Vec<String>,
@@ -91,6 +93,7 @@ pub fn validate(
     listener_clashes(&server, admin_listen, &mut problems);
     let default_upstream = default_upstream(&file, &upstream_index, &mut problems);
     let rate_limits = super::rate_limit::store(file.rate_limits.as_ref(), &mut problems);
+    let tracing = super::traces::tracing_config(file.tracing.as_ref(), &mut problems);
     let routes = routes(
         &file,
         &upstream_index,
@@ -114,6 +117,7 @@ pub fn validate(
             default_upstream,
             routes,
             rate_limits,
+            tracing,
             warnings: Vec::new(),
             sha256: String::new(),
         };

@@ -343,6 +343,12 @@ impl BatchGate {
             .filter(|item| matches!(item, Ok(Planned::Deferred(_))))
             .count();
         let headers = batch_headers(session, route, &request_id);
+        let span = batch_span(
+            route,
+            &request_id,
+            plan.items.len(),
+            &session.req_header().headers,
+        );
         let observer = Arc::new(ItemResources {
             metrics: route.metrics.clone(),
             ticket,
@@ -359,6 +365,7 @@ impl BatchGate {
                 observer,
                 refused,
                 request_id: &request_id,
+                span,
                 extra,
             };
             return self
@@ -372,7 +379,7 @@ impl BatchGate {
                 (plan.items, plan.order, plan.after),
                 headers,
                 &observer,
-                &request_id,
+                span,
             )
             .await
         else {
@@ -400,11 +407,10 @@ impl BatchGate {
         ),
         headers: BatchHeaders,
         observer: &Arc<ItemResources>,
-        request_id: &str,
+        span: tracing::Span,
     ) -> Option<exec::Ran> {
         let client = observer.ticket.client();
         let (exec_limits, upstream, _present) = self.prepare(route, order, headers, client, None);
-        let span = batch_span(route, request_id, items.len());
         let share = exec::Share {
             permits: &self.permits,
             client: observer.ticket.client(),
@@ -516,14 +522,23 @@ impl BatchGate {
     }
 }
 
-/// One span per batch; the executor's item spans are its children.
-pub(super) fn batch_span(route: &Route, request_id: &str, items: usize) -> tracing::Span {
-    tracing::info_span!(
+/// One span per batch, a child of the client's trace context when it sent one (`traces`);
+/// the executor's item spans are its children.
+pub(super) fn batch_span(
+    route: &Route,
+    request_id: &str,
+    items: usize,
+    client_headers: &http::HeaderMap,
+) -> tracing::Span {
+    let span = tracing::info_span!(
         "batch",
         route = %route.config.name,
         request_id = %request_id,
         items,
-    )
+        otel.kind = "server",
+    );
+    crate::traces::adopt_parent(&span, client_headers);
+    span
 }
 
 /// Each item as it is accounted (`BatchSummary::completed`), from what the run returned.

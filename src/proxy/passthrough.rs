@@ -14,7 +14,18 @@ use pingora::prelude::*;
 pub(super) fn prepare_request(
     client_request: &RequestHeader,
     upstream_request: &mut RequestHeader,
+    trace: &[(HeaderName, http::HeaderValue)],
 ) -> Result<()> {
+    // While tracing, the request carries its pass-through span's context (a child of the
+    // client's), not the client's own.
+    if !trace.is_empty() {
+        for name in &crate::traces::TRACE_HEADERS {
+            upstream_request.remove_header(name);
+        }
+        for (name, value) in trace {
+            upstream_request.append_header(name.clone(), value.clone())?;
+        }
+    }
     // The same upstream trusts these on batch items, where the proxy owns them; a client
     // must not be able to forge them by skipping the batch route. One list for both
     // paths (`guard::owned`), underscore spellings included.

@@ -304,7 +304,8 @@ fn encode_head(request: &SubRequest, batch: &BatchHeaders, out: &mut Vec<u8>) {
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(batch.host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in item_request_headers(request, batch) {
+    let trace = crate::traces::current_headers();
+    for (name, value) in item_request_headers(request, batch, &trace) {
         push_header(out, name, value);
     }
     if let Some(length) = item_content_length(request) {

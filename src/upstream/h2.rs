@@ -318,7 +318,8 @@ fn request_header(
             pingora::Error::because(ErrorType::InvalidHTTPHeader, "item authority or path", e)
         })?;
     header.set_uri(uri);
-    for (name, value) in item_request_headers(request, batch) {
+    let trace = crate::traces::current_headers();
+    for (name, value) in item_request_headers(request, batch, &trace) {
         header.append_header(name.clone(), value.clone())?;
     }
     if let Some(length) = item_content_length(request) {

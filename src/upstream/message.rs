@@ -52,16 +52,22 @@ const HOP_BY_HOP_RESPONSE: &[&str] = &[
 
 /// The one rule, for every upstream protocol, of which headers an item request carries
 /// besides `Host`: the batch-wide ones (forwarded, `X-Forwarded-For`, `X-Request-Id`) unless
-/// the item sets the same name itself (its own wins), then the item's own, repeats kept.
+/// the item sets the same name itself (its own wins), then the item's own, repeats kept;
+/// while tracing, the item span's trace context (`trace`: `crate::traces::current_headers`)
+/// replaces any `traceparent`/`tracestate` of the batch or the item.
 pub(crate) fn item_request_headers<'a>(
     request: &'a SubRequest,
     batch: &'a BatchHeaders,
+    trace: &'a [(HeaderName, HeaderValue)],
 ) -> impl Iterator<Item = &'a (HeaderName, HeaderValue)> {
+    let ours = |name: &HeaderName| !trace.is_empty() && crate::traces::TRACE_HEADERS.contains(name);
     batch
         .common
         .iter()
         .filter(|(name, _)| !request.headers.iter().any(|(n, _)| n == name))
         .chain(request.headers.iter())
+        .filter(move |(name, _)| !ours(name))
+        .chain(trace.iter())
 }
 
 /// The `Content-Length` an item request declares: its body's, or 0 for a bodiless POST, PUT

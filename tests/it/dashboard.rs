@@ -26,6 +26,7 @@ const METRICS: &[(&str, bool)] = &[
     ("batchgate_item_duration_seconds", true),
     ("batchgate_items_in_flight", false),
     ("batchgate_batches_in_flight", false),
+    ("batchgate_trace_spans_total", false),
     ("batchgate_max_in_flight", false),
     ("batchgate_permit_wait_seconds", true),
     ("batchgate_rejections_total", true),

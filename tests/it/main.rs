@@ -37,5 +37,6 @@ mod shutdown;
 mod status;
 mod stream;
 mod tls;
+mod tracing;
 mod upstream_batch;
 mod upstream_quirks;

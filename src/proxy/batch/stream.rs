@@ -12,7 +12,7 @@
 //! `client_send_timeout`) ends the run: queued items never start, sent ones finish in the
 //! background as for any batch whose client left.
 
-use super::{batch_span, settled_items, BatchSummary, ItemResources, REQUEST_ID};
+use super::{settled_items, BatchSummary, ItemResources, REQUEST_ID};
 use crate::config::StreamFormat;
 use crate::dialect::{Dialect, Outcome, Plan};
 use crate::exec;
@@ -49,6 +49,8 @@ pub(super) struct Streamed<'a> {
     /// Items the dialect refused (never sent).
     pub refused: usize,
     pub request_id: &'a str,
+    /// The batch's span (`batch_span`), the items' parent.
+    pub span: tracing::Span,
     /// Headers the reply carries besides its own (the rate limit's).
     pub extra: Vec<(HeaderName, http::HeaderValue)>,
 }
@@ -220,6 +222,7 @@ impl BatchGate {
             observer,
             refused,
             request_id,
+            span,
             extra,
         } = batch;
         summary.streamed = Some(format);
@@ -277,7 +280,6 @@ impl BatchGate {
         let client = observer.ticket.client();
         let (limits, upstream, _present) =
             self.prepare(route, plan.order, headers, client, Some(unwritten.clone()));
-        let span = batch_span(route, request_id, items);
         let share = exec::Share {
             permits: &self.permits,
             client: observer.ticket.client(),
