@@ -5,10 +5,14 @@
 //! `subtract`, `get_data`, `ping`, `makeDir`, `notify_*`), one accessory at a time on
 //! `GET /v2/servicerequest/accessorys/{id}/access-url` or a list of them on
 //! `GET /v2/servicerequest/accessorys/access-urls` (id `404` is missing), and
-//! `GET /v2/hello` for pass-through; a body with `"delay_ms": N` (at most 5000) is answered
+//! `GET /v2/hello` for pass-through; any other JSON-RPC call on any path as above, and any
+//! other request with a 200 echo of its method and path (so each example config's routes,
+//! whatever their upstream paths, have something to answer them); a body with `"delay_ms": N` (at most 5000) is answered
 //! after that long, to show a slow item (a streamed reply), so a newcomer can see each
 //! dialect answered without any real API. It is a pingora `ServeHttp` app running as one more
 //! service of the server.
+
+pub mod hints;
 
 use async_trait::async_trait;
 use http::Response;
@@ -53,11 +57,21 @@ impl ServeHttp for DemoUpstream {
             ("POST", "/jsonrpc" | "/jsonrpc2") => jsonrpc(&request),
             ("GET", "/v2/hello") => json_response(200, &json!({"hello": "from the demo upstream"})),
             ("GET", "/v2/servicerequest/accessorys/access-urls") => access_urls(header.uri.query()),
+            ("POST", _) if is_jsonrpc(&request) => jsonrpc(&request),
             _ => json_response(
-                404,
-                &json!({"code": "NotFound", "message": format!("the demo upstream has no {} {}", header.method, header.uri.path())}),
+                200,
+                &json!({"demo": "echo", "method": header.method.as_str(), "path": path, "query": header.uri.query()}),
             ),
         }
+    }
+}
+
+/// A JSON-RPC call or an array of them (what a jsonrpc route sends, to any upstream path).
+fn is_jsonrpc(request: &Value) -> bool {
+    let call = |v: &Value| v.get("jsonrpc").is_some();
+    match request {
+        Value::Array(calls) => calls.first().is_some_and(call),
+        other => call(other),
     }
 }
 

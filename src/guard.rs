@@ -82,6 +82,11 @@ pub struct UrlGuard {
 }
 
 impl UrlGuard {
+    /// The first allowed prefix, if the route names any (what `batchgate demo` suggests).
+    pub fn first_prefix(&self) -> Option<&str> {
+        self.prefixes.as_ref()?.first().map(String::as_str)
+    }
+
     pub fn new(base_path: String, prefixes: Option<Vec<String>>, batch_paths: Vec<String>) -> Self {
         let batch_paths = batch_paths
             .iter()

@@ -445,16 +445,12 @@ fn print_demo_help(config: &Config, addr: std::net::SocketAddr) {
                 a.to_string()
             }
         });
-    let route = config
-        .routes
-        .first()
-        .map_or("/v2/batch", |r| r.path.as_str());
     println!("batchgate demo: proxy on http://{listen}, demo upstream on http://{addr}");
     if let Some(admin) = config.admin_listen {
-        println!("metrics on http://{admin}/metrics");
+        println!("metrics on http://{admin}/metrics, status page on http://{admin}/status");
     }
-    println!("Try a batch:\n  curl -s http://{listen}{route} -H 'Content-Type: application/json' \\\n    -d '{{\"resource\":\"file\",\"requests\":[{{\"id\":\"93433894994ad2e1\",\"method\":\"POST\",\"url\":\"/file/get\",\"headers\":{{\"Content-Type\":\"application/json\"}},\"body\":{{\"domain_id\":\"1\",\"drive_id\":\"1\"}}}},{{\"id\":\"2\",\"method\":\"POST\",\"url\":\"/file/list\",\"body\":{{\"drive_id\":\"1\"}}}}]}}'");
-    println!("a JSON-RPC batch:\n  curl -s http://{listen}/jsonrpc -H 'Content-Type: application/json' \\\n    -d '[{{\"jsonrpc\":\"2.0\",\"method\":\"sum\",\"params\":[1,2,4],\"id\":\"1\"}},{{\"jsonrpc\":\"2.0\",\"method\":\"subtract\",\"params\":[42,23],\"id\":2}}]'");
-    println!("an id-list fan-out:\n  curl -s 'http://{listen}/v2/servicerequest/accessorys/access-urls?group_id=1&accessory_ids=1,2' -H 'X-Auth-Token: demo'");
-    println!("and a pass-through call:\n  curl -s http://{listen}/v2/hello");
+    println!("Try:");
+    for hint in batchgate::demo::hints::hints(config, &listen) {
+        println!("# {}\n  {}", hint.what, hint.command);
+    }
 }

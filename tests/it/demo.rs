@@ -148,3 +148,130 @@ async fn the_demo_serves_the_upstream_batching_example() {
     let reply = common::client::request(addr, "GET", missing, &[], b"").await;
     assert_eq!(reply.status, 404, "{}", reply.body_str());
 }
+
+/// `batchgate demo -c FILE` prints a line per route of FILE (and a pass-through call), and
+/// every line works: run as printed (with curl, through sh), each is answered 200 and each
+/// route counts a batch whose items all succeeded. For every shipped config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_a_working_line_for_every_route_of_every_shipped_config() {
+    let Some(curl) = common::prom::require_tool("curl", "apt-get install curl") else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("conf/batchgate.toml")];
+    let mut examples: Vec<_> = std::fs::read_dir(root.join("conf/examples"))
+        .expect("conf/examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    examples.sort();
+    files.extend(examples);
+    for file in files {
+        let (listen, admin, upstream) = (free_port(), free_port(), free_port());
+        let dir =
+            std::env::temp_dir().join(format!("batchgate-hints-{}-{listen}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let pid = dir.join("batchgate.pid").display().to_string();
+        let sock = dir.join("upgrade.sock").display().to_string();
+        let mut config = std::fs::read_to_string(&file)
+            .expect("config")
+            .replace("0.0.0.0:8080", &format!("127.0.0.1:{listen}"))
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{listen}"))
+            .replace("127.0.0.1:9091", &format!("127.0.0.1:{admin}"))
+            .replace("127.0.0.1:9000", &format!("127.0.0.1:{upstream}"));
+        if config.contains("pid_file") {
+            config = config
+                .replace("/tmp/batchgate.pid", &pid)
+                .replace("/tmp/batchgate_upgrade.sock", &sock);
+        } else {
+            config = config.replacen(
+                "[server]\n",
+                &format!("[server]\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n"),
+                1,
+            );
+        }
+        if !config.contains("\n[admin]\n") {
+            // Only to count the batches: the example itself has no admin listener.
+            config.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+        }
+        let path = dir.join("config.toml");
+        std::fs::write(&path, &config).expect("config");
+        let mut child = Command::new(common::gate::bin())
+            .args(["demo", "-c"])
+            .arg(&path)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the demo");
+        let stdout = child.stdout.take().expect("stdout");
+        let _demo = Demo { child, dir };
+        let printed = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let line = line.expect("a line");
+                let last = line.contains("/v2/hello");
+                lines.push(line);
+                if last {
+                    break;
+                }
+            }
+            lines
+        })
+        .await
+        .expect("the demo's hints");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+        common::eventually_async(Duration::from_secs(20), "the demo accepts", || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        let commands: Vec<&str> = printed
+            .iter()
+            .filter_map(|l| l.strip_prefix("  "))
+            .filter(|l| l.contains("curl "))
+            .collect();
+        let name = file.display();
+        let routes = config.lines().filter(|l| *l == "[[routes]]").count();
+        assert_eq!(
+            commands.len(),
+            routes + 1,
+            "{name}: a line per route and pass-through: {printed:#?}"
+        );
+        for command in &commands {
+            let script = command.replacen(
+                "curl ",
+                &format!("{} -o /dev/null -w '%{{http_code}}' ", curl.display()),
+                1,
+            );
+            let out = Command::new("sh")
+                .args(["-c", &script])
+                .output()
+                .expect("sh");
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(code, "200", "{name}: {command}");
+        }
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+        let metrics =
+            common::prom::scrape_until(admin, Duration::from_secs(5), "batches counted", |s| {
+                s.sum("batchgate_batches_total", &[]) >= routes as f64
+            })
+            .await;
+        let names = config
+            .split("\n[[routes]]\n")
+            .skip(1)
+            .filter_map(|r| r.lines().find_map(|l| l.strip_prefix("name = \"")))
+            .filter_map(|n| n.split('"').next());
+        for route in names {
+            assert_eq!(
+                metrics.sum(
+                    "batchgate_batches_total",
+                    &[("route", route), ("outcome", "ok")]
+                ),
+                1.0,
+                "{name}: route {route}: {}",
+                metrics.text
+            );
+        }
+    }
+}
