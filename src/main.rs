@@ -240,7 +240,9 @@ fn listener_lines(config: &Config, out: &mut String) {
         out.push_str(&format!("listener {addr}{alpn}\n"));
     }
     if let Some(addr) = config.admin_listen {
-        out.push_str(&format!("admin    {addr} (/metrics /healthz /readyz)\n"));
+        out.push_str(&format!(
+            "admin    {addr} (/metrics /healthz /readyz /status)\n"
+        ));
     }
 }
 

@@ -31,6 +31,7 @@ async fn the_demo_answers_every_example_it_prints() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/batchgate.toml"))
             .expect("conf/batchgate.toml")
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{listen}"))
+            .replace("0.0.0.0:8443", &format!("127.0.0.1:{}", free_port()))
             .replace("127.0.0.1:9091", &format!("127.0.0.1:{admin}"))
             .replace("127.0.0.1:9000", &format!("127.0.0.1:{upstream}"))
             .replace(
@@ -225,6 +226,17 @@ async fn the_demo_prints_a_working_line_for_every_route_of_every_shipped_config(
         common::eventually_async(Duration::from_secs(20), "the demo accepts", || async move {
             tokio::net::TcpStream::connect(addr).await.is_ok()
         })
+        .await;
+        // Ready: the demo upstream (the default upstream) accepts too.
+        let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+        common::eventually_async(
+            Duration::from_secs(20),
+            "the demo is ready",
+            || async move {
+                tokio::net::TcpStream::connect(admin_addr).await.is_ok()
+                    && common::client::get(admin_addr, "/readyz").await.status == 200
+            },
+        )
         .await;
         let commands: Vec<&str> = printed
             .iter()

@@ -717,3 +717,79 @@ async fn an_h2_client_that_sends_no_preface_is_cut_at_the_header_timeout() {
     let started = std::time::Instant::now();
     common::client::assert_cut_at_a_one_second_head_timeout(&mut tls, started, gate.admin).await;
 }
+
+/// The certificate recipes of docs/CONFIGURATION.md ("Certificates"), run as written with the
+/// real openssl, make certificates that `check` accepts and the listener serves: curl verifies
+/// them (against the self-signed certificate, or the recipe's CA) over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_certificate_recipes_work_with_rustls() {
+    let Some(openssl) = common::prom::require_tool("openssl", "apt-get install openssl") else {
+        return;
+    };
+    let docs = std::fs::read_to_string(common::prom::repo_file("docs/CONFIGURATION.md"))
+        .expect("docs/CONFIGURATION.md");
+    let section = docs
+        .split("### Certificates")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("a Certificates section");
+    let recipes: Vec<&str> = section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .collect();
+    assert_eq!(recipes.len(), 2, "{section}");
+    let backend = Upstream::echo().await;
+    for (n, recipe) in recipes.iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("batchgate-recipe-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = std::process::Command::new("sh")
+            .args(["-e", "-c", recipe])
+            .current_dir(&dir)
+            .env(
+                "PATH",
+                std::env::join_paths([openssl.parent().expect("dir")]).expect("PATH"),
+            )
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "recipe {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tls = format!(
+            "[[server.tls.certificates]]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("gateway.pem").display(),
+            dir.join("gateway.key").display()
+        );
+        let gate = common::gate::start(&listener_config(&tls, &backend.host_port())).await;
+        let port = gate.addr.port();
+        let trusted = if dir.join("ca.pem").exists() {
+            "ca.pem"
+        } else {
+            "gateway.pem"
+        };
+        let cafile = dir.join(trusted).display().to_string();
+        let resolve = format!("localhost:{port}:127.0.0.1");
+        let url = format!("https://localhost:{port}/plain");
+        let Some((code, out, err)) = curl(&[
+            "--http2",
+            "--cacert",
+            &cafile,
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_version}",
+            &url,
+        ]) else {
+            eprintln!("curl is not installed; skipping the client side");
+            return;
+        };
+        assert_eq!(code, 0, "recipe {n}: {err}");
+        assert!(out.ends_with("\n2"), "recipe {n}: {out}");
+        let by_ip = format!("https://127.0.0.1:{port}/plain");
+        let (code, _, err) = curl(&["--cacert", &cafile, &by_ip]).expect("curl");
+        assert_eq!(code, 0, "recipe {n}, by address: {err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
