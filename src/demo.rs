@@ -5,9 +5,9 @@
 //! `subtract`, `get_data`, `ping`, `makeDir`, `notify_*`), one accessory at a time on
 //! `GET /v2/servicerequest/accessorys/{id}/access-url` or a list of them on
 //! `GET /v2/servicerequest/accessorys/access-urls` (id `404` is missing), and
-//! `GET /v2/hello` for pass-through; any other JSON-RPC call on any path as above, and any
-//! other request with a 200 echo of its method and path (so each example config's routes,
-//! whatever their upstream paths, have something to answer them); a body with `"delay_ms": N` (at most 5000) is answered
+//! `GET /v2/hello` for pass-through; any other JSON-RPC call on any path as above; 404 for
+//! anything else under its own `/v2/`, and a 200 echo of method and path elsewhere (so each
+//! example config's routes, whatever their API's paths, have something to answer them); a body with `"delay_ms": N` (at most 5000) is answered
 //! after that long, to show a slow item (a streamed reply), so a newcomer can see each
 //! dialect answered without any real API. It is a pingora `ServeHttp` app running as one more
 //! service of the server.
@@ -58,6 +58,10 @@ impl ServeHttp for DemoUpstream {
             ("GET", "/v2/hello") => json_response(200, &json!({"hello": "from the demo upstream"})),
             ("GET", "/v2/servicerequest/accessorys/access-urls") => access_urls(header.uri.query()),
             ("POST", _) if is_jsonrpc(&request) => jsonrpc(&request),
+            (_, p) if p.starts_with("/v2/") => json_response(
+                404,
+                &json!({"code": "NotFound", "message": format!("the demo upstream has no {} {}", header.method, path)}),
+            ),
             _ => json_response(
                 200,
                 &json!({"demo": "echo", "method": header.method.as_str(), "path": path, "query": header.uri.query()}),

@@ -38,7 +38,9 @@ fn route_hint(route: &RouteConfig, listen: &str) -> Hint {
     let command = match &route.dialect {
         DialectConfig::Envelope(envelope) => {
             let method = preferred(&envelope.allowed_methods);
-            let prefix = envelope.url_guard.first_prefix().unwrap_or("/");
+            // Without a prefix rule, the demo API's own files (`/v2/file/get` under PDS's
+            // base path, an echo elsewhere).
+            let prefix = envelope.url_guard.first_prefix().unwrap_or("/file/");
             let item = |id: &str, leaf: &str| {
                 let mut item = serde_json::json!({"id": id, "method": method.as_str(), "url": format!("{prefix}{leaf}")});
                 if method != Method::GET {

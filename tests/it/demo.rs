@@ -287,3 +287,163 @@ async fn the_demo_prints_a_working_line_for_every_route_of_every_shipped_config(
         }
     }
 }
+
+/// `$ command` lines of a ```console block and the output shown under each.
+fn console_samples(block: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in block.lines().map(str::trim) {
+        if let Some(command) = line.strip_prefix("$ ") {
+            out.push((command.to_string(), String::new()));
+        } else if let Some((_, shown)) = out.last_mut() {
+            if !line.is_empty() {
+                shown.push_str(line);
+                shown.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// The ```console blocks of README.md, in order.
+fn readme_console_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    readme
+        .split("```console\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `batchgate demo -c FILE` on free ports; the listen port, and the demo to keep alive.
+async fn demo_on(file: &str) -> (u16, Demo) {
+    let (listen, admin, upstream) = (free_port(), free_port(), free_port());
+    let dir =
+        std::env::temp_dir().join(format!("batchgate-readme-{}-{listen}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pid = dir.join("batchgate.pid").display().to_string();
+    let sock = dir.join("upgrade.sock").display().to_string();
+    let mut config = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR")))
+        .expect("config")
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{listen}"))
+        .replace("127.0.0.1:9091", &format!("127.0.0.1:{admin}"))
+        .replace("127.0.0.1:9000", &format!("127.0.0.1:{upstream}"))
+        .replace("/tmp/batchgate.pid", &pid)
+        .replace("/tmp/batchgate_upgrade.sock", &sock);
+    if !config.contains("pid_file") {
+        config = config.replacen(
+            "[server]\n",
+            &format!("[server]\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n"),
+            1,
+        );
+    }
+    if !config.contains("\n[admin]\n") {
+        config.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, &config).expect("config");
+    let child = Command::new(common::gate::bin())
+        .args(["demo", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let demo = Demo { child, dir };
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    common::eventually_async(
+        Duration::from_secs(20),
+        "the demo is ready",
+        || async move {
+            tokio::net::TcpStream::connect(admin).await.is_ok()
+                && common::client::get(admin, "/readyz").await.status == 200
+        },
+    )
+    .await;
+    (listen, demo)
+}
+
+/// Each `$ curl` sample of a README console block, run against the demo, prints what the
+/// README shows (the `date` headers aside).
+fn assert_samples(block: &str, listen: u16, curl: &std::path::Path) {
+    let date = |text: &str| {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("\"date\":\"") {
+            out.push_str(&rest[..at]);
+            out.push_str("\"date\":\"-\"");
+            let after = &rest[at + 8..];
+            rest = after.split_once('"').map_or("", |(_, r)| r);
+        }
+        out.push_str(rest);
+        out
+    };
+    let samples = console_samples(block);
+    assert!(!samples.is_empty(), "{block}");
+    for (command, shown) in samples {
+        let script = command
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{listen}"))
+            .replacen("curl ", &format!("{} ", curl.display()), 1);
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh");
+        let printed = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+        assert_eq!(
+            date(&printed),
+            date(shown.trim_end()),
+            "README sample: $ {command}"
+        );
+    }
+}
+
+/// README's sample outputs are what batchgate prints: the Quick start's curl lines against
+/// `demo`, the walkthrough's config (conf/examples/minimal.toml), its `check` output and its
+/// curl lines against `demo -c conf/examples/minimal.toml`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_samples_are_what_batchgate_prints() {
+    let Some(curl) = common::prom::require_tool("curl", "apt-get install curl") else {
+        return;
+    };
+    let blocks = readme_console_blocks();
+    assert_eq!(blocks.len(), 3, "Quick start, check, walkthrough");
+
+    let (listen, _demo) = demo_on("conf/batchgate.toml").await;
+    assert_samples(&blocks[0], listen, &curl);
+
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let shown_config = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the walkthrough's config");
+    let minimal = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/examples/minimal.toml"
+    ))
+    .expect("minimal.toml");
+    assert!(
+        minimal.ends_with(shown_config),
+        "README shows conf/examples/minimal.toml"
+    );
+
+    let check = Command::new(common::gate::bin())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check", "-c", "conf/examples/minimal.toml"])
+        .output()
+        .expect("check");
+    let printed =
+        String::from_utf8_lossy(&check.stdout).replace("conf/examples/minimal.toml", "my.toml");
+    for line in blocks[1].lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(
+            printed.lines().any(|p| p == line),
+            "README check sample {line:?} in:\n{printed}"
+        );
+    }
+
+    let (listen, _demo) = demo_on("conf/examples/minimal.toml").await;
+    assert_samples(&blocks[2], listen, &curl);
+}
