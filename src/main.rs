@@ -55,6 +55,10 @@ enum Command {
         /// for another network, such as a Kubernetes cluster's service names).
         #[arg(long)]
         no_resolve: bool,
+        /// Print the effective config instead of the summary: the file with every key it
+        /// leaves out written in with the value in effect (marked `# default`).
+        #[arg(long)]
+        print: bool,
     },
     /// Print shell completions for batchgate (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -86,7 +90,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, no_resolve } => check(&config, no_resolve),
+        Command::Check {
+            config,
+            no_resolve,
+            print,
+        } => check(&config, no_resolve, print),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "batchgate", &mut std::io::stdout());
@@ -129,7 +137,7 @@ fn man() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check(path: &std::path::Path, no_resolve: bool) -> ExitCode {
+fn check(path: &std::path::Path, no_resolve: bool, print: bool) -> ExitCode {
     let resolve = if no_resolve {
         batchgate::config::Resolve::SyntaxOnly
     } else {
@@ -147,7 +155,12 @@ fn check(path: &std::path::Path, no_resolve: bool) -> ExitCode {
             } else {
                 ""
             };
-            let text = format!("{}: ok{resolved}\n{}", path.display(), summary(&config));
+            let text = if print {
+                let written = std::fs::read_to_string(path).unwrap_or_default();
+                batchgate::config::effective_text(&written, &config.filled)
+            } else {
+                format!("{}: ok{resolved}\n{}", path.display(), summary(&config))
+            };
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }

@@ -14,6 +14,7 @@ mod jsonrpc;
 pub mod meta;
 pub mod multipart;
 mod problems;
+pub use problems::Filled;
 pub mod rate_limit;
 mod resilience;
 mod routes;
@@ -201,6 +202,53 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     rows[a.len()][b.len()]
+}
+
+/// The file's text with every key it leaves out written in, with the value in effect and a
+/// `# default` comment (`check --print`). The file's own keys, order and comments are kept;
+/// a table the file does not have is added when one of its keys has a default.
+pub fn effective_text(text: &str, filled: &[Filled]) -> String {
+    let Ok(mut document) = text.parse::<toml_edit::DocumentMut>() else {
+        return text.to_string();
+    };
+    for filled in filled {
+        let Some((key, tables)) = filled.path.split_last() else {
+            continue;
+        };
+        let Some(table) = table_at(document.as_table_mut(), tables) else {
+            continue;
+        };
+        if table.contains_key(key) {
+            continue;
+        }
+        let mut value = filled.value.clone();
+        value.decor_mut().set_suffix(" # default");
+        table.insert(key, toml_edit::Item::Value(value));
+    }
+    document.to_string()
+}
+
+/// The table at `path` (`["routes", "0", "cache"]`), made if absent (not through arrays).
+fn table_at<'t>(
+    table: &'t mut toml_edit::Table,
+    path: &[String],
+) -> Option<&'t mut toml_edit::Table> {
+    let Some((first, rest)) = path.split_first() else {
+        return Some(table);
+    };
+    if let Some(index) = rest.first().and_then(|i| i.parse::<usize>().ok()) {
+        let tables = table.get_mut(first)?.as_array_of_tables_mut()?;
+        return table_at(tables.get_mut(index)?, &rest[1..]);
+    }
+    let entry = table.entry(first).or_insert_with(|| {
+        let mut new = toml_edit::Table::new();
+        new.set_implicit(false);
+        toml_edit::Item::Table(new)
+    });
+    match entry {
+        toml_edit::Item::Table(inner) => table_at(inner, rest),
+        _ => None,
+    }
 }
 
 fn sha256_hex(text: &str) -> String {

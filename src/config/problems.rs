@@ -27,11 +27,27 @@ impl Problem {
     }
 }
 
-/// Collects problems under a key path prefix.
+/// A key the file leaves out, and the value validation used in its place (`check --print`).
+#[derive(Debug, Clone)]
+pub struct Filled {
+    /// Key path segments, as in `Problem`.
+    pub path: Vec<String>,
+    pub value: toml_edit::Value,
+}
+
+/// Collects problems under a key path prefix, and the defaults used for absent keys.
 #[derive(Default)]
-pub(super) struct Problems(pub(super) Vec<Problem>);
+pub(super) struct Problems(pub(super) Vec<Problem>, pub(super) Vec<Filled>);
 
 impl Problems {
+    /// Records that `path` was absent and `value` stands for it.
+    pub(super) fn filled(&mut self, path: &[&str], value: impl Into<toml_edit::Value>) {
+        self.1.push(Filled {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            value: value.into(),
+        });
+    }
+
     pub(super) fn push(&mut self, path: &[&str], message: impl Into<String>) {
         self.0.push(Problem {
             path: path.iter().map(|s| s.to_string()).collect(),

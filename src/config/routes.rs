@@ -278,10 +278,11 @@ fn dialect_config(
 
 /// The configured name, else one derived from the path; it becomes a metric label.
 fn route_name(section: &RouteSection, i: &str, problems: &mut Problems) -> String {
-    let name = section
-        .name
-        .clone()
-        .unwrap_or_else(|| section.path.trim_start_matches('/').replace('/', "_"));
+    let name = section.name.clone().unwrap_or_else(|| {
+        let derived = section.path.trim_start_matches('/').replace('/', "_");
+        problems.filled(&["routes", i, "name"], derived.as_str());
+        derived
+    });
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
         problems.push(
             &["routes", i, "name"],

@@ -106,7 +106,12 @@ pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>)
         // thread that accepted it (nginx's and Envoy's model): 11% less CPU per item and 7%
         // less per pass-through request than work stealing, at the same batch latency
         // (docs/PERFORMANCE.md).
-        work_stealing: section.work_stealing.unwrap_or(false),
+        work_stealing: super::values::flag(
+            section.work_stealing,
+            false,
+            &["server", "work_stealing"],
+            problems,
+        ),
         max_in_flight,
         admission: admission_limits(section.admission.as_ref(), max_in_flight, problems),
         grace_period: whole_seconds(
@@ -125,10 +130,15 @@ pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>)
         upgrade_sock: section.upgrade_sock.clone(),
         log_format,
         log_level: section.log_level.clone(),
-        item_log: section.item_log.unwrap_or(false),
-        access_log: section.access_log.unwrap_or(false),
+        item_log: super::values::flag(section.item_log, false, &["server", "item_log"], problems),
+        access_log: super::values::flag(
+            section.access_log,
+            false,
+            &["server", "access_log"],
+            problems,
+        ),
         client: client_limits(section, problems),
-        h2c: section.h2c.unwrap_or(false),
+        h2c: super::values::flag(section.h2c, false, &["server", "h2c"], problems),
         tls: listener_tls_settings(section, &tls_listen, found),
         tls_source: format!("{:?}", section.tls),
         tls_listen,
@@ -262,7 +272,11 @@ fn addresses_at(texts: &[String], key: &str, problems: &mut Problems) -> Vec<Soc
 /// The log format; the log level is only checked here, as `main` hands it to the subscriber.
 fn log_format(section: &ServerSection, problems: &mut Problems) -> LogFormat {
     let log_format = match section.log_format.as_deref() {
-        None | Some("text") => LogFormat::Text,
+        None => {
+            problems.filled(&["server", "log_format"], "text");
+            LogFormat::Text
+        }
+        Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
             problems.push(
@@ -272,6 +286,9 @@ fn log_format(section: &ServerSection, problems: &mut Problems) -> LogFormat {
             LogFormat::Text
         }
     };
+    if section.log_level.is_none() {
+        problems.filled(&["server", "log_level"], "info");
+    }
     if let Some(level) = &section.log_level {
         if !is_log_filter(level) {
             problems.push(
@@ -307,7 +324,10 @@ pub(super) fn admin_listen(file: &FileConfig, problems: &mut Problems) -> Option
     if file.admin.enabled == Some(false) {
         return None;
     }
-    let text = file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let text = file.admin.listen.as_deref().unwrap_or_else(|| {
+        problems.filled(&["admin", "listen"], DEFAULT_ADMIN_LISTEN);
+        DEFAULT_ADMIN_LISTEN
+    });
     match text.parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
         Err(_) => {
@@ -443,7 +463,12 @@ fn upstream_config(
             &at("eject_for"),
             problems,
         ),
-        eject_on_5xx: section.eject_on_5xx.unwrap_or(false),
+        eject_on_5xx: super::values::flag(
+            section.eject_on_5xx,
+            false,
+            &at("eject_on_5xx"),
+            problems,
+        ),
         retry: super::resilience::retry_policy(name, section.retry.as_ref(), problems),
         health_check: super::resilience::health_check(
             name,

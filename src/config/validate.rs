@@ -30,6 +30,8 @@ pub struct Config {
     pub rate_limits: super::rate_limit::RateLimitStore,
     /// `[tracing]`: OpenTelemetry export; `None`: off.
     pub tracing: Option<super::traces::TracingConfig>,
+    /// The keys the file leaves out and the values used for them (`check --print`).
+    pub filled: Vec<super::Filled>,
     /// What is valid but worth a look (`FILE:LINE:COL: key: message`): an expiring
     /// certificate, verification turned off. `check` prints them; `run` logs them.
     pub warnings: Vec<String>,
@@ -118,6 +120,7 @@ pub fn validate(
             routes,
             rate_limits,
             tracing,
+            filled: std::mem::take(&mut problems.1),
             warnings: Vec::new(),
             sha256: String::new(),
         };

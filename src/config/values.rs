@@ -31,7 +31,10 @@ pub(super) fn bounded(
     problems: &mut Problems,
 ) -> usize {
     match value {
-        None => default,
+        None => {
+            problems.filled(path, i64::try_from(default).unwrap_or(i64::MAX));
+            default
+        }
         Some(v) if (min..=max).contains(&v) => usize::try_from(v).unwrap_or(default),
         Some(v) => {
             let range = if max == i64::MAX {
@@ -43,6 +46,19 @@ pub(super) fn bounded(
             default
         }
     }
+}
+
+/// A switch: `value`, else `default` (recorded for `check --print`).
+pub(super) fn flag(
+    value: Option<bool>,
+    default: bool,
+    path: &[&str],
+    problems: &mut Problems,
+) -> bool {
+    value.unwrap_or_else(|| {
+        problems.filled(path, default);
+        default
+    })
 }
 
 /// HTTP methods written in upper case (`"GET"`), each wrong one a problem at `path[j]`.
@@ -79,6 +95,7 @@ pub(super) fn duration(
     problems: &mut Problems,
 ) -> Duration {
     let Some(text) = value else {
+        problems.filled(path, duration_text(default));
         return default;
     };
     match parse_seconds(text) {
@@ -121,6 +138,19 @@ pub(super) fn whole_seconds(
         return default;
     }
     d
+}
+
+/// A duration as the file writes it, in the largest unit that holds it whole: `"250ms"`,
+/// `"10s"`, `"2m"`, `"1h"` (`parse_duration` reads it back exactly).
+pub fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => format!("{}ms", ms.max(1)),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
 }
 
 /// Parses `"250ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"`.

@@ -614,3 +614,53 @@ fn the_shipped_configs_validate_against_the_schema() {
         text(&out.stdout)
     );
 }
+
+/// `check --print` writes the file out with every key it leaves out filled in with the value
+/// in effect (`# default`), keeping the file's own keys and comments: the result passes
+/// `check`, and printing it again changes nothing (nothing left to fill, nothing lost). For
+/// every shipped config.
+#[test]
+fn check_print_fills_in_the_defaults_and_is_a_fixpoint() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = files_in(&root.join("conf"));
+    files.extend(files_in(&root.join("conf/examples")));
+    files.retain(|f| f.extension().is_some_and(|e| e == "toml"));
+    let dir = std::env::temp_dir().join(format!("batchgate-print-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for file in files {
+        let name = file.display().to_string();
+        let once = batchgate(&["check", "--print", "-c", &name]);
+        let printed = dir.join("printed.toml");
+        std::fs::write(&printed, &once).expect("write");
+        let twice = batchgate(&["check", "--print", "-c", &printed.display().to_string()]);
+        assert_eq!(
+            once, twice,
+            "{name}: printing the printed config changes it"
+        );
+        let written = std::fs::read_to_string(&file).expect("read");
+        for line in written.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                once.contains(line),
+                "{name}: the file's own line {line:?} is kept"
+            );
+        }
+    }
+    let minimal = batchgate(&["check", "--print", "-c", "conf/examples/minimal.toml"]);
+    for line in [
+        "max_in_flight = 1024 # default",
+        "log_format = \"text\" # default",
+        "item_log = false # default",
+        "connect_timeout = \"1s\" # default",
+        "max_items = 100 # default",
+        "item_timeout = \"10s\" # default",
+        "listen = \"127.0.0.1:9091\" # default",
+        "name = \"batch\" # default",
+    ] {
+        assert!(
+            minimal.lines().any(|l| l == line),
+            "{line:?} in:\n{minimal}"
+        );
+    }
+    assert!(minimal.contains("\n[server.admission]\n"), "{minimal}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
