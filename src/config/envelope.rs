@@ -39,10 +39,24 @@ pub(super) fn envelope_config(
         error_format,
         url_guard: UrlGuard::new(base_path.clone(), prefixes, batch_paths.to_vec())
             .with_origins(&origins),
-        sequential: section.sequential.unwrap_or(false),
-        stop_on_failure: section.stop_on_failure.unwrap_or(false),
+        sequential: super::values::flag(
+            section.sequential,
+            false,
+            &["routes", i, "sequential"],
+            problems,
+        ),
+        stop_on_failure: super::values::flag(
+            section.stop_on_failure,
+            false,
+            &["routes", i, "stop_on_failure"],
+            problems,
+        ),
         dependencies: match section.dependencies.as_deref() {
-            None | Some("off") => false,
+            None => {
+                problems.filled(&["routes", i, "dependencies"], "off");
+                false
+            }
+            Some("off") => false,
             Some("graph") => true,
             Some(other) => {
                 problems.push(
@@ -53,7 +67,11 @@ pub(super) fn envelope_config(
             }
         },
         body_rule: match section.reply_body.as_deref() {
-            None | Some("pds") => BodyRule::Pds,
+            None => {
+                problems.filled(&["routes", i, "reply_body"], "pds");
+                BodyRule::Pds
+            }
+            Some("pds") => BodyRule::Pds,
             Some("graph") => BodyRule::Graph,
             Some(other) => {
                 problems.push(
@@ -123,11 +141,13 @@ pub(super) fn base_path(section: &RouteSection, i: &str, problems: &mut Problems
     // Default base path: the route's parent, so `/v2/batch` children `/file/get` reach
     // `/v2/file/get` (PDS) and `/v1.0/$batch` children `/me` reach `/v1.0/me` (Graph).
     let base_path = section.base_path.clone().unwrap_or_else(|| {
-        section
+        let parent = section
             .path
             .rsplit_once('/')
             .map(|(parent, _)| parent.to_string())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        problems.filled(&["routes", i, "base_path"], parent.as_str());
+        parent
     });
     if !base_path.is_empty() && (!is_route_path(&base_path) || base_path.ends_with('/')) {
         problems.push(
@@ -144,10 +164,15 @@ pub(super) fn envelope_methods(
     problems: &mut Problems,
 ) -> Vec<Method> {
     let method_names: Vec<String> = section.allowed_methods.clone().unwrap_or_else(|| {
-        DEFAULT_ENVELOPE_METHODS
+        let names: Vec<String> = DEFAULT_ENVELOPE_METHODS
             .iter()
             .map(|m| m.to_string())
-            .collect()
+            .collect();
+        problems.filled(
+            &["routes", i, "allowed_methods"],
+            names.iter().collect::<toml_edit::Array>(),
+        );
+        names
     });
     super::values::upper_case_methods(&method_names, &["routes", i, "allowed_methods"], problems)
 }

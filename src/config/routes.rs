@@ -183,6 +183,9 @@ fn route_upstream(
                     "no upstream named and no server.default_upstream to fall back to",
                 );
             }
+            if let Some(upstream) = ctx.default_upstream {
+                problems.filled(&path, upstream.name.as_str());
+            }
             ctx.default_upstream.cloned()
         }
     }

@@ -205,7 +205,10 @@ pub(super) fn forwarded_header_names(
             owned = list.to_vec();
             owned.iter().map(String::as_str).collect()
         }
-        None => default.to_vec(),
+        None => {
+            problems.filled(path, default.iter().copied().collect::<toml_edit::Array>());
+            default.to_vec()
+        }
     };
     let mut out = Vec::new();
     for (j, name) in names.iter().enumerate() {
