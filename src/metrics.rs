@@ -156,7 +156,46 @@ fn register() -> prometheus::Result<Families> {
             .rate_limit_store_errors
             .with_label_values(&[reason]);
     }
+    for result in SpanResult::ALL {
+        families.trace_spans.with_label_values(&[result.as_str()]);
+    }
     Ok(families)
+}
+
+/// The results of `batchgate_trace_spans_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum SpanResult {
+    /// The collector took them.
+    Exported,
+    /// The export failed or timed out.
+    Failed,
+    /// The export queue was full.
+    Dropped,
+}
+
+impl SpanResult {
+    const ALL: [SpanResult; 3] = [
+        SpanResult::Exported,
+        SpanResult::Failed,
+        SpanResult::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanResult::Exported => "exported",
+            SpanResult::Failed => "failed",
+            SpanResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// Counts `n` finished spans under `result`.
+pub fn trace_spans(result: SpanResult, n: usize) {
+    if let Some(f) = families() {
+        f.trace_spans
+            .with_label_values(&[result.as_str()])
+            .inc_by(n as u64);
+    }
 }
 
 /// The reasons of `batchgate_rate_limit_store_errors_total`.

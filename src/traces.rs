@@ -8,6 +8,7 @@
 //! Off (no `[tracing]`), none of this exists and requests pay one atomic load.
 
 use crate::config::traces::TracingConfig;
+use crate::metrics::{trace_spans as count, SpanResult};
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -128,12 +129,6 @@ impl Injector for Out {
     }
 }
 
-fn count(result: &str, n: usize) {
-    if let Some(f) = crate::metrics::families() {
-        f.trace_spans.with_label_values(&[result]).inc_by(n as u64);
-    }
-}
-
 /// Finished spans into a bounded queue, drained by one thread that exports them in batches.
 #[derive(Debug)]
 struct QueueProcessor {
@@ -181,7 +176,9 @@ impl SpanProcessor for QueueProcessor {
         }
         match self.queue.try_send(Message::Span(Box::new(span))) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => count("dropped", 1),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                count(SpanResult::Dropped, 1)
+            }
         }
     }
 
@@ -218,9 +215,9 @@ fn export_loop(
         }
         let n = batch.len();
         match futures_executor::block_on(exporter.export(std::mem::take(batch))) {
-            Ok(()) => count("exported", n),
+            Ok(()) => count(SpanResult::Exported, n),
             Err(e) => {
-                count("failed", n);
+                count(SpanResult::Failed, n);
                 tracing::debug!("trace export failed: {e}");
             }
         }

@@ -322,11 +322,16 @@ async fn a_client_that_grants_no_window_is_cut_at_the_send_timeout() {
     )
     .await;
     assert_eq!(other.status, 200);
-    let metrics =
-        common::prom::scrape_until(gate.admin, Duration::from_secs(5), "cut counted", |s| {
+    let metrics = common::prom::scrape_until(
+        gate.admin,
+        Duration::from_secs(5),
+        "cut counted, bytes freed",
+        |s| {
             s.sum("batchgate_client_timeouts_total", &[("phase", "send")]) >= 1.0
-        })
-        .await;
+                && s.value("batchgate_admission_held_bytes", &[]) == 0.0
+        },
+    )
+    .await;
     assert_eq!(metrics.value("batchgate_admission_held_bytes", &[]), 0.0);
 }
 
