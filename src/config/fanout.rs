@@ -123,7 +123,12 @@ pub(super) fn fanout_config(
     Some(FanoutConfig {
         methods,
         ids_param: ids.param.clone(),
-        collapse_duplicates: ids.collapse_duplicates.unwrap_or(true),
+        collapse_duplicates: super::values::flag(
+            ids.collapse_duplicates,
+            true,
+            &["routes", i, "ids", "collapse_duplicates"],
+            problems,
+        ),
         max_id_length,
         params,
         headers,
@@ -231,7 +236,8 @@ fn reply_fields(
 }
 
 fn on_item_error(section: &RouteSection, i: &str, problems: &mut Problems) -> OnItemError {
-    match section.on_item_error.as_deref() {
+    let at = ["routes", i, "on_item_error"];
+    match super::values::noted(section.on_item_error.as_deref(), "include", &at, problems) {
         None | Some("include") => OnItemError::Include,
         Some("omit") => OnItemError::Omit,
         Some("fail") => OnItemError::Fail,
@@ -246,7 +252,8 @@ fn on_item_error(section: &RouteSection, i: &str, problems: &mut Problems) -> On
 }
 
 fn missing_field(reply: &FanoutReplySection, i: &str, problems: &mut Problems) -> MissingField {
-    match reply.missing_field.as_deref() {
+    let at = ["routes", i, "reply", "missing_field"];
+    match super::values::noted(reply.missing_field.as_deref(), "null", &at, problems) {
         None | Some("null") => MissingField::Null,
         Some("error") => MissingField::Error,
         Some(other) => {

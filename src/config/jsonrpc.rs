@@ -70,7 +70,9 @@ fn jsonrpc_profile(
         &["routes", i, "profile", "empty_code"],
         problems,
     );
-    let batch_errors_as_array = match profile.and_then(|p| p.batch_errors.as_deref()) {
+    let batch_errors = profile.and_then(|p| p.batch_errors.as_deref());
+    let at = ["routes", i, "profile", "batch_errors"];
+    let batch_errors_as_array = match super::values::noted(batch_errors, "object", &at, problems) {
         None | Some("object") => false,
         Some("array") => true,
         Some(other) => {
@@ -85,7 +87,12 @@ fn jsonrpc_profile(
         too_many,
         empty,
         batch_errors_as_array,
-        unique_ids: profile.and_then(|p| p.unique_ids).unwrap_or(false),
+        unique_ids: super::values::flag(
+            profile.and_then(|p| p.unique_ids),
+            false,
+            &["routes", i, "profile", "unique_ids"],
+            problems,
+        ),
     }
 }
 

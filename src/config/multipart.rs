@@ -79,7 +79,12 @@ pub(super) fn multipart_config(
         &at("max_part_head_bytes"),
         problems,
     );
-    let content_id = match section.reply_content_id.as_deref() {
+    let content_id = match super::values::noted(
+        section.reply_content_id.as_deref(),
+        "response-prefixed",
+        &at("reply_content_id"),
+        problems,
+    ) {
         None | Some("response-prefixed") => ContentIdRule::ResponsePrefixed,
         Some("same") => ContentIdRule::Same,
         Some(other) => {

@@ -167,25 +167,26 @@ pub(super) fn rate_limit_config(
         &at("burst"),
         problems,
     ) as u64;
-    let store_kind = match limit.store.as_deref() {
-        None | Some("local") => StoreKind::Local,
-        Some("redis") => {
-            if store.redis_url.is_none() {
+    let store_kind =
+        match super::values::noted(limit.store.as_deref(), "local", &at("store"), problems) {
+            None | Some("local") => StoreKind::Local,
+            Some("redis") => {
+                if store.redis_url.is_none() {
+                    problems.push(
+                        &at("store"),
+                        "\"redis\" needs [rate_limits] redis_url = \"redis://host:port/0\"",
+                    );
+                }
+                StoreKind::Redis
+            }
+            Some(other) => {
                 problems.push(
                     &at("store"),
-                    "\"redis\" needs [rate_limits] redis_url = \"redis://host:port/0\"",
+                    format!("{other:?} is not \"local\" or \"redis\""),
                 );
+                StoreKind::Local
             }
-            StoreKind::Redis
-        }
-        Some(other) => {
-            problems.push(
-                &at("store"),
-                format!("{other:?} is not \"local\" or \"redis\""),
-            );
-            StoreKind::Local
-        }
-    };
+        };
     let fraction = match limit.local_fraction {
         Some(f) if f > 0.0 && f <= 1.0 => f,
         Some(f) => {

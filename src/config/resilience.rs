@@ -306,7 +306,12 @@ pub(super) fn hedge_after(
 /// `balance` and, for `"hash"`, `hash_on`.
 pub(super) fn balance(name: &str, section: &UpstreamSection, problems: &mut Problems) -> Balance {
     let at = |key: &'static str| ["upstreams", name, key];
-    let balance = match section.balance.as_deref() {
+    let balance = match super::values::noted(
+        section.balance.as_deref(),
+        "round_robin",
+        &at("balance"),
+        problems,
+    ) {
         None | Some("round_robin") => Balance::RoundRobin,
         Some("least_outstanding") => Balance::LeastOutstanding,
         Some("hash") => Balance::Hash(hash_on(

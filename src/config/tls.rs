@@ -71,7 +71,12 @@ pub(super) fn listener_tls(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
-    let http2 = section.http2.unwrap_or(true);
+    let http2 = super::values::flag(
+        section.http2,
+        true,
+        &["server", "tls", "http2"],
+        found.problems,
+    );
     config.alpn_protocols = match http2 {
         true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         false => vec![b"http/1.1".to_vec()],
@@ -108,7 +113,12 @@ fn tls_versions(
     static FROM_1_2: [&SupportedProtocolVersion; 2] =
         [&rustls::version::TLS13, &rustls::version::TLS12];
     static FROM_1_3: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
-    match min {
+    match super::values::noted(
+        min,
+        "1.2",
+        &["server", "tls", "min_version"],
+        found.problems,
+    ) {
         None | Some("1.2") => &FROM_1_2,
         Some("1.3") => &FROM_1_3,
         Some(other) => {

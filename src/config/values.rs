@@ -48,6 +48,19 @@ pub(super) fn bounded(
     }
 }
 
+/// `value`; when it is absent, `default` is recorded as what stands for it (`check --print`).
+pub(super) fn noted<T>(
+    value: Option<T>,
+    default: impl Into<toml_edit::Value>,
+    path: &[&str],
+    problems: &mut Problems,
+) -> Option<T> {
+    if value.is_none() {
+        problems.filled(path, default);
+    }
+    value
+}
+
 /// A switch: `value`, else `default` (recorded for `check --print`).
 pub(super) fn flag(
     value: Option<bool>,
