@@ -8,7 +8,8 @@ in flight for SECONDS. Modes alternate, ROUNDS times; reported per mode: batchga
 (utime + stime) per item and batches per second, medians with min-max, and the spans the
 collector received.
 
-Usage: python3 benches/tracing.py [BINARY] (default target/release/batchgate).
+Usage: python3 benches/tracing.py [BINARY] (default target/release/batchgate); MODES picks
+modes (default off,sampled,unsampled), and MODE@B runs MODE on the build BINARY_B.
 Needs nginx (nginx-light); ports 18550-18553.
 """
 
@@ -51,6 +52,9 @@ class Sink(http.server.BaseHTTPRequestHandler):
 
 
 def gate(mode):
+    # `MODE@B`: the same mode on BINARY_B (an A/B of two builds).
+    binary = os.environ["BINARY_B"] if mode.endswith("@B") else BINARY
+    mode = mode.split("@")[0]
     text = open("conf/examples/tracing.toml").read()
     text = text.replace("http://127.0.0.1:4318", f"http://127.0.0.1:{COLLECTOR}")
     if mode == "off":
@@ -59,7 +63,7 @@ def gate(mode):
         text = text.replace("sampling_ratio = 1.0", "sampling_ratio = 0.0")
     text = text.replace('name = "pds_batch"', 'name = "pds_batch"\nconcurrency = 100')
     config = harness.example_config(WORK, None, GATE, ADMIN, UPSTREAM, "max_in_flight = 4096", text=text)
-    return harness.start_gate(BINARY, config, ADMIN)
+    return harness.start_gate(binary, config, ADMIN)
 
 
 def batch_body():
@@ -108,7 +112,7 @@ def main():
   location / {{ default_type application/json; return 200 '{BODY}'; }} }}""")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", COLLECTOR), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    modes = ["off", "sampled", "unsampled"]
+    modes = os.environ.get("MODES", "off,sampled,unsampled").split(",")
     results = {m: [] for m in modes}
     try:
         for _ in range(ROUNDS):
@@ -117,14 +121,14 @@ def main():
     finally:
         harness.stop_nginx(conf)
         server.shutdown()
-    off = statistics.median(r["cpu_us"] for r in results["off"])
+    off = statistics.median(r["cpu_us"] for r in results[modes[0]])
     print(f"{CLIENTS} clients x 100-item batches, {SECONDS:.0f} s x {ROUNDS} rounds, alternating")
     for mode in modes:
         cpu = [r["cpu_us"] for r in results[mode]]
         rate = [r["batches_s"] for r in results[mode]]
         exports = sum(r["exports"] for r in results[mode])
         print(f"{mode:>10}: {statistics.median(cpu):6.2f} us CPU/item ({min(cpu):.2f}-{max(cpu):.2f}), "
-              f"x{statistics.median(cpu) / off:.2f} of off, {statistics.median(rate):7.1f} batches/s, "
+              f"x{statistics.median(cpu) / off:.2f} of {modes[0]}, {statistics.median(rate):7.1f} batches/s, "
               f"{exports} exports")
     print(f"collector received {received['bytes']} bytes in {received['exports']} exports")
 

@@ -324,8 +324,13 @@ fn partition(
     (slots, to_send)
 }
 
-/// A child of the caller's batch span; disabled (and nearly free) below debug.
+/// A child of the caller's batch span; disabled (and nearly free) below debug, and while
+/// tracing, not made for a batch whose trace is not sampled (its items' upstream requests
+/// then carry the batch's context, not sampled either).
 fn item_span(index: usize, request: &SubRequest) -> tracing::Span {
+    if crate::traces::on() && !crate::traces::current_sampled() {
+        return tracing::Span::none();
+    }
     tracing::debug_span!(
         "item",
         otel.kind = "client",

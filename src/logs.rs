@@ -28,22 +28,36 @@ pub fn init(config: &Config) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(config.server.log_level.as_deref().unwrap_or("info"))?,
     };
     // Colour only on a terminal: a file or journald would keep the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let Some(tracing) = &config.tracing else {
+        // No spans to export: the plain subscriber, its filter global (a span the log level
+        // hides is never built).
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        let result = match config.server.log_format {
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .finish()
+                .with(CountedLines)
+                .try_init(),
+            LogFormat::Text => builder.finish().with(CountedLines).try_init(),
+        };
+        return result.map_err(|e| anyhow::anyhow!(e));
+    };
     let lines = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let lines = match config.server.log_format {
         LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Text => lines.with_filter(filter).boxed(),
     };
-    let provider = match &config.tracing {
-        Some(tracing) => Some(crate::traces::provider(tracing)?),
-        None => None,
-    };
-    let spans = provider.as_ref().map(crate::traces::layer);
-    if let Some(provider) = provider {
-        // Kept for the process's life: dropping the provider would stop the export.
-        std::mem::forget(provider);
-    }
+    let provider = crate::traces::provider(tracing)?;
+    let spans = crate::traces::layer(&provider);
+    // Kept for the process's life: dropping the provider would stop the export.
+    std::mem::forget(provider);
     tracing_subscriber::registry()
         .with(lines)
         .with(spans)

@@ -93,6 +93,16 @@ pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     }
 }
 
+/// Whether the current span's trace is sampled (recorded and exported).
+pub fn current_sampled() -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .is_sampled()
+}
+
 /// The trace-context headers of the current span, for the upstream request it makes (empty
 /// when tracing is off or no span is current).
 pub fn current_headers() -> Vec<(HeaderName, HeaderValue)> {

@@ -264,3 +264,52 @@ async fn without_tracing_trace_context_is_left_alone() {
     .await;
     assert_eq!(api.requests()[1].header("traceparent"), None);
 }
+
+/// `sampling_ratio = 0`: a new trace is not recorded (no spans, no item spans made), but its
+/// context still goes upstream, marked not sampled; a client's sampled `traceparent` is
+/// followed (parent-based), so that batch is recorded all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsampled_traces_cost_no_spans_and_a_sampled_client_is_followed() {
+    let api = Upstream::echo().await;
+    let collector = collector(0).await;
+    let config = tracing_config(&api, &collector, "")
+        .replace("sampling_ratio = 1.0", "sampling_ratio = 0.0");
+    let gate = gate::start(&config).await;
+    let items = (0..2)
+        .map(|i| item(&i.to_string(), "GET", "/file/x"))
+        .collect();
+    client::post_json(gate.addr, BATCH_PATH, &batch(items)).await;
+    for request in api.requests() {
+        let header = request
+            .header("traceparent")
+            .expect("context goes upstream");
+        assert!(
+            header.starts_with("00-") && header.ends_with("-00"),
+            "not sampled: {header}"
+        );
+    }
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let items = (0..2)
+        .map(|i| item(&i.to_string(), "GET", "/file/y"))
+        .collect();
+    client::request(
+        gate.addr,
+        "POST",
+        BATCH_PATH,
+        &[
+            ("Content-Type", "application/json"),
+            ("traceparent", &traceparent),
+        ],
+        batch(items).to_string().as_bytes(),
+    )
+    .await;
+    let spans = spans_until(&collector, |spans| {
+        spans.iter().filter(|(_, s)| s.name == "item").count() >= 2
+    })
+    .await;
+    assert!(
+        spans.iter().all(|(_, s)| hex(&s.trace_id) == CLIENT_TRACE),
+        "only the client's sampled trace is recorded: {spans:#?}"
+    );
+    assert_eq!(spans.len(), 3, "its batch span and 2 items");
+}
