@@ -84,8 +84,17 @@ pub(super) fn admission_limits(
             &at("per_client_items"),
             problems,
         ),
-        client_key: client_key(section.client_key.as_deref(), &at("client_key"), problems)
-            .unwrap_or(ClientKey::Ip),
+        client_key: client_key(
+            super::values::noted(
+                section.client_key.as_deref(),
+                "ip",
+                &at("client_key"),
+                problems,
+            ),
+            &at("client_key"),
+            problems,
+        )
+        .unwrap_or(ClientKey::Ip),
     }
 }
 

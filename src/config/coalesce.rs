@@ -148,10 +148,12 @@ fn key_rules(
         });
     }
     let names: Vec<String> = methods.clone().unwrap_or_else(|| {
-        DEFAULT_COALESCE_METHODS
+        let names: Vec<String> = DEFAULT_COALESCE_METHODS
             .iter()
             .map(|m| m.to_string())
-            .collect()
+            .collect();
+        problems.filled(&at("methods"), names.iter().collect::<toml_edit::Array>());
+        names
     });
     let methods = super::values::upper_case_methods(&names, &at("methods"), problems);
     for method in &methods {
@@ -162,7 +164,7 @@ fn key_rules(
             );
         }
     }
-    let public = public.unwrap_or(false);
+    let public = super::values::flag(public, false, &at("public"), problems);
     let mut headers = Vec::new();
     for (j, name) in key_headers.iter().flatten().enumerate() {
         match HeaderName::from_bytes(name.as_bytes()) {
