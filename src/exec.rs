@@ -274,7 +274,9 @@ impl<F: Future<Output = Finished> + Send + 'static> Running<F> {
         match self {
             Running::Polled(items) => items.push(item),
             Running::Spawned(tasks) => {
-                tasks.spawn(item);
+                // A task of its own starts with no span: keep the batch's (for an item that
+                // has no span of its own, its trace context is the batch's).
+                tasks.spawn(tracing::Instrument::in_current_span(item));
             }
         }
     }

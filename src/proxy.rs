@@ -269,7 +269,7 @@ impl ProxyHttp for BatchGate {
         let trace = ctx
             .trace_span
             .as_ref()
-            .map(|span| span.in_scope(crate::traces::current_headers))
+            .map(crate::traces::headers_of)
             .unwrap_or_default();
         passthrough::prepare_request(session.req_header(), upstream_request, &trace)?;
         // An HTTP/2 body is passed on from here, on its own deadline (HTTP/1 bodies are timed

@@ -50,7 +50,13 @@ pub fn provider(config: &TracingConfig) -> anyhow::Result<SdkTracerProvider> {
         .build()?;
     exporter.set_resource(&resource);
     let processor = QueueProcessor::start(exporter, config.max_queued_spans)?;
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)));
+    // Deciding on the trace id alone, a batch and its items decide alike without a parent.
+    let ratio = Sampler::TraceIdRatioBased(config.sampling_ratio);
+    let sampler = if config.follow_client_sampling {
+        Sampler::ParentBased(Box::new(ratio))
+    } else {
+        ratio
+    };
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(sampler)
@@ -87,6 +93,34 @@ pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
         return;
     }
     let context = TraceContextPropagator::new().extract(&Headers(headers));
+    // A client's `tracestate` is copied onto every upstream request of the batch: one longer
+    // than W3C's limits (512 bytes, 32 members) is left out, the trace kept.
+    let oversized = headers
+        .get_all("tracestate")
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>()
+        > 512
+        || headers
+            .get_all("tracestate")
+            .iter()
+            .map(|v| v.as_bytes().split(|b| *b == b',').count())
+            .sum::<usize>()
+            > 32;
+    let context = if oversized {
+        use opentelemetry::trace::TraceContextExt;
+        let theirs = context.span().span_context().clone();
+        let kept = opentelemetry::trace::SpanContext::new(
+            theirs.trace_id(),
+            theirs.span_id(),
+            theirs.trace_flags(),
+            theirs.is_remote(),
+            Default::default(),
+        );
+        opentelemetry::Context::new().with_remote_span_context(kept)
+    } else {
+        context
+    };
     use opentelemetry::trace::TraceContextExt;
     if context.span().span_context().is_valid() {
         let _ = span.set_parent(context);
@@ -109,9 +143,16 @@ pub fn current_headers() -> Vec<(HeaderName, HeaderValue)> {
     if !on() {
         return Vec::new();
     }
-    let context = tracing::Span::current().context();
+    headers_of(&tracing::Span::current())
+}
+
+/// The trace-context headers of `span` (without entering it: a span ends at its last exit).
+pub fn headers_of(span: &tracing::Span) -> Vec<(HeaderName, HeaderValue)> {
+    if !on() {
+        return Vec::new();
+    }
     let mut out = Out(Vec::new());
-    TraceContextPropagator::new().inject_context(&context, &mut out);
+    TraceContextPropagator::new().inject_context(&span.context(), &mut out);
     out.0
 }
 
@@ -130,6 +171,9 @@ struct Out(Vec<(HeaderName, HeaderValue)>);
 
 impl Injector for Out {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(key.as_bytes()),
             HeaderValue::from_str(&value),

@@ -42,6 +42,8 @@ pub struct TracingSection {
     pub otlp_endpoint: String,
     /// Share of new traces recorded, 0 to 1 (a client's sampled `traceparent` is followed).
     pub sampling_ratio: Option<f64>,
+    /// Whether a client's `traceparent` decides if its batch is recorded (else the ratio does).
+    pub follow_client_sampling: Option<bool>,
     pub service_name: Option<String>,
     /// Finished spans waiting for export at most; more are dropped and counted.
     pub max_queued_spans: Option<i64>,

@@ -12,6 +12,9 @@ pub struct TracingConfig {
     pub endpoint: String,
     /// Share of new traces recorded (a remote parent's decision is followed).
     pub sampling_ratio: f64,
+    /// A client's sampled flag decides for its batch (`false`: `sampling_ratio` decides for
+    /// every trace, so clients cannot make batchgate record theirs).
+    pub follow_client_sampling: bool,
     pub service_name: String,
     /// Finished spans waiting for export at most.
     pub max_queued_spans: usize,
@@ -65,9 +68,16 @@ pub(super) fn tracing_config(
     if export_timeout > Duration::from_secs(60) {
         problems.push(&at("export_timeout"), "at most \"60s\"");
     }
+    let follow_client_sampling = super::values::flag(
+        section.follow_client_sampling,
+        true,
+        &at("follow_client_sampling"),
+        problems,
+    );
     Some(TracingConfig {
         endpoint,
         sampling_ratio,
+        follow_client_sampling,
         service_name,
         max_queued_spans,
         export_timeout,

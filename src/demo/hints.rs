@@ -21,7 +21,7 @@ pub fn hints(config: &Config, listen: &str) -> Vec<Hint> {
         .collect();
     out.push(Hint {
         what: "a pass-through call (not a batch route: proxied unchanged)".into(),
-        command: format!("curl -s http://{listen}/v2/hello"),
+        command: format!("curl -s {}", quoted(&format!("http://{listen}/v2/hello"))),
     });
     out
 }
@@ -91,16 +91,22 @@ fn route_hint(route: &RouteConfig, listen: &str) -> Hint {
             } else {
                 preferred(&multipart.allowed_methods)
             };
-            let prefix = multipart.url_guard.first_prefix().unwrap_or("/");
+            // A printf format: the prefix's backslashes and `%` escaped, then the whole quoted.
+            let prefix = multipart
+                .url_guard
+                .first_prefix()
+                .unwrap_or("/")
+                .replace('\\', "\\\\")
+                .replace('%', "%%");
             let part = |n: u32| {
                 format!(
                     "--demo\\r\\nContent-Type: application/http\\r\\nContent-ID: <item{n}>\\r\\n\\r\\n{method} {prefix}files/{n} HTTP/1.1\\r\\n\\r\\n"
                 )
             };
+            let format = format!("{}{}--demo--\\r\\n", part(1), part(2));
             format!(
-                "printf -- '{}{}--demo--\\r\\n' | curl -s {url} -H 'Content-Type: multipart/mixed; boundary=demo' --data-binary @-",
-                part(1),
-                part(2)
+                "printf -- {} | curl -s {url} -H 'Content-Type: multipart/mixed; boundary=demo' --data-binary @-",
+                quoted(&format)
             )
         }
         DialectConfig::Meta(meta) => {

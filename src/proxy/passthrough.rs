@@ -18,7 +18,7 @@ pub(super) fn prepare_request(
 ) -> Result<()> {
     // While tracing, the request carries its pass-through span's context (a child of the
     // client's), not the client's own.
-    if !trace.is_empty() {
+    if crate::traces::on() {
         for name in &crate::traces::TRACE_HEADERS {
             upstream_request.remove_header(name);
         }

@@ -54,13 +54,14 @@ const HOP_BY_HOP_RESPONSE: &[&str] = &[
 /// besides `Host`: the batch-wide ones (forwarded, `X-Forwarded-For`, `X-Request-Id`) unless
 /// the item sets the same name itself (its own wins), then the item's own, repeats kept;
 /// while tracing, the item span's trace context (`trace`: `crate::traces::current_headers`)
-/// replaces any `traceparent`/`tracestate` of the batch or the item.
+/// replaces any `traceparent`/`tracestate` of the batch or the item (those never go up then).
 pub(crate) fn item_request_headers<'a>(
     request: &'a SubRequest,
     batch: &'a BatchHeaders,
     trace: &'a [(HeaderName, HeaderValue)],
 ) -> impl Iterator<Item = &'a (HeaderName, HeaderValue)> {
-    let ours = |name: &HeaderName| !trace.is_empty() && crate::traces::TRACE_HEADERS.contains(name);
+    let tracing = crate::traces::on();
+    let ours = move |name: &HeaderName| tracing && crate::traces::TRACE_HEADERS.contains(name);
     batch
         .common
         .iter()

@@ -313,3 +313,93 @@ async fn unsampled_traces_cost_no_spans_and_a_sampled_client_is_followed() {
     );
     assert_eq!(spans.len(), 3, "its batch span and 2 items");
 }
+
+/// `follow_client_sampling = false`: a client's sampled flag does not make batchgate record
+/// (the ratio, 0 here, decides), yet its trace id still goes upstream; an oversized
+/// `tracestate` is not passed on, and an empty one is never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_force_recording_or_inflate_tracestate_when_told_so() {
+    let api = Upstream::echo().await;
+    let collector = collector(0).await;
+    let config = tracing_config(&api, &collector, "follow_client_sampling = false\n")
+        .replace("sampling_ratio = 1.0", "sampling_ratio = 0.0");
+    let gate = gate::start(&config).await;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let state = (0..40)
+        .map(|i| format!("k{i}=v"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let items = (0..2)
+        .map(|i| item(&i.to_string(), "GET", "/file/x"))
+        .collect();
+    client::request(
+        gate.addr,
+        "POST",
+        BATCH_PATH,
+        &[
+            ("Content-Type", "application/json"),
+            ("traceparent", &traceparent),
+            ("tracestate", &state),
+        ],
+        batch(items).to_string().as_bytes(),
+    )
+    .await;
+    for request in api.requests() {
+        let header = request
+            .header("traceparent")
+            .expect("context goes upstream");
+        assert!(
+            header.starts_with(&format!("00-{CLIENT_TRACE}-")),
+            "{header}"
+        );
+        assert!(header.ends_with("-00"), "not recorded: {header}");
+        assert_eq!(
+            request.header("tracestate"),
+            None,
+            "40 members are not passed on"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(received(&collector).is_empty(), "nothing recorded");
+}
+
+/// With `work_stealing` each item runs on a task of its own: an unsampled batch's items still
+/// carry its trace context upstream (and no client-set trace header gets through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_on_their_own_tasks_keep_the_batch_context() {
+    let api = Upstream::echo().await;
+    let collector = collector(0).await;
+    let config = tracing_config(&api, &collector, "")
+        .replace("sampling_ratio = 1.0", "sampling_ratio = 0.0")
+        .replacen("[server]\n", "[server]\nwork_stealing = true\n", 1);
+    let gate = gate::start(&config).await;
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
+    let items = vec![serde_json::json!({
+        "id": "1", "method": "GET", "url": "/file/x",
+        "headers": {"traceparent": "00-99999999999999999999999999999999-9999999999999999-01"}
+    })];
+    client::request(
+        gate.addr,
+        "POST",
+        BATCH_PATH,
+        &[
+            ("Content-Type", "application/json"),
+            ("traceparent", &traceparent),
+        ],
+        batch(items).to_string().as_bytes(),
+    )
+    .await;
+    let sent = api.requests();
+    let header = sent[0]
+        .header("traceparent")
+        .expect("context goes upstream");
+    assert!(
+        header.starts_with(&format!("00-{CLIENT_TRACE}-")),
+        "{header}"
+    );
+    assert_eq!(
+        sent[0].header_all("traceparent").len(),
+        1,
+        "only batchgate's"
+    );
+}
