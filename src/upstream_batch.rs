@@ -309,22 +309,35 @@ pub fn array<C: AsRef<Call>>(calls: &[C]) -> Vec<u8> {
     out
 }
 
+/// The upstream's 2xx answer to a gathered request, or the outcome of each of its `n` calls:
+/// its failure, or an `UpstreamBatch` failure naming the HTTP status of the `what`.
+fn successful(outcome: Outcome, what: &str, n: usize) -> Result<UpstreamResponse, Vec<Outcome>> {
+    match outcome {
+        Outcome::Failed(failure) => Err(vec![Outcome::Failed(failure); n]),
+        Outcome::Response(response) if (200..300).contains(&response.status) => Ok(response),
+        Outcome::Response(response) => Err(all_failed(
+            format!(
+                "the upstream answered the {what} with HTTP {}",
+                response.status
+            ),
+            n,
+        )),
+    }
+}
+
+/// `n` calls failed alike: the upstream's answer did not answer them, for `reason`.
+fn all_failed(reason: impl Into<String>, n: usize) -> Vec<Outcome> {
+    let failure = Failure::new(FailureKind::UpstreamBatch, Sent::All).with_detail(reason);
+    vec![Outcome::Failed(failure); n]
+}
+
 /// Each call's outcome from the upstream's answer to the array.
 pub fn split<C: AsRef<Call>>(outcome: Outcome, calls: &[C]) -> Vec<Outcome> {
-    let failed = |reason: String| {
-        let failure = Failure::new(FailureKind::UpstreamBatch, Sent::All).with_detail(reason);
-        vec![Outcome::Failed(failure); calls.len()]
+    let failed = |reason: String| all_failed(reason, calls.len());
+    let response = match successful(outcome, "batch", calls.len()) {
+        Ok(response) => response,
+        Err(outcomes) => return outcomes,
     };
-    let response = match outcome {
-        Outcome::Failed(failure) => return vec![Outcome::Failed(failure); calls.len()],
-        Outcome::Response(response) => response,
-    };
-    if !(200..300).contains(&response.status) {
-        return failed(format!(
-            "the upstream answered the batch with HTTP {}",
-            response.status
-        ));
-    }
     let Ok(elements) = serde_json::from_slice::<Vec<&RawValue>>(&response.body) else {
         let object = serde_json::from_slice::<Map<String, Value>>(&response.body).is_ok();
         return failed(if object {
@@ -455,20 +468,11 @@ pub fn split_ids<C: AsRef<Call>>(
     outcome: Outcome,
     calls: &[C],
 ) -> Vec<Outcome> {
-    let failed = |reason: &str| {
-        let failure = Failure::new(FailureKind::UpstreamBatch, Sent::All).with_detail(reason);
-        vec![Outcome::Failed(failure); calls.len()]
+    let failed = |reason: &str| all_failed(reason, calls.len());
+    let response = match successful(outcome, "id list", calls.len()) {
+        Ok(response) => response,
+        Err(outcomes) => return outcomes,
     };
-    let response = match outcome {
-        Outcome::Failed(failure) => return vec![Outcome::Failed(failure); calls.len()],
-        Outcome::Response(response) => response,
-    };
-    if !(200..300).contains(&response.status) {
-        return failed(&format!(
-            "the upstream answered the id list with HTTP {}",
-            response.status
-        ));
-    }
     let Ok(reply) = serde_json::from_slice::<Value>(&response.body) else {
         return failed("the upstream's answer to the id list is not JSON");
     };
