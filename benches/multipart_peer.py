@@ -11,41 +11,22 @@ CLIENTS clients keep 100-part batches in flight for SECONDS; contenders alternat
 Reported: server CPU (utime + stime; nginx: master and workers) per part, median with min-max,
 and the ratio.
 
+The rounds, the client and the report are benches/peer_compare.py's (ROUNDS, SECONDS,
+CLIENTS, NGINX_WORKERS).
+
 Usage: python3 benches/multipart_peer.py [BINARY] (default target/release/batchgate).
 Needs nginx-light, libnginx-mod-http-lua, lua-cjson; ports 18580-18584.
 """
 
-import asyncio
 import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 
 import harness
+import peer_compare
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/batchgate"
-ROUNDS = int(os.environ.get("ROUNDS", "5"))
-SECONDS = float(os.environ.get("SECONDS", "4"))
-CLIENTS = int(os.environ.get("CLIENTS", "4"))
-WORKERS = int(os.environ.get("NGINX_WORKERS", "2"))
 UPSTREAM, GATE, ADMIN, PEER = 18580, 18581, 18582, 18583
 WORK = harness.work_dir()
-MODULES = """load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"""
-
-
-def nginx(name, workers, server):
-    conf = os.path.join(WORK, f"{name}.conf")
-    open(conf, "w").write(f"""{MODULES}
-worker_processes {workers}; error_log {WORK}/{name}.err; pid {WORK}/{name}.pid;
-events {{ worker_connections 16384; }}
-http {{ access_log off; keepalive_requests 100000000; {server} }}""")
-    subprocess.run(["nginx", "-c", conf], check=True)
-    time.sleep(0.3)
-    return conf, int(open(f"{WORK}/{name}.pid").read())
-
 
 UPSTREAM_SERVER = f"""server {{ listen 127.0.0.1:{UPSTREAM} backlog=4096;
   location / {{ default_type application/json;
@@ -98,101 +79,21 @@ server {{ listen 127.0.0.1:{PEER} backlog=4096; client_body_buffer_size 1m; clie
   }} }} }}"""
 
 
-def family_cpu(master):
-    """CPU seconds of an nginx master and its workers."""
-    total = harness.cpu_seconds(master)
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == master:
-                total += harness.cpu_seconds(int(pid))
-    return total
-
-
-def gate():
-    text = open("conf/examples/google.toml").read()
-    text = text.replace("concurrency = 16", "concurrency = 100")
-    if "\n[admin]\n" not in text:
-        text += '\n[admin]\nlisten = "127.0.0.1:9091"\n'
-    config = harness.example_config(WORK, None, GATE, ADMIN, UPSTREAM, "max_in_flight = 4096\nthreads = 2", text=text)
-    return harness.start_gate(BINARY, config, ADMIN)
-
-
-TARGET = "/batch/drive/v3"
 BODY = "".join(
     f"--bench\r\nContent-Type: application/http\r\nContent-ID: <item{i}>\r\n\r\n"
     f"GET /drive/v3/files/{i}?fields=id,name HTTP/1.1\r\n\r\n"
     for i in range(100)
 ).encode() + b"--bench--\r\n"
+GATE_REQUEST = PEER_REQUEST = (
+    "POST /batch/drive/v3 HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/mixed; boundary=bench\r\n"
+    f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
 
 
-async def load(port, path, seconds):
-    data = BODY
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/mixed; boundary=bench\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode()
-    done = [0]
-    end = time.perf_counter() + seconds
-
-    async def client():
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while time.perf_counter() < end:
-            writer.write(head + data)
-            reply = await reader.readuntil(b"\r\n\r\n")
-            lower = reply.lower()
-            if b"content-length:" in lower:
-                n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-                answer = await reader.readexactly(n)
-            else:  # chunked
-                answer = b""
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                    chunk = await reader.readexactly(size + 2)
-                    if size == 0:
-                        break
-                    answer += chunk[:-2]
-            if done[0] == 0:
-                assert answer.count(b"HTTP/1.1 200") == 100, answer[:600]
-            done[0] += 1
-        writer.close()
-
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return done[0]
-
-
-def measure(name, port, path, cpu):
-    asyncio.run(load(port, path, 0.5))
-    before = cpu()
-    started = time.perf_counter()
-    batches = asyncio.run(load(port, path, SECONDS))
-    elapsed = time.perf_counter() - started
-    return {"cpu_us": (cpu() - before) / (batches * 100) * 1e6, "calls_s": batches * 100 / elapsed}
-
-
-def main():
-    upstream_conf, _ = nginx("upstream", 1, UPSTREAM_SERVER)
-    peer_conf, peer_master = nginx("peer", WORKERS, PEER_SERVER)
-    results = {"batchgate": [], "lua peer": []}
-    try:
-        for _ in range(ROUNDS):
-            process = gate()
-            results["batchgate"].append(measure("batchgate", GATE, TARGET, lambda: harness.cpu_seconds(process.pid)))
-            harness.stop_gate(process)
-            results["lua peer"].append(measure("lua peer", PEER, TARGET, lambda: family_cpu(peer_master)))
-    finally:
-        harness.stop_nginx(peer_conf)
-        harness.stop_nginx(upstream_conf)
-    print(f"multipart, {CLIENTS} clients x 100-part batches, 0 ms upstream, {SECONDS:.0f} s x {ROUNDS} rounds alternating")
-    for name, runs in results.items():
-        cpu = [r["cpu_us"] for r in runs]
-        rate = [r["calls_s"] for r in runs]
-        print(f"{name:>10}: {statistics.median(cpu):6.2f} us CPU/part ({min(cpu):.2f}-{max(cpu):.2f}), "
-              f"{statistics.median(rate):8.0f} parts/s")
-    ratios = [b["cpu_us"] / p["cpu_us"] for b, p in zip(results["batchgate"], results["lua peer"])]
-    print(f"batchgate / lua peer: {statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})")
+def check(answer):
+    assert answer.count(b"HTTP/1.1 200") == 100, answer[:600]
 
 
 if __name__ == "__main__":
-    main()
+    config = peer_compare.gate_config(WORK, "google.toml", (GATE, ADMIN, UPSTREAM), [("concurrency = 16", "concurrency = 100")])
+    peer_compare.compare("multipart", "part", BINARY, config, ADMIN, UPSTREAM_SERVER, PEER_SERVER,
+                         GATE, PEER, GATE_REQUEST, PEER_REQUEST, check)
