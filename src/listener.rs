@@ -57,6 +57,20 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/
 /// How long writing that answer may take; a fresh socket's buffer takes it at once.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// Serves what it can of an HTTP/1.x connection before pingora's app sees it
+/// (`proxy::Lane`).
+#[async_trait]
+pub trait Lane: Send + Sync {
+    /// Serves requests on `stream` until the connection ends (`None`) or a request arrives
+    /// that the app serves: the stream then comes back with that request unread, and the app
+    /// serves it and the rest of the connection.
+    async fn serve(
+        &self,
+        stream: DeadlineStream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<DeadlineStream>;
+}
+
 /// One configured listener's open connections.
 struct Slot {
     addr: SocketAddr,
@@ -86,6 +100,8 @@ pub struct Listener<A: Send + Sync + 'static> {
     slots: Vec<Arc<Slot>>,
     /// Cleartext connections may open with the HTTP/2 preface (`server.h2c`).
     h2c: bool,
+    /// Serves HTTP/1 requests before the app does.
+    lane: Option<Arc<dyn Lane>>,
 }
 
 /// The listeners one app serves: cleartext ones, and TLS ones with their settings.
@@ -144,7 +160,14 @@ impl<A: Send + Sync + 'static> Listener<A> {
             limits,
             slots: plain.chain(tls).collect(),
             h2c: listeners.h2c,
+            lane: None,
         }
+    }
+
+    /// Every HTTP/1 connection goes through `lane` first.
+    pub fn with_lane(mut self, lane: Arc<dyn Lane>) -> Self {
+        self.lane = Some(lane);
+        self
     }
 
     /// The configured listener a connection arrived on.
@@ -202,6 +225,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
             h2_conn::serve(app, stream, shutdown, slot.addr).await;
             return None;
         }
+        let stream = match &self.lane {
+            Some(lane) => lane.serve(stream, shutdown).await?,
+            None => stream,
+        };
         ServerApp::process_new(app, Box::new(stream), shutdown).await
     }
 

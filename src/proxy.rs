@@ -7,6 +7,7 @@
 
 mod batch;
 mod body;
+mod lane;
 mod live;
 mod passthrough;
 
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use batch::{request_id, BatchSummary};
 use bytes::Bytes;
 use http::header::HOST;
+pub use lane::Lane;
 pub use live::{Live, Reconfigure, Route};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
@@ -106,6 +108,14 @@ impl BatchGate {
             spawn_items: config.server.work_stealing,
             stop,
             coalescer: Arc::default(),
+        }
+    }
+
+    /// The pass-through lane in front of pingora for this service's HTTP/1 connections.
+    pub fn lane(&self) -> Lane {
+        Lane {
+            live: self.live.clone(),
+            access_log: self.access_log.clone(),
         }
     }
 

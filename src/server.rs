@@ -199,9 +199,10 @@ fn add_proxy(server: &mut Server, config: &Config, gate: BatchGate) {
     };
     let limits = config.server.client;
     let threads = config.server.threads;
+    let lane: Arc<dyn crate::listener::Lane> = Arc::new(gate.lane());
     if config.server.work_stealing || threads <= 1 {
         let app = proxy_app(&server.configuration, config, gate);
-        let listener = Listener::new(app, limits, listeners);
+        let listener = Listener::new(app, limits, listeners).with_lane(lane);
         server.add_service(listening_service(listener, config, None));
         return;
     }
@@ -225,7 +226,7 @@ fn add_proxy(server: &mut Server, config: &Config, gate: BatchGate) {
             server.add_service(service)
         })
         .collect();
-    let listener = Listener::with_workers(workers, limits, listeners);
+    let listener = Listener::with_workers(workers, limits, listeners).with_lane(lane);
     let acceptor = server.add_service(listening_service(listener, config, Some(1)));
     for worker in &worker_services {
         acceptor.add_dependency(worker);

@@ -191,8 +191,14 @@ impl DeadlineStream {
         }
     }
 
-    pub(super) fn clock(&self) -> &ClientClock {
+    pub fn clock(&self) -> &ClientClock {
         &self.clock
+    }
+
+    /// Puts `bytes` (read from this stream, and counted by its clock then) back in front of
+    /// what the next reads return.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        self.peeked.splice(0..0, bytes.iter().copied());
     }
 
     /// A write that cannot make progress for `client_send_timeout` fails (nginx's

@@ -647,14 +647,16 @@ fn batch_headers(session: &Session, route: &Route, request_id: &str) -> BatchHea
 
 /// The client's `X-Request-Id` when it is sane, otherwise a fresh random one.
 pub fn request_id(req: &RequestHeader) -> String {
-    req.headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
+    request_id_of(req.headers.get(REQUEST_ID).map(|v| v.as_bytes()))
+}
+
+/// The request id for a client's `X-Request-Id` value (`request_id`'s rule).
+pub fn request_id_of(client: Option<&[u8]>) -> String {
+    client
         .filter(|v| {
-            !v.is_empty()
-                && v.len() <= MAX_REQUEST_ID_BYTES
-                && v.bytes().all(|b| b.is_ascii_graphic())
+            !v.is_empty() && v.len() <= MAX_REQUEST_ID_BYTES && v.iter().all(u8::is_ascii_graphic)
         })
+        .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }

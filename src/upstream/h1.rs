@@ -238,6 +238,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         buf: BytesMut::with_capacity(READ_CHUNK),
         timeout: Timeouts::armed(timeouts.read, batch.item_timeout),
         received: false,
+        chunk: READ_CHUNK,
     };
     reader
         .read_response(request.method == Method::HEAD, batch.max_response_bytes)
@@ -328,6 +329,7 @@ fn push_content_length(out: &mut Vec<u8>, len: usize) {
 }
 
 mod read;
+pub mod relay;
 
 use read::Reader;
 #[cfg(test)]

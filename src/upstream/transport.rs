@@ -149,6 +149,30 @@ impl Transport {
     }
 }
 
+/// What pass-through needs to reach one address over batchgate's own HTTP/1.1 exchange.
+pub(super) struct H1Address<'a> {
+    pub pool: &'a pool::Pool,
+    pub peer: &'a HttpPeer,
+    pub connector: &'a TransportConnector,
+    pub timeouts: h1::Timeouts,
+}
+
+impl Transport {
+    /// Address `n` over HTTP/1.1; `None` for the other protocols, whose pass-through stays on
+    /// pingora's proxy path.
+    pub(super) fn h1(&self, n: usize) -> Option<H1Address<'_>> {
+        match &self.protocol {
+            Protocol::Http1 { pools, timeouts } => Some(H1Address {
+                pool: pools.get(n)?,
+                peer: self.peers.get(n)?,
+                connector: &self.connector,
+                timeouts: *timeouts,
+            }),
+            Protocol::H2c { .. } | Protocol::H2 { .. } => None,
+        }
+    }
+}
+
 /// Fresh state for each address.
 fn per_address<T: Default>(peers: &[HttpPeer]) -> Arc<[T]> {
     peers.iter().map(|_| T::default()).collect()

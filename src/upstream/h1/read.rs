@@ -4,7 +4,7 @@
 
 use super::{
     bounded, Exchanged, H1Error, MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES, MAX_TRAILER_BYTES,
-    PREALLOCATE_LIMIT, READ_CHUNK,
+    PREALLOCATE_LIMIT,
 };
 use crate::item::{Sent, UpstreamResponse};
 use crate::upstream::message::{kept_response_header, MAX_INTERIM_RESPONSES};
@@ -53,13 +53,15 @@ pub(super) struct Reader<'s, S> {
     pub timeout: Option<Duration>,
     /// Whether any response byte arrived.
     pub received: bool,
+    /// Room made in `buf` before a read that would have less than 1 KiB.
+    pub chunk: usize,
 }
 
 impl<S: AsyncRead + Unpin> Reader<'_, S> {
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
-    async fn fill(&mut self, context: &'static str) -> Result<usize, H1Error> {
+    pub(super) async fn fill(&mut self, context: &'static str) -> Result<usize, H1Error> {
         if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+            self.buf.reserve(self.chunk);
         }
         match bounded(self.timeout, self.stream.read_buf(&mut self.buf)).await {
             Some(Ok(n)) => {
@@ -81,7 +83,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// Like `fill`, but the end of the stream is an error.
-    async fn fill_some(&mut self, context: &'static str) -> Result<(), H1Error> {
+    pub(super) async fn fill_some(&mut self, context: &'static str) -> Result<(), H1Error> {
         if self.fill(context).await? == 0 {
             return Err(H1Error::Closed {
                 context,
@@ -271,7 +273,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// One CRLF-terminated line without its CRLF, at most `max` bytes long.
-    async fn read_line(&mut self, max: usize, context: &'static str) -> Result<BytesMut, H1Error> {
+    pub(super) async fn read_line(&mut self, max: usize, context: &'static str) -> Result<BytesMut, H1Error> {
         let mut searched = 0;
         loop {
             if let Some(at) = self
@@ -387,7 +389,7 @@ pub(super) struct FramingFields {
 }
 
 impl FramingFields {
-    fn observe(&mut self, name: &str, value: &[u8]) -> Result<(), H1Error> {
+    pub(super) fn observe(&mut self, name: &str, value: &[u8]) -> Result<(), H1Error> {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if name.eq_ignore_ascii_case("content-length") {
             for part in tokens() {
@@ -411,8 +413,13 @@ impl FramingFields {
         Ok(())
     }
 
+    /// Whether the head named a framing (`Content-Length` or `Transfer-Encoding`) at all.
+    pub(super) fn declares_framing(&self) -> bool {
+        self.has_transfer_encoding || self.content_length.is_some()
+    }
+
     /// How the body is delimited, and whether the connection may carry another request.
-    fn decide(self, http10: bool) -> Result<(Framing, bool), H1Error> {
+    pub(super) fn decide(self, http10: bool) -> Result<(Framing, bool), H1Error> {
         if self.conflicting_length && !self.has_transfer_encoding {
             return Err(H1Error::Protocol(
                 "conflicting Content-Length values".to_string(),
