@@ -79,8 +79,11 @@ impl crate::listener::Lane for Lane {
             out: Vec::with_capacity(1024),
             upstream: BytesMut::new(),
         };
+        let mut stop = shutdown.clone();
+        let mut served = false;
         loop {
-            let head_len = match read_head(&mut stream, &mut buffers.client).await {
+            let idle = served.then_some(&mut stop);
+            let head_len = match read_head(&mut stream, &mut buffers.client, idle).await {
                 Some(Some(len)) => len,
                 Some(None) => {
                     stream.unread(&buffers.client);
@@ -93,7 +96,7 @@ impl crate::listener::Lane for Lane {
                 .serve_one(&mut stream, &mut buffers, head_len, client, stopping)
                 .await
             {
-                Next::Keep => {}
+                Next::Keep => served = true,
                 Next::Close => return None,
                 Next::Handoff => {
                     stream.unread(&buffers.client);
@@ -107,15 +110,24 @@ impl crate::listener::Lane for Lane {
 /// Reads until `buf` holds a whole request head: its length; `Some(None)` when the head is
 /// longer than the lane reads; `None` when the client left, sent nothing more or its deadline
 /// passed (the connection closes, as pingora closes it).
-async fn read_head(stream: &mut DeadlineStream, buf: &mut BytesMut) -> Option<Option<usize>> {
+async fn read_head(
+    stream: &mut DeadlineStream,
+    buf: &mut BytesMut,
+    stop: Option<&mut ShutdownWatch>,
+) -> Option<Option<usize>> {
+    // Between requests on a kept connection, a shutdown closes it at once (pingora wakes its
+    // parked keep-alive reads the same way); a new connection's first request is served.
+    let mut stop = stop.filter(|_| buf.is_empty());
     let mut searched = 0usize;
     loop {
         let from = searched.saturating_sub(3);
-        if let Some(at) = buf
-            .get(from..)
-            .and_then(|new| memchr::memmem::find(new, b"\r\n\r\n"))
-        {
+        let new = buf.get(from..).unwrap_or_default();
+        if let Some(at) = memchr::memmem::find(new, b"\r\n\r\n") {
             return Some(Some(from + at + 4));
+        }
+        // Lines ended by a bare LF: pingora's to read.
+        if memchr::memmem::find(new, b"\n\n").is_some() {
+            return Some(None);
         }
         searched = buf.len();
         if buf.len() > MAX_HEAD {
@@ -124,7 +136,14 @@ async fn read_head(stream: &mut DeadlineStream, buf: &mut BytesMut) -> Option<Op
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
-        match stream.read_buf(buf).await {
+        let read = match stop.as_deref_mut().filter(|_| buf.is_empty()) {
+            Some(stop) => tokio::select! {
+                read = stream.read_buf(buf) => read,
+                _ = stop.wait_for(|stopping| *stopping) => return None,
+            },
+            None => stream.read_buf(buf).await,
+        };
+        match read {
             Ok(0) if buf.is_empty() => return None,
             // A partial head and then the end: pingora's to answer (it closes).
             Ok(0) => return Some(None),
@@ -169,7 +188,9 @@ impl Lane {
         // What `balance = "hash"` hashes, taken before the head leaves the buffer.
         let key: Option<Vec<u8>> = passthrough
             .client
-            .hash_key(target_of(&buffers.out), |name| header_in(head, name.as_str()))
+            .hash_key(target_of(&buffers.out), |name| {
+                header_in(head, name.as_str())
+            })
             .map(<[u8]>::to_vec);
         let close = plan.close || stopping;
         let in_hand = (buffers.client.len() - head_len).min(plan.length as usize);
@@ -258,6 +279,11 @@ fn plan(
     client: Option<SocketAddr>,
     out: &mut Vec<u8>,
 ) -> Option<Plan> {
+    // Every line ends with CRLF (httparse also takes a bare LF, which pingora reads its way).
+    let bare_lf = memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r');
+    if bare_lf {
+        return None;
+    }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut slots);
     match parsed.parse(head) {
@@ -352,17 +378,21 @@ fn plan(
 
 /// Request headers whose request pingora serves: other framing, a protocol switch, an
 /// interim answer the client waits for.
-const HANDED_OFF: &[&str] = &["transfer-encoding", "upgrade", "expect", "te", "http2-settings"];
+const HANDED_OFF: &[&str] = &[
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "te",
+    "http2-settings",
+];
 
-/// Request headers not forwarded as the client sent them: hop-by-hop ones, and the ones the
-/// lane sets itself.
+/// Request headers not forwarded as the client sent them, besides the ones the proxy owns
+/// (`dropped_on_passthrough`): hop-by-hop ones, and the length the lane writes itself.
 const NOT_FORWARDED: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
     "content-length",
-    "x-request-id",
-    "x-forwarded-for",
 ];
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -106,7 +106,9 @@ impl UpstreamClient {
                     };
                     self.address_outcome(n, &Outcome::failed(kind, Sent::Maybe));
                 }
-                Err(RelayError::Connect(_) | RelayError::ClientBody(_) | RelayError::Cut { .. }) => {}
+                Err(
+                    RelayError::Connect(_) | RelayError::ClientBody(_) | RelayError::Cut { .. },
+                ) => {}
             }
             return Relayed {
                 address: Some(n),

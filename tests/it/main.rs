@@ -22,6 +22,7 @@ mod hostile;
 mod http2;
 mod instance;
 mod jsonrpc;
+mod lane;
 mod limits;
 mod meta;
 mod metrics;

@@ -350,17 +350,14 @@ async fn counters_move_exactly_as_the_traffic_implies() {
         0.0,
         "only the default upstream has pass-through series"
     );
-    // Each pass-through request went upstream once, on a new or a reused connection.
+    // Each pass-through request went upstream once, on a new or a reused connection (the
+    // items' idle connections to the same upstream serve pass-through too).
     let sent = |connection| {
         let labels = [("upstream", "api"), ("connection", connection)];
         after.sum("batchgate_passthrough_upstream_requests_total", &labels)
             - before.sum("batchgate_passthrough_upstream_requests_total", &labels)
     };
     assert_eq!(sent("new") + sent("reused"), 2.0);
-    assert!(
-        sent("new") >= 1.0,
-        "the first request had no pooled connection"
-    );
 
     // Histograms: every batch is timed (rejected ones too); item counts only for accepted
     // batches; item duration and permit wait only for items that were sent.

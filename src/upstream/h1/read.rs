@@ -273,7 +273,11 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// One CRLF-terminated line without its CRLF, at most `max` bytes long.
-    pub(super) async fn read_line(&mut self, max: usize, context: &'static str) -> Result<BytesMut, H1Error> {
+    pub(super) async fn read_line(
+        &mut self,
+        max: usize,
+        context: &'static str,
+    ) -> Result<BytesMut, H1Error> {
         let mut searched = 0;
         loop {
             if let Some(at) = self

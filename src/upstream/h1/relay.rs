@@ -9,10 +9,10 @@
 //! it cannot frame is a 502 before anything reaches the client, and a connection whose framing
 //! is in doubt is not reused.
 
-use super::read::{head_too_large, parse_chunk_size, FramingFields, Framing, Reader};
+use super::read::{head_too_large, parse_chunk_size, Framing, FramingFields, Reader};
 use super::{
-    bounded, write_counted, H1Error, Timeouts, MAX_CHUNK_LINE, MAX_HEADERS,
-    MAX_HEAD_BYTES, MAX_TRAILER_BYTES, WRITING,
+    bounded, write_counted, H1Error, Timeouts, MAX_CHUNK_LINE, MAX_HEADERS, MAX_HEAD_BYTES,
+    MAX_TRAILER_BYTES, WRITING,
 };
 use crate::item::Sent;
 use crate::upstream::message::{kept_response_header, MAX_INTERIM_RESPONSES};
