@@ -1001,3 +1001,203 @@ pub fn upstream_batch(data: &[u8]) {
         }
     }
 }
+
+/// The pass-through lane's reading of a request head (`proxy::lane_plan`, on the head up to
+/// its first empty line): a head it relays is a valid HTTP/1.1 request that is no batch route's,
+/// and the upstream head it writes parses, keeps the method and target, has one `Host`, the
+/// client's length as its only framing, one `X-Forwarded-For` (the client's address) and one
+/// `X-Request-Id`, and none of the connection or proxy-set headers the client sent.
+pub fn lane_request(data: &[u8]) {
+    let Some(end) = memchr::memmem::find(data, b"\r\n\r\n") else {
+        return;
+    };
+    let head = &data[..end + 4];
+    let mut out = Vec::new();
+    let client = Some(std::net::SocketAddr::from(([10, 0, 0, 1], 1234)));
+    let is_route = |_: &Method, path: &str| path == "/batch";
+    let Some(plan) = batchgate::proxy::lane_plan(head, is_route, None, client, &mut out) else {
+        return;
+    };
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut original = httparse::Request::new(&mut slots);
+    assert!(
+        matches!(original.parse(head), Ok(httparse::Status::Complete(n)) if n == head.len()),
+        "relayed a head that does not parse"
+    );
+    assert_eq!(original.version, Some(1), "relayed another version");
+    assert_ne!(original.path, Some("/batch"), "relayed a batch route's request");
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut sent = httparse::Request::new(&mut slots);
+    assert!(
+        matches!(sent.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()),
+        "the upstream head does not parse"
+    );
+    assert_eq!(sent.method, Some(plan.method.as_str()));
+    assert_eq!(sent.method, original.method);
+    assert_eq!(sent.path, original.path);
+    let count = |name: &str| {
+        sent.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    assert_eq!(count("host"), 1);
+    assert_eq!(count("x-forwarded-for"), 1);
+    assert_eq!(count("x-request-id"), 1);
+    for hop in ["transfer-encoding", "connection", "keep-alive", "upgrade", "expect", "te"] {
+        assert_eq!(count(hop), 0, "{hop} went upstream");
+    }
+    for header in sent.headers.iter() {
+        let owned = ownership(header.name);
+        let set_here = header.name == "X-Forwarded-For" || header.name == "X-Request-Id";
+        assert!(
+            set_here || !matches!(owned, Some(batchgate::guard::owned::Ownership::ProxySet)),
+            "{} went upstream",
+            header.name
+        );
+        if header.name == "X-Forwarded-For" {
+            assert_eq!(header.value, b"10.0.0.1");
+        }
+    }
+    let lengths: Vec<&[u8]> = sent
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value)
+        .collect();
+    match lengths.as_slice() {
+        [] => assert_eq!(plan.length, 0),
+        [one] => assert_eq!(*one, plan.length.to_string().as_bytes()),
+        _ => panic!("two lengths went upstream"),
+    }
+}
+
+/// A client that sends nothing and keeps what it is sent.
+#[derive(Default)]
+struct Collect {
+    got: Vec<u8>,
+}
+
+impl AsyncRead for Collect {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Collect {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.got.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The pass-through relay (`upstream::h1::relay`) on arbitrary upstream bytes (first byte:
+/// the size of the pieces they arrive in, 1..=64, or all at once with bit 6): an answer it
+/// cannot frame reaches the client as nothing; an answer it relays reaches the client as one
+/// well-framed HTTP/1.1 response (its status, no hop-by-hop header, exactly the body its
+/// `Content-Length` or its chunks say and nothing after); a connection it keeps has nothing
+/// left over that it saw.
+pub fn relay_response(data: &[u8]) {
+    use batchgate::upstream::h1::relay::{relay, Outbound, RelayError};
+    let Some((&control, answer)) = data.split_first() else {
+        return;
+    };
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    });
+    let all_at_once = control & 0x40 != 0;
+    let mut upstream = Script {
+        data: answer.to_vec(),
+        at: 0,
+        piece: if all_at_once {
+            usize::MAX
+        } else {
+            usize::from(control & 0x3f) + 1
+        },
+    };
+    let mut client = Collect::default();
+    let out = Outbound {
+        first: b"GET /x HTTP/1.1\r\nHost: u\r\n\r\n",
+        rest: 0,
+        close: control & 0x80 != 0,
+    };
+    let timeouts = Timeouts {
+        read: Duration::from_secs(60),
+        write: Duration::from_secs(60),
+    };
+    let mut buf = bytes::BytesMut::new();
+    let result = runtime.block_on(relay(&mut upstream, &mut client, out, timeouts, &mut buf));
+    let answered = match result {
+        Ok(answered) => answered,
+        Err(RelayError::Upstream(_) | RelayError::Connect(_)) => {
+            assert!(client.got.is_empty(), "a refused answer reached the client");
+            return;
+        }
+        Err(RelayError::ClientBody(_)) => panic!("the client had no body to send"),
+        Err(RelayError::Cut { .. }) => return,
+    };
+    let got = &client.got;
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let head_len = match parsed.parse(got) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!("the client got no valid head: {other:?}"),
+    };
+    assert_eq!(parsed.code, Some(answered.status));
+    assert!(answered.status >= 200);
+    let values = |name: &str| -> Vec<&[u8]> {
+        parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
+    };
+    for hop in ["keep-alive", "te", "trailer", "upgrade", "proxy-connection"] {
+        assert!(values(hop).is_empty(), "{hop} reached the client");
+    }
+    assert!(values("connection").iter().all(|v| *v == b"close"));
+    let body = &got[head_len..];
+    match (values("content-length").as_slice(), values("transfer-encoding").as_slice()) {
+        ([length], []) => {
+            let length: usize = std::str::from_utf8(length).expect("ascii").parse().expect("a length");
+            assert_eq!(body.len(), length, "the body is not its length");
+        }
+        ([], [b"chunked"]) => assert_chunked(body),
+        ([], []) => {
+            assert!(matches!(answered.status, 204 | 304), "no framing on a {}", answered.status);
+            assert!(body.is_empty());
+        }
+        (lengths, codings) => panic!("framing {lengths:?} {codings:?}"),
+    }
+    if answered.reusable && all_at_once {
+        assert_eq!(upstream.at, upstream.data.len(), "reusable with bytes left over");
+    }
+}
+
+/// A chunked body that is exactly its chunks and the last chunk, with no trailers.
+fn assert_chunked(mut body: &[u8]) {
+    loop {
+        let line = memchr::memmem::find(body, b"\r\n").expect("a chunk-size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..line]).expect("ascii"), 16)
+            .expect("a hex size");
+        body = &body[line + 2..];
+        if size == 0 {
+            assert_eq!(body, b"\r\n", "bytes after the last chunk");
+            return;
+        }
+        assert!(size > 0 && body.len() >= size + 2, "a short chunk");
+        assert_eq!(&body[size..size + 2], b"\r\n");
+        body = &body[size + 2..];
+    }
+}

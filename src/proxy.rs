@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use batch::{request_id, BatchSummary};
 use bytes::Bytes;
 use http::header::HOST;
-pub use lane::Lane;
+pub use lane::{plan as lane_plan, Lane, Plan as LanePlan};
 pub use live::{Live, Reconfigure, Route};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;

@@ -154,12 +154,14 @@ async fn read_head(
 }
 
 /// A request the lane relays, as read from its head.
-struct Plan {
-    method: http::Method,
+#[derive(Debug)]
+pub struct Plan {
+    pub method: http::Method,
     /// The body's length (`Content-Length`, 0 without one).
-    length: u64,
-    close: bool,
-    request_id: String,
+    pub length: u64,
+    /// The client asked to close the connection after the answer.
+    pub close: bool,
+    pub request_id: String,
 }
 
 impl Lane {
@@ -182,7 +184,8 @@ impl Lane {
         let head = buffers.client.get(..head_len).unwrap_or_default();
         let host = passthrough.client.config.host.as_deref();
         buffers.out.clear();
-        let Some(plan) = plan(head, &live, host, client, &mut buffers.out) else {
+        let is_route = |method: &http::Method, path: &str| live.route_for(method, path).is_some();
+        let Some(plan) = plan(head, is_route, host, client, &mut buffers.out) else {
             return Next::Handoff;
         };
         // What `balance = "hash"` hashes, taken before the head leaves the buffer.
@@ -270,11 +273,12 @@ async fn say(stream: &mut DeadlineStream, answer: &[u8]) -> std::io::Result<()> 
     stream.flush().await
 }
 
-/// Reads `head` and writes the upstream's request head into `out`; `None` when the request
-/// is not one the lane relays.
-fn plan(
+/// Reads `head` (a whole request head) and writes the upstream's request head into `out`;
+/// `None` when the request is not one the lane relays. `is_route`: whether a method and path
+/// are a batch route's; `host`: the upstream's own `Host`, when it names one.
+pub fn plan(
     head: &[u8],
-    live: &Live,
+    is_route: impl Fn(&http::Method, &str) -> bool,
     host: Option<&str>,
     client: Option<SocketAddr>,
     out: &mut Vec<u8>,
@@ -305,7 +309,7 @@ fn plan(
     let target = parsed.path?;
     // The target pingora would accept, and its path is no batch route's.
     let uri: http::uri::PathAndQuery = target.parse().ok()?;
-    if !target.starts_with('/') || live.route_for(&method, uri.path()).is_some() {
+    if !target.starts_with('/') || is_route(&method, uri.path()) {
         return None;
     }
     let mut length: Option<u64> = None;

@@ -53,6 +53,20 @@ fn h1_response_corpus() {
     replay("h1_response", props::h1_response);
 }
 
+/// Every lane corpus input: a relayed head is a plain request and goes upstream rewritten
+/// by the proxy's rules, with one framing.
+#[test]
+fn lane_request_corpus() {
+    replay("lane_request", props::lane_request);
+}
+
+/// Every relay corpus input: a refused answer reaches the client as nothing, a relayed one
+/// as one well-framed response.
+#[test]
+fn relay_response_corpus() {
+    replay("relay_response", props::relay_response);
+}
+
 /// Every multipart corpus input: sent parts pass the guards, replies re-split into one part
 /// per request under a boundary that occurs nowhere else, refusals are JSON.
 #[test]

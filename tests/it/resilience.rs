@@ -86,7 +86,9 @@ async fn a_dead_address_costs_no_item_when_retries_are_on() {
             ("result", "success"),
         ],
     );
-    assert!((1.0..=3.0).contains(&retried), "{retried}: {}", m.text);
+    // Up to `concurrency` items may have chosen the dead address before the third failure
+    // ejected it.
+    assert!((1.0..=4.0).contains(&retried), "{retried}: {}", m.text);
     let ejected = m.sum(
         "batchgate_upstream_ejections_total",
         &[("address", dead.as_str())],
