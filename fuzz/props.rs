@@ -1013,7 +1013,7 @@ pub fn lane_request(data: &[u8]) {
     };
     let head = &data[..end + 4];
     let mut out = Vec::new();
-    let client = Some(std::net::SocketAddr::from(([10, 0, 0, 1], 1234)));
+    let client = Some("10.0.0.1");
     let is_route = |_: &Method, path: &str| path == "/batch";
     let Some(plan) = batchgate::proxy::lane_plan(head, is_route, None, client, &mut out) else {
         return;
@@ -1025,7 +1025,11 @@ pub fn lane_request(data: &[u8]) {
         "relayed a head that does not parse"
     );
     assert_eq!(original.version, Some(1), "relayed another version");
-    assert_ne!(original.path, Some("/batch"), "relayed a batch route's request");
+    assert_ne!(
+        original.path,
+        Some("/batch"),
+        "relayed a batch route's request"
+    );
     let mut slots = [httparse::EMPTY_HEADER; 128];
     let mut sent = httparse::Request::new(&mut slots);
     assert!(
@@ -1044,7 +1048,14 @@ pub fn lane_request(data: &[u8]) {
     assert_eq!(count("host"), 1);
     assert_eq!(count("x-forwarded-for"), 1);
     assert_eq!(count("x-request-id"), 1);
-    for hop in ["transfer-encoding", "connection", "keep-alive", "upgrade", "expect", "te"] {
+    for hop in [
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "expect",
+        "te",
+    ] {
         assert_eq!(count(hop), 0, "{hop} went upstream");
     }
     for header in sent.headers.iter() {
@@ -1079,13 +1090,21 @@ struct Collect {
 }
 
 impl AsyncRead for Collect {
-    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for Collect {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.got.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -1104,7 +1123,7 @@ impl AsyncWrite for Collect {
 /// `Content-Length` or its chunks say and nothing after); a connection it keeps has nothing
 /// left over that it saw.
 pub fn relay_response(data: &[u8]) {
-    use batchgate::upstream::h1::relay::{relay, Outbound, RelayError};
+    use batchgate::upstream::h1::relay::{relay, Buffers, Outbound, RelayError};
     let Some((&control, answer)) = data.split_first() else {
         return;
     };
@@ -1135,8 +1154,14 @@ pub fn relay_response(data: &[u8]) {
         read: Duration::from_secs(60),
         write: Duration::from_secs(60),
     };
-    let mut buf = bytes::BytesMut::new();
-    let result = runtime.block_on(relay(&mut upstream, &mut client, out, timeouts, &mut buf));
+    let mut buffers = Buffers::default();
+    let result = runtime.block_on(relay(
+        &mut upstream,
+        &mut client,
+        out,
+        timeouts,
+        &mut buffers,
+    ));
     let answered = match result {
         Ok(answered) => answered,
         Err(RelayError::Upstream(_) | RelayError::Connect(_)) => {
@@ -1168,20 +1193,34 @@ pub fn relay_response(data: &[u8]) {
     }
     assert!(values("connection").iter().all(|v| *v == b"close"));
     let body = &got[head_len..];
-    match (values("content-length").as_slice(), values("transfer-encoding").as_slice()) {
+    match (
+        values("content-length").as_slice(),
+        values("transfer-encoding").as_slice(),
+    ) {
         ([length], []) => {
-            let length: usize = std::str::from_utf8(length).expect("ascii").parse().expect("a length");
+            let length: usize = std::str::from_utf8(length)
+                .expect("ascii")
+                .parse()
+                .expect("a length");
             assert_eq!(body.len(), length, "the body is not its length");
         }
         ([], [b"chunked"]) => assert_chunked(body),
         ([], []) => {
-            assert!(matches!(answered.status, 204 | 304), "no framing on a {}", answered.status);
+            assert!(
+                matches!(answered.status, 204 | 304),
+                "no framing on a {}",
+                answered.status
+            );
             assert!(body.is_empty());
         }
         (lengths, codings) => panic!("framing {lengths:?} {codings:?}"),
     }
     if answered.reusable && all_at_once {
-        assert_eq!(upstream.at, upstream.data.len(), "reusable with bytes left over");
+        assert_eq!(
+            upstream.at,
+            upstream.data.len(),
+            "reusable with bytes left over"
+        );
     }
 }
 

@@ -17,7 +17,7 @@
 use super::live::Live;
 use crate::guard::owned::dropped_on_passthrough;
 use crate::listener::{DeadlineStream, Phase};
-use crate::upstream::{Outbound, RelayError, Relayed};
+use crate::upstream::{Outbound, RelayBuffers, RelayError, Relayed};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
@@ -52,8 +52,28 @@ struct Buffers {
     /// The upstream request head (and the body bytes that arrived with it).
     out: Vec<u8>,
     /// The upstream answer being relayed.
-    upstream: BytesMut,
+    relay: RelayBuffers,
 }
+
+impl Buffers {
+    /// Between requests: buffers that grew for a large request or answer are not kept, so an
+    /// idle connection holds about one small read buffer.
+    fn trim(&mut self) {
+        self.relay.trim();
+        if self.out.capacity() > TRIM_ABOVE {
+            self.out = Vec::new();
+        }
+        if self.client.capacity() > TRIM_ABOVE {
+            let mut kept = BytesMut::with_capacity(CLIENT_BUFFER.max(self.client.len()));
+            kept.extend_from_slice(&self.client);
+            self.client = kept;
+        }
+    }
+}
+
+/// The client read buffer's first size, and how large a buffer may stay between requests.
+const CLIENT_BUFFER: usize = 4096;
+const TRIM_ABOVE: usize = 16 * 1024;
 
 /// How one request ended for the connection.
 enum Next {
@@ -74,10 +94,14 @@ impl crate::listener::Lane for Lane {
         let client = stream
             .get_socket_digest()
             .and_then(|digest| digest.peer_addr().and_then(|a| a.as_inet().copied()));
+        let client = client.map(|addr| Client {
+            ip: addr.ip().to_string(),
+            addr,
+        });
         let mut buffers = Buffers {
-            client: BytesMut::with_capacity(4096),
+            client: BytesMut::with_capacity(CLIENT_BUFFER),
             out: Vec::with_capacity(1024),
-            upstream: BytesMut::new(),
+            relay: RelayBuffers::default(),
         };
         let mut stop = shutdown.clone();
         let mut served = false;
@@ -93,10 +117,19 @@ impl crate::listener::Lane for Lane {
             };
             let stopping = *shutdown.borrow();
             match self
-                .serve_one(&mut stream, &mut buffers, head_len, client, stopping)
+                .serve_one(
+                    &mut stream,
+                    &mut buffers,
+                    head_len,
+                    client.as_ref(),
+                    stopping,
+                )
                 .await
             {
-                Next::Keep => served = true,
+                Next::Keep => {
+                    served = true;
+                    buffers.trim();
+                }
                 Next::Close => return None,
                 Next::Handoff => {
                     stream.unread(&buffers.client);
@@ -121,20 +154,17 @@ async fn read_head(
     let mut searched = 0usize;
     loop {
         let from = searched.saturating_sub(3);
-        let new = buf.get(from..).unwrap_or_default();
-        if let Some(at) = memchr::memmem::find(new, b"\r\n\r\n") {
-            return Some(Some(from + at + 4));
-        }
-        // Lines ended by a bare LF: pingora's to read.
-        if memchr::memmem::find(new, b"\n\n").is_some() {
-            return Some(None);
+        if let Some(end) = crate::upstream::head_end(buf, from) {
+            // Lines ended by a bare LF are pingora's to read.
+            let crlf = end >= 4 && buf.get(end - 4..end) == Some(&b"\r\n\r\n"[..]);
+            return Some(crlf.then_some(end));
         }
         searched = buf.len();
         if buf.len() > MAX_HEAD {
             return Some(None);
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
+            buf.reserve(CLIENT_BUFFER);
         }
         let read = match stop.as_deref_mut().filter(|_| buf.is_empty()) {
             Some(stop) => tokio::select! {
@@ -151,6 +181,12 @@ async fn read_head(
             Err(_) => return None,
         }
     }
+}
+
+/// The client of a connection: its address, and its IP as `X-Forwarded-For` writes it.
+struct Client {
+    addr: SocketAddr,
+    ip: String,
 }
 
 /// A request the lane relays, as read from its head.
@@ -170,7 +206,7 @@ impl Lane {
         stream: &mut DeadlineStream,
         buffers: &mut Buffers,
         head_len: usize,
-        client: Option<SocketAddr>,
+        client: Option<&Client>,
         stopping: bool,
     ) -> Next {
         let started = Instant::now();
@@ -185,7 +221,8 @@ impl Lane {
         let host = passthrough.client.config.host.as_deref();
         buffers.out.clear();
         let is_route = |method: &http::Method, path: &str| live.route_for(method, path).is_some();
-        let Some(plan) = plan(head, is_route, host, client, &mut buffers.out) else {
+        let client_ip = client.map(|c| c.ip.as_str());
+        let Some(plan) = plan(head, is_route, host, client_ip, &mut buffers.out) else {
             return Next::Handoff;
         };
         // What `balance = "hash"` hashes, taken before the head leaves the buffer.
@@ -218,7 +255,7 @@ impl Lane {
                 out,
                 plan.method.is_idempotent(),
                 key.as_deref(),
-                &mut buffers.upstream,
+                &mut buffers.relay,
                 |reused| {
                     if let Some(metrics) = metrics {
                         metrics.sent(reused);
@@ -261,7 +298,14 @@ impl Lane {
         }
         if self.access_log.load(Ordering::Relaxed) {
             let head = &buffers.out;
-            access_line(head, &plan, status, client, upstream, elapsed);
+            access_line(
+                head,
+                &plan,
+                status,
+                client.map(|c| c.addr),
+                upstream,
+                elapsed,
+            );
         }
         next
     }
@@ -280,7 +324,7 @@ pub fn plan(
     head: &[u8],
     is_route: impl Fn(&http::Method, &str) -> bool,
     host: Option<&str>,
-    client: Option<SocketAddr>,
+    client_ip: Option<&str>,
     out: &mut Vec<u8>,
 ) -> Option<Plan> {
     // Every line ends with CRLF (httparse also takes a bare LF, which pingora reads its way).
@@ -365,11 +409,15 @@ pub fn plan(
         push_header(out, b"Host", host.as_bytes());
     }
     push_header(out, b"X-Request-Id", request_id.as_bytes());
-    if let Some(client) = client {
-        push_header(out, b"X-Forwarded-For", client.ip().to_string().as_bytes());
+    if let Some(ip) = client_ip {
+        push_header(out, b"X-Forwarded-For", ip.as_bytes());
     }
     if let Some(length) = length {
-        push_header(out, b"Content-Length", length.to_string().as_bytes());
+        push_header(
+            out,
+            b"Content-Length",
+            itoa::Buffer::new().format(length).as_bytes(),
+        );
     }
     out.extend_from_slice(b"\r\n");
     Some(Plan {

@@ -328,6 +328,22 @@ fn push_content_length(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Where a message head that starts at 0 ends (just past its empty line), looking for the
+/// end from `from` on; a bare LF ends lines too (RFC 9112 section 2.2).
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let tail = buf.get(from..)?;
+    memchr::memchr_iter(b'\n', tail).find_map(|at| {
+        let after = buf.get(from + at + 1..)?;
+        if after.first() == Some(&b'\n') {
+            Some(from + at + 2)
+        } else if after.starts_with(b"\r\n") {
+            Some(from + at + 3)
+        } else {
+            None
+        }
+    })
+}
+
 mod read;
 pub mod relay;
 

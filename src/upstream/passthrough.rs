@@ -2,11 +2,10 @@
 //! connection, what each ending counts for against the address (as pingora's path counts it
 //! in `proxy.rs`), and the one resend a stale pooled connection allows.
 
-use super::h1::relay::{relay, Answered, Outbound, RelayError};
+use super::h1::relay::{relay, Answered, Buffers, Outbound, RelayError};
 use super::pool::Conn;
 use super::{Tried, UpstreamClient};
 use crate::item::{FailureKind, Outcome, Sent, UpstreamResponse};
-use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Connects a pass-through request tries, on different addresses when there are several,
@@ -37,7 +36,7 @@ impl UpstreamClient {
         out: Outbound<'_>,
         repeatable: bool,
         key: Option<&[u8]>,
-        buf: &mut BytesMut,
+        buffers: &mut Buffers,
         connected: impl Fn(bool),
     ) -> Relayed {
         let mut tried = Tried::default();
@@ -76,7 +75,14 @@ impl UpstreamClient {
                 },
             };
             connected(reused);
-            let result = relay(&mut conn.stream, client, out.again(), address.timeouts, buf).await;
+            let result = relay(
+                &mut conn.stream,
+                client,
+                out.again(),
+                address.timeouts,
+                buffers,
+            )
+            .await;
             match &result {
                 Ok(answered) => {
                     let answer = Outcome::Response(UpstreamResponse {

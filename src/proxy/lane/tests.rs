@@ -32,7 +32,7 @@ fn live() -> Live {
 fn planned(head: &str, host: Option<&str>) -> Option<(Plan, String)> {
     let live = live();
     let mut out = Vec::new();
-    let client = Some("10.1.2.3:5000".parse().expect("addr"));
+    let client = Some("10.1.2.3");
     let is_route = |method: &http::Method, path: &str| live.route_for(method, path).is_some();
     let plan = plan(head.as_bytes(), is_route, host, client, &mut out)?;
     Some((plan, String::from_utf8(out).expect("utf-8")))

@@ -159,10 +159,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         loop {
             let from = searched.saturating_sub(3);
             searched = self.buf.len();
-            let complete = self.buf.get(from..).is_some_and(|new| {
-                memchr::memmem::find(new, b"\n\r\n").is_some()
-                    || memchr::memmem::find(new, b"\n\n").is_some()
-            });
+            let complete = super::head_end(&self.buf, from).is_some();
             // Checked before anything else, on every pass: a head that never ends and a
             // complete head that arrived in one huge read are refused alike, and nothing
             // more is buffered once the limit is crossed.

@@ -71,25 +71,53 @@ pub async fn relay<U, C>(
     client: &mut C,
     out: Outbound<'_>,
     timeouts: Timeouts,
-    buf: &mut BytesMut,
+    buffers: &mut Buffers,
 ) -> Result<Answered, RelayError>
 where
     U: AsyncRead + AsyncWrite + Unpin,
     C: AsyncRead + AsyncWrite + Unpin,
 {
     send(upstream, client, &out, timeouts).await?;
-    buf.clear();
+    buffers.upstream.clear();
+    buffers.pending.clear();
     let mut reader = Reader {
         stream: upstream,
-        buf: std::mem::take(buf),
+        buf: std::mem::take(&mut buffers.upstream),
         timeout: Some(timeouts.read),
         received: false,
         chunk: PIECE,
     };
-    let result = answer(&mut reader, client, out.close).await;
-    *buf = reader.buf;
+    let mut sink = Sink {
+        pending: std::mem::take(&mut buffers.pending),
+    };
+    let result = answer(&mut reader, client, &mut sink, out.close).await;
+    buffers.upstream = reader.buf;
+    buffers.pending = sink.pending;
     result
 }
+
+/// The buffers of one relay, kept by the caller from request to request (a client
+/// connection's): what the upstream sent, and what waits to go to the client.
+#[derive(Default)]
+pub struct Buffers {
+    upstream: BytesMut,
+    pending: Vec<u8>,
+}
+
+impl Buffers {
+    /// Drops buffers that grew for a large answer, so an idle connection holds little.
+    pub fn trim(&mut self) {
+        if self.upstream.capacity() > TRIM_ABOVE {
+            self.upstream = BytesMut::new();
+        }
+        if self.pending.capacity() > TRIM_ABOVE {
+            self.pending = Vec::new();
+        }
+    }
+}
+
+/// Buffers larger than this are not kept between requests.
+const TRIM_ABOVE: usize = 16 * 1024;
 
 /// Writes the head and the body, streaming what is still at the client in pieces.
 async fn send<U, C>(
@@ -172,13 +200,13 @@ enum Body {
 async fn answer<U, C>(
     reader: &mut Reader<'_, U>,
     client: &mut C,
+    sink: &mut Sink,
     close: bool,
 ) -> Result<Answered, RelayError>
 where
     U: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
-    let mut sink = Sink::default();
     let head = read_head(reader, &mut sink.pending, close)
         .await
         .map_err(RelayError::Upstream)?;
@@ -186,9 +214,9 @@ where
     let cut = |detail: String| RelayError::Cut { status, detail };
     let result = match head.body {
         Body::None => Ok(()),
-        Body::Length(len) => relay_sized(reader, client, &mut sink, len).await,
-        Body::Chunked => relay_chunked(reader, client, &mut sink).await,
-        Body::UntilClose => relay_to_close(reader, client, &mut sink).await,
+        Body::Length(len) => relay_sized(reader, client, sink, len).await,
+        Body::Chunked => relay_chunked(reader, client, sink).await,
+        Body::UntilClose => relay_to_close(reader, client, sink).await,
     };
     match result {
         Ok(()) => {}
@@ -241,7 +269,7 @@ async fn read_head<U: AsyncRead + Unpin>(
         }
         let mut fields = FramingFields::default();
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         out.push(b' ');
         match parsed.reason.filter(|reason| !reason.is_empty()) {
             Some(reason) => out.extend_from_slice(reason.as_bytes()),
@@ -284,7 +312,7 @@ async fn read_head<U: AsyncRead + Unpin>(
         match body {
             Body::Length(len) => {
                 out.extend_from_slice(b"Content-Length: ");
-                out.extend_from_slice(len.to_string().as_bytes());
+                out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
             Body::Chunked | Body::UntilClose => {
@@ -316,16 +344,8 @@ async fn head_length<U: AsyncRead + Unpin>(reader: &mut Reader<'_, U>) -> Result
     loop {
         let from = searched.saturating_sub(3);
         searched = reader.buf.len();
-        let end = reader.buf.get(from..).and_then(|new| {
-            let crlf = memchr::memmem::find(new, b"\n\r\n").map(|at| at + 3);
-            let lf = memchr::memmem::find(new, b"\n\n").map(|at| at + 2);
-            match (crlf, lf) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-        });
-        match end {
-            Some(end) if from + end <= MAX_HEAD_BYTES => return Ok(from + end),
+        match super::head_end(&reader.buf, from) {
+            Some(end) if end <= MAX_HEAD_BYTES => return Ok(end),
             Some(_) => return Err(head_too_large()),
             None if reader.buf.len() > MAX_HEAD_BYTES => return Err(head_too_large()),
             None => {}
@@ -358,7 +378,6 @@ impl From<H1Error> for Failed {
 
 /// What goes to the client next: written before every read from the upstream that may wait
 /// (so a streamed answer is not held back) and whenever it reaches `PIECE` bytes.
-#[derive(Default)]
 struct Sink {
     pending: Vec<u8>,
 }
@@ -411,8 +430,9 @@ async fn relay_sized<U: AsyncRead + Unpin, C: AsyncWrite + Unpin>(
     let mut remaining = len;
     loop {
         let take = remaining.min(reader.buf.len());
-        let piece = reader.buf.split_to(take);
-        sink.push(client, &piece).await?;
+        sink.push(client, reader.buf.get(..take).unwrap_or_default())
+            .await?;
+        reader.buf.advance(take);
         remaining -= take;
         if remaining == 0 {
             return Ok(());
@@ -431,8 +451,8 @@ async fn relay_to_close<U: AsyncRead + Unpin, C: AsyncWrite + Unpin>(
 ) -> Result<(), Failed> {
     loop {
         if !reader.buf.is_empty() {
-            let piece = reader.buf.split();
-            chunk(sink, client, &piece).await?;
+            chunk(sink, client, &reader.buf).await?;
+            reader.buf.clear();
         }
         let context = "in the middle of the response body";
         if sink.refill(reader, client, context).await? == 0 {
@@ -463,8 +483,8 @@ async fn relay_chunked<U: AsyncRead + Unpin, C: AsyncWrite + Unpin>(
                 }
             }
             let take = remaining.min(reader.buf.len());
-            let piece = reader.buf.split_to(take);
-            chunk(sink, client, &piece).await?;
+            chunk(sink, client, reader.buf.get(..take).unwrap_or_default()).await?;
+            reader.buf.advance(take);
             remaining -= take;
         }
         let end = next_line(reader, client, sink, 2, "after a chunk").await?;
@@ -496,7 +516,7 @@ async fn next_line<U: AsyncRead + Unpin, C: AsyncWrite + Unpin>(
     max: usize,
     context: &'static str,
 ) -> Result<BytesMut, Failed> {
-    if memchr::memmem::find(&reader.buf, b"\r\n").is_none() {
+    if memchr::memchr(b'\n', &reader.buf).is_none() {
         sink.flush(client).await.map_err(Failed::Client)?;
     }
     Ok(reader.read_line(max, context).await?)
@@ -511,10 +531,29 @@ async fn chunk<C: AsyncWrite + Unpin>(
     if bytes.is_empty() {
         return Ok(());
     }
-    sink.push(client, format!("{:x}\r\n", bytes.len()).as_bytes())
-        .await?;
+    let mut size = [0u8; 20];
+    let size_line = hex_line(bytes.len(), &mut size);
+    sink.push(client, size_line).await?;
     sink.push(client, bytes).await?;
     sink.push(client, b"\r\n").await
+}
+
+/// A chunk-size line (`n` in hexadecimal, then CRLF), written into `buf`.
+fn hex_line(n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut end = buf.len() - 2;
+    buf[end] = b'\r';
+    buf[end + 1] = b'\n';
+    let mut n = n;
+    loop {
+        end -= 1;
+        buf[end] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.get(end..).unwrap_or_default()
 }
 
 fn closed(context: &'static str) -> Failed {

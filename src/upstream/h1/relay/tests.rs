@@ -1,9 +1,8 @@
 //! The relay against in-memory peers: what the client gets, what the upstream got, and
 //! whether the connection may be kept.
 
-use super::{relay, Answered, Outbound, RelayError, PIECE};
+use super::{relay, Answered, Buffers, Outbound, RelayError, PIECE};
 use crate::upstream::h1::Timeouts;
-use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -39,8 +38,8 @@ async fn run(first: &[u8], body: &[u8], answer: Vec<u8>, end: bool) -> Run {
         read: Duration::from_secs(5),
         write: Duration::from_secs(5),
     };
-    let mut buf = BytesMut::new();
-    let result = relay(&mut up_proxy, &mut cl_proxy, out, timeouts, &mut buf).await;
+    let mut buffers = Buffers::default();
+    let result = relay(&mut up_proxy, &mut cl_proxy, out, timeouts, &mut buffers).await;
     drop(up_proxy);
     drop(cl_proxy);
     let mut client_got = Vec::new();
@@ -194,7 +193,7 @@ async fn a_client_that_leaves_in_its_body_is_a_client_body_error() {
         read: Duration::from_secs(5),
         write: Duration::from_secs(5),
     };
-    let mut buf = BytesMut::new();
-    let result = relay(&mut up_proxy, &mut cl_proxy, out, timeouts, &mut buf).await;
+    let mut buffers = Buffers::default();
+    let result = relay(&mut up_proxy, &mut cl_proxy, out, timeouts, &mut buffers).await;
     assert!(matches!(result, Err(RelayError::ClientBody(_))));
 }
