@@ -208,7 +208,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
         let clock = ClientClock::new(self.limits, slot.metrics.clone());
         let stream = match &slot.tls {
             Some(acceptor) => {
-                let tls = self.accept_tls(acceptor, stream, &clock).await?;
+                // Boxed, as the HTTP/2 loop below: a state only some connections reach, and
+                // only for a while, is not carried by every connection's task.
+                let tls = Box::pin(self.accept_tls(acceptor, stream, &clock)).await?;
                 DeadlineStream::new(tls, clock)
             }
             None => {
@@ -222,7 +224,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
         // HTTP/2 connections are served by batchgate's own loop; HTTP/1 ones by pingora's
         // app, which serves every request of the connection before it returns.
         if stream.clock().is_multiplexed() {
-            h2_conn::serve(app, stream, shutdown, slot.addr).await;
+            Box::pin(h2_conn::serve(app, stream, shutdown, slot.addr)).await;
             return None;
         }
         let stream = match &self.lane {

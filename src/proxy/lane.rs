@@ -71,8 +71,9 @@ impl Buffers {
     }
 }
 
-/// The client read buffer's first size, and how large a buffer may stay between requests.
-const CLIENT_BUFFER: usize = 4096;
+/// The client read buffer's size while a connection waits for a request (most heads fit),
+/// and how large a buffer may stay between requests.
+const CLIENT_BUFFER: usize = 1024;
 const TRIM_ABOVE: usize = 16 * 1024;
 
 /// How one request ended for the connection.
@@ -100,7 +101,7 @@ impl crate::listener::Lane for Lane {
         });
         let mut buffers = Buffers {
             client: BytesMut::with_capacity(CLIENT_BUFFER),
-            out: Vec::with_capacity(1024),
+            out: Vec::new(),
             relay: RelayBuffers::default(),
         };
         let mut stop = shutdown.clone();
@@ -163,8 +164,8 @@ async fn read_head(
         if buf.len() > MAX_HEAD {
             return Some(None);
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(CLIENT_BUFFER);
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(4 * CLIENT_BUFFER);
         }
         let read = match stop.as_deref_mut().filter(|_| buf.is_empty()) {
             Some(stop) => tokio::select! {
@@ -248,21 +249,21 @@ impl Lane {
             close,
         };
         let metrics = passthrough.metrics.as_ref();
-        let Relayed { address, result } = passthrough
-            .client
-            .relay(
-                stream,
-                out,
-                plan.method.is_idempotent(),
-                key.as_deref(),
-                &mut buffers.relay,
-                |reused| {
-                    if let Some(metrics) = metrics {
-                        metrics.sent(reused);
-                    }
-                },
-            )
-            .await;
+        // Boxed: the relay's state (a connect, a body's streaming) lives only while a request
+        // does, so an idle connection's task stays small.
+        let relay = passthrough.client.relay(
+            stream,
+            out,
+            plan.method.is_idempotent(),
+            key.as_deref(),
+            &mut buffers.relay,
+            |reused| {
+                if let Some(metrics) = metrics {
+                    metrics.sent(reused);
+                }
+            },
+        );
+        let Relayed { address, result } = Box::pin(relay).await;
         let upstream = address.and_then(|n| passthrough.client.config.addresses.get(n).copied());
         let (status, next) = match result {
             Ok(answered) if close => (Some(answered.status), Next::Close),
