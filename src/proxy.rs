@@ -49,6 +49,8 @@ pub struct BatchGate {
     item_log: Arc<AtomicBool>,
     /// Write one log line per pass-through request (`server.access_log`).
     access_log: Arc<AtomicBool>,
+    /// Relay plain HTTP/1.1 pass-through requests in the lane (`server.passthrough_lane`).
+    passthrough_lane: Arc<AtomicBool>,
     /// A task per item only when work stealing can spread them (see `exec::Limits`).
     spawn_items: bool,
     /// Turns true shortly before the shutdown grace period ends: running batches then answer
@@ -105,6 +107,7 @@ impl BatchGate {
                 .collect(),
             item_log: Arc::new(AtomicBool::new(config.server.item_log)),
             access_log: Arc::new(AtomicBool::new(config.server.access_log)),
+            passthrough_lane: Arc::new(AtomicBool::new(config.server.passthrough_lane)),
             spawn_items: config.server.work_stealing,
             stop,
             coalescer: Arc::default(),
@@ -116,6 +119,7 @@ impl BatchGate {
         Lane {
             live: self.live.clone(),
             access_log: self.access_log.clone(),
+            enabled: self.passthrough_lane.clone(),
         }
     }
 
@@ -127,6 +131,7 @@ impl BatchGate {
             admission: self.admission.clone(),
             item_log: self.item_log.clone(),
             access_log: self.access_log.clone(),
+            passthrough_lane: self.passthrough_lane.clone(),
         }
     }
 

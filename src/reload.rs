@@ -5,7 +5,7 @@
 //! What a reload changes: routes, dialect settings, route limits and guards, upstreams (an
 //! unchanged upstream keeps its client and pooled connections), the default upstream,
 //! `max_in_flight` (permits are never revoked: a lower total is reached as items finish),
-//! `[server.admission]`, `item_log` and `access_log`. What it cannot change (listeners, threads, TLS
+//! `[server.admission]`, `item_log`, `access_log` and `passthrough_lane`. What it cannot change (listeners, threads, TLS
 //! listener settings, client connection limits, the admin listener, shutdown timings, pid
 //! file, logging, `[tracing]`) is reported as "needs an upgrade" and keeps its running value; the rest
 //! still applies. Each attempt is counted in `batchgate_config_reloads_total{result}` and

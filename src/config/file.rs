@@ -114,6 +114,7 @@ pub struct ServerSection {
     pub log_level: Option<String>,
     pub item_log: Option<bool>,
     pub access_log: Option<bool>,
+    pub passthrough_lane: Option<bool>,
     pub client_idle_timeout: Option<String>,
     pub client_header_timeout: Option<String>,
     pub client_body_timeout: Option<String>,

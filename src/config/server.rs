@@ -137,6 +137,12 @@ pub(super) fn server_settings(section: &ServerSection, found: &mut Findings<'_>)
             &["server", "access_log"],
             problems,
         ),
+        passthrough_lane: super::values::flag(
+            section.passthrough_lane,
+            true,
+            &["server", "passthrough_lane"],
+            problems,
+        ),
         client: client_limits(section, problems),
         h2c: super::values::flag(section.h2c, false, &["server", "h2c"], problems),
         tls: listener_tls_settings(section, &tls_listen, found),
@@ -629,6 +635,9 @@ pub struct ServerSettings {
     /// One log line per pass-through request (method, path without its query, status,
     /// client, upstream address, duration).
     pub access_log: bool,
+    /// Plain HTTP/1.1 pass-through requests are relayed by batchgate's own exchange
+    /// (`proxy/lane.rs`); false: every request takes pingora's path.
+    pub passthrough_lane: bool,
     /// Deadlines and the connection cap for client connections.
     pub client: ClientLimits,
     /// Listeners that speak TLS (with `tls`), besides the cleartext `listen` ones.

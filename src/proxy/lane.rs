@@ -43,6 +43,8 @@ const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Length:
 pub struct Lane {
     pub(super) live: Arc<ArcSwap<Live>>,
     pub(super) access_log: Arc<AtomicBool>,
+    /// `server.passthrough_lane`: off, every request goes to pingora.
+    pub(super) enabled: Arc<AtomicBool>,
 }
 
 /// One connection's buffers, kept from request to request.
@@ -210,6 +212,9 @@ impl Lane {
         client: Option<&Client>,
         stopping: bool,
     ) -> Next {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Next::Handoff;
+        }
         let started = Instant::now();
         let live = self.live.load_full();
         let Some(passthrough) = live.passthrough.as_ref().filter(|p| p.client.relays()) else {

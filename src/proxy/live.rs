@@ -229,6 +229,7 @@ pub struct Reconfigure {
     pub(super) admission: Arc<crate::admission::Admission>,
     pub(super) item_log: Arc<AtomicBool>,
     pub(super) access_log: Arc<AtomicBool>,
+    pub(super) passthrough_lane: Arc<AtomicBool>,
 }
 
 impl Reconfigure {
@@ -258,6 +259,8 @@ impl Reconfigure {
             .store(config.server.item_log, Ordering::Relaxed);
         self.access_log
             .store(config.server.access_log, Ordering::Relaxed);
+        self.passthrough_lane
+            .store(config.server.passthrough_lane, Ordering::Relaxed);
         if let Some(families) = crate::metrics::families() {
             families
                 .max_in_flight
