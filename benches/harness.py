@@ -69,5 +69,10 @@ def stop_gate(process):
 
 def cpu_seconds(pid):
     """A process's CPU time so far (user + system)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid):
+    """A process's CPU time so far: (user, system) seconds."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS

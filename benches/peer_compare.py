@@ -37,8 +37,8 @@ http {{ access_log off; keepalive_requests 100000000; {server} }}""")
 
 
 def family_cpu(master):
-    """CPU seconds of an nginx master and its workers."""
-    total = harness.cpu_seconds(master)
+    """CPU seconds of an nginx master and its workers: (user, system)."""
+    user, system = harness.cpu_split(master)
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
@@ -46,8 +46,9 @@ def family_cpu(master):
             except OSError:
                 continue
             if int(stat[1]) == master:
-                total += harness.cpu_seconds(int(pid))
-    return total
+                u, s = harness.cpu_split(int(pid))
+                user, system = user + u, system + s
+    return user, system
 
 
 def gate_config(work, example, ports, replace=()):
@@ -99,13 +100,17 @@ async def load(port, request, check, seconds):
 
 
 def measure(port, request, check, cpu):
+    """`cpu()` gives (user, system) seconds."""
     asyncio.run(load(port, request, check, 0.5))
     before = cpu()
     started = time.perf_counter()
     answered = asyncio.run(load(port, request, check, SECONDS))
     elapsed = time.perf_counter() - started
+    after = cpu()
     items = answered * ITEMS
-    return {"cpu_us": (cpu() - before) / items * 1e6, "items_s": items / elapsed}
+    user = (after[0] - before[0]) / items * 1e6
+    system = (after[1] - before[1]) / items * 1e6
+    return {"cpu_us": user + system, "user_us": user, "system_us": system, "items_s": items / elapsed}
 
 
 def compare(title, unit, binary, config, admin, upstream_server, peer_server, gate_port, peer_port,
@@ -119,7 +124,7 @@ def compare(title, unit, binary, config, admin, upstream_server, peer_server, ga
         for _ in range(ROUNDS):
             process = harness.start_gate(binary, config, admin)
             results["batchgate"].append(
-                measure(gate_port, gate_request, check, lambda: harness.cpu_seconds(process.pid)))
+                measure(gate_port, gate_request, check, lambda: harness.cpu_split(process.pid)))
             harness.stop_gate(process)
             results["lua peer"].append(measure(peer_port, peer_request, check, lambda: family_cpu(peer_master)))
     finally:
@@ -130,7 +135,9 @@ def compare(title, unit, binary, config, admin, upstream_server, peer_server, ga
     for name, runs in results.items():
         cpu = [r["cpu_us"] for r in runs]
         rate = [r["items_s"] for r in runs]
-        print(f"{name:>10}: {statistics.median(cpu):6.2f} us CPU/{unit} ({min(cpu):.2f}-{max(cpu):.2f}), "
-              f"{statistics.median(rate):8.0f} {unit}s/s")
+        user = statistics.median(r["user_us"] for r in runs)
+        system = statistics.median(r["system_us"] for r in runs)
+        print(f"{name:>10}: {statistics.median(cpu):6.2f} us CPU/{unit} ({min(cpu):.2f}-{max(cpu):.2f}; "
+              f"user {user:.2f}, system {system:.2f}), {statistics.median(rate):8.0f} {unit}s/s")
     ratios = [b["cpu_us"] / p["cpu_us"] for b, p in zip(results["batchgate"], results["lua peer"])]
     print(f"batchgate / lua peer: {statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})")
