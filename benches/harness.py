@@ -52,7 +52,10 @@ def example_config(work, name, listen, admin, upstream, server_extra="", text=No
 
 def start_gate(binary, config, admin):
     """batchgate on `config`, once its admin port answers."""
-    process = subprocess.Popen([binary, "run", "-c", config], stderr=subprocess.DEVNULL)
+    # A session of its own, as nginx's daemon has (and a service has): with the kernel's
+    # autogroup scheduling on, a process sharing the client's session shares its CPU share.
+    process = subprocess.Popen([binary, "run", "-c", config], stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     for _ in range(100):
         try:
             http.client.HTTPConnection("127.0.0.1", admin, timeout=1).request("GET", "/healthz")
