@@ -195,6 +195,23 @@ async fn a_batch_on_a_pass_through_connection_is_served_and_so_is_what_follows()
     assert_eq!(conn.read_response().await.body_str(), "saw /v2/four");
 }
 
+/// Proves a head longer than the lane reads (16 KiB) is served by pingora, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_longer_than_the_lane_reads_is_served_by_pingora() {
+    let upstream = Upstream::with_handler(|req| {
+        let size = req.header("x-big").map_or(0, str::len);
+        Reply::text(200, &format!("x-big {size}"))
+    })
+    .await;
+    let gate = GateConfig::new(upstream.addr).start().await;
+    let big = "b".repeat(20 * 1024);
+    let mut conn = Conn::connect(gate.addr).await;
+    let resp = conn
+        .request("GET", "/v2/big", &[("X-Big", &big)], b"")
+        .await;
+    assert_eq!((resp.status, resp.body_str()), (200, "x-big 20480"));
+}
+
 /// Proves a WebSocket upgrade passes through (to pingora, which tunnels it) and bytes flow
 /// both ways after the 101.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,3 +197,18 @@ async fn a_client_that_leaves_in_its_body_is_a_client_body_error() {
     let result = relay(&mut up_proxy, &mut cl_proxy, out, timeouts, &mut buffers).await;
     assert!(matches!(result, Err(RelayError::ClientBody(_))));
 }
+
+#[tokio::test]
+async fn a_head_over_the_limit_and_endless_interim_answers_reach_the_client_as_nothing() {
+    let mut endless = b"HTTP/1.1 200 OK\r\n".to_vec();
+    while endless.len() <= crate::upstream::MAX_RESPONSE_HEAD_BYTES {
+        endless.extend_from_slice(b"X-Filler: 0123456789abcdef0123456789abcdef\r\n");
+    }
+    endless.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    let interim = b"HTTP/1.1 103 Early Hints\r\n\r\n".repeat(20);
+    for answer in [endless, interim] {
+        let got = run(GET, b"", answer, true).await;
+        assert!(matches!(got.result, Err(RelayError::Upstream(_))));
+        assert!(got.client_got.is_empty());
+    }
+}
