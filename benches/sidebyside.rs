@@ -186,6 +186,16 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A command for `program` in a session of its own, as nginx's daemon runs (and as a service
+/// manager runs batchgate): with the kernel's autogroup scheduling, a process in the
+/// benchmark's session would share the client's CPU share. `setsid` (util-linux) calls
+/// setsid() and execs the program in place, so the child's pid is the program's.
+fn own_session(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("setsid");
+    command.arg(program);
+    command
+}
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -801,7 +811,7 @@ allowed_url_prefixes = ["/file/"]
         let binary = std::env::var("BATCHGATE_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_batchgate").to_string());
         let log = std::fs::File::create(dir.join("batchgate.log")).expect("log");
-        let child = Command::new(&binary)
+        let child = own_session(&binary)
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
@@ -998,7 +1008,7 @@ impl BarePingora {
         let port = free_port();
         let threads: usize = env_or("BATCHGATE_THREADS", 2);
         let work_stealing: bool = env_or("BARE_WORK_STEALING", false);
-        let child = Command::new(std::env::current_exe().expect("own path"))
+        let child = own_session(std::env::current_exe().expect("own path"))
             .env(
                 "SIDE_BARE_PINGORA_ROLE",
                 format!(
