@@ -79,3 +79,17 @@ def cpu_split(pid):
     """A process's CPU time so far: (user, system) seconds."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def nginx_family(master):
+    """An nginx master's pid and its workers'."""
+    pids = [master]
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == master:
+                pids.append(int(pid))
+    return pids

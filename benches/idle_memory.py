@@ -34,19 +34,6 @@ def rss_kib(pids):
     return total
 
 
-def nginx_pids(master):
-    pids = [master]
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == master:
-                pids.append(int(pid))
-    return pids
-
-
 def open_connection(port, mode):
     raw = socket.create_connection(("127.0.0.1", port))
     if mode == "cleartext":
@@ -109,7 +96,7 @@ server {{ listen 127.0.0.1:{PORTS['nginx']}; listen 127.0.0.1:{PORTS['nginx_tls'
                                             ("tls", PORTS["gate_tls"], PORTS["nginx_tls"]),
                                             ("h2", PORTS["gate_tls"], PORTS["nginx_tls"])]:
             ours = per_connection(gate_port, mode, [gate.pid])
-            theirs = per_connection(nginx_port, mode, nginx_pids(master))
+            theirs = per_connection(nginx_port, mode, harness.nginx_family(master))
             print(f"{mode:>10}: batchgate {ours:6.1f} KiB, nginx {theirs:6.1f} KiB", flush=True)
     finally:
         harness.stop_gate(gate)

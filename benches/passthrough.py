@@ -50,16 +50,7 @@ client_body_temp_path {work}/{name}-body; proxy_temp_path {work}/{name}-proxy; {
 
 
 def family_cpu(master):
-    total = harness.cpu_seconds(master)
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == master:
-                total += harness.cpu_seconds(int(pid))
-    return total
+    return sum(harness.cpu_seconds(pid) for pid in harness.nginx_family(master))
 
 
 def wrk(port, path, script, connections, seconds, work):

@@ -38,17 +38,8 @@ http {{ access_log off; keepalive_requests 100000000; {server} }}""")
 
 def family_cpu(master):
     """CPU seconds of an nginx master and its workers: (user, system)."""
-    user, system = harness.cpu_split(master)
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == master:
-                u, s = harness.cpu_split(int(pid))
-                user, system = user + u, system + s
-    return user, system
+    splits = [harness.cpu_split(pid) for pid in harness.nginx_family(master)]
+    return sum(u for u, _ in splits), sum(s for _, s in splits)
 
 
 def gate_config(work, example, ports, replace=()):

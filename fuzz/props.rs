@@ -554,6 +554,34 @@ struct Script {
     piece: usize,
 }
 
+impl Script {
+    /// `data` as an upstream sends it: all at once with bit 6 of `control`, otherwise in
+    /// pieces of 1..=64 bytes (its low six bits).
+    fn new(data: &[u8], control: u8) -> Script {
+        let piece = if control & 0x40 != 0 {
+            usize::MAX
+        } else {
+            usize::from(control & 0x3f) + 1
+        };
+        Script {
+            data: data.to_vec(),
+            at: 0,
+            piece,
+        }
+    }
+}
+
+/// One current-thread runtime per fuzzing process, for the targets that drive async readers.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    })
+}
+
 impl AsyncRead for Script {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -597,25 +625,11 @@ pub fn h1_response(data: &[u8]) {
     let Some((&control, answer)) = data.split_first() else {
         return;
     };
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime")
-    });
+    let runtime = runtime();
     // Bit 6: everything the upstream sent is readable at once (as when a late answer is
     // already in the socket); otherwise it arrives in pieces of 1..=64 bytes.
     let all_at_once = control & 0x40 != 0;
-    let mut stream = Script {
-        data: answer.to_vec(),
-        at: 0,
-        piece: if all_at_once {
-            usize::MAX
-        } else {
-            usize::from(control & 0x3f) + 1
-        },
-    };
+    let mut stream = Script::new(answer, control);
     let method = if control & 0x80 != 0 {
         Method::HEAD
     } else {
@@ -1127,23 +1141,9 @@ pub fn relay_response(data: &[u8]) {
     let Some((&control, answer)) = data.split_first() else {
         return;
     };
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime")
-    });
+    let runtime = runtime();
     let all_at_once = control & 0x40 != 0;
-    let mut upstream = Script {
-        data: answer.to_vec(),
-        at: 0,
-        piece: if all_at_once {
-            usize::MAX
-        } else {
-            usize::from(control & 0x3f) + 1
-        },
-    };
+    let mut upstream = Script::new(answer, control);
     let mut client = Collect::default();
     let out = Outbound {
         first: b"GET /x HTTP/1.1\r\nHost: u\r\n\r\n",

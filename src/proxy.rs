@@ -508,8 +508,7 @@ impl ProxyHttp for BatchGate {
     }
 }
 
-/// The pass-through access log line (`server.access_log`): the path without its query
-/// (queries carry tokens), and `status` 0 when no answer was written.
+/// The pass-through access log line (`server.access_log`) of a request pingora served.
 fn access_line(
     session: &Session,
     status: Option<u16>,
@@ -517,16 +516,16 @@ fn access_line(
     elapsed: std::time::Duration,
 ) {
     let req = session.req_header();
-    let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-    tracing::info!(
-        target: "batchgate::access",
-        method = %req.method,
-        path = %req.uri.path(),
-        status = status.unwrap_or(0),
-        client = client.map(tracing::field::display),
-        upstream = upstream.map(tracing::field::display),
-        request_id = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "pass-through"
-    );
+    lane::log_access(lane::Access {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        status,
+        client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        upstream,
+        request_id: req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        elapsed,
+    });
 }

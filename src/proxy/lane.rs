@@ -303,15 +303,16 @@ impl Lane {
             metrics.request(status, elapsed);
         }
         if self.access_log.load(Ordering::Relaxed) {
-            let head = &buffers.out;
-            access_line(
-                head,
-                &plan,
+            let target = target_of(&buffers.out);
+            log_access(Access {
+                method: plan.method.as_str(),
+                path: target.split('?').next().unwrap_or(target),
                 status,
-                client.map(|c| c.addr),
+                client: client.map(|c| c.addr),
                 upstream,
+                request_id: Some(&plan.request_id),
                 elapsed,
-            );
+            });
         }
         next
     }
@@ -479,27 +480,30 @@ fn target_of(head: &[u8]) -> &str {
     std::str::from_utf8(target).unwrap_or("/")
 }
 
-/// The pass-through access log line (`server.access_log`), as pingora's path writes it: the
-/// path without its query (queries carry tokens), `status` 0 when no answer was written.
-fn access_line(
-    head: &[u8],
-    plan: &Plan,
-    status: Option<u16>,
-    client: Option<SocketAddr>,
-    upstream: Option<SocketAddr>,
-    elapsed: std::time::Duration,
-) {
-    let target = target_of(head);
-    let path = target.split('?').next().unwrap_or(target);
+/// One pass-through request, as its access log line names it.
+pub(super) struct Access<'a> {
+    pub method: &'a str,
+    /// Without its query: queries carry tokens.
+    pub path: &'a str,
+    /// `None` when no answer was written (logged as 0).
+    pub status: Option<u16>,
+    pub client: Option<SocketAddr>,
+    pub upstream: Option<SocketAddr>,
+    pub request_id: Option<&'a str>,
+    pub elapsed: std::time::Duration,
+}
+
+/// The pass-through access log line (`server.access_log`), for both paths.
+pub(super) fn log_access(access: Access<'_>) {
     tracing::info!(
         target: "batchgate::access",
-        method = %plan.method,
-        path = %path,
-        status = status.unwrap_or(0),
-        client = client.map(tracing::field::display),
-        upstream = upstream.map(tracing::field::display),
-        request_id = %plan.request_id,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        method = %access.method,
+        path = %access.path,
+        status = access.status.unwrap_or(0),
+        client = access.client.map(tracing::field::display),
+        upstream = access.upstream.map(tracing::field::display),
+        request_id = access.request_id.map(tracing::field::display),
+        duration_ms = access.elapsed.as_secs_f64() * 1000.0,
         "pass-through"
     );
 }
