@@ -865,6 +865,15 @@ impl Upstream for BatchUpstream {
         if self.coalesce.is_none() && self.cache.is_none() {
             return self.send_one(&request, until).await;
         }
+        // Boxed, as every path most items do not take: an item's future is copied a few
+        // times on its way into the executor, at its full size (docs/PERFORMANCE.md).
+        Box::pin(self.send_shared(request, until)).await
+    }
+}
+
+impl BatchUpstream {
+    /// `send` on a route that coalesces or caches.
+    async fn send_shared(&self, request: SubRequest, until: Instant) -> Outcome {
         let cache = self.cache.as_ref().filter(|c| c.keys.applies(&request));
         let cache_key = cache.map(|c| c.keys.key(&request));
         let mut store = None;
@@ -1048,7 +1057,7 @@ impl BatchUpstream {
     /// One item sent upstream.
     async fn send_one(&self, request: &SubRequest, until: Instant) -> Outcome {
         if self.gather.is_some() {
-            return self.send_detached(request, until, Presence::Batch).await;
+            return Box::pin(self.send_detached(request, until, Presence::Batch)).await;
         }
         let _in_flight = self.in_flight.as_ref().map(InFlight::enter);
         let call = self.call(request, until);

@@ -151,7 +151,8 @@ pub(super) async fn send<F: Future<Output = pingora::Result<pingora::protocols::
             Err(error) => return Err(error.into()),
         }
     }
-    let conn = match connect().await {
+    // Boxed: a connect (pingora's, TLS included) is a large future most items never run.
+    let conn = match Box::pin(connect()).await {
         Ok(stream) => Conn::new(stream),
         Err(error) => return Err(ExchangeError::connect(&error)),
     };

@@ -128,12 +128,12 @@ impl Transport {
                     connections,
                     transport: &self.connector,
                 };
-                h2::send(streams, peer, request, batch, repeatable, count).await
+                Box::pin(h2::send(streams, peer, request, batch, repeatable, count)).await
             }
             Protocol::H2 { connector, gates } => {
                 let gate = gates.get(n).ok_or_else(no_address)?;
                 let streams = h2_streams::Streams::Pingora { connector, gate };
-                h2::send(streams, peer, request, batch, repeatable, count).await
+                Box::pin(h2::send(streams, peer, request, batch, repeatable, count)).await
             }
         }
     }
