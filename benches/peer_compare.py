@@ -5,7 +5,8 @@ keeping requests of ITEMS items in flight, and the alternating rounds with their
 A script gives its request (head and body), the check of a first answer, the two nginx server
 blocks and the batchgate config; `compare` does the rest. Server CPU is utime + stime (nginx:
 master and workers), per item, median with min-max; the ratio is batchgate's over the peer's,
-per round. ROUNDS, SECONDS, CLIENTS and NGINX_WORKERS tune it."""
+per round. ROUNDS, SECONDS, CLIENTS, NGINX_WORKERS and PIPELINE_DEPTH (1: no pipelining)
+tune it."""
 
 import asyncio
 import os
@@ -19,6 +20,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "5"))
 SECONDS = float(os.environ.get("SECONDS", "4"))
 CLIENTS = int(os.environ.get("CLIENTS", "4"))
 WORKERS = int(os.environ.get("NGINX_WORKERS", "2"))
+PIPELINE_DEPTH = int(os.environ.get("PIPELINE_DEPTH", "16"))
 ITEMS = 100
 MODULES = """load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"""
@@ -43,12 +45,15 @@ def family_cpu(master):
 
 
 def gate_config(work, example, ports, replace=()):
-    """conf/examples/EXAMPLE on `ports` (gate, admin, upstream), with `replace` pairs applied
-    and an admin listener added if the example has none."""
+    """conf/examples/EXAMPLE on `ports` (gate, admin, upstream), with `replace` pairs applied,
+    the upstream's `pipeline_depth` set to PIPELINE_DEPTH (the lua upstream is nginx, which
+    answers pipelined requests) and an admin listener added if the example has none."""
     gate, admin, upstream = ports
     text = open(f"conf/examples/{example}").read()
     for old, new in replace:
         text = text.replace(old, new)
+    address = 'addresses = ["127.0.0.1:9000"]'
+    text = text.replace(address, f"{address}\npipeline_depth = {PIPELINE_DEPTH}", 1)
     if "\n[admin]\n" not in text:
         text += '\n[admin]\nlisten = "127.0.0.1:9091"\n'
     return harness.example_config(work, None, gate, admin, upstream, "max_in_flight = 4096\nthreads = 2", text=text)
@@ -121,7 +126,7 @@ def compare(title, unit, binary, config, admin, upstream_server, peer_server, ga
     finally:
         harness.stop_nginx(peer_conf)
         harness.stop_nginx(upstream_conf)
-    print(f"{title}, {CLIENTS} clients x {ITEMS}-{unit} requests, 0 ms upstream, "
+    print(f"{title}, {CLIENTS} clients x {ITEMS}-{unit} requests, 0 ms upstream, pipeline_depth {PIPELINE_DEPTH}, "
           f"{SECONDS:.0f} s x {ROUNDS} rounds alternating")
     for name, runs in results.items():
         cpu = [r["cpu_us"] for r in runs]

@@ -377,7 +377,7 @@ fn families_registered() -> prometheus::Result<Families> {
         )?,
         upstream_requests: register_int_counter_vec!(
             "batchgate_upstream_requests_total",
-            "Item requests sent to an upstream, by whether the connection was reused from the pool or newly opened.",
+            "Item requests sent to an upstream, by connection: newly opened (new), kept from an earlier request (reused), or written behind another request still unanswered on it (pipelined, with pipeline_depth above 1).",
             &["upstream", "connection"]
         )?,
         client_connections: register_int_gauge_vec!(
@@ -888,6 +888,7 @@ impl RouteMetrics {
 pub struct UpstreamMetrics {
     requests_new: IntCounter,
     requests_reused: IntCounter,
+    requests_pipelined: IntCounter,
     /// Per address, in the order of the upstream's addresses.
     addresses: Vec<AddressMetrics>,
     /// Per retry reason the policy has: after a retry, success and failure.
@@ -930,6 +931,15 @@ impl RetrySkipped {
             RetrySkipped::Attempts => "attempts",
         }
     }
+}
+
+/// On which connection an item request went: a newly opened one, one kept from an earlier
+/// request, or one where it was written behind another request still unanswered (pipelining).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    New,
+    Reused,
+    Pipelined,
 }
 
 /// What a hedge decision came to: the copy answered first (`Won`), the first attempt did
@@ -1006,6 +1016,9 @@ impl UpstreamMetrics {
         Some(UpstreamMetrics {
             requests_new: f.upstream_requests.with_label_values(&[upstream, "new"]),
             requests_reused: f.upstream_requests.with_label_values(&[upstream, "reused"]),
+            requests_pipelined: f
+                .upstream_requests
+                .with_label_values(&[upstream, "pipelined"]),
             addresses,
             retries,
             retries_skipped,
@@ -1020,11 +1033,11 @@ impl UpstreamMetrics {
     }
 
     /// Counts one item request (a retry counts again, on its new connection).
-    pub fn request(&self, reused: bool) {
-        if reused {
-            self.requests_reused.inc();
-        } else {
-            self.requests_new.inc();
+    pub fn request(&self, carried: Carried) {
+        match carried {
+            Carried::New => self.requests_new.inc(),
+            Carried::Reused => self.requests_reused.inc(),
+            Carried::Pipelined => self.requests_pipelined.inc(),
         }
     }
 

@@ -348,7 +348,7 @@ impl UpstreamClient {
         batch: &BatchHeaders,
         repeatable: bool,
     ) -> Outcome {
-        let count = |reused| self.count(|m| m.request(reused));
+        let count = |carried| self.count(|m| m.request(carried));
         match self
             .transport
             .exchange(n, request, batch, repeatable, count)

@@ -189,6 +189,7 @@ pub struct UpstreamSection {
     pub health_check: Option<HealthCheckSection>,
     pub protocol: Option<String>,
     pub max_h2_streams: Option<i64>,
+    pub pipeline_depth: Option<i64>,
     pub tls: Option<bool>,
     pub sni: Option<String>,
     pub ca_file: Option<String>,

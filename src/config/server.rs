@@ -490,9 +490,29 @@ fn upstream_config(
             &at("max_h2_streams"),
             problems,
         ),
+        pipeline_depth: pipeline_depth(name, section, problems),
         tls,
     };
     (problems.0.len() == before).then_some(upstream)
+}
+
+/// Most item requests one HTTP/1.1 connection may carry at once (`pipeline_depth`).
+pub const MAX_PIPELINE_DEPTH: usize = 64;
+
+/// `pipeline_depth`: 1 (none) unless set, at most `MAX_PIPELINE_DEPTH`, and only where items
+/// speak HTTP/1.1 (HTTP/2 multiplexes streams instead).
+fn pipeline_depth(name: &str, section: &UpstreamSection, problems: &mut Problems) -> usize {
+    let at = ["upstreams", name, "pipeline_depth"];
+    let max = MAX_PIPELINE_DEPTH as i64;
+    let depth = bounded(section.pipeline_depth, 1, 1, max, &at, problems);
+    let http1 = matches!(section.protocol.as_deref(), None | Some("http1"));
+    if depth > 1 && !http1 {
+        problems.push(
+            &at,
+            "pipelining is for HTTP/1.1 upstreams: HTTP/2 carries items as streams",
+        );
+    }
+    depth
 }
 
 fn addresses(
@@ -704,6 +724,8 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// Streams one HTTP/2 connection may carry at once.
     pub max_h2_streams: usize,
+    /// Item requests written together on one HTTP/1.1 connection (pipelining); 1: none.
+    pub pipeline_depth: usize,
     /// TLS to this upstream; `None` is cleartext.
     pub tls: Option<UpstreamTls>,
 }

@@ -17,6 +17,7 @@ use super::message::{item_content_length, item_request_headers, PREALLOCATE_LIMI
 use super::pool::{Conn, Pool};
 use super::BatchHeaders;
 use crate::item::{Sent, SubRequest, UpstreamResponse};
+use crate::metrics::Carried;
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
 use http::Method;
@@ -139,10 +140,10 @@ pub(super) async fn send<F: Future<Output = pingora::Result<pingora::protocols::
     batch: &BatchHeaders,
     timeouts: Timeouts,
     repeatable: bool,
-    count: impl Fn(bool),
+    count: impl Fn(Carried),
 ) -> Result<UpstreamResponse, ExchangeError> {
     if let Some(conn) = pool.take() {
-        count(true);
+        count(Carried::Reused);
         match on_connection(conn, pool, request, batch, timeouts).await {
             Ok(response) => return Ok(response),
             Err(error)
@@ -156,7 +157,7 @@ pub(super) async fn send<F: Future<Output = pingora::Result<pingora::protocols::
         Ok(stream) => Conn::new(stream),
         Err(error) => return Err(ExchangeError::connect(&error)),
     };
-    count(false);
+    count(Carried::New);
     Ok(on_connection(conn, pool, request, batch, timeouts).await?)
 }
 
@@ -205,6 +206,8 @@ async fn bounded<T>(timeout: Option<Duration>, work: impl Future<Output = T>) ->
 pub struct Exchanged {
     pub response: UpstreamResponse,
     pub reusable: bool,
+    /// The upstream closes the connection after this answer and acts on nothing behind it.
+    pub closing: bool,
 }
 
 /// Writes `request` and reads its response.
@@ -242,7 +245,11 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         chunk: READ_CHUNK,
     };
     reader
-        .read_response(request.method == Method::HEAD, batch.max_response_bytes)
+        .read_response(
+            request.method == Method::HEAD,
+            batch.max_response_bytes,
+            false,
+        )
         .await
 }
 
@@ -254,19 +261,14 @@ async fn write_request<S: AsyncWrite + Unpin>(
     batch: &BatchHeaders,
     written: &mut usize,
 ) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(256 + coalesced_len(request));
-    encode_head(request, batch, &mut head);
-    match request.body.as_ref().filter(|b| !b.is_empty()) {
-        Some(body) if body.len() <= COALESCE_LIMIT => {
-            head.extend_from_slice(body);
-            write_counted(stream, &head, written).await?;
-        }
-        Some(body) => {
-            write_counted(stream, &head, written).await?;
-            write_counted(stream, body, written).await?;
-        }
-        None => write_counted(stream, &head, written).await?,
+    if let Some(whole) = encode_request(request, batch) {
+        write_counted(stream, &whole, written).await?;
+        return stream.flush().await;
     }
+    let mut head = Vec::with_capacity(256);
+    encode_head(request, batch, &mut head);
+    write_counted(stream, &head, written).await?;
+    write_counted(stream, request.body.as_deref().unwrap_or_default(), written).await?;
     stream.flush().await
 }
 
@@ -287,14 +289,17 @@ async fn write_counted<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn coalesced_len(request: &SubRequest) -> usize {
-    request.body.as_ref().map_or(0, |b| {
-        if b.len() <= COALESCE_LIMIT {
-            b.len()
-        } else {
-            0
-        }
-    })
+/// The whole request (head and body) in one buffer, when its body is at most
+/// `COALESCE_LIMIT` bytes; `None` for a larger body, which is written after the head.
+fn encode_request(request: &SubRequest, batch: &BatchHeaders) -> Option<Vec<u8>> {
+    let body = request.body.as_deref().unwrap_or_default();
+    if body.len() > COALESCE_LIMIT {
+        return None;
+    }
+    let mut whole = Vec::with_capacity(256 + body.len());
+    encode_head(request, batch, &mut whole);
+    whole.extend_from_slice(body);
+    Some(whole)
 }
 
 /// The request line and headers. Every name and value was validated when it became a
@@ -345,6 +350,7 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     })
 }
 
+pub(super) mod pipeline;
 mod read;
 pub mod relay;
 

@@ -12,6 +12,7 @@ use super::message::{
 };
 use super::BatchHeaders;
 use crate::item::{Sent, SubRequest, UpstreamResponse};
+use crate::metrics::Carried;
 use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::Method;
@@ -32,7 +33,7 @@ pub(super) async fn send(
     request: &SubRequest,
     batch: &BatchHeaders,
     repeatable: bool,
-    count: impl Fn(bool),
+    count: impl Fn(Carried),
 ) -> Result<UpstreamResponse, ExchangeError> {
     let mut attempts = 0;
     loop {
@@ -75,10 +76,14 @@ async fn exchange(
     peer: &HttpPeer,
     request: &SubRequest,
     batch: &BatchHeaders,
-    count: &impl Fn(bool),
+    count: &impl Fn(Carried),
 ) -> Result<UpstreamResponse, H2Error> {
     let (mut session, reused, conn) = streams.session(peer).await.map_err(H2Error::Connect)?;
-    count(reused);
+    count(if reused {
+        Carried::Reused
+    } else {
+        Carried::New
+    });
     let result = on_stream(&mut session, reused, peer, request, batch).await;
     if let (Err(H2Error::Pingora { error, .. }), Some(conn)) = (&result, &conn) {
         if going_away(error) {

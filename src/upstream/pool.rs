@@ -28,7 +28,7 @@ use tokio::io::AsyncReadExt;
 /// How often the sweeper looks at idle connections, at most.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Shards per pool; threads beyond this share shards (still correct, only less local).
-const SHARDS: usize = 16;
+pub(super) const SHARDS: usize = 16;
 
 thread_local! {
     /// This thread's shard, assigned on first use.
@@ -39,7 +39,7 @@ thread_local! {
 }
 
 /// The current thread's shard.
-fn home() -> usize {
+pub(super) fn home() -> usize {
     HOME.try_with(|home| *home).unwrap_or(0)
 }
 

@@ -29,6 +29,7 @@ pub fn same_settings(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
 pub(super) fn same_connections(old: &UpstreamConfig, new: &UpstreamConfig) -> bool {
     old.addresses == new.addresses
         && old.protocol == new.protocol
+        && old.pipeline_depth == new.pipeline_depth
         && old.pool_size == new.pool_size
         && old.idle_timeout == new.idle_timeout
         && old.connect_timeout == new.connect_timeout

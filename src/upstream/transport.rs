@@ -10,6 +10,7 @@ use super::exchange_error::ExchangeError;
 use super::{h1, h2, h2_streams, pool, BatchHeaders};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::item::{SubRequest, UpstreamResponse};
+use crate::metrics::Carried;
 use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::upstreams::peer::HttpPeer;
@@ -32,6 +33,8 @@ enum Protocol {
     Http1 {
         pools: Arc<[pool::Pool]>,
         timeouts: h1::Timeouts,
+        /// With `pipeline_depth` above 1: the pipelined connections, per address.
+        pipes: Option<Arc<[h1::pipeline::Pipes]>>,
     },
     /// HTTP/2 with prior knowledge on batchgate's own set of connections (`h2_streams`).
     H2c {
@@ -53,16 +56,27 @@ impl Transport {
             .map(|addr| peer(config, *addr))
             .collect();
         let protocol = match config.protocol {
-            UpstreamProtocol::Http1 => Protocol::Http1 {
-                pools: peers
-                    .iter()
-                    .map(|_| pool::Pool::new(config.pool_size, config.idle_timeout))
-                    .collect(),
-                timeouts: h1::Timeouts {
+            UpstreamProtocol::Http1 => {
+                let timeouts = h1::Timeouts {
                     read: config.read_timeout,
                     write: config.write_timeout,
-                },
-            },
+                };
+                let pipes = (config.pipeline_depth > 1).then(|| {
+                    let pipes = |_| {
+                        let (depth, idle) = (config.pipeline_depth, config.pool_size);
+                        h1::pipeline::Pipes::new(depth, idle, config.idle_timeout, timeouts)
+                    };
+                    peers.iter().map(pipes).collect()
+                });
+                Protocol::Http1 {
+                    pools: peers
+                        .iter()
+                        .map(|_| pool::Pool::new(config.pool_size, config.idle_timeout))
+                        .collect(),
+                    timeouts,
+                    pipes,
+                }
+            }
             UpstreamProtocol::H2c => Protocol::H2c {
                 connections: per_address(&peers),
             },
@@ -82,8 +96,16 @@ impl Transport {
     /// (`reload::same_connections`), so the protocols match.
     pub(super) fn keep_connections(&mut self, old: &Transport) {
         match (&mut self.protocol, &old.protocol) {
-            (Protocol::Http1 { pools, .. }, Protocol::Http1 { pools: old, .. }) => {
+            (
+                Protocol::Http1 { pools, pipes, .. },
+                Protocol::Http1 {
+                    pools: old,
+                    pipes: old_pipes,
+                    ..
+                },
+            ) => {
                 *pools = old.clone();
+                *pipes = old_pipes.clone();
             }
             (Protocol::H2c { connections }, Protocol::H2c { connections: old }) => {
                 *connections = old.clone();
@@ -111,16 +133,29 @@ impl Transport {
         request: &SubRequest,
         batch: &BatchHeaders,
         repeatable: bool,
-        count: impl Fn(bool),
+        count: impl Fn(Carried),
     ) -> Result<UpstreamResponse, ExchangeError> {
         let Some(peer) = self.peers.get(n) else {
             return Err(no_address());
         };
         match &self.protocol {
-            Protocol::Http1 { pools, timeouts } => {
+            Protocol::Http1 {
+                pools,
+                timeouts,
+                pipes,
+            } => {
                 let pool = pools.get(n).ok_or_else(no_address)?;
                 let connect = || self.connector.new_stream(peer);
-                h1::send(connect, pool, request, batch, *timeouts, repeatable, count).await
+                let pipes = pipes.as_ref().and_then(|pipes| pipes.get(n));
+                match pipes {
+                    Some(pipes) if h1::pipeline::fits(request) => {
+                        h1::pipeline::send(connect, pipes, pool, request, batch, repeatable, count)
+                            .await
+                    }
+                    _ => {
+                        h1::send(connect, pool, request, batch, *timeouts, repeatable, count).await
+                    }
+                }
             }
             Protocol::H2c { connections } => {
                 let connections = connections.get(n).ok_or_else(no_address)?;
@@ -162,7 +197,9 @@ impl Transport {
     /// pingora's proxy path.
     pub(super) fn h1(&self, n: usize) -> Option<H1Address<'_>> {
         match &self.protocol {
-            Protocol::Http1 { pools, timeouts } => Some(H1Address {
+            Protocol::Http1 {
+                pools, timeouts, ..
+            } => Some(H1Address {
                 pool: pools.get(n)?,
                 peer: self.peers.get(n)?,
                 connector: &self.connector,

@@ -93,10 +93,13 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         Ok(())
     }
 
+    /// One response; `followed`: more pipelined answers come behind it on this connection, so
+    /// bytes after it are the next one's, not stray.
     pub(super) async fn read_response(
         &mut self,
         is_head: bool,
         limit: usize,
+        followed: bool,
     ) -> Result<Exchanged, H1Error> {
         let head = self.read_final_head().await?;
         // HEAD, 204 and 304 declare the representation's length but carry no body, and
@@ -122,14 +125,21 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         };
         // Bytes after the response that nobody asked for: the connection's framing cannot be
         // trusted any more.
-        reusable &= self.buf.is_empty();
+        reusable &= followed || self.buf.is_empty();
+        // The upstream said it closes the connection (or must, to end the body): it acts on
+        // no request after this one (RFC 9112 section 9.6).
+        let closing = !head.persistent || framing == Framing::UntilClose;
         let (status, headers) = (head.status, head.headers);
         let response = UpstreamResponse {
             status,
             headers,
             body,
         };
-        Ok(Exchanged { response, reusable })
+        Ok(Exchanged {
+            response,
+            reusable,
+            closing,
+        })
     }
 
     /// The final response head, past interim answers (100 Continue, 103 Early Hints) a

@@ -1,0 +1,536 @@
+//! HTTP/1.1 pipelining of items (an upstream's `pipeline_depth` above 1): items that start
+//! together share one connection, their requests leave in one `write` and their answers are
+//! read in order (RFC 9112 section 9.3.2). Per item, one exchange otherwise costs a `write` and
+//! a `read`, most of a loopback or LAN exchange's CPU; here a group of items shares them.
+//!
+//! Each pipelined connection is a `Pipe` driven by a task of its own (`drive`) that owns the
+//! connection: it writes what was queued, reads one answer per request and hands each to its
+//! item, whether or not the item still waits (an item cut off by its timeout leaves the
+//! connection in step). An item joins a pipe with nothing in flight: the one still collecting
+//! its next group while it has room (up to the depth), else an idle one, else a new
+//! connection. It never queues behind answers already on their way, so a slow answer delays
+//! only the items written with it.
+//!
+//! What a failed answer means for the requests written behind it:
+//! * the upstream said it closes (`Connection: close`, HTTP/1.0, a body delimited by the close):
+//!   it acts on no request after that answer (RFC 9112 section 9.6), so nothing of them was
+//!   used and they go again whatever their method;
+//! * otherwise (a reset, a malformed answer, a timeout) they may have been acted on, and go
+//!   again only when the item may be sent twice (`may_send_again`), once, on a connection of
+//!   their own: the stale-connection rule of `h1::send`.
+//!
+//! Pipes are kept per thread like the idle pool (`pool`), and a pipe's task runs on the thread
+//! that opened it, so neither side needs a cross-thread wake-up.
+
+use super::read::Reader;
+use super::{bounded, encode_request, on_connection, write_counted, H1Error, Timeouts};
+use super::{READ_CHUNK, WRITING};
+use crate::config::MAX_PIPELINE_DEPTH;
+use crate::item::{Sent, SubRequest, UpstreamResponse};
+use crate::metrics::Carried;
+use crate::upstream::attempt::may_send_again;
+use crate::upstream::exchange_error::ExchangeError;
+use crate::upstream::pool::{self, Conn, Pool};
+use crate::upstream::BatchHeaders;
+use bytes::BytesMut;
+use http::Method;
+use pingora::protocols::Stream;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+/// The pipelined connections to one upstream address.
+pub struct Pipes {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// One per thread shard (`pool::home`).
+    shards: Vec<Mutex<Shard>>,
+    /// Most requests written together on one connection.
+    depth: usize,
+    /// Most idle pipes per shard; a pipe that goes idle beyond it closes.
+    max_idle: usize,
+    idle_timeout: Duration,
+    timeouts: Timeouts,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Oldest first.
+    pipes: Vec<Arc<Pipe>>,
+}
+
+/// One pipelined connection: what is queued for its next write, and its task's wake-up.
+struct Pipe {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+struct State {
+    /// Requests for the next write, at most the depth.
+    queue: Vec<Queued>,
+    /// Requests written whose answers are not all read yet: nothing joins meanwhile.
+    in_flight: bool,
+    /// False once the task ended or before a connection exists that failed: nothing joins.
+    open: bool,
+    /// The connection has carried requests before: one that fails before any answer may have
+    /// been closed by the upstream while idle.
+    used: bool,
+}
+
+/// One item's request waiting for its write.
+struct Queued {
+    bytes: Vec<u8>,
+    is_head: bool,
+    max_response_bytes: usize,
+    item_timeout: Duration,
+    answer: oneshot::Sender<Answer>,
+}
+
+type Answer = Result<UpstreamResponse, Failed>;
+
+/// Why a pipelined request got no answer, and whether any of its answer arrived.
+struct Failed {
+    error: ExchangeError,
+    nothing_received: bool,
+}
+
+impl Failed {
+    fn h1(error: H1Error) -> Self {
+        Failed {
+            nothing_received: error.nothing_received(),
+            error: error.into(),
+        }
+    }
+
+    /// Written behind an answer that failed: it may have reached the upstream.
+    fn behind_failure() -> Self {
+        Failed::h1(H1Error::Closed {
+            context: "before an earlier pipelined answer was complete",
+            nothing_received: true,
+        })
+    }
+
+    /// Written behind an answer after which the upstream closed: it was not acted on.
+    fn not_acted_on() -> Self {
+        Failed {
+            error: ExchangeError::Broken {
+                sent: Sent::Nothing,
+                detail: "the upstream closed the connection before this request".into(),
+            },
+            nothing_received: true,
+        }
+    }
+
+    /// Never written: the connection ended first.
+    fn unsent(detail: &str) -> Self {
+        Failed {
+            error: ExchangeError::Broken {
+                sent: Sent::Nothing,
+                detail: detail.into(),
+            },
+            nothing_received: true,
+        }
+    }
+}
+
+impl Pipes {
+    pub fn new(depth: usize, max_idle: usize, idle_timeout: Duration, timeouts: Timeouts) -> Self {
+        Pipes {
+            shared: Arc::new(Shared {
+                shards: (0..pool::SHARDS).map(|_| Mutex::default()).collect(),
+                depth: depth.clamp(1, MAX_PIPELINE_DEPTH),
+                max_idle,
+                idle_timeout,
+                timeouts,
+            }),
+        }
+    }
+}
+
+/// Whether `request` may be pipelined: a body small enough to leave with its head.
+pub fn fits(request: &SubRequest) -> bool {
+    request
+        .body
+        .as_ref()
+        .is_none_or(|b| b.len() <= super::COALESCE_LIMIT)
+}
+
+/// One item over a pipelined connection; when it fails before any of its answer arrived and
+/// may be sent again (see the module's rules), once more on a connection of its own.
+#[allow(clippy::too_many_arguments)]
+pub(in crate::upstream) async fn send<F: Future<Output = pingora::Result<Stream>>>(
+    connect: impl Fn() -> F,
+    pipes: &Pipes,
+    pool: &Pool,
+    request: &SubRequest,
+    batch: &BatchHeaders,
+    repeatable: bool,
+    count: impl Fn(Carried),
+) -> Result<UpstreamResponse, ExchangeError> {
+    let Some(bytes) = encode_request(request, batch) else {
+        return Err(ExchangeError::Broken {
+            sent: Sent::Nothing,
+            detail: "the request body is too large to pipeline".into(),
+        });
+    };
+    let (tx, rx) = oneshot::channel();
+    let queued = Queued {
+        bytes,
+        is_head: request.method == Method::HEAD,
+        max_response_bytes: batch.max_response_bytes,
+        item_timeout: batch.item_timeout,
+        answer: tx,
+    };
+    let failed = match pipes.shared.join(queued) {
+        Joined::Queued(carried) => {
+            count(carried);
+            answer(rx).await
+        }
+        Joined::Opened(pipe) => {
+            count(Carried::New);
+            let opening = Opening(Some(pipe.clone()));
+            match Box::pin(connect()).await {
+                Ok(stream) => {
+                    opening.connected();
+                    tokio::spawn(drive(pipe, stream, pipes.shared.clone()));
+                    answer(rx).await
+                }
+                Err(error) => {
+                    opening.failed(&error);
+                    return Err(ExchangeError::connect(&error));
+                }
+            }
+        }
+    };
+    let failed = match failed {
+        Ok(response) => return Ok(response),
+        Err(failed) => failed,
+    };
+    let sent = failed.error.sent();
+    // A connection that could not be made is not tried again here (as in `h1::send`).
+    let connected = !matches!(failed.error, ExchangeError::Connect { .. });
+    let again = sent == Sent::Nothing || failed.nothing_received;
+    if !(connected && again && may_send_again(sent, repeatable)) {
+        return Err(failed.error);
+    }
+    let conn = match Box::pin(connect()).await {
+        Ok(stream) => Conn::new(stream),
+        Err(error) => return Err(ExchangeError::connect(&error)),
+    };
+    count(Carried::New);
+    let timeouts = pipes.shared.timeouts;
+    Ok(on_connection(conn, pool, request, batch, timeouts).await?)
+}
+
+/// The item's answer from the pipe's task.
+async fn answer(rx: oneshot::Receiver<Answer>) -> Answer {
+    rx.await
+        .unwrap_or_else(|_| Err(Failed::unsent("the pipelined connection ended")))
+}
+
+enum Joined {
+    /// Queued on a pipe that exists: reused (idle) or pipelined (behind another request).
+    Queued(Carried),
+    /// First on a new pipe, which waits for this item's connection.
+    Opened(Arc<Pipe>),
+}
+
+impl Shared {
+    fn shard(&self) -> Option<MutexGuard<'_, Shard>> {
+        let shard = self.shards.get(pool::home())?;
+        Some(
+            shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Queues `queued` on this thread's pipe still collecting with room, else on its newest
+    /// idle one, else on a new pipe.
+    fn join(&self, queued: Queued) -> Joined {
+        let Some(mut shard) = self.shard() else {
+            return Joined::Opened(Pipe::opening(queued));
+        };
+        let mut idle = None;
+        for pipe in shard.pipes.iter().rev() {
+            let state = pipe.lock();
+            if !state.open || state.in_flight {
+                continue;
+            }
+            if !state.queue.is_empty() && state.queue.len() < self.depth {
+                return Joined::Queued(pipe.push(state, queued));
+            }
+            if state.queue.is_empty() && idle.is_none() {
+                idle = Some(pipe);
+            }
+        }
+        if let Some(pipe) = idle {
+            let carried = pipe.push(pipe.lock(), queued);
+            pipe.wake.notify_one();
+            return Joined::Queued(carried);
+        }
+        let pipe = Pipe::opening(queued);
+        shard.pipes.push(pipe.clone());
+        Joined::Opened(pipe)
+    }
+
+    /// Takes `pipe` out of this thread's shard.
+    fn remove(&self, pipe: &Arc<Pipe>) {
+        if let Some(mut shard) = self.shard() {
+            shard.pipes.retain(|p| !Arc::ptr_eq(p, pipe));
+        }
+    }
+
+    /// Whether this thread's shard already keeps `max_idle` idle pipes besides `pipe`.
+    fn enough_idle(&self, pipe: &Arc<Pipe>) -> bool {
+        let Some(shard) = self.shard() else {
+            return true;
+        };
+        let idle = shard
+            .pipes
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p, pipe))
+            .filter(|p| {
+                let state = p.lock();
+                state.open && !state.in_flight && state.queue.is_empty()
+            })
+            .count();
+        idle >= self.max_idle
+    }
+}
+
+impl Pipe {
+    /// A pipe whose connection is being made, with `queued` first in its queue.
+    fn opening(queued: Queued) -> Arc<Pipe> {
+        Arc::new(Pipe {
+            state: Mutex::new(State {
+                queue: vec![queued],
+                in_flight: false,
+                open: true,
+                used: false,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing in the critical sections can panic, but a poisoned pipe is still a pipe.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `queued`; how its request is carried.
+    fn push(&self, mut state: MutexGuard<'_, State>, queued: Queued) -> Carried {
+        let carried = if state.queue.is_empty() {
+            Carried::Reused
+        } else {
+            Carried::Pipelined
+        };
+        state.queue.push(queued);
+        carried
+    }
+
+    /// Closes the pipe to newcomers and answers what is queued with `failed`.
+    fn close(&self, failed: impl Fn() -> Failed) {
+        let queue = {
+            let mut state = self.lock();
+            state.open = false;
+            std::mem::take(&mut state.queue)
+        };
+        for queued in queue {
+            let _ = queued.answer.send(Err(failed()));
+        }
+    }
+}
+
+/// A new pipe while its first item connects: dropped unfinished (the item was cut off), it
+/// closes, and the items queued on it go elsewhere.
+struct Opening(Option<Arc<Pipe>>);
+
+impl Opening {
+    fn connected(mut self) {
+        self.0 = None;
+    }
+
+    /// The connection could not be made: every item queued on the pipe fails as this one.
+    fn failed(mut self, error: &pingora::Error) {
+        if let Some(pipe) = self.0.take() {
+            pipe.close(|| Failed {
+                error: ExchangeError::connect(error),
+                nothing_received: true,
+            });
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.0.take() {
+            pipe.close(|| Failed::unsent("the connection was abandoned before it was made"));
+        }
+    }
+}
+
+/// A pipe's task: writes each group queued on it in one go and reads its answers, until the
+/// connection fails, the upstream closes it, or it is idle for `idle_timeout` (or beyond the
+/// shard's idle pipes).
+async fn drive(pipe: Arc<Pipe>, mut stream: Stream, shared: Arc<Shared>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Vec::new();
+    loop {
+        let group = {
+            let mut state = pipe.lock();
+            let take = state.queue.len().min(shared.depth);
+            let group: Vec<Queued> = state.queue.drain(..take).collect();
+            state.in_flight = !group.is_empty();
+            group
+        };
+        if group.is_empty() {
+            if !wait_for_work(&pipe, &mut stream, &mut buf, &shared).await {
+                break;
+            }
+            continue;
+        }
+        let used = std::mem::replace(&mut pipe.lock().used, true);
+        if !exchange_group(group, &mut stream, &mut buf, &mut out, &shared, used).await {
+            break;
+        }
+        pipe.lock().in_flight = false;
+    }
+    shared.remove(&pipe);
+    pipe.close(|| Failed::unsent("the pipelined connection closed before this request"));
+}
+
+/// Waits until something is queued (true), or the pipe should close (false): idle for
+/// `idle_timeout`, more idle pipes than the shard keeps, or the upstream closed the
+/// connection (or sent bytes nobody asked for).
+async fn wait_for_work(
+    pipe: &Arc<Pipe>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> bool {
+    if shared.enough_idle(pipe) {
+        return false;
+    }
+    buf.clear();
+    tokio::select! {
+        () = pipe.wake.notified() => true,
+        () = tokio::time::sleep(shared.idle_timeout) => false,
+        _ = stream.read_buf(buf) => false,
+    }
+}
+
+/// Writes `group`'s requests in one go and hands each item its answer; false when the
+/// connection cannot carry more.
+async fn exchange_group(
+    group: Vec<Queued>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    shared: &Shared,
+    used: bool,
+) -> bool {
+    out.clear();
+    let mut starts = Vec::with_capacity(group.len());
+    for queued in &group {
+        starts.push(out.len());
+        out.extend_from_slice(&queued.bytes);
+    }
+    let item_timeout = group
+        .iter()
+        .map(|q| q.item_timeout)
+        .max()
+        .unwrap_or_default();
+    let mut written = 0;
+    let write = async {
+        write_counted(stream, out, &mut written).await?;
+        stream.flush().await
+    };
+    let timeout = Timeouts::armed(shared.timeouts.write, item_timeout);
+    let wrote = bounded(timeout, write).await;
+    if !matches!(wrote, Some(Ok(()))) {
+        for (queued, start) in group.into_iter().zip(starts) {
+            let sent = if written <= start {
+                Sent::Nothing
+            } else {
+                Sent::Maybe
+            };
+            let failed = match &wrote {
+                None => Failed::h1(H1Error::Timeout(WRITING)),
+                _ => Failed {
+                    error: ExchangeError::Broken {
+                        sent,
+                        detail: format!("{WRITING}: the connection failed"),
+                    },
+                    nothing_received: true,
+                },
+            };
+            let _ = queued.answer.send(Err(failed));
+        }
+        return false;
+    }
+    // Nobody waits past the last item's timeout; the connection closes then.
+    let deadline = Instant::now() + item_timeout;
+    let mut reader = Reader {
+        stream,
+        buf: std::mem::take(buf),
+        timeout: Timeouts::armed(shared.timeouts.read, item_timeout),
+        received: false,
+        chunk: READ_CHUNK,
+    };
+    let mut rest = group.into_iter();
+    let mut going = true;
+    // Whether the connection carried an answer before the one being read.
+    let mut used = used;
+    while let Some(queued) = rest.next() {
+        let followed = rest.len() > 0;
+        reader.received = !reader.buf.is_empty();
+        let read = reader.read_response(queued.is_head, queued.max_response_bytes, followed);
+        let (answer, next): (Answer, Option<fn() -> Failed>) =
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(exchanged)) if exchanged.reusable => (Ok(exchanged.response), None),
+                Ok(Ok(exchanged)) => {
+                    let behind = if exchanged.closing {
+                        Failed::not_acted_on
+                    } else {
+                        Failed::behind_failure
+                    };
+                    (Ok(exchanged.response), Some(behind))
+                }
+                Ok(Err(error)) => {
+                    let mut failed = Failed::h1(error);
+                    // Only a connection that carried requests before can have gone stale.
+                    failed.nothing_received &= used;
+                    (Err(failed), Some(Failed::behind_failure))
+                }
+                Err(_) => {
+                    let failed = Failed::h1(H1Error::Timeout("waiting for a pipelined answer"));
+                    (Err(failed), Some(Failed::behind_failure))
+                }
+            };
+        let _ = queued.answer.send(answer);
+        used = true;
+        if let Some(behind) = next {
+            for queued in rest.by_ref() {
+                let _ = queued.answer.send(Err(behind()));
+            }
+            going = false;
+        }
+    }
+    *buf = reader.buf;
+    // A large answer's buffer is not kept for the connection's idle life.
+    if buf.capacity() > 4 * READ_CHUNK {
+        *buf = BytesMut::with_capacity(READ_CHUNK);
+    }
+    going
+}
+
+#[cfg(test)]
+mod tests;
