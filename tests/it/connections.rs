@@ -269,3 +269,93 @@ async fn passthrough_connections_stay_with_their_worker() {
         CLIENTS * EACH
     );
 }
+
+/// The gate config with `pipeline_depth` on its upstream.
+fn pipelined(upstream: std::net::SocketAddr, depth: usize) -> String {
+    GateConfig::new(upstream)
+        .route("concurrency = 10")
+        .toml()
+        .replace(
+            "connect_timeout = \"1s\"\n",
+            &format!("connect_timeout = \"1s\"\npipeline_depth = {depth}\n"),
+        )
+}
+
+/// Each answer is its own item's: the echo names the path the item asked for.
+fn assert_own_answers(resp: &client::Response, n: usize) {
+    let answers = responses(resp);
+    assert_eq!(answers.len(), n, "{}", resp.body_str());
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer["status"], 200, "{answer}");
+        assert_eq!(answer["body"]["path"], format!("/v2/file/{i}"), "item {i}");
+    }
+}
+
+#[tokio::test]
+async fn items_share_connections_up_to_the_pipeline_depth() {
+    // 50 ms per answer: without pipelining the ten items would need ten connections.
+    let upstream = Upstream::with_handler(|req| echo(req).with_delay(50)).await;
+    let gate = gate::start(&pipelined(upstream.addr, 4)).await;
+    let mut conn = Conn::connect(gate.addr).await;
+    let json = [("Content-Type", "application/json")];
+    let first = conn
+        .request("POST", BATCH_PATH, &json, items(10).as_bytes())
+        .await;
+    assert_own_answers(&first, 10);
+    assert_eq!(upstream.connections(), 3, "4 + 4 + 2 requests");
+    let again = conn
+        .request("POST", BATCH_PATH, &json, items(10).as_bytes())
+        .await;
+    assert_own_answers(&again, 10);
+    assert_eq!(
+        upstream.connections(),
+        3,
+        "the pipelined connections are kept"
+    );
+    let metrics = scrape(gate.admin).await;
+    let count =
+        |connection| metrics.value(REQUESTS, &[("upstream", "api"), ("connection", connection)]);
+    assert_eq!(count("new"), 3.0);
+    assert_eq!(count("reused"), 3.0);
+    assert_eq!(count("pipelined"), 14.0);
+}
+
+#[tokio::test]
+async fn a_keep_alive_limit_loses_no_item_behind_it() {
+    // Like nginx's keepalive_requests: every third request on a connection is answered with
+    // Connection: close, and the requests pipelined behind it are never read.
+    let served = Arc::new(Mutex::new(HashMap::<u64, usize>::new()));
+    let seen = served.clone();
+    let upstream = Upstream::with_handler(move |req| {
+        let mut served = seen.lock().expect("served");
+        let n = served.entry(req.conn_id).or_default();
+        *n += 1;
+        if *n == 3 {
+            echo(req).closing()
+        } else {
+            echo(req)
+        }
+    })
+    .await;
+    let gate = gate::start(&pipelined(upstream.addr, 8)).await;
+    // POSTs: not repeatable, and still sent again, since the upstream said it read no more.
+    let posts = batch(
+        (0..10)
+            .map(|i| {
+                common::batch::item_with_body(
+                    &i.to_string(),
+                    "POST",
+                    &format!("/file/{i}"),
+                    serde_json::json!({ "n": i }),
+                )
+            })
+            .collect(),
+    );
+    let resp = client::post_json(gate.addr, BATCH_PATH, &posts).await;
+    assert_own_answers(&resp, 10);
+    let mut paths: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("/v2/file/{i}")).collect();
+    expected.sort();
+    assert_eq!(paths, expected, "each item acted on exactly once");
+}

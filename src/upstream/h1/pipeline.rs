@@ -224,7 +224,8 @@ pub(in crate::upstream) async fn send<F: Future<Output = pingora::Result<Stream>
     };
     count(Carried::New);
     let timeouts = pipes.shared.timeouts;
-    Ok(on_connection(conn, pool, request, batch, timeouts).await?)
+    // Boxed: a rare path, and an exchange's future would make every item's larger.
+    Ok(Box::pin(on_connection(conn, pool, request, batch, timeouts)).await?)
 }
 
 /// The item's answer from the pipe's task.

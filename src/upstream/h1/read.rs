@@ -287,11 +287,13 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     ) -> Result<BytesMut, H1Error> {
         let mut searched = 0;
         loop {
-            if let Some(at) = self
-                .buf
-                .get(searched..)
-                .and_then(|rest| memchr::memmem::find(rest, b"\r\n"))
-            {
+            // The first CRLF (a bare LF does not end these lines).
+            let crlf = self.buf.get(searched..).and_then(|rest| {
+                memchr::memchr_iter(b'\n', rest)
+                    .find(|&at| at > 0 && rest.get(at - 1) == Some(&b'\r'))
+                    .map(|at| at - 1)
+            });
+            if let Some(at) = crlf {
                 if searched + at > max {
                     return Err(H1Error::Protocol(format!(
                         "a line {context} exceeds {max} bytes"
