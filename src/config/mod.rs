@@ -436,6 +436,31 @@ dialect = "envelope"
         assert_eq!(config.upstreams[0].pool_size, 16);
     }
 
+    /// `pipeline_depth`: off (1) unless set, bounded, and only on HTTP/1.1 upstreams.
+    #[test]
+    fn pipeline_depth_is_bounded_and_only_for_http1() {
+        let config: Config = MINIMAL.parse().expect("valid");
+        assert_eq!(config.upstreams[0].pipeline_depth, 1);
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "addresses = [\"127.0.0.1:9000\"]",
+                &format!("addresses = [\"127.0.0.1:9000\"]\n{extra}"),
+            )
+        };
+        let config: Config = with("pipeline_depth = 16").parse().expect("valid");
+        assert_eq!(config.upstreams[0].pipeline_depth, 16);
+        for extra in [
+            "pipeline_depth = 0",
+            "pipeline_depth = 65",
+            "pipeline_depth = 8\nprotocol = \"h2c\"",
+        ] {
+            let err = Config::parse(&with(extra), "x.toml")
+                .expect_err(extra)
+                .to_string();
+            assert!(err.contains("pipeline_depth"), "{extra}: {err}");
+        }
+    }
+
     /// `[routes.rate_limit]` and `[rate_limits]`: defaults, and each mistake named by its key.
     #[test]
     fn rate_limits_are_checked_key_by_key() {
