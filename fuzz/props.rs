@@ -680,6 +680,75 @@ pub fn h1_response(data: &[u8]) {
     }
 }
 
+/// Pipelined answers (`upstream::h1::pipeline`): up to eight requests written as one group and
+/// their answers read in order off one byte stream. First byte: read piece sizes (as
+/// `Script`); second: bit 7 generates the answers, its low three bits give the number of
+/// requests less one. Generated answers take their status, body length and framing (a length,
+/// or chunks of 1..=16 bytes) from the next bytes and their body from the bytes after; the
+/// input's rest follows them on the wire. Every request gets exactly one result, in order; no
+/// answer follows a failure; bodies stay within the limit; generated answers come back
+/// exactly, each to its own request, whatever pieces the bytes arrive in.
+pub fn pipelined_responses(data: &[u8]) {
+    use batchgate::upstream::h1::pipeline::exchange_once;
+    let [control, shape, input @ ..] = data else {
+        return;
+    };
+    let k = usize::from(shape & 0x07) + 1;
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    let mut rest = input;
+    if shape & 0x80 != 0 {
+        const STATUSES: [u16; 8] = [200, 201, 202, 206, 400, 404, 500, 503];
+        for _ in 0..k {
+            let [status, len, framing, after @ ..] = rest else {
+                break;
+            };
+            let status = STATUSES[usize::from(status & 0x07)];
+            let body = &after[..usize::from(*len).min(after.len())];
+            rest = &after[body.len()..];
+            wire.extend_from_slice(format!("HTTP/1.1 {status} X\r\n").as_bytes());
+            if framing & 1 == 0 {
+                wire.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                wire.extend_from_slice(body);
+            } else {
+                wire.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                for chunk in body.chunks(usize::from(framing >> 1 & 0x0f) + 1) {
+                    wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    wire.extend_from_slice(chunk);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(b"0\r\n\r\n");
+            }
+            expected.push((status, body));
+        }
+    }
+    wire.extend_from_slice(rest);
+    let requests = (0..k)
+        .map(|i| (format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(), false))
+        .collect();
+    let mut stream = Script::new(&wire, *control);
+    let answers = runtime().block_on(exchange_once(&mut stream, requests, BODY_LIMIT));
+    assert_eq!(answers.len(), k);
+    let answers: Vec<_> = answers
+        .into_iter()
+        .map(|answer| answer.expect("every request gets a result"))
+        .collect();
+    let failed_at = answers.iter().position(Result::is_err).unwrap_or(k);
+    assert!(
+        answers[failed_at..].iter().all(Result::is_err),
+        "an answer after a failure"
+    );
+    for answer in answers.iter().flatten() {
+        assert!(answer.body.len() <= BODY_LIMIT, "body over the limit accepted");
+        assert!((100..=999).contains(&answer.status));
+    }
+    for (i, (status, body)) in expected.iter().enumerate() {
+        let answer = answers[i].as_ref().expect("a generated answer reads back");
+        assert_eq!(answer.status, *status, "answer {i}");
+        assert_eq!(&answer.body[..], *body, "answer {i}");
+    }
+}
+
 /// The HTTP/2 frame-head reader on arbitrary client bytes (first byte: the size of the pieces
 /// they arrive in, 1..=64): read whole or in pieces, it sees the same streams, the same
 /// premature resets and the same half-received frame; it never remembers more streams than

@@ -276,6 +276,7 @@ impl Lane {
             Err(RelayError::ClientBody(error)) => {
                 if stream.clock().expired() == Some(Phase::Body) {
                     let _ = say(stream, REQUEST_TIMEOUT).await;
+                    linger(stream).await;
                     (Some(408), Next::Close)
                 } else {
                     tracing::debug!("pass-through client left in the middle of its body: {error}");
@@ -285,11 +286,17 @@ impl Lane {
             Err(RelayError::Connect(detail)) => {
                 tracing::error!(upstream = ?upstream, "Fail to proxy: cannot connect: {detail}");
                 let written = say(stream, BAD_GATEWAY).await.is_ok();
+                if written && rest > 0 {
+                    linger(stream).await;
+                }
                 (written.then_some(502), Next::Close)
             }
             Err(RelayError::Upstream(error)) => {
                 tracing::error!(upstream = ?upstream, "Fail to proxy: {error}");
                 let written = say(stream, BAD_GATEWAY).await.is_ok();
+                if written && rest > 0 {
+                    linger(stream).await;
+                }
                 (written.then_some(502), Next::Close)
             }
             Err(RelayError::Cut { status, detail }) => {
@@ -322,6 +329,28 @@ impl Lane {
 async fn say(stream: &mut DeadlineStream, answer: &[u8]) -> std::io::Result<()> {
     stream.write_all(answer).await?;
     stream.flush().await
+}
+
+/// How long a connection closing after an error answer keeps reading what its client still
+/// sends (nginx's `lingering_timeout` is 5 s, its `lingering_time` 30 s).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After an error answer that closes the connection while the client may still be sending its
+/// body: the write side ends (the client sees the answer, then the end) and what the client
+/// still sends is read and dropped until it closes too, for at most `LINGER`. Closing with
+/// unread bytes would reset the connection, and a reset can destroy the answer before the
+/// client reads it (nginx's `lingering_close`).
+async fn linger(stream: &mut DeadlineStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + LINGER;
+    let mut scratch = vec![0; 4096];
+    while let Ok(Ok(read)) = tokio::time::timeout_at(until, stream.read(&mut scratch)).await {
+        if read == 0 {
+            return;
+        }
+    }
 }
 
 /// Reads `head` (a whole request head) and writes the upstream's request head into `out`;

@@ -350,7 +350,7 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     })
 }
 
-pub(super) mod pipeline;
+pub mod pipeline;
 mod read;
 pub mod relay;
 

@@ -67,6 +67,13 @@ fn relay_response_corpus() {
     replay("relay_response", props::relay_response);
 }
 
+/// Every pipelined-answers corpus input: one result per request, in order, none after a
+/// failure; generated answers read back exactly.
+#[test]
+fn pipelined_responses_corpus() {
+    replay("pipelined_responses", props::pipelined_responses);
+}
+
 /// Every multipart corpus input: sent parts pass the guards, replies re-split into one part
 /// per request under a boundary that occurs nowhere else, refusals are JSON.
 #[test]

@@ -314,3 +314,35 @@ async fn answers_until_close_are_chunked_and_a_broken_upstream_is_a_502() {
     let broken = conn.request("GET", "/broken", &[], b"").await;
     assert_eq!(broken.status, 502);
 }
+
+/// An upstream that cannot be reached while the client is still sending a large body: the
+/// client reads the whole 502 and the end of the connection, not a reset (the lane reads and
+/// drops the rest of the body for a while before it closes, as nginx's lingering close does).
+#[tokio::test]
+async fn an_error_answer_reaches_a_client_still_sending_its_body() {
+    let refused = common::upstream::refused_addr().await;
+    let gate = GateConfig::new(refused).start().await;
+    for _ in 0..5 {
+        let socket = TcpStream::connect(gate.addr).await.expect("connect");
+        let (mut reader, mut writer) = socket.into_split();
+        let length = 64 << 20;
+        let head = format!("POST /v2/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await.expect("head");
+        let sending = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 << 10];
+            for _ in 0..length / chunk.len() {
+                if writer.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer))
+            .await
+            .expect("the answer and the end within the linger time");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "{read:?} after {text:?}");
+        assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+        sending.abort();
+    }
+}

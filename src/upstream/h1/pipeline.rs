@@ -38,7 +38,7 @@ use pingora::protocols::Stream;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
@@ -430,9 +430,9 @@ async fn wait_for_work(
 
 /// Writes `group`'s requests in one go and hands each item its answer; false when the
 /// connection cannot carry more.
-async fn exchange_group(
+async fn exchange_group<S: AsyncRead + AsyncWrite + Unpin>(
     group: Vec<Queued>,
-    stream: &mut Stream,
+    stream: &mut S,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     shared: &Shared,
@@ -454,8 +454,9 @@ async fn exchange_group(
         write_counted(stream, out, &mut written).await?;
         stream.flush().await
     };
-    let timeout = Timeouts::armed(shared.timeouts.write, item_timeout);
-    let wrote = bounded(timeout, write).await;
+    // Always bounded: no item's future can cut this write off, as it would its own.
+    let timeout = Timeouts::armed(shared.timeouts.write, item_timeout).unwrap_or(item_timeout);
+    let wrote = bounded(Some(timeout), write).await;
     if !matches!(wrote, Some(Ok(()))) {
         for (queued, start) in group.into_iter().zip(starts) {
             let sent = if written <= start {
@@ -526,11 +527,61 @@ async fn exchange_group(
         }
     }
     *buf = reader.buf;
-    // A large answer's buffer is not kept for the connection's idle life.
+    // Large requests' and answers' buffers are not kept for the connection's idle life.
     if buf.capacity() > 4 * READ_CHUNK {
         *buf = BytesMut::with_capacity(READ_CHUNK);
     }
+    if out.capacity() > super::COALESCE_LIMIT {
+        *out = Vec::new();
+    }
     going
+}
+
+/// What a pipe's task hands out for `requests` (each: its bytes, and whether it is a HEAD)
+/// written as one group on `stream`: per request in order, its answer, or why it has none
+/// (`None`: it got no result at all, which must never happen). For the fuzz target.
+#[doc(hidden)]
+pub async fn exchange_once<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    requests: Vec<(Vec<u8>, bool)>,
+    max_response_bytes: usize,
+) -> Vec<Option<Result<UpstreamResponse, (Sent, bool)>>> {
+    let long = Duration::from_secs(60);
+    let mut receivers = Vec::new();
+    let group = requests
+        .into_iter()
+        .map(|(bytes, is_head)| {
+            let (answer, rx) = oneshot::channel();
+            receivers.push(rx);
+            Queued {
+                bytes,
+                is_head,
+                max_response_bytes,
+                item_timeout: long,
+                answer,
+            }
+        })
+        .collect();
+    let timeouts = Timeouts {
+        read: long,
+        write: long,
+    };
+    let shared = Shared {
+        shards: Vec::new(),
+        depth: MAX_PIPELINE_DEPTH,
+        max_idle: 0,
+        idle_timeout: long,
+        timeouts,
+    };
+    let (mut buf, mut out) = (BytesMut::new(), Vec::new());
+    exchange_group(group, stream, &mut buf, &mut out, &shared, true).await;
+    receivers
+        .into_iter()
+        .map(|mut rx| {
+            let answer = rx.try_recv().ok()?;
+            Some(answer.map_err(|failed| (failed.error.sent(), failed.nothing_received)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -356,3 +356,60 @@ async fn a_body_too_large_to_pipeline_is_not_queued() {
     assert!(fits(&item(Method::POST, 0)));
     assert!(fits(&item(Method::GET, 0)));
 }
+
+#[tokio::test]
+async fn a_write_the_upstream_never_reads_ends_with_the_last_item_timeout() {
+    // An upstream that accepts and never reads, with a small receive buffer: a group of 64
+    // requests of 64 KiB each cannot all leave. The items are cut off at their timeout (by
+    // the executor, here by `timeout`); the connection's task must not stay stuck in its write.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let listener = socket.listen(16).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let client = Client::new(addr, 64);
+    let body = Bytes::from(vec![b'x'; super::super::COALESCE_LIMIT]);
+    let requests: Vec<SubRequest> = (0..64)
+        .map(|i| SubRequest {
+            body: Some(body.clone()),
+            ..item(Method::POST, i)
+        })
+        .collect();
+    let item_timeout = Duration::from_millis(300);
+    let client = &client;
+    let send = |request| async move {
+        let batch = BatchHeaders {
+            item_timeout,
+            ..batch()
+        };
+        let addr = client.addr;
+        let connect = || async move {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| pingora::Error::because(pingora::ErrorType::ConnectError, "", e))?;
+            let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
+            Ok(stream)
+        };
+        let count = |_| {};
+        let sending = super::send(connect, &client.pipes, &client.pool, request, &batch, false, count);
+        tokio::time::timeout(item_timeout, sending).await
+    };
+    let results = futures_util::future::join_all(requests.iter().map(send)).await;
+    assert!(results.iter().all(Result::is_err), "every item cut off");
+    let pipes = || {
+        let shard = client.pipes.shared.shard().expect("shard");
+        shard.pipes.len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pipes() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pipes(), 0, "the connection's task gave up its write");
+    held.abort();
+}

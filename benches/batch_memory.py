@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Memory of 1,000 simultaneous 100-item batches, batchgate beside its OpenResty peer (issue 34,
+item 4): the JSON-RPC dialect and peer of benches/jsonrpc_peer.py, with an upstream that
+answers each call after DELAY_MS, so that every batch is in flight at once.
+
+N clients each open a connection and send one 100-call JSON-RPC array at the same moment;
+every answer is checked (100 results). Reported per contender: peak RSS over the run
+(batchgate: VmHWM; nginx: the sum of its master's and workers' VmHWM, an upper bound of their
+joint peak), the RSS before the load, the growth per batch, and the time until the last answer.
+batchgate runs conf/examples/limelight.toml with max_items 100, concurrency 100 and
+max_in_flight 4096 (its default is 1024) and PIPELINE_DEPTH (16; 1: none); the peer is 2
+workers with upstream keep-alive 1024. Contenders run ROUNDS times, alternating.
+
+Usage: python3 benches/batch_memory.py [BINARY]. Needs nginx-light, libnginx-mod-http-lua,
+lua-cjson; ports 18570-18574; raises its open-files limit to the hard limit.
+"""
+
+import asyncio
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import harness
+import peer_compare
+
+BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/batchgate"
+UPSTREAM, GATE, ADMIN, PEER = 18570, 18571, 18572, 18573
+N = int(os.environ.get("N", "1000"))
+DELAY_MS = int(os.environ.get("DELAY_MS", "50"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+WORK = harness.work_dir()
+
+UPSTREAM_SERVER = f"""server {{ listen 127.0.0.1:{UPSTREAM} backlog=4096; location / {{ content_by_lua_block {{
+  local cjson = require "cjson.safe"
+  ngx.req.read_body()
+  local call = cjson.decode(ngx.req.get_body_data() or "") or {{}}
+  ngx.sleep({DELAY_MS / 1000})
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(cjson.encode({{ jsonrpc = "2.0", id = call.id, result = {{ file_id = "9520943DC264", drive_id = "1" }} }}))
+}} }} }}"""
+
+PEER_SERVER = f"""upstream api {{ server 127.0.0.1:{UPSTREAM}; keepalive 1024; keepalive_requests 100000000; }}
+server {{ listen 127.0.0.1:{PEER} backlog=4096;
+  location = /_call {{ internal; proxy_pass http://api/jsonrpc2; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_set_header Content-Type application/json; }}
+  location / {{ content_by_lua_block {{
+    local cjson = require "cjson.safe"
+    ngx.req.read_body()
+    local calls = cjson.decode(ngx.req.get_body_data() or "")
+    local requests = {{}}
+    for i, call in ipairs(calls) do
+      requests[i] = {{ "/_call", {{ method = ngx.HTTP_POST, body = cjson.encode(call) }} }}
+    end
+    local answers = {{ ngx.location.capture_multi(requests) }}
+    local out = {{}}
+    for i, answer in ipairs(answers) do
+      out[i] = cjson.decode(answer.body) or {{ jsonrpc = "2.0", id = calls[i].id, error = {{ code = -32603, message = "Internal error" }} }}
+    end
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(cjson.encode(out))
+  }} }} }}"""
+
+BODY = json.dumps(
+    [{"jsonrpc": "2.0", "method": "getFile", "params": {"drive_id": "1"}, "id": i} for i in range(100)]
+).encode()
+
+
+def request(path):
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
+
+
+def check(answer):
+    answers = json.loads(answer)
+    assert len(answers) == 100 and all("result" in a for a in answers), answer[:300]
+
+
+def status_kib(pids, field):
+    total = 0
+    for pid in pids:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(field + ":"):
+                total += int(line.split()[1])
+    return total
+
+
+async def burst(port, raw):
+    """N connections, each sending one batch once all are open; seconds to the last answer."""
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(N)]
+    started = time.perf_counter()
+    for _, writer in conns:
+        writer.write(raw)
+
+    async def one(reader, writer):
+        check(await peer_compare.read_answer(reader))
+        writer.close()
+
+    await asyncio.gather(*(one(r, w) for r, w in conns))
+    return time.perf_counter() - started
+
+
+def measure(port, raw, pids):
+    before = status_kib(pids(), "VmRSS")
+    seconds = asyncio.run(burst(port, raw))
+    peak = status_kib(pids(), "VmHWM")
+    return {"before": before, "peak": peak, "seconds": seconds}
+
+
+def main():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    config = peer_compare.gate_config(WORK, "limelight.toml", (GATE, ADMIN, UPSTREAM),
+                                      [("max_items = 3", "max_items = 100"), ("concurrency = 3", "concurrency = 100")])
+    upstream_conf, _ = peer_compare.start_nginx(WORK, "upstream", 1, UPSTREAM_SERVER)
+    results = {"batchgate": [], "lua peer": []}
+    try:
+        for _ in range(ROUNDS):
+            process = harness.start_gate(BINARY, config, ADMIN)
+            results["batchgate"].append(measure(GATE, request("/jsonrpc2"), lambda: [process.pid]))
+            harness.stop_gate(process)
+            # A fresh peer each round, so that its peak is this round's.
+            peer_conf, master = peer_compare.start_nginx(WORK, "peer", peer_compare.WORKERS, PEER_SERVER)
+            try:
+                results["lua peer"].append(measure(PEER, request("/"), lambda: harness.nginx_family(master)))
+            finally:
+                harness.stop_nginx(peer_conf)
+                time.sleep(0.5)
+    finally:
+        harness.stop_nginx(upstream_conf)
+    print(f"{N} simultaneous 100-call JSON-RPC batches, {DELAY_MS} ms upstream, "
+          f"pipeline_depth {peer_compare.PIPELINE_DEPTH}, {ROUNDS} rounds alternating")
+    for name, runs in results.items():
+        peak = statistics.median(r["peak"] for r in runs) / 1024
+        before = statistics.median(r["before"] for r in runs) / 1024
+        growth = statistics.median((r["peak"] - r["before"]) / N for r in runs)
+        seconds = statistics.median(r["seconds"] for r in runs)
+        print(f"{name:>10}: peak RSS {peak:7.1f} MiB ({min(r['peak'] for r in runs) / 1024:.1f}-"
+              f"{max(r['peak'] for r in runs) / 1024:.1f}), before {before:.1f} MiB, "
+              f"{growth:.1f} KiB per batch, last answer after {seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
