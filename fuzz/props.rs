@@ -708,7 +708,9 @@ pub fn pipelined_responses(data: &[u8]) {
             rest = &after[body.len()..];
             wire.extend_from_slice(format!("HTTP/1.1 {status} X\r\n").as_bytes());
             if framing & 1 == 0 {
-                wire.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                wire.extend_from_slice(
+                    format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                );
                 wire.extend_from_slice(body);
             } else {
                 wire.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
@@ -724,7 +726,12 @@ pub fn pipelined_responses(data: &[u8]) {
     }
     wire.extend_from_slice(rest);
     let requests = (0..k)
-        .map(|i| (format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(), false))
+        .map(|i| {
+            (
+                format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+                false,
+            )
+        })
         .collect();
     let mut stream = Script::new(&wire, *control);
     let answers = runtime().block_on(exchange_once(&mut stream, requests, BODY_LIMIT));
@@ -739,7 +746,10 @@ pub fn pipelined_responses(data: &[u8]) {
         "an answer after a failure"
     );
     for answer in answers.iter().flatten() {
-        assert!(answer.body.len() <= BODY_LIMIT, "body over the limit accepted");
+        assert!(
+            answer.body.len() <= BODY_LIMIT,
+            "body over the limit accepted"
+        );
         assert!((100..=999).contains(&answer.status));
     }
     for (i, (status, body)) in expected.iter().enumerate() {

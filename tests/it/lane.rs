@@ -326,7 +326,8 @@ async fn an_error_answer_reaches_a_client_still_sending_its_body() {
         let socket = TcpStream::connect(gate.addr).await.expect("connect");
         let (mut reader, mut writer) = socket.into_split();
         let length = 64 << 20;
-        let head = format!("POST /v2/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+        let head =
+            format!("POST /v2/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
         writer.write_all(head.as_bytes()).await.expect("head");
         let sending = tokio::spawn(async move {
             let chunk = vec![b'x'; 64 << 10];

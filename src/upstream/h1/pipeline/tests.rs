@@ -364,7 +364,9 @@ async fn a_write_the_upstream_never_reads_ends_with_the_last_item_timeout() {
     // the executor, here by `timeout`); the connection's task must not stay stuck in its write.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
     let listener = socket.listen(16).expect("listen");
     let addr = listener.local_addr().expect("addr");
     let held = tokio::spawn(async move {
@@ -397,7 +399,15 @@ async fn a_write_the_upstream_never_reads_ends_with_the_last_item_timeout() {
             Ok(stream)
         };
         let count = |_| {};
-        let sending = super::send(connect, &client.pipes, &client.pool, request, &batch, false, count);
+        let sending = super::send(
+            connect,
+            &client.pipes,
+            &client.pool,
+            request,
+            &batch,
+            false,
+            count,
+        );
         tokio::time::timeout(item_timeout, sending).await
     };
     let results = futures_util::future::join_all(requests.iter().map(send)).await;
