@@ -190,6 +190,7 @@ pub struct UpstreamSection {
     pub protocol: Option<String>,
     pub max_h2_streams: Option<i64>,
     pub pipeline_depth: Option<i64>,
+    pub pipeline_max_delay: Option<String>,
     pub tls: Option<bool>,
     pub sni: Option<String>,
     pub ca_file: Option<String>,

@@ -449,15 +449,19 @@ dialect = "envelope"
         };
         let config: Config = with("pipeline_depth = 16").parse().expect("valid");
         assert_eq!(config.upstreams[0].pipeline_depth, 16);
+        assert_eq!(config.upstreams[0].pipeline_max_delay.as_micros(), 1000);
+        let config: Config = with("pipeline_max_delay = \"0.25ms\"").parse().expect("valid");
+        assert_eq!(config.upstreams[0].pipeline_max_delay.as_micros(), 250);
         for extra in [
             "pipeline_depth = 0",
             "pipeline_depth = 65",
             "pipeline_depth = 8\nprotocol = \"h2c\"",
+            "pipeline_max_delay = \"0ms\"",
         ] {
             let err = Config::parse(&with(extra), "x.toml")
                 .expect_err(extra)
                 .to_string();
-            assert!(err.contains("pipeline_depth"), "{extra}: {err}");
+            assert!(err.contains("pipeline_"), "{extra}: {err}");
         }
     }
 

@@ -491,6 +491,12 @@ fn upstream_config(
             problems,
         ),
         pipeline_depth: pipeline_depth(name, section, problems),
+        pipeline_max_delay: duration(
+            &section.pipeline_max_delay,
+            DEFAULT_PIPELINE_MAX_DELAY,
+            &at("pipeline_max_delay"),
+            problems,
+        ),
         tls,
     };
     (problems.0.len() == before).then_some(upstream)
@@ -498,6 +504,11 @@ fn upstream_config(
 
 /// Most item requests one HTTP/1.1 connection may carry at once (`pipeline_depth`).
 pub const MAX_PIPELINE_DEPTH: usize = 64;
+
+/// How long a pipelined request should wait for the answers ahead of it unless configured: on
+/// an upstream answering in tens of microseconds that is a full group, on one taking a
+/// millisecond or more no pipelining.
+const DEFAULT_PIPELINE_MAX_DELAY: Duration = Duration::from_millis(1);
 
 /// `pipeline_depth`: 1 (none) unless set, at most `MAX_PIPELINE_DEPTH`, and only where items
 /// speak HTTP/1.1 (HTTP/2 multiplexes streams instead).
@@ -726,6 +737,8 @@ pub struct UpstreamConfig {
     pub max_h2_streams: usize,
     /// Item requests written together on one HTTP/1.1 connection (pipelining); 1: none.
     pub pipeline_depth: usize,
+    /// How long a pipelined request should wait at most for the answers ahead of it.
+    pub pipeline_max_delay: Duration,
     /// TLS to this upstream; `None` is cleartext.
     pub tls: Option<UpstreamTls>,
 }

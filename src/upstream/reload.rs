@@ -30,6 +30,7 @@ pub(super) fn same_connections(old: &UpstreamConfig, new: &UpstreamConfig) -> bo
     old.addresses == new.addresses
         && old.protocol == new.protocol
         && old.pipeline_depth == new.pipeline_depth
+        && old.pipeline_max_delay == new.pipeline_max_delay
         && old.pool_size == new.pool_size
         && old.idle_timeout == new.idle_timeout
         && old.connect_timeout == new.connect_timeout

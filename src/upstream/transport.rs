@@ -63,8 +63,9 @@ impl Transport {
                 };
                 let pipes = (config.pipeline_depth > 1).then(|| {
                     let pipes = |_| {
-                        let (depth, idle) = (config.pipeline_depth, config.pool_size);
-                        h1::pipeline::Pipes::new(depth, idle, config.idle_timeout, timeouts)
+                        let (depth, delay) = (config.pipeline_depth, config.pipeline_max_delay);
+                        let (idle, idle_timeout) = (config.pool_size, config.idle_timeout);
+                        h1::pipeline::Pipes::new(depth, delay, idle, idle_timeout, timeouts)
                     };
                     peers.iter().map(pipes).collect()
                 });

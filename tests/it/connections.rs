@@ -270,14 +270,16 @@ async fn passthrough_connections_stay_with_their_worker() {
     );
 }
 
-/// The gate config with `pipeline_depth` on its upstream.
-fn pipelined(upstream: std::net::SocketAddr, depth: usize) -> String {
+/// The gate config with `pipeline_depth` and `pipeline_max_delay` on its upstream.
+fn pipelined(upstream: std::net::SocketAddr, depth: usize, max_delay: &str) -> String {
     GateConfig::new(upstream)
         .route("concurrency = 10")
         .toml()
         .replace(
             "connect_timeout = \"1s\"\n",
-            &format!("connect_timeout = \"1s\"\npipeline_depth = {depth}\n"),
+            &format!(
+                "connect_timeout = \"1s\"\npipeline_depth = {depth}\npipeline_max_delay = \"{max_delay}\"\n"
+            ),
         )
 }
 
@@ -293,51 +295,87 @@ fn assert_own_answers(resp: &client::Response, n: usize) {
 
 #[tokio::test]
 async fn items_share_connections_up_to_the_pipeline_depth() {
-    // 50 ms per answer: without pipelining the ten items would need ten connections.
+    // 50 ms per answer: without pipelining the ten items would need ten connections. Up to
+    // 1 s of waiting for the answers ahead allows the whole depth once that is measured; the
+    // first batch, unmeasured, goes in pairs.
     let upstream = Upstream::with_handler(|req| echo(req).with_delay(50)).await;
-    let gate = gate::start(&pipelined(upstream.addr, 4)).await;
+    let gate = gate::start(&pipelined(upstream.addr, 4, "1s")).await;
     let mut conn = Conn::connect(gate.addr).await;
     let json = [("Content-Type", "application/json")];
     let first = conn
         .request("POST", BATCH_PATH, &json, items(10).as_bytes())
         .await;
     assert_own_answers(&first, 10);
-    assert_eq!(upstream.connections(), 3, "4 + 4 + 2 requests");
-    let again = conn
-        .request("POST", BATCH_PATH, &json, items(10).as_bytes())
-        .await;
-    assert_own_answers(&again, 10);
+    assert_eq!(upstream.connections(), 5, "pairs while unmeasured");
+    for _ in 0..2 {
+        let again = conn
+            .request("POST", BATCH_PATH, &json, items(10).as_bytes())
+            .await;
+        assert_own_answers(&again, 10);
+    }
     assert_eq!(
         upstream.connections(),
-        3,
+        5,
         "the pipelined connections are kept"
     );
     let metrics = scrape(gate.admin).await;
     let count =
         |connection| metrics.value(REQUESTS, &[("upstream", "api"), ("connection", connection)]);
-    assert_eq!(count("new"), 3.0);
-    assert_eq!(count("reused"), 3.0);
-    assert_eq!(count("pipelined"), 14.0);
+    // Then 4 + 4 + 2 per batch.
+    assert_eq!(count("new"), 5.0);
+    assert_eq!(count("reused"), 6.0);
+    assert_eq!(count("pipelined"), 5.0 + 14.0);
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_the_delay_allows_is_not_pipelined() {
+    // 50 ms per answer against the default pipeline_max_delay of 1 ms: once measured, each
+    // item has a connection of its own and the batch takes one answer's time.
+    let upstream = Upstream::with_handler(|req| echo(req).with_delay(50)).await;
+    let toml = pipelined(upstream.addr, 8, "1ms").replace("pipeline_max_delay = \"1ms\"\n", "");
+    let gate = gate::start(&toml).await;
+    let mut conn = Conn::connect(gate.addr).await;
+    let json = [("Content-Type", "application/json")];
+    let first = conn
+        .request("POST", BATCH_PATH, &json, items(10).as_bytes())
+        .await;
+    assert_own_answers(&first, 10);
+    let started = std::time::Instant::now();
+    let again = conn
+        .request("POST", BATCH_PATH, &json, items(10).as_bytes())
+        .await;
+    assert_own_answers(&again, 10);
+    assert!(
+        started.elapsed() < Duration::from_millis(95),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = scrape(gate.admin).await;
+    let pipelined = metrics.value(
+        REQUESTS,
+        &[("upstream", "api"), ("connection", "pipelined")],
+    );
+    assert_eq!(pipelined, 5.0, "only the first batch's pairs");
 }
 
 #[tokio::test]
 async fn a_keep_alive_limit_loses_no_item_behind_it() {
-    // Like nginx's keepalive_requests: every third request on a connection is answered with
-    // Connection: close, and the requests pipelined behind it are never read.
+    // Like nginx's keepalive_requests reached at once: the first request on each connection
+    // is answered with Connection: close, and the request pipelined behind it is never read.
     let served = Arc::new(Mutex::new(HashMap::<u64, usize>::new()));
     let seen = served.clone();
     let upstream = Upstream::with_handler(move |req| {
         let mut served = seen.lock().expect("served");
         let n = served.entry(req.conn_id).or_default();
         *n += 1;
-        if *n == 3 {
+        if *n == 1 {
             echo(req).closing()
         } else {
             echo(req)
         }
     })
     .await;
-    let gate = gate::start(&pipelined(upstream.addr, 8)).await;
+    let gate = gate::start(&pipelined(upstream.addr, 8, "1s")).await;
     // POSTs: not repeatable, and still sent again, since the upstream said it read no more.
     let posts = batch(
         (0..10)

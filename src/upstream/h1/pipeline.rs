@@ -19,6 +19,13 @@
 //!   again only when the item may be sent twice (`may_send_again`), once, on a connection of
 //!   their own: the stale-connection rule of `h1::send`.
 //!
+//! Pipelining trades latency for CPU: an upstream works through a connection's requests one
+//! after another, so a request waits for the answers ahead of it. How many requests a group
+//! holds follows what the upstream takes per request, measured on every group (the time
+//! between its first and last answers over the requests between them): as many as keep the
+//! last one's wait within `pipeline_max_delay`, up to the depth. An unmeasured upstream gets two;
+//! one too slow for two gets a group of two once a second, to be measured again.
+//!
 //! Pipes are kept per thread like the idle pool (`pool`), and a pipe's task runs on the thread
 //! that opened it, so neither side needs a cross-thread wake-up.
 
@@ -36,6 +43,7 @@ use bytes::BytesMut;
 use http::Method;
 use pingora::protocols::Stream;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -52,6 +60,13 @@ struct Shared {
     shards: Vec<Mutex<Shard>>,
     /// Most requests written together on one connection.
     depth: usize,
+    /// How long a request should wait at most for the answers ahead of it.
+    max_delay: Duration,
+    /// What the upstream takes per pipelined request, as measured (a moving average, ns).
+    per_request_ns: AtomicU64,
+    /// When a group of two last went to an upstream too slow for it (ms since `epoch`).
+    probed_ms: AtomicU64,
+    epoch: Instant,
     /// Most idle pipes per shard; a pipe that goes idle beyond it closes.
     max_idle: usize,
     idle_timeout: Duration,
@@ -139,11 +154,21 @@ impl Failed {
 }
 
 impl Pipes {
-    pub fn new(depth: usize, max_idle: usize, idle_timeout: Duration, timeouts: Timeouts) -> Self {
+    pub fn new(
+        depth: usize,
+        max_delay: Duration,
+        max_idle: usize,
+        idle_timeout: Duration,
+        timeouts: Timeouts,
+    ) -> Self {
         Pipes {
             shared: Arc::new(Shared {
                 shards: (0..pool::SHARDS).map(|_| Mutex::default()).collect(),
                 depth: depth.clamp(1, MAX_PIPELINE_DEPTH),
+                max_delay,
+                per_request_ns: AtomicU64::new(UNMEASURED),
+                probed_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
                 max_idle,
                 idle_timeout,
                 timeouts,
@@ -257,13 +282,14 @@ impl Shared {
         let Some(mut shard) = self.shard() else {
             return Joined::Opened(Pipe::opening(queued));
         };
+        let depth = self.depth_now();
         let mut idle = None;
         for pipe in shard.pipes.iter().rev() {
             let state = pipe.lock();
             if !state.open || state.in_flight {
                 continue;
             }
-            if !state.queue.is_empty() && state.queue.len() < self.depth {
+            if !state.queue.is_empty() && state.queue.len() < depth {
                 return Joined::Queued(pipe.push(state, queued));
             }
             if state.queue.is_empty() && idle.is_none() {
@@ -278,6 +304,52 @@ impl Shared {
         let pipe = Pipe::opening(queued);
         shard.pipes.push(pipe.clone());
         Joined::Opened(pipe)
+    }
+
+    /// How many requests a group may hold now: as many as keep the last one's wait for the
+    /// answers ahead of it within `max_delay`, at the upstream's measured time per request,
+    /// up to the depth. An upstream too slow for two gets a group of two once a second, so
+    /// that it is measured again.
+    fn depth_now(&self) -> usize {
+        let per_request = self.per_request_ns.load(Ordering::Relaxed);
+        if per_request == UNMEASURED {
+            return 2.min(self.depth);
+        }
+        let per_request = per_request.max(1);
+        let within = usize::try_from(nanos(self.max_delay) / per_request).unwrap_or(usize::MAX);
+        let depth = within.saturating_add(1).min(self.depth);
+        if depth >= 2 {
+            return depth;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.probed_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64;
+        let probe = due
+            && self
+                .probed_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if probe {
+            2.min(self.depth)
+        } else {
+            1
+        }
+    }
+
+    /// A group's answers came `spread` apart from first to last, over `behind` requests
+    /// after the first.
+    fn measured(&self, spread: Duration, behind: usize) {
+        let Some(behind) = u64::try_from(behind).ok().filter(|&b| b > 0) else {
+            return;
+        };
+        let sample = nanos(spread) / behind;
+        let old = self.per_request_ns.load(Ordering::Relaxed);
+        let new = if old == UNMEASURED {
+            sample
+        } else {
+            (old.saturating_mul(3).saturating_add(sample)) / 4
+        };
+        self.per_request_ns.store(new, Ordering::Relaxed);
     }
 
     /// Takes `pipe` out of this thread's shard.
@@ -348,6 +420,16 @@ impl Pipe {
             let _ = queued.answer.send(Err(failed()));
         }
     }
+}
+
+/// `Shared::per_request_ns` before the first group of two or more was answered.
+const UNMEASURED: u64 = u64::MAX;
+
+/// How often an upstream too slow for pipelining gets a group of two, to be measured again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A new pipe while its first item connects: dropped unfinished (the item was cut off), it
@@ -487,8 +569,11 @@ async fn exchange_group<S: AsyncRead + AsyncWrite + Unpin>(
         received: false,
         chunk: READ_CHUNK,
     };
+    let requests = group.len();
     let mut rest = group.into_iter();
     let mut going = true;
+    // When the first and the last answers were complete, for `Shared::measured`.
+    let (mut first_at, mut last_at) = (None, None);
     // Whether the connection carried an answer before the one being read.
     let mut used = used;
     while let Some(queued) = rest.next() {
@@ -517,6 +602,11 @@ async fn exchange_group<S: AsyncRead + AsyncWrite + Unpin>(
                     (Err(failed), Some(Failed::behind_failure))
                 }
             };
+        if answer.is_ok() {
+            let now = Instant::now();
+            first_at.get_or_insert(now);
+            last_at = Some(now);
+        }
         let _ = queued.answer.send(answer);
         used = true;
         if let Some(behind) = next {
@@ -525,6 +615,9 @@ async fn exchange_group<S: AsyncRead + AsyncWrite + Unpin>(
             }
             going = false;
         }
+    }
+    if let (true, Some(first), Some(last)) = (going, first_at, last_at) {
+        shared.measured(last - first, requests - 1);
     }
     *buf = reader.buf;
     // Large requests' and answers' buffers are not kept for the connection's idle life.
@@ -569,6 +662,10 @@ pub async fn exchange_once<S: AsyncRead + AsyncWrite + Unpin>(
     let shared = Shared {
         shards: Vec::new(),
         depth: MAX_PIPELINE_DEPTH,
+        max_delay: long,
+        per_request_ns: AtomicU64::new(0),
+        probed_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
         max_idle: 0,
         idle_timeout: long,
         timeouts,

@@ -178,11 +178,24 @@ struct Client {
 }
 
 impl Client {
+    /// A client whose upstream is known to be fast: groups up to `depth` from the start.
     fn new(addr: std::net::SocketAddr, depth: usize) -> Self {
+        let client = Client::fresh(addr, depth, Duration::from_secs(1));
+        client
+            .pipes
+            .shared
+            .per_request_ns
+            .store(0, Ordering::Relaxed);
+        client
+    }
+
+    /// A client that has measured nothing of its upstream yet.
+    fn fresh(addr: std::net::SocketAddr, depth: usize, max_delay: Duration) -> Self {
+        let idle = Duration::from_secs(60);
         Client {
             addr,
-            pipes: Pipes::new(depth, 64, Duration::from_secs(60), TIMEOUTS),
-            pool: Pool::new(64, Duration::from_secs(60)),
+            pipes: Pipes::new(depth, max_delay, 64, idle, TIMEOUTS),
+            pool: Pool::new(64, idle),
             counted: Counted::default(),
         }
     }
@@ -422,4 +435,37 @@ async fn a_write_the_upstream_never_reads_ends_with_the_last_item_timeout() {
     }
     assert_eq!(pipes(), 0, "the connection's task gave up its write");
     held.abort();
+}
+
+#[tokio::test]
+async fn groups_shrink_on_an_upstream_slower_than_the_delay_allows() {
+    // 20 ms per answer and at most 1 ms of waiting for the answers ahead: no pipelining once
+    // measured. Unmeasured, the first batch goes in groups of two.
+    let (addr, seen) = server(|_, _| Act::Slow(20)).await;
+    let client = Client::fresh(addr, 8, Duration::from_millis(1));
+    answered(&client.many(Method::GET, 8).await);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 4, "groups of two");
+    assert_eq!(client.counted.get(), [4, 0, 4]);
+    let started = Instant::now();
+    answered(&client.many(Method::GET, 8).await);
+    assert_eq!(
+        client.counted.get()[2],
+        4,
+        "nothing pipelined once measured"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(39),
+        "one answer's time, not two"
+    );
+    // A fast upstream, measured: full groups.
+    let (addr, seen) = server(|_, _| Act::Answer).await;
+    let client = Client::fresh(addr, 8, Duration::from_millis(1));
+    answered(&client.many(Method::GET, 8).await);
+    answered(&client.many(Method::GET, 8).await);
+    assert_eq!(
+        client.counted.get()[2],
+        4 + 7,
+        "groups of two, then one of eight"
+    );
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
 }
