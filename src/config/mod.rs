@@ -450,7 +450,9 @@ dialect = "envelope"
         let config: Config = with("pipeline_depth = 16").parse().expect("valid");
         assert_eq!(config.upstreams[0].pipeline_depth, 16);
         assert_eq!(config.upstreams[0].pipeline_max_delay.as_micros(), 1000);
-        let config: Config = with("pipeline_max_delay = \"0.25ms\"").parse().expect("valid");
+        let config: Config = with("pipeline_max_delay = \"0.25ms\"")
+            .parse()
+            .expect("valid");
         assert_eq!(config.upstreams[0].pipeline_max_delay.as_micros(), 250);
         for extra in [
             "pipeline_depth = 0",

@@ -21,8 +21,8 @@
 //!
 //! Pipelining trades latency for CPU: an upstream works through a connection's requests one
 //! after another, so a request waits for the answers ahead of it. How many requests a group
-//! holds follows what the upstream takes per request, measured on every group (the time
-//! between its first and last answers over the requests between them): as many as keep the
+//! holds follows what the upstream takes per request when nothing else delays it, measured on
+//! every group (`ServiceTime`): as many as keep the
 //! last one's wait within `pipeline_max_delay`, up to the depth. An unmeasured upstream gets two;
 //! one too slow for two gets a group of two once a second, to be measured again.
 //!
@@ -62,8 +62,8 @@ struct Shared {
     depth: usize,
     /// How long a request should wait at most for the answers ahead of it.
     max_delay: Duration,
-    /// What the upstream takes per pipelined request, as measured (a moving average, ns).
-    per_request_ns: AtomicU64,
+    /// What the upstream takes per pipelined request, as measured.
+    per_request: ServiceTime,
     /// When a group of two last went to an upstream too slow for it (ms since `epoch`).
     probed_ms: AtomicU64,
     epoch: Instant,
@@ -166,7 +166,7 @@ impl Pipes {
                 shards: (0..pool::SHARDS).map(|_| Mutex::default()).collect(),
                 depth: depth.clamp(1, MAX_PIPELINE_DEPTH),
                 max_delay,
-                per_request_ns: AtomicU64::new(UNMEASURED),
+                per_request: ServiceTime::new(),
                 probed_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
                 max_idle,
@@ -311,7 +311,7 @@ impl Shared {
     /// up to the depth. An upstream too slow for two gets a group of two once a second, so
     /// that it is measured again.
     fn depth_now(&self) -> usize {
-        let per_request = self.per_request_ns.load(Ordering::Relaxed);
+        let per_request = self.per_request.get();
         if per_request == UNMEASURED {
             return 2.min(self.depth);
         }
@@ -321,7 +321,7 @@ impl Shared {
         if depth >= 2 {
             return depth;
         }
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = self.now_ms();
         let last = self.probed_ms.load(Ordering::Relaxed);
         let due = now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64;
         let probe = due
@@ -342,14 +342,12 @@ impl Shared {
         let Some(behind) = u64::try_from(behind).ok().filter(|&b| b > 0) else {
             return;
         };
-        let sample = nanos(spread) / behind;
-        let old = self.per_request_ns.load(Ordering::Relaxed);
-        let new = if old == UNMEASURED {
-            sample
-        } else {
-            (old.saturating_mul(3).saturating_add(sample)) / 4
-        };
-        self.per_request_ns.store(new, Ordering::Relaxed);
+        self.per_request
+            .record(nanos(spread) / behind, self.now_ms());
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Takes `pipe` out of this thread's shard.
@@ -422,8 +420,56 @@ impl Pipe {
     }
 }
 
-/// `Shared::per_request_ns` before the first group of two or more was answered.
+/// What an upstream takes per pipelined request when nothing else delays it, in nanoseconds:
+/// the least time per request between a group's first and last answers over the current and
+/// the previous `WINDOW` (a moving minimum, as BBR keeps the least round trip). On a busy
+/// upstream a request also waits for other connections' requests, which raises some samples
+/// and not the minimum, and is a wait that pipelining does not add; an upstream that waits on
+/// something for each request (a database, a disk) shows it in every sample.
+struct ServiceTime {
+    current: AtomicU64,
+    previous: AtomicU64,
+    /// When the current window began (ms since `Shared::epoch`).
+    window_ms: AtomicU64,
+}
+
+/// How long one window of `ServiceTime` lasts: an upstream that turned slow stops being
+/// pipelined after one to two of them.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// `ServiceTime` before the first group of two or more was answered.
 const UNMEASURED: u64 = u64::MAX;
+
+impl ServiceTime {
+    fn new() -> Self {
+        ServiceTime {
+            current: AtomicU64::new(UNMEASURED),
+            previous: AtomicU64::new(UNMEASURED),
+            window_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self) -> u64 {
+        let current = self.current.load(Ordering::Relaxed);
+        current.min(self.previous.load(Ordering::Relaxed))
+    }
+
+    fn record(&self, sample: u64, now_ms: u64) {
+        let started = self.window_ms.load(Ordering::Relaxed);
+        let ended = now_ms.saturating_sub(started) >= WINDOW.as_millis() as u64;
+        if ended
+            && self
+                .window_ms
+                .compare_exchange(started, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let last = self.current.swap(sample, Ordering::Relaxed);
+            self.previous.store(last, Ordering::Relaxed);
+            return;
+        }
+        self.current.fetch_min(sample, Ordering::Relaxed);
+    }
+}
 
 /// How often an upstream too slow for pipelining gets a group of two, to be measured again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -663,7 +709,7 @@ pub async fn exchange_once<S: AsyncRead + AsyncWrite + Unpin>(
         shards: Vec::new(),
         depth: MAX_PIPELINE_DEPTH,
         max_delay: long,
-        per_request_ns: AtomicU64::new(0),
+        per_request: ServiceTime::new(),
         probed_ms: AtomicU64::new(0),
         epoch: Instant::now(),
         max_idle: 0,

@@ -181,11 +181,7 @@ impl Client {
     /// A client whose upstream is known to be fast: groups up to `depth` from the start.
     fn new(addr: std::net::SocketAddr, depth: usize) -> Self {
         let client = Client::fresh(addr, depth, Duration::from_secs(1));
-        client
-            .pipes
-            .shared
-            .per_request_ns
-            .store(0, Ordering::Relaxed);
+        client.pipes.shared.per_request.record(0, 0);
         client
     }
 
