@@ -43,7 +43,7 @@ use bytes::BytesMut;
 use http::Method;
 use pingora::protocols::Stream;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -67,6 +67,8 @@ struct Shared {
     /// When a group of two last went to an upstream too slow for it (ms since `epoch`).
     probed_ms: AtomicU64,
     epoch: Instant,
+    /// Pipes open or opening.
+    open_pipes: AtomicUsize,
     /// Most idle pipes per shard; a pipe that goes idle beyond it closes.
     max_idle: usize,
     idle_timeout: Duration,
@@ -75,14 +77,18 @@ struct Shared {
 
 #[derive(Default)]
 struct Shard {
-    /// Oldest first.
-    pipes: Vec<Arc<Pipe>>,
+    /// The pipe that got its first request last: it takes more until its task writes them.
+    collecting: Option<Arc<Pipe>>,
+    /// Pipes with nothing queued or in flight, newest last.
+    idle: Vec<Arc<Pipe>>,
 }
 
 /// One pipelined connection: what is queued for its next write, and its task's wake-up.
 struct Pipe {
     state: Mutex<State>,
     wake: Notify,
+    /// The shard it belongs to: its opener's thread's.
+    home: usize,
 }
 
 struct State {
@@ -169,6 +175,7 @@ impl Pipes {
                 per_request: ServiceTime::new(),
                 probed_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
+                open_pipes: AtomicUsize::new(0),
                 max_idle,
                 idle_timeout,
                 timeouts,
@@ -218,7 +225,10 @@ pub(in crate::upstream) async fn send<F: Future<Output = pingora::Result<Stream>
         }
         Joined::Opened(pipe) => {
             count(Carried::New);
-            let opening = Opening(Some(pipe.clone()));
+            let opening = Opening {
+                pipe: Some(pipe.clone()),
+                shared: &pipes.shared,
+            };
             match Box::pin(connect()).await {
                 Ok(stream) => {
                     opening.connected();
@@ -267,8 +277,8 @@ enum Joined {
 }
 
 impl Shared {
-    fn shard(&self) -> Option<MutexGuard<'_, Shard>> {
-        let shard = self.shards.get(pool::home())?;
+    fn shard(&self, home: usize) -> Option<MutexGuard<'_, Shard>> {
+        let shard = self.shards.get(home)?;
         Some(
             shard
                 .lock()
@@ -276,34 +286,63 @@ impl Shared {
         )
     }
 
-    /// Queues `queued` on this thread's pipe still collecting with room, else on its newest
-    /// idle one, else on a new pipe.
+    /// Queues `queued` on this thread's collecting pipe while it has room, else on its newest
+    /// idle pipe, else on a new one; each a constant-time step.
     fn join(&self, queued: Queued) -> Joined {
-        let Some(mut shard) = self.shard() else {
-            return Joined::Opened(Pipe::opening(queued));
+        let home = pool::home();
+        let Some(mut shard) = self.shard(home) else {
+            return Joined::Opened(Pipe::opening(queued, home));
         };
         let depth = self.depth_now();
-        let mut idle = None;
-        for pipe in shard.pipes.iter().rev() {
+        if let Some(pipe) = &shard.collecting {
             let state = pipe.lock();
-            if !state.open || state.in_flight {
-                continue;
-            }
-            if !state.queue.is_empty() && state.queue.len() < depth {
+            let room = !state.queue.is_empty() && state.queue.len() < depth;
+            if state.open && !state.in_flight && room {
                 return Joined::Queued(pipe.push(state, queued));
             }
-            if state.queue.is_empty() && idle.is_none() {
-                idle = Some(pipe);
-            }
         }
-        if let Some(pipe) = idle {
-            let carried = pipe.push(pipe.lock(), queued);
+        while let Some(pipe) = shard.idle.pop() {
+            let state = pipe.lock();
+            if !state.open || state.in_flight || !state.queue.is_empty() {
+                continue;
+            }
+            let carried = pipe.push(state, queued);
             pipe.wake.notify_one();
+            shard.collecting = Some(pipe);
             return Joined::Queued(carried);
         }
-        let pipe = Pipe::opening(queued);
-        shard.pipes.push(pipe.clone());
+        let pipe = Pipe::opening(queued, home);
+        self.open_pipes.fetch_add(1, Ordering::Relaxed);
+        shard.collecting = Some(pipe.clone());
         Joined::Opened(pipe)
+    }
+
+    /// Puts `pipe`, all of whose answers are read, among its shard's idle pipes; false when
+    /// the shard keeps `max_idle` of them already (the pipe closes).
+    fn park(&self, pipe: &Arc<Pipe>) -> bool {
+        let Some(mut shard) = self.shard(pipe.home) else {
+            return false;
+        };
+        if shard.idle.len() >= self.max_idle {
+            return false;
+        }
+        shard.idle.push(pipe.clone());
+        true
+    }
+
+    /// Takes `pipe`, which is closing, out of its shard.
+    fn forget(&self, pipe: &Arc<Pipe>) {
+        if let Some(mut shard) = self.shard(pipe.home) {
+            shard.idle.retain(|p| !Arc::ptr_eq(p, pipe));
+            if shard
+                .collecting
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, pipe))
+            {
+                shard.collecting = None;
+            }
+        }
+        self.open_pipes.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// How many requests a group may hold now: as many as keep the last one's wait for the
@@ -349,35 +388,11 @@ impl Shared {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
-
-    /// Takes `pipe` out of this thread's shard.
-    fn remove(&self, pipe: &Arc<Pipe>) {
-        if let Some(mut shard) = self.shard() {
-            shard.pipes.retain(|p| !Arc::ptr_eq(p, pipe));
-        }
-    }
-
-    /// Whether this thread's shard already keeps `max_idle` idle pipes besides `pipe`.
-    fn enough_idle(&self, pipe: &Arc<Pipe>) -> bool {
-        let Some(shard) = self.shard() else {
-            return true;
-        };
-        let idle = shard
-            .pipes
-            .iter()
-            .filter(|p| !Arc::ptr_eq(p, pipe))
-            .filter(|p| {
-                let state = p.lock();
-                state.open && !state.in_flight && state.queue.is_empty()
-            })
-            .count();
-        idle >= self.max_idle
-    }
 }
 
 impl Pipe {
     /// A pipe whose connection is being made, with `queued` first in its queue.
-    fn opening(queued: Queued) -> Arc<Pipe> {
+    fn opening(queued: Queued, home: usize) -> Arc<Pipe> {
         Arc::new(Pipe {
             state: Mutex::new(State {
                 queue: vec![queued],
@@ -386,6 +401,7 @@ impl Pipe {
                 used: false,
             }),
             wake: Notify::new(),
+            home,
         })
     }
 
@@ -480,16 +496,20 @@ fn nanos(duration: Duration) -> u64 {
 
 /// A new pipe while its first item connects: dropped unfinished (the item was cut off), it
 /// closes, and the items queued on it go elsewhere.
-struct Opening(Option<Arc<Pipe>>);
+struct Opening<'a> {
+    pipe: Option<Arc<Pipe>>,
+    shared: &'a Shared,
+}
 
-impl Opening {
+impl Opening<'_> {
     fn connected(mut self) {
-        self.0 = None;
+        self.pipe = None;
     }
 
     /// The connection could not be made: every item queued on the pipe fails as this one.
     fn failed(mut self, error: &pingora::Error) {
-        if let Some(pipe) = self.0.take() {
+        if let Some(pipe) = self.pipe.take() {
+            self.shared.forget(&pipe);
             pipe.close(|| Failed {
                 error: ExchangeError::connect(error),
                 nothing_received: true,
@@ -498,9 +518,10 @@ impl Opening {
     }
 }
 
-impl Drop for Opening {
+impl Drop for Opening<'_> {
     fn drop(&mut self) {
-        if let Some(pipe) = self.0.take() {
+        if let Some(pipe) = self.pipe.take() {
+            self.shared.forget(&pipe);
             pipe.close(|| Failed::unsent("the connection was abandoned before it was made"));
         }
     }
@@ -532,20 +553,20 @@ async fn drive(pipe: Arc<Pipe>, mut stream: Stream, shared: Arc<Shared>) {
         }
         pipe.lock().in_flight = false;
     }
-    shared.remove(&pipe);
+    shared.forget(&pipe);
     pipe.close(|| Failed::unsent("the pipelined connection closed before this request"));
 }
 
-/// Waits until something is queued (true), or the pipe should close (false): idle for
-/// `idle_timeout`, more idle pipes than the shard keeps, or the upstream closed the
-/// connection (or sent bytes nobody asked for).
+/// Parks the pipe among the idle ones and waits until something is queued (true), or until
+/// it should close (false): idle for `idle_timeout`, as many idle pipes as the shard keeps
+/// already, or the upstream closed the connection (or sent bytes nobody asked for).
 async fn wait_for_work(
     pipe: &Arc<Pipe>,
     stream: &mut Stream,
     buf: &mut BytesMut,
     shared: &Shared,
 ) -> bool {
-    if shared.enough_idle(pipe) {
+    if !shared.park(pipe) {
         return false;
     }
     buf.clear();
@@ -712,6 +733,7 @@ pub async fn exchange_once<S: AsyncRead + AsyncWrite + Unpin>(
         per_request: ServiceTime::new(),
         probed_ms: AtomicU64::new(0),
         epoch: Instant::now(),
+        open_pipes: AtomicUsize::new(0),
         max_idle: 0,
         idle_timeout: long,
         timeouts,

@@ -421,10 +421,7 @@ async fn a_write_the_upstream_never_reads_ends_with_the_last_item_timeout() {
     };
     let results = futures_util::future::join_all(requests.iter().map(send)).await;
     assert!(results.iter().all(Result::is_err), "every item cut off");
-    let pipes = || {
-        let shard = client.pipes.shared.shard().expect("shard");
-        shard.pipes.len()
-    };
+    let pipes = || client.pipes.shared.open_pipes.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(3);
     while pipes() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -464,4 +461,23 @@ async fn groups_shrink_on_an_upstream_slower_than_the_delay_allows() {
         "groups of two, then one of eight"
     );
     assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn no_more_pipes_stay_idle_than_the_pool_size() {
+    let (addr, seen) = server(|_, _| Act::Answer).await;
+    let idle = Duration::from_secs(60);
+    let client = Client {
+        pipes: Pipes::new(8, Duration::from_secs(1), 2, idle, TIMEOUTS),
+        ..Client::fresh(addr, 8, Duration::from_secs(1))
+    };
+    // Unmeasured: eight items in pairs, four connections, of which two stay.
+    answered(&client.many(Method::GET, 8).await);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 4);
+    let open = || client.pipes.shared.open_pipes.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while open() > 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open(), 2);
 }
