@@ -194,7 +194,6 @@ pub fn fits(request: &SubRequest) -> bool {
 
 /// One item over a pipelined connection; when it fails before any of its answer arrived and
 /// may be sent again (see the module's rules), once more on a connection of its own.
-#[allow(clippy::too_many_arguments)]
 pub(in crate::upstream) async fn send<F: Future<Output = pingora::Result<Stream>>>(
     connect: impl Fn() -> F,
     pipes: &Pipes,
