@@ -195,6 +195,26 @@ impl DeadlineStream {
         &self.clock
     }
 
+    /// Ends the write side and reads and drops what the client still sends, until it closes
+    /// too or `within` has passed: after an answer that closes the connection while the client
+    /// may still be sending a body, so that closing with unread bytes does not reset the
+    /// connection under the answer (nginx's `lingering_close`). The reads bypass the clock: no
+    /// request is being read any more, and a deadline it already cut would count again.
+    pub async fn linger(&mut self, within: std::time::Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.inner.shutdown().await.is_err() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + within;
+        let mut scratch = vec![0; 4096];
+        let inner = &mut self.inner;
+        while let Ok(Ok(read)) = tokio::time::timeout_at(until, inner.read(&mut scratch)).await {
+            if read == 0 {
+                return;
+            }
+        }
+    }
+
     /// Puts `bytes` (read from this stream, and counted by its clock then) back in front of
     /// what the next reads return.
     pub fn unread(&mut self, bytes: &[u8]) {

@@ -336,21 +336,9 @@ async fn say(stream: &mut DeadlineStream, answer: &[u8]) -> std::io::Result<()> 
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// After an error answer that closes the connection while the client may still be sending its
-/// body: the write side ends (the client sees the answer, then the end) and what the client
-/// still sends is read and dropped until it closes too, for at most `LINGER`. Closing with
-/// unread bytes would reset the connection, and a reset can destroy the answer before the
-/// client reads it (nginx's `lingering_close`).
+/// body (`DeadlineStream::linger`).
 async fn linger(stream: &mut DeadlineStream) {
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    let until = tokio::time::Instant::now() + LINGER;
-    let mut scratch = vec![0; 4096];
-    while let Ok(Ok(read)) = tokio::time::timeout_at(until, stream.read(&mut scratch)).await {
-        if read == 0 {
-            return;
-        }
-    }
+    stream.linger(LINGER).await;
 }
 
 /// Reads `head` (a whole request head) and writes the upstream's request head into `out`;
