@@ -147,8 +147,8 @@ pub(super) async fn send<F: Future<Output = pingora::Result<pingora::protocols::
         match on_connection(conn, pool, request, batch, timeouts).await {
             Ok(response) => return Ok(response),
             Err(error)
-                if (error.unsent() || error.nothing_received())
-                    && may_send_again(error.sent(), repeatable) => {}
+                if resend_on_new_connection(error.sent(), error.nothing_received(), repeatable) => {
+            }
             Err(error) => return Err(error.into()),
         }
     }
@@ -159,6 +159,14 @@ pub(super) async fn send<F: Future<Output = pingora::Result<pingora::protocols::
     };
     count(Carried::New);
     Ok(on_connection(conn, pool, request, batch, timeouts).await?)
+}
+
+/// Whether a request that failed on a kept connection goes once more on a new one: nothing of
+/// it left, or not one byte of an answer came back (the upstream may have closed the idle
+/// connection), and it is safe to send again (`may_send_again`). For pooled and pipelined
+/// connections alike.
+fn resend_on_new_connection(sent: Sent, nothing_received: bool, repeatable: bool) -> bool {
+    (sent == Sent::Nothing || nothing_received) && may_send_again(sent, repeatable)
 }
 
 /// One exchange on `conn`, which goes back to `pool` when it may carry another request.

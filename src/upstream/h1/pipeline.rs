@@ -30,12 +30,12 @@
 //! that opened it, so neither side needs a cross-thread wake-up.
 
 use super::read::Reader;
-use super::{bounded, encode_request, on_connection, write_counted, H1Error, Timeouts};
+use super::{bounded, encode_request, on_connection, resend_on_new_connection, write_counted};
+use super::{H1Error, Timeouts};
 use super::{READ_CHUNK, WRITING};
 use crate::config::MAX_PIPELINE_DEPTH;
 use crate::item::{Sent, SubRequest, UpstreamResponse};
 use crate::metrics::Carried;
-use crate::upstream::attempt::may_send_again;
 use crate::upstream::exchange_error::ExchangeError;
 use crate::upstream::pool::{self, Conn, Pool};
 use crate::upstream::BatchHeaders;
@@ -96,7 +96,7 @@ struct State {
     queue: Vec<Queued>,
     /// Requests written whose answers are not all read yet: nothing joins meanwhile.
     in_flight: bool,
-    /// False once the task ended or before a connection exists that failed: nothing joins.
+    /// False once its task ended or its connection could not be made: nothing joins.
     open: bool,
     /// The connection has carried requests before: one that fails before any answer may have
     /// been closed by the upstream while idle.
@@ -245,11 +245,10 @@ pub(in crate::upstream) async fn send<F: Future<Output = pingora::Result<Stream>
         Ok(response) => return Ok(response),
         Err(failed) => failed,
     };
-    let sent = failed.error.sent();
     // A connection that could not be made is not tried again here (as in `h1::send`).
     let connected = !matches!(failed.error, ExchangeError::Connect { .. });
-    let again = sent == Sent::Nothing || failed.nothing_received;
-    if !(connected && again && may_send_again(sent, repeatable)) {
+    let sent = failed.error.sent();
+    if !(connected && resend_on_new_connection(sent, failed.nothing_received, repeatable)) {
         return Err(failed.error);
     }
     let conn = match Box::pin(connect()).await {
