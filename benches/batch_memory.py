@@ -17,7 +17,6 @@ lua-cjson; ports 18570-18574; raises its open-files limit to the hard limit.
 """
 
 import asyncio
-import json
 import os
 import resource
 import statistics
@@ -25,6 +24,7 @@ import sys
 import time
 
 import harness
+import jsonrpc_peer
 import peer_compare
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/batchgate"
@@ -34,49 +34,10 @@ DELAY_MS = int(os.environ.get("DELAY_MS", "50"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 WORK = harness.work_dir()
 
-UPSTREAM_SERVER = f"""server {{ listen 127.0.0.1:{UPSTREAM} backlog=4096; location / {{ content_by_lua_block {{
-  local cjson = require "cjson.safe"
-  ngx.req.read_body()
-  local call = cjson.decode(ngx.req.get_body_data() or "") or {{}}
-  ngx.sleep({DELAY_MS / 1000})
-  ngx.header["Content-Type"] = "application/json"
-  ngx.print(cjson.encode({{ jsonrpc = "2.0", id = call.id, result = {{ file_id = "9520943DC264", drive_id = "1" }} }}))
-}} }} }}"""
-
-PEER_SERVER = f"""upstream api {{ server 127.0.0.1:{UPSTREAM}; keepalive 1024; keepalive_requests 100000000; }}
-server {{ listen 127.0.0.1:{PEER} backlog=4096;
-  location = /_call {{ internal; proxy_pass http://api/jsonrpc2; proxy_http_version 1.1;
-    proxy_set_header Connection ""; proxy_set_header Content-Type application/json; }}
-  location / {{ content_by_lua_block {{
-    local cjson = require "cjson.safe"
-    ngx.req.read_body()
-    local calls = cjson.decode(ngx.req.get_body_data() or "")
-    local requests = {{}}
-    for i, call in ipairs(calls) do
-      requests[i] = {{ "/_call", {{ method = ngx.HTTP_POST, body = cjson.encode(call) }} }}
-    end
-    local answers = {{ ngx.location.capture_multi(requests) }}
-    local out = {{}}
-    for i, answer in ipairs(answers) do
-      out[i] = cjson.decode(answer.body) or {{ jsonrpc = "2.0", id = calls[i].id, error = {{ code = -32603, message = "Internal error" }} }}
-    end
-    ngx.header["Content-Type"] = "application/json"
-    ngx.print(cjson.encode(out))
-  }} }} }}"""
-
-BODY = json.dumps(
-    [{"jsonrpc": "2.0", "method": "getFile", "params": {"drive_id": "1"}, "id": i} for i in range(100)]
-).encode()
-
-
-def request(path):
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
-
-
-def check(answer):
-    answers = json.loads(answer)
-    assert len(answers) == 100 and all("result" in a for a in answers), answer[:300]
+# The JSON-RPC peer benchmark's upstream (here with a delay), peer, request and check.
+UPSTREAM_SERVER = jsonrpc_peer.upstream_server(UPSTREAM, DELAY_MS)
+PEER_SERVER = jsonrpc_peer.peer_server(PEER, UPSTREAM)
+request, check = jsonrpc_peer.request, jsonrpc_peer.check
 
 
 def status_kib(pids, field):

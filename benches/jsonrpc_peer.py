@@ -26,16 +26,22 @@ BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/batchgate"
 UPSTREAM, GATE, ADMIN, PEER = 18560, 18561, 18562, 18563
 WORK = harness.work_dir()
 
-UPSTREAM_SERVER = f"""server {{ listen 127.0.0.1:{UPSTREAM} backlog=4096; location / {{ content_by_lua_block {{
+def upstream_server(port, delay_ms=0):
+    """The upstream: answers each call with its own id, after `delay_ms`."""
+    sleep = f"  ngx.sleep({delay_ms / 1000})\n" if delay_ms else ""
+    return f"""server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ content_by_lua_block {{
   local cjson = require "cjson.safe"
   ngx.req.read_body()
-  local call = cjson.decode(ngx.req.get_body_data() or "") or {{}}
+{sleep}  local call = cjson.decode(ngx.req.get_body_data() or "") or {{}}
   ngx.header["Content-Type"] = "application/json"
   ngx.print(cjson.encode({{ jsonrpc = "2.0", id = call.id, result = {{ file_id = "9520943DC264", drive_id = "1" }} }}))
 }} }} }}"""
 
-PEER_SERVER = f"""upstream api {{ server 127.0.0.1:{UPSTREAM}; keepalive 1024; keepalive_requests 100000000; }}
-server {{ listen 127.0.0.1:{PEER} backlog=4096;
+
+def peer_server(port, upstream):
+    """The OpenResty peer on `port`, calling the upstream on `upstream`."""
+    return f"""upstream api {{ server 127.0.0.1:{upstream}; keepalive 1024; keepalive_requests 100000000; }}
+server {{ listen 127.0.0.1:{port} backlog=4096;
   location = /_call {{ internal; proxy_pass http://api/jsonrpc2; proxy_http_version 1.1;
     proxy_set_header Connection ""; proxy_set_header Content-Type application/json; }}
   location / {{ content_by_lua_block {{
@@ -58,6 +64,9 @@ server {{ listen 127.0.0.1:{PEER} backlog=4096;
     ngx.header["Content-Type"] = "application/json"
     ngx.print(cjson.encode(out))
   }} }} }}"""
+
+
+UPSTREAM_SERVER, PEER_SERVER = upstream_server(UPSTREAM), peer_server(PEER, UPSTREAM)
 
 
 BODY = json.dumps(

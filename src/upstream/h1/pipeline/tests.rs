@@ -2,8 +2,8 @@
 //! pipelined requests off each connection in order and answers each as its test says.
 
 use super::*;
+use crate::upstream::h1::tests::batch;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -12,18 +12,6 @@ const TIMEOUTS: Timeouts = Timeouts {
     read: Duration::from_secs(5),
     write: Duration::from_secs(5),
 };
-
-fn batch() -> BatchHeaders {
-    BatchHeaders {
-        host: HeaderValue::from_static("api.test"),
-        common: vec![(
-            HeaderName::from_static("x-request-id"),
-            HeaderValue::from_static("r-1"),
-        )],
-        max_response_bytes: 1024,
-        item_timeout: Duration::from_secs(10),
-    }
-}
 
 fn item(method: Method, n: usize) -> SubRequest {
     SubRequest {
@@ -151,6 +139,14 @@ fn one_request(buf: &[u8]) -> Option<(usize, String)> {
     (buf.len() >= end + length).then_some((end + length, path))
 }
 
+/// A connection to `addr` as the upstream's connector gives one.
+async fn connect(addr: std::net::SocketAddr) -> pingora::Result<Stream> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::ConnectError, "", e))?;
+    Ok(Box::new(pingora::protocols::l4::stream::Stream::from(tcp)))
+}
+
 /// Per kind of connection, how many item requests went on it.
 #[derive(Default)]
 struct Counted([AtomicUsize; 3]);
@@ -198,13 +194,7 @@ impl Client {
 
     async fn send(&self, request: &SubRequest, repeatable: bool) -> Result<String, String> {
         let addr = self.addr;
-        let connect = || async move {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| pingora::Error::because(pingora::ErrorType::ConnectError, "", e))?;
-            let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
-            Ok(stream)
-        };
+        let connect = || connect(addr);
         let count = |carried| self.counted.count(carried);
         let batch = batch();
         match send(
@@ -400,13 +390,7 @@ async fn a_write_the_upstream_never_reads_ends_with_the_last_item_timeout() {
             ..batch()
         };
         let addr = client.addr;
-        let connect = || async move {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| pingora::Error::because(pingora::ErrorType::ConnectError, "", e))?;
-            let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
-            Ok(stream)
-        };
+        let connect = || connect(addr);
         let count = |_| {};
         let sending = super::send(
             connect,

@@ -10,7 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: usize = 1024;
 
-fn batch() -> BatchHeaders {
+/// The batch headers every exchange test uses (pipelining's too).
+pub(super) fn batch() -> BatchHeaders {
     BatchHeaders {
         host: HeaderValue::from_static("api.test"),
         common: vec![(
